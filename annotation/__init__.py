@@ -1,0 +1,1 @@
+"""The annotation app: data model, annotator pages, REST API, admin and export."""

@@ -1,0 +1,130 @@
+"""Job rows: claims are exclusive, tasks are safe to run twice, queuing waits for commit,
+and the admin API queues health checks with clean errors for bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from rest_framework.test import APIClient
+
+from annotation import services
+from annotation.models import Job
+from annotation.tasks import run_healthcheck
+from tests.factories import make_job
+
+CaptureCallbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
+
+
+@pytest.mark.django_db
+def test_only_one_claim_wins() -> None:
+    job = make_job()
+    assert Job.claim(job.pk, "worker-a") is True
+    assert Job.claim(job.pk, "worker-b") is False
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING
+    assert job.worker == "worker-a"
+    assert job.started_at is not None
+
+
+@pytest.mark.django_db
+def test_state_changes_follow_the_lifecycle() -> None:
+    job = make_job()
+    assert Job.succeed(job.pk, {}) is False  # not running yet
+    Job.claim(job.pk, "w")
+    Job.report_progress(job.pk, 3, 10)
+    job.refresh_from_db()
+    assert (job.progress_done, job.progress_total, job.progress_percent) == (3, 10, 30.0)
+    with pytest.raises(ValueError, match="out of range"):
+        Job.report_progress(job.pk, 11, 10)
+    assert Job.succeed(job.pk, {"ok": True}) is True
+    assert Job.fail(job.pk, "late failure") is False  # a finished job stays finished
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.finished_at is not None
+    assert job.error == ""
+
+
+@pytest.mark.django_db
+def test_database_refuses_inconsistent_rows() -> None:
+    with pytest.raises(IntegrityError), transaction.atomic():
+        make_job(progress_done=5, progress_total=2)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        make_job(status=Job.Status.SUCCEEDED)  # finished without finished_at
+
+
+@pytest.mark.django_db
+def test_healthcheck_task_is_safe_to_run_twice() -> None:
+    job = make_job()
+    run_healthcheck.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    first = (job.finished_at, job.result)
+    run_healthcheck.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert (job.finished_at, job.result) == first
+    # An id whose row is gone (a flushed database, a stale message) is ignored too.
+    run_healthcheck.apply(args=(job.pk + 1000,))
+
+
+@pytest.mark.django_db
+def test_enqueue_sends_only_after_commit(django_capture_on_commit_callbacks: CaptureCallbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        job = services.enqueue_job(Job.Kind.HEALTHCHECK, queue="train")
+    assert len(callbacks) == 1
+    assert job.queue == "train"
+    assert job.status == Job.Status.QUEUED
+
+
+@pytest.mark.django_db
+def test_enqueue_rejects_unknown_queue_and_writes_nothing() -> None:
+    with pytest.raises(ValueError, match="unknown queue 'gpu'"):
+        services.enqueue_job(Job.Kind.HEALTHCHECK, queue="gpu")
+    assert not Job.objects.exists()
+
+
+def test_admin_api_queues_a_healthcheck(admin_user: User, django_capture_on_commit_callbacks: CaptureCallbacks) -> None:
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = api.post("/api/admin/jobs/healthcheck/", {"queue": "export"}, format="json")
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["kind"], body["queue"], body["status"], body["created_by"]) == (
+        "healthcheck",
+        "export",
+        "queued",
+        "ada",
+    )
+    assert len(callbacks) == 1
+    detail = api.get(f"/api/admin/jobs/{body['id']}/")
+    assert detail.status_code == 200
+    listing = api.get("/api/admin/jobs/", {"status": "queued"}).json()
+    assert listing["count"] == 1
+    assert api.get("/api/admin/jobs/", {"status": "running"}).json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [({"queue": "gpu"}, "queue"), ({"queue": ["generate"]}, "queue")],
+)
+def test_admin_api_refuses_bad_input_and_writes_nothing(admin_user: User, payload: dict[str, Any], field: str) -> None:
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    response = api.post("/api/admin/jobs/healthcheck/", payload, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not Job.objects.exists()
+
+
+def test_admin_api_filters_are_validated(admin_user: User) -> None:
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    response = api.get("/api/admin/jobs/", {"status": "exploded"})
+    assert response.status_code == 400
+    assert "status" in response.json()
+    assert api.get("/api/admin/jobs/999999/").status_code == 404

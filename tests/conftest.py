@@ -1,0 +1,100 @@
+"""Shared fixtures: the named people of every access rule, and helpers for processes that
+must reach the test database (a Celery worker, the demo launcher)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from django.contrib.auth.models import User
+
+from tests.factories import make_user
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+# The env var names settings.py reads; a child process started with `clean_env()` sees
+# none of the suite's, so it runs on the embedded defaults unless told otherwise.
+FACTLOOP_VARS = (
+    "DEBUG",
+    "SECRET_KEY",
+    "ALLOWED_HOSTS",
+    "CSRF_TRUSTED_ORIGINS",
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "MEDIA_ROOT",
+    "FACTLOOP_MODEL_DIR",
+    "FACTLOOP_VAR_DIR",
+    "TIME_ZONE",
+    "LOG_LEVEL",
+    "DATA_UPLOAD_MAX_MEMORY_SIZE",
+    "SECURE_COOKIES",
+    "DJANGO_SETTINGS_MODULE",
+)
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in FACTLOOP_VARS}
+    env.update(overrides)
+    return env
+
+
+def database_url(settings_dict: Mapping[str, Any]) -> str:
+    """A DATABASE_URL naming the database a connection uses (the test database in tests)."""
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(settings_dict['NAME']).resolve()}"
+    user = quote(settings_dict.get("USER") or "")
+    password = quote(settings_dict.get("PASSWORD") or "")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+    return f"postgres://{auth}{settings_dict.get('HOST') or 'localhost'}{port}/{settings_dict['NAME']}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The people of the access rules.
+@pytest.fixture
+def annotator(db: None) -> User:
+    return make_user("ann", "annotator")
+
+
+@pytest.fixture
+def second_annotator(db: None) -> User:
+    return make_user("bea", "annotator")
+
+
+@pytest.fixture
+def admin_user(db: None) -> User:
+    return make_user("ada", "admin")
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    return make_user("otto", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def collected_static() -> None:
+    """Pages render through the production static storage (hashed names from a manifest),
+    so collect the files once, as a deployment does."""
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if not settings.DEBUG:
+        call_command("collectstatic", interactive=False, verbosity=0)
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    # PBKDF2's many iterations cost ~0.3 s a user on this machine; tests check behaviour, not hashing strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,58 @@
+"""Start-up with a bad environment stops with a message that names the variable, and the
+committed migrations match the models."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from django.core.management import call_command
+
+from tests.conftest import PYTHON, REPO, clean_env
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "manage.py", *args], cwd=REPO, env=clean_env(**env), capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "fragment"),
+    [
+        ({}, "SECRET_KEY", "is required but not set"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY", "at least 32 characters"),
+        ({"SECRET_KEY": "k" * 40}, "ALLOWED_HOSTS", "is required when DEBUG is off"),
+        ({"DEBUG": "perhaps"}, "DEBUG", "expected a boolean"),
+        ({"DEBUG": "1", "DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL", "unsupported scheme 'mysql'"),
+        ({"DEBUG": "1", "CELERY_BROKER_URL": "redis://"}, "CELERY_BROKER_URL", "names no host"),
+        ({"DEBUG": "1", "DATA_UPLOAD_MAX_MEMORY_SIZE": "lots"}, "DATA_UPLOAD_MAX_MEMORY_SIZE", "expected an integer"),
+        ({"DEBUG": "1", "LOG_LEVEL": "CHATTY"}, "LOG_LEVEL", "expected one of"),
+    ],
+)
+def test_bad_environment_stops_startup_naming_the_variable(env: dict[str, str], variable: str, fragment: str) -> None:
+    result = manage("check", **env)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"factloop: configuration error: {variable}: ")
+    assert fragment in line
+    assert "Traceback" not in result.stderr
+
+
+def test_good_production_environment_starts(tmp_path: pytest.TempPathFactory) -> None:
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "ERROR",
+        SECRET_KEY="s" * 50 + "-production-like-key",
+        ALLOWED_HOSTS="factloop.example.org",
+        DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3",
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/15",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_migrations_match_the_models(db: None) -> None:
+    # Raises SystemExit(1) when a model change has no migration.
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)

@@ -1,0 +1,45 @@
+"""The Celery app. Three queues, one per kind of work, so a deployment can give each its own
+workers: `generate` (candidate responses from the serving model, many short requests),
+`train` (one long job at a time, on the machine with the accelerator) and `export`
+(dataset files). The worker of the demo consumes all three.
+
+Configuration comes from Django settings (the CELERY_* names in webapp/settings.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+from kombu import Exchange, Queue
+
+# The one place outside settings.py that touches the environment: it tells Django which
+# settings module to load, as manage.py and wsgi.py do.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+
+QUEUES = ("generate", "train", "export")
+
+app = Celery("factloop")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+# A task that names no queue is a mistake: route it where it does least harm (short jobs).
+app.conf.task_default_queue = "generate"
+app.autodiscover_tasks(["annotation"])
+
+
+def ensure_broker_folders() -> None:
+    """The embedded filesystem broker needs its folders before the first message."""
+    from django.conf import settings
+
+    folder = settings.FACTLOOP_BROKER_FOLDER
+    if folder is None:
+        return
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        os.makedirs(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key], exist_ok=True)
+
+
+@worker_init.connect
+def _prepare_worker(**_: Any) -> None:
+    ensure_broker_folders()
