@@ -39,8 +39,12 @@ FACTLOOP_VARS = (
 )
 
 
+# Set by the browser tests for their own process only.
+TEST_ONLY_VARS = ("DJANGO_ALLOW_ASYNC_UNSAFE",)
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in FACTLOOP_VARS}
+    env = {key: value for key, value in os.environ.items() if key not in FACTLOOP_VARS + TEST_ONLY_VARS}
     env.update(overrides)
     return env
 

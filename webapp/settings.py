@@ -177,7 +177,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # The embedded broker's URL has no host by design; kombu warns about that on every connection.
+        "kombu.connection": {"level": "ERROR" if FACTLOOP_BROKER_FOLDER is not None else "WARNING"},
+    },
 }
 
 if not DEBUG:
