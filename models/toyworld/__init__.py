@@ -1,0 +1,35 @@
+"""The synthetic world of rendered scenes whose objects are known (see world.py)."""
+
+from models.toyworld.render import render
+from models.toyworld.world import (
+    CLASSES,
+    COLOURS,
+    PROMPT_KINDS,
+    SIZES,
+    SYNONYMS,
+    Question,
+    Scene,
+    SceneObject,
+    cooccurrence,
+    describe,
+    questions_for,
+    sample_scenes,
+    true_answer,
+)
+
+__all__ = [
+    "CLASSES",
+    "COLOURS",
+    "PROMPT_KINDS",
+    "SIZES",
+    "SYNONYMS",
+    "Question",
+    "Scene",
+    "SceneObject",
+    "cooccurrence",
+    "describe",
+    "questions_for",
+    "render",
+    "sample_scenes",
+    "true_answer",
+]
