@@ -1,0 +1,87 @@
+"""Hallucination of a policy on held-out scenes of the synthetic world.
+
+The model answers "Describe the image." (CHAIR, Object HalBench, MMHal-style grade, length)
+and POPE's yes/no probes (random, popular and adversarial splits); the known scenes score
+every answer exactly. The model and processor are any transformers image-text-to-text pair;
+torch is imported only when this runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from models.tiny import generate, image_size_of
+from models.toyworld import CLASSES, SYNONYMS, Scene, render, sample_scenes
+from models.toyworld.oracle import check
+from rlhf.metrics import (
+    PopeSplit,
+    SynonymTable,
+    build_pope,
+    chair,
+    mmhal_grade,
+    mmhal_summary,
+    object_halbench,
+    pope_scores,
+)
+
+DESCRIBE = "Describe the image."
+HELDOUT_SEED = 10_007
+TOY_TABLE = SynonymTable({cls: SYNONYMS[cls] for cls in CLASSES})
+POPE_SPLITS: tuple[PopeSplit, ...] = ("random", "popular", "adversarial")
+
+
+def heldout_scenes(n: int = 200, seed: int = HELDOUT_SEED) -> list[Scene]:
+    """Scenes never used for training (their own seed and id prefix)."""
+    return sample_scenes(seed, n, prefix="heldout")
+
+
+def evaluate_toyworld(
+    model: Any, processor: Any, scenes: Sequence[Scene], *, pope_per_image: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    size = image_size_of(processor)
+    images = {scene.scene_id: render(scene, size) for scene in scenes}
+    descriptions = generate(model, processor, [images[s.scene_id] for s in scenes], [DESCRIBE] * len(scenes))
+    truths = [scene.classes for scene in scenes]
+    chair_result = chair(descriptions, truths, TOY_TABLE)
+    grades = []
+    for scene, text in zip(scenes, descriptions, strict=True):
+        report = check(scene, text)
+        attribute_errors = sum(c.hallucinated and c.error_type != "objects" for c in report.claims)
+        grades.append(mmhal_grade(report.mentioned, scene.classes, attribute_errors=attribute_errors))
+    words = [len(text.split()) for text in descriptions]
+    result: dict[str, Any] = {
+        "scenes": len(scenes),
+        "chair_i": chair_result.chair_i,
+        "chair_s": chair_result.chair_s,
+        "object_halbench": object_halbench(descriptions, truths, TOY_TABLE),
+        "mmhal": mmhal_summary(grades),
+        "mean_words": sum(words) / len(words) if words else 0.0,
+        "empty_share": sum(w == 0 for w in words) / len(words) if words else 0.0,
+        "pope": {},
+        "examples": [{"scene": s.scene_id, "response": t} for s, t in list(zip(scenes, descriptions, strict=True))[:5]],
+    }
+    for split in POPE_SPLITS:
+        questions = build_pope(
+            [(s.scene_id, s.classes) for s in scenes],
+            CLASSES,
+            split,
+            per_image=pope_per_image,
+            seed=seed,
+        )
+        answers = generate(model, processor, [images[q.image] for q in questions], [q.text for q in questions])
+        result["pope"][split] = pope_scores(
+            questions, {q.question_id: a for q, a in zip(questions, answers, strict=True)}
+        )
+    result["pope_f1"] = sum(result["pope"][s]["f1"] for s in POPE_SPLITS) / len(POPE_SPLITS)
+    return result
+
+
+def load_policy(path: str) -> tuple[Any, Any]:
+    """A local checkpoint or a hub id, through transformers' auto classes."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    model.eval()
+    return model, processor
