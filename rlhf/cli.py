@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     try:
         model, processor = load_policy(args.model)
-    except OSError as error:
+    except (OSError, ValueError) as error:
+        # transformers raises OSError for a missing checkpoint and ValueError for a folder
+        # that holds no processor or model config.
         print(f"rlhf.cli: cannot load model {args.model!r}: {error}", file=sys.stderr)
         return 2
     metrics = evaluate_toyworld(model, processor, heldout_scenes(args.scenes))
