@@ -25,19 +25,14 @@ def main() -> None:
 
     import torch
 
-    from models.tiny import TinySpec, build_model
+    from models.tiny import TinySpec, build_model, reset_projector
     from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
 
     torch.set_num_threads(2)
     scenes = heldout_scenes(args.scenes)
     model, processor = load_policy(args.model)
     rows = {"base policy": evaluate_toyworld(model, processor, scenes)}
-    with torch.no_grad():
-        torch.manual_seed(0)
-        for name, parameter in model.model.multi_modal_projector.named_parameters():
-            parameter.copy_(
-                torch.randn_like(parameter) * 0.02 if name.endswith("weight") else torch.zeros_like(parameter)
-            )
+    reset_projector(model)
     rows["blind"] = evaluate_toyworld(model, processor, scenes)
     rows["random init"] = evaluate_toyworld(build_model(TinySpec(), processor).eval(), processor, scenes)
 

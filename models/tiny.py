@@ -471,6 +471,20 @@ def generate(
     return answers
 
 
+def reset_projector(model: LlavaForConditionalGeneration, seed: int = 0) -> None:
+    """Re-initialise the projector in place: the model keeps its language but is blind (a
+    reference for how much a policy's answers owe to looking)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.model.multi_modal_projector.named_parameters():
+            if name.endswith("weight"):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+            else:
+                parameter.zero_()
+
+
 def image_size_of(processor: Any) -> int:
     crop = getattr(processor.image_processor, "crop_size", None) or {}
     return int(crop.get("height") or processor.image_processor.size.get("shortest_edge"))

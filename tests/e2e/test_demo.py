@@ -38,9 +38,9 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> l
     return lines
 
 
-def test_demo_serves_the_login_page_and_stops_cleanly(tmp_path: Path) -> None:
+def start_demo(var_dir: Path) -> tuple[subprocess.Popen[str], int]:
+    """`manage.py demo` on the embedded default, with its state under `var_dir`."""
     port = free_port()
-    var_dir = tmp_path / "var"
     process = subprocess.Popen(
         [PYTHON, "manage.py", "demo", "--port", str(port), "--web-workers", "1"],
         cwd=REPO,
@@ -49,6 +49,12 @@ def test_demo_serves_the_login_page_and_stops_cleanly(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return process, port
+
+
+def test_demo_serves_the_login_page_and_stops_cleanly(tmp_path: Path) -> None:
+    var_dir = tmp_path / "var"
+    process, port = start_demo(var_dir)
     try:
         lines = read_until(process, f"FactLoop is running at http://localhost:{port}/", timeout=120)
         output = "\n".join(lines)
@@ -89,15 +95,7 @@ def test_demo_logins_are_stable_across_restarts(tmp_path: Path) -> None:
     var_dir = tmp_path / "var"
     outputs = []
     for _ in range(2):
-        port = free_port()
-        process = subprocess.Popen(
-            [PYTHON, "manage.py", "demo", "--port", str(port), "--web-workers", "1"],
-            cwd=REPO,
-            env=clean_env(DEBUG="1", FACTLOOP_VAR_DIR=str(var_dir)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        process, _port = start_demo(var_dir)
         try:
             outputs.append("\n".join(read_until(process, "FactLoop is running", timeout=120)))
         finally:

@@ -13,7 +13,15 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from models.tiny import MANIFEST, TinySpec, build_model, build_toy_model, generate, image_size_of
+from models.tiny import (
+    MANIFEST,
+    TinySpec,
+    build_model,
+    build_toy_model,
+    generate,
+    image_size_of,
+    reset_projector,
+)
 from models.toyworld import render, sample_scenes
 from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
 
@@ -105,15 +113,8 @@ def test_base_policy_beats_untrained_vision(base_policy: Path, base_metrics: dic
     the grammar but has never learnt to look (the base policy with its projector
     re-initialised), so it can only guess objects from the language prior.
     """
-    import torch
-
     model, processor = load_policy(str(base_policy))
-    with torch.no_grad():
-        for name, parameter in model.model.multi_modal_projector.named_parameters():
-            torch.manual_seed(0)
-            parameter.copy_(
-                torch.randn_like(parameter) * 0.02 if name.endswith("weight") else torch.zeros_like(parameter)
-            )
+    reset_projector(model)
     blind = evaluate_toyworld(model, processor, heldout_scenes(100))
     assert blind["object_halbench"]["responses_with_objects"] > 50
     assert base_metrics["chair_i"] < blind["chair_i"] - 0.2, (base_metrics["chair_i"], blind["chair_i"])
