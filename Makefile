@@ -16,14 +16,14 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -qq --upgrade pip
 
 $(VENV)/.app-installed: requirements.txt constraints.txt | $(PY)
-	$(PIP) install -q -r requirements.txt -c constraints.txt
+	$(PIP) install -qq -r requirements.txt -c constraints.txt
 	touch $@
 
 $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.app-installed
-	$(PIP) install -q -r requirements-dev.txt -c constraints.txt
+	$(PIP) install -qq -r requirements-dev.txt -c constraints.txt
 	touch $@
 
 install: $(VENV)/.app-installed

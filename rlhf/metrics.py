@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 # ---------------------------------------------------------------------------------------
 # Object mentions
@@ -354,7 +354,3 @@ def mmhal_summary(grades: Sequence[int]) -> dict[str, float]:
     if any(not 0 <= g <= 6 for g in grades):
         raise ValueError("MMHal ratings lie in 0..6")
     return {"score": sum(grades) / len(grades), "hallucination_rate": sum(g < 3 for g in grades) / len(grades)}
-
-
-def as_json(result: Any) -> str:
-    return json.dumps(result if isinstance(result, dict) else asdict(result), sort_keys=True)

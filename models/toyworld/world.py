@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 CLASSES: tuple[str, ...] = ("ball", "box", "kite", "tent", "star", "moon", "ring", "cross")
@@ -176,7 +176,6 @@ class Question:
     # The class the question is about (count, exist, color, spatial); "" for describe.
     target: str = ""
     relation: str = ""  # "left of" or "above" for spatial questions
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def count_answer(cls: str, n: int) -> str:
