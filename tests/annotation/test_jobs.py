@@ -128,3 +128,31 @@ def test_admin_api_filters_are_validated(admin_user: User) -> None:
     assert response.status_code == 400
     assert "status" in response.json()
     assert api.get("/api/admin/jobs/999999/").status_code == 404
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queues": "gpu,train"}, "unknown queue"),
+        ({"queues": " , "}, "none given"),
+        ({"timeout": 0}, "--timeout must be positive"),
+    ],
+)
+def test_check_worker_refuses_bad_options_and_queues_nothing(options: dict[str, Any], message: str) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match=message):
+        call_command("check_worker", **options)
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("options", "message"), [({"port": 0}, "--port"), ({"web_workers": 0}, "--web-workers")])
+def test_demo_refuses_bad_options(options: dict[str, Any], message: str) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match=message):
+        call_command("demo", **options)
