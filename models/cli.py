@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def build_tiny(out: Path, *, force: bool = False, steps: int | None = None, seed: int = 0) -> dict[str, object]:
@@ -13,24 +14,28 @@ def build_tiny(out: Path, *, force: bool = False, steps: int | None = None, seed
 
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    from models.tiny import TinySpec, build_toy_model, is_built
+    from models.tiny import TinySpec, build_toy_model
 
     spec = TinySpec(seed=seed)
     if steps is not None:
         spec = replace(spec, steps=steps)
-    if is_built(out, spec) and not force:
-        print(f"Reusing the tiny model at {out} (same spec; --force rebuilds).", file=sys.stderr)
-        return build_toy_model(out, spec)
-    bar = tqdm(total=spec.steps, desc="SFT on the toy world", unit="step", file=sys.stderr)
+    # The bar appears with the first training step, so a reused build shows none.
+    bars: list[Any] = []
 
     def progress(step: int, total: int, loss: float) -> None:
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        if not bars:
+            bars.append(tqdm(total=total, desc="SFT on the toy world", unit="step", file=sys.stderr))
+        bars[0].update(step - bars[0].n)
+        bars[0].set_postfix(loss=f"{loss:.3f}")
 
     try:
-        return build_toy_model(out, spec, progress=progress, force=force)
+        manifest = build_toy_model(out, spec, progress=progress, force=force)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
+    if not bars:
+        print(f"Reusing the tiny model at {out} (same spec; --force rebuilds).", file=sys.stderr)
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

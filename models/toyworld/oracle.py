@@ -130,11 +130,12 @@ def check(scene: Scene, response: str) -> Report:
     """Every claim of `response` about `scene`, hallucinated or not, with its fixes."""
     report = Report(response)
     spans = _sentences(response)
-    referents = _match_objects(scene, [OBJECT_SENTENCE.fullmatch(response[a:b]) for a, b in spans])
+    object_matches = [OBJECT_SENTENCE.fullmatch(response[a:b]) for a, b in spans]
+    referents = _match_objects(scene, object_matches)
     for index, (start, end) in enumerate(spans):
         sentence = response[start:end]
         claim = (
-            _object_claim(scene, response, sentence, start, end, referents.get(index))
+            _object_claim(scene, response, object_matches[index], start, end, referents.get(index))
             or _count_claim(scene, sentence, start, end)
             or _exist_claim(scene, sentence, start, end)
             or _colour_claim(scene, sentence, start, end)
@@ -172,9 +173,8 @@ def _match_objects(scene: Scene, matches: list[re.Match[str] | None]) -> dict[in
 
 
 def _object_claim(
-    scene: Scene, text: str, sentence: str, start: int, end: int, referent: SceneObject | None
+    scene: Scene, text: str, match: re.Match[str] | None, start: int, end: int, referent: SceneObject | None
 ) -> Claim | None:
-    match = OBJECT_SENTENCE.fullmatch(sentence)
     if match is None:
         return None
     cls = match["cls"]
