@@ -10,10 +10,23 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import selectors, services
-from annotation.models import Job
-from annotation.roles import IsAdmin, role_name
-from annotation.serializers import HealthcheckInput, JobFilterInput, JobOutput, MeOutput
+from annotation import queue, selectors, services
+from annotation.models import Assignment, Job
+from annotation.roles import IsAdmin, IsAnnotator, role_name
+from annotation.serializers import (
+    AssignmentOutput,
+    CorrectionInput,
+    CorrectionOutput,
+    DiffInput,
+    DiffOutput,
+    HealthcheckInput,
+    JobFilterInput,
+    JobOutput,
+    JudgementInput,
+    JudgementOutput,
+    MeOutput,
+    SkipOutput,
+)
 
 
 class MeApi(APIView):
@@ -62,3 +75,126 @@ class HealthcheckApi(APIView):
         payload.is_valid(raise_exception=True)
         job = services.enqueue_job(Job.Kind.HEALTHCHECK, queue=payload.validated_data["queue"], created_by=request.user)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+# ---------------------------------------------------------------------------------------
+# Annotation. Every view works on the caller's own assignments only: another annotator's
+# assignment id answers 404, exactly like a missing one.
+
+
+def refused(error: queue.Refused) -> Response:
+    return Response({"detail": error.message}, status=error.status)
+
+
+def not_found() -> Response:
+    return Response({"detail": "No such assignment of yours."}, status=status.HTTP_404_NOT_FOUND)
+
+
+class NextAssignmentApi(APIView):
+    """Your live lease, or a new lease on the next task that needs you (204: nothing left)."""
+
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(request=None, responses={200: AssignmentOutput, 204: None})
+    def post(self, request: Request) -> Response:
+        try:
+            assignment = queue.next_assignment_for(request.user)
+        except queue.Refused as error:
+            return refused(error)
+        if assignment is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(AssignmentOutput(AssignmentOutput.shape(assignment)).data)
+
+
+class AssignmentApi(APIView):
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(responses=AssignmentOutput)
+    def get(self, request: Request, assignment_id: int) -> Response:
+        assignment = queue.assignments_for_work().filter(pk=assignment_id, annotator_id=request.user.pk).first()
+        if assignment is None:
+            return not_found()
+        return Response(AssignmentOutput(AssignmentOutput.shape(assignment)).data)
+
+
+class SkipApi(APIView):
+    """Give the task back; it will not be offered to you again."""
+
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(request=None, responses=SkipOutput)
+    def post(self, request: Request, assignment_id: int) -> Response:
+        try:
+            assignment = queue.skip(request.user, assignment_id)
+        except Assignment.DoesNotExist:
+            return not_found()
+        except queue.Refused as error:
+            return refused(error)
+        return Response(SkipOutput({"id": assignment.pk, "status": assignment.status}).data)
+
+
+class JudgementApi(APIView):
+    """Submit a ranking. Repeating a submission that went through returns it (200)."""
+
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(request=JudgementInput, responses={201: JudgementOutput, 200: JudgementOutput})
+    def post(self, request: Request, assignment_id: int) -> Response:
+        payload = JudgementInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        try:
+            judgement, created = services.submit_judgement(request.user, assignment_id, **payload.validated_data)
+        except Assignment.DoesNotExist:
+            return not_found()
+        except queue.Refused as error:
+            return refused(error)
+        return Response(
+            JudgementOutput(judgement).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class CorrectionApi(APIView):
+    """Submit a correction; the server computes the changed spans. Repeating a submission
+    that went through returns it (200)."""
+
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(request=CorrectionInput, responses={201: CorrectionOutput, 200: CorrectionOutput})
+    def post(self, request: Request, assignment_id: int) -> Response:
+        payload = CorrectionInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        try:
+            correction, created = services.submit_correction(
+                request.user,
+                assignment_id,
+                corrected=data.get("corrected"),
+                no_hallucination=data["no_hallucination"],
+                span_categories=data["span_categories"],
+                time_spent_ms=data["time_spent_ms"],
+            )
+        except Assignment.DoesNotExist:
+            return not_found()
+        except queue.Refused as error:
+            return refused(error)
+        return Response(
+            CorrectionOutput(correction).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class DiffApi(APIView):
+    """The changed spans between the task's response and a draft correction (writes nothing)."""
+
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(request=DiffInput, responses=DiffOutput)
+    def post(self, request: Request, assignment_id: int) -> Response:
+        payload = DiffInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        try:
+            spans = services.preview_spans(request.user, assignment_id, payload.validated_data["corrected"])
+        except Assignment.DoesNotExist:
+            return not_found()
+        except queue.Refused as error:
+            return refused(error)
+        return Response(DiffOutput({"spans": spans}).data)

@@ -110,3 +110,242 @@ class Job(models.Model):
             )
             == 1
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Data: images, prompts, rounds, candidates
+
+
+def image_path(image: Image, filename: str) -> str:
+    """Content-addressed: the file's name is its SHA-256, fanned out by its first two digits."""
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else "bin"
+    return f"images/{image.sha256[:2]}/{image.sha256}.{suffix}"
+
+
+class Image(models.Model):
+    """An image, stored once per content (its SHA-256), with what is known to be in it."""
+
+    sha256 = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the file's bytes.")
+    file = models.FileField(upload_to=image_path, max_length=255)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    facts = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Known facts (objects, captions): the fact-augmented reward model reads them, the policy never does.",
+    )
+    source = models.CharField(max_length=255, blank=True, help_text="Where the image came from (a path, a dataset id).")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.source or self.sha256[:12]
+
+
+class Prompt(models.Model):
+    class Split(models.TextChoices):
+        TRAIN = "train", "Train"
+        HELDOUT = "heldout", "Held out"
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="prompts")
+    text = models.TextField(help_text="The user turn the candidates answer.")
+    context = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='The conversation before it: a list of {"role": "user"|"assistant", "content": "..."}.',
+    )
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN, db_index=True)
+    meta = models.JSONField(
+        default=dict, blank=True, help_text="Anything known about the prompt (question kind, answer)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Round(models.Model):
+    """One turn of the loop: candidates from one policy version, labelled, then trained on.
+
+    Only an open round's tasks are handed out; a frozen round's labels are final."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft (collecting candidates)"
+        OPEN = "open", "Open for annotation"
+        FROZEN = "frozen", "Frozen"
+
+    number = models.PositiveIntegerField(unique=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    policy_version = models.CharField(
+        max_length=255, blank=True, help_text="The model version (registry name) whose candidates the round labels."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    frozen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"Round {self.number}"
+
+
+class Candidate(models.Model):
+    """One response of the round's policy to a prompt (model output: untrusted text)."""
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="candidates")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="candidates")
+    index = models.PositiveSmallIntegerField(help_text="Sample number among the prompt's candidates in this round.")
+    text = models.TextField()
+    model_version = models.CharField(max_length=255, blank=True)
+    params = models.JSONField(default=dict, blank=True, help_text="Sampling parameters (temperature, top_p, seed).")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["round", "prompt", "index"], name="candidate_unique_sample")]
+
+    def __str__(self) -> str:
+        return f"{self.round} · prompt {self.prompt_id} · #{self.index}"
+
+
+# ---------------------------------------------------------------------------------------
+# Work: tasks, assignments (leases) and their results
+
+
+class Task(models.Model):
+    """A unit of annotation: rank 2+ candidates, or correct one. Judged by `overlap` people.
+
+    `taken` counts the task's live leases plus its submissions. A claim is the conditional
+    UPDATE `taken = taken + 1 WHERE taken < overlap`, so no interleaving of claims can give a
+    task more than `overlap` people; a skip or an expired lease gives the slot back."""
+
+    class Kind(models.TextChoices):
+        RANK = "rank", "Rank candidates (LLaVA-RLHF)"
+        CORRECT = "correct", "Correct hallucinated spans (RLHF-V)"
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    candidates: models.ManyToManyField[Candidate, TaskCandidate] = models.ManyToManyField(
+        Candidate, through="TaskCandidate", related_name="tasks"
+    )
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="How many annotators judge the task (k).")
+    taken = models.PositiveSmallIntegerField(default=0, help_text="Live leases plus submissions.")
+    submitted = models.PositiveSmallIntegerField(default=0)
+    is_gold = models.BooleanField(default=False, help_text="A task with a known answer, for quality control.")
+    gold_answer = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="task_overlap_positive"),
+            models.CheckConstraint(condition=Q(taken__lte=F("overlap")), name="task_taken_within_overlap"),
+            models.CheckConstraint(condition=Q(submitted__lte=F("taken")), name="task_submitted_within_taken"),
+        ]
+        indexes = [
+            # The queue scans tasks with a free slot in (round, id) order.
+            models.Index(fields=["round", "id"], condition=Q(taken__lt=F("overlap")), name="task_free_slots"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} task #{self.pk}"
+
+
+class TaskCandidate(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    candidate = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField(help_text="0 = A, 1 = B, ... as shown to the annotator.")
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "position"], name="task_candidate_unique_position"),
+            models.UniqueConstraint(fields=["task", "candidate"], name="task_candidate_unique_candidate"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{chr(ord('A') + self.position)}: candidate {self.candidate_id}"
+
+
+class Assignment(models.Model):
+    """One annotator's lease on one task, and what became of it."""
+
+    class Status(models.TextChoices):
+        LEASED = "leased", "Leased"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="assignments")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.LEASED)
+    leased_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Never the same task twice to one annotator, whatever became of the first lease.
+            models.UniqueConstraint(fields=["task", "annotator"], name="assignment_once_per_annotator"),
+            # One live lease per annotator: `next` resumes it instead of hoarding tasks.
+            models.UniqueConstraint(
+                fields=["annotator"], condition=Q(status="leased"), name="assignment_one_lease_per_annotator"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="leased", finished_at__isnull=True)
+                | (~Q(status="leased") & Q(finished_at__isnull=False)),
+                name="assignment_finished_at_iff_finished",
+            ),
+        ]
+        indexes = [models.Index(fields=["expires_at"], condition=Q(status="leased"), name="assignment_live_leases")]
+
+    def __str__(self) -> str:
+        return f"Assignment #{self.pk} ({self.status})"
+
+    def is_expired(self, now: Any = None) -> bool:
+        return self.status == self.Status.LEASED and self.expires_at <= (now or timezone.now())
+
+
+class Judgement(models.Model):
+    """A ranking (LLaVA-RLHF): candidates ordered by fewer hallucinations, then helpfulness."""
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="judgement")
+    ranking = models.JSONField(help_text="Candidate ids, best first.")
+    preferred = models.ForeignKey(Candidate, on_delete=models.PROTECT, related_name="+")
+    rejected = models.ForeignKey(Candidate, on_delete=models.PROTECT, related_name="+", help_text="Ranked last.")
+    hallucination_tie = models.BooleanField(
+        default=False, help_text="Q1 (fewer hallucinations) was a tie: the order came from Q2 (more helpful)."
+    )
+    hallucinated = models.JSONField(
+        default=list, blank=True, help_text="Ids of the candidates flagged as hallucinating."
+    )
+    rejected_hallucinates = models.BooleanField(default=False)
+    rationale = models.TextField(blank=True)
+    time_spent_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Judgement of assignment {self.assignment_id}"
+
+
+class Correction(models.Model):
+    """A span correction (RLHF-V): chosen = corrected, rejected = original."""
+
+    class Category(models.TextChoices):
+        # RLHF-V's error types, with their share in its released data (METHODS.md section 1b).
+        OBJECTS = "objects", "Objects"
+        POSITIONS = "positions", "Positions"
+        NUMBERS = "numbers", "Numbers"
+        ATTRIBUTES = "attributes", "Attributes"
+        ACTIONS = "actions", "Actions"
+        OTHER = "other", "Other"
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="correction")
+    candidate = models.ForeignKey(Candidate, on_delete=models.PROTECT, related_name="corrections")
+    original = models.TextField()
+    corrected = models.TextField()
+    no_hallucination = models.BooleanField(default=False, help_text="Nothing was wrong: no preference pair.")
+    spans = models.JSONField(default=list, blank=True, help_text="Changed spans, computed by the server.")
+    time_spent_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Correction of assignment {self.assignment_id}"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.urls import reverse
 from rest_framework import serializers
 
-from annotation.models import Job
+from annotation.models import Assignment, Correction, Job, Judgement, Task
 from webapp.celery import QUEUES
 
 
@@ -48,3 +51,182 @@ class JobFilterInput(serializers.Serializer):
 
 class HealthcheckInput(serializers.Serializer):
     queue = serializers.ChoiceField(choices=list(QUEUES), default="generate")
+
+
+# ---------------------------------------------------------------------------------------
+# Annotation
+
+MAX_TEXT = 20_000
+MAX_RATIONALE = 5_000
+MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+
+
+class ContextTurnOutput(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField()
+
+
+class PromptOutput(serializers.Serializer):
+    text = serializers.CharField()
+    context = ContextTurnOutput(many=True)  # type: ignore[assignment]  # DRF's Field.context is unrelated
+
+
+class ImageOutput(serializers.Serializer):
+    url = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+
+
+class CandidateOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    label = serializers.CharField(help_text="A, B, ... in the order shown.")  # type: ignore[assignment]
+    text = serializers.CharField()
+
+
+class AssignmentOutput(serializers.Serializer):
+    """An annotator's lease on a task, with everything needed to do it. Gold answers and
+    other annotators' work are never part of it."""
+
+    id = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=Task.Kind.choices)
+    status = serializers.ChoiceField(choices=Assignment.Status.choices)
+    round = serializers.IntegerField()
+    leased_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    prompt = PromptOutput()
+    image = ImageOutput()
+    candidates = CandidateOutput(many=True)
+
+    @staticmethod
+    def shape(assignment: Assignment) -> dict[str, Any]:
+        task = assignment.task
+        image = task.prompt.image
+        return {
+            "id": assignment.pk,
+            "kind": task.kind,
+            "status": assignment.status,
+            "round": task.round.number,
+            "leased_at": assignment.leased_at,
+            "expires_at": assignment.expires_at,
+            "prompt": {"text": task.prompt.text, "context": task.prompt.context},
+            "image": {
+                "url": reverse("image-file", args=[image.sha256]),
+                "width": image.width,
+                "height": image.height,
+            },
+            "candidates": [
+                {"id": slot.candidate.pk, "label": chr(ord("A") + slot.position), "text": slot.candidate.text}
+                for slot in task.slots.all()
+            ],
+        }
+
+
+class SkipOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Assignment.Status.choices)
+
+
+class JudgementInput(serializers.Serializer):
+    ranking = serializers.ListField(
+        child=serializers.IntegerField(), min_length=2, max_length=16, help_text="The task's candidate ids, best first."
+    )
+    hallucination_tie = serializers.BooleanField(
+        default=False, help_text="Q1 (fewer hallucinations) was a tie, so the order answers Q2 (more helpful)."
+    )
+    hallucinated = serializers.ListField(
+        child=serializers.IntegerField(),
+        default=list,
+        max_length=16,
+        help_text="Candidate ids flagged as hallucinating.",
+    )
+    rationale = serializers.CharField(default="", allow_blank=True, max_length=MAX_RATIONALE, trim_whitespace=True)
+    time_spent_ms = serializers.IntegerField(default=0, min_value=0, max_value=MAX_TIME_SPENT_MS)
+
+    def validate_ranking(self, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("a candidate appears twice in the ranking")
+        return value
+
+
+class JudgementOutput(serializers.ModelSerializer):
+    assignment = serializers.IntegerField(source="assignment_id")
+    preferred = serializers.IntegerField(source="preferred_id")
+    rejected = serializers.IntegerField(source="rejected_id")
+
+    class Meta:
+        model = Judgement
+        fields = [
+            "assignment",
+            "ranking",
+            "preferred",
+            "rejected",
+            "hallucination_tie",
+            "hallucinated",
+            "rejected_hallucinates",
+            "rationale",
+            "time_spent_ms",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class CorrectionInput(serializers.Serializer):
+    corrected = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=MAX_TEXT,
+        help_text="The rewritten response.",
+    )
+    no_hallucination = serializers.BooleanField(default=False)
+    span_categories = serializers.ListField(
+        child=serializers.ChoiceField(choices=Correction.Category.choices, allow_null=True),
+        default=list,
+        max_length=200,
+        help_text="One error category (or null) per changed span, in the order the diff gives them.",
+    )
+    time_spent_ms = serializers.IntegerField(default=0, min_value=0, max_value=MAX_TIME_SPENT_MS)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "corrected" not in attrs and not attrs["no_hallucination"]:
+            raise serializers.ValidationError({"corrected": "send the corrected text, or no_hallucination: true"})
+        return attrs
+
+
+class SpanOutput(serializers.Serializer):
+    original_start = serializers.IntegerField()
+    original_end = serializers.IntegerField()
+    corrected_start = serializers.IntegerField()
+    corrected_end = serializers.IntegerField()
+    original_text = serializers.CharField()
+    corrected_text = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["replace", "insert", "delete"])
+    category = serializers.ChoiceField(choices=Correction.Category.choices, allow_null=True, required=False)
+
+
+class CorrectionOutput(serializers.ModelSerializer):
+    assignment = serializers.IntegerField(source="assignment_id")
+    candidate = serializers.IntegerField(source="candidate_id")
+    spans = SpanOutput(many=True)
+
+    class Meta:
+        model = Correction
+        fields = [
+            "assignment",
+            "candidate",
+            "original",
+            "corrected",
+            "no_hallucination",
+            "spans",
+            "time_spent_ms",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class DiffInput(serializers.Serializer):
+    corrected = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=MAX_TEXT)
+
+
+class DiffOutput(serializers.Serializer):
+    spans = SpanOutput(many=True)

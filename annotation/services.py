@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import secrets
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -10,9 +14,25 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser, Group
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
 
-from annotation.models import Job
+from annotation import spans as span_diff
+from annotation.models import (
+    Assignment,
+    Candidate,
+    Correction,
+    Image,
+    Job,
+    Judgement,
+    Prompt,
+    Round,
+    Task,
+    TaskCandidate,
+)
+from annotation.queue import Refused, check_live, own_assignment
 from annotation.roles import ANNOTATORS_GROUP
 from webapp.celery import QUEUES
 
@@ -89,3 +109,260 @@ def ensure_user(username: str, *, role: Role, password: str | None = None, email
             group, _ = Group.objects.get_or_create(name=ANNOTATORS_GROUP)
             user.groups.add(group)
     return EnsuredUser(user=user, created=created, generated_password=generated, password_changed=password is not None)
+
+
+# ---------------------------------------------------------------------------------------
+# Data: images, prompts, rounds, candidates, tasks
+
+IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def add_image(data: bytes, *, facts: dict[str, Any] | None = None, source: str = "") -> Image:
+    """Store an image once per content. The same bytes again return the existing row (its
+    facts are kept). Raises ValidationError for bytes that are not a PNG, JPEG, WebP or GIF."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(io.BytesIO(data)) as probe:
+            kind, (width, height) = probe.format, probe.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValidationError(f"image {source or ''} is too large: {width}x{height} pixels")
+            probe.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValidationError(f"not a readable image ({source or 'upload'}): {error}") from None
+    if kind not in IMAGE_FORMATS:
+        raise ValidationError(f"unsupported image format {kind}; use one of {', '.join(IMAGE_FORMATS)}")
+    digest = hashlib.sha256(data).hexdigest()
+    existing = Image.objects.filter(sha256=digest).first()
+    if existing is not None:
+        return existing
+    image = Image(sha256=digest, width=width, height=height, facts=facts or {}, source=source[:255])
+    # The file is written before the row: a failed insert leaves at most an unreferenced,
+    # content-addressed file that the next upload of the same bytes reuses.
+    image.file.save(f"image.{IMAGE_FORMATS[kind]}", ContentFile(data), save=False)
+    with transaction.atomic():
+        image.save()
+    return image
+
+
+def add_prompt(
+    image: Image,
+    text: str,
+    *,
+    split: str = Prompt.Split.TRAIN,
+    context: Sequence[dict[str, str]] = (),
+    meta: dict[str, Any] | None = None,
+) -> Prompt:
+    if not text.strip():
+        raise ValidationError("a prompt needs text")
+    if split not in Prompt.Split.values:
+        raise ValidationError(f"unknown split {split!r}; expected one of {', '.join(Prompt.Split.values)}")
+    for turn in context:
+        if set(turn) != {"role", "content"} or turn["role"] not in ("user", "assistant"):
+            raise ValidationError('each context turn is {"role": "user"|"assistant", "content": "..."}')
+    return Prompt.objects.create(image=image, text=text, split=split, context=list(context), meta=meta or {})
+
+
+def create_round(*, policy_version: str = "") -> Round:
+    """A new draft round numbered after the last one."""
+    with transaction.atomic():
+        last = Round.objects.select_for_update().aggregate(last=Max("number"))["last"] or 0
+        return Round.objects.create(number=last + 1, policy_version=policy_version)
+
+
+def add_candidates(
+    round_: Round,
+    prompt: Prompt,
+    texts: Sequence[str],
+    *,
+    model_version: str = "",
+    params: dict[str, Any] | None = None,
+) -> list[Candidate]:
+    """Append candidates to a prompt in a round, numbered after the ones it has."""
+    with transaction.atomic():
+        first = (Candidate.objects.filter(round=round_, prompt=prompt).aggregate(last=Max("index"))["last"] or -1) + 1
+        return Candidate.objects.bulk_create(
+            Candidate(
+                round=round_,
+                prompt=prompt,
+                index=first + offset,
+                text=text,
+                model_version=model_version or round_.policy_version,
+                params=params or {},
+            )
+            for offset, text in enumerate(texts)
+        )
+
+
+def create_tasks(round_: Round, *, kind: str, overlap: int = 1, per_task: int = 2) -> list[Task]:
+    """Tasks over the round's candidates that no task of this kind covers yet (so it can be
+    called again after more candidates arrive): a rank task per `per_task` candidates of a
+    prompt, a correct task per candidate."""
+    if kind not in Task.Kind.values:
+        raise ValidationError(f"unknown task kind {kind!r}; expected one of {', '.join(Task.Kind.values)}")
+    if overlap < 1:
+        raise ValidationError("overlap must be at least 1")
+    if kind == Task.Kind.RANK and per_task < 2:
+        raise ValidationError("a ranking task needs at least 2 candidates")
+    size = per_task if kind == Task.Kind.RANK else 1
+    covered = TaskCandidate.objects.filter(task__round=round_, task__kind=kind).values("candidate_id")
+    free = Candidate.objects.filter(round=round_).exclude(pk__in=covered).order_by("prompt_id", "index")
+    by_prompt: dict[int, list[Candidate]] = defaultdict(list)
+    for candidate in free:
+        by_prompt[candidate.prompt_id].append(candidate)
+    groups = [
+        (prompt_id, group[i : i + size])
+        for prompt_id, group in by_prompt.items()
+        for i in range(0, len(group) - size + 1, size)
+    ]
+    with transaction.atomic():
+        tasks = Task.objects.bulk_create(
+            Task(round=round_, prompt_id=prompt_id, kind=kind, overlap=overlap) for prompt_id, _ in groups
+        )
+        TaskCandidate.objects.bulk_create(
+            TaskCandidate(task=task, candidate=candidate, position=position)
+            for task, (_, group) in zip(tasks, groups, strict=True)
+            for position, candidate in enumerate(group)
+        )
+    return tasks
+
+
+def open_round(round_: Round) -> Round:
+    """draft -> open: its tasks are handed out from now on."""
+    if not Round.objects.filter(pk=round_.pk, status=Round.Status.DRAFT).update(status=Round.Status.OPEN):
+        round_.refresh_from_db()
+        raise ValidationError(f"{round_} is {round_.status}; only a draft round can be opened")
+    round_.status = Round.Status.OPEN
+    return round_
+
+
+# ---------------------------------------------------------------------------------------
+# Submissions. Each runs in one transaction with the assignment row locked (PostgreSQL) or
+# the write lock held (SQLite). A retry of a submission that went through returns what was
+# stored, with created=False, and writes nothing: the first submission wins.
+
+
+def _start_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[Assignment, Any]:
+    """Lock the annotator's assignment; return it and its stored result, if submitted."""
+    assignment = own_assignment(annotator, assignment_id, lock=True)
+    if assignment.task.kind != kind:
+        raise Refused(f"this assignment is a {assignment.task.kind} task; submit a {assignment.task.kind} result")
+    if assignment.status == Assignment.Status.SUBMITTED:
+        related = "judgement" if kind == Task.Kind.RANK else "correction"
+        return assignment, getattr(assignment, related)
+    check_live(assignment, timezone.now())
+    return assignment, None
+
+
+def _finish_submission(assignment: Assignment) -> None:
+    now = timezone.now()
+    moved = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED, expires_at__gt=now).update(
+        status=Assignment.Status.SUBMITTED, finished_at=now
+    )
+    if not moved:  # the lease ran out while this request was being checked
+        raise Refused("the lease on this task expired; it went back to the pool")
+    Task.objects.filter(pk=assignment.task_id).update(submitted=F("submitted") + 1)
+
+
+def submit_judgement(
+    annotator: Any,
+    assignment_id: int,
+    *,
+    ranking: Sequence[int],
+    hallucination_tie: bool = False,
+    hallucinated: Sequence[int] = (),
+    rationale: str = "",
+    time_spent_ms: int = 0,
+) -> tuple[Judgement, bool]:
+    """Store a ranking of the task's candidates, best first (LLaVA-RLHF, METHODS.md 1a):
+    ordered by fewer hallucinations, or, when that was a tie (`hallucination_tie`), by
+    helpfulness. `hallucinated` flags the candidates that hallucinate."""
+    with transaction.atomic():
+        assignment, stored = _start_submission(annotator, assignment_id, Task.Kind.RANK)
+        if stored is not None:
+            return stored, False
+        shown = list(TaskCandidate.objects.filter(task_id=assignment.task_id).values_list("candidate_id", flat=True))
+        if sorted(ranking) != sorted(shown):
+            raise Refused(f"the ranking must order exactly this task's candidates {sorted(shown)}", status=400)
+        unknown = set(hallucinated) - set(shown)
+        if unknown:
+            raise Refused(f"flagged candidates {sorted(unknown)} are not part of this task", status=400)
+        _finish_submission(assignment)
+        judgement = Judgement.objects.create(
+            assignment=assignment,
+            ranking=list(ranking),
+            preferred_id=ranking[0],
+            rejected_id=ranking[-1],
+            hallucination_tie=hallucination_tie,
+            hallucinated=sorted(set(hallucinated)),
+            rejected_hallucinates=ranking[-1] in set(hallucinated),
+            rationale=rationale,
+            time_spent_ms=time_spent_ms,
+        )
+    return judgement, True
+
+
+def _the_candidate(assignment: Assignment) -> Candidate:
+    return Candidate.objects.get(pk__in=TaskCandidate.objects.filter(task_id=assignment.task_id).values("candidate_id"))
+
+
+def preview_spans(annotator: Any, assignment_id: int, corrected: str) -> list[dict[str, Any]]:
+    """The changed spans the server would store for this correction (the page's live diff)."""
+    assignment = own_assignment(annotator, assignment_id)
+    if assignment.task.kind != Task.Kind.CORRECT:
+        raise Refused("only a correction task has a diff")
+    return [span.as_dict() for span in span_diff.changed_spans(_the_candidate(assignment).text, corrected)]
+
+
+def submit_correction(
+    annotator: Any,
+    assignment_id: int,
+    *,
+    corrected: str | None,
+    no_hallucination: bool = False,
+    span_categories: Sequence[str | None] = (),
+    time_spent_ms: int = 0,
+) -> tuple[Correction, bool]:
+    """Store an RLHF-V correction (METHODS.md 1b): chosen = corrected, rejected = original.
+
+    The changed spans are computed here from the two texts; `span_categories`, when given,
+    has one error category (or None) per span, in order."""
+    with transaction.atomic():
+        assignment, stored = _start_submission(annotator, assignment_id, Task.Kind.CORRECT)
+        if stored is not None:
+            return stored, False
+        candidate = _the_candidate(assignment)
+        original = candidate.text
+        if no_hallucination:
+            if corrected is not None and corrected != original:
+                raise Refused("a response marked 'no hallucination' must be left unchanged", status=400)
+            corrected, changed = original, []
+        else:
+            if corrected is None or not corrected.strip():
+                raise Refused("the corrected response is empty; correct the wrong words, do not delete everything", 400)
+            changed = span_diff.changed_spans(original, corrected)
+            if not changed:
+                raise Refused("no word was changed; if nothing is wrong, mark it 'no hallucination'", status=400)
+        if span_categories and len(span_categories) != len(changed):
+            raise Refused(
+                f"{len(span_categories)} categories for {len(changed)} changed spans; "
+                "the categories must follow the spans of the submitted text",
+                status=400,
+            )
+        categories = list(span_categories) or [None] * len(changed)
+        for category in categories:
+            if category is not None and category not in Correction.Category.values:
+                raise Refused(f"unknown category {category!r}", status=400)
+        _finish_submission(assignment)
+        correction = Correction.objects.create(
+            assignment=assignment,
+            candidate=candidate,
+            original=original,
+            corrected=corrected,
+            no_hallucination=no_hallucination,
+            spans=[span.as_dict() | {"category": category} for span, category in zip(changed, categories, strict=True)],
+            time_spent_ms=time_spent_ms,
+        )
+    return correction, True

@@ -11,11 +11,20 @@ urlpatterns = [
         auth_views.LoginView.as_view(redirect_authenticated_user=True),
         name="login",
     ),
+    path("annotate/", views.annotate_next, name="annotate"),
+    path("annotate/<int:assignment_id>/", views.annotate, name="annotate-assignment"),
+    path("images/<str:sha256>", views.image_file, name="image-file"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]
 
 api_urlpatterns = [
     path("me/", api.MeApi.as_view(), name="api-me"),
+    path("assignments/next/", api.NextAssignmentApi.as_view(), name="api-next-assignment"),
+    path("assignments/<int:assignment_id>/", api.AssignmentApi.as_view(), name="api-assignment"),
+    path("assignments/<int:assignment_id>/judgement/", api.JudgementApi.as_view(), name="api-judgement"),
+    path("assignments/<int:assignment_id>/correction/", api.CorrectionApi.as_view(), name="api-correction"),
+    path("assignments/<int:assignment_id>/diff/", api.DiffApi.as_view(), name="api-diff"),
+    path("assignments/<int:assignment_id>/skip/", api.SkipApi.as_view(), name="api-skip"),
     path("admin/jobs/", api.JobListApi.as_view(), name="api-admin-jobs"),
     path("admin/jobs/healthcheck/", api.HealthcheckApi.as_view(), name="api-admin-healthcheck"),
     path("admin/jobs/<int:job_id>/", api.JobDetailApi.as_view(), name="api-admin-job"),

@@ -1,17 +1,96 @@
-"""Server-rendered pages."""
+"""Server-rendered pages. The annotator pages render the task with Django's autoescaping
+(model output is untrusted text) and hand the rest to one small script per page, which
+talks to the REST API."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET
+
+from annotation import queue
+from annotation.models import Assignment, Correction, Image, Task
+from annotation.roles import is_annotator
+from annotation.serializers import AssignmentOutput
+
+View = Callable[..., HttpResponseBase]
+
+
+def annotator_required(view: View) -> View:
+    """Log in first; then annotators (and admins) only."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not is_annotator(request.user):
+            raise PermissionDenied("This page is for annotators.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "annotation/home.html")
+    done = Assignment.objects.filter(annotator_id=request.user.pk, status=Assignment.Status.SUBMITTED).count()
+    return render(request, "annotation/home.html", {"submitted": done})
+
+
+@annotator_required
+def annotate_next(request: HttpRequest) -> HttpResponse:
+    """Lease the next task (or resume the live one) and show it."""
+    try:
+        assignment = queue.next_assignment_for(request.user)
+    except queue.Refused as error:
+        return render(request, "annotation/no_work.html", {"reason": error.message}, status=error.status)
+    if assignment is None:
+        return render(request, "annotation/no_work.html", {"reason": ""})
+    return redirect("annotate-assignment", assignment_id=assignment.pk)
+
+
+@annotator_required
+def annotate(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment = queue.assignments_for_work().filter(pk=assignment_id, annotator_id=request.user.pk).first()
+    if assignment is None:
+        raise Http404("No such assignment of yours.")
+    if assignment.status != Assignment.Status.LEASED or assignment.is_expired():
+        messages.info(request, f"That task is {'expired' if assignment.is_expired() else assignment.status}.")
+        return redirect("annotate")
+    context = {
+        "assignment": assignment,
+        "task": assignment.task,
+        "data": AssignmentOutput(AssignmentOutput.shape(assignment)).data,
+        "seconds_left": int((assignment.expires_at - timezone.now()).total_seconds()),
+        "categories": Correction.Category.choices,
+    }
+    template = "annotation/rank.html" if assignment.task.kind == Task.Kind.RANK else "annotation/correct.html"
+    return render(request, template, context)
+
+
+@annotator_required
+@require_GET
+def image_file(request: HttpRequest, sha256: str) -> HttpResponseBase:
+    """An image, to signed-in annotators and admins only. Its name is its content hash, so
+    a browser may keep it as long as it likes."""
+    image = Image.objects.filter(sha256=sha256).only("file").first()
+    if image is None:
+        raise Http404("No such image.")
+    try:
+        handle = image.file.open("rb")
+    except FileNotFoundError:
+        raise Http404("The image file is missing from storage.") from None
+    response = FileResponse(handle)
+    response["Cache-Control"] = "private, max-age=31536000, immutable"
+    return response
 
 
 @require_GET

@@ -28,24 +28,15 @@ from typing import TYPE_CHECKING, Any
 from models.toyworld import render
 from models.toyworld.render import BACKGROUND
 from models.toyworld.world import (
-    CLASSES,
-    COLOURS,
     GRID,
     NUMBER_WORDS,
     PLURALS,
     POSITIONS,
-    SIZES,
-    THEMES,
-    Question,
     Scene,
-    SceneObject,
-    count_answer,
-    exist_answer,
-    object_sentence,
     questions_for,
-    reading_order,
     sample_scenes,
     true_answer,
+    wrong_answer,
 )
 
 if TYPE_CHECKING:
@@ -118,43 +109,6 @@ class TinySpec:
     @property
     def image_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-
-# ---------------------------------------------------------------------------------------
-# Wrong answers with the world's bias
-
-
-def _theme_mates(scene: Scene) -> list[str]:
-    """Absent classes that co-occur with the scene's (its theme first)."""
-    absent = [cls for cls in CLASSES if cls not in scene.classes]
-    theme = THEMES.get(scene.theme, {})
-    return sorted(absent, key=lambda cls: -theme.get(cls, 0.0))
-
-
-def wrong_answer(rng: random.Random, scene: Scene, question: Question, ghosts: int = 1) -> str | None:
-    """A plausible hallucination for the question, or None if none fits.
-
-    A description gets `ghosts` absent objects, mostly from the scene's theme, in free cells.
-    """
-    if question.kind == "describe":
-        mates = _theme_mates(scene)
-        free = [(r, c) for r in range(GRID) for c in range(GRID) if scene.at(r, c) is None]
-        if not mates or not free:
-            return None
-        added = []
-        for row, col in rng.sample(free, min(ghosts, len(free))):
-            cls = mates[0] if rng.random() < 0.9 else rng.choice(mates)
-            added.append(SceneObject(cls, rng.choice(COLOURS), rng.choice(SIZES), row, col))
-        return " ".join(object_sentence(obj) for obj in reading_order([*scene.objects, *added]))
-    if question.kind == "exist" and question.target not in scene.classes:
-        return exist_answer(question.target, True)
-    if question.kind == "count":
-        n = scene.count(question.target)
-        return count_answer(question.target, min(n + 1, len(NUMBER_WORDS) - 1))
-    if question.kind == "color":
-        [obj] = scene.of_class(question.target)
-        return f"The {question.target} is {rng.choice([c for c in COLOURS if c != obj.colour])}."
-    return None
 
 
 # ---------------------------------------------------------------------------------------

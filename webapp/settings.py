@@ -124,6 +124,9 @@ MEDIA_URL = "media/"
 # Model versions (base models, LoRA adapters, manifests): models.registry works under it.
 FACTLOOP_MODEL_DIR = env.path("FACTLOOP_MODEL_DIR", VAR_DIR / "models", base=BASE_DIR)
 
+# Annotation: how long an annotator holds a task before it goes back to the pool.
+FACTLOOP_LEASE_MINUTES = env.integer("FACTLOOP_LEASE_MINUTES", 15, minimum=1, maximum=24 * 60)
+
 # Request bodies: annotation submissions are small; imports go through uploads.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", 1_048_576, minimum=1024)
 
@@ -133,6 +136,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["annotation.parsers.LimitedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,

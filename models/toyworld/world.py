@@ -252,3 +252,52 @@ def questions_for(rng: random.Random, scene: Scene, kinds: Sequence[PromptKind] 
         question = make_question(rng, scene, kind)
         if question is not None:
             yield question
+
+
+# ---------------------------------------------------------------------------------------
+# Wrong answers with the world's bias (the tiny model's SFT mixes them in; synthetic
+# candidates for annotation use them too)
+
+
+def _theme_mates(scene: Scene) -> list[str]:
+    """Absent classes that co-occur with the scene's (its theme first)."""
+    absent = [cls for cls in CLASSES if cls not in scene.classes]
+    theme = THEMES.get(scene.theme, {})
+    return sorted(absent, key=lambda cls: -theme.get(cls, 0.0))
+
+
+def wrong_answer(rng: random.Random, scene: Scene, question: Question, ghosts: int = 1) -> str | None:
+    """A plausible hallucination for the question, or None if none fits.
+
+    A description gets `ghosts` absent objects, mostly from the scene's theme, in free cells.
+    """
+    if question.kind == "describe":
+        mates = _theme_mates(scene)
+        free = [(r, c) for r in range(GRID) for c in range(GRID) if scene.at(r, c) is None]
+        if not mates or not free:
+            return None
+        added = []
+        for row, col in rng.sample(free, min(ghosts, len(free))):
+            cls = mates[0] if rng.random() < 0.9 else rng.choice(mates)
+            added.append(SceneObject(cls, rng.choice(COLOURS), rng.choice(SIZES), row, col))
+        return " ".join(object_sentence(obj) for obj in reading_order([*scene.objects, *added]))
+    if question.kind == "exist" and question.target not in scene.classes:
+        return exist_answer(question.target, True)
+    if question.kind == "count":
+        n = scene.count(question.target)
+        return count_answer(question.target, min(n + 1, len(NUMBER_WORDS) - 1))
+    if question.kind == "color":
+        [obj] = scene.of_class(question.target)
+        return f"The {question.target} is {rng.choice([c for c in COLOURS if c != obj.colour])}."
+    return None
+
+
+def sampled_responses(rng: random.Random, scene: Scene, question: Question, n: int, error_rate: float) -> list[str]:
+    """`n` responses a policy of the world might give: each is wrong (a biased hallucination,
+    where one fits) with probability `error_rate`, else true. Stands in for a served model in
+    the demo, the tests and the benchmarks of the annotation side."""
+    out = []
+    for _ in range(n):
+        wrong = wrong_answer(rng, scene, question, ghosts=rng.choice((1, 1, 2))) if rng.random() < error_rate else None
+        out.append(wrong if wrong is not None else true_answer(scene, question))
+    return out

@@ -1,0 +1,81 @@
+"""A round of synthetic work from the toy world: rendered scenes with known facts, prompts,
+and candidate responses with the world's typical hallucinations. It stands in for the
+served policy until a round's candidates come from vLLM, and feeds the demo, the browser
+tests and bench/annotate.py."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from annotation import services
+from annotation.models import Round, Task
+from models.toyworld.render import render
+from models.toyworld.world import Scene, make_question, sample_scenes, sampled_responses
+
+SYNTHETIC_POLICY = "toyworld-synthetic"
+
+
+@dataclass(frozen=True)
+class SyntheticRound:
+    round: Round
+    images: int
+    prompts: int
+    candidates: int
+    tasks: int
+
+
+def png_of_scene(scene: Scene, size: int) -> bytes:
+    buffer = io.BytesIO()
+    render(scene, size=size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_synthetic_round(
+    *,
+    scenes: int,
+    seed: int = 0,
+    kinds: Sequence[str] = (Task.Kind.RANK, Task.Kind.CORRECT),
+    overlap: int = 1,
+    candidates: int = 2,
+    error_rate: float = 0.5,
+    image_size: int = 96,
+    open_it: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> SyntheticRound:
+    """One round over `scenes` new scenes: per scene a description prompt and a question,
+    `candidates` responses each, and tasks of each kind in `kinds` (rank tasks over
+    `candidates` responses; a correct task per response)."""
+    if scenes < 1 or candidates < 1 or not 0 <= error_rate <= 1:
+        raise ValueError("scenes and candidates must be at least 1, error_rate within [0, 1]")
+    if Task.Kind.RANK in kinds and candidates < 2:
+        raise ValueError("ranking needs at least 2 candidates per prompt")
+    rng = random.Random(seed)
+    counts = {"prompts": 0, "candidates": 0}
+    with transaction.atomic():
+        round_ = services.create_round(policy_version=SYNTHETIC_POLICY)
+        for scene in sample_scenes(seed, scenes, prefix=f"synthetic-{seed}"):
+            image = services.add_image(png_of_scene(scene, image_size), facts=scene.facts(), source=scene.scene_id)
+            for kind in ("describe", rng.choice(("count", "exist", "color", "spatial"))):
+                question = make_question(rng, scene, kind)
+                if question is None:
+                    continue
+                prompt = services.add_prompt(
+                    image, question.text, meta={"kind": question.kind, "scene": scene.scene_id}
+                )
+                texts = sampled_responses(rng, scene, question, candidates, error_rate)
+                services.add_candidates(round_, prompt, texts, params={"synthetic_error_rate": error_rate})
+                counts["prompts"] += 1
+                counts["candidates"] += len(texts)
+            if progress is not None:
+                progress(1)
+        tasks = 0
+        for kind in kinds:
+            tasks += len(services.create_tasks(round_, kind=kind, overlap=overlap, per_task=candidates))
+        if open_it:
+            services.open_round(round_)
+    return SyntheticRound(round_, scenes, counts["prompts"], counts["candidates"], tasks)
