@@ -100,6 +100,12 @@ def collected_static() -> None:
 
 
 @pytest.fixture(autouse=True)
+def media_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Images the tests store go to a temporary folder, never to the checkout's var/."""
+    settings.MEDIA_ROOT = str(tmp_path_factory.getbasetemp() / "media")
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings: Any) -> None:
     # PBKDF2's many iterations cost ~0.3 s a user on this machine; tests check behaviour, not hashing strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

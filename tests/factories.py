@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from django.contrib.auth.models import User
+from PIL import Image as PILImage
 
-from annotation.models import Job
-from annotation.services import Role, ensure_user
+from annotation.models import Image, Job, Round, Task
+from annotation.services import (
+    Role,
+    add_candidates,
+    add_image,
+    add_prompt,
+    create_round,
+    create_tasks,
+    ensure_user,
+    open_round,
+)
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -25,3 +36,38 @@ def make_job(**fields: Any) -> Job:
     defaults: dict[str, Any] = {"kind": Job.Kind.HEALTHCHECK, "queue": "generate"}
     defaults.update(fields)
     return Job.objects.create(**defaults)
+
+
+def png_bytes(colour: tuple[int, int, int] = (200, 40, 40), size: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (size, size), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_image(colour: tuple[int, int, int] = (200, 40, 40)) -> Image:
+    return add_image(png_bytes(colour), facts={"objects": [{"cls": "ball"}]}, source=f"test-{colour}")
+
+
+def make_round(
+    *,
+    tasks: int = 3,
+    kind: str = Task.Kind.RANK,
+    overlap: int = 1,
+    per_task: int = 2,
+    texts: list[str] | None = None,
+    open_it: bool = True,
+) -> Round:
+    """A round with `tasks` tasks of `kind`, one prompt each, over one shared image.
+
+    Candidate texts cycle through `texts` (default: "response N")."""
+    round_ = create_round(policy_version="test-policy")
+    image = make_image()
+    size = per_task if kind == Task.Kind.RANK else 1
+    for number in range(tasks):
+        prompt = add_prompt(image, f"Describe the image ({number}).")
+        chosen = texts or [f"response {number}.{i}" for i in range(size)]
+        add_candidates(round_, prompt, [chosen[i % len(chosen)] for i in range(size)])
+    create_tasks(round_, kind=kind, overlap=overlap, per_task=per_task)
+    if open_it:
+        open_round(round_)
+    return round_
