@@ -120,7 +120,7 @@ class NextAssignmentApi(APIView):
             return refused(error)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(AssignmentOutput(AssignmentOutput.shape(assignment)).data)
+        return Response(AssignmentOutput(selectors.work_payload(assignment)).data)
 
 
 class AssignmentApi(APIView):
@@ -128,10 +128,10 @@ class AssignmentApi(APIView):
 
     @extend_schema(responses=AssignmentOutput)
     def get(self, request: Request, assignment_id: int) -> Response:
-        assignment = queue.assignments_for_work().filter(pk=assignment_id, annotator_id=request.user.pk).first()
+        assignment = Assignment.objects.filter(pk=assignment_id, annotator_id=request.user.pk).first()
         if assignment is None:
             return not_found()
-        return Response(AssignmentOutput(AssignmentOutput.shape(assignment)).data)
+        return Response(AssignmentOutput(selectors.work_payload(assignment)).data)
 
 
 class SkipApi(APIView):

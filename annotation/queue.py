@@ -9,8 +9,10 @@ Rules (each has a test in tests/annotation/test_queue.py):
   claims can win for the last slot, on PostgreSQL and on SQLite alike.
 - Never the same task twice to one annotator: a unique constraint on (task, annotator)
   holds whatever became of the first lease (submitted, skipped, expired).
-- A lease expires after FACTLOOP_LEASE_MINUTES; expired leases are swept before each claim
-  and give their slot back. A skip gives it back at once.
+- A lease expires after FACTLOOP_LEASE_MINUTES and gives its slot back when swept: every
+  few seconds per process, and whenever a claim finds no free task. A skip gives the slot
+  back at once. Submitting checks the expiry itself, so a late sweep never lets a dead
+  lease submit.
 
 How a claim avoids waiting: on PostgreSQL the candidate task is read with
 `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent annotators take different tasks instead of
@@ -22,7 +24,7 @@ on the conditional UPDATE and the unique constraints, not on the lock.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -37,6 +39,9 @@ from annotation.models import Assignment, Round, Task
 # the row is locked, nor on SQLite, where the transaction holds the write lock).
 CLAIM_ATTEMPTS = 8
 SWEEP_BATCH = 500
+# How often each process sweeps expired leases on its own (besides when the pool looks dry).
+SWEEP_EVERY = timedelta(seconds=5)
+_last_sweep = {"at": datetime.min.replace(tzinfo=UTC)}
 
 
 class Refused(Exception):
@@ -50,13 +55,6 @@ class Refused(Exception):
 
 def lease_duration() -> timedelta:
     return timedelta(minutes=settings.FACTLOOP_LEASE_MINUTES)
-
-
-def assignments_for_work() -> QuerySet[Assignment]:
-    """Assignments with everything a page or the API shows, in a fixed number of queries."""
-    return Assignment.objects.select_related("task__prompt__image", "task__round").prefetch_related(
-        "task__slots__candidate"
-    )
 
 
 def expire_leases(now: datetime | None = None) -> int:
@@ -81,9 +79,7 @@ def expire_leases(now: datetime | None = None) -> int:
 
 
 def _live_lease(annotator: Any, now: datetime) -> Assignment | None:
-    return (
-        assignments_for_work().filter(annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=now).first()
-    )
+    return Assignment.objects.filter(annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=now).first()
 
 
 def _free_task_ids(annotator: Any) -> QuerySet[Task]:
@@ -96,9 +92,9 @@ def _free_task_ids(annotator: Any) -> QuerySet[Task]:
     )
 
 
-def _claim(annotator: Any, now: datetime) -> int | None:
-    """Lease one free task in its own transaction; the new assignment's id, or None when
-    there is no work left for this annotator."""
+def _claim(annotator: Any, now: datetime) -> Assignment | None:
+    """Lease one free task in its own transaction; the new assignment, or None when there
+    is no work left for this annotator."""
     for _ in range(CLAIM_ATTEMPTS):
         with transaction.atomic():
             candidates = _free_task_ids(annotator)
@@ -109,10 +105,9 @@ def _claim(annotator: Any, now: datetime) -> int | None:
                 return None
             if not Task.objects.filter(pk=task_id, taken__lt=F("overlap")).update(taken=F("taken") + 1):
                 continue  # another claim took the last slot first
-            assignment = Assignment.objects.create(
+            return Assignment.objects.create(
                 task_id=task_id, annotator=annotator, leased_at=now, expires_at=now + lease_duration()
             )
-            return assignment.pk
     raise Refused("the queue is too busy right now; try again", status=503)
 
 
@@ -120,12 +115,16 @@ def next_assignment_for(annotator: Any) -> Assignment | None:
     """The annotator's live lease, or a new one on the next free task; None when no task
     needs them."""
     now = timezone.now()
-    expire_leases(now)
+    if now - _last_sweep["at"] >= SWEEP_EVERY:
+        _last_sweep["at"] = now
+        expire_leases(now)
     current = _live_lease(annotator, now)
     if current is not None:
         return current
     try:
-        assignment_id = _claim(annotator, now)
+        assignment = _claim(annotator, now)
+        if assignment is None and expire_leases(now):
+            assignment = _claim(annotator, now)
     except IntegrityError:
         # A concurrent request of the same annotator leased first (one live lease each):
         # the whole claim rolled back, slot included; hand out that lease instead.
@@ -133,9 +132,7 @@ def next_assignment_for(annotator: Any) -> Assignment | None:
         if current is None:
             raise
         return current
-    if assignment_id is None:
-        return None
-    return assignments_for_work().get(pk=assignment_id)
+    return assignment
 
 
 def skip(annotator: Any, assignment_id: int) -> Assignment:

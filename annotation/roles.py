@@ -8,13 +8,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
-from rest_framework.views import APIView
+
+if TYPE_CHECKING:
+    # Not at run time: rest_framework.views reads the authentication classes when imported,
+    # and annotation.authentication imports this module.
+    from rest_framework.views import APIView
 
 ANNOTATORS_GROUP = "annotators"
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
+from functools import cache
+from typing import Any
 
+from django.db import connection
 from django.db.models import QuerySet
+from django.urls import reverse
 
-from annotation.models import Job
+from annotation.models import Assignment, Candidate, Image, Job, Prompt, Round, Task, TaskCandidate
 
 
 def jobs(*, status: str | None = None, kind: str | None = None) -> QuerySet[Job]:
@@ -28,3 +33,46 @@ def wait_for_jobs(job_ids: Iterable[int], *, timeout: float, poll: float = 0.2) 
         if all(row.status in Job.FINISHED for row in rows) or time.monotonic() >= deadline:
             return rows
         time.sleep(poll)
+
+
+@cache
+def _work_sql() -> str:
+    """One SELECT for a task's payload: a row per candidate, in position order. Written out
+    rather than built by the ORM because it runs on every `next` and the ORM's query
+    compilation costs more than the query itself on a small machine (bench/annotate.py)."""
+    task, round_, prompt, image = (m._meta.db_table for m in (Task, Round, Prompt, Image))
+    slot, candidate = TaskCandidate._meta.db_table, Candidate._meta.db_table
+    return (
+        f"SELECT t.kind, r.number, p.text, p.context, i.sha256, i.width, i.height, s.position, c.id, c.text "
+        f"FROM {task} t JOIN {round_} r ON r.id = t.round_id JOIN {prompt} p ON p.id = t.prompt_id "
+        f"JOIN {image} i ON i.id = p.image_id JOIN {slot} s ON s.task_id = t.id "
+        f"JOIN {candidate} c ON c.id = s.candidate_id "
+        f"WHERE t.id = %s ORDER BY s.position"
+    )
+
+
+def work_payload(assignment: Assignment) -> dict[str, Any]:
+    """What an annotator sees of an assignment (serializers.AssignmentOutput's shape): the
+    task's image, conversation and candidates, never its gold answer."""
+    with connection.cursor() as cursor:
+        cursor.execute(_work_sql(), [assignment.task_id])
+        rows = cursor.fetchall()
+    if not rows:
+        raise Task.DoesNotExist(f"task {assignment.task_id} has no candidates")
+    kind, number, text, context, sha256, width, height = rows[0][:7]
+    if isinstance(context, str):  # SQLite hands JSON back as text
+        context = json.loads(context)
+    return {
+        "id": assignment.pk,
+        "kind": kind,
+        "status": assignment.status,
+        "round": number,
+        "leased_at": assignment.leased_at,
+        "expires_at": assignment.expires_at,
+        "prompt": {"text": text, "context": context},
+        "image": {"url": reverse("image-file", args=[sha256]), "width": width, "height": height},
+        "candidates": [
+            {"id": candidate_id, "label": chr(ord("A") + position), "text": candidate_text}
+            for *_, position, candidate_id, candidate_text in rows
+        ],
+    }

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.urls import reverse
 from rest_framework import serializers
 
-from annotation.models import Assignment, Correction, Job, Judgement, Task
+from annotation.models import Assignment, Correction, Job, Task
 from webapp.celery import QUEUES
 
 
@@ -97,28 +96,10 @@ class AssignmentOutput(serializers.Serializer):
     image = ImageOutput()
     candidates = CandidateOutput(many=True)
 
-    @staticmethod
-    def shape(assignment: Assignment) -> dict[str, Any]:
-        task = assignment.task
-        image = task.prompt.image
-        return {
-            "id": assignment.pk,
-            "kind": task.kind,
-            "status": assignment.status,
-            "round": task.round.number,
-            "leased_at": assignment.leased_at,
-            "expires_at": assignment.expires_at,
-            "prompt": {"text": task.prompt.text, "context": task.prompt.context},
-            "image": {
-                "url": reverse("image-file", args=[image.sha256]),
-                "width": image.width,
-                "height": image.height,
-            },
-            "candidates": [
-                {"id": slot.candidate.pk, "label": chr(ord("A") + slot.position), "text": slot.candidate.text}
-                for slot in task.slots.all()
-            ],
-        }
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        # `instance` is selectors.work_payload's dict, already in this shape; the fields above
+        # document it (OpenAPI) and a test checks the two agree.
+        return dict(instance)
 
 
 class SkipOutput(serializers.Serializer):
@@ -148,26 +129,19 @@ class JudgementInput(serializers.Serializer):
         return value
 
 
-class JudgementOutput(serializers.ModelSerializer):
+class JudgementOutput(serializers.Serializer):
+    # Plain fields rather than a ModelSerializer: this is on the hot path, and a
+    # ModelSerializer introspects the model on every instantiation.
     assignment = serializers.IntegerField(source="assignment_id")
+    ranking = serializers.ListField(child=serializers.IntegerField())
     preferred = serializers.IntegerField(source="preferred_id")
     rejected = serializers.IntegerField(source="rejected_id")
-
-    class Meta:
-        model = Judgement
-        fields = [
-            "assignment",
-            "ranking",
-            "preferred",
-            "rejected",
-            "hallucination_tie",
-            "hallucinated",
-            "rejected_hallucinates",
-            "rationale",
-            "time_spent_ms",
-            "created_at",
-        ]
-        read_only_fields = fields
+    hallucination_tie = serializers.BooleanField()
+    hallucinated = serializers.ListField(child=serializers.IntegerField())
+    rejected_hallucinates = serializers.BooleanField()
+    rationale = serializers.CharField()
+    time_spent_ms = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
 
 
 class CorrectionInput(serializers.Serializer):
@@ -204,24 +178,15 @@ class SpanOutput(serializers.Serializer):
     category = serializers.ChoiceField(choices=Correction.Category.choices, allow_null=True, required=False)
 
 
-class CorrectionOutput(serializers.ModelSerializer):
+class CorrectionOutput(serializers.Serializer):
     assignment = serializers.IntegerField(source="assignment_id")
     candidate = serializers.IntegerField(source="candidate_id")
+    original = serializers.CharField()
+    corrected = serializers.CharField()
+    no_hallucination = serializers.BooleanField()
     spans = SpanOutput(many=True)
-
-    class Meta:
-        model = Correction
-        fields = [
-            "assignment",
-            "candidate",
-            "original",
-            "corrected",
-            "no_hallucination",
-            "spans",
-            "time_spent_ms",
-            "created_at",
-        ]
-        read_only_fields = fields
+    time_spent_ms = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
 
 
 class DiffInput(serializers.Serializer):

@@ -244,26 +244,40 @@ def open_round(round_: Round) -> Round:
 # stored, with created=False, and writes nothing: the first submission wins.
 
 
-def _start_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[Assignment, Any]:
-    """Lock the annotator's assignment; return it and its stored result, if submitted."""
-    assignment = own_assignment(annotator, assignment_id, lock=True)
-    if assignment.task.kind != kind:
-        raise Refused(f"this assignment is a {assignment.task.kind} task; submit a {assignment.task.kind} result")
-    if assignment.status == Assignment.Status.SUBMITTED:
-        related = "judgement" if kind == Task.Kind.RANK else "correction"
-        return assignment, getattr(assignment, related)
-    check_live(assignment, timezone.now())
-    return assignment, None
+def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[list[TaskCandidate], Any]:
+    """Inside the caller's transaction: mark the annotator's live lease submitted and return
+    the task's slots (candidates in order), or return (_, stored result) for a submission
+    that already went through. Raises Assignment.DoesNotExist for anyone else's assignment
+    and Refused for a lease that is over, a task of another kind or a closed round.
 
-
-def _finish_submission(assignment: Assignment) -> None:
+    The fast path is one conditional UPDATE: it both checks the lease (the holder's, live,
+    not yet submitted) and locks the row, so a concurrent retry waits for this transaction
+    and then finds the assignment submitted. Anything refused afterwards rolls it back.
+    """
     now = timezone.now()
-    moved = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED, expires_at__gt=now).update(
-        status=Assignment.Status.SUBMITTED, finished_at=now
+    won = Assignment.objects.filter(
+        pk=assignment_id, annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=now
+    ).update(status=Assignment.Status.SUBMITTED, finished_at=now)
+    if not won:
+        assignment = own_assignment(annotator, assignment_id, lock=True)
+        if assignment.task.kind != kind:
+            raise Refused(f"this assignment is a {assignment.task.kind} task; submit a {assignment.task.kind} result")
+        if assignment.status == Assignment.Status.SUBMITTED:
+            return [], getattr(assignment, "judgement" if kind == Task.Kind.RANK else "correction")
+        check_live(assignment, now)
+        raise Refused("the lease on this task ended while the request was being checked; ask for the next one")
+    slots = list(
+        TaskCandidate.objects.filter(task__assignments__pk=assignment_id)
+        .select_related("task__round", "candidate")
+        .order_by("position")
     )
-    if not moved:  # the lease ran out while this request was being checked
-        raise Refused("the lease on this task expired; it went back to the pool")
-    Task.objects.filter(pk=assignment.task_id).update(submitted=F("submitted") + 1)
+    task = slots[0].task
+    if task.kind != kind:
+        raise Refused(f"this assignment is a {task.kind} task; submit a {task.kind} result")
+    if task.round.status != Round.Status.OPEN:
+        raise Refused(f"{task.round} is {task.round.status}; it takes no more labels")
+    Task.objects.filter(pk=task.pk).update(submitted=F("submitted") + 1)
+    return slots, None
 
 
 def submit_judgement(
@@ -280,18 +294,17 @@ def submit_judgement(
     ordered by fewer hallucinations, or, when that was a tie (`hallucination_tie`), by
     helpfulness. `hallucinated` flags the candidates that hallucinate."""
     with transaction.atomic():
-        assignment, stored = _start_submission(annotator, assignment_id, Task.Kind.RANK)
+        slots, stored = _begin_submission(annotator, assignment_id, Task.Kind.RANK)
         if stored is not None:
             return stored, False
-        shown = list(TaskCandidate.objects.filter(task_id=assignment.task_id).values_list("candidate_id", flat=True))
+        shown = [slot.candidate_id for slot in slots]
         if sorted(ranking) != sorted(shown):
             raise Refused(f"the ranking must order exactly this task's candidates {sorted(shown)}", status=400)
         unknown = set(hallucinated) - set(shown)
         if unknown:
             raise Refused(f"flagged candidates {sorted(unknown)} are not part of this task", status=400)
-        _finish_submission(assignment)
         judgement = Judgement.objects.create(
-            assignment=assignment,
+            assignment_id=assignment_id,
             ranking=list(ranking),
             preferred_id=ranking[0],
             rejected_id=ranking[-1],
@@ -304,16 +317,18 @@ def submit_judgement(
     return judgement, True
 
 
-def _the_candidate(assignment: Assignment) -> Candidate:
-    return Candidate.objects.get(pk__in=TaskCandidate.objects.filter(task_id=assignment.task_id).values("candidate_id"))
-
-
 def preview_spans(annotator: Any, assignment_id: int, corrected: str) -> list[dict[str, Any]]:
     """The changed spans the server would store for this correction (the page's live diff)."""
-    assignment = own_assignment(annotator, assignment_id)
-    if assignment.task.kind != Task.Kind.CORRECT:
+    slot = (
+        TaskCandidate.objects.filter(task__assignments__pk=assignment_id, task__assignments__annotator=annotator)
+        .select_related("task", "candidate")
+        .first()
+    )
+    if slot is None:
+        raise Assignment.DoesNotExist
+    if slot.task.kind != Task.Kind.CORRECT:
         raise Refused("only a correction task has a diff")
-    return [span.as_dict() for span in span_diff.changed_spans(_the_candidate(assignment).text, corrected)]
+    return [span.as_dict() for span in span_diff.changed_spans(slot.candidate.text, corrected)]
 
 
 def submit_correction(
@@ -330,10 +345,10 @@ def submit_correction(
     The changed spans are computed here from the two texts; `span_categories`, when given,
     has one error category (or None) per span, in order."""
     with transaction.atomic():
-        assignment, stored = _start_submission(annotator, assignment_id, Task.Kind.CORRECT)
+        slots, stored = _begin_submission(annotator, assignment_id, Task.Kind.CORRECT)
         if stored is not None:
             return stored, False
-        candidate = _the_candidate(assignment)
+        candidate = slots[0].candidate
         original = candidate.text
         if no_hallucination:
             if corrected is not None and corrected != original:
@@ -355,9 +370,8 @@ def submit_correction(
         for category in categories:
             if category is not None and category not in Correction.Category.values:
                 raise Refused(f"unknown category {category!r}", status=400)
-        _finish_submission(assignment)
         correction = Correction.objects.create(
-            assignment=assignment,
+            assignment_id=assignment_id,
             candidate=candidate,
             original=original,
             corrected=corrected,

@@ -18,10 +18,9 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from annotation import queue
+from annotation import queue, selectors
 from annotation.models import Assignment, Correction, Image, Task
 from annotation.roles import is_annotator
-from annotation.serializers import AssignmentOutput
 
 View = Callable[..., HttpResponseBase]
 
@@ -59,20 +58,21 @@ def annotate_next(request: HttpRequest) -> HttpResponse:
 
 @annotator_required
 def annotate(request: HttpRequest, assignment_id: int) -> HttpResponse:
-    assignment = queue.assignments_for_work().filter(pk=assignment_id, annotator_id=request.user.pk).first()
+    assignment = Assignment.objects.filter(pk=assignment_id, annotator_id=request.user.pk).first()
     if assignment is None:
         raise Http404("No such assignment of yours.")
     if assignment.status != Assignment.Status.LEASED or assignment.is_expired():
         messages.info(request, f"That task is {'expired' if assignment.is_expired() else assignment.status}.")
         return redirect("annotate")
+    data = selectors.work_payload(assignment)
     context = {
         "assignment": assignment,
-        "task": assignment.task,
-        "data": AssignmentOutput(AssignmentOutput.shape(assignment)).data,
+        "data": data,
+        "kind_label": Task.Kind(data["kind"]).label,
         "seconds_left": int((assignment.expires_at - timezone.now()).total_seconds()),
         "categories": Correction.Category.choices,
     }
-    template = "annotation/rank.html" if assignment.task.kind == Task.Kind.RANK else "annotation/correct.html"
+    template = "annotation/rank.html" if data["kind"] == Task.Kind.RANK else "annotation/correct.html"
     return render(request, template, context)
 
 
