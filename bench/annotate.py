@@ -25,6 +25,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -152,11 +153,13 @@ def _audit_main() -> None:
     stored = list(Judgement.objects.values_list("assignment_id", flat=True))
     stored += list(Correction.objects.values_list("assignment_id", flat=True))
     submitted = Assignment.objects.filter(status=Assignment.Status.SUBMITTED).count()
+    slots = sum(Task.objects.values_list("overlap", flat=True))
     print(
         json.dumps(
             {
                 "stored": sorted(stored),
                 "submitted_assignments": submitted,
+                "slots": slots,
                 "tasks_over_k": over_k,
                 "counters_off": counters_off,
                 "task_annotator_repeats": pairs,
@@ -220,7 +223,9 @@ class ClientLog:
     next_ms: list[float] = field(default_factory=list)
     submit_ms: list[float] = field(default_factory=list)
     acknowledged: list[int] = field(default_factory=list)  # assignment ids whose submission got 200/201
-    seen_tasks: list[tuple[int, int]] = field(default_factory=list)  # (assignment id, first candidate id)
+    # What each task shown was, as the client can tell: its kind and candidate ids.
+    seen_tasks: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -243,8 +248,16 @@ class LoadResult:
 
 
 def _annotator(
-    host: str, port: int, token: str, cycles: int, think_ms: float, log: ClientLog, start: threading.Barrier
+    host: str,
+    port: int,
+    token: str,
+    cycles: int,
+    think_ms: float,
+    skip_rate: float,
+    log: ClientLog,
+    start: threading.Barrier,
 ) -> None:
+    rng = random.Random(token)
     connection = http.client.HTTPConnection(host, port, timeout=60)
     headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
 
@@ -270,7 +283,14 @@ def _annotator(
         if status != 200:
             log.errors.append(f"next: {status} {work}")
             break
-        log.seen_tasks.append((work["id"], work["candidates"][0]["id"]))
+        log.seen_tasks.append((work["kind"], tuple(sorted(c["id"] for c in work["candidates"]))))
+        if skip_rate and rng.random() < skip_rate:
+            status, result = post(f"/api/assignments/{work['id']}/skip/")
+            if status == 200:
+                log.skipped.append(work["id"])
+            else:
+                log.errors.append(f"skip: {status} {result}")
+            continue
         if work["kind"] == "rank":
             action, body = "judgement", {"ranking": [c["id"] for c in reversed(work["candidates"])]}
         else:
@@ -285,13 +305,18 @@ def _annotator(
     connection.close()
 
 
-def drive(host: str, port: int, tokens: list[str], cycles: int, think_ms: float = 0) -> LoadResult:
+def drive(
+    host: str, port: int, tokens: list[str], cycles: int, think_ms: float = 0, skip_rate: float = 0
+) -> LoadResult:
     """One thread per annotator, all starting together; each does up to `cycles` cycles,
-    pausing `think_ms` before each (0: back to back, the most load N annotators can make)."""
+    pausing `think_ms` before each (0: back to back, the most load N annotators can make),
+    and skipping instead of submitting at `skip_rate`."""
     logs = [ClientLog() for _ in tokens]
     start = threading.Barrier(len(tokens) + 1)
     threads = [
-        threading.Thread(target=_annotator, args=(host, port, token, cycles, think_ms, log, start), daemon=True)
+        threading.Thread(
+            target=_annotator, args=(host, port, token, cycles, think_ms, skip_rate, log, start), daemon=True
+        )
         for token, log in zip(tokens, logs, strict=True)
     ]
     for thread in threads:

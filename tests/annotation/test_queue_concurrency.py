@@ -1,0 +1,66 @@
+"""32 annotators at once, over HTTP, against gunicorn: on PostgreSQL (row locks, SKIP
+LOCKED) and on SQLite (the embedded default: the write lock). The same harness as
+bench/annotate.py; this test asserts what must never happen, never how fast it was."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from bench.annotate import audit, drive, losses, prepare, serve
+from tests.conftest import clean_env, database_url
+
+pytestmark = pytest.mark.slow
+
+ANNOTATORS = 32
+CYCLES = 100
+OVERLAP = 2
+# Up to 6 tasks a scene x k = 2: 200 scenes hold at most 2400 slots for 3200 attempted
+# cycles, so the last tasks are fought over and every annotator ends on "no work left".
+SCENES = 200
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'concurrency.sqlite3'}"
+        return
+    settings = dict(connection.settings_dict)
+    if not settings["ENGINE"].endswith("postgresql"):
+        pytest.skip("the suite runs without PostgreSQL (DATABASE_URL is not postgres://)")
+    settings["NAME"] = f"factloop_concurrency_{uuid.uuid4().hex[:8]}"
+    url = database_url(settings)
+    yield url
+    import psycopg
+
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{settings["NAME"]}" WITH (FORCE)')
+
+
+def test_32_annotators_never_exceed_k_never_repeat_and_lose_nothing(fresh_database: str, tmp_path: Path) -> None:
+    env = clean_env()
+    tokens = prepare(fresh_database, tmp_path, annotators=ANNOTATORS, scenes=SCENES, overlap=OVERLAP, base_env=env)
+    with serve(fresh_database, tmp_path, workers=2, threads=16, base_env=env) as (host, port):
+        result = drive(host, port, tokens, CYCLES, skip_rate=0.05)
+    audited = audit(fresh_database, tmp_path, base_env=env)
+
+    assert result.errors == []
+    lost = losses(result, audited)
+    assert lost == {"lost": 0, "duplicated": 0, "acknowledged_twice": 0, "unacknowledged_stored": 0}
+    assert audited["tasks_over_k"] == 0
+    assert audited["counters_off"] == 0
+    assert audited["task_annotator_repeats"] == 0
+    assert audited["submitted_assignments"] == len(result.acknowledged)
+    for log in result.logs:
+        repeats = [task for task, n in Counter(log.seen_tasks).items() if n > 1]
+        assert repeats == [], "an annotator was shown the same task twice"
+    # The pool ran dry under contention: every slot of every task ended with a submission,
+    # skipped slots included (given back and taken by someone else).
+    assert sum(len(log.skipped) for log in result.logs) > 0
+    assert len(result.acknowledged) == audited["slots"]
