@@ -52,3 +52,13 @@ def page(browser: Any) -> Iterator[Any]:
     page.set_default_timeout(15_000)
     yield page
     context.close()
+
+
+@pytest.fixture(autouse=True)
+def plain_static_names(settings: Any) -> None:
+    """pytest-django's live server serves /static/ from the apps' folders by their plain
+    names; the production storage would render hashed names only collectstatic knows."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

@@ -1,0 +1,149 @@
+"""Both annotator pages in a real browser: the keyboard flow of ranking, the live diff of a
+correction, and untrusted model text that must stay text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from annotation.models import Assignment, Correction, Judgement, Prompt, Task
+from tests.e2e.test_login_browser import log_in
+from tests.factories import make_round
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+ORIGINAL = "A large red ball is at the top left. A small blue moon is in the center."
+PAYLOADS = [
+    '<script>window.__pwned = "script"</script>Nothing odd here.',
+    '<img src=x onerror="window.__pwned = \'img\'"> A ball.',
+]
+
+
+def start(page: Any, base: str) -> None:
+    log_in(page, base, "ann")
+    page.wait_for_url(f"{base}/")
+    page.get_by_test_id("start").click()
+    page.wait_for_url(f"{base}/annotate/*/")
+
+
+def assignment_on(page: Any) -> Assignment:
+    return Assignment.objects.get(pk=int(page.url.rstrip("/").rsplit("/", 1)[1]))
+
+
+def test_ranking_with_the_keyboard(page: Any, live_server: Any, annotator: User) -> None:
+    make_round(tasks=2, texts=["A red ball is at the top.", "A red ball and a kite are at the top."])
+    base = live_server.url
+    start(page, base)
+    first = assignment_on(page)
+    # The image is there and loaded, and zooms.
+    assert page.evaluate("document.getElementById('scene').naturalWidth") == 8
+    page.keyboard.press("+")
+    assert page.get_attribute("#scene", "data-zoom") == "4"
+    assert page.get_by_test_id("prompt").text_content() == "Describe the image (0)."
+    assert page.get_by_test_id("response-B").text_content() == "A red ball and a kite are at the top."
+    assert page.is_hidden("#q2") and page.is_disabled("#submit")
+
+    # Q1: a tie; Q2 (only now asked): B is more helpful. B hallucinates a kite.
+    page.keyboard.press("t")
+    assert page.is_visible("#q2") and page.is_disabled("#submit")
+    page.keyboard.press("2")
+    assert page.is_enabled("#submit")
+    page.get_by_test_id("flag-B").check()
+    page.fill("#rationale", "both fine, B says more")
+    page.locator("h3").first.click()  # leave the text box: Enter now submits
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1] not in ("", str(first.pk)) and "/annotate/" in url)
+
+    judgement = Judgement.objects.get(assignment=first)
+    a, b = (slot.candidate_id for slot in first.task.slots.all())
+    assert (judgement.ranking, judgement.hallucination_tie, judgement.hallucinated) == ([b, a], True, [b])
+    assert judgement.rejected_hallucinates is False and judgement.rationale == "both fine, B says more"
+    assert judgement.time_spent_ms > 0
+
+    # Second task: A at once; Enter submits; then there is no work left.
+    second = assignment_on(page)
+    page.keyboard.press("1")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{base}/annotate/")
+    assert page.get_by_test_id("no-work").is_visible()
+    judgement = Judgement.objects.get(assignment=second)
+    assert judgement.hallucination_tie is False
+    assert judgement.preferred_id == second.task.slots.get(position=0).candidate_id
+
+
+def test_skip_with_the_keyboard(page: Any, live_server: Any, annotator: User) -> None:
+    make_round(tasks=2)
+    start(page, live_server.url)
+    first = assignment_on(page)
+    page.keyboard.press("s")
+    page.wait_for_url(lambda url: f"/annotate/{first.pk}/" not in url and url.rstrip("/").split("/")[-1].isdigit())
+    first.refresh_from_db()
+    assert first.status == Assignment.Status.SKIPPED
+    assert assignment_on(page).task_id != first.task_id
+
+
+def test_correction_with_a_live_diff_and_a_category(page: Any, live_server: Any, annotator: User) -> None:
+    make_round(tasks=1, kind=Task.Kind.CORRECT, texts=[ORIGINAL])
+    start(page, live_server.url)
+    assignment = assignment_on(page)
+    assert page.input_value("#editor") == ORIGINAL
+    assert page.get_by_test_id("original").text_content() == ORIGINAL
+
+    page.fill("#editor", ORIGINAL.replace("red ball", "red box").replace("small blue", "large blue"))
+    page.wait_for_function("document.querySelectorAll('#diff mark').length === 2")
+    assert page.locator("#diff mark").all_text_contents() == ["box", "large"]
+    assert page.locator("#diff del").all_text_contents() == ["ball", "small"]
+    assert page.get_by_test_id("span-count").text_content() == "2 changed spans"
+    page.locator("select.category").nth(0).select_option("objects")
+    page.locator("select.category").nth(1).select_option("attributes")
+    page.click("#submit")
+    page.wait_for_url(f"{live_server.url}/annotate/")
+
+    correction = Correction.objects.get(assignment=assignment)
+    assert [(s["original_text"], s["corrected_text"], s["category"]) for s in correction.spans] == [
+        ("ball", "box", "objects"),
+        ("small", "large", "attributes"),
+    ]
+
+
+def test_no_hallucination_and_an_empty_correction(page: Any, live_server: Any, annotator: User) -> None:
+    make_round(tasks=2, kind=Task.Kind.CORRECT, texts=[ORIGINAL])
+    start(page, live_server.url)
+    first = assignment_on(page)
+    page.fill("#editor", "   ")
+    page.click("#submit")
+    page.get_by_test_id("error").filter(has_text="empty").wait_for()
+    assert not Correction.objects.exists()
+    page.click("#no-hallucination")
+    page.wait_for_url(lambda url: f"/annotate/{first.pk}/" not in url and url.rstrip("/").split("/")[-1].isdigit())
+    correction = Correction.objects.get(assignment=first)
+    assert correction.no_hallucination and correction.spans == [] and correction.corrected == ORIGINAL
+
+
+@pytest.mark.parametrize("kind", [Task.Kind.RANK, Task.Kind.CORRECT])
+def test_model_and_prompt_text_is_shown_as_text_never_run(
+    page: Any, live_server: Any, annotator: User, kind: str
+) -> None:
+    round_ = make_round(tasks=1, kind=kind, texts=PAYLOADS)
+    Prompt.objects.filter(tasks__round=round_).update(text='<script>window.__pwned = "prompt"</script>Describe.')
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    start(page, live_server.url)
+
+    assert page.get_by_test_id("prompt").text_content() == '<script>window.__pwned = "prompt"</script>Describe.'
+    if kind == Task.Kind.RANK:
+        assert page.get_by_test_id("response-A").text_content() == PAYLOADS[0]
+        assert page.get_by_test_id("response-B").text_content() == PAYLOADS[1]
+    else:
+        assert page.input_value("#editor") == PAYLOADS[0]
+        # The live diff renders model text and the annotator's text: still as text.
+        page.fill("#editor", PAYLOADS[1] + ' <img src=y onerror="window.__pwned = \'diff\'">')
+        page.wait_for_function("document.querySelectorAll('#diff mark').length > 0")
+        assert page.locator("#diff img").count() == 0
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("main img").count() == 1  # the scene only
+    assert page.locator("main script:not([src]):not([type='application/json'])").count() == 0
+    assert dialogs == []
