@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from annotation.models import Job
+from annotation.models import Assignment, Correction, Image, Job, Judgement, Prompt, Round, Task
 
 
 @admin.register(Job)
@@ -39,3 +43,88 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the annotation workflow: the admin looks, it does not edit."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Image)
+class ImageAdmin(ReadOnlyAdmin):
+    list_display = ["id", "source", "width", "height", "sha256", "created_at"]
+    search_fields = ["source", "sha256"]
+
+
+@admin.register(Prompt)
+class PromptAdmin(ReadOnlyAdmin):
+    list_display = ["id", "text", "split", "image", "created_at"]
+    list_filter = ["split"]
+    list_select_related = ["image"]
+    search_fields = ["text"]
+
+
+@admin.register(Round)
+class RoundAdmin(admin.ModelAdmin):
+    list_display = ["number", "status", "policy_version", "task_count", "progress", "created_at", "frozen_at"]
+    list_filter = ["status"]
+    readonly_fields = ["number", "created_at", "frozen_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Round]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_tasks=Count("tasks"),
+                slots=Coalesce(Sum("tasks__overlap"), 0),
+                done=Coalesce(Sum("tasks__submitted"), 0),
+            )
+        )
+
+    @admin.display(description="tasks")
+    def task_count(self, round_: Any) -> int:
+        return int(round_.n_tasks)
+
+    @admin.display(description="judgements / needed")
+    def progress(self, round_: Any) -> str:
+        if not round_.slots:
+            return "-"
+        return format_html(
+            '<progress max="{}" value="{}"></progress> {} / {}', round_.slots, round_.done, round_.done, round_.slots
+        )
+
+
+@admin.register(Task)
+class TaskAdmin(ReadOnlyAdmin):
+    list_display = ["id", "round", "kind", "prompt", "overlap", "taken", "submitted", "is_gold"]
+    list_filter = ["round", "kind", "is_gold"]
+    list_select_related = ["round", "prompt"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(ReadOnlyAdmin):
+    list_display = ["id", "task", "annotator", "status", "leased_at", "expires_at", "finished_at"]
+    list_filter = ["status", "task__round"]
+    list_select_related = ["task", "annotator"]
+
+
+@admin.register(Judgement)
+class JudgementAdmin(ReadOnlyAdmin):
+    list_display = ["id", "assignment", "preferred", "rejected", "hallucination_tie", "rejected_hallucinates"]
+    list_select_related = ["assignment", "preferred", "rejected"]
+
+
+@admin.register(Correction)
+class CorrectionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "assignment", "no_hallucination", "span_count", "created_at"]
+    list_filter = ["no_hallucination"]
+    list_select_related = ["assignment"]
+
+    @admin.display(description="spans")
+    def span_count(self, correction: Correction) -> int:
+        return len(correction.spans)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 ORIGINAL = "A large red ball is at the top left. A small blue moon is in the center."
 PAYLOADS = [
     '<script>window.__pwned = "script"</script>Nothing odd here.',
-    '<img src=x onerror="window.__pwned = \'img\'"> A ball.',
+    "<img src=x onerror=\"window.__pwned = 'img'\"> A ball.",
 ]
 
 
@@ -129,7 +129,12 @@ def test_model_and_prompt_text_is_shown_as_text_never_run(
     round_ = make_round(tasks=1, kind=kind, texts=PAYLOADS)
     Prompt.objects.filter(tasks__round=round_).update(text='<script>window.__pwned = "prompt"</script>Describe.')
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     start(page, live_server.url)
 
     assert page.get_by_test_id("prompt").text_content() == '<script>window.__pwned = "prompt"</script>Describe.'
@@ -139,7 +144,7 @@ def test_model_and_prompt_text_is_shown_as_text_never_run(
     else:
         assert page.input_value("#editor") == PAYLOADS[0]
         # The live diff renders model text and the annotator's text: still as text.
-        page.fill("#editor", PAYLOADS[1] + ' <img src=y onerror="window.__pwned = \'diff\'">')
+        page.fill("#editor", PAYLOADS[1] + " <img src=y onerror=\"window.__pwned = 'diff'\">")
         page.wait_for_function("document.querySelectorAll('#diff mark').length > 0")
         assert page.locator("#diff img").count() == 0
     page.wait_for_timeout(300)

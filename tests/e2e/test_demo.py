@@ -79,6 +79,11 @@ def test_demo_serves_the_login_page_and_stops_cleanly(tmp_path: Path) -> None:
         with browser.open(request) as home:
             assert home.url == f"{base}/"
             assert "You are an <strong>annotator</strong>" in home.read().decode()
+        # The demo opened a synthetic round: the annotator gets a task at once.
+        assert "Opened Round 1: " in output
+        with browser.open(f"{base}/annotate/") as work:
+            assert re.fullmatch(rf"{base}/annotate/\d+/", work.url)
+            assert "Response A" in work.read().decode()
     finally:
         process.send_signal(signal.SIGINT)
         rest = process.communicate(timeout=60)[0]

@@ -1,6 +1,7 @@
 """`python manage.py demo`: FactLoop on one machine, with nothing to set up.
 
-Migrates the database, makes an admin and an annotator login, starts a real Celery worker
+Migrates the database, makes an admin and an annotator login, opens a synthetic round of
+annotation work on a fresh database, starts a real Celery worker
 process and the web app (gunicorn), waits until both answer, prints the URL and the logins,
 and keeps running until Ctrl-C, when it stops both children.
 """
@@ -25,10 +26,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.models import Round
 from annotation.services import ensure_user
+from annotation.synthetic import build_synthetic_round
 from webapp.celery import QUEUES
 
 DEMO_LOGINS = (("admin", "admin"), ("annotator", "annotator"))
+DEMO_SCENES = 20
 
 
 def _die_with_parent() -> None:
@@ -69,6 +73,7 @@ class Command(BaseCommand):
         if not settings.DEBUG:
             call_command("collectstatic", interactive=False, verbosity=0)
         logins = self._ensure_logins(var_dir / "demo-logins.json")
+        self._ensure_work()
 
         self.children: list[subprocess.Popen[bytes]] = []
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -128,6 +133,14 @@ class Command(BaseCommand):
             self._stop_children()
 
     # -- steps -------------------------------------------------------------------------
+
+    def _ensure_work(self) -> None:
+        """Until a served policy writes candidates, the demo's annotators get a synthetic
+        round of the toy world (once: a restart keeps the database and its labels)."""
+        if Round.objects.exists():
+            return
+        built = build_synthetic_round(scenes=DEMO_SCENES, overlap=2)
+        self.stdout.write(f"Opened {built.round}: {built.tasks} synthetic tasks on {built.images} toy-world images.")
 
     def _ensure_logins(self, path: Path) -> dict[str, tuple[str, str]]:
         """Demo passwords are made once, kept in var/ (mode 0600) and printed at each start."""

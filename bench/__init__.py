@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print side-by-side ratios (see README.md here)."""
