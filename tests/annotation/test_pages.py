@@ -28,7 +28,7 @@ def client_for(user: User | None, **kwargs: Any) -> Client:
 
 def test_annotate_sends_a_stranger_to_log_in_and_refuses_an_outsider(outsider: User) -> None:
     make_round(tasks=1)
-    assert "/accounts/login/" in client_for(None).get("/annotate/").url
+    assert "/accounts/login/" in client_for(None).get("/annotate/")["Location"]
     assert client_for(outsider).get("/annotate/").status_code == 403
     assert not Assignment.objects.exists()
 
@@ -38,8 +38,8 @@ def test_annotate_leases_then_shows_the_task_and_says_when_nothing_is_left(annot
     client = client_for(annotator)
     response = client.get("/annotate/")
     assignment = Assignment.objects.get()
-    assert response.url == f"/annotate/{assignment.pk}/"
-    page = client.get(response.url).content.decode()
+    assert response["Location"] == f"/annotate/{assignment.pk}/"
+    page = client.get(response["Location"]).content.decode()
     assert "A red ball &lt;b&gt;is&lt;/b&gt; here." in page and "<b>is</b>" not in page.split("assignment-data")[0]
     assert 'name="csrfmiddlewaretoken"' in page
     queue.skip(annotator, assignment.pk)
@@ -59,7 +59,7 @@ def test_an_expired_or_finished_assignment_page_sends_back_to_the_queue(annotato
     assert lease is not None
     Assignment.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     response = client_for(annotator).get(f"/annotate/{lease.pk}/")
-    assert response.status_code == 302 and response.url == "/annotate/"
+    assert response.status_code == 302 and response["Location"] == "/annotate/"
 
 
 def test_images_are_for_signed_in_annotators_only(annotator: User, outsider: User) -> None:
@@ -70,7 +70,7 @@ def test_images_are_for_signed_in_annotators_only(annotator: User, outsider: Use
     assert response.status_code == 200 and response["Content-Type"] == "image/png"
     assert b"".join(response.streaming_content) == image.file.open("rb").read()  # type: ignore[attr-defined]
     assert client_for(outsider).get(url).status_code == 403
-    assert "/accounts/login/" in client_for(None).get(url).url
+    assert "/accounts/login/" in client_for(None).get(url)["Location"]
     assert client_for(annotator).get("/images/" + "0" * 64).status_code == 404
 
 
