@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -76,13 +76,19 @@ class RoundAdmin(admin.ModelAdmin):
     readonly_fields = ["number", "created_at", "frozen_at"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Round]:
+        # Subqueries, not joins: counting over tasks and their assignments in one join
+        # would multiply the sums.
+        tasks = Task.objects.filter(round=OuterRef("pk")).order_by().values("round")
+        submitted = Assignment.objects.filter(task__round=OuterRef("pk"), status=Assignment.Status.SUBMITTED)
         return (
             super()
             .get_queryset(request)
             .annotate(
-                n_tasks=Count("tasks"),
-                slots=Coalesce(Sum("tasks__overlap"), 0),
-                done=Coalesce(Sum("tasks__submitted"), 0),
+                n_tasks=Coalesce(Subquery(tasks.annotate(n=Count("pk")).values("n")), 0),
+                slots=Coalesce(Subquery(tasks.annotate(n=Sum("overlap")).values("n")), 0),
+                done=Coalesce(
+                    Subquery(submitted.order_by().values("task__round").annotate(n=Count("pk")).values("n")), 0
+                ),
             )
         )
 
@@ -104,6 +110,14 @@ class TaskAdmin(ReadOnlyAdmin):
     list_display = ["id", "round", "kind", "prompt", "overlap", "taken", "submitted", "is_gold"]
     list_filter = ["round", "kind", "is_gold"]
     list_select_related = ["round", "prompt"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+        done = Count("assignments", filter=Q(assignments__status=Assignment.Status.SUBMITTED))
+        return super().get_queryset(request).annotate(n_submitted=done)
+
+    @admin.display(description="submitted")
+    def submitted(self, task: Any) -> int:
+        return int(task.n_submitted)
 
 
 @admin.register(Assignment)

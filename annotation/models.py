@@ -228,8 +228,9 @@ class Task(models.Model):
         Candidate, through="TaskCandidate", related_name="tasks"
     )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="How many annotators judge the task (k).")
+    # Submissions are not counted on the row: that would add a write, and a lock on the task,
+    # to every submission; the admin and exports count them.
     taken = models.PositiveSmallIntegerField(default=0, help_text="Live leases plus submissions.")
-    submitted = models.PositiveSmallIntegerField(default=0)
     is_gold = models.BooleanField(default=False, help_text="A task with a known answer, for quality control.")
     gold_answer = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -238,11 +239,11 @@ class Task(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(overlap__gte=1), name="task_overlap_positive"),
             models.CheckConstraint(condition=Q(taken__lte=F("overlap")), name="task_taken_within_overlap"),
-            models.CheckConstraint(condition=Q(submitted__lte=F("taken")), name="task_submitted_within_taken"),
         ]
         indexes = [
-            # The queue scans tasks with a free slot in (round, id) order.
-            models.Index(fields=["round", "id"], condition=Q(taken__lt=F("overlap")), name="task_free_slots"),
+            # The queue walks the tasks with a free slot, oldest first, and stops at the first
+            # one this annotator may take: an ordered scan of this small index, no sort.
+            models.Index(fields=["id"], condition=Q(taken__lt=F("overlap")), name="task_free_slots"),
         ]
 
     def __str__(self) -> str:

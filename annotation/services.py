@@ -16,7 +16,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import Max
 from django.utils import timezone
 
 from annotation import spans as span_diff
@@ -244,11 +244,19 @@ def open_round(round_: Round) -> Round:
 # stored, with created=False, and writes nothing: the first submission wins.
 
 
-def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[list[TaskCandidate], Any]:
+@dataclass(frozen=True)
+class Shown:
+    """A candidate as the task showed it."""
+
+    candidate_id: int
+    text: str
+
+
+def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[list[Shown], Any]:
     """Inside the caller's transaction: mark the annotator's live lease submitted and return
-    the task's slots (candidates in order), or return (_, stored result) for a submission
-    that already went through. Raises Assignment.DoesNotExist for anyone else's assignment
-    and Refused for a lease that is over, a task of another kind or a closed round.
+    the task's candidates in order, or return (_, stored result) for a submission that
+    already went through. Raises Assignment.DoesNotExist for anyone else's assignment and
+    Refused for a lease that is over, a task of another kind or a closed round.
 
     The fast path is one conditional UPDATE: it both checks the lease (the holder's, live,
     not yet submitted) and locks the row, so a concurrent retry waits for this transaction
@@ -266,18 +274,19 @@ def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[li
             return [], getattr(assignment, "judgement" if kind == Task.Kind.RANK else "correction")
         check_live(assignment, now)
         raise Refused("the lease on this task ended while the request was being checked; ask for the next one")
-    slots = list(
+    rows = list(
         TaskCandidate.objects.filter(task__assignments__pk=assignment_id)
-        .select_related("task__round", "candidate")
         .order_by("position")
+        .values_list(
+            "task_id", "task__kind", "task__round__status", "task__round__number", "candidate_id", "candidate__text"
+        )
     )
-    task = slots[0].task
-    if task.kind != kind:
-        raise Refused(f"this assignment is a {task.kind} task; submit a {task.kind} result")
-    if task.round.status != Round.Status.OPEN:
-        raise Refused(f"{task.round} is {task.round.status}; it takes no more labels")
-    Task.objects.filter(pk=task.pk).update(submitted=F("submitted") + 1)
-    return slots, None
+    task_kind, round_status, round_number = rows[0][1:4]
+    if task_kind != kind:
+        raise Refused(f"this assignment is a {task_kind} task; submit a {task_kind} result")
+    if round_status != Round.Status.OPEN:
+        raise Refused(f"Round {round_number} is {round_status}; it takes no more labels")
+    return [Shown(candidate_id, text) for *_, candidate_id, text in rows], None
 
 
 def submit_judgement(
@@ -348,7 +357,7 @@ def submit_correction(
         slots, stored = _begin_submission(annotator, assignment_id, Task.Kind.CORRECT)
         if stored is not None:
             return stored, False
-        candidate = slots[0].candidate
+        candidate = slots[0]
         original = candidate.text
         if no_hallucination:
             if corrected is not None and corrected != original:
@@ -372,7 +381,7 @@ def submit_correction(
                 raise Refused(f"unknown category {category!r}", status=400)
         correction = Correction.objects.create(
             assignment_id=assignment_id,
-            candidate=candidate,
+            candidate_id=candidate.candidate_id,
             original=original,
             corrected=corrected,
             no_hallucination=no_hallucination,

@@ -203,6 +203,12 @@ def parse_database_url(name: str, url: str, *, base: Path) -> dict[str, Any]:
             )
         if pool:
             config["OPTIONS"]["pool"] = True
+        if "server_side_binding" in options:
+            # psycopg binds parameters on the server and prepares statements it sees often,
+            # so PostgreSQL plans each hot query once per connection instead of every time.
+            config["OPTIONS"]["server_side_binding"] = _bool_option(
+                name, "server_side_binding", options.pop("server_side_binding")
+            )
         config["CONN_MAX_AGE"] = conn_max_age
         config["CONN_HEALTH_CHECKS"] = conn_max_age > 0
         config["OPTIONS"].update(options)

@@ -43,7 +43,7 @@ def nothing_written(assignment_id: int) -> None:
     assert assignment.status == Assignment.Status.LEASED
     assert not Judgement.objects.filter(assignment=assignment).exists()
     assert not Correction.objects.filter(assignment=assignment).exists()
-    assert assignment.task.submitted == 0
+    assert not Assignment.objects.filter(task=assignment.task, status=Assignment.Status.SUBMITTED).exists()
 
 
 # -- who may ---------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_a_judgement_is_stored_once_and_a_retry_returns_it(annotator: User) -> N
     retry = post(client, f"/api/assignments/{data['id']}/judgement/", body | {"time_spent_ms": 9999})
     assert retry.status_code == 200 and retry.json() == stored
     assert Judgement.objects.count() == 1
-    assert Task.objects.get(assignments__pk=data["id"]).submitted == 1
+    assert Assignment.objects.filter(status=Assignment.Status.SUBMITTED).count() == 1
 
 
 @pytest.mark.parametrize(

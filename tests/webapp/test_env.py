@@ -102,6 +102,14 @@ def test_postgres_pool_option() -> None:
     assert config["CONN_MAX_AGE"] == 0
 
 
+def test_postgres_server_side_binding_option() -> None:
+    url = "postgres://u@h/db?conn_max_age=60&server_side_binding=true"
+    config = parse_database_url("DATABASE_URL", url, base=BASE)
+    assert config["OPTIONS"] == {"server_side_binding": True} and config["CONN_MAX_AGE"] == 60
+    off = parse_database_url("DATABASE_URL", "postgres://u@h/db?server_side_binding=0", base=BASE)
+    assert off["OPTIONS"] == {"server_side_binding": False}
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -109,6 +117,7 @@ def test_postgres_pool_option() -> None:
         ("postgres://u@h/", "must name exactly one database"),
         ("postgres://u@h:notaport/db", "port is not a number"),
         ("postgres://u@h/db?pool=maybe", "option pool='maybe' is not a boolean"),
+        ("postgres://u@h/db?server_side_binding=yes please", "is not a boolean"),
         ("postgres://u@h/db?pool=1&conn_max_age=5", "cannot be combined"),
         ("postgres://u@h/db?conn_max_age=-1", "must not be negative"),
         ("sqlite://host/db", "SQLite URLs have no host"),
