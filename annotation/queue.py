@@ -80,7 +80,21 @@ def expire_leases(now: datetime | None = None) -> int:
 
 
 def _live_lease(annotator: Any, now: datetime) -> Assignment | None:
-    return Assignment.objects.filter(annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=now).first()
+    """The annotator's live lease on a task of an open round. A lease whose round closed
+    under it (frozen while leased) is ended here, giving its slot back."""
+    lease = (
+        Assignment.objects.select_related("task__round")
+        .filter(annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=now)
+        .first()
+    )
+    if lease is None or lease.task.round.status == Round.Status.OPEN:
+        return lease
+    with transaction.atomic():
+        if Assignment.objects.filter(pk=lease.pk, status=Assignment.Status.LEASED).update(
+            status=Assignment.Status.EXPIRED, finished_at=now
+        ):
+            Task.objects.filter(pk=lease.task_id).update(taken=F("taken") - 1)
+    return None
 
 
 def _free_task_ids(annotator: Any) -> QuerySet[Task]:

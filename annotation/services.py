@@ -277,11 +277,9 @@ def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[li
     rows = list(
         TaskCandidate.objects.filter(task__assignments__pk=assignment_id)
         .order_by("position")
-        .values_list(
-            "task_id", "task__kind", "task__round__status", "task__round__number", "candidate_id", "candidate__text"
-        )
+        .values_list("task__kind", "task__round__status", "task__round__number", "candidate_id", "candidate__text")
     )
-    task_kind, round_status, round_number = rows[0][1:4]
+    task_kind, round_status, round_number = rows[0][:3]
     if task_kind != kind:
         raise Refused(f"this assignment is a {task_kind} task; submit a {task_kind} result")
     if round_status != Round.Status.OPEN:

@@ -142,6 +142,18 @@ def test_only_open_rounds_are_handed_out(annotator: User) -> None:
     assert queue.next_assignment_for(annotator) is None
 
 
+def test_a_lease_in_a_round_frozen_under_it_ends_at_the_next_request(annotator: User) -> None:
+    frozen = make_round(tasks=1)
+    lease = queue.next_assignment_for(annotator)
+    assert lease is not None
+    Round.objects.filter(pk=frozen.pk).update(status=Round.Status.FROZEN)
+    fresh = make_round(tasks=1)
+    moved_on = queue.next_assignment_for(annotator)
+    assert moved_on is not None and moved_on.task.round == fresh
+    lease.refresh_from_db()
+    assert lease.status == Assignment.Status.EXPIRED and Task.objects.get(pk=lease.task_id).taken == 0
+
+
 def test_earlier_rounds_come_first(annotator: User) -> None:
     old = make_round(tasks=1)
     make_round(tasks=1)
