@@ -16,11 +16,11 @@ Rules (each has a test in tests/annotation/test_queue.py):
   lease submit.
 
 How a claim avoids waiting: on PostgreSQL the candidate task is read with
-`SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent annotators take different tasks instead of
-queueing on the same row (healthchecks' `sendalerts` claims work this way). SQLite has no row
-locks; there FactLoop opens every transaction with BEGIN IMMEDIATE (webapp.env), which takes
-the database's write lock first, so claims run one at a time. Either way correctness rests
-on the conditional UPDATE and the unique constraints, not on the lock.
+`SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent annotators take different tasks instead
+of queueing on the same row. SQLite has no row locks; there FactLoop opens every
+transaction with BEGIN IMMEDIATE (webapp.env), which takes the database's write lock first,
+so claims run one at a time. Either way correctness rests on the conditional UPDATE (the
+way healthchecks' `sendalerts` claims a check) and the unique constraints, not on the lock.
 """
 
 from __future__ import annotations

@@ -279,6 +279,8 @@ def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[li
         .order_by("position")
         .values_list("task__kind", "task__round__status", "task__round__number", "candidate_id", "candidate__text")
     )
+    if not rows:
+        raise Refused("this task has no candidates to judge; ask for the next one")
     task_kind, round_status, round_number = rows[0][:3]
     if task_kind != kind:
         raise Refused(f"this assignment is a {task_kind} task; submit a {task_kind} result")
