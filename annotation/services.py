@@ -29,6 +29,7 @@ from annotation.models import (
     Judgement,
     Prompt,
     Round,
+    RoundPrompt,
     Task,
     TaskCandidate,
 )
@@ -227,6 +228,23 @@ def create_tasks(round_: Round, *, kind: str, overlap: int = 1, per_task: int = 
             for position, candidate in enumerate(group)
         )
     return tasks
+
+
+def add_prompts_to_round(round_: Round, prompts: Sequence[Prompt]) -> int:
+    """Put prompts in a round for candidate generation (again is harmless); how many were new."""
+    with transaction.atomic():
+        before = RoundPrompt.objects.filter(round=round_).count()
+        RoundPrompt.objects.bulk_create(
+            [RoundPrompt(round=round_, prompt=prompt) for prompt in prompts], ignore_conflicts=True
+        )
+        return RoundPrompt.objects.filter(round=round_).count() - before
+
+
+def queue_generation(round_: Round, *, created_by: Any = None) -> Job:
+    """Queue the generation of the round's missing candidates (on the `generate` queue)."""
+    if round_.status == Round.Status.FROZEN:
+        raise ValidationError(f"{round_} is frozen; it takes no more candidates")
+    return enqueue_job(Job.Kind.GENERATE, queue="generate", params={"round_id": round_.pk}, created_by=created_by)
 
 
 def open_round(round_: Round) -> Round:

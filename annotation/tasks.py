@@ -38,7 +38,43 @@ def run_healthcheck(self: Task, job_id: int) -> None:
     Job.succeed(job_id, result)
 
 
-_TASKS: dict[str, Task] = {Job.Kind.HEALTHCHECK: run_healthcheck}
+@shared_task(bind=True, name="annotation.generate_candidates")
+def generate_candidates(self: Task, job_id: int) -> None:
+    """Fill a round's missing candidates from the serving model (annotation.generation).
+
+    Requests that fail after the client's retries mark their prompt failed and the others
+    go on; the job fails only when no prompt could be done. Queue it again to fill the rest.
+    """
+    from django.conf import settings
+
+    from annotation.generation import generate_round
+    from annotation.queue import Refused
+    from models.registry import Registry
+    from models.serving import ServingClient, ServingError
+
+    if not Job.claim(job_id, self.request.hostname or socket.gethostname()):
+        log.info("generation job %s: not queued (already run or gone); skipping", job_id)
+        return
+    round_id = int(Job.objects.values_list("params", flat=True).get(pk=job_id)["round_id"])
+    try:
+        with ServingClient(settings.FACTLOOP_VLLM_URL) as client:
+            report = generate_round(
+                round_id,
+                client=client,
+                registry=Registry(settings.FACTLOOP_MODEL_DIR),
+                concurrency=settings.FACTLOOP_GENERATE_CONCURRENCY,
+                progress=lambda done, total: Job.report_progress(job_id, done, total),
+            )
+    except (Refused, ServingError) as error:
+        Job.fail(job_id, str(error))
+        return
+    if report.failed and report.done == 0:
+        Job.fail(job_id, f"no prompt could be generated: {next(iter(report.errors.values()))}")
+        return
+    Job.succeed(job_id, report.as_dict())
+
+
+_TASKS: dict[str, Task] = {Job.Kind.HEALTHCHECK: run_healthcheck, Job.Kind.GENERATE: generate_candidates}
 
 
 def task_for_kind(kind: str) -> Task:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,6 +32,9 @@ FACTLOOP_VARS = (
     "FACTLOOP_MODEL_DIR",
     "FACTLOOP_VAR_DIR",
     "FACTLOOP_LEASE_MINUTES",
+    "FACTLOOP_VLLM_URL",
+    "FACTLOOP_SERVING_PYTHON",
+    "FACTLOOP_GENERATE_CONCURRENCY",
     "TIME_ZONE",
     "LOG_LEVEL",
     "DATA_UPLOAD_MAX_MEMORY_SIZE",
@@ -109,3 +112,47 @@ def media_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Non
 def fast_password_hashing(settings: Any) -> None:
     # PBKDF2's many iterations cost ~0.3 s a user on this machine; tests check behaviour, not hashing strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# The tiny model and a real vLLM server, each once per test session.
+
+
+@pytest.fixture(scope="session")
+def base_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tiny LLaVA build (about 3-4 minutes on 2 cores)."""
+    from models.tiny import build_toy_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-base"
+    build_toy_model(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapters(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two LoRA adapters of the tiny model that change what it says."""
+    from tests.models.lora import random_adapter
+
+    folder = tmp_path_factory.mktemp("adapters")
+    return {name: random_adapter(base_policy, folder / name, seed=seed) for name, seed in (("a", 1), ("b", 2))}
+
+
+@pytest.fixture(scope="session")
+def vllm_server(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """vLLM (the serving venv of `make serving`) serving the tiny model, LoRA enabled."""
+    from django.conf import settings
+
+    from models.server import ServerConfig, VLLMServer
+
+    config = ServerConfig(
+        model=str(base_policy),
+        python=str(settings.FACTLOOP_SERVING_PYTHON),
+        port=free_port(),
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+    )
+    server = VLLMServer(config)
+    server.start()
+    try:
+        server.wait_healthy(timeout=300)
+        yield server
+    finally:
+        server.stop()

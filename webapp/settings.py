@@ -124,6 +124,13 @@ MEDIA_URL = "media/"
 # Model versions (base models, LoRA adapters, manifests): models.registry works under it.
 FACTLOOP_MODEL_DIR = env.path("FACTLOOP_MODEL_DIR", VAR_DIR / "models", base=BASE_DIR)
 
+# Serving: the vLLM server FactLoop asks for candidates (OpenAI-compatible API), the
+# interpreter of its separate venv (to start one for the demo and tests), and how many
+# requests a generation job keeps in flight.
+FACTLOOP_VLLM_URL = env.text("FACTLOOP_VLLM_URL", "http://127.0.0.1:8100")
+FACTLOOP_SERVING_PYTHON = env.path("FACTLOOP_SERVING_PYTHON", BASE_DIR / ".venv-serving/bin/python", base=BASE_DIR)
+FACTLOOP_GENERATE_CONCURRENCY = env.integer("FACTLOOP_GENERATE_CONCURRENCY", 8, minimum=1, maximum=256)
+
 # Annotation: how long an annotator holds a task before it goes back to the pool.
 FACTLOOP_LEASE_MINUTES = env.integer("FACTLOOP_LEASE_MINUTES", 15, minimum=1, maximum=24 * 60)
 

@@ -29,14 +29,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def base_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default build, once per test session (about 3-4 minutes on 2 cores)."""
-    out = tmp_path_factory.mktemp("models") / "tiny-base"
-    build_toy_model(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def base_metrics(base_policy: Path) -> dict[str, Any]:
     model, processor = load_policy(str(base_policy))
     return evaluate_toyworld(model, processor, heldout_scenes(100))

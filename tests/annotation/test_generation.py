@@ -1,0 +1,128 @@
+"""A round's candidates from a real vLLM server through the `generate_candidates` task:
+K per prompt, only what is missing, adapters loaded on demand, failures recorded whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from annotation.models import Candidate, Job, Round, RoundPrompt
+from annotation.services import add_candidates, add_image, add_prompt, add_prompts_to_round, create_round
+from annotation.synthetic import png_of_scene
+from annotation.tasks import generate_candidates
+from models.registry import Registry
+from models.toyworld import sample_scenes
+from tests.conftest import free_port
+from tests.factories import make_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db]
+
+
+@pytest.fixture
+def registry(settings: Any, tmp_path: Path, base_policy: Path, adapters: dict[str, Path]) -> Registry:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    registry.register("tiny-base", base_model=str(base_policy))
+    registry.register("round-1", base_model=str(base_policy), adapter_dir=adapters["a"], parent="tiny-base", round=1)
+    return registry
+
+
+def make_generation_round(version: str, *, prompts: int = 4, k: int = 3) -> Round:
+    round_ = create_round(policy_version=version)
+    Round.objects.filter(pk=round_.pk).update(candidates_per_prompt=k, sampling={"temperature": 1.0, "seed": 7})
+    round_.refresh_from_db()
+    chosen = []
+    for scene in sample_scenes(77, prompts, prefix="gen"):
+        image = add_image(png_of_scene(scene, 96), facts=scene.facts(), source=scene.scene_id)
+        chosen.append(add_prompt(image, "Describe the image."))
+    add_prompts_to_round(round_, chosen)
+    return round_
+
+
+def run_job(round_: Round) -> Job:
+    job = make_job(kind=Job.Kind.GENERATE, queue="generate", params={"round_id": round_.pk})
+    generate_candidates.apply(args=(job.pk,))
+    job.refresh_from_db()
+    return job
+
+
+def test_a_round_gets_k_candidates_per_prompt_and_a_rerun_adds_nothing(
+    settings: Any, vllm_server: Any, registry: Registry
+) -> None:
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    round_ = make_generation_round("tiny-base")
+    first_prompt = round_.round_prompts.order_by("pk").first()
+    assert first_prompt is not None
+    add_candidates(round_, first_prompt.prompt, ["an answer from before"])  # one of three is there
+
+    job = run_job(round_)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert (job.progress_done, job.progress_total) == (4, 4)
+    assert job.result["candidates_created"] == 4 * 3 - 1 and job.result["failed"] == 0
+    for round_prompt in round_.round_prompts.all():
+        assert round_prompt.status == RoundPrompt.Status.DONE
+        indices = list(
+            Candidate.objects.filter(round=round_, prompt=round_prompt.prompt).values_list("index", flat=True)
+        )
+        assert sorted(indices) == [0, 1, 2]
+    texts = Candidate.objects.filter(round=round_, model_version="tiny-base").values_list("text", flat=True)
+    assert len(texts) == 11 and all(texts) and len(set(texts)) > 4  # sampled at temperature 1
+    assert Candidate.objects.filter(round=round_).exclude(params={}).first().params["model"] == "base"  # type: ignore[union-attr]
+
+    again = run_job(round_)
+    assert again.status == Job.Status.SUCCEEDED and again.result["candidates_created"] == 0
+    assert Candidate.objects.filter(round=round_).count() == 12
+
+
+def test_an_adapter_version_is_hot_loaded_and_used(settings: Any, vllm_server: Any, registry: Registry) -> None:
+    from models.serving import ServingClient
+
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    with ServingClient(vllm_server.url) as client:
+        if "round-1" in client.models():
+            client.unload_adapter("round-1")
+    round_ = make_generation_round("round-1", prompts=2, k=2)
+    job = run_job(round_)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    with ServingClient(vllm_server.url) as client:
+        assert "round-1" in client.models()
+    params = Candidate.objects.filter(round=round_).values_list("params", flat=True)
+    assert {p["model"] for p in params} == {"round-1"}
+
+
+def test_with_the_server_down_prompts_fail_whole_and_a_rerun_completes(
+    settings: Any, vllm_server: Any, registry: Registry
+) -> None:
+    round_ = make_generation_round("tiny-base", prompts=3, k=2)
+    settings.FACTLOOP_VLLM_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens: the server is down
+    failed = run_job(round_)
+    assert failed.status == Job.Status.FAILED and "failed after 4 attempts" in failed.error
+    assert set(round_.round_prompts.values_list("status", flat=True)) == {RoundPrompt.Status.FAILED}
+    assert all("ConnectError" in e or "Connect" in e for e in round_.round_prompts.values_list("error", flat=True))
+    assert not Candidate.objects.filter(round=round_).exists()
+
+    settings.FACTLOOP_VLLM_URL = vllm_server.url  # back up
+    job = run_job(round_)
+    assert job.status == Job.Status.SUCCEEDED
+    assert set(round_.round_prompts.values_list("status", flat=True)) == {RoundPrompt.Status.DONE}
+    assert Candidate.objects.filter(round=round_).count() == 3 * 2
+
+
+def test_an_unknown_policy_version_fails_the_job_with_a_reason(settings: Any, registry: Registry) -> None:
+    round_ = make_generation_round("no-such-version", prompts=1)
+    job = run_job(round_)
+    assert job.status == Job.Status.FAILED and "no-such-version" in job.error
+    assert not Candidate.objects.filter(round=round_).exists()
+
+
+def test_a_frozen_round_takes_no_generation(registry: Registry) -> None:
+    from annotation.services import queue_generation
+
+    round_ = make_generation_round("tiny-base", prompts=1)
+    Round.objects.filter(pk=round_.pk).update(status=Round.Status.FROZEN)
+    round_.refresh_from_db()
+    with pytest.raises(ValidationError, match="frozen"):
+        queue_generation(round_)
