@@ -138,7 +138,8 @@ def generate_round(
         completion = client.chat(
             model=model, prompt=prompt.text, image=image, context=prompt.context, sampling=_sampling(round_, n)
         )
-        return completion.texts, completion.completion_tokens
+        # vLLM hands back the text after the prompt, often with its leading space.
+        return [text.strip() for text in completion.texts], completion.completion_tokens
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate") as pool:
         futures: dict[Future[tuple[list[str], int]], RoundPrompt] = {}

@@ -44,7 +44,7 @@ FACTLOOP_VARS = (
 
 
 # Set by the browser tests for their own process only.
-TEST_ONLY_VARS = ("DJANGO_ALLOW_ASYNC_UNSAFE",)
+TEST_ONLY_VARS = ("DJANGO_ALLOW_ASYNC_UNSAFE", "FACTLOOP_TEST_TINY_MODEL")
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -119,10 +119,18 @@ def fast_password_hashing(settings: Any) -> None:
 
 @pytest.fixture(scope="session")
 def base_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default tiny LLaVA build (about 3-4 minutes on 2 cores)."""
+    """The default tiny LLaVA build (about 3-4 minutes on 2 cores).
+
+    FACTLOOP_TEST_TINY_MODEL may name an earlier build to start from, for quick local runs:
+    build_toy_model reuses it only if its manifest matches the current spec exactly."""
+    import shutil
+
     from models.tiny import build_toy_model
 
     out = tmp_path_factory.mktemp("models") / "tiny-base"
+    earlier = os.environ.get("FACTLOOP_TEST_TINY_MODEL")
+    if earlier:
+        shutil.copytree(earlier, out)
     build_toy_model(out)
     return out
 
