@@ -1,9 +1,9 @@
 """Candidate generation for a round: the round's policy answers each of its prompts K times.
 
 Runs inside the `generate_candidates` Celery task. HTTP requests go to the server from a
-bounded pool of threads; every database write happens on the calling thread, one prompt
-per transaction, so a crash loses at most the requests in flight and never leaves a prompt
-half-stored. It is safe to run again: it fills only what is missing (prompts not done, and
+bounded pool of threads; every database write happens on the calling thread, a batch of
+finished prompts per transaction, so a crash loses at most the requests in flight and
+never leaves a prompt half-stored. It is safe to run again: it fills only what is missing (prompts not done, and
 within a prompt only the missing candidates), and the unique (round, prompt, index) key
 refuses duplicates even from two runs at once.
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count
+from django.db.models import Count, F
 from django.utils import timezone
 
 from annotation.models import Candidate, Round, RoundPrompt
@@ -29,6 +29,7 @@ from models.serving import Sampling, ServingClient, ServingError
 
 log = logging.getLogger(__name__)
 
+STORE_EVERY_SECONDS = 1.0
 # LLaVA-RLHF sampled its candidates at temperature 0.7 (METHODS.md 1a).
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 128}
 
@@ -80,31 +81,50 @@ def _sampling(round_: Round, n: int) -> Sampling:
     )
 
 
-def _store(round_: Round, round_prompt: RoundPrompt, texts: list[str], model: str, sampling: Sampling) -> int:
-    """Store up to the missing number of candidates and mark the prompt done, atomically."""
+def _store(round_: Round, finished: list[tuple[RoundPrompt, list[str]]], model: str, sampling: Sampling) -> int:
+    """Store the candidates of finished prompts (up to each prompt's missing number) and mark
+    them done, all in one transaction; the number of candidates created.
+
+    One transaction per batch of finished prompts rather than per prompt: a handful of
+    queries whatever the batch size."""
+    prompt_ids = [round_prompt.prompt_id for round_prompt, _ in finished]
+    params = {"model": model, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    params |= {"max_tokens": sampling.max_tokens, "seed": sampling.seed}
     with transaction.atomic():
-        existing = list(
-            Candidate.objects.filter(round=round_, prompt_id=round_prompt.prompt_id).values_list("index", flat=True)
+        existing: dict[int, list[int]] = {prompt_id: [] for prompt_id in prompt_ids}
+        for prompt_id, index in Candidate.objects.filter(round=round_, prompt_id__in=prompt_ids).values_list(
+            "prompt_id", "index"
+        ):
+            existing[prompt_id].append(index)
+        rows = []
+        for round_prompt, texts in finished:
+            have = existing[round_prompt.prompt_id]
+            room = max(0, round_.candidates_per_prompt - len(have))
+            first = max(have, default=-1) + 1
+            rows += [
+                Candidate(
+                    round=round_,
+                    prompt_id=round_prompt.prompt_id,
+                    index=first + offset,
+                    text=text,
+                    model_version=round_.policy_version,
+                    params=params,
+                )
+                for offset, text in enumerate(texts[:room])
+            ]
+        Candidate.objects.bulk_create(rows)
+        RoundPrompt.objects.filter(pk__in=[round_prompt.pk for round_prompt, _ in finished]).update(
+            status=RoundPrompt.Status.DONE, error="", attempts=F("attempts") + 1, updated_at=timezone.now()
         )
-        room = max(0, round_.candidates_per_prompt - len(existing))
-        first = max(existing, default=-1) + 1
-        params = {"model": model, "temperature": sampling.temperature, "top_p": sampling.top_p}
-        params |= {"max_tokens": sampling.max_tokens, "seed": sampling.seed}
-        Candidate.objects.bulk_create(
-            Candidate(
-                round=round_,
-                prompt_id=round_prompt.prompt_id,
-                index=first + offset,
-                text=text,
-                model_version=round_.policy_version,
-                params=params,
-            )
-            for offset, text in enumerate(texts[:room])
-        )
-        RoundPrompt.objects.filter(pk=round_prompt.pk).update(
-            status=RoundPrompt.Status.DONE, error="", attempts=round_prompt.attempts + 1, updated_at=timezone.now()
-        )
-    return min(room, len(texts))
+    return len(rows)
+
+
+def _fail(round_prompt: RoundPrompt, error: Exception) -> str:
+    message = f"{type(error).__name__}: {error}"[:2000]
+    RoundPrompt.objects.filter(pk=round_prompt.pk).update(
+        status=RoundPrompt.Status.FAILED, error=message, attempts=F("attempts") + 1, updated_at=timezone.now()
+    )
+    return message
 
 
 def generate_round(
@@ -141,33 +161,45 @@ def generate_round(
         # vLLM hands back the text after the prompt, often with its leading space.
         return [text.strip() for text in completion.texts], completion.completion_tokens
 
+    sampling = _sampling(round_, 1)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate") as pool:
         futures: dict[Future[tuple[list[str], int]], RoundPrompt] = {}
+        complete: list[tuple[RoundPrompt, list[str]]] = []
         for round_prompt in todo:
             missing = round_.candidates_per_prompt - have.get(round_prompt.prompt_id, 0)
             if missing <= 0:
-                _store(round_, round_prompt, [], model, _sampling(round_, 1))
-                report.done += 1
-                continue
-            futures[pool.submit(ask, round_prompt, missing)] = round_prompt
-        for future in as_completed(futures):
-            round_prompt = futures[future]
-            try:
-                texts, tokens = future.result()
-                report.candidates_created += _store(round_, round_prompt, texts, model, _sampling(round_, 1))
+                complete.append((round_prompt, []))
+            else:
+                futures[pool.submit(ask, round_prompt, missing)] = round_prompt
+        if complete:
+            _store(round_, complete, model, sampling)
+            report.done += len(complete)
+        pending = set(futures)
+        while pending:
+            # Store what finished in the last second as one batch: a write costs a few
+            # scheduling round-trips on a machine busy with inference, so few writes of many
+            # prompts keep up where one write per prompt fell behind (bench/generation.py).
+            finished, pending = wait(pending, timeout=STORE_EVERY_SECONDS, return_when=ALL_COMPLETED)
+            batch = []
+            for future in finished:
+                round_prompt = futures[future]
+                try:
+                    texts, tokens = future.result()
+                except (ServingError, OSError) as error:
+                    report.errors[round_prompt.prompt_id] = _fail(round_prompt, error)
+                    report.failed += 1
+                    log.warning("round %s prompt %s: %s", round_.number, round_prompt.prompt_id, error)
+                    continue
+                batch.append((round_prompt, texts))
                 report.completion_tokens += tokens
-                report.done += 1
-            except (ServingError, OSError, IntegrityError) as error:
-                message = f"{type(error).__name__}: {error}"[:2000]
-                RoundPrompt.objects.filter(pk=round_prompt.pk).update(
-                    status=RoundPrompt.Status.FAILED,
-                    error=message,
-                    attempts=round_prompt.attempts + 1,
-                    updated_at=timezone.now(),
-                )
-                report.failed += 1
-                report.errors[round_prompt.prompt_id] = message
-                log.warning("round %s prompt %s: %s", round_.number, round_prompt.prompt_id, message)
+            if batch:
+                try:
+                    report.candidates_created += _store(round_, batch, model, sampling)
+                    report.done += len(batch)
+                except IntegrityError as error:  # a concurrent run stored some of these first
+                    for round_prompt, _ in batch:
+                        report.errors[round_prompt.prompt_id] = _fail(round_prompt, error)
+                    report.failed += len(batch)
             if progress is not None:
                 progress(report.done + report.failed, report.prompts)
     return report
