@@ -119,9 +119,10 @@ IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 MAX_IMAGE_PIXELS = 64_000_000
 
 
-def add_image(data: bytes, *, facts: dict[str, Any] | None = None, source: str = "") -> Image:
-    """Store an image once per content. The same bytes again return the existing row (its
-    facts are kept). Raises ValidationError for bytes that are not a PNG, JPEG, WebP or GIF."""
+def inspect_image(data: bytes, source: str = "upload") -> tuple[str, int, int]:
+    """(format, width, height) of image bytes, decoded in full: raises ValidationError for
+    bytes that are not an image, a truncated file, a decompression bomb (over
+    MAX_IMAGE_PIXELS) or a format other than PNG, JPEG, WebP and GIF."""
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
@@ -129,12 +130,29 @@ def add_image(data: bytes, *, facts: dict[str, Any] | None = None, source: str =
         with PILImage.open(io.BytesIO(data)) as probe:
             kind, (width, height) = probe.format, probe.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise ValidationError(f"image {source or ''} is too large: {width}x{height} pixels")
+                raise ValidationError(
+                    f"{source}: {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS} (a decompression bomb?)"
+                )
+            if kind not in IMAGE_FORMATS:
+                raise ValidationError(
+                    f"{source}: unsupported image format {kind}; use one of {', '.join(IMAGE_FORMATS)}"
+                )
+            # verify() checks the structure; load() decodes every pixel, which is what finds a
+            # truncated JPEG.
             probe.verify()
+        with PILImage.open(io.BytesIO(data)) as image:
+            image.load()
+    except PILImage.DecompressionBombError as error:
+        raise ValidationError(f"{source}: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValidationError(f"not a readable image ({source or 'upload'}): {error}") from None
-    if kind not in IMAGE_FORMATS:
-        raise ValidationError(f"unsupported image format {kind}; use one of {', '.join(IMAGE_FORMATS)}")
+        raise ValidationError(f"{source}: not a readable image: {error}") from None
+    return kind, width, height
+
+
+def add_image(data: bytes, *, facts: dict[str, Any] | None = None, source: str = "") -> Image:
+    """Store an image once per content. The same bytes again return the existing row (its
+    facts are kept). Raises ValidationError as inspect_image does."""
+    kind, width, height = inspect_image(data, source or "upload")
     digest = hashlib.sha256(data).hexdigest()
     existing = Image.objects.filter(sha256=digest).first()
     if existing is not None:

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotation.importers import ImportFailed, import_prompts
+
+
+class Command(BaseCommand):
+    help = (
+        "Import prompts from an images folder and a JSONL or CSV manifest (image, prompt, and optional split, "
+        "facts, context). All or nothing unless --skip-bad; bad rows are reported with the reason."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("manifest", type=Path, help="a .jsonl or .csv file, one prompt per row")
+        parser.add_argument("--images", type=Path, required=True, help="the folder the image paths are relative to")
+        parser.add_argument("--skip-bad", action="store_true", help="import the good rows, report the bad ones")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        manifest: Path = options["manifest"]
+        if not manifest.is_file():
+            raise CommandError(f"no manifest at {manifest}")
+        try:
+            report = import_prompts(manifest, options["images"], skip_bad=options["skip_bad"])
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        except ImportFailed as failed:
+            for problem in failed.report.problems:
+                self.stderr.write(str(problem))
+            raise CommandError(f"{failed}; --skip-bad imports the good rows") from None
+        for problem in report.problems:
+            self.stderr.write(f"skipped {problem}")
+        self.stdout.write(
+            f"imported {report.prompts} prompts on {report.images} images from {report.rows} rows"
+            + (f"; skipped {len(report.problems)}" if report.problems else "")
+        )
