@@ -26,29 +26,60 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from django.db.models import QuerySet
-
-from annotation.models import Assignment, Correction, Judgement, TaskCandidate
+from annotation.models import Correction, Judgement, TaskCandidate
 
 SCHEMA_VERSION = 1
 FORMATS = ("factloop", "trl")
 CHUNK = 2000
 
 
-def _judgements(rounds: Sequence[int]) -> QuerySet[Judgement]:
-    return (
-        Judgement.objects.filter(assignment__task__round__number__in=rounds)
-        .select_related("assignment__annotator", "assignment__task__round", "assignment__task__prompt__image")
-        .order_by("assignment_id")
-    )
+_PROVENANCE = {
+    "assignment_id": "assignment_id",
+    "task": "assignment__task_id",
+    "round": "assignment__task__round__number",
+    "annotator": "assignment__annotator__username",
+    "gold": "assignment__task__is_gold",
+    "submitted_at": "assignment__finished_at",
+    "image_sha256": "assignment__task__prompt__image__sha256",
+    "image_file": "assignment__task__prompt__image__file",
+    "image_facts": "assignment__task__prompt__image__facts",
+    "prompt_id": "assignment__task__prompt_id",
+    "prompt_text": "assignment__task__prompt__text",
+    "prompt_context": "assignment__task__prompt__context",
+    "prompt_split": "assignment__task__prompt__split",
+}
+_JUDGEMENT = ("ranking", "hallucination_tie", "hallucinated", "rejected_hallucinates", "rationale", "time_spent_ms")
+_CORRECTION = ("candidate_id", "original", "corrected", "no_hallucination", "spans", "time_spent_ms")
 
 
-def _corrections(rounds: Sequence[int]) -> QuerySet[Correction]:
-    return (
-        Correction.objects.filter(assignment__task__round__number__in=rounds)
-        .select_related("assignment__annotator", "assignment__task__round", "assignment__task__prompt__image")
+def _chunks(
+    model: type[Judgement] | type[Correction], rounds: Sequence[int], fields: Sequence[str]
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows as plain values (no model instances: this is the hot loop of a million-row
+    export), in assignment order, CHUNK at a time.
+
+    Each chunk is two queries: the next CHUNK assignment ids by keyset (`> last`, an index
+    scan of the one-to-one key, no join), then the rows of those ids with their provenance
+    joined in. A single joined query with LIMIT let PostgreSQL hash-join the whole table for
+    every chunk (bench/export.py), which made an export quadratic."""
+    rows = (
+        model.objects.filter(assignment__task__round__number__in=rounds)
         .order_by("assignment_id")
+        .values(*_PROVENANCE.values(), *fields)
     )
+    last = 0
+    while True:
+        ids = list(
+            model.objects.filter(assignment_id__gt=last)
+            .order_by("assignment_id")
+            .values_list("assignment_id", flat=True)[:CHUNK]
+        )
+        if not ids:
+            return
+        chunk = list(rows.filter(assignment_id__in=ids))
+        if chunk:
+            yield chunk
+        last = ids[-1]
 
 
 def _candidate_texts(task_ids: set[int]) -> dict[int, dict[int, str]]:
@@ -59,54 +90,47 @@ def _candidate_texts(task_ids: set[int]) -> dict[int, dict[int, str]]:
     return texts
 
 
-def _provenance(assignment: Assignment) -> dict[str, Any]:
-    task = assignment.task
-    prompt = task.prompt
+def _provenance(values: dict[str, Any]) -> dict[str, Any]:
+    row = {name: values[path] for name, path in _PROVENANCE.items()}
+    submitted = row["submitted_at"]
     return {
-        "round": task.round.number,
-        "task": task.pk,
-        "assignment": assignment.pk,
-        "annotator": assignment.annotator.get_username(),
-        "gold": task.is_gold,
-        "image": {"sha256": prompt.image.sha256, "file": prompt.image.file.name, "facts": prompt.image.facts},
-        "prompt": {"id": prompt.pk, "text": prompt.text, "context": prompt.context, "split": prompt.split},
-        "submitted_at": assignment.finished_at.isoformat() if assignment.finished_at else None,
+        "round": row["round"],
+        "task": row["task"],
+        "assignment": row["assignment_id"],
+        "annotator": row["annotator"],
+        "gold": row["gold"],
+        "image": {"sha256": row["image_sha256"], "file": row["image_file"], "facts": row["image_facts"]},
+        "prompt": {
+            "id": row["prompt_id"],
+            "text": row["prompt_text"],
+            "context": row["prompt_context"],
+            "split": row["prompt_split"],
+        },
+        "submitted_at": submitted.isoformat() if submitted else None,
     }
 
 
 def factloop_rows(rounds: Sequence[int]) -> Iterator[dict[str, Any]]:
     """Judgements, then corrections, each by assignment id; streamed in chunks."""
-    judgements = _judgements(rounds)
-    for start in range(0, judgements.count(), CHUNK):
-        chunk = list(judgements[start : start + CHUNK])
-        texts = _candidate_texts({j.assignment.task_id for j in chunk})
-        for judgement in chunk:
-            shown = texts[judgement.assignment.task_id]
+    for chunk in _chunks(Judgement, rounds, _JUDGEMENT):
+        texts = _candidate_texts({values["assignment__task_id"] for values in chunk})
+        for values in chunk:
+            shown = texts[values["assignment__task_id"]]
             yield {
                 "schema_version": SCHEMA_VERSION,
                 "kind": "ranking",
-                **_provenance(judgement.assignment),
-                "candidates": [{"id": cid, "text": shown[cid]} for cid in judgement.ranking],
-                "ranking": judgement.ranking,
-                "hallucination_tie": judgement.hallucination_tie,
-                "hallucinated": judgement.hallucinated,
-                "rejected_hallucinates": judgement.rejected_hallucinates,
-                "rationale": judgement.rationale,
-                "time_spent_ms": judgement.time_spent_ms,
+                **_provenance(values),
+                "candidates": [{"id": cid, "text": shown[cid]} for cid in values["ranking"]],
+                **{name: values[name] for name in _JUDGEMENT},
             }
-    corrections = _corrections(rounds)
-    for start in range(0, corrections.count(), CHUNK):
-        for correction in corrections[start : start + CHUNK]:
+    for chunk in _chunks(Correction, rounds, _CORRECTION):
+        for values in chunk:
             yield {
                 "schema_version": SCHEMA_VERSION,
                 "kind": "correction",
-                **_provenance(correction.assignment),
-                "candidate": correction.candidate_id,
-                "original": correction.original,
-                "corrected": correction.corrected,
-                "no_hallucination": correction.no_hallucination,
-                "spans": correction.spans,
-                "time_spent_ms": correction.time_spent_ms,
+                **_provenance(values),
+                "candidate": values["candidate_id"],
+                **{name: values[name] for name in _CORRECTION if name != "candidate_id"},
             }
 
 

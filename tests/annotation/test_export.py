@@ -101,3 +101,12 @@ def test_export_command_writes_and_refuses_bad_input(annotator: User, tmp_path: 
     with pytest.raises(CommandError, match="no round 9"):
         call_command("export_dataset", "--round", "1", "--round", "9", format="trl", out=tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+def test_rows_stream_in_order_across_chunks(annotator: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from annotation import exporters
+
+    label_everything(annotator)
+    whole = [json.dumps(row, sort_keys=True) for row in exporters.factloop_rows([1, 2])]
+    monkeypatch.setattr(exporters, "CHUNK", 1)
+    assert [json.dumps(row, sort_keys=True) for row in exporters.factloop_rows([1, 2])] == whole
