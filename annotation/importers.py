@@ -55,7 +55,7 @@ class ImportFailed(Exception):
 @dataclass(frozen=True)
 class _Good:
     row: int
-    data: bytes
+    path: Path  # read again when imported: only one image is in memory at a time
     sha256: str
     prompt: str
     split: str
@@ -120,7 +120,7 @@ def _check(number: int, row: dict[str, Any], folder: Path) -> _Good | str:
         inspect_image(data, row["image"])
     except ValidationError as error:
         return " ".join(error.messages)
-    return _Good(number, data, hashlib.sha256(data).hexdigest(), row["prompt"], split, facts, context, row["image"])
+    return _Good(number, path, hashlib.sha256(data).hexdigest(), row["prompt"], split, facts, context, row["image"])
 
 
 def import_prompts(manifest: Path, images: Path, *, skip_bad: bool = False) -> ImportReport:
@@ -152,7 +152,12 @@ def import_prompts(manifest: Path, images: Path, *, skip_bad: bool = False) -> I
     images_before: set[int] = set()
     with transaction.atomic():
         for item in good:
-            image = add_image(item.data, facts=item.facts, source=item.source)
+            data = item.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != item.sha256:
+                raise ImportFailed(
+                    ImportReport(report.rows, problems=[Problem(item.row, "the image file changed during the import")])
+                )
+            image = add_image(data, facts=item.facts, source=item.source)
             images_before.add(image.pk)
             add_prompt(image, item.prompt, split=item.split, context=item.context)
             report.prompts += 1
