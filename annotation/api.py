@@ -35,8 +35,15 @@ from annotation.serializers import (
 
 
 def exception_handler(error: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus a clear 413 for a body over DATA_UPLOAD_MAX_MEMORY_SIZE (Django
-    refuses to read it; left alone, that would be a bare 400 page)."""
+    """DRF's handler, plus: a request the queue refuses answers with its status and reason;
+    an assignment that is not the caller's answers 404; a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE gets a clear 413 (Django refuses to read it; left alone,
+    that would be a bare 400 page)."""
+    if isinstance(error, queue.Refused):
+        return Response({"detail": error.message}, status=error.status)
+    if isinstance(error, Assignment.DoesNotExist):
+        # Someone else's assignment answers exactly like a missing one.
+        return Response({"detail": "No such assignment of yours."}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(error, RequestDataTooBig):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         return Response(
@@ -96,15 +103,8 @@ class HealthcheckApi(APIView):
 
 # ---------------------------------------------------------------------------------------
 # Annotation. Every view works on the caller's own assignments only: another annotator's
-# assignment id answers 404, exactly like a missing one.
-
-
-def refused(error: queue.Refused) -> Response:
-    return Response({"detail": error.message}, status=error.status)
-
-
-def not_found() -> Response:
-    return Response({"detail": "No such assignment of yours."}, status=status.HTTP_404_NOT_FOUND)
+# assignment id answers 404, exactly like a missing one (exception_handler maps
+# Assignment.DoesNotExist and queue.Refused to their answers).
 
 
 class NextAssignmentApi(APIView):
@@ -114,10 +114,7 @@ class NextAssignmentApi(APIView):
 
     @extend_schema(request=None, responses={200: AssignmentOutput, 204: None})
     def post(self, request: Request) -> Response:
-        try:
-            assignment = queue.next_assignment_for(request.user)
-        except queue.Refused as error:
-            return refused(error)
+        assignment = queue.next_assignment_for(request.user)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(AssignmentOutput(selectors.work_payload(assignment)).data)
@@ -130,7 +127,7 @@ class AssignmentApi(APIView):
     def get(self, request: Request, assignment_id: int) -> Response:
         assignment = Assignment.objects.filter(pk=assignment_id, annotator_id=request.user.pk).first()
         if assignment is None:
-            return not_found()
+            raise Assignment.DoesNotExist
         return Response(AssignmentOutput(selectors.work_payload(assignment)).data)
 
 
@@ -141,12 +138,7 @@ class SkipApi(APIView):
 
     @extend_schema(request=None, responses=SkipOutput)
     def post(self, request: Request, assignment_id: int) -> Response:
-        try:
-            assignment = queue.skip(request.user, assignment_id)
-        except Assignment.DoesNotExist:
-            return not_found()
-        except queue.Refused as error:
-            return refused(error)
+        assignment = queue.skip(request.user, assignment_id)
         return Response(SkipOutput({"id": assignment.pk, "status": assignment.status}).data)
 
 
@@ -159,12 +151,7 @@ class JudgementApi(APIView):
     def post(self, request: Request, assignment_id: int) -> Response:
         payload = JudgementInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        try:
-            judgement, created = services.submit_judgement(request.user, assignment_id, **payload.validated_data)
-        except Assignment.DoesNotExist:
-            return not_found()
-        except queue.Refused as error:
-            return refused(error)
+        judgement, created = services.submit_judgement(request.user, assignment_id, **payload.validated_data)
         return Response(
             JudgementOutput(judgement).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -181,19 +168,14 @@ class CorrectionApi(APIView):
         payload = CorrectionInput(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        try:
-            correction, created = services.submit_correction(
-                request.user,
-                assignment_id,
-                corrected=data.get("corrected"),
-                no_hallucination=data["no_hallucination"],
-                span_categories=data["span_categories"],
-                time_spent_ms=data["time_spent_ms"],
-            )
-        except Assignment.DoesNotExist:
-            return not_found()
-        except queue.Refused as error:
-            return refused(error)
+        correction, created = services.submit_correction(
+            request.user,
+            assignment_id,
+            corrected=data.get("corrected"),
+            no_hallucination=data["no_hallucination"],
+            span_categories=data["span_categories"],
+            time_spent_ms=data["time_spent_ms"],
+        )
         return Response(
             CorrectionOutput(correction).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -208,10 +190,5 @@ class DiffApi(APIView):
     def post(self, request: Request, assignment_id: int) -> Response:
         payload = DiffInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        try:
-            spans = services.preview_spans(request.user, assignment_id, payload.validated_data["corrected"])
-        except Assignment.DoesNotExist:
-            return not_found()
-        except queue.Refused as error:
-            return refused(error)
+        spans = services.preview_spans(request.user, assignment_id, payload.validated_data["corrected"])
         return Response(DiffOutput({"spans": spans}).data)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from models.serving import ServingClient
 
 BASE_NAME = "base"  # the served name of the base model (`model=` in requests)
 
@@ -102,10 +102,8 @@ class VLLMServer:
         )
 
     def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        with ServingClient(self.url, timeout=2.0) as client:
+            return client.health()
 
     def wait_healthy(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
