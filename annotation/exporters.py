@@ -13,6 +13,22 @@ database state gives byte-identical files; each export folder holds a `manifest.
   Preference pairs follow METHODS.md section 1: a ranking of k candidates gives its
   k(k-1)/2 ordered pairs (a Q1 tie still gives the Q2, helpfulness, order); a correction
   gives chosen = corrected, rejected = original; "no hallucination" gives no pair.
+- `llava-rlhf`: `llava_rlhf.json` laid out like LLaVA-RLHF's released preference data
+  (METHODS.md 1a): `id`, `image`, `conversations` ({"from": "human"|"gpt", "value"}, the
+  image as `<image>` in the first human turn), `output_1`, `output_2` ({"from": "llava",
+  "value"}), `preference` (1 or 2) and `hallucination` (the rejected output hallucinates),
+  plus an `images/` folder.
+- `rlhf-v`: `rlhf_v.json` laid out like RLHF-V's released dataset (openbmb/RLHF-V-Dataset):
+  `ds_name`, `idx`, `image_path`, `text` (a JSON string of {"question", "chosen",
+  "rejected"}), `origin_dataset`, `origin_split` (here a JSON string of the provenance),
+  plus an `images/` folder. The format is single-turn: earlier turns are not kept.
+
+Selection (every format): the rounds; gold tasks (QC copies of known answers) are left out
+of the pair formats unless asked for; `min_gold_accuracy` keeps only the labels of
+annotators whose gold accuracy passes; `aggregate="majority"` (pair formats) merges the
+labels of a task's overlap by majority vote: a ranking pair is kept when more annotators
+ordered it one way than the other (a tie of votes drops it); a correction is kept when most
+annotators found a hallucination, using the first such annotator's correction.
 """
 
 from __future__ import annotations
@@ -21,16 +37,38 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from itertools import combinations
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from itertools import combinations, groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from annotation.models import Correction, Judgement, TaskCandidate
 
 SCHEMA_VERSION = 1
-FORMATS = ("factloop", "trl")
+FORMATS = ("factloop", "trl", "llava-rlhf", "rlhf-v")
+AGGREGATIONS = ("none", "majority")
 CHUNK = 2000
+Progress = Callable[[int], None]  # called with the number of labels just read
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which labels an export holds (recorded in its manifest)."""
+
+    rounds: tuple[int, ...]
+    aggregate: str = "none"
+    min_gold_accuracy: float | None = None
+    include_gold: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.rounds:
+            raise ValueError("choose at least one round")
+        if self.aggregate not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregate!r}; expected one of {', '.join(AGGREGATIONS)}")
+        if self.min_gold_accuracy is not None and not 0 <= self.min_gold_accuracy <= 1:
+            raise ValueError("the gold accuracy threshold is from 0 to 1")
 
 
 _PROVENANCE = {
@@ -53,33 +91,32 @@ _CORRECTION = ("candidate_id", "original", "corrected", "no_hallucination", "spa
 
 
 def _chunks(
-    model: type[Judgement] | type[Correction], rounds: Sequence[int], fields: Sequence[str]
+    model: type[Judgement] | type[Correction], rounds: Sequence[int], fields: Sequence[str], *, by_task: bool = False
 ) -> Iterator[list[dict[str, Any]]]:
     """Rows as plain values (no model instances: this is the hot loop of a million-row
-    export), in assignment order, CHUNK at a time.
+    export), in assignment order (or task, then assignment, order), CHUNK keys at a time.
 
-    Each chunk is two queries: the next CHUNK assignment ids by keyset (`> last`, an index
-    scan of the one-to-one key, no join), then the rows of those ids with their provenance
-    joined in. A single joined query with LIMIT let PostgreSQL hash-join the whole table for
-    every chunk (bench/export.py), which made an export quadratic."""
+    Each chunk is two queries: the next CHUNK keys by keyset (`> last`, an index scan, no
+    join), then the rows of those keys with their provenance joined in. A single joined
+    query with LIMIT let PostgreSQL hash-join the whole table for every chunk
+    (bench/export.py), which made an export quadratic."""
+    key = "assignment__task_id" if by_task else "assignment_id"
     rows = (
         model.objects.filter(assignment__task__round__number__in=rounds)
-        .order_by("assignment_id")
+        .order_by(key, "assignment_id")
         .values(*_PROVENANCE.values(), *fields)
     )
     last = 0
     while True:
-        ids = list(
-            model.objects.filter(assignment_id__gt=last)
-            .order_by("assignment_id")
-            .values_list("assignment_id", flat=True)[:CHUNK]
+        keys = list(
+            model.objects.filter(**{f"{key}__gt": last}).order_by(key).values_list(key, flat=True).distinct()[:CHUNK]
         )
-        if not ids:
+        if not keys:
             return
-        chunk = list(rows.filter(assignment_id__in=ids))
+        chunk = list(rows.filter(**{f"{key}__in": keys}))
         if chunk:
             yield chunk
-        last = ids[-1]
+        last = keys[-1]
 
 
 def _candidate_texts(task_ids: set[int]) -> dict[int, dict[int, str]]:
@@ -110,9 +147,10 @@ def _provenance(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def factloop_rows(rounds: Sequence[int]) -> Iterator[dict[str, Any]]:
-    """Judgements, then corrections, each by assignment id; streamed in chunks."""
-    for chunk in _chunks(Judgement, rounds, _JUDGEMENT):
+def factloop_rows(rounds: Sequence[int], *, by_task: bool = False) -> Iterator[dict[str, Any]]:
+    """Judgements, then corrections, each by assignment id (or by task, then assignment);
+    streamed in chunks."""
+    for chunk in _chunks(Judgement, rounds, _JUDGEMENT, by_task=by_task):
         texts = _candidate_texts({values["assignment__task_id"] for values in chunk})
         for values in chunk:
             shown = texts[values["assignment__task_id"]]
@@ -121,9 +159,10 @@ def factloop_rows(rounds: Sequence[int]) -> Iterator[dict[str, Any]]:
                 "kind": "ranking",
                 **_provenance(values),
                 "candidates": [{"id": cid, "text": shown[cid]} for cid in values["ranking"]],
+                "shown": list(shown),
                 **{name: values[name] for name in _JUDGEMENT},
             }
-    for chunk in _chunks(Correction, rounds, _CORRECTION):
+    for chunk in _chunks(Correction, rounds, _CORRECTION, by_task=by_task):
         for values in chunk:
             yield {
                 "schema_version": SCHEMA_VERSION,
@@ -134,11 +173,15 @@ def factloop_rows(rounds: Sequence[int]) -> Iterator[dict[str, Any]]:
             }
 
 
+def _prompt_turns(row: dict[str, Any]) -> list[dict[str, str]]:
+    return [*row["prompt"]["context"], {"role": "user", "content": row["prompt"]["text"]}]
+
+
 def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The TRL preference pairs of one factloop row (METHODS.md section 1)."""
-    turns = [*row["prompt"]["context"], {"role": "user", "content": row["prompt"]["text"]}]
+    """The preference pairs of one factloop row (METHODS.md section 1), in TRL's
+    conversational preference format plus provenance."""
     prompt = []
-    for i, turn in enumerate(turns):
+    for i, turn in enumerate(_prompt_turns(row)):
         content = [{"type": "text", "text": turn["content"]}]
         if i == 0:
             content.insert(0, {"type": "image", "text": None})
@@ -155,6 +198,7 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     }
     if row["kind"] == "ranking":
         texts = {c["id"]: c["text"] for c in row["candidates"]}
+        hallucinated = set(row["hallucinated"])
         for better, worse in combinations(row["ranking"], 2):
             yield base | {
                 "id": f"r{row['assignment']}-{better}-{worse}",
@@ -164,6 +208,9 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 "chosen_spans": [],
                 "rejected_spans": [],
                 "hallucination_tie": row["hallucination_tie"],
+                # For the LLaVA-RLHF layout: the pair as shown (A before B) and the flag.
+                "chosen_first": row["shown"].index(better) < row["shown"].index(worse),
+                "rejected_hallucinates": worse in hallucinated,
             }
     elif not row["no_hallucination"]:
         yield base | {
@@ -174,7 +221,88 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
             "chosen_spans": [[s["corrected_start"], s["corrected_end"]] for s in row["spans"]],
             "rejected_spans": [[s["original_start"], s["original_end"]] for s in row["spans"]],
             "hallucination_tie": False,
+            "chosen_first": False,
+            "rejected_hallucinates": True,
         }
+
+
+def _majority(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """One task's labels merged by majority vote (see the module's docstring)."""
+    if rows[0]["kind"] == "ranking":
+        votes: dict[tuple[int, int], int] = {}
+        for row in rows:
+            for better, worse in combinations(row["ranking"], 2):
+                votes[better, worse] = votes.get((better, worse), 0) + 1
+        first = rows[0]
+        ties = sum(row["hallucination_tie"] for row in rows) * 2 > len(rows)
+        flags = Counter(cid for row in rows for cid in row["hallucinated"])
+        flagged = {cid for cid, n in flags.items() if 2 * n > len(rows)}
+        for pair in preference_pairs(first | {"ranking": first["shown"], "hallucinated": sorted(flagged)}):
+            a, b = (int(x) for x in pair["id"].split("-")[1:])
+            forward, backward = votes.get((a, b), 0), votes.get((b, a), 0)
+            if forward == backward:
+                continue
+            if backward > forward:
+                pair = pair | {
+                    "chosen": pair["rejected"],
+                    "rejected": pair["chosen"],
+                    "chosen_first": not pair["chosen_first"],
+                    "rejected_hallucinates": a in flagged,
+                }
+                a, b = b, a
+            yield pair | {
+                "id": f"m{first['task']}-{a}-{b}",
+                "annotator": "majority",
+                "hallucination_tie": ties,
+            }
+        return
+    fixes = [row for row in rows if not row["no_hallucination"]]
+    if 2 * len(fixes) > len(rows):
+        for pair in preference_pairs(fixes[0]):
+            yield pair | {"id": f"m{fixes[0]['task']}", "annotator": "majority"}
+
+
+def _counted(rows: Iterator[dict[str, Any]], progress: Progress | None) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        yield row
+        if progress is not None:
+            progress(1)
+
+
+def _passing(selection: Selection) -> set[str] | None:
+    if selection.min_gold_accuracy is None:
+        return None
+    from annotation.quality import passing_annotators
+
+    return passing_annotators(min_gold_accuracy=selection.min_gold_accuracy)
+
+
+def select_pairs(selection: Selection, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
+    """The preference pairs of the selection, in a fixed order; `progress(1)` per label read."""
+    passing = _passing(selection)
+    majority = selection.aggregate == "majority"
+    rows = (
+        row
+        for row in _counted(factloop_rows(selection.rounds, by_task=majority), progress)
+        if (selection.include_gold or not row["gold"]) and (passing is None or row["annotator"] in passing)
+    )
+    if not majority:
+        for row in rows:
+            yield from preference_pairs(row)
+        return
+    for _, group in groupby(rows, key=lambda row: (row["kind"], row["task"])):
+        yield from _majority(list(group))
+
+
+def select_rows(selection: Selection, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
+    """The factloop rows of the selection: every label, gold tasks included (each row says
+    whether its task was gold); no aggregation in this format."""
+    if selection.aggregate != "none":
+        raise ValueError("the factloop format has one row per label; aggregation applies to the pair formats")
+    passing = _passing(selection)
+    for row in _counted(factloop_rows(selection.rounds), progress):
+        if passing is None or row["annotator"] in passing:
+            yield row
 
 
 def _sha256(path: Path) -> str:
@@ -185,29 +313,62 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest(folder: Path, fmt: str, rounds: Sequence[int], counts: dict[str, int]) -> None:
+def _manifest(folder: Path, fmt: str, selection: Selection, counts: dict[str, int]) -> None:
     files = {
         str(path.relative_to(folder)): _sha256(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != "manifest.json"
     }
-    manifest = {"schema_version": SCHEMA_VERSION, "format": fmt, "rounds": sorted(rounds), "counts": counts}
-    manifest["files"] = files
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "format": fmt,
+        "rounds": sorted(selection.rounds),
+        "filters": {k: v for k, v in asdict(selection).items() if k != "rounds"},
+        "counts": counts,
+        "files": files,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def export_factloop(rounds: Sequence[int], out: Path) -> dict[str, int]:
-    out.mkdir(parents=True, exist_ok=True)
+def export_factloop(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
     counts = {"ranking": 0, "correction": 0}
     with open(out / "labels.jsonl", "w", encoding="utf-8") as handle:
-        for row in factloop_rows(rounds):
+        for row in select_rows(selection, progress):
             handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
             counts[row["kind"]] += 1
-    _manifest(out, "factloop", rounds, counts)
     return counts
 
 
-def export_trl(rounds: Sequence[int], out: Path) -> dict[str, int]:
+class _ImageCache:
+    """The bytes of the image last asked for (rows come grouped by image often enough, and
+    memory stays flat)."""
+
+    def __init__(self) -> None:
+        self.sha = ""
+        self.data = b""
+
+    def get(self, sha: str, file: str) -> bytes:
+        if sha != self.sha:
+            from django.core.files.storage import default_storage
+
+            with default_storage.open(file, "rb") as handle:
+                self.data = handle.read()
+            self.sha = sha
+        return self.data
+
+
+def _image_files(selection: Selection) -> dict[str, str]:
+    """sha256 -> stored file of every image the selection's labels use."""
+    from annotation.models import Image
+
+    return dict(
+        Image.objects.filter(prompts__tasks__round__number__in=selection.rounds)
+        .distinct()
+        .values_list("sha256", "file")
+    )
+
+
+def export_trl(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
     """A `datasets` directory (`datasets.load_from_disk(out)`); built from a generator, so
     memory stays flat, with a fingerprint derived from the rows for reproducible files."""
     from datasets import (  # type: ignore[import-untyped]
@@ -235,44 +396,162 @@ def export_trl(rounds: Sequence[int], out: Path) -> dict[str, int]:
             "hallucination_tie": Value("bool"),
         }
     )
+    files = _image_files(selection)
+    cache = _ImageCache()
     digest = hashlib.sha256()
     counts = {"pairs": 0}
-    images: dict[str, bytes] = {}
 
-    def image_bytes(row: dict[str, Any]) -> bytes:
-        sha = row["image"]["sha256"]
-        if sha not in images:
-            from django.core.files.storage import default_storage
+    def rows(selection: Selection) -> Iterator[dict[str, Any]]:
+        for pair in select_pairs(selection, progress):
+            del pair["chosen_first"], pair["rejected_hallucinates"]
+            image = cache.get(pair["image_sha256"], files[pair["image_sha256"]])
+            yield pair | {"images": [{"bytes": image, "path": None}]}
 
-            with default_storage.open(row["image"]["file"], "rb") as handle:
-                images.clear()  # only the last image is kept: memory stays flat
-                images[sha] = handle.read()
-        return images[sha]
-
-    def rows(rounds: Sequence[int]) -> Iterator[dict[str, Any]]:
-        for row in factloop_rows(rounds):
-            for pair in preference_pairs(row):
-                yield pair | {"images": [{"bytes": image_bytes(row), "path": None}]}
-
-    for pair in (p for row in factloop_rows(rounds) for p in preference_pairs(row)):
+    for pair in select_pairs(selection):
         digest.update(json.dumps(pair, sort_keys=True).encode())
         counts["pairs"] += 1
-    with tempfile.TemporaryDirectory(prefix="factloop-export-") as cache:
+    with tempfile.TemporaryDirectory(prefix="factloop-export-") as tmp:
         dataset = Dataset.from_generator(
             rows,
             features=features,
-            cache_dir=cache,
-            gen_kwargs={"rounds": list(rounds)},
+            cache_dir=tmp,
+            gen_kwargs={"selection": selection},
             fingerprint=digest.hexdigest()[:16],
         )
-        if out.exists():
-            shutil.rmtree(out)
         dataset.save_to_disk(str(out))
-    _manifest(out, "trl", rounds, counts)
     return counts
 
 
-def export(fmt: str, rounds: Sequence[int], out: Path) -> dict[str, int]:
+class _JsonList:
+    """A JSON array written one element at a time."""
+
+    def __init__(self, handle: TextIO) -> None:
+        self.handle = handle
+        self.count = 0
+
+    def __enter__(self) -> _JsonList:
+        self.handle.write("[")
+        return self
+
+    def add(self, item: dict[str, Any]) -> None:
+        self.handle.write(",\n" if self.count else "\n")
+        self.handle.write(json.dumps(item, sort_keys=True, ensure_ascii=False))
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.write("\n]\n" if self.count else "]\n")
+
+
+def _write_images(selection: Selection, out: Path) -> dict[str, str]:
+    """Copies the selection's images into out/images/<sha256>.<ext>; sha -> relative path."""
+    from django.core.files.storage import default_storage
+
+    folder = out / "images"
+    folder.mkdir()
+    names = {}
+    for sha, file in sorted(_image_files(selection).items()):
+        name = f"images/{sha}{Path(file).suffix}"
+        with default_storage.open(file, "rb") as source, open(out / name, "wb") as target:
+            shutil.copyfileobj(source, target)
+        names[sha] = name
+    return names
+
+
+def _text(message: list[dict[str, Any]]) -> str:
+    return "".join(part["text"] for part in message[0]["content"] if part["type"] == "text")
+
+
+def export_llava_rlhf(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
+    images = _write_images(selection, out)
+    with open(out / "llava_rlhf.json", "w", encoding="utf-8") as handle, _JsonList(handle) as items:
+        for pair in select_pairs(selection, progress):
+            conversations = []
+            for i, turn in enumerate(pair["prompt"]):
+                text = _text([turn])
+                conversations.append(
+                    {
+                        "from": "human" if turn["role"] == "user" else "gpt",
+                        "value": f"<image>\n{text}" if i == 0 else text,
+                    }
+                )
+            outputs = [_text(pair["chosen"]), _text(pair["rejected"])]
+            if not pair["chosen_first"]:
+                outputs.reverse()
+            items.add(
+                {
+                    "id": pair["id"],
+                    "image": images[pair["image_sha256"]],
+                    "conversations": conversations,
+                    "output_1": {"from": "llava", "value": outputs[0]},
+                    "output_2": {"from": "llava", "value": outputs[1]},
+                    "preference": 1 if pair["chosen_first"] else 2,
+                    "hallucination": pair["rejected_hallucinates"],
+                    "source": pair["source"],
+                    "round": pair["round"],
+                    "annotator": pair["annotator"],
+                }
+            )
+    return {"pairs": items.count, "images": len(images)}
+
+
+def export_rlhf_v(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
+    images = _write_images(selection, out)
+    with open(out / "rlhf_v.json", "w", encoding="utf-8") as handle, _JsonList(handle) as items:
+        for pair in select_pairs(selection, progress):
+            question = _text(pair["prompt"][-1:])
+            text = {"question": question, "chosen": _text(pair["chosen"]), "rejected": _text(pair["rejected"])}
+            origin = {key: pair[key] for key in ("id", "source", "round", "annotator")}
+            items.add(
+                {
+                    "ds_name": "factloop",
+                    "idx": items.count,
+                    "image_path": images[pair["image_sha256"]],
+                    "text": json.dumps(text, ensure_ascii=False),
+                    "origin_dataset": "factloop",
+                    "origin_split": json.dumps(origin, sort_keys=True),
+                }
+            )
+    return {"pairs": items.count, "images": len(images)}
+
+
+_WRITERS = {
+    "factloop": export_factloop,
+    "trl": export_trl,
+    "llava-rlhf": export_llava_rlhf,
+    "rlhf-v": export_rlhf_v,
+}
+
+
+def count_labels(selection: Selection) -> int:
+    """How many labels the rounds hold (the progress total: writers report each label read;
+    the trl writer reads them twice, for its fingerprint, and reports the second pass)."""
+    rounds = selection.rounds
+    return (
+        Judgement.objects.filter(assignment__task__round__number__in=rounds).count()
+        + Correction.objects.filter(assignment__task__round__number__in=rounds).count()
+    )
+
+
+def export(
+    fmt: str, selection: Selection | Sequence[int], out: Path, progress: Progress | None = None
+) -> dict[str, int]:
+    """Write the export into `out` (which must not exist): built in a sibling folder and
+    renamed into place, so `out` never holds half an export."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    return export_factloop(rounds, out) if fmt == "factloop" else export_trl(rounds, out)
+    if not isinstance(selection, Selection):
+        selection = Selection(tuple(selection))
+    if fmt == "factloop" and selection.aggregate != "none":
+        raise ValueError("the factloop format has one row per label; aggregation applies to the pair formats")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; exports never overwrite (choose a new folder)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        counts = _WRITERS[fmt](selection, staging, progress)
+        _manifest(staging, fmt, selection, counts)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return counts

@@ -41,6 +41,7 @@ class GenerationReport:
     failed: int = 0
     candidates_created: int = 0
     completion_tokens: int = 0
+    tasks_created: int = 0
     errors: dict[int, str] = field(default_factory=dict)  # prompt id -> error
 
     def as_dict(self) -> dict[str, Any]:
@@ -50,6 +51,7 @@ class GenerationReport:
             "failed": self.failed,
             "candidates_created": self.candidates_created,
             "completion_tokens": self.completion_tokens,
+            "tasks_created": self.tasks_created,
             "errors": {str(k): v for k, v in list(self.errors.items())[:20]},
         }
 
@@ -159,7 +161,10 @@ def generate_round(
             model=model, prompt=prompt.text, image=image, context=prompt.context, sampling=_sampling(round_, n)
         )
         # vLLM hands back the text after the prompt, often with its leading space.
-        return [text.strip() for text in completion.texts], completion.completion_tokens
+        # Model output is untrusted text; PostgreSQL text cannot hold NUL, which an untrained
+        # adapter can emit, so it becomes U+FFFD (the replacement character).
+        texts = [text.replace("\x00", "\ufffd").strip() for text in completion.texts]
+        return texts, completion.completion_tokens
 
     sampling = _sampling(round_, 1)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate") as pool:
@@ -202,4 +207,10 @@ def generate_round(
                     report.failed += len(batch)
             if progress is not None:
                 progress(report.done + report.failed, report.prompts)
+    if not RoundPrompt.objects.filter(round=round_).exclude(status=RoundPrompt.Status.DONE).exists():
+        # Every prompt has its candidates: the round's tasks (and its opening, if asked).
+        from annotation.services import make_round_tasks
+
+        round_.refresh_from_db()
+        report.tasks_created = make_round_tasks(round_)
     return report

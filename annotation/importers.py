@@ -1,8 +1,12 @@
-"""Prompts in: an images folder plus a JSONL or CSV manifest, one prompt per row.
+"""Data in.
 
-Row fields: `image` (a path inside the images folder), `prompt` (the text), and optional
-`split` (`train` or `heldout`), `facts` (an object: known objects, captions; in CSV a JSON
-string), `context` (earlier turns, a list of {"role", "content"}; in CSV a JSON string).
+Prompts (`import_prompts`): an images folder plus a JSONL or CSV manifest, one prompt per
+row, or a Hugging Face `datasets` directory (`save_to_disk`) with an image column
+(`image`, or `images` holding one image) and a `prompt` column (text, or a conversation
+whose last user turn is the prompt). Row fields: `image` (a path inside the images folder),
+`prompt` (the text), and optional `split` (`train` or `heldout`), `facts` (an object:
+known objects, captions; in CSV a JSON string), `context` (earlier turns, a list of
+{"role", "content"}; in CSV a JSON string).
 
 Every row is checked before anything is written: missing fields, a path outside the folder,
 a missing file, an unreadable or truncated image, a decompression bomb, an unsupported
@@ -10,6 +14,12 @@ format, a bad split or context, and duplicates (the same image and prompt twice 
 manifest, or already imported). The report names each bad row and why. Without
 `skip_bad`, one bad row stops the import and nothing is written; with it, the good rows
 are imported and the bad ones reported.
+
+Labels (`import_labels`): the `llava-rlhf` and `rlhf-v` JSON layouts that exporters.py
+writes (and those projects released). Each file becomes one frozen round: its images and
+prompts (reused when already there), two candidates per entry, and the entry's label as a
+submitted judgement (llava-rlhf) or correction (rlhf-v) by the given annotator. Checked the
+same way, all or nothing unless `skip_bad`.
 """
 
 from __future__ import annotations
@@ -17,13 +27,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from annotation.models import Prompt
 from annotation.services import add_image, add_prompt, inspect_image
@@ -55,7 +66,7 @@ class ImportFailed(Exception):
 @dataclass(frozen=True)
 class _Good:
     row: int
-    path: Path  # read again when imported: only one image is in memory at a time
+    load: Callable[[], bytes]  # called again when imported: one image is in memory at a time
     sha256: str
     prompt: str
     split: str
@@ -64,8 +75,104 @@ class _Good:
     source: str
 
 
+def is_hf_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _hf_dataset(path: Path) -> Any:
+    from datasets import Dataset, DatasetDict, load_from_disk  # type: ignore[import-untyped]
+    from datasets import Image as ImageFeature
+
+    try:
+        dataset = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable datasets directory: {error}") from None
+    if isinstance(dataset, DatasetDict):
+        if len(dataset) != 1:
+            raise ValueError(f"{path} holds the splits {', '.join(dataset)}; import one split's directory")
+        dataset = next(iter(dataset.values()))
+    assert isinstance(dataset, Dataset)
+    column = "image" if "image" in dataset.column_names else "images"
+    if column not in dataset.column_names or "prompt" not in dataset.column_names:
+        raise ValueError(f"{path}: a prompts dataset needs an `image` (or `images`) and a `prompt` column")
+    # Undecoded: the bytes are checked and stored as they are.
+    feature = dataset.features[column]
+    if isinstance(feature, ImageFeature):
+        dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    elif isinstance(getattr(feature, "feature", None), ImageFeature) or (
+        isinstance(feature, list) and isinstance(feature[0], ImageFeature)
+    ):
+        from datasets import Sequence as Seq
+
+        dataset = dataset.cast_column(column, Seq(ImageFeature(decode=False)))
+    return dataset, column
+
+
+def _hf_image(value: Any, folder: Path) -> bytes | str:
+    """The bytes of one undecoded image value, or why there are none."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            return f"expected one image, found {len(value)}"
+        value = value[0]
+    if not isinstance(value, dict):
+        return "no image"
+    if value.get("bytes"):
+        return bytes(value["bytes"])
+    if value.get("path"):
+        path = Path(value["path"])
+        path = path if path.is_absolute() else folder / path
+        return path.read_bytes() if path.is_file() else f"missing file {value['path']!r}"
+    return "no image"
+
+
+def _last_user_text(prompt: Any) -> tuple[str, list[dict[str, str]]] | str:
+    """(prompt text, earlier turns) from a conversational prompt."""
+
+    def text(turn: dict[str, Any]) -> str:
+        content = turn.get("content")
+        if isinstance(content, str):
+            return content
+        return "".join(p.get("text") or "" for p in content or [] if p.get("type") == "text")
+
+    if not prompt or prompt[-1].get("role") != "user":
+        return "a conversational prompt must end with a user turn"
+    turns = [{"role": turn.get("role"), "content": text(turn)} for turn in prompt]
+    return turns[-1]["content"], turns[:-1]
+
+
+def read_hf_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    dataset, column = _hf_dataset(path)
+    for number in range(len(dataset)):
+        record = dataset[number]
+        data = _hf_image(record[column], path)
+        if isinstance(data, str):
+            yield number + 1, data
+            continue
+        row: dict[str, Any] = {k: v for k, v in record.items() if k != column and v is not None}
+        if isinstance(row.get("prompt"), list):
+            parsed = _last_user_text(row["prompt"])
+            if isinstance(parsed, str):
+                yield number + 1, parsed
+                continue
+            row["prompt"], row["context"] = parsed
+        if isinstance(row.get("facts"), str):
+            try:
+                row["facts"] = json.loads(row["facts"])
+            except json.JSONDecodeError as error:
+                yield number + 1, f"facts is not valid JSON: {error}"
+                continue
+        row["image"] = f"{path.name}[{number}]"
+        # Loaded again at import time, not kept: memory stays flat.
+        row["_load"] = lambda number=number: _hf_image(dataset[number][column], path)
+        row["_bytes"] = data
+        yield number + 1, row
+
+
 def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(row number, fields) per row, or (row number, reason) for a row that is not readable."""
+    if is_hf_dataset(path):
+        yield from read_hf_rows(path)
+        return
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as handle:
             for number, record in enumerate(csv.DictReader(handle), start=1):
@@ -94,15 +201,27 @@ def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             yield number, value if isinstance(value, dict) else "not a JSON object"
 
 
-def _check(number: int, row: dict[str, Any], folder: Path) -> _Good | str:
+def _image_in(folder: Path, name: str) -> Path | str:
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        return f"image {name!r} is outside the images folder"
+    if not path.is_file():
+        return f"missing file {name!r}"
+    return path
+
+
+def _check(number: int, row: dict[str, Any], folder: Path | None) -> _Good | str:
     for key in ("image", "prompt"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             return f"missing field {key!r}"
-    path = (folder / row["image"]).resolve()
-    if not path.is_relative_to(folder.resolve()):
-        return f"image {row['image']!r} is outside the images folder"
-    if not path.is_file():
-        return f"missing file {row['image']!r}"
+    if "_bytes" in row:
+        data, load = row["_bytes"], row["_load"]
+    else:
+        assert folder is not None
+        path = _image_in(folder, row["image"])
+        if isinstance(path, str):
+            return path
+        data, load = path.read_bytes(), path.read_bytes
     split = row.get("split", Prompt.Split.TRAIN)
     if split not in Prompt.Split.values:
         return f"unknown split {split!r} (train or heldout)"
@@ -115,19 +234,18 @@ def _check(number: int, row: dict[str, Any], folder: Path) -> _Good | str:
         for t in context
     ):
         return 'context must be a list of {"role": "user"|"assistant", "content": "..."}'
-    data = path.read_bytes()
     try:
         inspect_image(data, row["image"])
     except ValidationError as error:
         return " ".join(error.messages)
-    return _Good(number, path, hashlib.sha256(data).hexdigest(), row["prompt"], split, facts, context, row["image"])
+    return _Good(number, load, hashlib.sha256(data).hexdigest(), row["prompt"], split, facts, context, row["image"])
 
 
-def import_prompts(manifest: Path, images: Path, *, skip_bad: bool = False) -> ImportReport:
-    """Import the manifest's rows; raises ImportFailed (nothing written) on a bad row unless
-    `skip_bad`."""
-    if not images.is_dir():
-        raise ValueError(f"{images} is not a folder")
+def import_prompts(manifest: Path, images: Path | None = None, *, skip_bad: bool = False) -> ImportReport:
+    """Import the manifest's rows (a JSONL/CSV file with `images`, its images folder, or a
+    datasets directory); raises ImportFailed (nothing written) on a bad row unless `skip_bad`."""
+    if not is_hf_dataset(manifest) and (images is None or not images.is_dir()):
+        raise ValueError(f"{images} is not a folder" if images else "a JSONL or CSV manifest needs its images folder")
     report = ImportReport()
     good: list[_Good] = []
     seen: dict[tuple[str, str], int] = {}
@@ -152,8 +270,8 @@ def import_prompts(manifest: Path, images: Path, *, skip_bad: bool = False) -> I
     images_before: set[int] = set()
     with transaction.atomic():
         for item in good:
-            data = item.path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != item.sha256:
+            data = item.load()
+            if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != item.sha256:
                 raise ImportFailed(
                     ImportReport(report.rows, problems=[Problem(item.row, "the image file changed during the import")])
                 )
@@ -163,3 +281,189 @@ def import_prompts(manifest: Path, images: Path, *, skip_bad: bool = False) -> I
             report.prompts += 1
     report.images = len(images_before)
     return report
+
+
+# ---------------------------------------------------------------------------------------
+# Labels: the llava-rlhf and rlhf-v layouts
+
+LABEL_FORMATS = ("llava-rlhf", "rlhf-v")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    row: int
+    path: Path
+    sha256: str
+    prompt: str
+    context: list[dict[str, str]]
+    first: str  # llava-rlhf: output_1; rlhf-v: rejected (the original)
+    second: str  # llava-rlhf: output_2; rlhf-v: chosen (the correction)
+    preference: int  # llava-rlhf: 1 or 2; rlhf-v: 2 (the correction)
+    hallucination: bool
+
+
+def _strip_image_token(text: str) -> str:
+    return text.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip()
+
+
+def _output(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("value")
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _llava_rlhf_entry(item: dict[str, Any]) -> tuple[str, str, list[dict[str, str]], str, str, int, bool] | str:
+    image = item.get("image")
+    if not isinstance(image, str) or not image:
+        return "missing field 'image'"
+    turns = item.get("conversations")
+    if not isinstance(turns, list) or not all(
+        isinstance(t, dict) and t.get("from") in ("human", "gpt") and isinstance(t.get("value"), str) for t in turns
+    ):
+        return 'conversations must be a list of {"from": "human"|"gpt", "value": "..."}'
+    last_human = max((i for i, t in enumerate(turns) if t["from"] == "human"), default=None)
+    if last_human is None:
+        return "conversations hold no human turn"
+    # Turns after the last human turn (a reference answer, if any) are not part of the prompt.
+    context = [
+        {"role": "user" if t["from"] == "human" else "assistant", "content": _strip_image_token(t["value"])}
+        for t in turns[:last_human]
+    ]
+    prompt = _strip_image_token(turns[last_human]["value"])
+    first, second = _output(item.get("output_1")), _output(item.get("output_2"))
+    if first is None or second is None:
+        return "output_1 and output_2 must both hold a response"
+    if first == second:
+        return "output_1 and output_2 are the same text"
+    preference = item.get("preference")
+    if preference not in (1, 2) or isinstance(preference, bool):
+        return f"preference must be 1 or 2, got {preference!r}"
+    hallucination = item.get("hallucination", False)
+    if hallucination not in (0, 1, True, False):
+        return f"hallucination must be a boolean, got {hallucination!r}"
+    return image, prompt, context, first, second, int(preference), bool(hallucination)
+
+
+def _rlhf_v_entry(item: dict[str, Any]) -> tuple[str, str, list[dict[str, str]], str, str, int, bool] | str:
+    image = item.get("image_path") or item.get("image")
+    if not isinstance(image, str) or not image:
+        return "missing field 'image_path'"
+    text = item.get("text")
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"text is not valid JSON: {error}"
+    if not isinstance(text, dict):
+        return 'text must be {"question", "chosen", "rejected"}'
+    fields = [text.get(key) for key in ("question", "chosen", "rejected")]
+    if not all(isinstance(f, str) and f.strip() for f in fields):
+        return "text needs a question, a chosen and a rejected response"
+    question, chosen, rejected = fields
+    if chosen == rejected:
+        return "chosen and rejected are the same text (no correction)"
+    return image, _strip_image_token(question), [], rejected, chosen, 2, True
+
+
+def import_labels(
+    path: Path, fmt: str, *, images: Path | None = None, annotator: str = "imported", skip_bad: bool = False
+) -> tuple[ImportReport, int | None]:
+    """Import a llava-rlhf or rlhf-v JSON file (a list of entries) as one frozen round;
+    image paths are relative to `images` (default: the file's folder). Returns the report
+    and the new round's number (None when nothing was imported)."""
+    from annotation import services
+    from annotation import spans as span_diff
+    from annotation.models import Assignment, Correction, Judgement, Round, Task, TaskCandidate
+
+    if fmt not in LABEL_FORMATS:
+        raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(LABEL_FORMATS)}")
+    folder = images or path.parent
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable JSON file: {error}") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of entries")
+    parse = _llava_rlhf_entry if fmt == "llava-rlhf" else _rlhf_v_entry
+    report = ImportReport()
+    good: list[_Entry] = []
+    for number, item in enumerate(items, start=1):
+        report.rows += 1
+        parsed = parse(item) if isinstance(item, dict) else "not a JSON object"
+        if not isinstance(parsed, str):
+            image, prompt, context, first, second, preference, hallucination = parsed
+            found = _image_in(folder, image)
+            if isinstance(found, str):
+                parsed = found
+            else:
+                data = found.read_bytes()
+                try:
+                    inspect_image(data, image)
+                except ValidationError as error:
+                    parsed = " ".join(error.messages)
+        if isinstance(parsed, str):
+            report.problems.append(Problem(number, parsed))
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        good.append(_Entry(number, found, sha, prompt, context, first, second, preference, hallucination))
+    if report.problems and not skip_bad:
+        raise ImportFailed(report)
+    if not good:
+        return report, None
+    kind = Task.Kind.RANK if fmt == "llava-rlhf" else Task.Kind.CORRECT
+    user = services.ensure_user(annotator, role="annotator").user
+    now = timezone.now()
+    seen_images: set[int] = set()
+    with transaction.atomic():
+        round_ = services.create_round(policy_version=f"import:{fmt}:{path.name}"[:255])
+        Round.objects.filter(pk=round_.pk).update(
+            status=Round.Status.FROZEN, frozen_at=now, task_kinds=[kind], candidates_per_prompt=2
+        )
+        for entry in good:
+            data = entry.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise ImportFailed(
+                    ImportReport(report.rows, problems=[Problem(entry.row, "the image file changed during the import")])
+                )
+            image = services.add_image(data, source=str(entry.path.name))
+            seen_images.add(image.pk)
+            prompt = Prompt.objects.filter(image=image, text=entry.prompt, context=entry.context).first()
+            if prompt is None:
+                prompt = services.add_prompt(image, entry.prompt, context=entry.context)
+                report.prompts += 1
+            first, second = services.add_candidates(
+                round_, prompt, [entry.first, entry.second], model_version="imported", params={"row": entry.row}
+            )
+            task = Task.objects.create(round=round_, prompt=prompt, kind=kind, overlap=1, taken=1)
+            TaskCandidate.objects.bulk_create(
+                [TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate((first, second))]
+            )
+            assignment = Assignment.objects.create(
+                task=task,
+                annotator=user,
+                status=Assignment.Status.SUBMITTED,
+                leased_at=now,
+                expires_at=now,
+                finished_at=now,
+            )
+            if kind == Task.Kind.RANK:
+                better, worse = (first, second) if entry.preference == 1 else (second, first)
+                Judgement.objects.create(
+                    assignment=assignment,
+                    ranking=[better.pk, worse.pk],
+                    preferred=better,
+                    rejected=worse,
+                    hallucinated=[worse.pk] if entry.hallucination else [],
+                    rejected_hallucinates=entry.hallucination,
+                )
+            else:
+                changed = span_diff.changed_spans(entry.first, entry.second)
+                Correction.objects.create(
+                    assignment=assignment,
+                    candidate=first,
+                    original=entry.first,
+                    corrected=entry.second,
+                    spans=[span.as_dict() | {"category": None} for span in changed],
+                )
+    report.images = len(seen_images)
+    return report, round_.number

@@ -22,6 +22,7 @@ class Job(models.Model):
     class Kind(models.TextChoices):
         HEALTHCHECK = "healthcheck", "Worker health check"
         GENERATE = "generate_candidates", "Generate a round's candidates"
+        EXPORT = "export_dataset", "Export a dataset"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -187,12 +188,28 @@ class Round(models.Model):
     sampling = models.JSONField(
         default=dict, blank=True, help_text='Sampling for candidates: {"temperature", "top_p", "max_tokens", "seed"}.'
     )
+    # What the round becomes once its candidates are in (services.make_round_tasks): empty
+    # task_kinds means tasks are made by hand (synthetic rounds, tests).
+    task_kinds = models.JSONField(
+        default=list, blank=True, help_text='Task kinds made from the candidates: ["rank"], ["correct"] or both.'
+    )
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="k: annotators per task.")
+    gold_rate = models.FloatField(
+        default=0.0, help_text="Share of the round's tasks that are gold tasks (known answers) for quality control."
+    )
+    open_when_ready = models.BooleanField(
+        default=False, help_text="Open the round for annotation as soon as every prompt has its candidates."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     frozen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["number"]
-        constraints = [models.CheckConstraint(condition=Q(candidates_per_prompt__gte=1), name="round_k_positive")]
+        constraints = [
+            models.CheckConstraint(condition=Q(candidates_per_prompt__gte=1), name="round_k_positive"),
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="round_overlap_positive"),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lt=1), name="round_gold_rate_range"),
+        ]
 
     def __str__(self) -> str:
         return f"Round {self.number}"
@@ -264,7 +281,14 @@ class Task(models.Model):
     # to every submission; the admin and exports count them.
     taken = models.PositiveSmallIntegerField(default=0, help_text="Live leases plus submissions.")
     is_gold = models.BooleanField(default=False, help_text="A task with a known answer, for quality control.")
+    # The known answer, by position (so it survives copying the task into a later round):
+    # rank {"best_positions": [0]}; correct {"no_hallucination": false}. Set on gold tasks,
+    # and on tasks an admin adjudicated (which become the pool of later rounds' gold tasks).
     gold_answer = models.JSONField(default=dict, blank=True)
+    adjudicated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    adjudicated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

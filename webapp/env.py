@@ -75,6 +75,19 @@ class Env:
             raise ConfigError(name, f"must be at most {maximum}, got {number}")
         return number
 
+    def fraction(self, name: str, default: float) -> float:
+        """A number from 0 to 1."""
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(name, f"expected a number from 0 to 1, got {value!r}") from None
+        if not 0 <= number <= 1:
+            raise ConfigError(name, f"must be from 0 to 1, got {number}")
+        return number
+
     def csv(self, name: str, default: list[str]) -> list[str]:
         value = self._raw(name)
         if value is None:

@@ -134,6 +134,15 @@ FACTLOOP_GENERATE_CONCURRENCY = env.integer("FACTLOOP_GENERATE_CONCURRENCY", 8, 
 # Annotation: how long an annotator holds a task before it goes back to the pool.
 FACTLOOP_LEASE_MINUTES = env.integer("FACTLOOP_LEASE_MINUTES", 15, minimum=1, maximum=24 * 60)
 
+# Quality control (annotation.quality): an annotator is flagged when their gold accuracy or
+# agreement with peers, each over at least FACTLOOP_QC_MIN_ITEMS labels, is under these.
+FACTLOOP_QC_MIN_GOLD_ACCURACY = env.fraction("FACTLOOP_QC_MIN_GOLD_ACCURACY", 0.8)
+FACTLOOP_QC_MIN_AGREEMENT = env.fraction("FACTLOOP_QC_MIN_AGREEMENT", 0.6)
+FACTLOOP_QC_MIN_ITEMS = env.integer("FACTLOOP_QC_MIN_ITEMS", 5, minimum=1)
+
+# Where exports started from the admin are written (one folder per export job).
+FACTLOOP_EXPORT_DIR = env.path("FACTLOOP_EXPORT_DIR", VAR_DIR / "exports", base=BASE_DIR)
+
 # Request bodies: annotation submissions are small; imports go through uploads.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", 1_048_576, minimum=1024)
 

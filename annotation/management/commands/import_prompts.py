@@ -6,24 +6,29 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importers import ImportFailed, import_prompts
+from annotation.importers import ImportFailed, import_prompts, is_hf_dataset
 
 
 class Command(BaseCommand):
     help = (
         "Import prompts from an images folder and a JSONL or CSV manifest (image, prompt, and optional split, "
-        "facts, context). All or nothing unless --skip-bad; bad rows are reported with the reason."
+        "facts, context), or from a Hugging Face datasets directory (image and prompt columns). All or nothing "
+        "unless --skip-bad; bad rows are reported with the reason."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("manifest", type=Path, help="a .jsonl or .csv file, one prompt per row")
-        parser.add_argument("--images", type=Path, required=True, help="the folder the image paths are relative to")
+        parser.add_argument(
+            "manifest", type=Path, help="a .jsonl or .csv file, one prompt per row, or a datasets directory"
+        )
+        parser.add_argument(
+            "--images", type=Path, help="the folder the manifest's image paths are relative to (JSONL/CSV)"
+        )
         parser.add_argument("--skip-bad", action="store_true", help="import the good rows, report the bad ones")
 
     def handle(self, *args: Any, **options: Any) -> None:
         manifest: Path = options["manifest"]
-        if not manifest.is_file():
-            raise CommandError(f"no manifest at {manifest}")
+        if not manifest.is_file() and not is_hf_dataset(manifest):
+            raise CommandError(f"no manifest or datasets directory at {manifest}")
         try:
             report = import_prompts(manifest, options["images"], skip_bad=options["skip_bad"])
         except ValueError as error:
