@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from annotation.models import Assignment, Correction, Image, Job, Judgement, Prompt, Round, RoundPrompt, Task
@@ -68,6 +70,16 @@ class PromptAdmin(ReadOnlyAdmin):
     list_filter = ["split"]
     list_select_related = ["image"]
     search_fields = ["text"]
+    change_list_template = "admin/annotation/prompt/change_list.html"
+
+    def get_urls(self) -> list[Any]:
+        from annotation import admin_views
+
+        view = self.admin_site.admin_view
+        return [
+            path("import/", view(partial(admin_views.import_upload, self)), name="annotation_prompt_import"),
+            *super().get_urls(),
+        ]
 
 
 @admin.register(Round)
@@ -79,12 +91,60 @@ class RoundAdmin(admin.ModelAdmin):
         "generation",
         "task_count",
         "progress",
+        "quality_link",
         "created_at",
         "frozen_at",
     ]
     list_filter = ["status"]
     readonly_fields = ["number", "created_at", "frozen_at"]
-    actions = ["generate_missing"]
+    actions = ["generate_missing", "freeze", "export"]
+    change_list_template = "admin/annotation/round/change_list.html"
+
+    def get_urls(self) -> list[Any]:
+        from annotation import admin_views
+
+        view = self.admin_site.admin_view
+        return [
+            path("start/", view(partial(admin_views.start_round, self)), name="annotation_round_start"),
+            path("export/", view(partial(admin_views.export_rounds, self)), name="annotation_round_export"),
+            path("metrics/", view(partial(admin_views.round_metrics, self)), name="annotation_round_metrics"),
+            path(
+                "<int:number>/quality/",
+                view(partial(admin_views.round_quality, self)),
+                name="annotation_round_quality",
+            ),
+            path(
+                "<int:number>/adjudicate/",
+                view(partial(admin_views.adjudicate, self)),
+                name="annotation_round_adjudicate",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="quality")
+    def quality_link(self, round_: Round) -> str:
+        return format_html(
+            '<a href="{}">report</a> · <a href="{}">adjudicate</a>',
+            reverse("admin:annotation_round_quality", args=[round_.number]),
+            reverse("admin:annotation_round_adjudicate", args=[round_.number]),
+        )
+
+    @admin.action(description="Freeze: take no more labels (the labels so far are final)")
+    def freeze(self, request: HttpRequest, queryset: QuerySet[Round]) -> None:
+        from annotation.services import freeze_round
+
+        for round_ in queryset:
+            try:
+                freeze_round(round_)
+            except ValidationError as error:
+                self.message_user(request, " ".join(error.messages), level=messages.WARNING)
+            else:
+                self.message_user(request, f"{round_} is frozen.")
+
+    @admin.action(description="Export the selected rounds (a job on the export queue)")
+    def export(self, request: HttpRequest, queryset: QuerySet[Round]) -> HttpResponseRedirect:
+        numbers = ",".join(str(n) for n in queryset.values_list("number", flat=True))
+        return HttpResponseRedirect(f"{reverse('admin:annotation_round_export')}?rounds={numbers}")
 
     @admin.action(description="Generate the missing candidates (queued on the generate queue)")
     def generate_missing(self, request: HttpRequest, queryset: QuerySet[Round]) -> None:

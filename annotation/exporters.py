@@ -182,7 +182,7 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     conversational preference format plus provenance."""
     prompt = []
     for i, turn in enumerate(_prompt_turns(row)):
-        content = [{"type": "text", "text": turn["content"]}]
+        content: list[dict[str, str | None]] = [{"type": "text", "text": turn["content"]}]
         if i == 0:
             content.insert(0, {"type": "image", "text": None})
         prompt.append({"role": turn["role"], "content": content})
@@ -297,8 +297,7 @@ def select_pairs(selection: Selection, progress: Progress | None = None) -> Iter
 def select_rows(selection: Selection, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
     """The factloop rows of the selection: every label, gold tasks included (each row says
     whether its task was gold); no aggregation in this format."""
-    if selection.aggregate != "none":
-        raise ValueError("the factloop format has one row per label; aggregation applies to the pair formats")
+    check_format("factloop", selection)
     passing = _passing(selection)
     for row in _counted(factloop_rows(selection.rounds), progress):
         if passing is None or row["annotator"] in passing:
@@ -532,17 +531,22 @@ def count_labels(selection: Selection) -> int:
     )
 
 
+def check_format(fmt: str, selection: Selection) -> None:
+    """Raises ValueError for an unknown format or a selection the format cannot hold."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "factloop" and selection.aggregate != "none":
+        raise ValueError("the factloop format has one row per label; --aggregate applies to the pair formats")
+
+
 def export(
     fmt: str, selection: Selection | Sequence[int], out: Path, progress: Progress | None = None
 ) -> dict[str, int]:
     """Write the export into `out` (which must not exist): built in a sibling folder and
     renamed into place, so `out` never holds half an export."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if not isinstance(selection, Selection):
         selection = Selection(tuple(selection))
-    if fmt == "factloop" and selection.aggregate != "none":
-        raise ValueError("the factloop format has one row per label; aggregation applies to the pair formats")
+    check_format(fmt, selection)
     if out.exists():
         raise FileExistsError(f"{out} exists; exports never overwrite (choose a new folder)")
     out.parent.mkdir(parents=True, exist_ok=True)

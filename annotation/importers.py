@@ -359,10 +359,27 @@ def _rlhf_v_entry(item: dict[str, Any]) -> tuple[str, str, list[dict[str, str]],
     fields = [text.get(key) for key in ("question", "chosen", "rejected")]
     if not all(isinstance(f, str) and f.strip() for f in fields):
         return "text needs a question, a chosen and a rejected response"
-    question, chosen, rejected = fields
+    question, chosen, rejected = (str(f) for f in fields)
     if chosen == rejected:
         return "chosen and rejected are the same text (no correction)"
     return image, _strip_image_token(question), [], rejected, chosen, 2, True
+
+
+def _check_entry(number: int, item: Any, parse: Callable[[dict[str, Any]], Any], folder: Path) -> _Entry | str:
+    parsed = parse(item) if isinstance(item, dict) else "not a JSON object"
+    if isinstance(parsed, str):
+        return parsed
+    name, prompt, context, first, second, preference, hallucination = parsed
+    found = _image_in(folder, name)
+    if isinstance(found, str):
+        return found
+    data = found.read_bytes()
+    try:
+        inspect_image(data, name)
+    except ValidationError as error:
+        return " ".join(error.messages)
+    sha = hashlib.sha256(data).hexdigest()
+    return _Entry(number, found, sha, prompt, context, first, second, preference, hallucination)
 
 
 def import_labels(
@@ -389,29 +406,17 @@ def import_labels(
     good: list[_Entry] = []
     for number, item in enumerate(items, start=1):
         report.rows += 1
-        parsed = parse(item) if isinstance(item, dict) else "not a JSON object"
-        if not isinstance(parsed, str):
-            image, prompt, context, first, second, preference, hallucination = parsed
-            found = _image_in(folder, image)
-            if isinstance(found, str):
-                parsed = found
-            else:
-                data = found.read_bytes()
-                try:
-                    inspect_image(data, image)
-                except ValidationError as error:
-                    parsed = " ".join(error.messages)
-        if isinstance(parsed, str):
-            report.problems.append(Problem(number, parsed))
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        good.append(_Entry(number, found, sha, prompt, context, first, second, preference, hallucination))
+        entry = _check_entry(number, item, parse, folder)
+        if isinstance(entry, str):
+            report.problems.append(Problem(number, entry))
+        else:
+            good.append(entry)
     if report.problems and not skip_bad:
         raise ImportFailed(report)
     if not good:
         return report, None
     kind = Task.Kind.RANK if fmt == "llava-rlhf" else Task.Kind.CORRECT
-    user = services.ensure_user(annotator, role="annotator").user
+    user: Any = services.ensure_user(annotator, role="annotator").user
     now = timezone.now()
     seen_images: set[int] = set()
     with transaction.atomic():

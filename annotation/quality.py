@@ -72,7 +72,7 @@ def krippendorff_alpha(units: Iterable[Sequence[Hashable]]) -> float | None:
     2011, section C): o_ck = sum over units of (number of c-k pairs) / (m_u - 1),
     n_c = sum_k o_ck, n = sum_c n_c, and for nominal data
     alpha = 1 - (n - 1) * sum_{c != k} o_ck / sum_{c != k} n_c * n_k."""
-    coincidences: Counter[tuple[Hashable, Hashable]] = Counter()
+    coincidences: dict[tuple[Hashable, Hashable], float] = defaultdict(float)
     for values in units:
         m = len(values)
         if m < 2:
@@ -82,7 +82,7 @@ def krippendorff_alpha(units: Iterable[Sequence[Hashable]]) -> float | None:
             for k, n_k in counts.items():
                 pairs = n_c * (n_c - 1) if c == k else n_c * n_k
                 coincidences[c, k] += pairs / (m - 1)
-    totals: Counter[Hashable] = Counter()
+    totals: dict[Hashable, float] = defaultdict(float)
     for (c, _), o in coincidences.items():
         totals[c] += o
     n = sum(totals.values())
@@ -204,8 +204,8 @@ def read_labels(rounds: Sequence[int]) -> list[Label]:
     labels = []
     judgements = Judgement.objects.filter(assignment__task__round__number__in=rounds).order_by("assignment_id")
     for task, annotator, gold, answer, spent, leased, finished, ranking in judgements.values_list(*common, "ranking"):
-        value = positions[task, ranking[0]]
-        labels.append(Label(task, annotator, Task.Kind.RANK, value, gold, answer, spent, leased, finished))
+        position = positions[task, ranking[0]]
+        labels.append(Label(task, annotator, Task.Kind.RANK, position, gold, answer, spent, leased, finished))
     corrections = Correction.objects.filter(assignment__task__round__number__in=rounds).order_by("assignment_id")
     for task, annotator, gold, answer, spent, leased, finished, ok in corrections.values_list(
         *common, "no_hallucination"
@@ -221,8 +221,8 @@ def round_quality(rounds: Sequence[int], labels: Sequence[Label] | None = None) 
     by_task: dict[int, list[Label]] = defaultdict(list)
     for label in labels:
         by_task[label.task].append(label)
-    alpha = {}
-    kappa = []
+    alpha: dict[str, float | None] = {}
+    kappa: list[tuple[str, str, str, int, float | None]] = []
     for kind in Task.Kind.values:
         units = [[label.value for label in group] for group in by_task.values() if group[0].kind == kind]
         if not units:
@@ -232,8 +232,8 @@ def round_quality(rounds: Sequence[int], labels: Sequence[Label] | None = None) 
         for group in by_task.values():
             if group[0].kind != kind:
                 continue
-            for a, b in combinations(sorted(group, key=lambda label: label.annotator), 2):
-                shared[a.annotator, b.annotator].append((a.value, b.value))
+            for one, other in combinations(sorted(group, key=lambda label: label.annotator), 2):
+                shared[one.annotator, other.annotator].append((one.value, other.value))
         for (a, b), pairs in sorted(shared.items()):
             kappa.append((kind, a, b, len(pairs), cohen_kappa(pairs)))
     disagreements = sorted(task for task, group in by_task.items() if len({label.value for label in group}) > 1)

@@ -449,6 +449,35 @@ def queue_generation(round_: Round, *, created_by: Any = None) -> Job:
     return enqueue_job(Job.Kind.GENERATE, queue="generate", params={"round_id": round_.pk}, created_by=created_by)
 
 
+def queue_export(
+    *,
+    fmt: str,
+    rounds: Sequence[int],
+    aggregate: str = "none",
+    min_gold_accuracy: float | None = None,
+    include_gold: bool = False,
+    created_by: Any = None,
+) -> Job:
+    """Queue an export (on the `export` queue); the selection is checked now, not in the worker."""
+    from annotation.exporters import Selection, check_format
+
+    known = set(Round.objects.filter(number__in=rounds).values_list("number", flat=True))
+    if missing := sorted(set(rounds) - known):
+        raise ValidationError(f"no round {', '.join(map(str, missing))}")
+    try:
+        check_format(fmt, Selection(tuple(sorted(set(rounds))), aggregate, min_gold_accuracy, include_gold))
+    except ValueError as error:
+        raise ValidationError(str(error)) from None
+    params = {
+        "format": fmt,
+        "rounds": sorted(set(rounds)),
+        "aggregate": aggregate,
+        "min_gold_accuracy": min_gold_accuracy,
+        "include_gold": include_gold,
+    }
+    return enqueue_job(Job.Kind.EXPORT, queue="export", params=params, created_by=created_by)
+
+
 def open_round(round_: Round) -> Round:
     """draft -> open: its tasks are handed out from now on."""
     if not Round.objects.filter(pk=round_.pk, status=Round.Status.DRAFT).update(status=Round.Status.OPEN):

@@ -74,7 +74,51 @@ def generate_candidates(self: Task, job_id: int) -> None:
     Job.succeed(job_id, report.as_dict())
 
 
-_TASKS: dict[str, Task] = {Job.Kind.HEALTHCHECK: run_healthcheck, Job.Kind.GENERATE: generate_candidates}
+@shared_task(bind=True, name="annotation.export_dataset")
+def export_dataset(self: Task, job_id: int) -> None:
+    """Write an export (annotation.exporters) under FACTLOOP_EXPORT_DIR/job-<id>-<format>,
+    reporting progress per label read. The folder appears whole or not at all."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from annotation.exporters import Selection, count_labels, export
+
+    if not Job.claim(job_id, self.request.hostname or socket.gethostname()):
+        log.info("export job %s: not queued (already run or gone); skipping", job_id)
+        return
+    params = Job.objects.values_list("params", flat=True).get(pk=job_id)
+    try:
+        selection = Selection(
+            tuple(params["rounds"]),
+            aggregate=params.get("aggregate", "none"),
+            min_gold_accuracy=params.get("min_gold_accuracy"),
+            include_gold=bool(params.get("include_gold", False)),
+        )
+        out = Path(settings.FACTLOOP_EXPORT_DIR) / f"job-{job_id}-{params['format']}"
+        total = count_labels(selection)
+        done = 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            # A write every 1% (or every label of a small export) keeps the job row cheap.
+            if done == total or done % max(1, total // 100) == 0:
+                Job.report_progress(job_id, min(done, total), total)
+
+        counts = export(params["format"], selection, out, progress=progress)
+    except (KeyError, ValueError, FileExistsError, OSError) as error:
+        Job.fail(job_id, str(error))
+        return
+    Job.report_progress(job_id, total, total)
+    Job.succeed(job_id, {"out": str(out), **counts})
+
+
+_TASKS: dict[str, Task] = {
+    Job.Kind.HEALTHCHECK: run_healthcheck,
+    Job.Kind.GENERATE: generate_candidates,
+    Job.Kind.EXPORT: export_dataset,
+}
 
 
 def task_for_kind(kind: str) -> Task:

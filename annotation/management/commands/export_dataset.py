@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.exporters import AGGREGATIONS, FORMATS, Selection, count_labels, export
+from annotation.exporters import AGGREGATIONS, FORMATS, Selection, check_format, count_labels, export
 from annotation.models import Round
 
 
@@ -56,8 +56,7 @@ class Command(BaseCommand):
                 min_gold_accuracy=options["min_gold_accuracy"],
                 include_gold=options["include_gold"],
             )
-            if options["format"] == "factloop" and selection.aggregate != "none":
-                raise ValueError("the factloop format has one row per label; --aggregate applies to the pair formats")
+            check_format(options["format"], selection)
         except ValueError as error:
             raise CommandError(str(error)) from None
         with tqdm(total=count_labels(selection), unit="label", desc="export", disable=None) as bar:

@@ -1,0 +1,443 @@
+"""The admin's own pages: start a round, import an upload, export as a job, the quality
+report and adjudication of a round, and the metrics of every round as plots.
+
+Each view is wrapped by `admin_site.admin_view` (staff only) in admin.py and checks the
+permission the page needs. Text from annotators and models is escaped by the templates.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from annotation import plots, quality, services
+from annotation.exporters import AGGREGATIONS, FORMATS
+from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
+from annotation.models import Candidate, Prompt, Round, RoundPrompt, Task, TaskCandidate
+
+# An uploaded archive may unpack to at most this much, in this many files (a zip bomb stops here).
+MAX_UNPACKED_BYTES = 4 * 1024**3
+MAX_UNPACKED_FILES = 200_000
+
+
+def _context(admin: Any, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
+    return {**admin.admin_site.each_context(request), "opts": admin.model._meta, "title": title, **extra}
+
+
+def _require(request: HttpRequest, permission: str) -> None:
+    if not request.user.has_perm(permission):
+        raise PermissionDenied
+
+
+# ---------------------------------------------------------------------------------------
+# Start a round
+
+
+class StartRoundForm(forms.Form):
+    policy_version = forms.CharField(
+        initial="base", help_text="The model version whose candidates the round labels (`base` or a registry name)."
+    )
+    task_kinds = forms.MultipleChoiceField(
+        choices=Task.Kind.choices, widget=forms.CheckboxSelectMultiple, initial=[Task.Kind.RANK]
+    )
+    candidates_per_prompt = forms.IntegerField(min_value=1, max_value=16, initial=2, label="K (candidates per prompt)")
+    overlap = forms.IntegerField(min_value=1, max_value=20, initial=1, label="Overlap k (annotators per task)")
+    gold_rate = forms.FloatField(
+        min_value=0, max_value=0.5, initial=0.0, help_text="Share of gold tasks (known answers) mixed in."
+    )
+    split = forms.ChoiceField(choices=Prompt.Split.choices, initial=Prompt.Split.TRAIN)
+    only_new = forms.BooleanField(required=False, initial=True, label="Only prompts no earlier round used")
+    limit = forms.IntegerField(min_value=1, required=False, help_text="At most this many prompts (oldest first).")
+    temperature = forms.FloatField(min_value=0, max_value=2, initial=0.7)
+    max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
+
+    def clean_policy_version(self) -> str:
+        from models.registry import Registry, RegistryError
+        from models.server import BASE_NAME
+
+        name = str(self.cleaned_data["policy_version"]).strip()
+        if name != BASE_NAME:
+            try:
+                Registry(settings.FACTLOOP_MODEL_DIR).get(name)
+            except RegistryError as error:
+                raise ValidationError(str(error)) from None
+        return name
+
+    def prompts(self) -> list[Prompt]:
+        data = self.cleaned_data
+        chosen = Prompt.objects.filter(split=data["split"]).order_by("pk")
+        if data["only_new"]:
+            chosen = chosen.exclude(pk__in=RoundPrompt.objects.values("prompt_id")).exclude(
+                pk__in=Candidate.objects.values("prompt_id")
+            )
+        return list(chosen[: data["limit"]] if data["limit"] else chosen)
+
+
+def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
+    _require(request, "annotation.add_round")
+    form = StartRoundForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            round_, job = services.start_round(
+                policy_version=data["policy_version"],
+                prompts=form.prompts(),
+                task_kinds=data["task_kinds"],
+                candidates_per_prompt=data["candidates_per_prompt"],
+                overlap=data["overlap"],
+                gold_rate=data["gold_rate"],
+                sampling={"temperature": data["temperature"], "max_tokens": data["max_tokens"]},
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request,
+                f"{round_} started over {round_.round_prompts.count()} prompts; generation is job #{job.pk}. "
+                "It opens for annotation once every prompt has its candidates.",
+            )
+            return HttpResponseRedirect(reverse("admin:annotation_round_changelist"))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, "Start a round", form=form)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Import an upload
+
+
+class ImportForm(forms.Form):
+    kind = forms.ChoiceField(
+        choices=[("prompts", "Prompts (JSONL or CSV manifest with images, or a datasets directory)")]
+        + [(fmt, f"Labels: {fmt} JSON with images") for fmt in LABEL_FORMATS]
+    )
+    archive = forms.FileField(help_text="A .zip holding the manifest (or JSON, or datasets directory) and its images.")
+    skip_bad = forms.BooleanField(required=False, help_text="Import the good rows and report the bad ones.")
+
+
+def unpack(archive: Any, into: Path) -> None:
+    """Extract an uploaded zip, refusing paths that leave the folder, links, and archives
+    that unpack to more than MAX_UNPACKED_BYTES or MAX_UNPACKED_FILES."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = zipped.infolist()
+            if len(members) > MAX_UNPACKED_FILES:
+                raise ValidationError(f"the archive holds more than {MAX_UNPACKED_FILES} files")
+            if sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
+                raise ValidationError(f"the archive unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+            root = into.resolve()
+            for member in members:
+                target = (into / member.filename).resolve()
+                if not target.is_relative_to(root):
+                    raise ValidationError(f"{member.filename!r} would be written outside the import folder")
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise ValidationError(f"{member.filename!r} is a symbolic link")
+            zipped.extractall(into)
+    except zipfile.BadZipFile as error:
+        raise ValidationError(f"not a zip archive: {error}") from None
+
+
+def _find(folder: Path, kind: str) -> Path:
+    """The manifest, JSON file or datasets directory inside an unpacked upload."""
+    candidates: list[Path] = []
+    if kind == "prompts":
+        candidates = [p for p in sorted(folder.rglob("*")) if p.is_dir() and is_hf_dataset(p)]
+        candidates += sorted(
+            p for p in folder.rglob("*") if p.suffix.lower() in (".jsonl", ".csv") and "__MACOSX" not in p.parts
+        )
+    else:
+        candidates = sorted(p for p in folder.rglob("*.json") if "__MACOSX" not in p.parts)
+    if is_hf_dataset(folder):
+        return folder
+    if len(candidates) != 1:
+        what = "manifest (.jsonl/.csv) or datasets directory" if kind == "prompts" else ".json file"
+        found = ", ".join(str(p.relative_to(folder)) for p in candidates) or "none"
+        raise ValidationError(f"the archive must hold exactly one {what}; found: {found}")
+    return candidates[0]
+
+
+def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
+    _require(request, "annotation.add_round")
+    form = ImportForm(request.POST or None, request.FILES or None)
+    problems: list[str] = []
+    if request.method == "POST" and form.is_valid():
+        kind = form.cleaned_data["kind"]
+        with tempfile.TemporaryDirectory(prefix="factloop-import-") as tmp:
+            folder = Path(tmp)
+            try:
+                unpack(form.cleaned_data["archive"], folder)
+                source = _find(folder, kind)
+                if kind == "prompts":
+                    report = import_prompts(
+                        source, None if source.is_dir() else source.parent, skip_bad=form.cleaned_data["skip_bad"]
+                    )
+                    done = f"Imported {report.prompts} prompts on {report.images} images from {report.rows} rows."
+                else:
+                    report, number = import_labels(
+                        source,
+                        kind,
+                        annotator=f"import-{request.user.get_username()}"[:150],
+                        skip_bad=form.cleaned_data["skip_bad"],
+                    )
+                    done = f"Imported {report.rows - len(report.problems)} labels as round {number}."
+            except (ValidationError, ValueError) as error:
+                form.add_error(None, "; ".join(error.messages) if isinstance(error, ValidationError) else str(error))
+            except ImportFailed as failed:
+                problems = [str(p) for p in failed.report.problems]
+                form.add_error(None, f"{failed}. Fix these rows, or tick 'skip bad' to import the rest.")
+            else:
+                if report.problems:
+                    messages.warning(
+                        request,
+                        f"Skipped {len(report.problems)} bad rows: " + "; ".join(str(p) for p in report.problems[:20]),
+                    )
+                messages.success(request, done)
+                return HttpResponseRedirect(reverse("admin:annotation_prompt_changelist"))
+    return TemplateResponse(
+        request,
+        "admin/annotation/form_page.html",
+        _context(admin, request, "Import prompts or labels", form=form, problems=problems, multipart=True),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Export as a job
+
+
+class ExportForm(forms.Form):
+    format = forms.ChoiceField(choices=[(f, f) for f in FORMATS])
+    rounds = forms.ModelMultipleChoiceField(queryset=Round.objects.order_by("number"), to_field_name="number")
+    aggregate = forms.ChoiceField(
+        choices=[(a, a) for a in AGGREGATIONS], help_text="Pair formats: merge a task's labels by majority vote."
+    )
+    min_gold_accuracy = forms.FloatField(
+        min_value=0, max_value=1, required=False, help_text="Keep only annotators whose gold accuracy passes this."
+    )
+    include_gold = forms.BooleanField(required=False, help_text="Pair formats: keep the gold tasks' labels.")
+
+
+def export_rounds(admin: Any, request: HttpRequest) -> HttpResponse:
+    _require(request, "annotation.view_round")
+    initial = {"rounds": request.GET.get("rounds", "").split(",")} if request.GET.get("rounds") else {}
+    form = ExportForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = services.queue_export(
+                fmt=data["format"],
+                rounds=[r.number for r in data["rounds"]],
+                aggregate=data["aggregate"],
+                min_gold_accuracy=data["min_gold_accuracy"],
+                include_gold=data["include_gold"],
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request, f"Export queued as job #{job.pk}; it is written under {settings.FACTLOOP_EXPORT_DIR}."
+            )
+            return HttpResponseRedirect(reverse("admin:annotation_job_change", args=[job.pk]))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, "Export a dataset", form=form)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Quality and adjudication
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def round_quality(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
+    _require(request, "annotation.view_round")
+    round_ = get_object_or_404(Round, number=number)
+    report = quality.round_quality([number])
+    people = report.annotators
+    chart = plots.bars(
+        f"Round {number}: annotators",
+        [s.annotator for s in people],
+        {
+            "gold accuracy": [s.gold_accuracy for s in people],
+            "agreement with peers": [s.peer_agreement for s in people],
+        },
+    )
+    rows = [
+        {
+            "name": s.annotator,
+            "labels": s.labels,
+            "gold": f"{_pct(s.gold_accuracy)} of {s.gold_labels}" if s.gold_labels else "-",
+            "agreement": _pct(s.peer_agreement),
+            "per_hour": "-" if s.tasks_per_hour is None else f"{s.tasks_per_hour:.0f}",
+            "median": "-" if s.median_seconds is None else f"{s.median_seconds:.1f}",
+            "flags": "; ".join(s.flags),
+        }
+        for s in people
+    ]
+    kappa = [
+        {"kind": k, "a": a, "b": b, "n": n, "kappa": "-" if v is None else f"{v:.2f}"} for k, a, b, n, v in report.kappa
+    ]
+    alpha = {kind: "-" if v is None else f"{v:.2f}" for kind, v in report.alpha.items()}
+    context = _context(
+        admin,
+        request,
+        f"Quality of {round_}",
+        round=round_,
+        report=report,
+        rows=rows,
+        kappa=kappa,
+        alpha=alpha,
+        chart=chart,
+        thresholds={
+            "gold": settings.FACTLOOP_QC_MIN_GOLD_ACCURACY,
+            "agreement": settings.FACTLOOP_QC_MIN_AGREEMENT,
+            "items": settings.FACTLOOP_QC_MIN_ITEMS,
+        },
+    )
+    return TemplateResponse(request, "admin/annotation/round_quality.html", context)
+
+
+ADJUDICATE_PAGE = 50
+
+
+def adjudicate(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
+    """Tasks whose annotators disagree, with every answer; an admin's answer is kept on the
+    task (and later rounds draw their gold tasks from such answers)."""
+    _require(request, "annotation.change_round")
+    round_ = get_object_or_404(Round, number=number)
+    if request.method == "POST":
+        task = get_object_or_404(Task, pk=request.POST.get("task"), round=round_)
+        value = request.POST.get("answer", "")
+        if task.kind == Task.Kind.RANK:
+            answer: dict[str, Any] = {"best_positions": [int(value)] if value.isdigit() else []}
+        else:
+            answer = {"no_hallucination": value == "ok"} if value in ("ok", "fix") else {}
+        try:
+            services.adjudicate(task, answer, by=request.user)
+        except ValidationError as error:
+            messages.error(request, f"Task #{task.pk}: {' '.join(error.messages)}")
+        else:
+            messages.success(request, f"Task #{task.pk}: answer recorded; it joins the gold pool of later rounds.")
+        return HttpResponseRedirect(request.path)
+    labels = quality.read_labels([number])
+    by_task: dict[int, list[quality.Label]] = {}
+    for label in labels:
+        by_task.setdefault(label.task, []).append(label)
+    disputed = [t for t, group in by_task.items() if len({label.value for label in group}) > 1]
+    open_tasks = (
+        Task.objects.filter(pk__in=disputed, adjudicated_at__isnull=True, is_gold=False)
+        .select_related("prompt__image")
+        .order_by("pk")[:ADJUDICATE_PAGE]
+    )
+    slots: dict[int, list[str]] = {}
+    for slot in TaskCandidate.objects.filter(task__in=open_tasks).select_related("candidate").order_by("position"):
+        slots.setdefault(slot.task_id, []).append(slot.candidate.text)
+    items = []
+    for task in open_tasks:
+        letters = [chr(ord("A") + i) for i in range(len(slots.get(task.pk, [])))]
+        choices: list[tuple[str, str]] = (
+            [(str(i), letter) for i, letter in enumerate(letters)]
+            if task.kind == Task.Kind.RANK
+            else [("ok", "no hallucination"), ("fix", "needs a correction")]
+        )
+        answers = []
+        for label in by_task[task.pk]:
+            shown = letters[label.value] if isinstance(label.value, int) else label.value
+            answers.append({"annotator": label.annotator, "answer": shown})
+        items.append(
+            {
+                "task": task,
+                "image_url": reverse("image-file", args=[task.prompt.image.sha256]),
+                "candidates": list(zip(letters, slots.get(task.pk, []), strict=True)),
+                "answers": answers,
+                "choices": choices,
+            }
+        )
+    context = _context(
+        admin, request, f"Adjudicate {round_}", round=round_, items=items, disputed=len(disputed), page=ADJUDICATE_PAGE
+    )
+    return TemplateResponse(request, "admin/annotation/adjudicate.html", context)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics of every round
+
+MODEL_METRICS = ("chair_i", "chair_s", "pope_f1", "reward", "kl")
+
+
+def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
+    """Per round: annotation quality from the database, and the metrics each trained model
+    version recorded in the registry (hallucination, reward, KL), as tables and plots."""
+    from models.registry import Registry
+
+    _require(request, "annotation.view_round")
+    numbers = list(Round.objects.order_by("number").values_list("number", flat=True))
+    annotation_rows: list[dict[str, Any]] = []
+    for number in numbers:
+        report = quality.round_quality([number])
+        graded = [s.gold_accuracy for s in report.annotators if s.gold_accuracy is not None]
+        annotation_rows.append(
+            {
+                "round": number,
+                "labels": report.labels,
+                "alpha_rank": report.alpha.get("rank"),
+                "alpha_correct": report.alpha.get("correct"),
+                "gold": sum(graded) / len(graded) if graded else None,
+                "flagged": sum(s.flagged for s in report.annotators),
+            }
+        )
+    versions = sorted(
+        (v for v in Registry(settings.FACTLOOP_MODEL_DIR) if v.round is not None), key=lambda v: (v.round, v.name)
+    )
+    model_rows = [
+        {"round": v.round, "name": v.name, "metrics": [v.metrics.get(m) for m in MODEL_METRICS]} for v in versions
+    ]
+    charts = [
+        plots.lines(
+            "Agreement and gold accuracy per round",
+            numbers,
+            {
+                "Krippendorff's alpha (rank)": [r["alpha_rank"] for r in annotation_rows],
+                "Krippendorff's alpha (correct)": [r["alpha_correct"] for r in annotation_rows],
+                "mean gold accuracy": [r["gold"] for r in annotation_rows],
+            },
+        ),
+        plots.lines(
+            "Hallucination per round (trained versions)",
+            [int(v.round) for v in versions if v.round is not None],
+            {name: [v.metrics.get(name) for v in versions] for name in ("chair_i", "chair_s", "pope_f1")},
+        ),
+        plots.lines(
+            "Reward and KL per round (trained versions)",
+            [int(v.round) for v in versions if v.round is not None],
+            {name: [v.metrics.get(name) for v in versions] for name in ("reward", "kl")},
+        ),
+    ]
+    for row in annotation_rows:
+        for key in ("alpha_rank", "alpha_correct"):
+            row[key] = "-" if row[key] is None else f"{row[key]:.2f}"
+        row["gold"] = _pct(row["gold"])
+    context = _context(
+        admin,
+        request,
+        "Metrics per round",
+        annotation_rows=annotation_rows,
+        model_rows=model_rows,
+        model_metrics=MODEL_METRICS,
+        charts=[c for c in charts if c],
+    )
+    return TemplateResponse(request, "admin/annotation/round_metrics.html", context)

@@ -1,0 +1,179 @@
+"""The admin's own pages: start a round, import an upload, export as a job with progress,
+quality and adjudication, and the metrics plots."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from annotation import queue, services
+from annotation.models import Job, Judgement, Prompt, Round, RoundPrompt, Task
+from annotation.tasks import export_dataset
+from tests.annotation.test_pages import client_for
+from tests.factories import make_round, png_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def _zip(files: dict[str, bytes]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    buffer.seek(0)
+    buffer.name = "upload.zip"
+    return buffer
+
+
+def test_only_admins_reach_the_admin_pages(annotator: User) -> None:
+    make_round(tasks=1)
+    client = client_for(annotator)
+    for url in (
+        "/admin/annotation/round/start/",
+        "/admin/annotation/round/1/quality/",
+        "/admin/annotation/round/metrics/",
+    ):
+        assert client.get(url).status_code == 302  # to the admin login
+    assert not Round.objects.filter(number=2).exists()
+
+
+def test_start_a_round_from_the_admin(admin_user: User, django_capture_on_commit_callbacks: Any) -> None:
+    image = make_round(tasks=2).tasks.first().prompt.image  # type: ignore[union-attr]
+    for n in range(3):
+        services.add_prompt(image, f"New prompt {n}.")
+    client = client_for(admin_user)
+    assert "Start a round" in client.get("/admin/annotation/round/start/").content.decode()
+    form = {
+        "policy_version": "base",
+        "task_kinds": ["rank", "correct"],
+        "candidates_per_prompt": 2,
+        "overlap": 2,
+        "gold_rate": 0.1,
+        "split": "train",
+        "only_new": "on",
+        "limit": 2,
+        "temperature": 0.7,
+        "max_tokens": 64,
+    }
+    refused = client.post("/admin/annotation/round/start/", form | {"policy_version": "no-such-version"})
+    assert refused.status_code == 200 and "no-such-version" in refused.content.decode()
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post("/admin/annotation/round/start/", form)
+    assert response.status_code == 302
+    round_ = Round.objects.get(number=2)
+    assert (round_.task_kinds, round_.overlap, round_.gold_rate, round_.open_when_ready) == (
+        ["rank", "correct"],
+        2,
+        0.1,
+        True,
+    )
+    assert round_.sampling == {"temperature": 0.7, "max_tokens": 64}
+    # Only the prompts no round used, oldest first, at most 2.
+    texts = sorted(RoundPrompt.objects.filter(round=round_).values_list("prompt__text", flat=True))
+    assert texts == ["New prompt 0.", "New prompt 1."]
+    assert Job.objects.get(kind=Job.Kind.GENERATE).params == {"round_id": round_.pk}
+
+
+def test_import_an_upload_and_refuse_a_bad_archive(admin_user: User) -> None:
+    client = client_for(admin_user)
+    manifest = b'{"image": "pics/a.png", "prompt": "Describe it."}\n{"image": "pics/gone.png", "prompt": "x"}\n'
+    upload = _zip({"data/prompts.jsonl": manifest, "data/pics/a.png": png_bytes()})
+    page = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload})
+    text = page.content.decode()
+    assert page.status_code == 200 and "row 2: missing file" in text and not Prompt.objects.exists()
+    upload = _zip({"data/prompts.jsonl": manifest, "data/pics/a.png": png_bytes()})
+    done = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload, "skip_bad": "on"})
+    assert done.status_code == 302 and list(Prompt.objects.values_list("text", flat=True)) == ["Describe it."]
+    # An archive that writes outside its folder is refused before anything is unpacked.
+    evil = _zip({"../../escape.jsonl": b"{}", "prompts.jsonl": manifest})
+    refused = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": evil})
+    assert "outside the import folder" in refused.content.decode()
+    not_zip = io.BytesIO(b"plain text")
+    not_zip.name = "x.zip"
+    assert (
+        "not a zip archive"
+        in client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": not_zip}).content.decode()
+    )
+    # Labels in the llava-rlhf layout become a frozen round.
+    entry = {
+        "image": "a.png",
+        "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}],
+        "output_1": {"from": "llava", "value": "A ball."},
+        "output_2": {"from": "llava", "value": "A <script>kite</script>."},
+        "preference": 1,
+    }
+    upload = _zip({"prefs.json": json.dumps([entry]).encode(), "a.png": png_bytes()})
+    assert client.post("/admin/annotation/prompt/import/", {"kind": "llava-rlhf", "archive": upload}).status_code == 302
+    assert Judgement.objects.get().assignment.task.round.status == Round.Status.FROZEN
+
+
+def test_export_runs_as_a_job_with_progress(admin_user: User, annotator: User, settings: Any, tmp_path: Path) -> None:
+    settings.FACTLOOP_EXPORT_DIR = tmp_path / "exports"
+    make_round(tasks=3)
+    while (lease := queue.next_assignment_for(annotator)) is not None:
+        ids = [slot.candidate_id for slot in lease.task.slots.all()]
+        services.submit_judgement(annotator, lease.pk, ranking=ids)
+    client = client_for(admin_user)
+    assert 'value="1" selected' in client.get("/admin/annotation/round/export/?rounds=1").content.decode()
+    bad = client.post("/admin/annotation/round/export/", {"format": "factloop", "rounds": [1], "aggregate": "majority"})
+    assert "aggregate applies to the pair formats" in bad.content.decode() and not Job.objects.exists()
+    response = client.post(
+        "/admin/annotation/round/export/", {"format": "llava-rlhf", "rounds": [1], "aggregate": "none"}
+    )
+    job = Job.objects.get(kind=Job.Kind.EXPORT)
+    assert response.status_code == 302 and job.queue == "export"
+    export_dataset.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert (job.progress_done, job.progress_total) == (3, 3)
+    out = Path(job.result["out"])
+    assert job.result["pairs"] == 3 and len(json.loads((out / "llava_rlhf.json").read_text())) == 3
+    assert json.loads((out / "manifest.json").read_text())["format"] == "llava-rlhf"
+
+
+def test_quality_page_flags_and_adjudication(admin_user: User, annotator: User, second_annotator: User) -> None:
+    round_ = make_round(tasks=6, overlap=2, texts=["Fine <b>answer</b>.", "Other answer."])
+    for task in round_.tasks.order_by("pk"):
+        services.mark_gold(task, {"best_positions": [0]})
+    for user, pick in ((annotator, 0), (second_annotator, 1)):
+        while (lease := queue.next_assignment_for(user)) is not None:
+            ids = [slot.candidate_id for slot in lease.task.slots.all()]
+            services.submit_judgement(user, lease.pk, ranking=[ids[pick], ids[1 - pick]])
+    client = client_for(admin_user)
+    page = client.get(f"/admin/annotation/round/{round_.number}/quality/").content.decode()
+    assert "gold accuracy 0% &lt; 80%" in page and "data:image/svg+xml;base64," in page
+    assert page.count('class="flagged"') == 2  # both disagree with their only peer; bea fails gold too
+    adjudicate = f"/admin/annotation/round/{round_.number}/adjudicate/"
+    # Gold tasks already have their answer: nothing to adjudicate among them.
+    assert "Nothing to adjudicate" in client.get(adjudicate).content.decode()
+    Task.objects.filter(round=round_).update(is_gold=False, gold_answer={})
+    page = client.get(adjudicate).content.decode()
+    assert "Fine &lt;b&gt;answer&lt;/b&gt;." in page and "<b>answer</b>" not in page
+    disputed = Task.objects.filter(round=round_).order_by("pk").first()
+    assert disputed is not None
+    client.post(adjudicate, {"task": disputed.pk, "answer": "1"})
+    disputed.refresh_from_db()
+    assert disputed.gold_answer == {"best_positions": [1]} and disputed.adjudicated_by == admin_user
+    client.post(adjudicate, {"task": disputed.pk, "answer": "7"})  # not a position: refused, unchanged
+    disputed.refresh_from_db()
+    assert disputed.gold_answer == {"best_positions": [1]}
+
+
+def test_metrics_page_draws_rounds_and_trained_versions(admin_user: User, settings: Any, tmp_path: Path) -> None:
+    from models.registry import Registry
+
+    settings.FACTLOOP_MODEL_DIR = tmp_path / "models"
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    registry.register(name="r1", base_model="base", round=1, metrics={"chair_i": 0.3, "pope_f1": 0.8, "kl": 0.1})
+    registry.register(name="r2", base_model="base", parent="r1", round=2, metrics={"chair_i": 0.2, "pope_f1": 0.82})
+    make_round(tasks=1)
+    page = client_for(admin_user).get("/admin/annotation/round/metrics/").content.decode()
+    # Hallucination and reward/KL plots; the round has no labels yet, so no agreement plot.
+    assert page.count("data:image/svg+xml;base64,") == 2
+    assert "<td>r2</td>" in page and "<td>0.2</td>" in page
