@@ -158,7 +158,10 @@ def _find(folder: Path, kind: str) -> Path:
             p for p in folder.rglob("*") if p.suffix.lower() in (".jsonl", ".csv") and "__MACOSX" not in p.parts
         )
     else:
-        candidates = sorted(p for p in folder.rglob("*.json") if "__MACOSX" not in p.parts)
+        # An export folder holds manifest.json next to its data file.
+        candidates = sorted(
+            p for p in folder.rglob("*.json") if "__MACOSX" not in p.parts and p.name != "manifest.json"
+        )
     if is_hf_dataset(folder):
         return folder
     if len(candidates) != 1:

@@ -103,14 +103,14 @@ def _chunks(
     key = "assignment__task_id" if by_task else "assignment_id"
     rows = (
         model.objects.filter(assignment__task__round__number__in=rounds)
-        .order_by(key, "assignment_id")
+        .order_by(*dict.fromkeys((key, "assignment_id")))
         .values(*_PROVENANCE.values(), *fields)
     )
     last = 0
     while True:
-        keys = list(
-            model.objects.filter(**{f"{key}__gt": last}).order_by(key).values_list(key, flat=True).distinct()[:CHUNK]
-        )
+        next_keys = model.objects.filter(**{f"{key}__gt": last}).order_by(key).values_list(key, flat=True)
+        # A task has several labels, an assignment one: no DISTINCT on the plain path.
+        keys = list((next_keys.distinct() if by_task else next_keys)[:CHUNK])
         if not keys:
             return
         chunk = list(rows.filter(**{f"{key}__in": keys}))

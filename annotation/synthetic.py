@@ -14,6 +14,7 @@ from django.db import transaction
 
 from annotation import services
 from annotation.models import Round, Task
+from models.toyworld import oracle
 from models.toyworld.render import render
 from models.toyworld.world import Scene, make_question, sample_scenes, sampled_responses
 
@@ -35,6 +36,16 @@ def png_of_scene(scene: Scene, size: int) -> bytes:
     return buffer.getvalue()
 
 
+def oracle_answer(task: Task) -> dict[str, object]:
+    """The known answer of a task over toy-world scenes, from the oracle (by position)."""
+    scene = Scene.from_facts(task.prompt.image.facts)
+    texts = [slot.candidate.text for slot in task.slots.select_related("candidate").order_by("position")]
+    counts = [oracle.check(scene, text).hallucinations for text in texts]
+    if task.kind == Task.Kind.RANK:
+        return {"best_positions": [i for i, n in enumerate(counts) if n == min(counts)]}
+    return {"no_hallucination": counts[0] == 0}
+
+
 def build_synthetic_round(
     *,
     scenes: int,
@@ -44,14 +55,16 @@ def build_synthetic_round(
     candidates: int = 2,
     error_rate: float = 0.5,
     image_size: int = 96,
+    gold_rate: float = 0.0,
     open_it: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> SyntheticRound:
     """One round over `scenes` new scenes: per scene a description prompt and a question,
     `candidates` responses each, and tasks of each kind in `kinds` (rank tasks over
-    `candidates` responses; a correct task per response)."""
-    if scenes < 1 or candidates < 1 or not 0 <= error_rate <= 1:
-        raise ValueError("scenes and candidates must be at least 1, error_rate within [0, 1]")
+    `candidates` responses; a correct task per response). A share `gold_rate` of the tasks,
+    picked at random, are gold tasks whose answers come from the world's oracle."""
+    if scenes < 1 or candidates < 1 or not 0 <= error_rate <= 1 or not 0 <= gold_rate < 1:
+        raise ValueError("scenes and candidates must be at least 1, error_rate within [0, 1], gold_rate in [0, 1)")
     if Task.Kind.RANK in kinds and candidates < 2:
         raise ValueError("ranking needs at least 2 candidates per prompt")
     rng = random.Random(seed)
@@ -73,9 +86,12 @@ def build_synthetic_round(
                 counts["candidates"] += len(texts)
             if progress is not None:
                 progress(1)
-        tasks = 0
+        made: list[Task] = []
         for kind in kinds:
-            tasks += len(services.create_tasks(round_, kind=kind, overlap=overlap, per_task=candidates))
+            made += services.create_tasks(round_, kind=kind, overlap=overlap, per_task=candidates)
+        tasks = len(made)
+        for task in rng.sample(made, round(gold_rate * len(made))):
+            services.mark_gold(task, oracle_answer(task))
         if open_it:
             services.open_round(round_)
     return SyntheticRound(round_, scenes, counts["prompts"], counts["candidates"], tasks)

@@ -97,6 +97,21 @@ def test_synthetic_round_makes_work_whose_hallucinations_the_oracle_finds() -> N
     assert 0 < hallucinated < Candidate.objects.count()
 
 
+def test_synthetic_gold_tasks_carry_the_oracles_answer() -> None:
+    call_command("synthetic_round", scenes=10, gold_rate=0.5, seed=4, verbosity=0)
+    tasks = list(Task.objects.prefetch_related("slots__candidate").select_related("prompt__image"))
+    gold = [task for task in tasks if task.is_gold]
+    assert len(gold) == round(0.5 * len(tasks))
+    for task in gold:
+        scene = Scene.from_facts(task.prompt.image.facts)
+        counts = [oracle.check(scene, slot.candidate.text).hallucinations for slot in task.slots.all()]
+        if task.kind == Task.Kind.RANK:
+            assert task.gold_answer == {"best_positions": [i for i, n in enumerate(counts) if n == min(counts)]}
+        else:
+            assert task.gold_answer == {"no_hallucination": counts[0] == 0}
+    assert {task.gold_answer.get("no_hallucination") for task in gold if task.kind == "correct"} == {True, False}
+
+
 def test_synthetic_round_refuses_bad_options() -> None:
     with pytest.raises(CommandError, match="--kinds"):
         call_command("synthetic_round", kinds="rank,vote", verbosity=0)

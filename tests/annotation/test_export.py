@@ -74,7 +74,7 @@ def test_trl_dataset_pairs_and_spans(annotator: User, tmp_path: Path) -> None:
     assert (chosen[c0:c1], rejected[r0:r1]) == ("box", "ball")
 
 
-@pytest.mark.parametrize("fmt", ["factloop", "trl"])
+@pytest.mark.parametrize("fmt", ["factloop", "trl", "llava-rlhf", "rlhf-v"])
 def test_the_same_database_state_gives_byte_identical_files(annotator: User, tmp_path: Path, fmt: str) -> None:
     label_everything(annotator)
     export(fmt, [1, 2], tmp_path / "a")

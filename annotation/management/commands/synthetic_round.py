@@ -22,6 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--overlap", type=int, default=1, help="annotators per task, k (default 1)")
         parser.add_argument("--candidates", type=int, default=2, help="responses per prompt (default 2)")
         parser.add_argument("--error-rate", type=float, default=0.5, help="share of hallucinated responses")
+        parser.add_argument(
+            "--gold-rate", type=float, default=0.0, help="share of gold tasks, answered by the world's oracle"
+        )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--draft", action="store_true", help="leave the round as a draft (not handed out)")
 
@@ -41,6 +44,7 @@ class Command(BaseCommand):
                     overlap=options["overlap"],
                     candidates=options["candidates"],
                     error_rate=options["error_rate"],
+                    gold_rate=options["gold_rate"],
                     open_it=not options["draft"],
                     progress=bar.update,
                 )
