@@ -33,6 +33,7 @@ from annotation.models import (
     RoundPrompt,
     Task,
     TaskCandidate,
+    image_path,
 )
 from annotation.queue import Refused, check_live, own_assignment
 from annotation.roles import ANNOTATORS_GROUP
@@ -159,9 +160,14 @@ def add_image(data: bytes, *, facts: dict[str, Any] | None = None, source: str =
     if existing is not None:
         return existing
     image = Image(sha256=digest, width=width, height=height, facts=facts or {}, source=source[:255])
-    # The file is written before the row: a failed insert leaves at most an unreferenced,
-    # content-addressed file that the next upload of the same bytes reuses.
-    image.file.save(f"image.{IMAGE_FORMATS[kind]}", ContentFile(data), save=False)
+    # The file is written before the row: a failed insert (or a rolled-back transaction)
+    # leaves at most an unreferenced, content-addressed file, which the next upload of the
+    # same bytes reuses rather than storing a renamed copy.
+    name = image_path(image, f"image.{IMAGE_FORMATS[kind]}")
+    if image.file.storage.exists(name):
+        image.file.name = name
+    else:
+        image.file.save(name.rsplit("/", 1)[-1], ContentFile(data), save=False)
     with transaction.atomic():
         image.save()
     return image
