@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from annotation.models import Correction, Judgement, TaskCandidate
+from rlhf.data import assistant_turn, user_turns, write_manifest, write_pairs
 
 SCHEMA_VERSION = 1
 FORMATS = ("factloop", "trl", "llava-rlhf", "rlhf-v")
@@ -180,15 +181,8 @@ def _prompt_turns(row: dict[str, Any]) -> list[dict[str, str]]:
 def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The preference pairs of one factloop row (METHODS.md section 1), in TRL's
     conversational preference format plus provenance."""
-    prompt = []
-    for i, turn in enumerate(_prompt_turns(row)):
-        content: list[dict[str, str | None]] = [{"type": "text", "text": turn["content"]}]
-        if i == 0:
-            content.insert(0, {"type": "image", "text": None})
-        prompt.append({"role": turn["role"], "content": content})
-
-    def answer(text: str) -> list[dict[str, Any]]:
-        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+    prompt = user_turns(_prompt_turns(row))
+    answer = assistant_turn
 
     base = {
         "prompt": prompt,
@@ -304,29 +298,9 @@ def select_rows(selection: Selection, progress: Progress | None = None) -> Itera
             yield row
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest(folder: Path, fmt: str, selection: Selection, counts: dict[str, int]) -> None:
-    files = {
-        str(path.relative_to(folder)): _sha256(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != "manifest.json"
-    }
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "format": fmt,
-        "rounds": sorted(selection.rounds),
-        "filters": {k: v for k, v in asdict(selection).items() if k != "rounds"},
-        "counts": counts,
-        "files": files,
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    filters = {k: v for k, v in asdict(selection).items() if k != "rounds"}
+    write_manifest(folder, fmt, rounds=sorted(selection.rounds), filters=filters, counts=counts)
 
 
 def export_factloop(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
@@ -370,31 +344,6 @@ def _image_files(selection: Selection) -> dict[str, str]:
 def export_trl(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
     """A `datasets` directory (`datasets.load_from_disk(out)`); built from a generator, so
     memory stays flat, with a fingerprint derived from the rows for reproducible files."""
-    from datasets import (  # type: ignore[import-untyped]
-        Dataset,
-        Features,
-        Value,
-    )
-    from datasets import Image as ImageFeature
-    from datasets import Sequence as Seq
-
-    message = {"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}
-    features = Features(
-        {
-            "id": Value("string"),
-            "source": Value("string"),
-            "round": Value("int32"),
-            "annotator": Value("string"),
-            "image_sha256": Value("string"),
-            "prompt": [message],
-            "chosen": [message],
-            "rejected": [message],
-            "images": Seq(ImageFeature()),
-            "chosen_spans": Seq(Seq(Value("int32"), length=2)),
-            "rejected_spans": Seq(Seq(Value("int32"), length=2)),
-            "hallucination_tie": Value("bool"),
-        }
-    )
     files = _image_files(selection)
     cache = _ImageCache()
     digest = hashlib.sha256()
@@ -409,15 +358,7 @@ def export_trl(selection: Selection, out: Path, progress: Progress | None = None
     for pair in select_pairs(selection):
         digest.update(json.dumps(pair, sort_keys=True).encode())
         counts["pairs"] += 1
-    with tempfile.TemporaryDirectory(prefix="factloop-export-") as tmp:
-        dataset = Dataset.from_generator(
-            rows,
-            features=features,
-            cache_dir=tmp,
-            gen_kwargs={"selection": selection},
-            fingerprint=digest.hexdigest()[:16],
-        )
-        dataset.save_to_disk(str(out))
+    write_pairs(rows, {"selection": selection}, out, digest.hexdigest()[:16])
     return counts
 
 

@@ -1,4 +1,12 @@
-"""`python -m rlhf.cli evaluate --model PATH`: hallucination metrics on held-out toy scenes."""
+"""`python -m rlhf.cli`: training and evaluation outside Django.
+
+- `evaluate --model PATH [--adapter DIR]`: hallucination metrics on held-out toy scenes.
+- `dpo --config FILE.yaml [--set KEY=VALUE ...] [--resume]`: DDPO or DPO from `trl`
+  exports (rlhf/config.py lists every setting); progress bar on the terminal, TensorBoard
+  logs under OUTPUT_DIR/runs.
+
+Exit status: 0 done, 2 bad input (config, data, model), 1 anything else.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +16,7 @@ import sys
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.cli", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    evaluate = commands.add_parser("evaluate", help="CHAIR, POPE and MMHal-style metrics on held-out scenes")
-    evaluate.add_argument("--model", required=True, help="a local checkpoint folder or a hub id")
-    evaluate.add_argument("--scenes", type=int, default=200, help="held-out scenes (default 200)")
-    evaluate.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
-    args = parser.parse_args(argv)
-    if args.scenes < 1:
-        parser.error("--scenes must be at least 1")
-
+def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
@@ -26,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     try:
         model, processor = load_policy(args.model)
+        if args.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload()
+            model.eval()
     except (OSError, ValueError) as error:
         # transformers raises OSError for a missing checkpoint and ValueError for a folder
         # that holds no processor or model config.
@@ -37,6 +40,49 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
     print(text)
     return 0
+
+
+def _dpo(args: argparse.Namespace) -> int:
+    from rlhf.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, args.set)
+    except ConfigError as error:
+        print(f"rlhf.cli dpo: {error}", file=sys.stderr)
+        return 2
+    from rlhf.data import DataError
+    from rlhf.train_dpo import train
+
+    try:
+        result = train(config, resume=args.resume)
+    except (DataError, OSError) as error:
+        print(f"rlhf.cli dpo: {error}", file=sys.stderr)
+        return 2
+    # One line, last: training logs go to the same stream before it.
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.cli", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    evaluate = commands.add_parser("evaluate", help="CHAIR, POPE and MMHal-style metrics on held-out scenes")
+    evaluate.add_argument("--model", required=True, help="a local checkpoint folder or a hub id")
+    evaluate.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply to the model")
+    evaluate.add_argument("--scenes", type=int, default=200, help="held-out scenes (default 200)")
+    evaluate.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
+    dpo = commands.add_parser("dpo", help="train with DDPO (RLHF-V) or DPO from exported labels")
+    dpo.add_argument("--config", type=Path, help="a YAML file of settings (see rlhf/config.py)")
+    dpo.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable; lora.r=8)"
+    )
+    dpo.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        if args.scenes < 1:
+            parser.error("--scenes must be at least 1")
+        return _evaluate(args)
+    return _dpo(args)
 
 
 if __name__ == "__main__":

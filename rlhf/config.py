@@ -1,0 +1,226 @@
+"""Training configuration: dataclasses with every field documented, read from YAML with
+command-line overrides, cross-checked in `__post_init__` (a bad value stops before any
+model is loaded, with a message naming the field).
+
+Defaults follow ../shared/reference/METHODS.md 2c: DDPO with gamma 5, beta 0.5 and
+normalisation on (RLHF-V paper, arXiv:2312.00849, section 3.2 and appendix); DPO is its
+gamma = 1, unnormalised case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("ddpo", "dpo")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field."""
+
+
+def _numbers(obj: Any, prefix: str = "") -> None:
+    """YAML 1.1 reads `1e-3` as text: turn text in number fields into numbers, or name the
+    field that is not one."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kind = str(f.type)
+        if isinstance(value, str) and kind.split(" ")[0] in ("float", "int"):
+            try:
+                setattr(obj, f.name, float(value) if kind.startswith("float") else int(value))
+            except ValueError:
+                raise ConfigError(f"{prefix}{f.name} must be a number, got {value!r}") from None
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through peft (arXiv:2106.09685)."""
+
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names (suffixes) that get adapters; the defaults are the attention projections of
+    Llama-style language models (LLaVA's vision tower uses the same names: see
+    `language_model_only`)."""
+    language_model_only: bool = True
+    """Adapt only the language model's modules, not the vision tower's or the projector's."""
+
+    def __post_init__(self) -> None:
+        _numbers(self, "lora.")
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be at least 1, got {self.r}")
+        if self.alpha < 1:
+            raise ConfigError(f"lora.alpha must be at least 1, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module")
+
+
+@dataclass
+class DPOTrainConfig:
+    """One DDPO or DPO run: from exported labels to an adapter."""
+
+    model: str
+    """The policy at the start of the round: a local checkpoint folder or a hub id."""
+    data: list[str]
+    """`trl` export folders (annotation.exporters); their pairs are concatenated."""
+    output_dir: str
+    """Where checkpoints, TensorBoard logs and the final adapter are written."""
+    method: str = "ddpo"
+    """`ddpo` (RLHF-V's token-weighted DPO) or `dpo` (its gamma = 1, unnormalised case)."""
+    gamma: float | None = None
+    """Weight of the corrected tokens in both responses; default 5 for ddpo (RLHF-V paper),
+    1 for dpo. Pairs without spans (rankings) always train with weight 1."""
+    normalize: bool | None = None
+    """Divide a corrected pair's weighted log-likelihood by |U| + gamma |C| (the paper does,
+    RLHF-V's released run does not); default true for ddpo, false for dpo."""
+    released_weighting: bool = False
+    """Weight only replaced spans, as RLHF-V's released code does (its diff gives no weight
+    to pure insertions or deletions); for comparison runs."""
+    beta: float = 0.5
+    """DPO temperature (RLHF-V paper: 0.5; its released script: 0.1)."""
+    init_adapter: str | None = None
+    """The previous round's adapter: training continues it, and the reference is the
+    policy with it (the policy at the start of the round). None: a new adapter."""
+    lora: LoraSettings | None = field(default_factory=LoraSettings)
+    """LoRA settings; null for full fine-tuning (then a frozen copy is the reference)."""
+    learning_rate: float = 5e-6
+    """Peak learning rate (linear decay; the RLHF-V paper used 5e-7 for full fine-tuning
+    of a 13B model)."""
+    epochs: float = 1.0
+    """Passes over the pairs."""
+    batch_size: int = 8
+    """Pairs per device step."""
+    gradient_accumulation_steps: int = 1
+    """Steps whose gradients add up before an update."""
+    max_length: int | None = None
+    """Truncate prompt + response to this many tokens; None keeps everything (truncation can
+    cut image tokens: STACK-FACTS.md)."""
+    warmup_ratio: float = 0.0
+    """Share of steps with a linearly rising learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    dtype: str = "float32"
+    """Weights' dtype when loading: float32, bfloat16 or float16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, slower)."""
+    logging_steps: int = 10
+    """Log (console, TensorBoard) every this many updates."""
+    save_steps: int = 0
+    """Keep a resumable checkpoint every this many updates (0: only at the end)."""
+    seed: int = 0
+    """Seed for data order, dropout and adapter initialisation."""
+    sources: list[str] = field(default_factory=lambda: ["ranking", "correction"])
+    """Which pairs to train on, by source."""
+    max_pairs: int | None = None
+    """Use at most this many pairs (the first ones, in export order)."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default). Tiny models on few cores want 1."""
+
+    def __post_init__(self) -> None:
+        _numbers(self)
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "dpo":
+            if self.gamma not in (None, 1, 1.0) or self.normalize:
+                raise ConfigError("method dpo is DDPO with gamma = 1 and normalize = false; leave them unset")
+            self.gamma, self.normalize = 1.0, False
+        else:
+            self.gamma = 5.0 if self.gamma is None else float(self.gamma)
+            self.normalize = True if self.normalize is None else bool(self.normalize)
+        if self.gamma <= 0:
+            raise ConfigError(f"gamma must be positive, got {self.gamma}")
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be positive, got {self.beta}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be positive, got {self.epochs}")
+        for name in ("batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps must be 0 or more, got {self.save_steps}")
+        if self.max_length is not None and self.max_length < 16:
+            raise ConfigError(f"max_length must be at least 16 or null, got {self.max_length}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.data:
+            raise ConfigError("data must name at least one export folder")
+        unknown = set(self.sources) - {"ranking", "correction"}
+        if unknown or not self.sources:
+            raise ConfigError(f"sources must be among ranking, correction; got {self.sources}")
+        if self.init_adapter is not None and self.lora is None:
+            raise ConfigError("init_adapter continues a LoRA adapter; it needs lora settings (not full fine-tuning)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            target[key] = child
+        target = child
+    target[keys[-1]] = value
+
+
+def _known(cls: type, data: dict[str, Any], prefix: str = "") -> None:
+    names = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown setting '{prefix}{key}'; known: {', '.join(sorted(names))}")
+        if key == "lora" and isinstance(value, dict):
+            _known(LoraSettings, value, prefix="lora.")
+
+
+def load_config(path: Path | None, overrides: Sequence[str] = (), **base: Any) -> DPOTrainConfig:
+    """A config from a YAML file (optional), then `base` values, then `key=value` overrides
+    (dotted keys reach nested settings: `lora.r=8`; values are read as YAML)."""
+    data: dict[str, Any] = dict(base)
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read {path}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        data.update(loaded)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        _set(data, key.strip(), yaml.safe_load(raw))
+    _known(DPOTrainConfig, data)
+    required = [name for name in ("model", "data", "output_dir") if name not in data]
+    if required:
+        raise ConfigError(f"missing setting(s): {', '.join(required)}")
+    try:
+        return DPOTrainConfig(**data)
+    except TypeError as error:
+        raise ConfigError(str(error)) from None
+
+
+def dump(config: Any) -> str:
+    """The resolved config as YAML (what a run records next to its adapter)."""
+    data = asdict(config) if is_dataclass(config) and not isinstance(config, type) else config
+    return yaml.safe_dump(data, sort_keys=False)

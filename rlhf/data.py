@@ -1,0 +1,256 @@
+"""Training data from exported labels, and DDPO's token weights.
+
+`load_pairs` reads `trl` exports (annotation/exporters.py; a `datasets` directory with a
+manifest). Each pair carries the changed segments of its two responses as character
+offsets (`chosen_spans`, `rejected_spans`), so the weights can be computed for any
+tokenizer: `WeightedPreferenceCollator` tokenizes each response as trl's vision collator
+does and gives the tokens that overlap a changed segment the weight gamma, the others 1
+(RLHF-V, arXiv:2312.00849, eq. 3; ../shared/reference/METHODS.md 2c), in both chosen and
+rejected. The collator's `token_scale` is what the trainer multiplies the per-token
+log-probabilities by before they are summed; with normalisation it already holds
+w_t / (|U| + gamma |C|).
+
+Nothing here imports torch, datasets or trl until it is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXPORT_FORMAT = "trl"
+EXPORT_SCHEMA = 1
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message says which and why."""
+
+
+# ---------------------------------------------------------------------------------------
+# The `trl` export: written by annotation/exporters.py (labels) and rlhf/toy_pairs.py
+# (oracle labels of the synthetic world), read by load_pairs.
+
+
+def pair_features() -> Any:
+    """The columns of a `trl` export: TRL's conversational preference format (prompt,
+    chosen, rejected as message lists; images) plus the changed segments and provenance."""
+    from datasets import Features, Value  # type: ignore[import-untyped]
+    from datasets import Image as ImageFeature
+    from datasets import Sequence as Seq
+
+    message = {"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}
+    return Features(
+        {
+            "id": Value("string"),
+            "source": Value("string"),
+            "round": Value("int32"),
+            "annotator": Value("string"),
+            "image_sha256": Value("string"),
+            "prompt": [message],
+            "chosen": [message],
+            "rejected": [message],
+            "images": Seq(ImageFeature()),
+            "chosen_spans": Seq(Seq(Value("int32"), length=2)),
+            "rejected_spans": Seq(Seq(Value("int32"), length=2)),
+            "hallucination_tie": Value("bool"),
+        }
+    )
+
+
+def user_turns(turns: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+    """Conversation turns as TRL messages, the image placeholder first in the first turn."""
+    prompt = []
+    for i, turn in enumerate(turns):
+        content: list[dict[str, str | None]] = [{"type": "text", "text": turn["content"]}]
+        if i == 0:
+            content.insert(0, {"type": "image", "text": None})
+        prompt.append({"role": turn["role"], "content": content})
+    return prompt
+
+
+def assistant_turn(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def write_pairs(
+    rows: Callable[..., Iterator[dict[str, Any]]], gen_kwargs: dict[str, Any], out: Path, fingerprint: str
+) -> None:
+    """A `datasets` directory from a generator of rows (memory stays flat); the fingerprint,
+    derived from the rows by the caller, makes the files reproducible."""
+    from datasets import Dataset
+
+    with tempfile.TemporaryDirectory(prefix="factloop-pairs-") as cache:
+        dataset = Dataset.from_generator(
+            rows, features=pair_features(), cache_dir=cache, gen_kwargs=gen_kwargs, fingerprint=fingerprint
+        )
+        dataset.save_to_disk(str(out))
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folder` but the manifest, by relative path."""
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != "manifest.json":
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            hashes[str(path.relative_to(folder))] = digest.hexdigest()
+    return hashes
+
+
+def write_manifest(folder: Path, fmt: str, **fields: Any) -> None:
+    manifest = {"schema_version": EXPORT_SCHEMA, "format": fmt, **fields, "files": file_hashes(folder)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def load_pairs(folders: Sequence[str | Path], *, sources: Sequence[str], max_pairs: int | None = None) -> Any:
+    """The pairs of one or more `trl` exports, concatenated in order, keeping `sources`."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts = []
+    for folder in map(Path, folders):
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise DataError(f"{folder}: no manifest.json; expected an export of format {EXPORT_FORMAT!r}")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != EXPORT_FORMAT or manifest.get("schema_version") != EXPORT_SCHEMA:
+            raise DataError(
+                f"{folder}: format {manifest.get('format')!r} schema {manifest.get('schema_version')!r}; "
+                f"expected format {EXPORT_FORMAT!r} schema {EXPORT_SCHEMA}"
+            )
+        parts.append(load_from_disk(str(folder)))
+    dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    wanted = set(sources)
+    dataset = dataset.filter(lambda source: source in wanted, input_columns="source")
+    if max_pairs is not None:
+        dataset = dataset.select(range(min(max_pairs, len(dataset))))
+    if len(dataset) == 0:
+        raise DataError(f"no pairs of source {', '.join(sources)} in {', '.join(map(str, folders))}")
+    return dataset
+
+
+def usable_spans(text: str, spans: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """Changed segments with white space trimmed from their edges (an inserted or deleted word
+    takes the space before it; that space must not weight the neighbouring token), empty ones
+    dropped. Raises DataError for a segment outside the text."""
+    out = []
+    for start, end in spans:
+        if not 0 <= start <= end <= len(text):
+            raise DataError(f"span [{start}, {end}] lies outside a text of {len(text)} characters")
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start < end:
+            out.append((start, end))
+    return out
+
+
+def replaced_only(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]]) -> tuple[list[Any], list[Any]]:
+    """RLHF-V's released weighting: only segments changed on both sides (replacements); a pure
+    insertion or deletion gets no weight."""
+    keep = [c[1] > c[0] and r[1] > r[0] for c, r in zip(chosen, rejected, strict=True)]
+    return [c for c, k in zip(chosen, keep, strict=True) if k], [r for r, k in zip(rejected, keep, strict=True) if k]
+
+
+def token_weights(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], gamma: float) -> list[float]:
+    """gamma for each token whose characters overlap a changed segment, 1 for the others.
+
+    A token overlaps [s, e) when its [start, end) intersects it; a token that covers part of
+    a changed word (a span inside a word) counts as changed. Tokens without characters
+    (offsets (0, 0) of special tokens) are unchanged."""
+    weights = []
+    for start, end in offsets:
+        changed = end > start and any(start < e and end > s for s, e in spans)
+        weights.append(gamma if changed else 1.0)
+    return weights
+
+
+def _text_of(message: list[dict[str, Any]]) -> str:
+    content = message[0]["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text") or "" for part in content if part.get("type") == "text")
+
+
+def _collator_base() -> type:
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    return DataCollatorForVisionPreference
+
+
+def make_collator(
+    processor: Any, *, gamma: float, normalize: bool, released_weighting: bool = False, max_length: int | None = None
+) -> Any:
+    """trl's vision preference collator, plus `token_scale` (see the module docstring)."""
+    base = _collator_base()
+
+    @dataclass
+    class WeightedPreferenceCollator(base):  # type: ignore[valid-type,misc]
+        gamma: float = 1.0
+        normalize: bool = False
+        released_weighting: bool = False
+
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            import torch
+            from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+            keys = ("prompt", "chosen", "rejected", "images", "image")
+            trimmed = [{k: example[k] for k in keys if k in example} for example in examples]
+            # The completion strings exactly as trl's collator renders them (on copies: it
+            # rewrites the examples it is given).
+            rendered = []
+            for example in copy.deepcopy(trimmed):
+                images = example.pop("images", None) or ([example.pop("image")] if "image" in example else [])
+                example["prompt"] = prepare_multimodal_messages(example["prompt"], images=images)
+                example["chosen"] = prepare_multimodal_messages(example["chosen"])
+                example["rejected"] = prepare_multimodal_messages(example["rejected"])
+                rendered.append(apply_chat_template(example, self.processor))
+            batch = super().torch_call(trimmed)
+            mask = batch["completion_mask"]
+            scale = torch.zeros(mask.shape, dtype=torch.float32)
+            tokenizer = self.processor.tokenizer
+            n = len(examples)
+            for row in range(2 * n):
+                example, side = examples[row % n], ("chosen" if row < n else "rejected")
+                chosen_spans = list(example.get("chosen_spans") or [])
+                rejected_spans = list(example.get("rejected_spans") or [])
+                if self.released_weighting and chosen_spans:
+                    chosen_spans, rejected_spans = replaced_only(chosen_spans, rejected_spans)
+                has_spans = bool(example.get("chosen_spans") or example.get("rejected_spans"))
+                response = _text_of(example[side])
+                completion = rendered[row % n][side]
+                spans = usable_spans(response, chosen_spans if side == "chosen" else rejected_spans)
+                offset = completion.find(response)
+                if spans and offset < 0:
+                    raise DataError("the chat template changed the response text; its spans cannot be placed")
+                encoded = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+                weights = token_weights(
+                    encoded["offset_mapping"], [(s + offset, e + offset) for s, e in spans], self.gamma
+                )
+                positions = mask[row].nonzero().flatten()
+                if len(positions) > len(weights) or batch["input_ids"][row, positions].tolist() != list(
+                    encoded["input_ids"][: len(positions)]
+                ):
+                    raise DataError("the response tokenized differently from trl's collator; cannot weight it")
+                values = torch.tensor(weights[: len(positions)], dtype=torch.float32)
+                if self.normalize and has_spans:
+                    values = values / values.sum()  # N = |U| + gamma |C| (METHODS.md 2c)
+                scale[row, positions] = values
+            batch["token_scale"] = scale
+            return batch
+
+    return WeightedPreferenceCollator(
+        processor=processor,
+        max_length=max_length,
+        gamma=gamma,
+        normalize=normalize,
+        released_weighting=released_weighting,
+    )

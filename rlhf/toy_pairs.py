@@ -1,0 +1,150 @@
+"""Oracle labels of the synthetic world, written as a `trl` export (the format
+annotation/exporters.py writes from human labels), for the tests and benchmarks.
+
+The policy describes training scenes (sampled, like candidates in a round); the oracle
+corrects each description's hallucinated segments as an RLHF-V annotator would
+(models/toyworld/oracle.py) and the changed segments come from the same diff the server
+uses (annotation/spans.py, pure Python). A description with nothing wrong gives no pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.toyworld import Scene, render, sample_scenes
+from models.toyworld.oracle import check, correct
+from rlhf.data import assistant_turn, user_turns, write_manifest, write_pairs
+
+DESCRIBE = "Describe the image."
+TRAIN_SEED = 1234  # the held-out scenes (rlhf.evaluate) use their own seed and id prefix
+
+
+@dataclass(frozen=True)
+class OraclePair:
+    """A preference pair: for a correction, chosen = corrected and rejected = original with
+    their changed segments; for a ranking, the better and the worse response, no segments."""
+
+    scene: Scene
+    prompt: str
+    original: str  # the rejected response
+    corrected: str  # the chosen response
+    chosen_spans: list[list[int]]
+    rejected_spans: list[list[int]]
+    source: str = "correction"
+
+
+def oracle_pairs(responses: Sequence[tuple[Scene, str]], *, noise: float = 0.0, seed: int = 0) -> list[OraclePair]:
+    """Corrections of (scene, description) pairs; those with nothing wrong are dropped."""
+    from annotation.spans import changed_spans
+
+    rng = random.Random(seed)
+    pairs = []
+    for scene, original in responses:
+        fixed = correct(scene, original, noise=noise, rng=rng)
+        if not fixed or fixed == original:
+            continue
+        spans = changed_spans(original, fixed)
+        if not spans:
+            continue
+        pairs.append(
+            OraclePair(
+                scene,
+                DESCRIBE,
+                original,
+                fixed,
+                [[s.corrected_start, s.corrected_end] for s in spans],
+                [[s.original_start, s.original_end] for s in spans],
+            )
+        )
+    return pairs
+
+
+def oracle_rankings(responses: Sequence[tuple[Scene, str, str]], *, seed: int = 0) -> list[OraclePair]:
+    """LLaVA-RLHF judgements of two responses to one scene (fewer hallucinations first,
+    then more correct claims); ties on both, or identical texts, give no pair."""
+    from models.toyworld.oracle import prefer
+
+    rng = random.Random(seed)
+    pairs = []
+    for scene, first, second in responses:
+        if first == second:
+            continue
+        judged = prefer(scene, first, second, rng=rng)
+        if judged.tie_on_hallucination and judged.hallucinations[0] == judged.hallucinations[1] == 0:
+            continue
+        better, worse = (first, second) if judged.preferred == 1 else (second, first)
+        pairs.append(OraclePair(scene, DESCRIBE, worse, better, [], [], source="ranking"))
+    return pairs
+
+
+def sample_descriptions(
+    model: Any, processor: Any, scenes: Sequence[Scene], *, per_scene: int = 1, temperature: float = 1.0, seed: int = 0
+) -> list[tuple[Scene, str]]:
+    """The policy's sampled descriptions of the scenes (as candidates of a round would be)."""
+    from models.tiny import generate, image_size_of
+
+    size = image_size_of(processor)
+    order = [scene for scene in scenes for _ in range(per_scene)]
+    images = {scene.scene_id: render(scene, size) for scene in scenes}
+    texts = generate(
+        model,
+        processor,
+        [images[s.scene_id] for s in order],
+        [DESCRIBE] * len(order),
+        do_sample=True,
+        temperature=temperature,
+        seed=seed,
+    )
+    return list(zip(order, texts, strict=True))
+
+
+def training_scenes(n: int, seed: int = TRAIN_SEED) -> list[Scene]:
+    return sample_scenes(seed, n, prefix="train")
+
+
+def write_export(pairs: Sequence[OraclePair], out: Path, *, image_size: int) -> dict[str, int]:
+    """The pairs as a `trl` export folder with its manifest."""
+    out.mkdir(parents=True, exist_ok=False)
+
+    def png(scene: Scene) -> bytes:
+        buffer = io.BytesIO()
+        render(scene, image_size).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def rows(count: int) -> Iterator[dict[str, Any]]:
+        for i, pair in enumerate(pairs[:count]):
+            data = png(pair.scene)
+            yield {
+                "id": f"oracle-{i}",
+                "source": pair.source,
+                "round": 0,
+                "annotator": "oracle",
+                "image_sha256": hashlib.sha256(data).hexdigest(),
+                "prompt": user_turns([{"role": "user", "content": pair.prompt}]),
+                "chosen": assistant_turn(pair.corrected),
+                "rejected": assistant_turn(pair.original),
+                "images": [{"bytes": data, "path": None}],
+                "chosen_spans": pair.chosen_spans,
+                "rejected_spans": pair.rejected_spans,
+                "hallucination_tie": False,
+            }
+
+    digest = hashlib.sha256(
+        json.dumps([[p.scene.scene_id, p.original, p.corrected] for p in pairs]).encode()
+    ).hexdigest()
+    write_pairs(rows, {"count": len(pairs)}, out, digest[:16])
+    counts = {"pairs": len(pairs)}
+    write_manifest(out, "trl", rounds=[0], filters={"source": "oracle"}, counts=counts)
+    return counts
+
+
+def hallucination_rate(responses: Sequence[tuple[Scene, str]]) -> float:
+    """Share of responses with at least one hallucination, by the oracle."""
+    return sum(check(scene, text).hallucinations > 0 for scene, text in responses) / max(1, len(responses))

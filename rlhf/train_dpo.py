@@ -1,0 +1,256 @@
+"""DDPO (RLHF-V's token-weighted DPO) and DPO for image-text-to-text models, on trl.
+
+RLHF-V (arXiv:2312.00849, eq. 3-4; ../shared/reference/METHODS.md 2c) replaces DPO's
+sequence log-likelihood with a weighted one, s(y|x) = sum_U log p + gamma sum_C log p
+(optionally over |U| + gamma |C|), in both the policy's and the reference's terms. trl's
+DPOTrainer sums per-token log-probabilities inside its private `_compute_loss`
+(STACK-FACTS.md): `DDPOTrainer` weights them on their way out of the model, with a
+forward hook on the policy (and a separate reference, if any) that multiplies the fused
+LM head's `log_probs` by the collator's `token_scale` for the duration of one loss
+computation. trl's own loss code then runs unchanged; with every weight 1 it is exactly
+trl's DPO. trl is pinned to the minor version this hook was checked against
+(tests/rlhf/test_ddpo.py).
+
+The reference is the policy at the start of the round: the base model when the adapter is
+new, or, when `init_adapter` continues the previous round's adapter, a frozen copy of that
+adapter loaded under the name trl looks for ("ref").
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import DPOTrainConfig, dump
+
+ADAPTER_DIR = "adapter"
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.yaml"
+
+
+def git_revision() -> str:
+    """The checkout's commit (with "-dirty" when it has changes), or "unknown"."""
+    here = Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return revision + ("-dirty" if dirty else "")
+
+
+@contextmanager
+def weighted_log_probs(modules: list[Any], scale: Any):  # type: ignore[no-untyped-def]
+    """While active, every fused-head forward of `modules` returns per-token log-probs
+    multiplied by `scale[:, 1:]` (`scale` is aligned with input_ids; log-probs with the
+    shifted labels). Extra leading positions (virtual tokens of prompt-learning PEFT) are
+    left as they are."""
+
+    def hook(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        if not kwargs.get("fused_lm_head") or getattr(output, "log_probs", None) is None:
+            return output
+        shifted = scale[:, 1:].to(device=output.log_probs.device, dtype=output.log_probs.dtype)
+        width = shifted.size(1)
+        log_probs = output.log_probs
+        weighted = log_probs[:, -width:] * shifted
+        output.log_probs = weighted if log_probs.size(1) == width else _cat(log_probs[:, :-width], weighted)
+        return output
+
+    handles = [module.register_forward_hook(hook, with_kwargs=True) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _cat(left: Any, right: Any) -> Any:
+    import torch
+
+    return torch.cat((left, right), dim=1)
+
+
+def trainer_class() -> type:
+    """DPOTrainer with DDPO's token weights (built on first use: trl loads torch)."""
+    from trl import DPOTrainer
+
+    class DDPOTrainer(DPOTrainer):
+        def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            scale = inputs.pop("token_scale", None)
+            if scale is None:
+                return super()._compute_loss(model, inputs, return_outputs)
+            modules = {id(m): m for m in (self.accelerator.unwrap_model(model), self.ref_model) if m is not None}
+            with weighted_log_probs(list(modules.values()), scale):
+                return super()._compute_loss(model, inputs, return_outputs)
+
+    return DDPOTrainer
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path | None
+    pairs: int
+    steps: int
+    train_loss: float | None
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    git_revision: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def load_policy(config: DPOTrainConfig) -> tuple[Any, Any]:
+    """The policy (with a trainable adapter when continuing one) and its processor."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = getattr(torch, config.dtype)
+    processor = AutoProcessor.from_pretrained(config.model)
+    model: Any = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype)
+    if config.init_adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+        model.load_adapter(config.init_adapter, adapter_name="ref")  # the reference: frozen
+    return model, processor
+
+
+def lora_config(config: DPOTrainConfig) -> Any:
+    from peft import LoraConfig
+
+    assert config.lora is not None
+    names = "|".join(config.lora.target_modules)
+    # A regex (peft full-matches it): only the language model's projections, which is also
+    # what vLLM applies a LoRA adapter to.
+    targets: Any = rf".*language_model.*\.({names})" if config.lora.language_model_only else config.lora.target_modules
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=config.output_dir,
+        beta=config.beta,
+        loss_type=["sigmoid"],
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        # transformers 5: a float below 1 is a share of the steps.
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        report_to=["tensorboard"] if report_to is None else report_to,
+        remove_unused_columns=False,  # the collator needs the spans
+        bf16=config.dtype == "bfloat16",
+        fp16=config.dtype == "float16",
+        gradient_checkpointing=config.gradient_checkpointing,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=_has_accelerator(),
+        **extra,
+    )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
+    """The trainer of a run, ready to `.train()` (also used by the tests and benchmarks)."""
+    import torch
+
+    from rlhf.data import load_pairs, make_collator
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)
+    model, processor = load_policy(config)
+    assert config.gamma is not None and config.normalize is not None
+    collator = make_collator(
+        processor,
+        gamma=config.gamma,
+        normalize=config.normalize,
+        released_weighting=config.released_weighting,
+        max_length=config.max_length,
+    )
+    peft_config = lora_config(config) if config.lora is not None and config.init_adapter is None else None
+    trainer = trainer_class()(
+        model=model,
+        args=training_arguments(config, report_to=report_to, **extra),
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=collator,
+        peft_config=peft_config,
+    )
+    return trainer
+
+
+def _last_checkpoint(output_dir: Path) -> str | None:
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] | None = None) -> TrainResult:
+    """Run DDPO/DPO and write, under output_dir: `adapter/` (the trained adapter, or the
+    full model), `config.yaml` (the resolved config), `result.json` (metrics, git revision).
+    With `resume`, training continues from the newest checkpoint in output_dir."""
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / CONFIG_FILE).write_text(dump(config))
+    began = time.perf_counter()
+    trainer = build_trainer(config, report_to=report_to)
+    checkpoint = _last_checkpoint(output) if resume else None
+    outcome = trainer.train(resume_from_checkpoint=checkpoint)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    adapter = output / ADAPTER_DIR
+    model = trainer.model
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(adapter), selected_adapters=["default"])
+    else:
+        model.save_pretrained(str(adapter))
+    trainer.processing_class.save_pretrained(str(adapter))
+    result = TrainResult(
+        output_dir=output,
+        adapter_dir=adapter,
+        pairs=len(trainer.train_dataset),
+        steps=trainer.state.global_step,
+        train_loss=float(outcome.training_loss) if outcome.training_loss is not None else None,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        seconds=time.perf_counter() - began,
+        git_revision=git_revision(),
+    )
+    (output / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"config": config.to_dict()}, indent=2))
+    return result

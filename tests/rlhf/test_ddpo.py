@@ -1,0 +1,315 @@
+"""DDPO and DPO: span-to-token weights, the weighted log-likelihood against a hand
+computation, DPO as DDPO's gamma = 1 case against trl's own loss, and a tiny training run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlhf.config import ConfigError, load_config
+from rlhf.data import DataError, replaced_only, token_weights, usable_spans
+from tests.conftest import PYTHON, REPO, clean_env
+
+# ---------------------------------------------------------------------------------------
+# Span-to-token mapping, with a byte-level BPE tokenizer trained here on awkward text
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    corpus = ["A café is here. A bluish ball is near the naïve kite.", "Un crème brûlée et un 北京 ball."] * 20
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    raw.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=raw)
+
+
+def weighted_pieces(tokenizer: Any, text: str, spans: list[tuple[int, int]], gamma: float = 5.0) -> str:
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    weights = token_weights(encoded["offset_mapping"], usable_spans(text, spans), gamma)
+    ids = [i for i, w in zip(encoded["input_ids"], weights, strict=True) if w == gamma]
+    return tokenizer.decode(ids)
+
+
+def test_multi_byte_characters_map_to_their_tokens(tokenizer: Any) -> None:
+    text = "Un crème brûlée et un 北京 ball."
+    start = text.index("brûlée")
+    assert weighted_pieces(tokenizer, text, [(start, start + len("brûlée"))]).strip() == "brûlée"
+    start = text.index("北京")
+    assert weighted_pieces(tokenizer, text, [(start, start + 2)]).strip() == "北京"
+    # Half of a character that byte-level BPE splits across tokens still weights its tokens.
+    assert weighted_pieces(tokenizer, text, [(start, start + 1)]).strip().startswith("北")
+
+
+def test_spaces_at_span_edges_do_not_weight_the_neighbours(tokenizer: Any) -> None:
+    text = "A café is here."
+    start = text.index(" café ")
+    # An inserted word carries the space before it (annotation/spans.py); the trimmed span
+    # weights "café" and not "A" or "is".
+    assert weighted_pieces(tokenizer, text, [(start, start + len(" café "))]).strip() == "café"
+    assert usable_spans(text, [(start, start + 1)]) == []  # white space only: nothing
+    assert usable_spans(text, [(3, 3)]) == []  # empty (a deletion's other side): nothing
+    with pytest.raises(DataError, match="outside"):
+        usable_spans(text, [(3, 99)])
+
+
+def test_a_span_inside_a_word_weights_the_tokens_it_touches(tokenizer: Any) -> None:
+    text = "A bluish ball is near the naïve kite."
+    start = text.index("ish")
+    pieces = weighted_pieces(tokenizer, text, [(start, start + 3)])
+    assert "ish" in pieces and "ball" not in pieces and not pieces.strip().startswith("A ")
+
+
+def test_token_weights_and_released_weighting() -> None:
+    offsets = [(0, 1), (1, 5), (5, 9), (0, 0)]
+    assert token_weights(offsets, [(2, 4)], 5.0) == [1.0, 5.0, 1.0, 1.0]
+    assert token_weights(offsets, [], 5.0) == [1.0] * 4
+    # RLHF-V's released code weights only replacements: an insertion (empty original side)
+    # and a deletion (empty corrected side) are dropped.
+    chosen, rejected = replaced_only([[0, 3], [5, 9], [10, 10]], [[0, 4], [6, 6], [8, 12]])
+    assert (chosen, rejected) == ([[0, 3]], [[0, 4]])
+
+
+# ---------------------------------------------------------------------------------------
+# Config
+
+
+def test_config_defaults_checks_and_overrides(tmp_path: Path) -> None:
+    base = {"model": "m", "data": ["d"], "output_dir": "o"}
+    ddpo = load_config(None, **base)
+    assert (ddpo.gamma, ddpo.normalize, ddpo.beta) == (5.0, True, 0.5)  # RLHF-V paper
+    dpo = load_config(None, ["method=dpo"], **base)
+    assert (dpo.gamma, dpo.normalize) == (1.0, False)
+    with pytest.raises(ConfigError, match="dpo is DDPO with gamma = 1"):
+        load_config(None, ["method=dpo", "gamma=5"], **base)
+    with pytest.raises(ConfigError, match=r"unknown setting 'lora\.rank'"):
+        load_config(None, ["lora.rank=4"], **base)
+    with pytest.raises(ConfigError, match="beta must be positive"):
+        load_config(None, ["beta=0"], **base)
+    with pytest.raises(ConfigError, match="learning_rate must be a number"):
+        load_config(None, ["learning_rate=fast"], **base)
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\ndata: d\noutput_dir: o\nlearning_rate: 1e-3\nlora: {r: 4}\n")
+    config = load_config(path, ["lora.alpha=8"])
+    assert config.learning_rate == 1e-3 and config.lora is not None and (config.lora.r, config.lora.alpha) == (4, 8)
+    with pytest.raises(ConfigError, match="missing setting"):
+        load_config(None, ["beta=0.1"])
+
+
+# ---------------------------------------------------------------------------------------
+# With the tiny model
+
+
+@pytest.fixture(scope="module")
+def oracle_export(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Oracle corrections and rankings of the tiny base policy's descriptions, as a `trl` export."""
+    import torch
+
+    from models.tiny import image_size_of
+    from rlhf import toy_pairs
+    from rlhf.evaluate import load_policy
+
+    torch.set_num_threads(1)
+    model, processor = load_policy(str(base_policy))
+    scenes = toy_pairs.training_scenes(24)
+    responses = toy_pairs.sample_descriptions(model, processor, scenes, per_scene=2, temperature=0.7)
+    pairs = toy_pairs.oracle_pairs(responses)
+    rankings = toy_pairs.oracle_rankings(
+        [(a[0], a[1], b[1]) for a, b in zip(responses[::2], responses[1::2], strict=True)]
+    )
+    assert len(pairs) >= 8 and rankings
+    out = tmp_path_factory.mktemp("oracle") / "export"
+    toy_pairs.write_export(pairs[:16] + rankings[:4], out, image_size=image_size_of(processor))
+    return out
+
+
+def _config(base_policy: Path, data: Path, out: Path, *overrides: str) -> Any:
+    return load_config(
+        None,
+        ["lora.r=8", "lora.dropout=0", "batch_size=4", "threads=1", "logging_steps=1", *overrides],
+        model=str(base_policy),
+        data=[str(data)],
+        output_dir=str(out),
+    )
+
+
+def _randomise_adapter(model: Any, seed: int = 0) -> None:
+    """peft starts B at zero (policy = reference); random factors make them differ."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+
+def _batch(trainer: Any, n: int = 4) -> dict[str, Any]:
+    # Two corrections first, then rankings from the end (the export puts them last).
+    rows = [trainer.train_dataset[i] for i in (0, 1)] + [trainer.train_dataset[len(trainer.train_dataset) - 1]]
+    return dict(trainer.data_collator(rows[:n]))
+
+
+def _hand_sequence_scores(model: Any, batch: dict[str, Any]) -> Any:
+    """s(y|x) by hand: logits -> log-softmax -> the next token's log-prob, times the weights."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        ).logits
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = batch["input_ids"][:, 1:]
+    token = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token * batch["token_scale"][:, 1:] * batch["completion_mask"][:, 1:]).sum(dim=1)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_weighted_log_likelihood_and_loss_match_a_hand_computation(
+    base_policy: Path, oracle_export: Path, tmp_path: Path, normalize: bool
+) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from rlhf.train_dpo import build_trainer
+
+    config = _config(base_policy, oracle_export, tmp_path, "gamma=3", f"normalize={str(normalize).lower()}")
+    trainer = build_trainer(config, report_to=[])
+    _randomise_adapter(trainer.model)
+    trainer.model.eval()
+    batch = _batch(trainer)
+    scale, mask = batch["token_scale"], batch["completion_mask"]
+    # The weights themselves: 1 or gamma on completion tokens (over N when normalised), 0 elsewhere.
+    assert torch.all(scale[mask == 0] == 0)
+    row = scale[0][mask[0] == 1]
+    n_total = (row / row.min()).sum() if normalize else None
+    assert set(torch.round(row / row.min(), decimals=4).tolist()) == {1.0, 3.0}
+    if normalize:
+        assert torch.isclose(row.sum(), torch.tensor(1.0))
+        assert n_total is not None
+    ranking_row = scale[2][mask[2] == 1]
+    assert torch.all(ranking_row == 1.0)  # rankings: plain DPO, no weights, no normalisation
+
+    loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
+    policy = _hand_sequence_scores(trainer.model, batch)
+    with trainer.model.disable_adapter():
+        reference = _hand_sequence_scores(trainer.model, batch)
+    chosen, rejected = (policy - reference).chunk(2)
+    expected = -F.logsigmoid(config.beta * (chosen - rejected)).mean()
+    assert torch.isclose(loss.detach(), expected, atol=1e-5), (float(loss), float(expected))
+    assert abs(float(expected) - 0.6931) > 1e-3  # policy and reference differ: a real check
+
+
+def test_gamma_one_without_normalisation_is_exactly_trls_dpo(
+    base_policy: Path, oracle_export: Path, tmp_path: Path
+) -> None:
+    import torch
+    from trl import DPOTrainer
+
+    from rlhf.train_dpo import build_trainer
+
+    trainer = build_trainer(_config(base_policy, oracle_export, tmp_path, "method=dpo"), report_to=[])
+    _randomise_adapter(trainer.model, seed=1)
+    trainer.model.eval()
+    batch = _batch(trainer)
+    ours = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
+    plain = dict(batch)
+    del plain["token_scale"]
+    theirs = DPOTrainer._compute_loss(trainer, trainer.model, plain, return_outputs=False)
+    assert torch.equal(ours.detach(), theirs.detach())
+    # And DDPO's weights do change it.
+    ddpo = build_trainer(_config(base_policy, oracle_export, tmp_path / "d", "gamma=5"), report_to=[])
+    ddpo.model.load_state_dict(trainer.model.state_dict())
+    ddpo.model.eval()
+    weighted = ddpo._compute_loss(ddpo.model, _batch(ddpo), return_outputs=False)
+    assert not torch.isclose(weighted.detach(), theirs.detach())
+
+
+def test_a_tiny_run_lowers_the_loss_changes_only_the_adapter_and_resumes(
+    base_policy: Path, oracle_export: Path, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from rlhf.train_dpo import train
+
+    out = tmp_path / "run"
+    config = _config(base_policy, oracle_export, out, "learning_rate=2.0e-3", "epochs=4", "save_steps=5")
+    result = train(config, report_to=[])
+    assert result.steps == 20 and result.first_loss is not None and result.last_loss is not None
+    assert result.last_loss < result.first_loss - 0.05, (result.first_loss, result.last_loss)
+    # Only adapter weights were trained: the base checkpoint's tensors are what the trainer ended with.
+    base = AutoModelForImageTextToText.from_pretrained(str(base_policy), dtype=torch.float32).state_dict()
+    assert result.adapter_dir is not None
+    adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in key for key in adapter)
+    assert any(tensor.abs().sum() > 0 for key, tensor in adapter.items() if "lora_B" in key)
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(str(base_policy), dtype=torch.float32), str(result.adapter_dir)
+    )
+    for name, tensor in reloaded.get_base_model().state_dict().items():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.equal(tensor, base[key]), name
+    recorded = json.loads((out / "result.json").read_text())
+    assert recorded["git_revision"] and recorded["config"]["gamma"] == 5.0
+    assert "gamma: 5.0" in (out / "config.yaml").read_text()
+    # Resume: a checkpoint at step 15 continues to the same 20 steps.
+    assert (out / "checkpoint-15").is_dir()
+    for later in out.glob("checkpoint-20"):
+        import shutil
+
+        shutil.rmtree(later)
+    resumed = train(config, resume=True, report_to=[])
+    assert resumed.steps == 20
+
+
+def test_the_cli_trains_and_refuses_a_bad_config(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
+    config = tmp_path / "ddpo.yaml"
+    config.write_text(
+        f"model: {base_policy}\ndata: [{oracle_export}]\noutput_dir: {tmp_path / 'out'}\n"
+        "lora: {r: 4, dropout: 0}\nbatch_size: 10\nthreads: 1\nmax_pairs: 10\n"
+    )
+    env = clean_env(OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [PYTHON, "-m", "rlhf.cli", "dpo", "--config", str(config), "--set", "method=dpo"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["pairs"] == 10
+    assert (tmp_path / "out/adapter/adapter_config.json").is_file()
+    assert list((tmp_path / "out/runs").rglob("events.out.tfevents.*"))  # TensorBoard logs
+    bad = subprocess.run(
+        [PYTHON, "-m", "rlhf.cli", "dpo", "--config", str(config), "--set", "beta=-1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "beta must be positive" in bad.stderr
+    missing = subprocess.run(
+        [PYTHON, "-m", "rlhf.cli", "dpo", "--config", str(config), "--set", f"data=[{tmp_path}]"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 2 and "no manifest.json" in missing.stderr
