@@ -1,11 +1,12 @@
 """Alignment on the test bed: one round of DDPO and of DPO from oracle corrections.
 
-The base policy describes training scenes (sampled at temperature 0.7, as LLaVA-RLHF
-sampled its candidates); the oracle corrects the hallucinated segments (RLHF-V's
-protocol); each method trains a LoRA adapter from the same pairs; every policy is then
-measured on the same held-out scenes. Prints one row per method: labels used, CHAIR_i,
-CHAIR_s, POPE F1 (mean of the random, popular and adversarial splits), mean response
-length in words, share of empty responses, training wall time.
+The base policy answers prompts about training scenes, a description and a question per
+scene (sampled at temperature 0.7, as LLaVA-RLHF sampled its candidates); the oracle
+corrects the hallucinated segments (RLHF-V's protocol); each method trains a LoRA adapter
+from the same pairs; every policy is then measured on the same held-out scenes. Prints one
+row per method: labels used, CHAIR_i, CHAIR_s, POPE F1 (mean of the random, popular and
+adversarial splits), mean response length in words, share of empty responses, training
+wall time.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py --model var/models/tiny-base
 
@@ -45,7 +46,12 @@ def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="var/models/tiny-base", help="the base policy (folder or hub id)")
-    parser.add_argument("--responses", type=int, default=500, help="base-policy responses to correct")
+    parser.add_argument(
+        "--scenes",
+        type=int,
+        default=390,
+        help="training scenes; each gets a description and a question (default 390: ~760 responses, ~500 corrected)",
+    )
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
     parser.add_argument("--methods", default="ddpo,dpo")
     parser.add_argument("--config", type=Path, default=CONFIG, help="training settings shared by the methods")
@@ -66,8 +72,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     model, processor = load_policy(args.model)
     began = time.perf_counter()
-    responses = toy_pairs.sample_descriptions(
-        model, processor, toy_pairs.training_scenes(args.responses), temperature=0.7, seed=1
+    # Half descriptions, half questions, as synthetic rounds ask.
+    responses = toy_pairs.sample_responses(
+        model, processor, toy_pairs.training_scenes(args.scenes), temperature=0.7, seed=1
     )
     pairs = toy_pairs.oracle_pairs(responses)
     data = work / "pairs"

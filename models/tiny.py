@@ -67,7 +67,7 @@ MANIFEST = "factloop-tiny.json"
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Sizes of the tiny LLaVA and of its base-policy training. Defaults build in ~2-4 min on 2 cores."""
+    """Sizes of the tiny LLaVA and of its base-policy training. Defaults build in ~6 min on 2 cores."""
 
     seed: int = 0
     image_size: int = 96
@@ -84,7 +84,11 @@ class TinySpec:
     vocab_size: int = 640
     max_positions: int = 512
     train_scenes: int = 2500
-    steps: int = 2400
+    # The model learns to read the image late: at 2400 steps a build could still answer
+    # from the language prior alone (POPE yes-ratio 1.0, CHAIR_i 0.60, measured); by 6000
+    # it looks (POPE F1 0.91, CHAIR_i 0.13, CHAIR_s 0.44 on 200 held-out scenes) while
+    # keeping the ghost-object habit that alignment is meant to remove.
+    steps: int = 6000
     batch_size: int = 24
     learning_rate: float = 1.5e-3
     # Learning-rate multiplier of the projector (and the vision tower when it trains).

@@ -1,10 +1,11 @@
 """Oracle labels of the synthetic world, written as a `trl` export (the format
 annotation/exporters.py writes from human labels), for the tests and benchmarks.
 
-The policy describes training scenes (sampled, like candidates in a round); the oracle
-corrects each description's hallucinated segments as an RLHF-V annotator would
+The policy answers prompts about training scenes (sampled, like candidates in a round: per
+scene a description and, optionally, one question as synthetic rounds ask); the oracle
+corrects each response's hallucinated segments as an RLHF-V annotator would
 (models/toyworld/oracle.py) and the changed segments come from the same diff the server
-uses (annotation/spans.py, pure Python). A description with nothing wrong gives no pair.
+uses (annotation/spans.py, pure Python). A response with nothing wrong gives no pair.
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ class OraclePair:
     source: str = "correction"
 
 
-def oracle_pairs(responses: Sequence[tuple[Scene, str]], *, noise: float = 0.0, seed: int = 0) -> list[OraclePair]:
-    """Corrections of (scene, description) pairs; those with nothing wrong are dropped."""
+Response = tuple[Scene, str, str]  # scene, prompt, response
+
+
+def oracle_pairs(responses: Sequence[Response], *, noise: float = 0.0, seed: int = 0) -> list[OraclePair]:
+    """Corrections of (scene, prompt, response) triples; those with nothing wrong are dropped."""
     from annotation.spans import changed_spans
 
     rng = random.Random(seed)
     pairs = []
-    for scene, original in responses:
+    for scene, prompt, original in responses:
         fixed = correct(scene, original, noise=noise, rng=rng)
         if not fixed or fixed == original:
             continue
@@ -56,7 +60,7 @@ def oracle_pairs(responses: Sequence[tuple[Scene, str]], *, noise: float = 0.0, 
         pairs.append(
             OraclePair(
                 scene,
-                DESCRIBE,
+                prompt,
                 original,
                 fixed,
                 [[s.corrected_start, s.corrected_end] for s in spans],
@@ -66,43 +70,62 @@ def oracle_pairs(responses: Sequence[tuple[Scene, str]], *, noise: float = 0.0, 
     return pairs
 
 
-def oracle_rankings(responses: Sequence[tuple[Scene, str, str]], *, seed: int = 0) -> list[OraclePair]:
-    """LLaVA-RLHF judgements of two responses to one scene (fewer hallucinations first,
-    then more correct claims); ties on both, or identical texts, give no pair."""
+def oracle_rankings(responses: Sequence[tuple[Scene, str, str, str]], *, seed: int = 0) -> list[OraclePair]:
+    """LLaVA-RLHF judgements of two responses (scene, prompt, first, second): fewer
+    hallucinations first, then more correct claims; ties on both, or identical texts, give
+    no pair."""
     from models.toyworld.oracle import prefer
 
     rng = random.Random(seed)
     pairs = []
-    for scene, first, second in responses:
+    for scene, prompt, first, second in responses:
         if first == second:
             continue
         judged = prefer(scene, first, second, rng=rng)
         if judged.tie_on_hallucination and judged.hallucinations[0] == judged.hallucinations[1] == 0:
             continue
         better, worse = (first, second) if judged.preferred == 1 else (second, first)
-        pairs.append(OraclePair(scene, DESCRIBE, worse, better, [], [], source="ranking"))
+        pairs.append(OraclePair(scene, prompt, worse, better, [], [], source="ranking"))
     return pairs
 
 
-def sample_descriptions(
-    model: Any, processor: Any, scenes: Sequence[Scene], *, per_scene: int = 1, temperature: float = 1.0, seed: int = 0
-) -> list[tuple[Scene, str]]:
-    """The policy's sampled descriptions of the scenes (as candidates of a round would be)."""
+def sample_responses(
+    model: Any,
+    processor: Any,
+    scenes: Sequence[Scene],
+    *,
+    per_prompt: int = 1,
+    questions: bool = True,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> list[Response]:
+    """The policy's sampled responses (as candidates of a round would be): per scene the
+    description prompt and, with `questions`, one question of a random kind (count, exist,
+    colour, spatial), `per_prompt` samples each."""
     from models.tiny import generate, image_size_of
+    from models.toyworld.world import make_question
 
+    rng = random.Random(seed)
+    prompts: list[tuple[Scene, str]] = []
+    for scene in scenes:
+        prompts.append((scene, DESCRIBE))
+        if questions:
+            question = make_question(rng, scene, rng.choice(("count", "exist", "color", "spatial")))
+            if question is not None:
+                prompts.append((scene, question.text))
+    order = [item for item in prompts for _ in range(per_prompt)]
     size = image_size_of(processor)
-    order = [scene for scene in scenes for _ in range(per_scene)]
     images = {scene.scene_id: render(scene, size) for scene in scenes}
     texts = generate(
         model,
         processor,
-        [images[s.scene_id] for s in order],
-        [DESCRIBE] * len(order),
+        [images[scene.scene_id] for scene, _ in order],
+        [prompt for _, prompt in order],
         do_sample=True,
         temperature=temperature,
         seed=seed,
     )
-    return list(zip(order, texts, strict=True))
+    return [(scene, prompt, text) for (scene, prompt), text in zip(order, texts, strict=True)]
 
 
 def training_scenes(n: int, seed: int = TRAIN_SEED) -> list[Scene]:
@@ -145,6 +168,6 @@ def write_export(pairs: Sequence[OraclePair], out: Path, *, image_size: int) -> 
     return counts
 
 
-def hallucination_rate(responses: Sequence[tuple[Scene, str]]) -> float:
+def hallucination_rate(responses: Sequence[Response]) -> float:
     """Share of responses with at least one hallucination, by the oracle."""
-    return sum(check(scene, text).hallucinations > 0 for scene, text in responses) / max(1, len(responses))
+    return sum(check(scene, text).hallucinations > 0 for scene, _, text in responses) / max(1, len(responses))

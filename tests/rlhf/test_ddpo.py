@@ -120,10 +120,10 @@ def oracle_export(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -
     torch.set_num_threads(1)
     model, processor = load_policy(str(base_policy))
     scenes = toy_pairs.training_scenes(24)
-    responses = toy_pairs.sample_descriptions(model, processor, scenes, per_scene=2, temperature=0.7)
+    responses = toy_pairs.sample_responses(model, processor, scenes, per_prompt=2, questions=False, temperature=0.7)
     pairs = toy_pairs.oracle_pairs(responses)
     rankings = toy_pairs.oracle_rankings(
-        [(a[0], a[1], b[1]) for a, b in zip(responses[::2], responses[1::2], strict=True)]
+        [(a[0], a[1], a[2], b[2]) for a, b in zip(responses[::2], responses[1::2], strict=True)]
     )
     assert len(pairs) >= 8 and rankings
     out = tmp_path_factory.mktemp("oracle") / "export"
