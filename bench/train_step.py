@@ -94,12 +94,12 @@ def main() -> None:
                 times[method]["step"].append(done - collated)
     print(f"{len(pairs)} oracle pairs, batch {args.batch_size}, {args.steps} timed steps per method (median ms)")
     print(f"{'method':<8} {'collate':>8} {'loss+backward+update':>21} {'total':>8}")
-    totals = {}
+    totals: dict[str, float] = {}
     for method, parts in times.items():
         collate = statistics.median(parts["collate"]) * 1000
-        step = statistics.median(parts["step"]) * 1000
+        update = statistics.median(parts["step"]) * 1000
         totals[method] = statistics.median([a + b for a, b in zip(parts["collate"], parts["step"], strict=True)])
-        print(f"{method:<8} {collate:>8.1f} {step:>21.1f} {totals[method] * 1000:>8.1f}")
+        print(f"{method:<8} {collate:>8.1f} {update:>21.1f} {totals[method] * 1000:>8.1f}")
     print(f"DDPO / trl DPO step time: {totals['ddpo'] / totals['trl-dpo']:.3f}")
     print(f"FactLoop DPO (gamma 1) / trl DPO: {totals['dpo'] / totals['trl-dpo']:.3f}")
 
