@@ -28,9 +28,11 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
     return [name for name in result.stdout.strip().split(",") if name]
 
 
-@pytest.mark.parametrize("package", ["models", "rlhf"])
+@pytest.mark.parametrize(
+    "package", ["models", "rlhf", "rlhf.config", "rlhf.data", "rlhf.train_dpo", "rlhf.toy_pairs", "rlhf.cli"]
+)
 def test_model_side_packages_load_neither_django_nor_torch(package: str) -> None:
-    assert loaded_after_import([package], ["django", "torch", "transformers"]) == []
+    assert loaded_after_import([package], ["django", "torch", "transformers", "trl", "datasets"]) == []
 
 
 def test_web_app_loads_no_torch() -> None:

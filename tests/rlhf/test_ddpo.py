@@ -313,3 +313,20 @@ def test_the_cli_trains_and_refuses_a_bad_config(base_policy: Path, oracle_expor
         timeout=300,
     )
     assert missing.returncode == 2 and "no manifest.json" in missing.stderr
+
+
+def test_full_fine_tuning_weights_the_reference_too(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
+    import math
+
+    from rlhf.train_dpo import build_trainer, train
+
+    config = _config(base_policy, oracle_export, tmp_path / "full", "lora=null", "max_pairs=8", "epochs=1")
+    trainer = build_trainer(config, report_to=[])
+    assert trainer.ref_model is not None and not hasattr(trainer.model, "peft_config")
+    trainer.model.eval()
+    # Policy = reference at the start: with the same weights on both sides every log-ratio
+    # is 0 and the loss is log 2 (weighting only the policy would move it).
+    loss = trainer._compute_loss(trainer.model, _batch(trainer), return_outputs=False)
+    assert math.isclose(float(loss.detach()), math.log(2), abs_tol=1e-6)
+    result = train(config, report_to=[])
+    assert result.adapter_dir is not None and (result.adapter_dir / "model.safetensors").is_file()
