@@ -276,42 +276,31 @@ def test_a_tiny_run_lowers_the_loss_changes_only_the_adapter_and_resumes(
     assert resumed.steps == 20
 
 
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "rlhf.cli", *args],
+        cwd=REPO,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_the_cli_trains_and_refuses_a_bad_config(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
     config = tmp_path / "ddpo.yaml"
     config.write_text(
         f"model: {base_policy}\ndata: [{oracle_export}]\noutput_dir: {tmp_path / 'out'}\n"
         "lora: {r: 4, dropout: 0}\nbatch_size: 10\nthreads: 1\nmax_pairs: 10\n"
     )
-    env = clean_env(OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [PYTHON, "-m", "rlhf.cli", "dpo", "--config", str(config), "--set", "method=dpo"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _cli("dpo", "--config", str(config), "--set", "method=dpo")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["pairs"] == 10
     assert (tmp_path / "out/adapter/adapter_config.json").is_file()
     assert list((tmp_path / "out/runs").rglob("events.out.tfevents.*"))  # TensorBoard logs
-    bad = subprocess.run(
-        [PYTHON, "-m", "rlhf.cli", "dpo", "--config", str(config), "--set", "beta=-1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = _cli("dpo", "--config", str(config), "--set", "beta=-1", timeout=120)
     assert bad.returncode == 2 and "beta must be positive" in bad.stderr
-    missing = subprocess.run(
-        [PYTHON, "-m", "rlhf.cli", "dpo", "--config", str(config), "--set", f"data=[{tmp_path}]"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    missing = _cli("dpo", "--config", str(config), "--set", f"data=[{tmp_path}]", timeout=300)
     assert missing.returncode == 2 and "no manifest.json" in missing.stderr
 
 
