@@ -187,6 +187,7 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     base = {
         "prompt": prompt,
         "image_sha256": row["image"]["sha256"],
+        "image_facts": json.dumps(row["image"]["facts"], sort_keys=True, ensure_ascii=False),
         "round": row["round"],
         "annotator": row["annotator"],
     }

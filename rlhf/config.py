@@ -24,7 +24,7 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
 
 
-def _numbers(obj: Any, prefix: str = "") -> None:
+def coerce_numbers(obj: Any, prefix: str = "") -> None:
     """YAML 1.1 reads `1e-3` as text: turn text in number fields into numbers, or name the
     field that is not one."""
     for f in fields(obj):
@@ -54,8 +54,16 @@ class LoraSettings:
     language_model_only: bool = True
     """Adapt only the language model's modules, not the vision tower's or the projector's."""
 
+    def targets(self) -> str | list[str]:
+        """peft's `target_modules`: with `language_model_only`, a regex (peft full-matches
+        it) for the language model's modules only, which is also what vLLM applies a LoRA
+        adapter to."""
+        if self.language_model_only:
+            return rf".*language_model.*\.({'|'.join(self.target_modules)})"
+        return list(self.target_modules)
+
     def __post_init__(self) -> None:
-        _numbers(self, "lora.")
+        coerce_numbers(self, "lora.")
         if self.r < 1:
             raise ConfigError(f"lora.r must be at least 1, got {self.r}")
         if self.alpha < 1:
@@ -128,7 +136,7 @@ class DPOTrainConfig:
     """torch CPU threads (None: torch's default). Tiny models on few cores want 1."""
 
     def __post_init__(self) -> None:
-        _numbers(self)
+        coerce_numbers(self)
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.lora, dict):

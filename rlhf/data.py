@@ -52,6 +52,9 @@ def pair_features() -> Any:
             "round": Value("int32"),
             "annotator": Value("string"),
             "image_sha256": Value("string"),
+            # What is known about the image (objects, captions), as JSON text: the reward
+            # model's fact augmentation reads it; the policy never sees it.
+            "image_facts": Value("string"),
             "prompt": [message],
             "chosen": [message],
             "rejected": [message],

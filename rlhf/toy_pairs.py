@@ -39,6 +39,7 @@ class OraclePair:
     chosen_spans: list[list[int]]
     rejected_spans: list[list[int]]
     source: str = "correction"
+    tie: bool = False  # a ranking whose question 1 was a tie (ordered by helpfulness)
 
 
 Response = tuple[Scene, str, str]  # scene, prompt, response
@@ -85,7 +86,9 @@ def oracle_rankings(responses: Sequence[tuple[Scene, str, str, str]], *, seed: i
         if judged.tie_on_hallucination and judged.hallucinations[0] == judged.hallucinations[1] == 0:
             continue
         better, worse = (first, second) if judged.preferred == 1 else (second, first)
-        pairs.append(OraclePair(scene, prompt, worse, better, [], [], source="ranking"))
+        pairs.append(
+            OraclePair(scene, prompt, worse, better, [], [], source="ranking", tie=judged.tie_on_hallucination)
+        )
     return pairs
 
 
@@ -150,13 +153,14 @@ def write_export(pairs: Sequence[OraclePair], out: Path, *, image_size: int) -> 
                 "round": 0,
                 "annotator": "oracle",
                 "image_sha256": hashlib.sha256(data).hexdigest(),
+                "image_facts": json.dumps(pair.scene.facts(), sort_keys=True),
                 "prompt": user_turns([{"role": "user", "content": pair.prompt}]),
                 "chosen": assistant_turn(pair.corrected),
                 "rejected": assistant_turn(pair.original),
                 "images": [{"bytes": data, "path": None}],
                 "chosen_spans": pair.chosen_spans,
                 "rejected_spans": pair.rejected_spans,
-                "hallucination_tie": False,
+                "hallucination_tie": pair.tie,
             }
 
     digest = hashlib.sha256(

@@ -136,15 +136,11 @@ def lora_config(config: DPOTrainConfig) -> Any:
     from peft import LoraConfig
 
     assert config.lora is not None
-    names = "|".join(config.lora.target_modules)
-    # A regex (peft full-matches it): only the language model's projections, which is also
-    # what vLLM applies a LoRA adapter to.
-    targets: Any = rf".*language_model.*\.({names})" if config.lora.language_model_only else config.lora.target_modules
     return LoraConfig(
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
-        target_modules=targets,
+        target_modules=config.lora.targets(),
         task_type="CAUSAL_LM",
     )
 

@@ -1,0 +1,253 @@
+"""A fact-augmented Bradley-Terry reward model for image-text-to-text models.
+
+LLaVA-RLHF (arXiv:2309.14525, section 2.3; ../shared/reference/METHODS.md 2a): the VLM
+backbone with a scalar head on the hidden state of the last response token, trained on
+ranking pairs with the loss -log sigma(r(x, y_w) - r(x, y_l)). Fact-RLHF adds what is known
+about the image (captions, object lists) to the reward model's input under a fixed
+instruction; the policy never sees it.
+
+transformers has no sequence-classification class for LLaVA; `reward_model_class` makes one
+from `GenericForSequenceClassification` and the checkpoint's own pretrained-model base, as
+transformers does for Gemma 3 (STACK-FACTS.md). trl's RewardTrainer is text-only, so the
+loop here is our own: LoRA on the language model (peft's SEQ_CLS task type, so the score
+head trains too), AdamW, a held-out share for pairwise accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import ConfigError, LoraSettings, coerce_numbers
+
+# LLaVA-RLHF's instruction for the facts (paraphrased; METHODS.md 2a).
+FACT_INSTRUCTION = "The response should be fully supported by the following facts about the image:"
+TIES = ("use", "drop")
+
+
+@dataclass
+class RewardConfig:
+    """One reward-model run: ranking pairs in, a scored model version out."""
+
+    model: str
+    """The backbone: the policy's base checkpoint (folder or hub id)."""
+    data: list[str]
+    """`trl` export folders; their ranking pairs are used."""
+    output_dir: str
+    """Where the reward model (adapter + score head), its config and metrics are written."""
+    fact_augmentation: bool = True
+    """Put the image's known facts into the reward model's input (Fact-RLHF)."""
+    ties: str = "use"
+    """Pairs whose question 1 was a tie (ordered by helpfulness): `use` or `drop`."""
+    heldout_share: float = 0.1
+    """Share of the pairs kept out of training to measure pairwise accuracy."""
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=64, alpha=16))
+    """LoRA settings (LLaVA-RLHF: r 64, alpha 16)."""
+    learning_rate: float = 2e-5
+    """Peak learning rate (LLaVA-RLHF: 2e-5), linear decay."""
+    epochs: float = 1.0
+    """Passes over the training pairs (LLaVA-RLHF: 1)."""
+    batch_size: int = 8
+    """Pairs per step."""
+    seed: int = 0
+    """Seed of the split, data order and head initialisation."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+
+    def __post_init__(self) -> None:
+        coerce_numbers(self)
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.ties not in TIES:
+            raise ConfigError(f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")
+        if not 0 < self.heldout_share < 1:
+            raise ConfigError(f"heldout_share must be between 0 and 1, got {self.heldout_share}")
+        if self.learning_rate <= 0 or self.epochs <= 0 or self.batch_size < 1:
+            raise ConfigError("learning_rate and epochs must be positive, batch_size at least 1")
+
+
+def facts_text(facts: dict[str, Any]) -> str:
+    """The known facts of an image as text: its captions, else its objects, else nothing."""
+    captions = [c for c in facts.get("captions", []) if isinstance(c, str) and c.strip()]
+    if captions:
+        return " ".join(captions)
+    objects = facts.get("objects") or facts.get("classes") or []
+    names = [o.get("cls") or o.get("name", "") if isinstance(o, dict) else str(o) for o in objects]
+    return ("Objects: " + ", ".join(n for n in names if n) + ".") if names else ""
+
+
+def reward_input(prompt: list[dict[str, Any]], facts: dict[str, Any], augment: bool) -> list[dict[str, Any]]:
+    """The conversation the reward model reads: the prompt, with the facts appended to the
+    last user turn when augmenting."""
+    turns = json.loads(json.dumps(prompt))  # a deep copy of plain data
+    text = facts_text(facts) if augment else ""
+    if text:
+        turns[-1]["content"].append({"type": "text", "text": f"\n{FACT_INSTRUCTION} {text}"})
+    return turns
+
+
+def reward_model_class(model_type: str = "llava") -> Any:
+    """A sequence-classification class for the checkpoint's architecture (LLaVA here)."""
+    from transformers import LlavaPreTrainedModel
+    from transformers.modeling_layers import GenericForSequenceClassification
+
+    if model_type != "llava":
+        raise ConfigError(f"no reward-model class for model type {model_type!r} yet (LLaVA-style models only)")
+
+    class LlavaForSequenceClassification(GenericForSequenceClassification, LlavaPreTrainedModel):
+        pass
+
+    return LlavaForSequenceClassification
+
+
+def load_backbone(path: str, *, num_labels: int = 1) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoConfig, AutoProcessor
+
+    config = AutoConfig.from_pretrained(path)
+    config.num_labels = num_labels
+    processor = AutoProcessor.from_pretrained(path)
+    model = reward_model_class(config.model_type).from_pretrained(path, config=config, dtype=torch.float32)
+    return model, processor
+
+
+def _texts(processor: Any, rows: Sequence[dict[str, Any]], side: str, augment: bool) -> list[str]:
+    texts = []
+    for row in rows:
+        conversation = reward_input(row["prompt"], json.loads(row.get("image_facts") or "{}"), augment)
+        texts.append(processor.apply_chat_template(conversation + row[side], tokenize=False))
+    return texts
+
+
+def encode(processor: Any, rows: Sequence[dict[str, Any]], side: str, augment: bool) -> dict[str, Any]:
+    """Model inputs for one side (chosen or rejected) of a batch of pairs."""
+    images = [row["images"][0].convert("RGB") for row in rows]
+    return dict(
+        processor(images=images, text=_texts(processor, rows, side, augment), return_tensors="pt", padding=True)
+    )
+
+
+def scores(model: Any, inputs: dict[str, Any]) -> Any:
+    return model(**inputs).logits.squeeze(-1)
+
+
+def bradley_terry_loss(chosen: Any, rejected: Any) -> Any:
+    """-log sigma(r_w - r_l), averaged (LLaVA-RLHF's reward-model loss; METHODS.md 2a)."""
+    import torch.nn.functional as F
+
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+@dataclass
+class RewardResult:
+    output_dir: str
+    train_pairs: int
+    heldout_pairs: int
+    heldout_accuracy: float
+    first_loss: float
+    last_loss: float
+    seconds: float
+
+
+def split_pairs(dataset: Any, config: RewardConfig) -> tuple[list[int], list[int]]:
+    """Held-out and training indices, split by image so no image is on both sides."""
+    keep = [i for i, tie in enumerate(dataset["hallucination_tie"]) if config.ties == "use" or not tie]
+    images = sorted({dataset[i]["image_sha256"] for i in keep})
+    random.Random(config.seed).shuffle(images)
+    held = set(images[: max(1, round(len(images) * config.heldout_share))])
+    heldout = [i for i in keep if dataset[i]["image_sha256"] in held]
+    train = [i for i in keep if dataset[i]["image_sha256"] not in held]
+    return train, heldout
+
+
+def accuracy(model: Any, processor: Any, rows: Sequence[dict[str, Any]], augment: bool, batch_size: int = 16) -> float:
+    """Share of pairs whose chosen response scores above the rejected one."""
+    import torch
+
+    right = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            chosen = scores(model, encode(processor, batch, "chosen", augment))
+            rejected = scores(model, encode(processor, batch, "rejected", augment))
+            right += int((chosen > rejected).sum())
+    return right / max(1, len(rows))
+
+
+def train_reward_model(config: RewardConfig, *, progress: bool = True) -> RewardResult:
+    """Train, measure held-out pairwise accuracy, save `adapter/`, `config.json` and
+    `result.json` under output_dir."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from rlhf.data import load_pairs
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    began = time.perf_counter()
+    dataset = load_pairs(config.data, sources=["ranking"])
+    train_ids, heldout_ids = split_pairs(dataset, config)
+    if not train_ids or not heldout_ids:
+        raise ConfigError("too few ranking pairs to hold some out")
+    model, processor = load_backbone(config.model)
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.targets(),
+        task_type="SEQ_CLS",  # keeps the score head trainable (modules_to_save)
+    )
+    model = get_peft_model(model, lora)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    rng = random.Random(config.seed)
+    steps_per_epoch = max(1, len(train_ids) // config.batch_size)
+    total = max(1, round(steps_per_epoch * config.epochs))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: max(0.0, 1 - step / total))
+    losses: list[float] = []
+    order: list[int] = []
+    model.train()
+    for _ in tqdm(range(total), desc="reward model", unit="step", disable=not progress):
+        if len(order) < config.batch_size:
+            refill = list(train_ids)
+            rng.shuffle(refill)
+            order += refill
+        batch = [dataset[i] for i in order[: config.batch_size]]
+        del order[: config.batch_size]
+        loss = bradley_terry_loss(
+            scores(model, encode(processor, batch, "chosen", config.fact_augmentation)),
+            scores(model, encode(processor, batch, "rejected", config.fact_augmentation)),
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        optimiser.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.fact_augmentation)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out / "adapter"))
+    processor.save_pretrained(str(out / "adapter"))
+    window = max(1, len(losses) // 10)
+    result = RewardResult(
+        output_dir=str(out),
+        train_pairs=len(train_ids),
+        heldout_pairs=len(heldout_ids),
+        heldout_accuracy=held,
+        first_loss=sum(losses[:window]) / window,
+        last_loss=sum(losses[-window:]) / window,
+        seconds=time.perf_counter() - began,
+    )
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    (out / "result.json").write_text(json.dumps(asdict(result), indent=2))
+    return result

@@ -1,0 +1,94 @@
+"""The fact-augmented reward model: its input holds the facts only when augmenting, the
+Bradley-Terry loss against a hand computation, and a tiny training run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlhf.config import ConfigError
+from rlhf.reward import FACT_INSTRUCTION, RewardConfig, facts_text, reward_input
+
+
+def test_bradley_terry_loss_matches_a_hand_computation() -> None:
+    import torch
+
+    from rlhf.reward import bradley_terry_loss
+
+    chosen, rejected = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.5])
+    # -log sigma(1) and -log sigma(-1), averaged.
+    expected = (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(1.0))) / 2
+    assert math.isclose(float(bradley_terry_loss(chosen, rejected)), expected, rel_tol=1e-6)
+
+
+def test_facts_text_and_config_checks() -> None:
+    assert facts_text({"captions": ["A red ball.", " "], "objects": [{"cls": "ball"}]}) == "A red ball."
+    assert facts_text({"objects": [{"cls": "ball"}, {"cls": "kite"}]}) == "Objects: ball, kite."
+    assert facts_text({}) == ""
+    with pytest.raises(ConfigError, match="ties"):
+        RewardConfig(model="m", data=["d"], output_dir="o", ties="maybe")
+    with pytest.raises(ConfigError, match="heldout_share"):
+        RewardConfig(model="m", data=["d"], output_dir="o", heldout_share=1.0)
+
+
+@pytest.fixture(scope="module")
+def rankings(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from models.tiny import image_size_of
+    from rlhf import toy_pairs
+    from rlhf.evaluate import load_policy
+
+    torch.set_num_threads(1)
+    model, processor = load_policy(str(base_policy))
+    responses = toy_pairs.sample_responses(
+        model, processor, toy_pairs.training_scenes(60), per_prompt=2, questions=False, temperature=1.0
+    )
+    pairs = toy_pairs.oracle_rankings(
+        [(a[0], a[1], a[2], b[2]) for a, b in zip(responses[::2], responses[1::2], strict=True)]
+    )
+    assert len(pairs) >= 30
+    out = tmp_path_factory.mktemp("rankings") / "export"
+    toy_pairs.write_export(pairs, out, image_size=image_size_of(processor))
+    return out
+
+
+def test_the_reward_models_input_has_the_facts_only_when_augmenting(base_policy: Path, rankings: Path) -> None:
+    from datasets import load_from_disk  # type: ignore[import-untyped]
+
+    from rlhf.reward import encode, load_backbone
+
+    _, processor = load_backbone(str(base_policy))
+    row: dict[str, Any] = load_from_disk(str(rankings))[0]
+    caption = json.loads(row["image_facts"])["captions"][0]
+    on = processor.tokenizer.decode(encode(processor, [row], "chosen", True)["input_ids"][0])
+    off = processor.tokenizer.decode(encode(processor, [row], "chosen", False)["input_ids"][0])
+    assert FACT_INSTRUCTION in on and caption in on
+    assert FACT_INSTRUCTION not in off and caption not in off
+    assert reward_input(row["prompt"], {}, True) == row["prompt"]  # no facts: nothing added
+
+
+def test_a_tiny_reward_model_learns_the_rankings(base_policy: Path, rankings: Path, tmp_path: Path) -> None:
+    from rlhf.reward import train_reward_model
+
+    config = RewardConfig(
+        model=str(base_policy),
+        data=[str(rankings)],
+        output_dir=str(tmp_path / "rm"),
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},  # type: ignore[arg-type]
+        learning_rate=1e-3,
+        epochs=4,
+        batch_size=8,
+        heldout_share=0.25,
+        threads=1,
+    )
+    result = train_reward_model(config, progress=False)
+    assert result.last_loss < result.first_loss - 0.1, (result.first_loss, result.last_loss)
+    assert 0.0 <= result.heldout_accuracy <= 1.0 and result.heldout_pairs > 0
+    assert (tmp_path / "rm/adapter/adapter_config.json").is_file()
+    saved = json.loads((tmp_path / "rm/result.json").read_text())
+    assert saved["heldout_accuracy"] == result.heldout_accuracy
