@@ -72,7 +72,8 @@ def main() -> None:
     for augment, result in rows:
         print(
             f"{'yes' if augment else 'no':<6} {result.train_pairs:>11} {result.heldout_pairs:>9} "
-            f"{result.heldout_accuracy:>9.3f} {result.first_loss:>8.3f}->{result.last_loss:<8.3f} {result.seconds:>8.0f}"
+            f"{result.heldout_accuracy:>9.3f} {result.first_loss:>8.3f}->{result.last_loss:<8.3f}"
+            f" {result.seconds:>8.0f}"
         )
 
 
