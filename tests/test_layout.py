@@ -29,7 +29,18 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
 
 
 @pytest.mark.parametrize(
-    "package", ["models", "rlhf", "rlhf.config", "rlhf.data", "rlhf.train_dpo", "rlhf.toy_pairs", "rlhf.cli"]
+    "package",
+    [
+        "models",
+        "rlhf",
+        "rlhf.config",
+        "rlhf.data",
+        "rlhf.train_dpo",
+        "rlhf.toy_pairs",
+        "rlhf.cli",
+        "rlhf.reward",
+        "rlhf.losses",
+    ],
 )
 def test_model_side_packages_load_neither_django_nor_torch(package: str) -> None:
     assert loaded_after_import([package], ["django", "torch", "transformers", "trl", "datasets"]) == []
