@@ -23,8 +23,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="var/models/tiny-base")
     parser.add_argument("--scenes", type=int, default=700, help="training scenes (2 prompts, 2 answers each)")
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--epochs", type=float, default=4.0)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--ties", choices=("use", "drop"), default="drop", help="rankings ordered by helpfulness after a tie"
+    )
     parser.add_argument("--keep", type=Path, help="keep the pairs and models in this folder")
     args = parser.parse_args()
 
@@ -60,6 +63,7 @@ def main() -> None:
             data=[str(data)],
             output_dir=str(out),
             fact_augmentation=augment,
+            ties=args.ties,
             lora={"r": 16, "alpha": 32, "dropout": 0.0},  # type: ignore[arg-type]
             learning_rate=args.learning_rate,
             epochs=args.epochs,
