@@ -323,7 +323,11 @@ def adjudicate(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
     _require(request, "annotation.change_round")
     round_ = get_object_or_404(Round, number=number)
     if request.method == "POST":
-        task = get_object_or_404(Task, pk=request.POST.get("task"), round=round_)
+        task_id = request.POST.get("task", "")
+        if not task_id.isdigit():
+            messages.error(request, "No task was named.")
+            return HttpResponseRedirect(request.path)
+        task = get_object_or_404(Task, pk=int(task_id), round=round_)
         value = request.POST.get("answer", "")
         if task.kind == Task.Kind.RANK:
             answer: dict[str, Any] = {"best_positions": [int(value)] if value.isdigit() else []}

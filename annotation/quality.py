@@ -184,11 +184,12 @@ def annotator_stats(
     return out
 
 
-def read_labels(rounds: Sequence[int]) -> list[Label]:
-    """Every submitted label of the rounds, as categorical values."""
+def read_labels(rounds: Sequence[int], *, gold_only: bool = False) -> list[Label]:
+    """Every submitted label of the rounds (or only those of gold tasks), as categorical values."""
+    scope: dict[str, Any] = {"task__round__number__in": rounds} | ({"task__is_gold": True} if gold_only else {})
     positions = {
         (task_id, candidate_id): position
-        for task_id, candidate_id, position in TaskCandidate.objects.filter(task__round__number__in=rounds).values_list(
+        for task_id, candidate_id, position in TaskCandidate.objects.filter(**scope).values_list(
             "task_id", "candidate_id", "position"
         )
     }
@@ -202,11 +203,12 @@ def read_labels(rounds: Sequence[int]) -> list[Label]:
         "assignment__finished_at",
     )
     labels = []
-    judgements = Judgement.objects.filter(assignment__task__round__number__in=rounds).order_by("assignment_id")
+    labelled = {f"assignment__{key}": value for key, value in scope.items()}
+    judgements = Judgement.objects.filter(**labelled).order_by("assignment_id")
     for task, annotator, gold, answer, spent, leased, finished, ranking in judgements.values_list(*common, "ranking"):
         position = positions[task, ranking[0]]
         labels.append(Label(task, annotator, Task.Kind.RANK, position, gold, answer, spent, leased, finished))
-    corrections = Correction.objects.filter(assignment__task__round__number__in=rounds).order_by("assignment_id")
+    corrections = Correction.objects.filter(**labelled).order_by("assignment_id")
     for task, annotator, gold, answer, spent, leased, finished, ok in corrections.values_list(
         *common, "no_hallucination"
     ):
@@ -253,7 +255,7 @@ def passing_annotators(rounds: Sequence[int] | None = None, *, min_gold_accuracy
 
     numbers = list(Round.objects.values_list("number", flat=True)) if rounds is None else list(rounds)
     graded: dict[str, list[bool]] = defaultdict(list)
-    for label in read_labels(numbers):
+    for label in read_labels(numbers, gold_only=True):
         correct = label.gold_correct
         if correct is not None:
             graded[label.annotator].append(correct)

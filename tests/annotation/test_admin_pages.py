@@ -160,6 +160,7 @@ def test_quality_page_flags_and_adjudication(admin_user: User, annotator: User, 
     client.post(adjudicate, {"task": disputed.pk, "answer": "1"})
     disputed.refresh_from_db()
     assert disputed.gold_answer == {"best_positions": [1]} and disputed.adjudicated_by == admin_user
+    assert client.post(adjudicate, {"task": "x", "answer": "1"}).status_code == 302  # no task named: a message
     client.post(adjudicate, {"task": disputed.pk, "answer": "7"})  # not a position: refused, unchanged
     disputed.refresh_from_db()
     assert disputed.gold_answer == {"best_positions": [1]}
