@@ -81,7 +81,7 @@ def test_a_tiny_reward_model_learns_the_rankings(base_policy: Path, rankings: Pa
         output_dir=str(tmp_path / "rm"),
         lora={"r": 8, "alpha": 16, "dropout": 0.0},  # type: ignore[arg-type]
         learning_rate=1e-3,
-        epochs=4,
+        epochs=8,
         batch_size=8,
         heldout_share=0.25,
         threads=1,
