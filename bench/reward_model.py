@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="var/models/tiny-base")
-    parser.add_argument("--scenes", type=int, default=700, help="training scenes (2 prompts, 2 answers each)")
-    parser.add_argument("--epochs", type=float, default=4.0)
+    parser.add_argument("--scenes", type=int, default=1500, help="training scenes (2 prompts, 2 answers each)")
+    parser.add_argument("--epochs", type=float, default=6.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument(
         "--ties", choices=("use", "drop"), default="drop", help="rankings ordered by helpfulness after a tie"
@@ -64,7 +64,12 @@ def main() -> None:
             output_dir=str(out),
             fact_augmentation=augment,
             ties=args.ties,
-            lora={"r": 16, "alpha": 32, "dropout": 0.0},  # type: ignore[arg-type]
+            lora={  # type: ignore[arg-type]
+                "r": 16,
+                "alpha": 32,
+                "dropout": 0.0,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            },
             learning_rate=args.learning_rate,
             epochs=args.epochs,
             batch_size=8,
