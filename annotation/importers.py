@@ -416,7 +416,12 @@ def import_labels(
     if not good:
         return report, None
     kind = Task.Kind.RANK if fmt == "llava-rlhf" else Task.Kind.CORRECT
-    user: Any = services.ensure_user(annotator, role="annotator").user
+    ensured = services.ensure_user(annotator, role="annotator")
+    user: Any = ensured.user
+    if ensured.created:
+        # An account that records imported labels; nobody signs in with it.
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
     now = timezone.now()
     seen_images: set[int] = set()
     with transaction.atomic():

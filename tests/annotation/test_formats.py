@@ -41,6 +41,7 @@ def test_llava_rlhf_layout_and_its_import_round_trip(annotator: User, tmp_path: 
 
     report, number = import_labels(tmp_path / "llava/llava_rlhf.json", "llava-rlhf", annotator="llava-import")
     assert number == 3 and report.rows == 7 and not report.problems
+    assert not User.objects.get(username="llava-import").has_usable_password()
     assert report.prompts == 0  # the prompts were already there: reused
     assert Round.objects.get(number=3).status == Round.Status.FROZEN
     again = export("llava-rlhf", [3], tmp_path / "again")
