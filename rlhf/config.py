@@ -37,6 +37,16 @@ def coerce_numbers(obj: Any, prefix: str = "") -> None:
                 raise ConfigError(f"{prefix}{f.name} must be a number, got {value!r}") from None
 
 
+def normalise_run_inputs(config: Any) -> None:
+    """What every run config accepts loosely from YAML: numbers written as text, one data
+    folder as a string, LoRA settings as a mapping."""
+    coerce_numbers(config)
+    if isinstance(config.data, str):
+        config.data = [config.data]
+    if isinstance(config.lora, dict):
+        config.lora = LoraSettings(**config.lora)
+
+
 @dataclass
 class LoraSettings:
     """LoRA through peft (arXiv:2106.09685)."""
@@ -53,6 +63,19 @@ class LoraSettings:
     `language_model_only`)."""
     language_model_only: bool = True
     """Adapt only the language model's modules, not the vision tower's or the projector's."""
+
+    def peft_config(self, task_type: str) -> Any:
+        """peft's LoraConfig for these settings (`CAUSAL_LM` for a policy, `SEQ_CLS` for a
+        reward model, which also keeps its score head trainable)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.targets(),
+            task_type=task_type,
+        )
 
     def targets(self) -> str | list[str]:
         """peft's `target_modules`: with `language_model_only`, a regex (peft full-matches
@@ -136,11 +159,7 @@ class DPOTrainConfig:
     """torch CPU threads (None: torch's default). Tiny models on few cores want 1."""
 
     def __post_init__(self) -> None:
-        coerce_numbers(self)
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
+        normalise_run_inputs(self)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "dpo":

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import ConfigError, LoraSettings, coerce_numbers
+from rlhf.config import ConfigError, LoraSettings, normalise_run_inputs
 
 # LLaVA-RLHF's instruction for the facts (paraphrased; METHODS.md 2a).
 FACT_INSTRUCTION = "The response should be fully supported by the following facts about the image:"
@@ -60,11 +60,7 @@ class RewardConfig:
     """torch CPU threads (None: torch's default)."""
 
     def __post_init__(self) -> None:
-        coerce_numbers(self)
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
+        normalise_run_inputs(self)
         if self.ties not in TIES:
             raise ConfigError(f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")
         if not 0 < self.heldout_share < 1:
@@ -186,7 +182,7 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
     """Train, measure held-out pairwise accuracy, save `adapter/`, `config.json` and
     `result.json` under output_dir."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     from rlhf.data import load_pairs
@@ -200,14 +196,7 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
     if not train_ids or not heldout_ids:
         raise ConfigError("too few ranking pairs to hold some out")
     model, processor = load_backbone(config.model)
-    lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.targets(),
-        task_type="SEQ_CLS",  # keeps the score head trainable (modules_to_save)
-    )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, config.lora.peft_config("SEQ_CLS"))
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     rng = random.Random(config.seed)
     steps_per_epoch = max(1, len(train_ids) // config.batch_size)

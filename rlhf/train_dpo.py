@@ -132,19 +132,6 @@ def load_policy(config: DPOTrainConfig) -> tuple[Any, Any]:
     return model, processor
 
 
-def lora_config(config: DPOTrainConfig) -> Any:
-    from peft import LoraConfig
-
-    assert config.lora is not None
-    return LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.targets(),
-        task_type="CAUSAL_LM",
-    )
-
-
 def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     from trl import DPOConfig
 
@@ -201,7 +188,9 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
         released_weighting=config.released_weighting,
         max_length=config.max_length,
     )
-    peft_config = lora_config(config) if config.lora is not None and config.init_adapter is None else None
+    peft_config = None
+    if config.lora is not None and config.init_adapter is None:  # a new adapter
+        peft_config = config.lora.peft_config("CAUSAL_LM")
     trainer = trainer_class()(
         model=model,
         args=training_arguments(config, report_to=report_to, **extra),

@@ -101,6 +101,9 @@ def test_export_command_writes_and_refuses_bad_input(annotator: User, tmp_path: 
     with pytest.raises(CommandError, match="no round 9"):
         call_command("export_dataset", "--round", "1", "--round", "9", format="trl", out=tmp_path / "y")
     assert not (tmp_path / "y").exists()
+    with pytest.raises(CommandError, match="gold accuracy threshold is from 0 to 1"):
+        call_command("export_dataset", format="trl", round=[1], out=tmp_path / "z", min_gold_accuracy=1.5)
+    assert not (tmp_path / "z").exists()
 
 
 def test_rows_stream_in_order_across_chunks(annotator: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
