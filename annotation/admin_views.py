@@ -69,9 +69,11 @@ class StartRoundForm(forms.Form):
         name = str(self.cleaned_data["policy_version"]).strip()
         if name != BASE_NAME:
             try:
-                Registry(settings.FACTLOOP_MODEL_DIR).get(name)
+                version = Registry(settings.FACTLOOP_MODEL_DIR).get(name)
             except RegistryError as error:
                 raise ValidationError(str(error)) from None
+            if version.kind != "policy":
+                raise ValidationError(f"{name!r} is a {version.kind} model, not a policy")
         return name
 
     def prompts(self) -> list[Prompt]:
@@ -407,9 +409,8 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
                 "flagged": sum(s.flagged for s in report.annotators),
             }
         )
-    versions = sorted(
-        (v for v in Registry(settings.FACTLOOP_MODEL_DIR) if v.round is not None), key=lambda v: (v.round, v.name)
-    )
+    trained = (v for v in Registry(settings.FACTLOOP_MODEL_DIR) if v.round is not None and v.kind == "policy")
+    versions = sorted(trained, key=lambda v: (v.round, v.name))
     model_rows = [
         {"round": v.round, "name": v.name, "metrics": [v.metrics.get(m) for m in MODEL_METRICS]} for v in versions
     ]

@@ -65,6 +65,8 @@ def served_model(round_: Round, registry: Registry, client: ServingClient) -> st
         version = registry.get(round_.policy_version)
     except RegistryError as error:
         raise Refused(str(error), status=400) from None
+    if version.kind != "policy":
+        raise Refused(f"version {version.name!r} is a {version.kind} model, not a policy to generate with", status=400)
     if version.adapter is None:
         return BASE_NAME
     if version.name not in client.models():

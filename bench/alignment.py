@@ -1,12 +1,18 @@
-"""Alignment on the test bed: one round of DDPO and of DPO from oracle corrections.
+"""Alignment on the test bed: one round of each method from oracle labels.
 
-The base policy answers prompts about training scenes, a description and a question per
-scene (sampled at temperature 0.7, as LLaVA-RLHF sampled its candidates); the oracle
-corrects the hallucinated segments (RLHF-V's protocol); each method trains a LoRA adapter
-from the same pairs; every policy is then measured on the same held-out scenes. Prints one
-row per method: labels used, CHAIR_i, CHAIR_s, POPE F1 (mean of the random, popular and
-adversarial splits), mean response length in words, share of empty responses, training
-wall time.
+DDPO and DPO: the base policy answers prompts about training scenes, a description and a
+question per scene (sampled at temperature 0.7, as LLaVA-RLHF sampled its candidates); the
+oracle corrects the hallucinated segments (RLHF-V's protocol); each trains a LoRA adapter
+from the same pairs.
+
+PPO, GRPO, RLOO: the base policy answers each prompt twice (temperature 1.0) and the oracle
+ranks the two (LLaVA-RLHF's protocol); a fact-augmented reward model learns the rankings
+(bench/reward_model.py's settings), and each method trains a LoRA adapter against it, the
+rankings' prompts as rollout prompts (bench/configs/toy-ppo.yaml).
+
+Every policy is then measured on the same held-out scenes. Prints one row per method:
+labels used, CHAIR_i, CHAIR_s, POPE F1 (mean of the random, popular and adversarial
+splits), mean response length in words, share of empty responses, training wall time.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py --model var/models/tiny-base
 
@@ -26,9 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlhf.config import load_config
+from rlhf.config import RL_METHODS, RLTrainConfig, load_config, load_run_config
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ddpo.yaml"
+RL_CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ppo.yaml"
 
 
 def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, Any]:
@@ -53,20 +60,33 @@ def main() -> None:
         help="training scenes; each gets a description and a question (default 390: ~760 responses, ~500 corrected)",
     )
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
-    parser.add_argument("--methods", default="ddpo,dpo")
-    parser.add_argument("--config", type=Path, default=CONFIG, help="training settings shared by the methods")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    parser.add_argument("--methods", default="ddpo,dpo,ppo,grpo,rloo")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="DDPO/DPO settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DDPO/DPO setting")
+    parser.add_argument("--rl-config", type=Path, default=RL_CONFIG, help="PPO/GRPO/RLOO settings")
+    parser.add_argument(
+        "--rl-set", action="append", default=[], metavar="KEY=VALUE", help="override a PPO/GRPO/RLOO setting"
+    )
+    parser.add_argument(
+        "--rm-scenes", type=int, default=750, help="scenes whose answers the oracle ranks for the reward model"
+    )
+    parser.add_argument("--reward-model", type=Path, help="reuse this reward model (with --rankings)")
+    parser.add_argument("--rankings", type=Path, help="the rankings export the reward model was trained on")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--keep", type=Path, help="keep the pairs and adapters in this folder")
     args = parser.parse_args()
 
     import torch
 
+    from bench.reward_model import ranking_export, reward_config
     from models.tiny import image_size_of
     from rlhf import toy_pairs
     from rlhf.evaluate import load_policy
+    from rlhf.reward import train_reward_model
     from rlhf.train_dpo import train
+    from rlhf.train_rl import train as train_rl
 
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     torch.set_num_threads(1)
     work = args.keep or Path(tempfile.mkdtemp(prefix="factloop-alignment-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -86,15 +106,39 @@ def main() -> None:
         f"({toy_pairs.hallucination_rate(responses):.0%} hallucinate) in {time.perf_counter() - began:.0f} s",
         file=sys.stderr,
     )
+    rankings, reward_model, ranking_count = args.rankings, args.reward_model, 0
+    if any(m in RL_METHODS for m in methods) and reward_model is None:
+        rankings = work / "rankings"
+        ranking_count, _ = ranking_export(model, processor, args.rm_scenes, rankings)
+        scorer = train_reward_model(reward_config(args.model, rankings, work / "reward-model"))
+        reward_model = Path(scorer.output_dir)
+        print(
+            f"reward model: {ranking_count} rankings, held-out accuracy {scorer.heldout_accuracy:.3f}", file=sys.stderr
+        )
     del model
 
     rows = []
     base = evaluate(args.model, None, args.heldout)
     rows.append({"method": "base", "labels": 0, "seconds": 0.0, **base})
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for method in methods:
         out = work / method
         if out.exists():
             shutil.rmtree(out)
+        if method in RL_METHODS:
+            rl_config = load_run_config(
+                RLTrainConfig,
+                args.rl_config,
+                [f"method={method}", *args.rl_set],
+                model=args.model,
+                reward_model=str(reward_model),
+                data=[str(rankings)],
+                output_dir=str(out),
+            )
+            rl = train_rl(rl_config, report_to=[])
+            metrics = evaluate(args.model, Path(rl.adapter_dir), args.heldout)
+            rows.append({"method": method, "labels": ranking_count, "seconds": rl.seconds, **metrics})
+            print(f"{method}: reward {rl.first_reward:.3f} -> {rl.last_reward:.3f}", file=sys.stderr)
+            continue
         overrides = [f"method={method}", *args.set]
         config = load_config(args.config, overrides, model=args.model, data=[str(data)], output_dir=str(out))
         result = train(config, report_to=[])

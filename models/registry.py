@@ -36,6 +36,7 @@ STATUS = "status"
 ADAPTER = "adapter"
 SCHEMA_VERSION = 1
 STATUSES = ("ready", "serving", "retired", "rejected")
+KINDS = ("policy", "reward")  # a policy can be served; a reward model scores responses in PPO
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -62,6 +63,7 @@ class ModelVersion:
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
+    kind: str = "policy"  # manifests written before reward models were registered are policies
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -104,12 +106,15 @@ class Registry:
         round: int | None = None,
         metrics: dict[str, Any] | None = None,
         status: str = "ready",
+        kind: str = "policy",
     ) -> ModelVersion:
         """Register a version, copying the adapter folder in. Raises VersionExists if the
         name is taken, RegistryError for a bad name, status, parent or adapter folder; on any
         failure nothing of the version is left behind."""
         if not _NAME.match(name):
             raise RegistryError(f"invalid version name {name!r}: letters, digits, '.', '_', '-' (at most 100)")
+        if kind not in KINDS:
+            raise RegistryError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
         if status not in STATUSES:
             raise RegistryError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
         if not base_model.strip():
@@ -128,6 +133,7 @@ class Registry:
             round=round,
             metrics=dict(metrics or {}),
             created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+            kind=kind,
         )
         self.versions.mkdir(parents=True, exist_ok=True)
         staging = self.versions / f".staging-{name}-{uuid.uuid4().hex[:8]}"

@@ -4,6 +4,11 @@
 - `dpo --config FILE.yaml [--set KEY=VALUE ...] [--resume]`: DDPO or DPO from `trl`
   exports (rlhf/config.py lists every setting); progress bar on the terminal, TensorBoard
   logs under OUTPUT_DIR/runs.
+- `reward --config FILE.yaml [--set ...] [--register NAME --registry DIR]`: a
+  Bradley-Terry reward model from the ranking pairs of `trl` exports (rlhf/reward.py),
+  optionally registered as a model version of kind "reward".
+- `rl --config FILE.yaml [--set ...]`: PPO, GRPO or RLOO against a reward model
+  (RLTrainConfig in rlhf/config.py; per-step statistics in OUTPUT_DIR/log.jsonl).
 
 Exit status: 0 done, 2 bad input (config, data, model), 1 anything else.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -63,6 +69,75 @@ def _dpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reward(args: argparse.Namespace) -> int:
+    from rlhf.config import ConfigError, load_run_config
+    from rlhf.data import DataError
+    from rlhf.reward import RewardConfig, train_reward_model
+
+    if bool(args.register) != bool(args.registry):
+        print("rlhf.cli reward: --register and --registry go together", file=sys.stderr)
+        return 2
+    try:
+        config = load_run_config(RewardConfig, args.config, args.set)
+        if args.register:
+            from models.registry import Registry
+
+            if Registry(args.registry).path_of(args.register).exists():
+                raise ConfigError(f"version {args.register!r} is already registered")
+        result = train_reward_model(config)
+    except (ConfigError, DataError, OSError) as error:
+        print(f"rlhf.cli reward: {error}", file=sys.stderr)
+        return 2
+    output = asdict(result)
+    if args.register:
+        from models.registry import Registry, RegistryError
+
+        try:
+            Registry(args.registry).register(
+                args.register,
+                base_model=config.model,
+                adapter_dir=Path(result.output_dir) / "adapter",
+                metrics={"heldout_accuracy": result.heldout_accuracy, "fact_augmentation": config.fact_augmentation},
+                kind="reward",
+            )
+        except RegistryError as error:
+            print(f"rlhf.cli reward: trained, but not registered: {error}", file=sys.stderr)
+            return 2
+        output["registered"] = args.register
+    print(json.dumps(output))
+    return 0
+
+
+def _rl(args: argparse.Namespace) -> int:
+    from rlhf.config import ConfigError, RLTrainConfig, load_run_config
+    from rlhf.data import DataError
+
+    try:
+        config = load_run_config(RLTrainConfig, args.config, args.set)
+        from rlhf.scoring import locate_reward_model
+
+        locate_reward_model(config.reward_model)  # before any model loads
+    except ConfigError as error:
+        print(f"rlhf.cli rl: {error}", file=sys.stderr)
+        return 2
+    from rlhf.train_rl import train
+
+    try:
+        result = train(config)
+    except (ConfigError, DataError, OSError) as error:
+        print(f"rlhf.cli rl: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="a YAML file of settings (see rlhf/config.py)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable; lora.r=8)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf.cli", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,16 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--scenes", type=int, default=200, help="held-out scenes (default 200)")
     evaluate.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
     dpo = commands.add_parser("dpo", help="train with DDPO (RLHF-V) or DPO from exported labels")
-    dpo.add_argument("--config", type=Path, help="a YAML file of settings (see rlhf/config.py)")
-    dpo.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable; lora.r=8)"
-    )
+    _add_config_options(dpo)
     dpo.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    reward = commands.add_parser("reward", help="train a (fact-augmented) Bradley-Terry reward model")
+    _add_config_options(reward)
+    reward.add_argument("--register", metavar="NAME", help="register the reward model as this version")
+    reward.add_argument("--registry", type=Path, help="the registry root (FACTLOOP_MODEL_DIR)")
+    rl = commands.add_parser("rl", help="PPO, GRPO or RLOO against a reward model")
+    _add_config_options(rl)
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         if args.scenes < 1:
             parser.error("--scenes must be at least 1")
         return _evaluate(args)
+    if args.command == "reward":
+        return _reward(args)
+    if args.command == "rl":
+        return _rl(args)
     return _dpo(args)
 
 

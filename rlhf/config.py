@@ -10,13 +10,14 @@ gamma = 1, unnormalised case.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 METHODS = ("ddpo", "dpo")
+RL_METHODS = ("ppo", "grpo", "rloo")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -200,6 +201,123 @@ class DPOTrainConfig:
         return asdict(self)
 
 
+@dataclass
+class RLTrainConfig:
+    """One online RL run against a reward model: PPO (ours), or trl's GRPO or RLOO.
+
+    Defaults follow LLaVA-RLHF (arXiv:2309.14525, section 3 and appendix; METHODS.md 2b):
+    KL coefficient 0.1 with the clamped k1 estimator, clip 0.2, value-loss coefficient 0.1,
+    gamma = lambda = 1, 2 PPO epochs per rollout batch, lr 3e-5, temperature 1.0.
+    """
+
+    model: str
+    """The policy at the start of the round: a local checkpoint folder or a hub id."""
+    reward_model: str
+    """A reward model: the output folder of a reward run, or its registered version folder."""
+    data: list[str]
+    """`trl` export folders; their distinct (image, prompt) pairs are the rollout prompts."""
+    output_dir: str
+    """Where the adapter, the per-step log, TensorBoard events and the result are written."""
+    method: str = "ppo"
+    """`ppo` (FactLoop's PPO with a critic), `grpo` or `rloo` (trl's trainers, no critic)."""
+    init_adapter: str | None = None
+    """The previous round's adapter to continue (the reference is then the policy with it)."""
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(dropout=0.0))
+    """LoRA settings of the policy (dropout off: PPO's ratios need a deterministic policy)."""
+    learning_rate: float = 3e-5
+    """Policy learning rate (LLaVA-RLHF: 3e-5), constant."""
+    critic_learning_rate: float | None = None
+    """Critic learning rate (PPO only); None: the policy's."""
+    steps: int = 20
+    """Rollout batches (PPO) or optimiser steps (GRPO/RLOO)."""
+    rollout_batch_size: int = 16
+    """Prompts per rollout batch (PPO), or completions per step (GRPO/RLOO)."""
+    minibatch_size: int = 8
+    """Rollouts per PPO update."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch (LLaVA-RLHF: 2)."""
+    num_generations: int = 4
+    """Completions per prompt for GRPO/RLOO (their group baseline)."""
+    max_new_tokens: int = 64
+    """Longest response sampled; one that reaches it without the stop token is penalised."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (LLaVA-RLHF: 1.0)."""
+    kl_coef: float = 0.1
+    """Per-token KL penalty to the reference (LLaVA-RLHF: 0.1); GRPO/RLOO's beta."""
+    kl_target: float | None = None
+    """With a value, PPO adapts kl_coef towards this KL per response (Ziegler et al., 2019)."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive KL controller, in rollouts."""
+    clip: float = 0.2
+    """PPO's ratio clip (LLaVA-RLHF: 0.2); also GRPO/RLOO's epsilon."""
+    value_clip: float = 0.2
+    """Clip of the value update around the rollout's values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (LLaVA-RLHF: 0.1)."""
+    gamma: float = 1.0
+    """Discount of GAE (LLaVA-RLHF: 1)."""
+    lam: float = 1.0
+    """GAE's lambda (LLaVA-RLHF: 1)."""
+    whiten_advantages: bool = True
+    """Normalise advantages over each rollout batch."""
+    reward_scale: float = 1.0
+    """Multiplies the reward model's score before the symbolic terms are added."""
+    length_penalty: float = 0.0
+    """Subtracted from the reward per response token beyond `length_free` (LLaVA-RLHF's
+    length penalty against the reward model's taste for long answers)."""
+    length_free: int = 0
+    """Response tokens the length penalty does not count."""
+    missing_stop_penalty: float = 1.0
+    """Subtracted when a response never emits the stop token (truncated)."""
+    yes_no_bonus: float = 1.0
+    """Added when a yes/no question whose answer is known gets the right answer."""
+    max_prompts: int | None = None
+    """Use at most this many distinct prompts."""
+    dtype: str = "float32"
+    """Weights' dtype when loading: float32, bfloat16 or float16."""
+    logging_steps: int = 1
+    """Log (console, TensorBoard, log.jsonl) every this many steps."""
+    seed: int = 0
+    """Seed of sampling, data order and adapter initialisation."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+
+    def __post_init__(self) -> None:
+        normalise_run_inputs(self)
+        if self.method not in RL_METHODS:
+            raise ConfigError(f"method must be one of {', '.join(RL_METHODS)}, got {self.method!r}")
+        for name in ("steps", "rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.method == "ppo" and self.minibatch_size > self.rollout_batch_size:
+            raise ConfigError("minibatch_size cannot exceed rollout_batch_size")
+        if self.num_generations < 2:
+            raise ConfigError(f"num_generations must be at least 2 (a group baseline), got {self.num_generations}")
+        if self.method != "ppo" and self.rollout_batch_size % self.num_generations:
+            raise ConfigError("rollout_batch_size must be a multiple of num_generations for grpo and rloo")
+        for name in ("learning_rate", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.critic_learning_rate is not None and self.critic_learning_rate <= 0:
+            raise ConfigError(f"critic_learning_rate must be positive, got {self.critic_learning_rate}")
+        for name in ("kl_coef", "length_penalty", "missing_stop_penalty", "yes_no_bonus", "vf_coef", "length_free"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ConfigError(f"kl_target must be positive or null, got {self.kl_target}")
+        if not 0 < self.clip < 1 or self.value_clip <= 0:
+            raise ConfigError("clip must be in (0, 1) and value_clip positive")
+        if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ConfigError("gamma must be in (0, 1] and lam in [0, 1]")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.data:
+            raise ConfigError("data must name at least one export folder")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     for key in keys[:-1]:
@@ -221,8 +339,15 @@ def _known(cls: type, data: dict[str, Any], prefix: str = "") -> None:
 
 
 def load_config(path: Path | None, overrides: Sequence[str] = (), **base: Any) -> DPOTrainConfig:
-    """A config from a YAML file (optional), then `base` values, then `key=value` overrides
-    (dotted keys reach nested settings: `lora.r=8`; values are read as YAML)."""
+    """A DDPO/DPO config (see `load_run_config`)."""
+    config: DPOTrainConfig = load_run_config(DPOTrainConfig, path, overrides, **base)
+    return config
+
+
+def load_run_config(cls: type, path: Path | None, overrides: Sequence[str] = (), /, **base: Any) -> Any:
+    """A config of class `cls` from a YAML file (optional), then `base` values, then
+    `key=value` overrides (dotted keys reach nested settings: `lora.r=8`; values are read as
+    YAML)."""
     data: dict[str, Any] = dict(base)
     if path is not None:
         try:
@@ -237,12 +362,13 @@ def load_config(path: Path | None, overrides: Sequence[str] = (), **base: Any) -
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
         _set(data, key.strip(), yaml.safe_load(raw))
-    _known(DPOTrainConfig, data)
-    required = [name for name in ("model", "data", "output_dir") if name not in data]
-    if required:
-        raise ConfigError(f"missing setting(s): {', '.join(required)}")
+    _known(cls, data)
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"missing setting(s): {', '.join(missing)}")
     try:
-        return DPOTrainConfig(**data)
+        return cls(**data)
     except TypeError as error:
         raise ConfigError(str(error)) from None
 

@@ -139,6 +139,21 @@ def load_pairs(folders: Sequence[str | Path], *, sources: Sequence[str], max_pai
     return dataset
 
 
+def load_prompts(folders: Sequence[str | Path], *, max_prompts: int | None = None) -> Any:
+    """The distinct (image, prompt) pairs of one or more `trl` exports, in export order, as a
+    dataset of `prompt`, `images` and `image_facts` (the rollout prompts of online RL)."""
+    pairs = load_pairs(folders, sources=["ranking", "correction"])
+    seen: set[str] = set()
+    keep = []
+    for i, (image, prompt) in enumerate(zip(pairs["image_sha256"], pairs["prompt"], strict=True)):
+        key = image + json.dumps(prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    keep = keep[:max_prompts] if max_prompts is not None else keep
+    return pairs.select(keep).select_columns(["prompt", "images", "image_facts"])
+
+
 def usable_spans(text: str, spans: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     """Changed segments with white space trimmed from their edges (an inserted or deleted word
     takes the space before it; that space must not weight the neighbouring token), empty ones

@@ -116,3 +116,11 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     mean_e = masked_mean(residual, mask)
     var_e = masked_mean((residual - mean_e) ** 2, mask)
     return 1 - var_e / var_r.clamp(min=1e-12)
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, n: int, horizon: int) -> float:
+    """The adaptive KL controller of Ziegler et al. (2019, "Fine-Tuning Language Models from
+    Human Preferences", section 2.2): e = clip(KL / target - 1, -0.2, 0.2),
+    coef <- coef * (1 + e * n / horizon), after n more rollouts."""
+    error = min(0.2, max(-0.2, kl / target - 1))
+    return coef * (1 + error * n / horizon)

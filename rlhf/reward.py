@@ -25,6 +25,8 @@ from typing import Any
 
 from rlhf.config import ConfigError, LoraSettings, normalise_run_inputs
 
+REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring needs besides the weights
+
 # LLaVA-RLHF's instruction for the facts (paraphrased; METHODS.md 2a).
 FACT_INSTRUCTION = "The response should be fully supported by the following facts about the image:"
 TIES = ("use", "drop")
@@ -82,7 +84,18 @@ def facts_text(facts: dict[str, Any]) -> str:
 def reward_input(prompt: list[dict[str, Any]], facts: dict[str, Any], augment: bool) -> list[dict[str, Any]]:
     """The conversation the reward model reads: the prompt, with the facts appended to the
     last user turn when augmenting."""
-    turns = json.loads(json.dumps(prompt))  # a deep copy of plain data
+    turns = [
+        {
+            "role": turn["role"],
+            "content": [
+                {"type": "text", "text": part}
+                if isinstance(part, str)
+                else {key: value for key, value in part.items() if key != "image"}
+                for part in ([turn["content"]] if isinstance(turn["content"], str) else turn["content"])
+            ],
+        }
+        for turn in prompt
+    ]  # a copy; image parts lose any payload (the processor gets the image separately)
     text = facts_text(facts) if augment else ""
     if text:
         turns[-1]["content"].append({"type": "text", "text": f"\n{FACT_INSTRUCTION} {text}"})
@@ -103,30 +116,36 @@ def reward_model_class(model_type: str = "llava") -> Any:
     return LlavaForSequenceClassification
 
 
-def load_backbone(path: str, *, num_labels: int = 1) -> tuple[Any, Any]:
+def load_backbone(path: str, *, num_labels: int = 1, dtype: Any = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoConfig, AutoProcessor
 
     config = AutoConfig.from_pretrained(path)
     config.num_labels = num_labels
     processor = AutoProcessor.from_pretrained(path)
-    model = reward_model_class(config.model_type).from_pretrained(path, config=config, dtype=torch.float32)
+    model = reward_model_class(config.model_type).from_pretrained(path, config=config, dtype=dtype or torch.float32)
     return model, processor
 
 
-def _texts(processor: Any, rows: Sequence[dict[str, Any]], side: str, augment: bool) -> list[str]:
-    texts = []
-    for row in rows:
-        conversation = reward_input(row["prompt"], json.loads(row.get("image_facts") or "{}"), augment)
-        texts.append(processor.apply_chat_template(conversation + row[side], tokenize=False))
-    return texts
+Scored = tuple[list[dict[str, Any]], list[dict[str, Any]], Any, dict[str, Any]]  # prompt, response turns, image, facts
+
+
+def encode_conversations(processor: Any, rows: Sequence[Scored], augment: bool) -> dict[str, Any]:
+    """Reward-model inputs for (prompt, response turns, image, facts) rows."""
+    texts = [
+        processor.apply_chat_template(reward_input(prompt, facts, augment) + response, tokenize=False)
+        for prompt, response, _, facts in rows
+    ]
+    images = [image.convert("RGB") for _, _, image, _ in rows]
+    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
 
 
 def encode(processor: Any, rows: Sequence[dict[str, Any]], side: str, augment: bool) -> dict[str, Any]:
     """Model inputs for one side (chosen or rejected) of a batch of pairs."""
-    images = [row["images"][0].convert("RGB") for row in rows]
-    return dict(
-        processor(images=images, text=_texts(processor, rows, side, augment), return_tensors="pt", padding=True)
+    return encode_conversations(
+        processor,
+        [(row["prompt"], row[side], row["images"][0], json.loads(row.get("image_facts") or "{}")) for row in rows],
+        augment,
     )
 
 
@@ -227,6 +246,8 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out / "adapter"))
     processor.save_pretrained(str(out / "adapter"))
+    info = {"base_model": config.model, "fact_augmentation": config.fact_augmentation, "heldout_accuracy": held}
+    (out / "adapter" / REWARD_INFO).write_text(json.dumps(info, indent=2))
     window = max(1, len(losses) // 10)
     result = RewardResult(
         output_dir=str(out),

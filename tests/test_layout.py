@@ -40,6 +40,8 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf.cli",
         "rlhf.reward",
         "rlhf.losses",
+        "rlhf.scoring",
+        "rlhf.train_rl",
     ],
 )
 def test_model_side_packages_load_neither_django_nor_torch(package: str) -> None:

@@ -34,6 +34,19 @@ def test_register_and_read_back(tmp_path: Path) -> None:
     assert registry.status("round-1") == "ready"
     registry.set_status("round-1", "serving")
     assert registry.status("round-1") == "serving"
+    assert child.kind == "policy"
+    scorer = registry.register("rm-1", base_model="/models/tiny", adapter_dir=adapter(tmp_path, 4), kind="reward")
+    assert registry.get("rm-1").kind == "reward" == scorer.kind
+
+
+def test_manifests_from_before_kinds_read_as_policies(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.register("old", base_model="m")
+    manifest = registry.path_of("old") / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["kind"]
+    manifest.write_text(json.dumps(data))
+    assert registry.get("old").kind == "policy"
 
 
 def test_names_are_unique_and_versions_immutable(tmp_path: Path) -> None:
@@ -88,6 +101,7 @@ def test_a_failed_registration_leaves_nothing(tmp_path: Path, monkeypatch: pytes
         ({"name": "v", "base_model": " "}, "needs a base model"),
         ({"name": "v", "base_model": "m", "parent": "nope"}, "parent version 'nope'"),
         ({"name": "v", "base_model": "m", "status": "great"}, "unknown status"),
+        ({"name": "v", "base_model": "m", "kind": "critic"}, "unknown kind"),
     ],
 )
 def test_bad_registrations_are_refused(tmp_path: Path, kwargs: dict[str, str], message: str) -> None:

@@ -153,8 +153,15 @@ def _randomise_adapter(model: Any, seed: int = 0) -> None:
 
 
 def _batch(trainer: Any, n: int = 4) -> dict[str, Any]:
-    # Two corrections first, then rankings from the end (the export puts them last).
-    rows = [trainer.train_dataset[i] for i in (0, 1)] + [trainer.train_dataset[len(trainer.train_dataset) - 1]]
+    # Two corrections whose corrected side changed something (a pure deletion changes only
+    # the original), then a ranking from the end (the export puts them last).
+    data = trainer.train_dataset
+    edited = [
+        i
+        for i in range(len(data))
+        if data[i]["source"] == "correction" and any(end > start for start, end in data[i]["chosen_spans"])
+    ][:2]
+    rows = [data[i] for i in edited] + [data[len(data) - 1]]
     return dict(trainer.data_collator(rows[:n]))
 
 

@@ -71,3 +71,12 @@ def test_entropy_and_explained_variance() -> None:
 def test_masked_whiten() -> None:
     whitened = losses.masked_whiten(t([1.0, 3.0, 100.0]), t([1, 1, 0]))
     assert whitened.tolist()[0] == pytest.approx([-1.0, 1.0, 0.0], abs=1e-6)
+
+
+def test_adaptive_kl_controller_by_hand() -> None:
+    from rlhf.losses import adaptive_kl_coef
+
+    # KL twice the target: the error clips at +0.2; 100 rollouts over a horizon of 1000.
+    assert adaptive_kl_coef(0.1, 2.0, 1.0, 100, 1000) == pytest.approx(0.1 * (1 + 0.2 * 0.1))
+    # KL at 0.9 of the target: error -0.1.
+    assert adaptive_kl_coef(0.1, 0.9, 1.0, 500, 1000) == pytest.approx(0.1 * (1 - 0.1 * 0.5))

@@ -35,28 +35,6 @@ def test_facts_text_and_config_checks() -> None:
         RewardConfig(model="m", data=["d"], output_dir="o", heldout_share=1.0)
 
 
-@pytest.fixture(scope="module")
-def rankings(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from models.tiny import image_size_of
-    from rlhf import toy_pairs
-    from rlhf.evaluate import load_policy
-
-    torch.set_num_threads(1)
-    model, processor = load_policy(str(base_policy))
-    responses = toy_pairs.sample_responses(
-        model, processor, toy_pairs.training_scenes(60), per_prompt=2, questions=False, temperature=1.0
-    )
-    pairs = toy_pairs.oracle_rankings(
-        [(a[0], a[1], a[2], b[2]) for a, b in zip(responses[::2], responses[1::2], strict=True)]
-    )
-    assert len(pairs) >= 30
-    out = tmp_path_factory.mktemp("rankings") / "export"
-    toy_pairs.write_export(pairs, out, image_size=image_size_of(processor))
-    return out
-
-
 def test_the_reward_models_input_has_the_facts_only_when_augmenting(base_policy: Path, rankings: Path) -> None:
     from datasets import load_from_disk  # type: ignore[import-untyped]
 

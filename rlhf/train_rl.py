@@ -1,0 +1,565 @@
+"""Online RL against a reward model for image-text-to-text models: FactLoop's PPO, or trl's
+GRPO and RLOO with the same reward function.
+
+PPO (Schulman et al., 2017) as LLaVA-RLHF ran it (arXiv:2309.14525, section 3;
+../shared/reference/METHODS.md 2b), written here because trl ships no PPO for images
+(STACK-FACTS.md). One step:
+
+1. Rollouts: the policy samples a response per prompt (image included) at `temperature`.
+2. Scoring: reward = reward_scale * reward model score (with the image's facts when the
+   reward model was trained with them) + symbolic terms (rlhf/scoring.py).
+3. Per token: log-probs under the policy and under the reference (the policy without the
+   round's adapter update), the critic's values; rewards = -kl_coef * KL_t (k1, clamped)
+   with the score added on the last token; advantages and returns by GAE (rlhf/losses.py).
+4. `ppo_epochs` passes over the batch in minibatches: clipped policy loss + vf_coef *
+   clipped value loss; the policy's LoRA and the critic step.
+
+The critic: a separate model initialised from the reward model (its backbone, LoRA adapter
+and score head, all trainable), as LLaVA-RLHF initialised its value model from the reward
+model. It reads the policy's own tokens (prompt and response, without the facts; the reward
+model must share the policy's tokenizer) and its score head, applied to every position,
+gives V(s_t) for the state before each response token. A value head on the policy's
+backbone would save memory but lets the value loss move the policy's features; the
+separate critic keeps the two apart at the cost of one more model in memory.
+
+The reference is the policy at the start of the round: the base model with the adapter
+disabled, or, when `init_adapter` continues the previous round's adapter, a frozen copy of
+it (the "ref" adapter), as the DDPO trainer does.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import ConfigError, RLTrainConfig, dump
+from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE, RESULT_FILE, git_revision
+
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class RLResult:
+    output_dir: str
+    adapter_dir: str
+    method: str
+    prompts: int
+    steps: int
+    first_reward: float | None
+    last_reward: float | None
+    last_kl: float | None
+    seconds: float
+    git_revision: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+
+
+def load_trainable_policy(config: RLTrainConfig) -> tuple[Any, Any]:
+    """The policy with a trainable LoRA adapter (new, or the previous round's continued
+    with a frozen "ref" copy) and its processor."""
+    from peft import get_peft_model
+
+    from rlhf.train_dpo import load_policy
+
+    model, processor = load_policy(config)  # type: ignore[arg-type]  # reads model, dtype, init_adapter
+    if config.init_adapter is None:
+        model = get_peft_model(model, config.lora.peft_config("CAUSAL_LM"))
+    return model, processor
+
+
+@contextmanager
+def reference(model: Any) -> Iterator[None]:
+    """The reference policy for the duration: the frozen "ref" adapter when continuing one,
+    else the model with its adapter disabled."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.set_adapter("ref")
+        try:
+            yield
+        finally:
+            model.set_adapter("default")  # also makes the default adapter trainable again
+    else:
+        with model.disable_adapter():
+            yield
+
+
+def load_critic(reward_model: str, dtype: str) -> Any:
+    """The critic, initialised from the reward model (backbone, LoRA and score head trainable)."""
+    import torch
+    from peft import PeftModel
+
+    from rlhf.reward import load_backbone
+    from rlhf.scoring import locate_reward_model
+
+    files = locate_reward_model(reward_model)
+    backbone, _ = load_backbone(files.base_model, dtype=getattr(torch, dtype))
+    return PeftModel.from_pretrained(backbone, str(files.adapter), is_trainable=True)
+
+
+def token_values(critic: Any, inputs: dict[str, Any]) -> Any:
+    """The critic's score head on every position: (batch, tokens)."""
+    inner = critic.get_base_model()
+    hidden = getattr(inner, inner.base_model_prefix)(**inputs).last_hidden_state
+    return inner.score(hidden).squeeze(-1).float()
+
+
+def same_tokenizer(policy_processor: Any, reward_processor: Any) -> None:
+    if policy_processor.tokenizer.get_vocab() != reward_processor.tokenizer.get_vocab():
+        raise ConfigError(
+            "the reward model's tokenizer differs from the policy's: its critic cannot read the policy's tokens"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Rollouts
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses and what PPO needs of them; per-token tensors cover the
+    response tokens (batch, R)."""
+
+    inputs: dict[str, Any]  # input_ids, attention_mask, position_ids, pixel_values of prompt + response
+    prompt_width: int
+    response_ids: Any
+    mask: Any
+    texts: list[str]
+    stopped: list[bool]
+    sampled_logprobs: Any = None  # what generate() sampled from, when asked to keep it
+    logprobs: Any = None
+    ref_logprobs: Any = None
+    values: Any = None
+    scores: Any = None
+    advantages: Any = None
+    returns: Any = None
+
+    def rows(self, index: Any) -> dict[str, Any]:
+        return {k: v[index] for k, v in self.inputs.items()}
+
+
+def stop_ids(model: Any, processor: Any) -> list[int]:
+    ids = {processor.tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else {configured}
+    return sorted(i for i in ids if i is not None)
+
+
+def position_ids(attention_mask: Any) -> Any:
+    """Positions counted over real tokens, as transformers' generate() derives them for
+    left-padded batches (padding gets 1)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
+
+
+def sample(
+    model: Any,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    config: RLTrainConfig,
+    stops: list[int],
+    device: Any,
+    *,
+    keep_scores: bool = False,
+) -> Rollout:
+    """One response per row, sampled at the config's temperature (no top-k/top-p, so the
+    log-probs PPO computes are those of the sampling distribution). With `keep_scores`, the
+    log-probs generate() sampled from are kept too (a check on the forward pass)."""
+    import torch
+
+    processor.tokenizer.padding_side = "left"  # generation appends on the right
+    texts = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False) for row in rows]
+    images = [row["images"][0].convert("RGB") for row in rows]
+    encoded = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    prompt = {k: v.to(device) for k, v in encoded.items()}
+    width = prompt["input_ids"].shape[1]
+    pad = processor.tokenizer.pad_token_id
+    model.eval()
+    with torch.no_grad():
+        output = model.generate(
+            **prompt,
+            do_sample=True,
+            temperature=config.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=stops,
+            output_scores=keep_scores,
+            return_dict_in_generate=True,
+        )
+    response = output.sequences[:, width:]
+    is_stop = torch.isin(response, torch.tensor(stops, device=response.device))
+    stopped = is_stop.any(dim=1)
+    never = torch.full_like(stopped, response.size(1), dtype=torch.long)
+    first = torch.where(stopped, is_stop.long().argmax(dim=1), never)
+    mask = (torch.arange(response.size(1), device=response.device)[None, :] <= first[:, None]).float()
+    response = torch.where(mask > 0, response, torch.full_like(response, pad))
+    attention = torch.cat([prompt["attention_mask"], mask.long()], dim=1)
+    inputs = {
+        "input_ids": torch.cat([prompt["input_ids"], response], dim=1),
+        "attention_mask": attention,
+        "position_ids": position_ids(attention),
+        "pixel_values": prompt["pixel_values"],
+    }
+    decoded = processor.tokenizer.batch_decode(response, skip_special_tokens=True)
+    rollout = Rollout(inputs, width, response, mask, [t.strip() for t in decoded], [bool(s) for s in stopped])
+    if keep_scores:
+        rollout.sampled_logprobs = gather_logprobs(torch.stack(output.scores, dim=1).float(), response) * mask
+    return rollout
+
+
+def response_logits(model: Any, inputs: dict[str, Any], width: int, temperature: float) -> Any:
+    """Next-token logits at the response positions, divided by the sampling temperature."""
+    logits = model(**inputs).logits
+    return logits[:, width - 1 : -1].float() / temperature
+
+
+def gather_logprobs(logits: Any, tokens: Any) -> Any:
+    import torch
+
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+# ---------------------------------------------------------------------------------------
+# PPO
+
+
+class PPOTrainer:
+    """FactLoop's PPO for image-text-to-text policies (see the module's text)."""
+
+    def __init__(self, config: RLTrainConfig, *, progress: bool = True) -> None:
+        import torch
+
+        from rlhf.data import load_prompts
+        from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms
+
+        if config.method != "ppo":
+            raise ConfigError(f"PPOTrainer runs method ppo, not {config.method!r}")
+        self.config = config
+        self.progress = progress
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.prompts = load_prompts(config.data, max_prompts=config.max_prompts)
+        self.policy, self.processor = load_trainable_policy(config)
+        self.policy.to(self.device)
+        reward_model = RewardModel(config.reward_model, dtype=config.dtype, device=self.device)
+        same_tokenizer(self.processor, reward_model.processor)
+        self.stops = stop_ids(self.policy, self.processor)
+        self.reward = RewardFunction(
+            reward_model,
+            SymbolicTerms(config.length_penalty, config.length_free, config.missing_stop_penalty, config.yes_no_bonus),
+            reward_scale=config.reward_scale,
+            stop_ids=self.stops,
+        )
+        self.critic = load_critic(config.reward_model, config.dtype).to(self.device)
+        self.critic.eval()  # no dropout: values and ratios must be deterministic
+        self.policy_optimiser = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad], lr=config.learning_rate
+        )
+        self.critic_optimiser = torch.optim.AdamW(
+            [p for p in self.critic.parameters() if p.requires_grad],
+            lr=config.critic_learning_rate or config.learning_rate,
+        )
+        self.kl_coef = config.kl_coef
+        self.order: list[int] = []
+        self.rng = random.Random(config.seed)
+
+    def next_rows(self) -> list[dict[str, Any]]:
+        size = self.config.rollout_batch_size
+        while len(self.order) < size:
+            refill = list(range(len(self.prompts)))
+            self.rng.shuffle(refill)
+            self.order += refill
+        ids, self.order = self.order[:size], self.order[size:]
+        return [self.prompts[i] for i in ids]
+
+    def score_rollout(self, rows: list[dict[str, Any]], rollout: Rollout) -> dict[str, float]:
+        """Fill in log-probs, reference log-probs, values, scores, advantages and returns."""
+        import torch
+
+        from rlhf import losses
+        from rlhf.scoring import parse_facts
+
+        c = self.config
+        width = rollout.prompt_width
+        logprobs, ref_logprobs, values, entropies = [], [], [], []
+        with torch.no_grad():
+            for part in chunks(len(rows), c.minibatch_size):
+                inputs = rollout.rows(part)
+                tokens = rollout.response_ids[part]
+                logits = response_logits(self.policy, inputs, width, c.temperature)
+                logprobs.append(gather_logprobs(logits, tokens))
+                entropies.append(losses.entropy(logits, rollout.mask[part]) * rollout.mask[part].sum())
+                with reference(self.policy):
+                    ref_logits = response_logits(self.policy, inputs, width, c.temperature)
+                ref_logprobs.append(gather_logprobs(ref_logits, tokens))
+                values.append(token_values(self.critic, inputs)[:, width - 1 : -1])
+        mask = rollout.mask
+        rollout.logprobs = torch.cat(logprobs)
+        rollout.ref_logprobs = torch.cat(ref_logprobs)
+        rollout.values = torch.cat(values) * mask
+        total = self.reward.rewards(
+            [row["prompt"] for row in rows],
+            rollout.texts,
+            [row["images"][0] for row in rows],
+            [parse_facts(row["image_facts"]) for row in rows],
+            [int(n) for n in mask.sum(dim=1)],
+            rollout.stopped,
+        )
+        rollout.scores = torch.tensor(total, device=mask.device)
+        kl = losses.kl_k1(rollout.logprobs, rollout.ref_logprobs)
+        rewards = losses.token_rewards(rollout.scores, kl, mask, self.kl_coef)
+        advantages, returns = losses.gae(rewards, rollout.values, mask, gamma=c.gamma, lam=c.lam)
+        rollout.advantages = losses.masked_whiten(advantages, mask) if c.whiten_advantages else advantages
+        rollout.returns = returns
+        kl_per_response = float((kl * mask).sum(dim=1).mean())
+        return {
+            "reward": float(rollout.scores.mean()),
+            "reward_model": sum(self.reward.last["model"]) / len(rows),
+            "symbolic": sum(self.reward.last["symbolic"]) / len(rows),
+            "kl": kl_per_response,
+            "kl_coef": self.kl_coef,
+            "entropy": float(sum(e for e in entropies) / mask.sum().clamp(min=1)),
+            "response_tokens": float(mask.sum(dim=1).mean()),
+            "no_stop_share": 1 - sum(rollout.stopped) / len(rows),
+            "empty_share": sum(not t for t in rollout.texts) / len(rows),
+            "explained_variance": float(losses.explained_variance(rollout.values, returns, mask)),
+        }
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        """ppo_epochs passes of minibatch updates over one rollout batch."""
+        import torch
+
+        from rlhf import losses
+
+        c = self.config
+        n = rollout.response_ids.size(0)
+        generator = torch.Generator().manual_seed(self.rng.randrange(2**31))
+        sums: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
+        updates = 0
+        self.policy.eval()  # eval mode with gradients: no dropout, so the ratio at the first update is 1
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(n, generator=generator)
+            for part in chunks(n, c.minibatch_size):
+                index = order[part].to(rollout.mask.device)
+                inputs = rollout.rows(index)
+                mask = rollout.mask[index]
+                logits = response_logits(self.policy, inputs, rollout.prompt_width, c.temperature)
+                logprobs = gather_logprobs(logits, rollout.response_ids[index])
+                pg_loss, clip_fraction = losses.policy_loss(
+                    logprobs, rollout.logprobs[index], rollout.advantages[index], mask, clip=c.clip
+                )
+                values = token_values(self.critic, inputs)[:, rollout.prompt_width - 1 : -1]
+                v_loss = losses.value_loss(
+                    values, rollout.values[index], rollout.returns[index], mask, clip=c.value_clip
+                )
+                (pg_loss + c.vf_coef * v_loss).backward()
+                for model, optimiser in ((self.policy, self.policy_optimiser), (self.critic, self.critic_optimiser)):
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                    optimiser.step()
+                    optimiser.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    sums["approx_kl"] += float(losses.masked_mean(rollout.logprobs[index] - logprobs, mask))
+                sums["policy_loss"] += float(pg_loss.detach())
+                sums["value_loss"] += float(v_loss.detach())
+                sums["clip_fraction"] += float(clip_fraction.detach())
+                updates += 1
+        return {k: v / updates for k, v in sums.items()}
+
+    def mean_reward(self, rows: list[dict[str, Any]], *, seed: int = 0) -> float:
+        """The policy's mean reward (reward model + symbolic terms, no KL) on `rows`, one
+        response each sampled with a fixed seed: a fixed yardstick across training."""
+        import torch
+
+        from rlhf.scoring import parse_facts
+
+        total = []
+        torch.manual_seed(seed)
+        for part in chunks(len(rows), self.config.rollout_batch_size):
+            batch = rows[part]
+            rollout = sample(self.policy, self.processor, batch, self.config, self.stops, self.device)
+            total += self.reward.rewards(
+                [row["prompt"] for row in batch],
+                rollout.texts,
+                [row["images"][0] for row in batch],
+                [parse_facts(row["image_facts"]) for row in batch],
+                [int(n) for n in rollout.mask.sum(dim=1)],
+                rollout.stopped,
+            )
+        return sum(total) / max(1, len(total))
+
+    def step(self) -> dict[str, float]:
+        from rlhf import losses
+
+        rows = self.next_rows()
+        rollout = sample(self.policy, self.processor, rows, self.config, self.stops, self.device)
+        stats = self.score_rollout(rows, rollout)
+        stats |= self.update(rollout)
+        if self.config.kl_target is not None:
+            self.kl_coef = losses.adaptive_kl_coef(
+                self.kl_coef, stats["kl"], self.config.kl_target, len(rows), self.config.kl_horizon
+            )
+        return stats
+
+    def train(self) -> list[dict[str, float]]:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        out = Path(self.config.output_dir)
+        writer = _tensorboard(out)
+        history = []
+        with open(out / LOG_FILE, "w") as log:
+            bar = tqdm(range(1, self.config.steps + 1), desc="ppo", unit="step", disable=not self.progress)
+            for step in bar:
+                stats = {"step": step, **self.step()}
+                history.append(stats)
+                if step % self.config.logging_steps == 0 or step == self.config.steps:
+                    log.write(json.dumps(stats) + "\n")
+                    log.flush()
+                    if writer is not None:
+                        for key, value in stats.items():
+                            if key != "step":
+                                writer.add_scalar(f"ppo/{key}", value, step)
+                bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.3f}")
+        if writer is not None:
+            writer.close()
+        return history
+
+    def save(self, adapter: Path) -> None:
+        self.policy.save_pretrained(str(adapter), selected_adapters=["default"])
+        self.processor.save_pretrained(str(adapter))
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional for the trainer itself
+        return None
+    return SummaryWriter(log_dir=str(out / "runs"))
+
+
+# ---------------------------------------------------------------------------------------
+# GRPO and RLOO through trl
+
+
+def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) -> Any:
+    """trl's GRPOTrainer or RLOOTrainer on the export's prompts, rewarded by the same
+    function as PPO (trl passes the images and `image_facts` to it as keyword arguments)."""
+    import torch
+
+    from rlhf.data import load_prompts
+    from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms
+
+    if config.method == "grpo":
+        from trl import GRPOConfig as ArgsClass
+        from trl import GRPOTrainer as TrainerClass
+    elif config.method == "rloo":
+        from trl import RLOOConfig as ArgsClass  # type: ignore[assignment]
+        from trl import RLOOTrainer as TrainerClass  # type: ignore[assignment]
+    else:
+        raise ConfigError(f"trl runs grpo or rloo, not {config.method!r}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    prompts = load_prompts(config.data, max_prompts=config.max_prompts)
+    model, processor = load_trainable_policy(config)
+    reward_model = RewardModel(config.reward_model, dtype=config.dtype)
+    reward = RewardFunction(
+        reward_model,
+        SymbolicTerms(config.length_penalty, config.length_free, config.missing_stop_penalty, config.yes_no_bonus),
+        reward_scale=config.reward_scale,
+        stop_ids=stop_ids(model, processor),
+    )
+    args = ArgsClass(
+        output_dir=config.output_dir,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.rollout_batch_size,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=0,
+        top_p=1.0,
+        beta=config.kl_coef,
+        epsilon=config.clip,
+        max_steps=config.steps,
+        lr_scheduler_type="constant",
+        logging_steps=config.logging_steps,
+        report_to=["tensorboard"] if report_to is None else report_to,
+        save_strategy="no",
+        remove_unused_columns=False,  # image_facts must reach the reward function
+        bf16=config.dtype == "bfloat16",
+        fp16=config.dtype == "float16",
+        gradient_checkpointing=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    return TrainerClass(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=prompts,
+        processing_class=processor,
+    )
+
+
+def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress: bool = True) -> RLResult:
+    """Run PPO, GRPO or RLOO and write, under output_dir: `adapter/` (the policy's LoRA
+    adapter), `config.yaml`, `log.jsonl` (PPO: one line of statistics per step) and
+    `result.json`."""
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(dump(config))
+    began = time.perf_counter()
+    adapter = out / ADAPTER_DIR
+    if config.method == "ppo":
+        trainer = PPOTrainer(config, progress=progress)
+        history = trainer.train()
+        trainer.save(adapter)
+        prompts = len(trainer.prompts)
+        rewards = [h["reward"] for h in history]
+        kls = [h["kl"] for h in history]
+    else:
+        trl = trl_trainer(config, report_to=report_to)
+        trl.train()
+        trl.model.save_pretrained(str(adapter), selected_adapters=["default"])
+        trl.processing_class.save_pretrained(str(adapter))
+        prompts = len(trl.train_dataset)
+        logged = [e for e in trl.state.log_history if "reward" in e]
+        rewards = [e["reward"] for e in logged]
+        kls = [e["kl"] for e in logged if "kl" in e]
+        with open(out / LOG_FILE, "w") as log:
+            for entry in trl.state.log_history:
+                log.write(json.dumps(entry) + "\n")
+    window = max(1, len(rewards) // 5)
+    result = RLResult(
+        output_dir=str(out),
+        adapter_dir=str(adapter),
+        method=config.method,
+        prompts=prompts,
+        steps=config.steps,
+        first_reward=sum(rewards[:window]) / window if rewards else None,
+        last_reward=sum(rewards[-window:]) / window if rewards else None,
+        last_kl=kls[-1] if kls else None,
+        seconds=time.perf_counter() - began,
+        git_revision=git_revision(),
+    )
+    (out / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"config": config.to_dict()}, indent=2))
+    return result

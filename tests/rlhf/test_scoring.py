@@ -1,0 +1,79 @@
+"""The symbolic reward terms and the parsing around trl's reward-function calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import ConfigError, RLTrainConfig
+from rlhf.scoring import SymbolicTerms, completion_text, known_answer, last_user_text, locate_reward_model, said
+
+FACTS = {"classes": ["cat", "kite"], "objects": [{"cls": "cat"}, {"cls": "kite"}]}
+
+
+def test_known_answers_come_from_the_facts() -> None:
+    assert known_answer("Is there a cat in the image?", FACTS) == "yes"
+    assert known_answer("is there an umbrella in the picture", FACTS) == "no"
+    assert known_answer("Are there any kites in the image?", FACTS) == "yes"
+    assert known_answer("What color is the cat?", FACTS) is None
+    assert known_answer("Is there a cat in the image?", {}) is None  # nothing known
+    explicit = {"answers": {"Is the cat asleep?": "No"}}
+    assert known_answer("Is the cat asleep?", explicit) == "no"
+    assert known_answer("Is the cat asleep?", FACTS) is None
+
+
+def test_said_reads_the_opening_yes_or_no() -> None:
+    assert said("Yes, there is a cat.") == "yes"
+    assert said("  no.") == "no"
+    assert said("There is no cat.") is None
+    assert said("") is None
+
+
+def test_symbolic_terms_add_up_by_hand() -> None:
+    terms = SymbolicTerms(length_penalty=0.1, length_free=5, missing_stop_penalty=1.0, yes_no_bonus=2.0)
+    # 8 tokens, 3 beyond the free 5: -0.3; stopped; right answer: +2.
+    assert terms("Is there a cat in the image?", "Yes, there is a cat.", FACTS, 8, True) == pytest.approx(1.7)
+    # wrong answer: no bonus; never stopped: -1; 4 tokens: no length penalty.
+    assert terms("Is there a cat in the image?", "No.", FACTS, 4, False) == pytest.approx(-1.0)
+    # not a yes/no question: only the length term.
+    assert terms("Describe the image.", "Yes.", FACTS, 15, True) == pytest.approx(-1.0)
+
+
+def test_prompts_and_completions_as_trl_passes_them() -> None:
+    prompt = [{"role": "user", "content": [{"type": "image", "image": object()}, {"type": "text", "text": "Hi?"}]}]
+    assert last_user_text(prompt) == "Hi?"
+    assert last_user_text([{"role": "user", "content": "Plain"}]) == "Plain"
+    assert completion_text("text") == "text"
+    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]) == "A cat."
+
+
+def test_rl_config_checks() -> None:
+    base = {"model": "m", "reward_model": "r", "data": ["d"], "output_dir": "o"}
+    config = RLTrainConfig(**base)  # type: ignore[arg-type]
+    assert (config.kl_coef, config.clip, config.vf_coef, config.gamma, config.lam, config.ppo_epochs) == (
+        0.1,
+        0.2,
+        0.1,
+        1.0,
+        1.0,
+        2,
+    )  # LLaVA-RLHF's settings
+    for bad, match in (
+        ({"method": "a2c"}, "method"),
+        ({"minibatch_size": 32}, "minibatch_size"),
+        ({"method": "grpo", "rollout_batch_size": 10, "num_generations": 4}, "multiple"),
+        ({"kl_coef": -1}, "kl_coef"),
+        ({"clip": 1.5}, "clip"),
+        ({"learning_rate": "fast"}, "learning_rate"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            RLTrainConfig(**(base | bad))
+
+
+def test_a_folder_without_a_reward_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no reward-model adapter"):
+        locate_reward_model(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a FactLoop reward model"):
+        locate_reward_model(tmp_path)
