@@ -52,6 +52,7 @@ def reward_config(
     out: Path,
     *,
     augment: bool = True,
+    fact_format: str = "captions",
     ties: str = "drop",
     epochs: float = 6.0,
     lr: float = 1e-3,
@@ -63,6 +64,7 @@ def reward_config(
         data=[str(data)],
         output_dir=str(out),
         fact_augmentation=augment,
+        fact_format=fact_format,
         ties=ties,
         lora=dict(BENCH_LORA),  # type: ignore[arg-type]
         learning_rate=lr,
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument(
         "--ties", choices=("use", "drop"), default="drop", help="rankings ordered by helpfulness after a tie"
     )
+    parser.add_argument("--fact-format", choices=("captions", "objects"), default="captions", help="what the facts say")
     parser.add_argument("--keep", type=Path, help="keep the pairs and models in this folder")
     args = parser.parse_args()
 
@@ -101,7 +104,14 @@ def main() -> None:
     for augment in (True, False):
         out = work / ("facts" if augment else "no-facts")
         config = reward_config(
-            args.model, data, out, augment=augment, ties=args.ties, epochs=args.epochs, lr=args.learning_rate
+            args.model,
+            data,
+            out,
+            augment=augment,
+            fact_format=args.fact_format,
+            ties=args.ties,
+            epochs=args.epochs,
+            lr=args.learning_rate,
         )
         rows.append((augment, train_reward_model(config)))
     print(f"{'facts':<6} {'train pairs':>11} {'held-out':>9} {'accuracy':>9} {'loss first->last':>17} {'seconds':>8}")

@@ -30,6 +30,7 @@ REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring need
 # LLaVA-RLHF's instruction for the facts (paraphrased; METHODS.md 2a).
 FACT_INSTRUCTION = "The response should be fully supported by the following facts about the image:"
 TIES = ("use", "drop")
+FACT_FORMATS = ("captions", "objects")
 
 
 @dataclass
@@ -44,6 +45,9 @@ class RewardConfig:
     """Where the reward model (adapter + score head), its config and metrics are written."""
     fact_augmentation: bool = True
     """Put the image's known facts into the reward model's input (Fact-RLHF)."""
+    fact_format: str = "captions"
+    """Which facts go in: `captions` (the image's captions, else its object list) or
+    `objects` (its object names only)."""
     ties: str = "use"
     """Pairs whose question 1 was a tie (ordered by helpfulness): `use` or `drop`."""
     heldout_share: float = 0.1
@@ -61,8 +65,14 @@ class RewardConfig:
     threads: int | None = None
     """torch CPU threads (None: torch's default)."""
 
+    def facts_mode(self) -> str | None:
+        """The fact format the reward model reads, or None without augmentation."""
+        return self.fact_format if self.fact_augmentation else None
+
     def __post_init__(self) -> None:
         normalise_run_inputs(self)
+        if self.fact_format not in FACT_FORMATS:
+            raise ConfigError(f"fact_format must be one of {', '.join(FACT_FORMATS)}, got {self.fact_format!r}")
         if self.ties not in TIES:
             raise ConfigError(f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")
         if not 0 < self.heldout_share < 1:
@@ -71,19 +81,20 @@ class RewardConfig:
             raise ConfigError("learning_rate and epochs must be positive, batch_size at least 1")
 
 
-def facts_text(facts: dict[str, Any]) -> str:
-    """The known facts of an image as text: its captions, else its objects, else nothing."""
+def facts_text(facts: dict[str, Any], fact_format: str = "captions") -> str:
+    """The known facts of an image as text: its captions (unless `fact_format` is
+    "objects"), else its objects, else nothing."""
     captions = [c for c in facts.get("captions", []) if isinstance(c, str) and c.strip()]
-    if captions:
+    if captions and fact_format == "captions":
         return " ".join(captions)
-    objects = facts.get("objects") or facts.get("classes") or []
+    objects = facts.get("classes") or facts.get("objects") or []
     names = [o.get("cls") or o.get("name", "") if isinstance(o, dict) else str(o) for o in objects]
     return ("Objects: " + ", ".join(n for n in names if n) + ".") if names else ""
 
 
-def reward_input(prompt: list[dict[str, Any]], facts: dict[str, Any], augment: bool) -> list[dict[str, Any]]:
+def reward_input(prompt: list[dict[str, Any]], facts: dict[str, Any], mode: str | None) -> list[dict[str, Any]]:
     """The conversation the reward model reads: the prompt, with the facts appended to the
-    last user turn when augmenting."""
+    last user turn when augmenting (`mode` is a fact format, or None for no facts)."""
     turns = [
         {
             "role": turn["role"],
@@ -96,7 +107,7 @@ def reward_input(prompt: list[dict[str, Any]], facts: dict[str, Any], augment: b
         }
         for turn in prompt
     ]  # a copy; image parts lose any payload (the processor gets the image separately)
-    text = facts_text(facts) if augment else ""
+    text = facts_text(facts, mode) if mode else ""
     if text:
         turns[-1]["content"].append({"type": "text", "text": f"\n{FACT_INSTRUCTION} {text}"})
     return turns
@@ -130,22 +141,22 @@ def load_backbone(path: str, *, num_labels: int = 1, dtype: Any = None) -> tuple
 Scored = tuple[list[dict[str, Any]], list[dict[str, Any]], Any, dict[str, Any]]  # prompt, response turns, image, facts
 
 
-def encode_conversations(processor: Any, rows: Sequence[Scored], augment: bool) -> dict[str, Any]:
+def encode_conversations(processor: Any, rows: Sequence[Scored], mode: str | None) -> dict[str, Any]:
     """Reward-model inputs for (prompt, response turns, image, facts) rows."""
     texts = [
-        processor.apply_chat_template(reward_input(prompt, facts, augment) + response, tokenize=False)
+        processor.apply_chat_template(reward_input(prompt, facts, mode) + response, tokenize=False)
         for prompt, response, _, facts in rows
     ]
     images = [image.convert("RGB") for _, _, image, _ in rows]
     return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
 
 
-def encode(processor: Any, rows: Sequence[dict[str, Any]], side: str, augment: bool) -> dict[str, Any]:
+def encode(processor: Any, rows: Sequence[dict[str, Any]], side: str, mode: str | None) -> dict[str, Any]:
     """Model inputs for one side (chosen or rejected) of a batch of pairs."""
     return encode_conversations(
         processor,
         [(row["prompt"], row[side], row["images"][0], json.loads(row.get("image_facts") or "{}")) for row in rows],
-        augment,
+        mode,
     )
 
 
@@ -182,7 +193,9 @@ def split_pairs(dataset: Any, config: RewardConfig) -> tuple[list[int], list[int
     return train, heldout
 
 
-def accuracy(model: Any, processor: Any, rows: Sequence[dict[str, Any]], augment: bool, batch_size: int = 16) -> float:
+def accuracy(
+    model: Any, processor: Any, rows: Sequence[dict[str, Any]], mode: str | None, batch_size: int = 16
+) -> float:
     """Share of pairs whose chosen response scores above the rejected one."""
     import torch
 
@@ -191,8 +204,8 @@ def accuracy(model: Any, processor: Any, rows: Sequence[dict[str, Any]], augment
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            chosen = scores(model, encode(processor, batch, "chosen", augment))
-            rejected = scores(model, encode(processor, batch, "rejected", augment))
+            chosen = scores(model, encode(processor, batch, "chosen", mode))
+            rejected = scores(model, encode(processor, batch, "rejected", mode))
             right += int((chosen > rejected).sum())
     return right / max(1, len(rows))
 
@@ -232,8 +245,8 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
         batch = [dataset[i] for i in order[: config.batch_size]]
         del order[: config.batch_size]
         loss = bradley_terry_loss(
-            scores(model, encode(processor, batch, "chosen", config.fact_augmentation)),
-            scores(model, encode(processor, batch, "rejected", config.fact_augmentation)),
+            scores(model, encode(processor, batch, "chosen", config.facts_mode())),
+            scores(model, encode(processor, batch, "rejected", config.facts_mode())),
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -241,12 +254,12 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
         schedule.step()
         optimiser.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-    held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.fact_augmentation)
+    held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.facts_mode())
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out / "adapter"))
     processor.save_pretrained(str(out / "adapter"))
-    info = {"base_model": config.model, "fact_augmentation": config.fact_augmentation, "heldout_accuracy": held}
+    info = {"base_model": config.model, "facts": config.facts_mode(), "heldout_accuracy": held}
     (out / "adapter" / REWARD_INFO).write_text(json.dumps(info, indent=2))
     window = max(1, len(losses) // 10)
     result = RewardResult(

@@ -126,7 +126,7 @@ def parse_facts(value: Any) -> dict[str, Any]:
 class RewardModelFiles:
     base_model: str
     adapter: Path
-    fact_augmentation: bool
+    facts: str | None  # the fact format the reward model was trained with, None without facts
 
 
 def locate_reward_model(path: str | Path) -> RewardModelFiles:
@@ -140,7 +140,7 @@ def locate_reward_model(path: str | Path) -> RewardModelFiles:
     if not info_path.is_file():
         raise ConfigError(f"{adapter} is not a FactLoop reward model ({REWARD_INFO} is missing)")
     info = json.loads(info_path.read_text())
-    return RewardModelFiles(info["base_model"], adapter, bool(info.get("fact_augmentation", True)))
+    return RewardModelFiles(info["base_model"], adapter, info.get("facts"))
 
 
 class RewardModel:
@@ -184,7 +184,7 @@ class RewardModel:
                         prompts[start:stop], responses[start:stop], images[start:stop], facts[start:stop], strict=True
                     )
                 ]
-                inputs = encode_conversations(self.processor, rows, self.files.fact_augmentation)
+                inputs = encode_conversations(self.processor, rows, self.files.facts)
                 if self.device is not None:
                     inputs = {k: v.to(self.device) for k, v in inputs.items()}
                 out += [float(x) for x in scores(self.model, inputs).float()]

@@ -29,6 +29,7 @@ def test_facts_text_and_config_checks() -> None:
     assert facts_text({"captions": ["A red ball.", " "], "objects": [{"cls": "ball"}]}) == "A red ball."
     assert facts_text({"objects": [{"cls": "ball"}, {"cls": "kite"}]}) == "Objects: ball, kite."
     assert facts_text({}) == ""
+    assert facts_text({"captions": ["A red ball."], "classes": ["ball"]}, "objects") == "Objects: ball."
     with pytest.raises(ConfigError, match="ties"):
         RewardConfig(model="m", data=["d"], output_dir="o", ties="maybe")
     with pytest.raises(ConfigError, match="heldout_share"):
@@ -43,11 +44,14 @@ def test_the_reward_models_input_has_the_facts_only_when_augmenting(base_policy:
     _, processor = load_backbone(str(base_policy))
     row: dict[str, Any] = load_from_disk(str(rankings))[0]
     caption = json.loads(row["image_facts"])["captions"][0]
-    on = processor.tokenizer.decode(encode(processor, [row], "chosen", True)["input_ids"][0])
-    off = processor.tokenizer.decode(encode(processor, [row], "chosen", False)["input_ids"][0])
+    on = processor.tokenizer.decode(encode(processor, [row], "chosen", "captions")["input_ids"][0])
+    off = processor.tokenizer.decode(encode(processor, [row], "chosen", None)["input_ids"][0])
     assert FACT_INSTRUCTION in on and caption in on
     assert FACT_INSTRUCTION not in off and caption not in off
-    assert reward_input(row["prompt"], {}, True) == row["prompt"]  # no facts: nothing added
+    objects = processor.tokenizer.decode(encode(processor, [row], "chosen", "objects")["input_ids"][0])
+    names = json.loads(row["image_facts"])["classes"]
+    assert f"{FACT_INSTRUCTION} Objects: {', '.join(names)}." in objects and caption not in objects
+    assert reward_input(row["prompt"], {}, "captions") == row["prompt"]  # no facts: nothing added
 
 
 def test_a_tiny_reward_model_learns_the_rankings(base_policy: Path, rankings: Path, tmp_path: Path) -> None:
