@@ -97,7 +97,7 @@ def _reward(args: argparse.Namespace) -> int:
                 args.register,
                 base_model=config.model,
                 adapter_dir=Path(result.output_dir) / "adapter",
-                metrics={"heldout_accuracy": result.heldout_accuracy, "fact_augmentation": config.fact_augmentation},
+                metrics={"heldout_accuracy": result.heldout_accuracy, "facts": config.facts_mode()},
                 kind="reward",
             )
         except RegistryError as error:

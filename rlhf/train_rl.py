@@ -113,6 +113,18 @@ def token_values(critic: Any, inputs: dict[str, Any]) -> Any:
     return inner.score(hidden).squeeze(-1).float()
 
 
+def reward_function(config: RLTrainConfig, stops: list[int], device: Any = None) -> Any:
+    """The run's reward: its reward model plus its symbolic terms (rlhf/scoring.py)."""
+    from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms
+
+    return RewardFunction(
+        RewardModel(config.reward_model, dtype=config.dtype, device=device),
+        SymbolicTerms(config.length_penalty, config.length_free, config.missing_stop_penalty, config.yes_no_bonus),
+        reward_scale=config.reward_scale,
+        stop_ids=stops,
+    )
+
+
 def same_tokenizer(policy_processor: Any, reward_processor: Any) -> None:
     if policy_processor.tokenizer.get_vocab() != reward_processor.tokenizer.get_vocab():
         raise ConfigError(
@@ -246,7 +258,6 @@ class PPOTrainer:
         import torch
 
         from rlhf.data import load_prompts
-        from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms
 
         if config.method != "ppo":
             raise ConfigError(f"PPOTrainer runs method ppo, not {config.method!r}")
@@ -259,15 +270,9 @@ class PPOTrainer:
         self.prompts = load_prompts(config.data, max_prompts=config.max_prompts)
         self.policy, self.processor = load_trainable_policy(config)
         self.policy.to(self.device)
-        reward_model = RewardModel(config.reward_model, dtype=config.dtype, device=self.device)
-        same_tokenizer(self.processor, reward_model.processor)
         self.stops = stop_ids(self.policy, self.processor)
-        self.reward = RewardFunction(
-            reward_model,
-            SymbolicTerms(config.length_penalty, config.length_free, config.missing_stop_penalty, config.yes_no_bonus),
-            reward_scale=config.reward_scale,
-            stop_ids=self.stops,
-        )
+        self.reward = reward_function(config, self.stops, self.device)
+        same_tokenizer(self.processor, self.reward.model.processor)
         self.critic = load_critic(config.reward_model, config.dtype).to(self.device)
         self.critic.eval()  # no dropout: values and ratios must be deterministic
         self.policy_optimiser = torch.optim.AdamW(
@@ -295,7 +300,6 @@ class PPOTrainer:
         import torch
 
         from rlhf import losses
-        from rlhf.scoring import parse_facts
 
         c = self.config
         width = rollout.prompt_width
@@ -315,15 +319,7 @@ class PPOTrainer:
         rollout.logprobs = torch.cat(logprobs)
         rollout.ref_logprobs = torch.cat(ref_logprobs)
         rollout.values = torch.cat(values) * mask
-        total = self.reward.rewards(
-            [row["prompt"] for row in rows],
-            rollout.texts,
-            [row["images"][0] for row in rows],
-            [parse_facts(row["image_facts"]) for row in rows],
-            [int(n) for n in mask.sum(dim=1)],
-            rollout.stopped,
-        )
-        rollout.scores = torch.tensor(total, device=mask.device)
+        rollout.scores = torch.tensor(self.rollout_rewards(rows, rollout), device=mask.device)
         kl = losses.kl_k1(rollout.logprobs, rollout.ref_logprobs)
         rewards = losses.token_rewards(rollout.scores, kl, mask, self.kl_coef)
         advantages, returns = losses.gae(rewards, rollout.values, mask, gamma=c.gamma, lam=c.lam)
@@ -383,26 +379,31 @@ class PPOTrainer:
                 updates += 1
         return {k: v / updates for k, v in sums.items()}
 
+    def rollout_rewards(self, rows: list[dict[str, Any]], rollout: Rollout) -> list[float]:
+        from rlhf.scoring import parse_facts
+
+        return list(
+            self.reward.rewards(
+                [row["prompt"] for row in rows],
+                rollout.texts,
+                [row["images"][0] for row in rows],
+                [parse_facts(row["image_facts"]) for row in rows],
+                [int(n) for n in rollout.mask.sum(dim=1)],
+                rollout.stopped,
+            )
+        )
+
     def mean_reward(self, rows: list[dict[str, Any]], *, seed: int = 0) -> float:
         """The policy's mean reward (reward model + symbolic terms, no KL) on `rows`, one
         response each sampled with a fixed seed: a fixed yardstick across training."""
         import torch
-
-        from rlhf.scoring import parse_facts
 
         total = []
         torch.manual_seed(seed)
         for part in chunks(len(rows), self.config.rollout_batch_size):
             batch = rows[part]
             rollout = sample(self.policy, self.processor, batch, self.config, self.stops, self.device)
-            total += self.reward.rewards(
-                [row["prompt"] for row in batch],
-                rollout.texts,
-                [row["images"][0] for row in batch],
-                [parse_facts(row["image_facts"]) for row in batch],
-                [int(n) for n in rollout.mask.sum(dim=1)],
-                rollout.stopped,
-            )
+            total += self.rollout_rewards(batch, rollout)
         return sum(total) / max(1, len(total))
 
     def step(self) -> dict[str, float]:
@@ -464,7 +465,6 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     import torch
 
     from rlhf.data import load_prompts
-    from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms
 
     if config.method == "grpo":
         from trl import GRPOConfig as ArgsClass
@@ -479,13 +479,7 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     torch.manual_seed(config.seed)
     prompts = load_prompts(config.data, max_prompts=config.max_prompts)
     model, processor = load_trainable_policy(config)
-    reward_model = RewardModel(config.reward_model, dtype=config.dtype)
-    reward = RewardFunction(
-        reward_model,
-        SymbolicTerms(config.length_penalty, config.length_free, config.missing_stop_penalty, config.yes_no_bonus),
-        reward_scale=config.reward_scale,
-        stop_ids=stop_ids(model, processor),
-    )
+    reward = reward_function(config, stop_ids(model, processor))
     args = ArgsClass(
         output_dir=config.output_dir,
         learning_rate=config.learning_rate,

@@ -74,3 +74,34 @@ def test_a_tiny_reward_model_learns_the_rankings(base_policy: Path, rankings: Pa
     assert (tmp_path / "rm/adapter/adapter_config.json").is_file()
     saved = json.loads((tmp_path / "rm/result.json").read_text())
     assert saved["heldout_accuracy"] == result.heldout_accuracy
+
+
+def test_the_reward_command_trains_and_registers_a_reward_version(
+    base_policy: Path, rankings: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.registry import Registry
+    from rlhf import cli
+    from rlhf.scoring import locate_reward_model
+
+    settings = {
+        "model": base_policy,
+        "data": rankings,
+        "output_dir": tmp_path / "rm",
+        "epochs": 0.2,
+        "lora.r": 4,
+        "fact_format": "objects",
+        "threads": 1,
+    }
+    args = ["reward", *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")]]
+    assert cli.main([*args, "--register", "rm-1"]) == 2  # a name needs a registry
+    assert "go together" in capsys.readouterr().err and not (tmp_path / "rm").exists()
+    assert cli.main([*args, "--register", "rm-1", "--registry", str(tmp_path / "registry")]) == 0
+    output = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    registry = Registry(tmp_path / "registry")
+    version = registry.get("rm-1")
+    assert output["registered"] == "rm-1" and version.kind == "reward"
+    assert version.metrics["heldout_accuracy"] == output["heldout_accuracy"]
+    files = locate_reward_model(registry.path_of("rm-1"))  # what PPO reads
+    assert files.base_model == str(base_policy) and files.facts == "objects"
+    assert cli.main([*args, "--register", "rm-1", "--registry", str(tmp_path / "registry")]) == 2
+    assert "already registered" in capsys.readouterr().err
