@@ -23,6 +23,7 @@ class Job(models.Model):
         HEALTHCHECK = "healthcheck", "Worker health check"
         GENERATE = "generate_candidates", "Generate a round's candidates"
         EXPORT = "export_dataset", "Export a dataset"
+        TRAIN = "train_round", "Train a round"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -406,3 +407,49 @@ class Correction(models.Model):
 
     def __str__(self) -> str:
         return f"Correction of assignment {self.assignment_id}"
+
+
+# ---------------------------------------------------------------------------------------
+# Training: one alignment iteration per round (annotation/training.py runs the steps)
+
+
+class TrainingRun(models.Model):
+    """`train_round` for one round: its settings, and each step's status, timing and outcome.
+
+    The steps (annotation.training.STEPS) run in order; each records itself in `steps` when it
+    starts and when it ends, and each can run again after a crash without duplicating what
+    it made (the export, checkpoint and version folders are written whole or not at all; the
+    next round is created in the transaction that records it). At most one unfinished run
+    per round."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed (resume with --resume)"
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="training_runs")
+    method = models.CharField(max_length=8)
+    config = models.JSONField(default=dict, blank=True, help_text="Config file, overrides, gate and options.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    steps = models.JSONField(default=dict, blank=True, help_text="Per step: status, started/finished, detail.")
+    work_dir = models.CharField(max_length=1024, help_text="Where the run's files are.")
+    version = models.CharField(max_length=255, blank=True, help_text="The model version the run registered.")
+    deployed = models.BooleanField(default=False, help_text="Whether the version passed the gate and is served.")
+    next_round = models.OneToOneField(
+        Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="trained_from"
+    )
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["round"], condition=Q(status__in=["running", "failed"]), name="one_unfinished_run_per_round"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Training of {self.round} with {self.method} (#{self.pk}, {self.status})"

@@ -114,10 +114,30 @@ def export_dataset(self: Task, job_id: int) -> None:
     Job.succeed(job_id, {"out": str(out), **counts})
 
 
+@shared_task(bind=True, name="annotation.train_round")
+def train_round(self: Task, job_id: int) -> None:
+    """Run a training run's unfinished steps (annotation.training), reporting the step
+    reached as progress. A failed step leaves the run resumable (`train_round --resume`)."""
+    from annotation.models import TrainingRun
+    from annotation.training import StepFailed, run_steps
+
+    if not Job.claim(job_id, self.request.hostname or socket.gethostname()):
+        log.info("training job %s: not queued (already run or gone); skipping", job_id)
+        return
+    run = TrainingRun.objects.get(pk=int(Job.objects.values_list("params", flat=True).get(pk=job_id)["run_id"]))
+    try:
+        run = run_steps(run, progress=lambda step, done, total: Job.report_progress(job_id, done, total))
+    except StepFailed as error:
+        Job.fail(job_id, str(error))
+        return
+    Job.succeed(job_id, {"run": run.pk, "version": run.version, "deployed": run.deployed})
+
+
 _TASKS: dict[str, Task] = {
     Job.Kind.HEALTHCHECK: run_healthcheck,
     Job.Kind.GENERATE: generate_candidates,
     Job.Kind.EXPORT: export_dataset,
+    Job.Kind.TRAIN: train_round,
 }
 
 

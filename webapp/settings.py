@@ -143,6 +143,13 @@ FACTLOOP_QC_MIN_ITEMS = env.integer("FACTLOOP_QC_MIN_ITEMS", 5, minimum=1)
 # Where exports started from the admin are written (one folder per export job).
 FACTLOOP_EXPORT_DIR = env.path("FACTLOOP_EXPORT_DIR", VAR_DIR / "exports", base=BASE_DIR)
 
+# Training (manage.py train_round): each run's files (export, checkpoints, evaluation) go in
+# a folder under FACTLOOP_TRAIN_DIR; a new version is deployed only if it is not worse than
+# the serving one on FACTLOOP_GATE_METRIC, measured on FACTLOOP_EVAL_SCENES held-out scenes.
+FACTLOOP_TRAIN_DIR = env.path("FACTLOOP_TRAIN_DIR", VAR_DIR / "training", base=BASE_DIR)
+FACTLOOP_GATE_METRIC = env.choice("FACTLOOP_GATE_METRIC", "chair_i", ("chair_i", "chair_s", "pope_f1"))
+FACTLOOP_EVAL_SCENES = env.integer("FACTLOOP_EVAL_SCENES", 200, minimum=1, maximum=100_000)
+
 # Request bodies: annotation submissions are small; imports go through uploads.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", 1_048_576, minimum=1024)
 

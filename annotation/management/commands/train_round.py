@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from annotation.training import METHODS, Options, StepFailed, TrainingRefused, begin, plan, run_steps, target_round
+
+
+class Command(BaseCommand):
+    help = (
+        "One alignment iteration: freeze the round's labels, export them, train (DDPO, DPO, or a reward model and "
+        "PPO/GRPO/RLOO), evaluate hallucination on held-out scenes, register the new version if it is not worse "
+        "than the current one, hot-load it into vLLM, and open the next round with its candidates queued. Runs as "
+        "a job on the `train` queue unless --inline."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--method", choices=METHODS, default="ddpo")
+        parser.add_argument("--round", type=int, help="the round to train (default: the newest open round)")
+        parser.add_argument("--config", help="a YAML file of trainer settings (rlhf/config.py)")
+        parser.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override a trainer setting (repeatable)"
+        )
+        parser.add_argument("--reward-config", help="a YAML file of reward-model settings (PPO, GRPO, RLOO)")
+        parser.add_argument("--gate-metric", default="", help="chair_i, chair_s or pope_f1 (FACTLOOP_GATE_METRIC)")
+        parser.add_argument("--eval-scenes", type=int, default=0, help="held-out scenes (FACTLOOP_EVAL_SCENES)")
+        parser.add_argument("--next-prompts", type=int, help="prompts of the next round (default: as many as this)")
+        parser.add_argument("--force", action="store_true", help="deploy even if the gate metric got worse")
+        parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+        parser.add_argument("--inline", action="store_true", help="run here instead of as a Celery job")
+        parser.add_argument("--resume", action="store_true", help="finish the round's unfinished run")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from annotation.services import enqueue_job
+
+        try:
+            settings_ = Options(
+                method=options["method"],
+                config=options["config"],
+                overrides=list(options["set"]),
+                reward_config=options["reward_config"],
+                force=options["force"],
+                gate_metric=options["gate_metric"],
+                eval_scenes=options["eval_scenes"],
+                next_prompts=options["next_prompts"],
+            )
+            round_ = target_round(options["round"], resume=options["resume"])
+            if options["dry_run"]:
+                self.stdout.write(json.dumps(plan(round_, settings_), indent=2))
+                return
+            run = begin(round_, settings_, resume=options["resume"])
+        except TrainingRefused as error:
+            raise CommandError(str(error)) from None
+        if not options["inline"]:
+            from annotation.models import Job
+
+            job = enqueue_job(Job.Kind.TRAIN, queue="train", params={"run_id": run.pk})
+            run.job = job
+            run.save(update_fields=["job"])
+            self.stdout.write(json.dumps({"run": run.pk, "job": job.pk, "queue": "train", "work_dir": run.work_dir}))
+            return
+        with tqdm(total=len(run.steps) or 1, desc="train_round", unit="step", disable=options["verbosity"] < 1) as bar:
+
+            def progress(step: str, done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.set_postfix_str(step)
+                bar.refresh()
+
+            try:
+                run = run_steps(run, progress=progress)
+            except StepFailed as error:
+                raise CommandError(f"{error}\nthe run is kept: `manage.py train_round --resume` finishes it") from None
+        summary = {
+            "run": run.pk,
+            "round": run.round.number,
+            "version": run.version,
+            "deployed": run.deployed,
+            "next_round": run.next_round.number if run.next_round else None,
+            "metrics": run.steps.get("evaluate", {}).get("detail"),
+            "gate": run.steps.get("gate", {}).get("detail"),
+        }
+        self.stdout.write(json.dumps(summary))

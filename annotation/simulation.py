@@ -1,0 +1,68 @@
+"""Simulated annotators for toy-world rounds: the oracle's answers, with optional noise.
+
+`oracle_submission` turns a task (its kind, the scene's facts, the candidates shown) into
+what an annotator following the protocol would submit: a LLaVA-RLHF ranking (fewer
+hallucinations first, then more correct claims; METHODS.md 1a) or an RLHF-V correction of
+the hallucinated segments (1b). With `noise`, a share of rankings are random and a share of
+hallucinated segments are left uncorrected. `label_round` answers a round's tasks through
+the services (tests); `manage.py simulate_annotators` drives the HTTP API with it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from models.toyworld import Scene
+from models.toyworld.oracle import check, correct
+
+
+def oracle_submission(
+    kind: str, facts: dict[str, Any], candidates: Sequence[tuple[int, str]], *, noise: float, rng: random.Random
+) -> dict[str, Any]:
+    """The body of a judgement (kind "rank") or correction (kind "correct") submission;
+    `candidates` are (id, text) in the order shown."""
+    scene = Scene.from_facts(facts)
+    if kind == "rank":
+        reports = {cid: check(scene, text) for cid, text in candidates}
+        ids = [cid for cid, _ in candidates]
+        if noise and rng.random() < noise:
+            rng.shuffle(ids)
+        else:
+            ids.sort(key=lambda cid: (reports[cid].hallucinations, -reports[cid].correct_claims, rng.random()))
+        counts = {reports[cid].hallucinations for cid in ids}
+        return {
+            "ranking": ids,
+            "hallucination_tie": len(counts) == 1,
+            "hallucinated": [cid for cid in ids if reports[cid].hallucinations > 0],
+        }
+    (_, original), *_ = candidates
+    fixed = correct(scene, original, noise=noise, rng=rng)
+    if fixed == original.strip() or not fixed:
+        return {"corrected": None, "no_hallucination": True}
+    return {"corrected": fixed}
+
+
+def label_round(annotator: Any, *, noise: float = 0.0, seed: int = 0, limit: int | None = None) -> int:
+    """Answer the tasks the queue hands `annotator` with the oracle, through the services;
+    returns how many were submitted."""
+    from annotation import queue
+    from annotation.services import submit_correction, submit_judgement
+
+    rng = random.Random(seed)
+    done = 0
+    while limit is None or done < limit:
+        lease = queue.next_assignment_for(annotator)
+        if lease is None:
+            return done
+        task = lease.task
+        slots = task.slots.select_related("candidate").order_by("position")
+        shown = [(slot.candidate_id, slot.candidate.text) for slot in slots]
+        body = oracle_submission(task.kind, task.prompt.image.facts, shown, noise=noise, rng=rng)
+        if task.kind == "rank":
+            submit_judgement(annotator, lease.pk, **body)
+        else:
+            submit_correction(annotator, lease.pk, **body)
+        done += 1
+    return done

@@ -1,0 +1,426 @@
+"""One alignment iteration for a round: `manage.py train_round` and the `train` queue's job.
+
+Steps, in order, each recorded on the TrainingRun with its status, timing and outcome:
+
+1. freeze: the round takes no more labels (assignments still out are refused at submission).
+2. export: the round's labels as a `trl` export (annotation.exporters; whole or absent).
+3. reward_model: PPO/GRPO/RLOO only: a fact-augmented reward model from the rankings.
+4. train: DDPO, DPO, PPO, GRPO or RLOO (`python -m rlhf.cli` in a child process: the web
+   app and worker never load torch), continuing the round's policy adapter.
+5. evaluate: hallucination metrics of the new policy on held-out scenes (`rlhf.cli
+   evaluate`), and of the current policy if its version does not record them yet.
+6. gate: the new policy must not be worse than the current one on the gate metric
+   (FACTLOOP_GATE_METRIC; `force` overrides).
+7. register: the new version in the model registry (status "rejected" if the gate failed).
+8. deploy: hot-load the adapter into the running vLLM server (skipped if the gate failed).
+9. open_next: the next round, on the deployed policy (else the current one), with its
+   candidate generation queued.
+
+Every step can run again after a crash without duplicating what it made: files are written
+under the run's folder and renamed into place (or detected by their completion marker),
+the version name is fixed per run and checked before registering, the adapter is loaded
+only if the server lacks it, and the next round is created in the transaction that records
+it on the run. `resume` picks up the round's unfinished run at its first unfinished step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from annotation.models import Correction, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
+
+STEPS = ("freeze", "export", "reward_model", "train", "evaluate", "gate", "register", "deploy", "open_next")
+DPO_METHODS = ("ddpo", "dpo")
+RL_METHODS = ("ppo", "grpo", "rloo")
+METHODS = DPO_METHODS + RL_METHODS
+LOWER_IS_BETTER = {"chair_i": True, "chair_s": True, "pope_f1": False}
+REPO = Path(__file__).resolve().parent.parent
+KEPT_METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "empty_share")
+
+
+class TrainingRefused(Exception):
+    """train_round cannot start or resume as asked; the message says why."""
+
+
+class StepFailed(Exception):
+    """A step failed; the run is left resumable."""
+
+
+@dataclass
+class Options:
+    method: str = "ddpo"
+    config: str | None = None  # a YAML file for the trainer (rlhf/config.py)
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE for the trainer
+    reward_config: str | None = None  # a YAML file for the reward model (PPO/GRPO/RLOO)
+    force: bool = False
+    gate_metric: str = ""
+    eval_scenes: int = 0
+    next_prompts: int | None = None  # prompts of the next round (default: as many as this one)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise TrainingRefused(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        self.gate_metric = self.gate_metric or settings.FACTLOOP_GATE_METRIC
+        if self.gate_metric not in LOWER_IS_BETTER:
+            raise TrainingRefused(f"gate metric must be one of {', '.join(LOWER_IS_BETTER)}")
+        self.eval_scenes = self.eval_scenes or settings.FACTLOOP_EVAL_SCENES
+        for path in (self.config, self.reward_config):
+            if path is not None and not Path(path).is_file():
+                raise TrainingRefused(f"no config file {path}")
+        if any("=" not in item for item in self.overrides):
+            raise TrainingRefused("overrides are KEY=VALUE")
+
+
+def _registry() -> Any:
+    from models.registry import Registry
+
+    return Registry(settings.FACTLOOP_MODEL_DIR)
+
+
+def target_round(number: int | None, *, resume: bool = False) -> Round:
+    """The round to train: `number`; else, to resume, the round of the newest unfinished
+    run; else the newest open round."""
+    if number is not None:
+        try:
+            return Round.objects.get(number=number)
+        except Round.DoesNotExist:
+            raise TrainingRefused(f"no round {number}") from None
+    if resume:
+        unfinished = TrainingRun.objects.exclude(status=TrainingRun.Status.SUCCEEDED).order_by("-created_at").first()
+        if unfinished is None:
+            raise TrainingRefused("no unfinished training run to resume")
+        return unfinished.round
+    round_ = Round.objects.filter(status=Round.Status.OPEN).order_by("-number").first()
+    if round_ is None:
+        raise TrainingRefused("no open round to train; name one with --round")
+    return round_
+
+
+def label_counts(round_: Round) -> dict[str, int]:
+    return {
+        "judgements": Judgement.objects.filter(assignment__task__round=round_).count(),
+        "corrections": Correction.objects.filter(assignment__task__round=round_).count(),
+    }
+
+
+def plan(round_: Round, options: Options) -> dict[str, Any]:
+    """What a run would do (the dry run): nothing is written."""
+    if not round_.policy_version:
+        raise TrainingRefused(f"{round_} names no policy version to train from")
+    from models.registry import RegistryError
+
+    try:
+        current = _registry().get(round_.policy_version)
+    except RegistryError as error:
+        raise TrainingRefused(str(error)) from None
+    steps = [s for s in STEPS if s != "reward_model" or options.method in RL_METHODS]
+    return {
+        "round": round_.number,
+        "round_status": round_.status,
+        "method": options.method,
+        "policy": current.name,
+        "base_model": current.base_model,
+        "labels": label_counts(round_),
+        "steps": steps,
+        "gate": {"metric": options.gate_metric, "force": options.force},
+        "work_dir": str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-<run>"),
+    }
+
+
+def begin(round_: Round, options: Options, *, resume: bool) -> TrainingRun:
+    """A new run for the round, or with `resume` its unfinished one (its options are kept)."""
+    with transaction.atomic():
+        Round.objects.select_for_update().get(pk=round_.pk)
+        unfinished = round_.training_runs.exclude(status=TrainingRun.Status.SUCCEEDED).first()
+        if resume:
+            if unfinished is None:
+                raise TrainingRefused(f"{round_} has no unfinished training run to resume")
+            unfinished.status, unfinished.error, unfinished.finished_at = TrainingRun.Status.RUNNING, "", None
+            unfinished.save(update_fields=["status", "error", "finished_at"])
+            return unfinished
+        if unfinished is not None:
+            raise TrainingRefused(f"{round_} has an unfinished training run (#{unfinished.pk}); use --resume")
+        done = round_.training_runs.filter(status=TrainingRun.Status.SUCCEEDED).first()
+        if done is not None:
+            raise TrainingRefused(f"{round_} was trained already (run #{done.pk}, version {done.version or 'none'})")
+        plan(round_, options)
+        run = TrainingRun.objects.create(round=round_, method=options.method, config=asdict(options), work_dir="")
+        run.work_dir = str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-run-{run.pk}")
+        run.save(update_fields=["work_dir"])
+    return run
+
+
+# ---------------------------------------------------------------------------------------
+# Running the steps
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def run_steps(run: TrainingRun, *, progress: Progress | None = None) -> TrainingRun:
+    """Run the run's unfinished steps in order; raises StepFailed (the run marked failed)."""
+    options = Options(**run.config)
+    work = Path(run.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    steps = [s for s in STEPS if s != "reward_model" or run.method in RL_METHODS]
+    for index, name in enumerate(steps):
+        if run.steps.get(name, {}).get("status") == "done":
+            continue
+        if progress:
+            progress(name, index, len(steps))
+        _record(run, name, status="running", started_at=timezone.now().isoformat())
+        began = time.perf_counter()
+        try:
+            detail = STEP_FUNCTIONS[name](run, options, work)
+        except Exception as error:
+            cause = f" ({type(error.__cause__).__name__}: {error.__cause__})" if error.__cause__ else ""
+            message = f"{name}: {error}{cause}"
+            _record(run, name, status="failed", error=message[-4000:], seconds=time.perf_counter() - began)
+            TrainingRun.objects.filter(pk=run.pk).update(
+                status=TrainingRun.Status.FAILED, error=message[-10_000:], finished_at=timezone.now()
+            )
+            run.refresh_from_db()
+            raise StepFailed(message) from error
+        _record(run, name, status="done", seconds=round(time.perf_counter() - began, 2), detail=detail or {})
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.SUCCEEDED, finished_at=timezone.now())
+    run.refresh_from_db()
+    if progress:
+        progress("done", len(steps), len(steps))
+    return run
+
+
+def _record(run: TrainingRun, name: str, **fields: Any) -> None:
+    entry = dict(run.steps.get(name, {}))
+    if fields.get("status") == "running":
+        entry = {}
+    entry.update({k: (round(v, 2) if isinstance(v, float) else v) for k, v in fields.items()})
+    run.steps = {**run.steps, name: entry}
+    TrainingRun.objects.filter(pk=run.pk).update(steps=run.steps)
+
+
+def _rlhf(args: list[str], log: Path) -> None:
+    """`python -m rlhf.cli ARGS` in a child process, its output appended to `log`."""
+    command = [sys.executable, "-m", "rlhf.cli", *args]
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(command)}\n")
+        out.flush()
+        finished = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if finished.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise StepFailed(f"rlhf.cli {args[0]} exited with {finished.returncode}:\n{tail}")
+
+
+def _current(run: TrainingRun) -> Any:
+    return _registry().get(run.round.policy_version)
+
+
+def _step_freeze(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    from annotation.services import freeze_round
+
+    round_ = run.round
+    round_.refresh_from_db()
+    if round_.status != Round.Status.FROZEN:
+        freeze_round(round_)
+    return label_counts(round_)
+
+
+def _step_export(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    from annotation.exporters import export
+
+    out = work / "export"
+    if not (out / "manifest.json").is_file():
+        export("trl", [run.round.number], out)
+    counts = json.loads((out / "manifest.json").read_text()).get("counts", {})
+    if not counts.get("pairs"):
+        raise StepFailed(f"{run.round} has no preference pairs to train on (labels: {label_counts(run.round)})")
+    return dict(counts)
+
+
+def _model_settings(run: TrainingRun) -> list[str]:
+    current = _current(run)
+    adapter = _registry().adapter_path(current.name)
+    settings_ = ["--set", f"model={current.base_model}"]
+    if adapter is not None:
+        settings_ += ["--set", f"init_adapter={adapter}"]
+    return settings_
+
+
+def _config_args(path: str | None, overrides: list[str]) -> list[str]:
+    args = ["--config", path] if path else []
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def _step_reward_model(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    out = work / "reward"
+    if not (out / "result.json").is_file():
+        args = ["reward", *_config_args(options.reward_config, [])]
+        args += ["--set", f"model={_current(run).base_model}", "--set", f"data={work / 'export'}"]
+        _rlhf([*args, "--set", f"output_dir={out}"], work / "train.log")
+    result = json.loads((out / "result.json").read_text())
+    return {"heldout_accuracy": result["heldout_accuracy"], "train_pairs": result["train_pairs"]}
+
+
+def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    out = work / "train"
+    if not (out / "result.json").is_file():
+        if run.method in DPO_METHODS:
+            args = ["dpo", *_config_args(options.config, [f"method={run.method}", *options.overrides])]
+            if any(out.glob("checkpoint-*")):
+                args.append("--resume")
+        else:
+            args = ["rl", *_config_args(options.config, [f"method={run.method}", *options.overrides])]
+            args += ["--set", f"reward_model={work / 'reward'}"]
+        args += [*_model_settings(run), "--set", f"data={work / 'export'}", "--set", f"output_dir={out}"]
+        _rlhf(args, work / "train.log")
+    result = json.loads((out / "result.json").read_text())
+    keep = ("pairs", "steps", "first_loss", "last_loss", "first_reward", "last_reward", "last_kl", "seconds")
+    return {k: result[k] for k in keep if k in result}
+
+
+def _evaluate(base_model: str, adapter: Path | None, out: Path, scenes: int, log: Path) -> dict[str, Any]:
+    if not out.is_file():
+        partial = out.with_suffix(".partial")
+        args = ["evaluate", "--model", base_model, "--scenes", str(scenes), "--out", str(partial)]
+        if adapter is not None:
+            args += ["--adapter", str(adapter)]
+        _rlhf(args, log)
+        os.replace(partial, out)
+    metrics = json.loads(out.read_text())
+    return {k: metrics[k] for k in KEPT_METRICS}
+
+
+def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    current = _current(run)
+    log = work / "evaluate.log"
+    new = _evaluate(current.base_model, work / "train" / "adapter", work / "eval.json", options.eval_scenes, log)
+    if options.gate_metric in current.metrics:
+        before = {k: current.metrics[k] for k in KEPT_METRICS if k in current.metrics}
+    else:
+        adapter = _registry().adapter_path(current.name)
+        before = _evaluate(current.base_model, adapter, work / "eval-current.json", options.eval_scenes, log)
+    return {"new": new, "current": before}
+
+
+def _step_gate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    measured = run.steps["evaluate"]["detail"]
+    metric = options.gate_metric
+    new, current = measured["new"][metric], measured["current"][metric]
+    better_or_equal = new <= current if LOWER_IS_BETTER[metric] else new >= current
+    return {"metric": metric, "new": new, "current": current, "passed": bool(better_or_equal or options.force)}
+
+
+def _version_name(run: TrainingRun) -> str:
+    return f"round-{run.round.number}-{run.method}-run-{run.pk}"
+
+
+def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    from models.registry import UnknownVersion
+
+    registry = _registry()
+    name = _version_name(run)
+    gate = run.steps["gate"]["detail"]
+    try:
+        registry.get(name)  # registered before a crash: the name is this run's alone
+    except UnknownVersion:
+        current = _current(run)
+        metrics: dict[str, Any] = dict(run.steps["evaluate"]["detail"]["new"])
+        trained = run.steps["train"]["detail"]
+        metrics.update({k: trained[k] for k in ("last_reward", "last_kl") if trained.get(k) is not None})
+        if "reward_model" in run.steps:
+            metrics["reward_model_accuracy"] = run.steps["reward_model"]["detail"]["heldout_accuracy"]
+        metrics["method"] = run.method
+        registry.register(
+            name,
+            base_model=current.base_model,
+            adapter_dir=work / "train" / "adapter",
+            parent=current.name,
+            round=run.round.number,
+            metrics=metrics,
+            status="ready" if gate["passed"] else "rejected",
+        )
+    TrainingRun.objects.filter(pk=run.pk).update(version=name)
+    run.version = name
+    return {"version": name, "status": registry.status(name)}
+
+
+def _step_deploy(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    from models.serving import ServingClient
+
+    if not run.steps["gate"]["detail"]["passed"]:
+        return {"deployed": False, "why": "the gate kept the current policy"}
+    registry = _registry()
+    with ServingClient(settings.FACTLOOP_VLLM_URL) as client:
+        if run.version not in client.models():
+            client.load_adapter(run.version, str(registry.adapter_path(run.version)), replace=False)
+    current = _current(run)
+    if registry.status(current.name) == "serving":
+        registry.set_status(current.name, "ready")
+    registry.set_status(run.version, "serving")
+    TrainingRun.objects.filter(pk=run.pk).update(deployed=True)
+    run.deployed = True
+    return {"deployed": True, "server": settings.FACTLOOP_VLLM_URL}
+
+
+def next_prompts(round_: Round, limit: int | None) -> list[Prompt]:
+    """Training prompts no round has used yet (oldest first); if none are left, the round's own."""
+    used = RoundPrompt.objects.values_list("prompt_id", flat=True)
+    count = limit or RoundPrompt.objects.filter(round=round_).count() or None
+    fresh = list(Prompt.objects.filter(split=Prompt.Split.TRAIN).exclude(pk__in=used).order_by("pk")[:count])
+    if fresh:
+        return fresh
+    return list(Prompt.objects.filter(pk__in=RoundPrompt.objects.filter(round=round_).values("prompt_id")))
+
+
+def _step_open_next(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    from annotation.services import start_round
+
+    with transaction.atomic():
+        locked = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if locked.next_round_id is None:
+            round_ = run.round
+            policy = run.version if locked.deployed else round_.policy_version
+            prompts = next_prompts(round_, options.next_prompts)
+            kinds = round_.task_kinds or [Task.Kind.RANK, Task.Kind.CORRECT]
+            new_round, job = start_round(
+                policy_version=policy,
+                prompts=prompts,
+                task_kinds=kinds,
+                candidates_per_prompt=max(round_.candidates_per_prompt, 2 if Task.Kind.RANK in kinds else 1),
+                overlap=round_.overlap,
+                gold_rate=round_.gold_rate,
+                sampling=round_.sampling,
+            )
+            locked.next_round = new_round
+            locked.save(update_fields=["next_round"])
+            run.next_round = new_round
+            return {"round": new_round.number, "policy": policy, "prompts": len(prompts), "generation_job": job.pk}
+    next_round = locked.next_round
+    assert next_round is not None
+    return {"round": next_round.number, "policy": next_round.policy_version}
+
+
+STEP_FUNCTIONS: dict[str, Callable[[TrainingRun, Options, Path], dict[str, Any]]] = {
+    "freeze": _step_freeze,
+    "export": _step_export,
+    "reward_model": _step_reward_model,
+    "train": _step_train,
+    "evaluate": _step_evaluate,
+    "gate": _step_gate,
+    "register": _step_register,
+    "deploy": _step_deploy,
+    "open_next": _step_open_next,
+}

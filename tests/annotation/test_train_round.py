@@ -1,0 +1,170 @@
+"""`manage.py train_round` end to end on the tiny model: labels in the database become a
+registered version served by a real vLLM server, and the next round opens on it; the gate
+keeps a worse policy out; a run killed while training resumes without duplicating anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from annotation.models import Candidate, Job, Round, TrainingRun
+from annotation.simulation import label_round
+from annotation.synthetic import build_synthetic_round
+from annotation.tasks import generate_candidates
+from models.registry import Registry
+from models.serving import ServingClient
+from tests.conftest import PYTHON, REPO, clean_env, database_url
+
+pytestmark = [pytest.mark.slow, pytest.mark.serving]
+
+TOY_CONFIG = str(REPO / "bench" / "configs" / "toy-ddpo.yaml")
+TRAIN_ARGS = ["--method", "ddpo", "--config", TOY_CONFIG, "--set", "epochs=1", "--eval-scenes", "24"]
+
+
+@pytest.fixture
+def loop(settings: Any, tmp_path: Path, base_policy: Path, vllm_server: Any) -> Registry:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    settings.FACTLOOP_TRAIN_DIR = str(tmp_path / "training")
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    settings.FACTLOOP_EVAL_SCENES = 24
+    return Registry(settings.FACTLOOP_MODEL_DIR)
+
+
+def labelled_round(annotator: Any, policy: str, *, scenes: int = 24) -> Round:
+    built = build_synthetic_round(scenes=scenes, kinds=("rank", "correct"), error_rate=0.7, seed=5)
+    Round.objects.filter(pk=built.round.pk).update(policy_version=policy, task_kinds=["rank", "correct"])
+    assert label_round(annotator) == built.tasks
+    return Round.objects.get(pk=built.round.pk)
+
+
+@pytest.mark.django_db
+def test_a_round_trains_deploys_and_opens_the_next_on_the_new_policy(
+    loop: Registry, base_policy: Path, annotator: Any, vllm_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loop.register("tiny-base", base_model=str(base_policy))
+    round_ = labelled_round(annotator, "tiny-base")
+
+    call_command("train_round", "--dry-run", *TRAIN_ARGS)
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["round"] == round_.number and planned["policy"] == "tiny-base"
+    assert not TrainingRun.objects.exists() and Round.objects.get(pk=round_.pk).status == Round.Status.OPEN
+
+    call_command("train_round", "--inline", "--force", *TRAIN_ARGS)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = TrainingRun.objects.get()
+    assert run.status == TrainingRun.Status.SUCCEEDED and summary["deployed"] is True
+    assert all(run.steps[step]["status"] == "done" for step in run.steps) and "reward_model" not in run.steps
+    assert all(isinstance(run.steps[step]["seconds"], float | int) for step in run.steps)
+    assert Round.objects.get(pk=round_.pk).status == Round.Status.FROZEN
+    version = loop.get(run.version)
+    assert version.parent == "tiny-base" and version.round == round_.number and version.adapter == "adapter"
+    assert loop.status(run.version) == "serving" and 0 <= version.metrics["chair_i"] <= 1
+    with ServingClient(vllm_server.url) as client:
+        assert run.version in client.models()  # hot-loaded
+
+    next_round = Round.objects.get(number=round_.number + 1)
+    assert run.next_round == next_round and next_round.policy_version == run.version
+    job = Job.objects.get(kind=Job.Kind.GENERATE, params={"round_id": next_round.pk})
+    generate_candidates.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    models = {params["model"] for params in Candidate.objects.filter(round=next_round).values_list("params", flat=True)}
+    assert models == {run.version}  # the next round's candidates come from the new policy
+
+    with pytest.raises(CommandError, match="was trained already"):
+        call_command("train_round", "--inline", "--round", str(round_.number), *TRAIN_ARGS)
+    with pytest.raises(CommandError, match="no unfinished training run"):
+        call_command("train_round", "--inline", "--resume", "--round", str(round_.number), *TRAIN_ARGS)
+
+
+@pytest.mark.django_db
+def test_the_gate_keeps_a_worse_policy_out(loop: Registry, base_policy: Path, annotator: Any) -> None:
+    # The current version claims a perfect CHAIR_i: no trained policy can match it.
+    loop.register("tiny-base", base_model=str(base_policy), metrics={"chair_i": 0.0, "pope_f1": 1.0})
+    round_ = labelled_round(annotator, "tiny-base", scenes=12)
+    call_command("train_round", "--inline", *TRAIN_ARGS)
+    run = TrainingRun.objects.get()
+    gate = run.steps["gate"]["detail"]
+    assert gate["passed"] is False and gate["current"] == 0.0 and gate["new"] > 0.0
+    assert not run.deployed and loop.status(run.version) == "rejected"
+    assert run.steps["deploy"]["detail"]["deployed"] is False
+    assert run.next_round is not None and run.next_round.policy_version == "tiny-base"
+    assert round_.number + 1 == run.next_round.number
+
+
+@pytest.mark.django_db
+def test_bad_requests_are_refused(loop: Registry, base_policy: Path) -> None:
+    with pytest.raises(CommandError, match="no open round"):
+        call_command("train_round", "--inline")
+    with pytest.raises(CommandError, match="no round 9"):
+        call_command("train_round", "--inline", "--round", "9")
+    with pytest.raises(CommandError, match="no config file"):
+        call_command("train_round", "--inline", "--config", "/nonexistent.yaml")
+    with pytest.raises(CommandError, match="gate metric"):
+        call_command("train_round", "--inline", "--gate-metric", "bleu")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_killed_while_training_resumes_without_duplicates(
+    loop: Registry, base_policy: Path, annotator: Any, settings: Any, tmp_path: Path
+) -> None:
+    loop.register("tiny-base", base_model=str(base_policy), metrics={"chair_i": 1.0, "chair_s": 1.0, "pope_f1": 0.0})
+    round_ = labelled_round(annotator, "tiny-base", scenes=12)
+    from django.db import connection
+
+    env = clean_env(
+        DATABASE_URL=database_url(connection.settings_dict),
+        SECRET_KEY=settings.SECRET_KEY,
+        DEBUG="1",
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        FACTLOOP_MODEL_DIR=settings.FACTLOOP_MODEL_DIR,
+        FACTLOOP_TRAIN_DIR=settings.FACTLOOP_TRAIN_DIR,
+        FACTLOOP_VLLM_URL=settings.FACTLOOP_VLLM_URL,
+        OMP_NUM_THREADS="1",
+    )
+    output = open(tmp_path / "train_round.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [PYTHON, "manage.py", "train_round", "--inline", *TRAIN_ARGS, "--set", "epochs=3"],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            run = TrainingRun.objects.filter(round=round_).first()
+            if run and run.steps.get("train", {}).get("status") == "running" and Path(run.work_dir, "train").exists():
+                break
+            assert process.poll() is None, (tmp_path / "train_round.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("training never started")
+        time.sleep(3)  # inside the trainer
+        os.killpg(process.pid, signal.SIGKILL)  # the command and its trainer, as a killed worker
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        output.close()
+    run = TrainingRun.objects.get(round=round_)
+    assert run.status == TrainingRun.Status.RUNNING and not run.version and run.next_round is None
+    assert not (Path(run.work_dir) / "train" / "result.json").exists()
+
+    call_command("train_round", "--inline", "--resume")
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.deployed
+    assert [v.name for v in loop if v.round == round_.number] == [run.version]
+    assert Round.objects.filter(number__gt=round_.number).count() == 1
+    assert Job.objects.filter(kind=Job.Kind.GENERATE, params={"round_id": run.next_round_id}).count() == 1
+    assert TrainingRun.objects.count() == 1
