@@ -9,9 +9,20 @@ from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from annotation.models import Assignment, Correction, Image, Job, Judgement, Prompt, Round, RoundPrompt, Task
+from annotation.models import (
+    Assignment,
+    Correction,
+    Image,
+    Job,
+    Judgement,
+    Prompt,
+    Round,
+    RoundPrompt,
+    Task,
+    TrainingRun,
+)
 
 
 @admin.register(Job)
@@ -245,3 +256,42 @@ class CorrectionAdmin(ReadOnlyAdmin):
     @admin.display(description="spans")
     def span_count(self, correction: Correction) -> int:
         return len(correction.spans)
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(ReadOnlyAdmin):
+    """`train_round` runs: each step's status, time and outcome (annotation.training)."""
+
+    list_display = [
+        "id",
+        "round",
+        "method",
+        "status",
+        "step_reached",
+        "version",
+        "deployed",
+        "next_round",
+        "created_at",
+    ]
+    list_filter = ["status", "method", "deployed"]
+    readonly_fields = [field.name for field in TrainingRun._meta.fields] + ["step_table"]
+    exclude = ["steps"]
+
+    @admin.display(description="step")
+    def step_reached(self, run: TrainingRun) -> str:
+        unfinished = [name for name, entry in run.steps.items() if entry.get("status") != "done"]
+        return unfinished[0] if unfinished else ("all done" if run.steps else "-")
+
+    @admin.display(description="steps")
+    def step_table(self, run: TrainingRun) -> str:
+        from annotation.training import STEPS
+
+        rows = [
+            (name, entry.get("status", ""), entry.get("seconds", ""), entry.get("detail") or entry.get("error", ""))
+            for name in STEPS
+            if (entry := run.steps.get(name)) is not None
+        ]
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>", rows)
+        return format_html(
+            "<table><tr><th>step</th><th>status</th><th>seconds</th><th>outcome</th></tr>{}</table>", body
+        )

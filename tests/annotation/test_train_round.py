@@ -30,10 +30,10 @@ TRAIN_ARGS = ["--method", "ddpo", "--config", TOY_CONFIG, "--set", "epochs=1", "
 
 
 @pytest.fixture
-def loop(settings: Any, tmp_path: Path, base_policy: Path, vllm_server: Any) -> Registry:
+def loop(settings: Any, tmp_path: Path, base_policy: Path) -> Registry:
     settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
     settings.FACTLOOP_TRAIN_DIR = str(tmp_path / "training")
-    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    settings.FACTLOOP_VLLM_URL = "http://127.0.0.1:9"  # tests that deploy name their server
     settings.FACTLOOP_EVAL_SCENES = 24
     return Registry(settings.FACTLOOP_MODEL_DIR)
 
@@ -47,8 +47,14 @@ def labelled_round(annotator: Any, policy: str, *, scenes: int = 24) -> Round:
 
 @pytest.mark.django_db
 def test_a_round_trains_deploys_and_opens_the_next_on_the_new_policy(
-    loop: Registry, base_policy: Path, annotator: Any, vllm_server: Any, capsys: pytest.CaptureFixture[str]
+    loop: Registry,
+    base_policy: Path,
+    annotator: Any,
+    vllm_server: Any,
+    settings: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
     loop.register("tiny-base", base_model=str(base_policy))
     round_ = labelled_round(annotator, "tiny-base")
 
@@ -86,7 +92,9 @@ def test_a_round_trains_deploys_and_opens_the_next_on_the_new_policy(
 
 
 @pytest.mark.django_db
-def test_the_gate_keeps_a_worse_policy_out(loop: Registry, base_policy: Path, annotator: Any) -> None:
+def test_the_gate_keeps_a_worse_policy_out(
+    loop: Registry, base_policy: Path, annotator: Any, admin_client: Any
+) -> None:
     # The current version claims a perfect CHAIR_i: no trained policy can match it.
     loop.register("tiny-base", base_model=str(base_policy), metrics={"chair_i": 0.0, "pope_f1": 1.0})
     round_ = labelled_round(annotator, "tiny-base", scenes=12)
@@ -98,6 +106,10 @@ def test_the_gate_keeps_a_worse_policy_out(loop: Registry, base_policy: Path, an
     assert run.steps["deploy"]["detail"]["deployed"] is False
     assert run.next_round is not None and run.next_round.policy_version == "tiny-base"
     assert round_.number + 1 == run.next_round.number
+    page = admin_client.get(f"/admin/annotation/trainingrun/{run.pk}/change/").content.decode()
+    assert "<td>gate</td><td>done</td>" in page and "&#x27;passed&#x27;: False" in page
+    listing = admin_client.get("/admin/annotation/trainingrun/").content.decode()
+    assert run.version in listing and "all done" in listing
 
 
 @pytest.mark.django_db
@@ -114,8 +126,9 @@ def test_bad_requests_are_refused(loop: Registry, base_policy: Path) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_run_killed_while_training_resumes_without_duplicates(
-    loop: Registry, base_policy: Path, annotator: Any, settings: Any, tmp_path: Path
+    loop: Registry, base_policy: Path, annotator: Any, settings: Any, tmp_path: Path, vllm_server: Any
 ) -> None:
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
     loop.register("tiny-base", base_model=str(base_policy), metrics={"chair_i": 1.0, "chair_s": 1.0, "pope_f1": 0.0})
     round_ = labelled_round(annotator, "tiny-base", scenes=12)
     from django.db import connection
