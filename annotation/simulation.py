@@ -40,7 +40,7 @@ def oracle_submission(
     (_, original), *_ = candidates
     fixed = correct(scene, original, noise=noise, rng=rng)
     if fixed == original.strip() or not fixed:
-        return {"corrected": None, "no_hallucination": True}
+        return {"no_hallucination": True}
     return {"corrected": fixed}
 
 
@@ -63,6 +63,11 @@ def label_round(annotator: Any, *, noise: float = 0.0, seed: int = 0, limit: int
         if task.kind == "rank":
             submit_judgement(annotator, lease.pk, **body)
         else:
-            submit_correction(annotator, lease.pk, **body)
+            submit_correction(
+                annotator,
+                lease.pk,
+                corrected=body.get("corrected"),
+                no_hallucination=body.get("no_hallucination", False),
+            )
         done += 1
     return done
