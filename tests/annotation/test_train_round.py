@@ -93,13 +93,24 @@ def test_a_round_trains_deploys_and_opens_the_next_on_the_new_policy(
 
 @pytest.mark.django_db
 def test_the_gate_keeps_a_worse_policy_out(
-    loop: Registry, base_policy: Path, annotator: Any, admin_client: Any
+    loop: Registry, base_policy: Path, annotator: Any, admin_client: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Also the job path: without --inline the run is queued on the `train` queue."""
+    from annotation.tasks import train_round
+
     # The current version claims a perfect CHAIR_i: no trained policy can match it.
     loop.register("tiny-base", base_model=str(base_policy), metrics={"chair_i": 0.0, "pope_f1": 1.0})
     round_ = labelled_round(annotator, "tiny-base", scenes=12)
-    call_command("train_round", "--inline", *TRAIN_ARGS)
+    call_command("train_round", *TRAIN_ARGS)
+    queued = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    job = Job.objects.get(pk=queued["job"])
+    assert (job.kind, job.queue, job.status) == (Job.Kind.TRAIN, "train", Job.Status.QUEUED)
+    train_round.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert (job.progress_done, job.progress_total) == (8, 8) and job.result["deployed"] is False
     run = TrainingRun.objects.get()
+    assert run.job == job
     gate = run.steps["gate"]["detail"]
     assert gate["passed"] is False and gate["current"] == 0.0 and gate["new"] > 0.0
     assert not run.deployed and loop.status(run.version) == "rejected"
