@@ -83,11 +83,14 @@ class Job(models.Model):
     # the same job cannot both win, and the return value says whether this one did.
 
     @classmethod
-    def claim(cls, job_id: int, worker: str) -> bool:
-        """queued -> running. True only for the caller whose UPDATE changed the row."""
-        updated = cls.objects.filter(pk=job_id, status=cls.Status.QUEUED).update(
-            status=cls.Status.RUNNING, worker=worker[:255], started_at=timezone.now()
-        )
+    def claim(cls, job_id: int, worker: str, kind: str | None = None) -> bool:
+        """queued -> running. True only for the caller whose UPDATE changed the row. With
+        `kind`, only a job of that kind is claimed: a stale message (from another database,
+        or a row id reused) never starts work of another kind."""
+        rows = cls.objects.filter(pk=job_id, status=cls.Status.QUEUED)
+        if kind is not None:
+            rows = rows.filter(kind=kind)
+        updated = rows.update(status=cls.Status.RUNNING, worker=worker[:255], started_at=timezone.now())
         return updated == 1
 
     @classmethod

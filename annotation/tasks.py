@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def run_healthcheck(self: Task, job_id: int) -> None:
     """Proves that a worker consumes the job's queue and reaches the database."""
     worker = self.request.hostname or socket.gethostname()
-    if not Job.claim(job_id, worker):
+    if not Job.claim(job_id, worker, Job.Kind.HEALTHCHECK):
         log.info("healthcheck job %s: not queued (already run or gone); skipping", job_id)
         return
     delivery = self.request.delivery_info or {}
@@ -52,7 +52,7 @@ def generate_candidates(self: Task, job_id: int) -> None:
     from models.registry import Registry
     from models.serving import ServingClient, ServingError
 
-    if not Job.claim(job_id, self.request.hostname or socket.gethostname()):
+    if not Job.claim(job_id, self.request.hostname or socket.gethostname(), Job.Kind.GENERATE):
         log.info("generation job %s: not queued (already run or gone); skipping", job_id)
         return
     round_id = int(Job.objects.values_list("params", flat=True).get(pk=job_id)["round_id"])
@@ -84,7 +84,7 @@ def export_dataset(self: Task, job_id: int) -> None:
 
     from annotation.exporters import Selection, count_labels, export
 
-    if not Job.claim(job_id, self.request.hostname or socket.gethostname()):
+    if not Job.claim(job_id, self.request.hostname or socket.gethostname(), Job.Kind.EXPORT):
         log.info("export job %s: not queued (already run or gone); skipping", job_id)
         return
     params = Job.objects.values_list("params", flat=True).get(pk=job_id)
@@ -121,7 +121,7 @@ def train_round(self: Task, job_id: int) -> None:
     from annotation.models import TrainingRun
     from annotation.training import StepFailed, run_steps
 
-    if not Job.claim(job_id, self.request.hostname or socket.gethostname()):
+    if not Job.claim(job_id, self.request.hostname or socket.gethostname(), Job.Kind.TRAIN):
         log.info("training job %s: not queued (already run or gone); skipping", job_id)
         return
     run = TrainingRun.objects.get(pk=int(Job.objects.values_list("params", flat=True).get(pk=job_id)["run_id"]))

@@ -32,6 +32,19 @@ def test_only_one_claim_wins() -> None:
 
 
 @pytest.mark.django_db
+def test_a_message_of_another_kind_claims_nothing() -> None:
+    """A stale generation message whose id names a health check leaves it queued."""
+    from annotation.tasks import generate_candidates
+
+    job = make_job(kind=Job.Kind.HEALTHCHECK, queue="generate")
+    assert Job.claim(job.pk, "w", Job.Kind.GENERATE) is False
+    generate_candidates.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED
+    assert Job.claim(job.pk, "w", Job.Kind.HEALTHCHECK) is True
+
+
+@pytest.mark.django_db
 def test_state_changes_follow_the_lifecycle() -> None:
     job = make_job()
     assert Job.succeed(job.pk, {}) is False  # not running yet
