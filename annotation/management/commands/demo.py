@@ -58,7 +58,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="Port to serve on (default 8000).")
         parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2).")
         parser.add_argument("--loop", action="store_true", help="run the whole loop first (what `make demo` does)")
-        parser.add_argument("--scenes", type=int, default=60, help="--loop: toy scenes of round 1 (2 prompts each)")
+        parser.add_argument("--scenes", type=int, default=80, help="--loop: toy scenes of round 1 (2 prompts each)")
         parser.add_argument("--annotators", type=int, default=8, help="--loop: simulated annotators")
         parser.add_argument("--noise", type=float, default=0.1, help="--loop: the simulated annotators' noise")
         parser.add_argument(
@@ -206,7 +206,10 @@ class Command(BaseCommand):
         self.stdout.write(f"Round {first.number} is open; {options['annotators']} simulated annotators label it...")
         call_command("simulate_annotators", n=options["annotators"], noise=options["noise"], url=web, verbosity=0)
         self.stdout.write(f"Round {first.number}: train_round (DDPO), evaluate, gate, deploy...")
-        call_command("train_round", inline=True, method="ddpo", config=str(TOY_CONFIG), stdout=self.stdout)
+        # A small round: more passes over its pairs than bench/alignment.py's larger one needs.
+        call_command(
+            "train_round", inline=True, method="ddpo", config=str(TOY_CONFIG), set=["epochs=4"], stdout=self.stdout
+        )
         run = TrainingRun.objects.get(round=first)
         assert run.next_round is not None
         second = wait_open(run.next_round, 900, check=self._check_children_alive)
