@@ -119,7 +119,7 @@ def train_round(self: Task, job_id: int) -> None:
     """Run a training run's unfinished steps (annotation.training), reporting the step
     reached as progress. A failed step leaves the run resumable (`train_round --resume`)."""
     from annotation.models import TrainingRun
-    from annotation.training import StepFailed, run_steps
+    from annotation.training import StepFailed, TrainingRefused, run_steps
 
     if not Job.claim(job_id, self.request.hostname or socket.gethostname(), Job.Kind.TRAIN):
         log.info("training job %s: not queued (already run or gone); skipping", job_id)
@@ -127,7 +127,7 @@ def train_round(self: Task, job_id: int) -> None:
     run = TrainingRun.objects.get(pk=int(Job.objects.values_list("params", flat=True).get(pk=job_id)["run_id"]))
     try:
         run = run_steps(run, progress=lambda step, done, total: Job.report_progress(job_id, done, total))
-    except StepFailed as error:
+    except (StepFailed, TrainingRefused) as error:
         Job.fail(job_id, str(error))
         return
     Job.succeed(job_id, {"run": run.pk, "version": run.version, "deployed": run.deployed})

@@ -73,6 +73,8 @@ class Command(BaseCommand):
 
             try:
                 run = run_steps(run, progress=progress)
+            except TrainingRefused as error:
+                raise CommandError(str(error)) from None
             except StepFailed as error:
                 raise CommandError(f"{error}\nthe run is kept: `manage.py train_round --resume` finishes it") from None
         summary = {
