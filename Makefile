@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 # The services the test suite talks to (started by deploy/dev/ensure-services.sh).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/factloop
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+TINY_MODEL ?= var/models/tiny-base
 
 SERVING_VENV ?= .venv-serving
 SERVING_FLAVOUR ?= auto
 
-.PHONY: demo test lint install install-dev serving services chromium clean
+.PHONY: demo test lint install install-dev serving services chromium tiny clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +49,14 @@ chromium:
 demo: install serving
 	DEBUG=$${DEBUG:-1} $(PY) manage.py demo --loop --host $(HOST) --port $(PORT)
 
-test: install-dev serving services chromium
+# The tiny test model, built once (about 7 minutes, one thread) and reused while its spec
+# holds: the suite starts from it (a build inside a test would outlast the test timeout),
+# and `make demo` serves the same folder.
+tiny: install
+	OMP_NUM_THREADS=1 $(PY) -m models.cli build-tiny --out $(TINY_MODEL)
+
+test: install-dev serving services chromium tiny
+	FACTLOOP_TEST_TINY_MODEL=$${FACTLOOP_TEST_TINY_MODEL:-$(TINY_MODEL)} \
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	SECRET_KEY=factloop-test-suite-secret-key-not-for-production \
