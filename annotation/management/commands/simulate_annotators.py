@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from argparse import ArgumentParser
@@ -45,6 +46,7 @@ class Command(BaseCommand):
         if not 0 <= options["noise"] <= 1:
             raise CommandError("--noise must be between 0 and 1")
         url = options["url"].rstrip("/")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress bar
         try:
             httpx.get(f"{url}/healthz", timeout=10).raise_for_status()
         except httpx.HTTPError as error:
