@@ -218,10 +218,9 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     from rlhf.data import load_pairs
+    from rlhf.train_dpo import prepare_torch
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    prepare_torch(config)
     began = time.perf_counter()
     dataset = load_pairs(config.data, sources=["ranking"])
     train_ids, heldout_ids = split_pairs(dataset, config)

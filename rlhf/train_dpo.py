@@ -132,14 +132,40 @@ def load_policy(config: DPOTrainConfig) -> tuple[Any, Any]:
     return model, processor
 
 
+def prepare_torch(config: Any) -> None:
+    """A run's torch set-up: its CPU thread count (when set) and its seed."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+
+def common_trainer_arguments(config: Any, report_to: list[str] | None, **extra: Any) -> dict[str, Any]:
+    """The trl trainer arguments every run sets the same way (DPO here, GRPO/RLOO in
+    rlhf/train_rl.py): output, learning rate, logging, precision, seeds, data loading."""
+    return {
+        "output_dir": config.output_dir,
+        "learning_rate": config.learning_rate,
+        "logging_steps": config.logging_steps,
+        "report_to": ["tensorboard"] if report_to is None else report_to,
+        "remove_unused_columns": False,
+        "bf16": config.dtype == "bfloat16",
+        "fp16": config.dtype == "float16",
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": _has_accelerator(),
+        **extra,
+    }
+
+
 def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=config.output_dir,
         beta=config.beta,
         loss_type=["sigmoid"],
-        learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -147,19 +173,11 @@ def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = 
         # transformers 5: a float below 1 is a share of the steps.
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
-        logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
-        report_to=["tensorboard"] if report_to is None else report_to,
-        remove_unused_columns=False,  # the collator needs the spans
-        bf16=config.dtype == "bfloat16",
-        fp16=config.dtype == "float16",
         gradient_checkpointing=config.gradient_checkpointing,
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=_has_accelerator(),
-        **extra,
+        # remove_unused_columns is off (common_trainer_arguments): the collator needs the spans.
+        **common_trainer_arguments(config, report_to, **extra),
     )
 
 
@@ -171,13 +189,10 @@ def _has_accelerator() -> bool:
 
 def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     """The trainer of a run, ready to `.train()` (also used by the tests and benchmarks)."""
-    import torch
 
     from rlhf.data import load_pairs, make_collator
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    prepare_torch(config)
     dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)
     model, processor = load_policy(config)
     assert config.gamma is not None and config.normalize is not None

@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.config import ConfigError, RLTrainConfig, dump
-from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE, RESULT_FILE, git_revision
+from rlhf.train_dpo import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    RESULT_FILE,
+    common_trainer_arguments,
+    git_revision,
+    prepare_torch,
+)
 
 LOG_FILE = "log.jsonl"
 
@@ -263,9 +270,7 @@ class PPOTrainer:
             raise ConfigError(f"PPOTrainer runs method ppo, not {config.method!r}")
         self.config = config
         self.progress = progress
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
+        prepare_torch(config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.prompts = load_prompts(config.data, max_prompts=config.max_prompts)
         self.policy, self.processor = load_trainable_policy(config)
@@ -462,7 +467,6 @@ def _tensorboard(out: Path) -> Any:
 def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) -> Any:
     """trl's GRPOTrainer or RLOOTrainer on the export's prompts, rewarded by the same
     function as PPO (trl passes the images and `image_facts` to it as keyword arguments)."""
-    import torch
 
     from rlhf.data import load_prompts
 
@@ -474,15 +478,11 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
         from trl import RLOOTrainer as TrainerClass  # type: ignore[assignment]
     else:
         raise ConfigError(f"trl runs grpo or rloo, not {config.method!r}")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    prepare_torch(config)
     prompts = load_prompts(config.data, max_prompts=config.max_prompts)
     model, processor = load_trainable_policy(config)
     reward = reward_function(config, stop_ids(model, processor))
     args = ArgsClass(
-        output_dir=config.output_dir,
-        learning_rate=config.learning_rate,
         per_device_train_batch_size=config.rollout_batch_size,
         num_generations=config.num_generations,
         max_completion_length=config.max_new_tokens,
@@ -493,17 +493,10 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
         epsilon=config.clip,
         max_steps=config.steps,
         lr_scheduler_type="constant",
-        logging_steps=config.logging_steps,
-        report_to=["tensorboard"] if report_to is None else report_to,
         save_strategy="no",
-        remove_unused_columns=False,  # image_facts must reach the reward function
-        bf16=config.dtype == "bfloat16",
-        fp16=config.dtype == "float16",
         gradient_checkpointing=False,
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        # remove_unused_columns is off (common_trainer_arguments): image_facts must reach the reward.
+        **common_trainer_arguments(config, report_to),
     )
     return TrainerClass(
         model=model,
