@@ -162,10 +162,22 @@ def test_check_worker_refuses_bad_options_and_queues_nothing(options: dict[str, 
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("options", "message"), [({"port": 0}, "--port"), ({"web_workers": 0}, "--web-workers")])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"port": 0}, "--port"),
+        ({"web_workers": 0}, "--web-workers"),
+        ({"loop": True, "scenes": 0}, "--scenes"),
+        ({"loop": True, "annotators": 0}, "--annotators"),
+        ({"loop": True, "noise": 1.5}, "--noise"),
+    ],
+)
 def test_demo_refuses_bad_options(options: dict[str, Any], message: str) -> None:
     from django.core.management import call_command
     from django.core.management.base import CommandError
 
+    from annotation.models import Round
+
     with pytest.raises(CommandError, match=message):
         call_command("demo", **options)
+    assert not Round.objects.exists()  # refused before anything was set up

@@ -73,6 +73,10 @@ class Command(BaseCommand):
             raise CommandError("--port must be between 1 and 65535")
         if options["web_workers"] < 1:
             raise CommandError("--web-workers must be at least 1")
+        if options["scenes"] < 1 or options["annotators"] < 1:
+            raise CommandError("--scenes and --annotators must be at least 1")
+        if not 0 <= options["noise"] <= 1:
+            raise CommandError("--noise must be between 0 and 1")
         var_dir = Path(settings.VAR_DIR)
         log_dir = var_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
