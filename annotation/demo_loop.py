@@ -26,13 +26,21 @@ ROUND_SEED = 4321  # the loop's training scenes (held-out scenes have their own 
 
 
 def ensure_base_policy() -> str:
-    """Build (or reuse) the tiny base policy under FACTLOOP_MODEL_DIR (with a progress bar)
-    and register it."""
-    from models.cli import build_tiny
-    from models.registry import Registry, UnknownVersion
+    """The shipped tiny base policy, copied under FACTLOOP_MODEL_DIR and registered. It is
+    never rebuilt here: a shipped model that no longer matches its spec stops the demo."""
+    from django.core.management.base import CommandError
 
+    from models.registry import Registry, UnknownVersion
+    from models.tiny import SHIPPED, TinySpec, build_toy_model, problems
+
+    found = problems(SHIPPED, TinySpec())
+    if found:
+        raise CommandError(
+            f"the shipped tiny model at {SHIPPED} is not a build of the current spec ({'; '.join(found)}); "
+            "rebuild it with `make tiny` (about 10 minutes)"
+        )
     folder = Path(settings.FACTLOOP_MODEL_DIR) / "tiny-base"
-    build_tiny(folder)
+    build_toy_model(folder)  # a copy of the shipped files, or the identical copy already there
     registry = Registry(settings.FACTLOOP_MODEL_DIR)
     try:
         registry.get(BASE_VERSION)

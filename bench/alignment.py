@@ -14,15 +14,16 @@ Every policy is then measured on the same held-out scenes. Prints one row per me
 labels used, CHAIR_i, CHAIR_s, POPE F1 (mean of the random, popular and adversarial
 splits), mean response length in words, share of empty responses, training wall time.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py --model var/models/tiny-base
+    OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py
 
-Figures are measured side by side in one run; nothing here is asserted.
+Figures are measured side by side in one run; nothing here is asserted. The raw rows go to
+bench/results/alignment.json (--json), which the README's table and the base-figure test
+(tests/models/test_tiny.py) read.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import results
 from rlhf.config import RL_METHODS, RLTrainConfig, load_config, load_run_config
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ddpo.yaml"
@@ -52,7 +54,7 @@ def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="var/models/tiny-base", help="the base policy (folder or hub id)")
+    parser.add_argument("--model", default="models/tiny-base", help="the base policy (folder or hub id)")
     parser.add_argument(
         "--scenes",
         type=int,
@@ -72,7 +74,7 @@ def main() -> None:
     )
     parser.add_argument("--reward-model", type=Path, help="reuse this reward model (with --rankings)")
     parser.add_argument("--rankings", type=Path, help="the rankings export the reward model was trained on")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--json", type=Path, default=results.default_path("alignment"), help="raw rows (JSON)")
     parser.add_argument("--keep", type=Path, help="keep the pairs and adapters in this folder")
     args = parser.parse_args()
 
@@ -107,11 +109,13 @@ def main() -> None:
         file=sys.stderr,
     )
     rankings, reward_model, ranking_count = args.rankings, args.reward_model, 0
+    reward_accuracy: float | None = None
     if any(m in RL_METHODS for m in methods) and reward_model is None:
         rankings = work / "rankings"
         ranking_count, _ = ranking_export(model, processor, args.rm_scenes, rankings)
         scorer = train_reward_model(reward_config(args.model, rankings, work / "reward-model"))
         reward_model = Path(scorer.output_dir)
+        reward_accuracy = scorer.heldout_accuracy
         print(
             f"reward model: {ranking_count} rankings, held-out accuracy {scorer.heldout_accuracy:.3f}", file=sys.stderr
         )
@@ -158,9 +162,11 @@ def main() -> None:
             f"{row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['empty_share']:>6.2f} {row['seconds']:>8.0f} "
             f"{change:>+15.1%}"
         )
-    if args.json:
-        slim = [{k: v for k, v in row.items() if k not in ("examples",)} for row in rows]
-        args.json.write_text(json.dumps(slim, indent=2))
+    slim = [{k: v for k, v in row.items() if k not in ("examples",)} for row in rows]
+    payload = {"heldout": args.heldout, "responses": len(responses), "corrected": len(pairs), "rows": slim}
+    if reward_accuracy is not None:
+        payload["reward_model"] = {"rankings": ranking_count, "heldout_accuracy": reward_accuracy}
+    results.write(args.json, payload, model=args.model)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import results  # noqa: E402
+
 SECRET = "factloop-bench-secret-key-not-for-production-use"
 # Persistent connections and server-side binding: what README's "Production" recommends.
 DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/factloop_bench?conn_max_age=600&server_side_binding=true"
@@ -358,6 +360,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
     parser.add_argument("--var-dir", type=Path, default=REPO / "var" / "bench-annotate")
+    parser.add_argument("--json", type=Path, default=results.default_path("annotate"), help="raw rows (JSON)")
     args = parser.parse_args()
     counts = [int(n) for n in args.annotators.split(",")]
     args.var_dir.mkdir(parents=True, exist_ok=True)
@@ -395,6 +398,24 @@ def main() -> None:
     for *_, result, _, _ in rows:
         for error in result.errors[:5]:
             print("error:", error)
+    raw = []
+    for n, annotations, rate, result, audited, lost in rows:
+        nxt, sub = result.latencies("next"), result.latencies("submit")
+        raw.append(
+            {
+                "annotators": n,
+                "annotations": annotations,
+                "per_second": rate,
+                "ratio_to_one": rate / base_rate,
+                "next_ms": {q: percentile(nxt, q / 100) for q in (50, 95, 99)},
+                "submit_ms": {q: percentile(sub, q / 100) for q in (50, 95, 99)},
+                **lost,
+                "tasks_over_k": audited["tasks_over_k"],
+                "errors": len(result.errors),
+            }
+        )
+    settings = {"workers": args.workers, "threads": args.threads, "overlap": args.overlap, "think_ms": args.think_ms}
+    results.write(args.json, {"settings": settings, "rows": raw})
 
 
 if __name__ == "__main__":

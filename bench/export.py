@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import results as bench_results  # noqa: E402
 from bench.annotate import SECRET, _recreate_database  # noqa: E402
 
 DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/factloop_bench_export"
@@ -100,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="100000,1000000")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE)
+    parser.add_argument("--json", type=Path, default=bench_results.default_path("export"), help="raw rows (JSON)")
     args = parser.parse_args()
     results = []
     for n in (int(x) for x in args.rows.split(",")):
@@ -134,6 +136,8 @@ def main() -> None:
             f"{rows:>9} {seconds:>9.1f} {rows / seconds:>8.0f} {peak / 2**20:>9.1f} {size / 2**20:>11.1f}"
             f" {(rows / seconds) / (base[1] / base[2]):>13.2f} {peak / base[3]:>11.2f}"
         )
+    keys = ("requested", "rows", "seconds", "peak_rss_bytes", "output_bytes")
+    bench_results.write(args.json, {"rows": [dict(zip(keys, row, strict=True)) for row in results]})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Candidate generation throughput: FactLoop's Celery path vs vLLM directly vs transformers.
 
-    .venv/bin/python bench/generation.py --model var/models/tiny-base [--prompts 256] [--k 4]
+    .venv/bin/python bench/generation.py --model models/tiny-base [--prompts 256] [--k 4]
         [--concurrency 8] [--server-url URL]
 
 One batch of requests (P prompts of the toy world x K candidates, sampled at temperature 0.7,
@@ -33,6 +33,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench import results  # noqa: E402
 
 PROMPT = "Describe the image."
 
@@ -168,7 +170,7 @@ def through_celery(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="the model folder (the tiny model: var/models/tiny-base)")
+    parser.add_argument("--model", required=True, help="the model folder (the shipped tiny model: models/tiny-base)")
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--k", type=int, default=4, help="candidates per prompt")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -180,6 +182,7 @@ def main() -> None:
         "--broker-url", help="the Celery broker for (a), e.g. redis://127.0.0.1:6379/13 (default: the embedded one)"
     )
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--json", type=Path, default=results.default_path("generation"), help="raw rates (JSON)")
     args = parser.parse_args()
 
     images = scenes_png(args.prompts)
@@ -223,6 +226,15 @@ def main() -> None:
     if c is not None:
         print(f"b/c = {rate['(b) vLLM directly'] / rate['(c) transformers in-process']:.2f}")
     print(json.dumps({name: round(value, 1) for name, value in rate.items()}))
+    payload = {
+        "prompts": args.prompts,
+        "k": args.k,
+        "max_tokens": args.max_tokens,
+        "concurrency": args.concurrency,
+        "rows": {name: {"tokens": tokens, "seconds": seconds} for name, (tokens, seconds) in rows.items()},
+        "tokens_per_second": rate,
+    }
+    results.write(args.json, payload, model=args.model)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ temperature 1.0); the oracle ranks each two answers as a LLaVA-RLHF annotator wo
 hallucinations, then more helpful). The same pairs, split by image, train a reward model
 with fact augmentation (the scene's caption in its input, Fact-RLHF) and one without.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/reward_model.py --model var/models/tiny-base
+    OMP_NUM_THREADS=1 .venv/bin/python bench/reward_model.py
+
+The raw rows go to bench/results/reward_model.json (--json).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import results
 
 # LoRA on attention and MLP: on the 4-layer test-bed model, attention alone reached 0.73-0.81.
 BENCH_LORA = {
@@ -76,7 +80,7 @@ def reward_config(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="var/models/tiny-base")
+    parser.add_argument("--model", default="models/tiny-base")
     parser.add_argument("--scenes", type=int, default=1500, help="training scenes (2 prompts, 2 answers each)")
     parser.add_argument("--epochs", type=float, default=6.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -85,6 +89,7 @@ def main() -> None:
     )
     parser.add_argument("--fact-format", choices=("captions", "objects"), default="captions", help="what the facts say")
     parser.add_argument("--keep", type=Path, help="keep the pairs and models in this folder")
+    parser.add_argument("--json", type=Path, default=results.default_path("reward_model"), help="raw rows (JSON)")
     args = parser.parse_args()
 
     import torch
@@ -121,6 +126,26 @@ def main() -> None:
             f"{result.heldout_accuracy:>9.3f} {result.first_loss:>8.3f}->{result.last_loss:<8.3f}"
             f" {result.seconds:>8.0f}"
         )
+    payload = {
+        "scenes": args.scenes,
+        "rankings": count,
+        "tie_then_helpfulness": ties,
+        "settings": {"epochs": args.epochs, "learning_rate": args.learning_rate, "ties": args.ties},
+        "fact_format": args.fact_format,
+        "rows": [
+            {
+                "facts": augment,
+                "train_pairs": result.train_pairs,
+                "heldout_pairs": result.heldout_pairs,
+                "heldout_accuracy": result.heldout_accuracy,
+                "first_loss": result.first_loss,
+                "last_loss": result.last_loss,
+                "seconds": result.seconds,
+            }
+            for augment, result in rows
+        ],
+    }
+    results.write(args.json, payload, model=args.model)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Hallucination of the tiny base policy against untrained references, side by side.
 
-    .venv/bin/python bench/toy_policy.py --model var/models/tiny-base [--scenes 200]
+    .venv/bin/python bench/toy_policy.py [--model models/tiny-base] [--scenes 200]
 
 Rows: the base policy; "blind" (the base policy with its projector re-initialised: it
 speaks the grammar but never learnt to look); "random init" (every weight untrained).
 Columns: CHAIR_i, CHAIR_s, POPE F1 (mean of the three splits), POPE yes-ratio (random
-split), MMHal-style score, mean words. Ratios are against the blind reference.
+split), MMHal-style score, mean words. Ratios are against the blind reference. The raw
+rows go to bench/results/toy_policy.json (--json).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import results
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default="models/tiny-base")
     parser.add_argument("--scenes", type=int, default=200)
+    parser.add_argument("--json", type=Path, default=results.default_path("toy_policy"), help="raw rows (JSON)")
     args = parser.parse_args()
 
     import torch
@@ -47,8 +51,11 @@ def main() -> None:
             f"{r['mean_words']:>6.1f} {mentions:>9}"
         )
     base, blind = rows["base policy"], rows["blind"]
-    if blind["chair_i"]:
-        print(f"CHAIR_i base / blind = {base['chair_i'] / blind['chair_i']:.2f}")
+    ratio = base["chair_i"] / blind["chair_i"] if blind["chair_i"] else None
+    if ratio is not None:
+        print(f"CHAIR_i base / blind = {ratio:.2f}")
+    slim = {name: {k: v for k, v in r.items() if k != "examples"} for name, r in rows.items()}
+    results.write(args.json, {"scenes": args.scenes, "rows": slim, "chair_i_base_over_blind": ratio}, model=args.model)
 
 
 if __name__ == "__main__":

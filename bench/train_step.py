@@ -4,7 +4,7 @@ Each step = collate (DDPO adds span-to-token weights) + forward/backward of the 
 (DDPO adds a forward hook that scales the per-token log-probs) + optimizer step. The two
 methods alternate step by step so that drift in the machine's speed hits both alike.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --model var/models/tiny-base
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --model models/tiny-base
 
 `--model` takes any image-text-to-text checkpoint; the pairs come from the toy world, so
 a real checkpoint is timed on toy images and descriptions.
@@ -22,14 +22,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import results
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="var/models/tiny-base")
+    parser.add_argument("--model", default="models/tiny-base")
     parser.add_argument("--pairs", type=int, default=160, help="oracle pairs to build")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", type=Path, default=results.default_path("train_step"), help="raw timings (JSON)")
     args = parser.parse_args()
 
     import torch
@@ -102,6 +105,16 @@ def main() -> None:
         print(f"{method:<8} {collate:>8.1f} {update:>21.1f} {totals[method] * 1000:>8.1f}")
     print(f"DDPO / trl DPO step time: {totals['ddpo'] / totals['trl-dpo']:.3f}")
     print(f"FactLoop DPO (gamma 1) / trl DPO: {totals['dpo'] / totals['trl-dpo']:.3f}")
+    payload = {
+        "pairs": len(pairs),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "median_ms": {m: round(t * 1000, 2) for m, t in totals.items()},
+        "ddpo_over_trl_dpo": totals["ddpo"] / totals["trl-dpo"],
+        "dpo_over_trl_dpo": totals["dpo"] / totals["trl-dpo"],
+        "seconds": {m: parts for m, parts in times.items()},
+    }
+    results.write(args.json, payload, model=args.model)
 
 
 if __name__ == "__main__":

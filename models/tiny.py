@@ -16,22 +16,28 @@ torch and transformers are imported inside functions: importing `models` stays l
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
+import platform
 import random
+import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.toyworld import render
 from models.toyworld.render import BACKGROUND
 from models.toyworld.world import (
+    CLASSES,
     GRID,
     NUMBER_WORDS,
     PLURALS,
     POSITIONS,
+    Question,
     Scene,
     questions_for,
     sample_scenes,
@@ -63,11 +69,48 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
 )
 MANIFEST = "factloop-tiny.json"
+# The project's tiny base policy, built once and shipped with the repository: tests, the
+# demo and the benchmarks load these files; `build_toy_model --force` rebuilds them.
+SHIPPED = Path(__file__).resolve().parent / "tiny-base"
+# Validation scenes for choosing the checkpoint: their own seed and id prefix, apart from the
+# training scenes (seed `spec.seed`, "train") and the held-out scenes (rlhf.evaluate).
+VALIDATION_SEED = 20_011
+
+
+@dataclass(frozen=True)
+class Band:
+    """What a base policy must measure to serve as the test bed: it reads the image (POPE
+    well above the 0.667 of a model that always answers yes) yet keeps a measurable share of
+    hallucinated objects for alignment to remove (CHAIR above the floors), and never answers
+    with nothing."""
+
+    min_pope_f1: float = 0.8
+    chair_i: tuple[float, float] = (0.04, 0.5)
+    chair_s: tuple[float, float] = (0.15, 0.9)
+    max_empty_share: float = 0.0
+
+    def misses(self, metrics: Mapping[str, Any]) -> list[str]:
+        """The band's conditions the metrics fail, in words (empty: in band)."""
+        misses = []
+        if metrics["pope_f1"] < self.min_pope_f1:
+            misses.append(f"POPE F1 {metrics['pope_f1']:.3f} < {self.min_pope_f1}")
+        for name in ("chair_i", "chair_s"):
+            low, high = getattr(self, name)
+            if not low <= metrics[name] <= high:
+                misses.append(f"{name} {metrics[name]:.3f} outside [{low}, {high}]")
+        if metrics["empty_share"] > self.max_empty_share:
+            misses.append(f"empty answers {metrics['empty_share']:.2f} > {self.max_empty_share}")
+        return misses
+
+
+class OutOfBand(RuntimeError):
+    """No validated checkpoint of a build landed in the band; the message gives the figures."""
 
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Sizes of the tiny LLaVA and of its base-policy training. Defaults build in ~6 min on 2 cores."""
+    """Sizes of the tiny LLaVA and of its base-policy training, and how the shipped
+    checkpoint is chosen. A build takes about 10 minutes on one core (README)."""
 
     seed: int = 0
     image_size: int = 96
@@ -84,31 +127,54 @@ class TinySpec:
     vocab_size: int = 640
     max_positions: int = 512
     train_scenes: int = 2500
-    # The model learns to read the image late: at 2400 steps a build could still answer
-    # from the language prior alone (POPE yes-ratio 1.0, CHAIR_i 0.60, measured); by 6000
-    # it looks (POPE F1 0.91, CHAIR_i 0.13, CHAIR_s 0.44 on 200 held-out scenes) while
-    # keeping the ghost-object habit that alignment is meant to remove.
     steps: int = 6000
     batch_size: int = 24
-    learning_rate: float = 1.5e-3
-    # Learning-rate multiplier of the projector (and the vision tower when it trains).
+    # At 1.5e-3 (the earlier spec) whether a build ever learnt to read the image was luck: on
+    # one machine it answered every existence question from the language prior through 9000
+    # steps (POPE F1 0.58-0.67 on the validation scenes), on others it learnt to look at
+    # some point after 2400 steps. At 7.5e-4, with the clean first stage and the existence
+    # pairs below, builds of seeds 0 and 2 on that machine both read the image by step 3000
+    # (validation POPE F1 0.92 and 0.85) and stayed in band to the end (measured; README).
+    learning_rate: float = 7.5e-4
+    # Learning-rate multiplier of the projector (and the vision tower when it trains); at
+    # 10 the model never learnt to look (measured).
     vision_lr_scale: float = 3.0
     freeze_vision: bool = True
     warmup_steps: int = 60
-    # Share of short SFT answers (count, exist, colour) replaced by a plausible wrong one. At
-    # 0.2 a build on one machine answered every existence question "yes" (POPE yes-ratio 1.0,
-    # F1 0.667) while one elsewhere saw (0.907); at 0.1 the same machine's build sees (0.854).
+    # Steps of clean SFT (every answer right) before the biased data: see supervised_finetune.
+    clean_steps: int = 1500
+    # Share of short SFT answers (count, exist, colour) replaced by a plausible wrong one.
     error_rate: float = 0.1
     # Share of SFT descriptions given a ghost object from the scene's theme (a second ghost
     # follows with probability `second_ghost_rate`): the base policy's hallucination habit.
     describe_error_rate: float = 0.9
     second_ghost_rate: float = 0.6
-    # One thread: the build's arithmetic does not depend on the core count.
+    # Extra existence questions per training scene, each a pair (a present and an absent
+    # class), on top of the one question of each kind: POPE's skill gets its own signal.
+    existence_pairs: int = 1
+    # One thread: the build's arithmetic does not depend on the core count. It still depends
+    # on the CPU (vector kernels differ across CPU models): builds of the earlier spec on two
+    # machines of the same kind measured POPE F1 0.854 and 0.639, which is why the model
+    # ships with the repository and a build validates its checkpoints against the band.
     threads: int = 1
+    # Checkpoint choice: from `validate_from` on, every `validate_every` steps, the model is
+    # measured on `validation_scenes` validation scenes, and the latest checkpoint in band is
+    # kept (the end of the schedule when it is in band). With none in band by `steps`,
+    # training goes on at the schedule's final learning rate until one is, up to
+    # `max_steps`; then the build fails with every validation's figures.
+    validate_from: int = 3000
+    validate_every: int = 1000
+    max_steps: int = 9000
+    validation_scenes: int = 100
+    band: Band = field(default_factory=Band)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size or (self.image_size // self.patch_size) % GRID:
             raise ValueError("image_size / patch_size must be a multiple of the 3x3 grid")
+        if self.max_steps < self.steps:
+            raise ValueError("max_steps must be at least steps")
+        if self.validate_every < 1 or self.validation_scenes < 1:
+            raise ValueError("validate_every and validation_scenes must be at least 1")
         for name in ("error_rate", "describe_error_rate", "second_ghost_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
@@ -254,21 +320,33 @@ class Example:
     prompt: str
     answer: str
     wrong: bool
+    truth: str  # the right answer (the same as `answer` unless `wrong`)
+
+
+def _existence_pairs(rng: random.Random, scene: Scene, pairs: int) -> list[Question]:
+    """`pairs` existence questions about a present and an absent class each."""
+    absent = [cls for cls in CLASSES if cls not in scene.classes]
+    questions = []
+    for _ in range(pairs if absent else 0):
+        for cls in (rng.choice(sorted(scene.classes)), rng.choice(absent)):
+            questions.append(Question("exist", f"Is there a {cls} in the image?", cls))
+    return questions
 
 
 def sft_examples(scenes: Sequence[Scene], spec: TinySpec) -> list[Example]:
     rng = random.Random(spec.seed + 1)
     examples = []
     for index, scene in enumerate(scenes):
-        for question in questions_for(rng, scene):
-            answer, wrong = true_answer(scene, question), False
+        for question in [*questions_for(rng, scene), *_existence_pairs(rng, scene, spec.existence_pairs)]:
+            truth = true_answer(scene, question)
+            answer, wrong = truth, False
             rate = spec.describe_error_rate if question.kind == "describe" else spec.error_rate
             if rng.random() < rate:
                 ghosts = 2 if rng.random() < spec.second_ghost_rate else 1
                 candidate = wrong_answer(rng, scene, question, ghosts)
                 if candidate is not None:
                     answer, wrong = candidate, True
-            examples.append(Example(index, question.text, answer, wrong))
+            examples.append(Example(index, question.text, answer, wrong, truth))
     return examples
 
 
@@ -277,8 +355,11 @@ def prompt_text(processor: LlavaProcessor, question: str) -> str:
     return str(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
 
-def _encode(processor: LlavaProcessor, spec: TinySpec, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
-    """Token ids of prompt + answer + </s>, with the prompt length (labels start after it)."""
+def _encode(
+    processor: LlavaProcessor, spec: TinySpec, examples: Sequence[Example], *, truth: bool = False
+) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + answer (the right one with `truth`) + </s>, with the prompt
+    length (labels start after it)."""
     tokenizer = processor.tokenizer
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     encoded = []
@@ -291,7 +372,9 @@ def _encode(processor: LlavaProcessor, spec: TinySpec, examples: Sequence[Exampl
                 expanded.extend([image_id] * spec.image_tokens if token == image_id else [token])
             prompt_cache[example.prompt] = expanded
         prompt_ids = prompt_cache[example.prompt]
-        answer_ids = tokenizer(" " + example.answer, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(" " + (example.truth if truth else example.answer), add_special_tokens=False)[
+            "input_ids"
+        ]
         encoded.append(([*prompt_ids, *answer_ids, tokenizer.eos_token_id], len(prompt_ids)))
     return encoded
 
@@ -303,6 +386,75 @@ def pixel_values(processor: LlavaProcessor, scenes: Sequence[Scene], spec: TinyS
 
 
 ProgressFn = Callable[[int, int, float], None]
+# A policy's hallucination metrics on scenes (rlhf.evaluate.evaluate_toyworld): at least
+# chair_i, chair_s, pope_f1 and empty_share.
+Measure = Callable[[Any, Any, Sequence[Scene]], Mapping[str, Any]]
+
+
+def validation_scenes(spec: TinySpec) -> list[Scene]:
+    return sample_scenes(VALIDATION_SEED, spec.validation_scenes, prefix="validation")
+
+
+class CheckpointPicker:
+    """Measures the model at the spec's validation steps and keeps the latest checkpoint in
+    band (a copy of its weights in memory: the tiny model is ~4 MB)."""
+
+    def __init__(self, spec: TinySpec, measure: Measure, report: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.measure = measure
+        self.report = report
+        self.scenes = validation_scenes(spec)
+        self.history: list[dict[str, Any]] = []
+        self.chosen: dict[str, Any] | None = None
+        self._chosen_state: dict[str, Any] | None = None
+
+    def due(self, step: int) -> bool:
+        return step >= self.spec.validate_from and step % self.spec.validate_every == 0
+
+    def done(self, step: int) -> bool:
+        return step >= self.spec.steps and self.chosen is not None
+
+    def offer(self, step: int, model: Any, processor: Any) -> None:
+        import torch
+
+        model.eval()
+        # Generation seeds torch's global generator; training's own stream must not move.
+        with torch.random.fork_rng(devices=[]):
+            metrics = self.measure(model, processor, self.scenes)
+        model.train()
+        misses = self.spec.band.misses(metrics)
+        row = {
+            "step": step,
+            **{key: round(float(metrics[key]), 4) for key in ("chair_i", "chair_s", "pope_f1", "empty_share")},
+            "in_band": not misses,
+            "misses": misses,
+        }
+        self.history.append(row)
+        if self.report is not None:
+            self.report(self.table().splitlines()[-1])
+        if not misses:
+            self.chosen = row
+            self._chosen_state = copy.deepcopy(model.state_dict())
+
+    def restore(self, model: Any) -> None:
+        """Load the chosen checkpoint into `model`, or fail with every validation's figures."""
+        if self._chosen_state is None:
+            raise OutOfBand(
+                f"no checkpoint of the tiny model landed in the band {self.spec.band} on "
+                f"{len(self.scenes)} validation scenes by step {self.spec.max_steps}:\n{self.table()}"
+            )
+        model.load_state_dict(self._chosen_state)
+        model.eval()
+
+    def table(self) -> str:
+        lines = [f"{'step':>6} {'CHAIR_i':>8} {'CHAIR_s':>8} {'POPE F1':>8} {'empty':>6}  band"]
+        for row in self.history:
+            verdict = "in" if row["in_band"] else "out: " + "; ".join(row["misses"])
+            lines.append(
+                f"{row['step']:>6} {row['chair_i']:>8.3f} {row['chair_s']:>8.3f} {row['pope_f1']:>8.3f} "
+                f"{row['empty_share']:>6.2f}  {verdict}"
+            )
+        return "\n".join(lines)
 
 
 def _length_buckets(
@@ -328,13 +480,23 @@ def supervised_finetune(
     scenes: Sequence[Scene],
     spec: TinySpec,
     progress: ProgressFn | None = None,
+    picker: CheckpointPicker | None = None,
 ) -> list[float]:
-    """Train on the world's prompts; returns the loss of each step."""
+    """Train on the world's prompts; returns the loss of each step.
+
+    With a `picker`, training may run past `spec.steps` (up to `spec.max_steps`) until a
+    checkpoint is in band, and the model ends holding the chosen checkpoint's weights.
+    """
     import torch
 
     torch.manual_seed(spec.seed)
     examples = sft_examples(scenes, spec)
     encoded = _encode(processor, spec, examples)
+    # LLaVA's stage 1 aligns the projector on clean captions before instruction tuning (Liu
+    # et al., 2023, "Visual Instruction Tuning", sec. 4.2); here the first `clean_steps`
+    # steps train on the right answers only, so the model learns to look before it learns
+    # the biased errors (without it, whether a build ever read the image was luck).
+    clean = _encode(processor, spec, examples, truth=True) if spec.clean_steps else encoded
     pixels = pixel_values(processor, scenes, spec)
     pad = processor.tokenizer.pad_token_id
     # LLaVA trains the projector and the language model on a frozen vision tower. Here the
@@ -358,21 +520,24 @@ def supervised_finetune(
     def lr_at(step: int) -> float:
         if step < spec.warmup_steps:
             return (step + 1) / spec.warmup_steps
-        # Cosine decay to 5% over the remaining steps.
-        done = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
+        # Cosine decay to 5% over the remaining steps, then 5% for any steps past `steps`.
+        done = min(1.0, (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
     model.train()
     losses: list[float] = []
-    batches = _length_buckets(encoded, spec.batch_size, spec.steps, spec.seed)
+    last = spec.max_steps if picker is not None else spec.steps
+    # The first `steps` batches are the same whatever `last` is (the order only extends).
+    batches = _length_buckets(encoded, spec.batch_size, last, spec.seed)
     for step, batch in enumerate(batches):
-        width = max(len(encoded[i][0]) for i in batch)
+        source = clean if step < spec.clean_steps else encoded
+        width = max(len(source[i][0]) for i in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)  # (B, T)
         attention = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
         for row, index in enumerate(batch):
-            ids, prompt_len = encoded[index]
+            ids, prompt_len = source[index]
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
             attention[row, : len(ids)] = 1
@@ -385,7 +550,13 @@ def supervised_finetune(
         optimiser.zero_grad(set_to_none=True)
         losses.append(float(output.loss.detach()))
         if progress is not None:
-            progress(step + 1, spec.steps, losses[-1])
+            progress(step + 1, spec.steps if step < spec.steps else last, losses[-1])
+        if picker is not None and picker.due(step + 1):
+            picker.offer(step + 1, model, processor)
+            if picker.done(step + 1):
+                break
+    if picker is not None:
+        picker.restore(model)
     model.eval()
     return losses
 
@@ -459,52 +630,129 @@ def spec_fingerprint(spec: TinySpec) -> dict[str, Any]:
     return asdict(spec)
 
 
-def is_built(out: Path, spec: TinySpec) -> bool:
-    manifest = out / MANIFEST
-    if not manifest.exists():
-        return False
+def spec_hash(spec: TinySpec) -> str:
+    """SHA-256 of the spec's canonical JSON: the name of what a build was made from."""
+    canonical = json.dumps(spec_fingerprint(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a built model but its manifest, by name."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    return dict(json.loads((Path(folder) / MANIFEST).read_text()))
+
+
+def problems(out: Path, spec: TinySpec) -> list[str]:
+    """Why the folder is not a complete build of `spec` (empty: it is)."""
+    out = Path(out)
     try:
-        return bool(json.loads(manifest.read_text()).get("spec") == spec_fingerprint(spec))
-    except (OSError, ValueError):
-        return False
+        manifest = read_manifest(out)
+    except (OSError, ValueError) as error:
+        return [f"no readable {MANIFEST} in {out} ({error.__class__.__name__})"]
+    found = []
+    if manifest.get("spec_hash") != spec_hash(spec):
+        found.append(f"built from spec {str(manifest.get('spec_hash'))[:12]}, not {spec_hash(spec)[:12]}")
+    digests = file_digests(out)
+    for name, digest in (manifest.get("files") or {}).items():
+        if digests.get(name) != digest:
+            found.append(f"{name} is {'missing' if name not in digests else 'changed'}")
+    if not manifest.get("files"):
+        found.append("the manifest lists no files")
+    return found
+
+
+def is_built(out: Path, spec: TinySpec) -> bool:
+    return not problems(out, spec)
+
+
+def _install(out: Path, write: Callable[[Path], None]) -> None:
+    """Write a model folder next to `out` and rename it into place: `out` is either as it
+    was or complete."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_shipped(staging: Path) -> None:
+    shutil.copytree(SHIPPED, staging)
 
 
 def build_toy_model(
-    out: Path, spec: TinySpec | None = None, *, progress: ProgressFn | None = None, force: bool = False
+    out: Path,
+    spec: TinySpec | None = None,
+    *,
+    measure: Measure | None = None,
+    progress: ProgressFn | None = None,
+    report: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Build (or reuse) the tiny base policy at `out`; returns its manifest.
+    """The tiny base policy at `out`; returns its manifest.
 
-    Written to a sibling temporary folder and renamed into place, so `out` is either absent
-    or complete.
+    Reused when `out` already holds a build of `spec`, copied from the shipped model when
+    that is one, else built (always with `force`). With `measure`, the build chooses its
+    checkpoint on the validation scenes (`CheckpointPicker`) and raises `OutOfBand` with
+    the figures when none lands in the band; nothing is written then.
     """
-    import shutil
-
     import torch
 
     spec = spec or TinySpec()
-    out = Path(out)
-    if not force and is_built(out, spec):
-        return dict(json.loads((out / MANIFEST).read_text()))
+    out = Path(out).resolve()
+    if not force:
+        if is_built(out, spec):
+            return read_manifest(out)
+        if out != SHIPPED and is_built(SHIPPED, spec):
+            _install(out, _copy_shipped)
+            return read_manifest(out)
     torch.set_num_threads(spec.threads)
     started = time.monotonic()
     scenes = sample_scenes(spec.seed, spec.train_scenes, prefix="train")
     processor = build_processor(train_tokenizer(world_corpus(scenes, spec.seed), spec.vocab_size), spec)
     model = build_model(spec, processor)
-    losses = supervised_finetune(model, processor, scenes, spec, progress)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_pretrained(model, processor, staging)
-    manifest = {
+    picker = CheckpointPicker(spec, measure, report) if measure is not None else None
+    losses = supervised_finetune(model, processor, scenes, spec, progress, picker)
+    manifest: dict[str, Any] = {
         "kind": "factloop-tiny-llava",
         "spec": spec_fingerprint(spec),
+        "spec_hash": spec_hash(spec),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "steps_trained": len(losses),
+        "chosen_step": picker.chosen["step"] if picker and picker.chosen else len(losses),
+        "validation": picker.history if picker else [],
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "losses": losses[:: max(1, len(losses) // 200)],
         "build_seconds": round(time.monotonic() - started, 1),
+        "built_on": {"machine": platform.machine(), "processor": _cpu_name(), "torch": torch.__version__},
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+
+    def write(staging: Path) -> None:
+        staging.mkdir()
+        save_pretrained(model, processor, staging)
+        manifest["files"] = file_digests(staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    _install(out, write)
     return manifest
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

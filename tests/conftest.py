@@ -51,7 +51,7 @@ FACTLOOP_VARS = (
 
 
 # Set by the browser tests for their own process only.
-TEST_ONLY_VARS = ("DJANGO_ALLOW_ASYNC_UNSAFE", "FACTLOOP_TEST_TINY_MODEL")
+TEST_ONLY_VARS = ("DJANGO_ALLOW_ASYNC_UNSAFE",)
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -126,19 +126,18 @@ def fast_password_hashing(settings: Any) -> None:
 
 @pytest.fixture(scope="session")
 def base_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default tiny LLaVA build (about 3-4 minutes on 2 cores).
-
-    FACTLOOP_TEST_TINY_MODEL may name an earlier build to start from, for quick local runs:
-    build_toy_model reuses it only if its manifest matches the current spec exactly."""
+    """A copy of the tiny LLaVA shipped with the repository (models/tiny-base), so that no
+    test can change the shipped files. A shipped model that is not a build of the current
+    spec fails the session: rebuild it with `make tiny`."""
     import shutil
 
-    from models.tiny import build_toy_model
+    from models.tiny import SHIPPED, TinySpec, problems
 
+    found = problems(SHIPPED, TinySpec())
+    if found:
+        pytest.fail(f"the shipped tiny model is not a build of the current spec ({'; '.join(found)}): run `make tiny`")
     out = tmp_path_factory.mktemp("models") / "tiny-base"
-    earlier = os.environ.get("FACTLOOP_TEST_TINY_MODEL")
-    if earlier:
-        shutil.copytree(earlier, out)
-    build_toy_model(out)
+    shutil.copytree(SHIPPED, out)
     return out
 
 

@@ -46,11 +46,15 @@ def test_the_reward_models_input_has_the_facts_only_when_augmenting(base_policy:
     caption = json.loads(row["image_facts"])["captions"][0]
     on = processor.tokenizer.decode(encode(processor, [row], "chosen", "captions")["input_ids"][0])
     off = processor.tokenizer.decode(encode(processor, [row], "chosen", None)["input_ids"][0])
-    assert FACT_INSTRUCTION in on and caption in on
-    assert FACT_INSTRUCTION not in off and caption not in off
+    # The response may itself repeat the caption (a policy that describes the scene well
+    # does): what the facts add is one more copy of it, after the instruction.
+    assert FACT_INSTRUCTION in on and FACT_INSTRUCTION not in off
+    assert on.count(caption) == off.count(caption) + 1
+    assert on.split(FACT_INSTRUCTION, 1)[1].count(caption) >= 1
     objects = processor.tokenizer.decode(encode(processor, [row], "chosen", "objects")["input_ids"][0])
     names = json.loads(row["image_facts"])["classes"]
-    assert f"{FACT_INSTRUCTION} Objects: {', '.join(names)}." in objects and caption not in objects
+    assert f"{FACT_INSTRUCTION} Objects: {', '.join(names)}." in objects
+    assert objects.count(caption) == off.count(caption)
     assert reward_input(row["prompt"], {}, "captions") == row["prompt"]  # no facts: nothing added
 
 
