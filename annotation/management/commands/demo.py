@@ -6,7 +6,7 @@ and keeps running until Ctrl-C, when it stops its children.
 
 Without `--loop`, a fresh database gets a synthetic round of annotation work. With `--loop`
 (what `make demo` runs), the whole loop runs first (annotation/demo_loop.py): the tiny base
-policy is built or reused and served by vLLM on the CPU, round 1's candidates come from it,
+policy (shipped in models/tiny-base) is served by vLLM on the CPU, round 1's candidates come from it,
 simulated annotators label them over the HTTP API, `train_round` trains with DDPO and
 hot-loads the new policy, and round 2 opens on it for a person to annotate.
 """
@@ -162,14 +162,14 @@ class Command(BaseCommand):
         self.stdout.write(f"Opened {built.round}: {built.tasks} synthetic tasks on {built.images} toy-world images.")
 
     def _start_vllm(self, log_dir: Path) -> None:
-        """The tiny base policy (built or reused, and registered) served by vLLM at
+        """The tiny base policy (shipped, copied and registered) served by vLLM at
         FACTLOOP_VLLM_URL, LoRA enabled."""
         import urllib.parse
 
         from annotation.demo_loop import ensure_base_policy
         from models.server import ServerConfig, VLLMServer
 
-        self.stdout.write("Building or reusing the tiny base policy...")
+        self.stdout.write("Registering the shipped tiny base policy...")
         model = ensure_base_policy()
         address = urllib.parse.urlsplit(settings.FACTLOOP_VLLM_URL)
         config = ServerConfig(
