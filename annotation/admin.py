@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from annotation import jobs
 from annotation.models import (
     Assignment,
     Correction,
@@ -27,12 +28,34 @@ from annotation.models import (
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    """Jobs are written by workers only: the admin watches them."""
+    """Jobs are written by workers: the admin watches them, and retries or cancels them."""
 
-    list_display = ["id", "kind", "queue", "status", "progress", "worker", "created_at", "duration"]
+    list_display = ["id", "kind", "queue", "status", "progress", "attempts", "worker", "created_at", "duration"]
     list_filter = ["status", "kind", "queue"]
     date_hierarchy = "created_at"
     readonly_fields = [field.name for field in Job._meta.fields] + ["progress", "duration"]
+    actions = ["retry_jobs", "cancel_jobs"]
+
+    def _change_state(self, request: HttpRequest, queryset: Any, change: Any, verb: str) -> None:
+        changed, refused = [], []
+        for job_id in queryset.values_list("pk", flat=True):
+            try:
+                change(job_id, by=request.user)
+                changed.append(str(job_id))
+            except jobs.JobStateError as error:
+                refused.append(str(error))
+        if changed:
+            self.message_user(request, f"{verb}: job(s) {', '.join(changed)}.", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+
+    @admin.action(description="Retry the selected failed or cancelled jobs")
+    def retry_jobs(self, request: HttpRequest, queryset: Any) -> None:
+        self._change_state(request, queryset, jobs.retry, "Queued again")
+
+    @admin.action(description="Cancel the selected queued or running jobs")
+    def cancel_jobs(self, request: HttpRequest, queryset: Any) -> None:
+        self._change_state(request, queryset, jobs.cancel, "Cancelled")
 
     @admin.display(description="progress")
     def progress(self, job: Job) -> str:

@@ -7,8 +7,10 @@ permission the page needs. Text from annotators and models is escaped by the tem
 
 from __future__ import annotations
 
+import lzma
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,7 @@ from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
 from annotation.models import Candidate, Prompt, Round, RoundPrompt, Task, TaskCandidate
 
-# An uploaded archive may unpack to at most this much, in this many files (a zip bomb stops here).
-MAX_UNPACKED_BYTES = 4 * 1024**3
+# An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
 MAX_UNPACKED_FILES = 200_000
 
 
@@ -129,26 +130,58 @@ class ImportForm(forms.Form):
     skip_bad = forms.BooleanField(required=False, help_text="Import the good rows and report the bad ones.")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+SUPPORTED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def unpack(archive: Any, into: Path) -> None:
-    """Extract an uploaded zip, refusing paths that leave the folder, links, and archives
-    that unpack to more than MAX_UNPACKED_BYTES or MAX_UNPACKED_FILES."""
+    """Extract an uploaded zip member by member, streamed, refusing paths that leave the
+    folder, links, encrypted members, unknown compression, more than MAX_UNPACKED_FILES
+    members, an image over FACTLOOP_MAX_IMAGE_BYTES, and more than
+    FACTLOOP_MAX_IMPORT_BYTES in all. Sizes are counted as the bytes come out (the
+    headers can lie), so neither disk nor memory goes past the limits."""
+    total_limit, image_limit = settings.FACTLOOP_MAX_IMPORT_BYTES, settings.FACTLOOP_MAX_IMAGE_BYTES
+    written = 0
     try:
         with zipfile.ZipFile(archive) as zipped:
             members = zipped.infolist()
             if len(members) > MAX_UNPACKED_FILES:
                 raise ValidationError(f"the archive holds more than {MAX_UNPACKED_FILES} files")
-            if sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
-                raise ValidationError(f"the archive unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+            if sum(m.file_size for m in members) > total_limit:
+                raise ValidationError(f"the archive unpacks to more than {total_limit} bytes")
             root = into.resolve()
             for member in members:
-                target = (into / member.filename).resolve()
-                if not target.is_relative_to(root):
-                    raise ValidationError(f"{member.filename!r} would be written outside the import folder")
+                name = member.filename
+                target = (into / name).resolve()
+                if "\x00" in name or not target.is_relative_to(root):
+                    raise ValidationError(f"{name!r} would be written outside the import folder")
                 if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise ValidationError(f"{member.filename!r} is a symbolic link")
-            zipped.extractall(into)
+                    raise ValidationError(f"{name!r} is a symbolic link")
+                if member.flag_bits & 0x1:
+                    raise ValidationError(f"{name!r} is encrypted; upload an archive without a password")
+                if member.compress_type not in SUPPORTED_COMPRESSION:
+                    raise ValidationError(f"{name!r} uses an unsupported compression (method {member.compress_type})")
+            for member in members:
+                target = into / member.filename
+                if member.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                limit = image_limit if target.suffix.lower() in IMAGE_SUFFIXES else total_limit
+                target.parent.mkdir(parents=True, exist_ok=True)
+                size = 0
+                with zipped.open(member) as source, open(target, "wb") as out:
+                    while chunk := source.read(1 << 20):
+                        size += len(chunk)
+                        written += len(chunk)
+                        if size > limit:
+                            raise ValidationError(f"{member.filename!r} unpacks to more than {limit} bytes")
+                        if written > total_limit:
+                            raise ValidationError(f"the archive unpacks to more than {total_limit} bytes")
+                        out.write(chunk)
     except zipfile.BadZipFile as error:
         raise ValidationError(f"not a zip archive: {error}") from None
+    except (NotImplementedError, RuntimeError, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
+        raise ValidationError(f"a member of the archive cannot be unpacked: {error}") from None
 
 
 def _find(folder: Path, kind: str) -> Path:

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotation import queue, selectors, services
+from annotation import jobs, queue, selectors, services
 from annotation.models import Assignment, Job
 from annotation.roles import IsAdmin, IsAnnotator, role_name
 from annotation.serializers import (
@@ -41,6 +41,8 @@ def exception_handler(error: Exception, context: dict[str, Any]) -> Response | N
     that would be a bare 400 page)."""
     if isinstance(error, queue.Refused):
         return Response({"detail": error.message}, status=error.status)
+    if isinstance(error, jobs.JobStateError):
+        return Response({"detail": str(error)}, status=status.HTTP_409_CONFLICT)
     if isinstance(error, Assignment.DoesNotExist):
         # Someone else's assignment answers exactly like a missing one.
         return Response({"detail": "No such assignment of yours."}, status=status.HTTP_404_NOT_FOUND)
@@ -88,6 +90,29 @@ class JobDetailApi(APIView):
         return Response(JobOutput(job).data)
 
 
+class JobRetryApi(APIView):
+    """Queue a failed or cancelled job again (409 for a job in any other state)."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(request=None, responses={200: JobOutput, 409: None})
+    def post(self, request: Request, job_id: int) -> Response:
+        get_object_or_404(selectors.jobs(), pk=job_id)
+        return Response(JobOutput(jobs.retry(job_id, by=request.user)).data)
+
+
+class JobCancelApi(APIView):
+    """Cancel a queued or running job (409 for a finished one); a running job stops at its
+    next progress report."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(request=None, responses={200: JobOutput, 409: None})
+    def post(self, request: Request, job_id: int) -> Response:
+        get_object_or_404(selectors.jobs(), pk=job_id)
+        return Response(JobOutput(jobs.cancel(job_id, by=request.user)).data)
+
+
 class HealthcheckApi(APIView):
     """Queue a worker health check on one queue; poll the returned job for its result."""
 
@@ -97,7 +122,7 @@ class HealthcheckApi(APIView):
     def post(self, request: Request) -> Response:
         payload = HealthcheckInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        job = services.enqueue_job(Job.Kind.HEALTHCHECK, queue=payload.validated_data["queue"], created_by=request.user)
+        job = jobs.enqueue_job(Job.Kind.HEALTHCHECK, queue=payload.validated_data["queue"], created_by=request.user)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
 
 

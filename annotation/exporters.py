@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from annotation.models import Correction, Judgement, TaskCandidate
+from models.staging import staged
 from rlhf.data import assistant_turn, user_turns, write_manifest, write_pairs
 
 SCHEMA_VERSION = 1
@@ -491,13 +491,8 @@ def export(
     check_format(fmt, selection)
     if out.exists():
         raise FileExistsError(f"{out} exists; exports never overwrite (choose a new folder)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    # A staging folder left by a killed export (its process gone) is removed first.
+    with staged(out) as staging:
         counts = _WRITERS[fmt](selection, staging, progress)
         _manifest(staging, fmt, selection, counts)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return counts

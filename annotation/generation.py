@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
@@ -92,6 +93,9 @@ def _store(round_: Round, finished: list[tuple[RoundPrompt, list[str]]], model: 
     One transaction per batch of finished prompts rather than per prompt: a handful of
     queries whatever the batch size."""
     prompt_ids = [round_prompt.prompt_id for round_prompt, _ in finished]
+    # A response past the limit is cut there (its full length recorded): an annotator can
+    # still correct it, and nothing downstream meets an unbounded text.
+    limit = settings.FACTLOOP_MAX_RESPONSE_CHARS
     params = {"model": model, "temperature": sampling.temperature, "top_p": sampling.top_p}
     params |= {"max_tokens": sampling.max_tokens, "seed": sampling.seed}
     with transaction.atomic():
@@ -110,9 +114,9 @@ def _store(round_: Round, finished: list[tuple[RoundPrompt, list[str]]], model: 
                     round=round_,
                     prompt_id=round_prompt.prompt_id,
                     index=first + offset,
-                    text=text,
+                    text=text[:limit],
                     model_version=round_.policy_version,
-                    params=params,
+                    params=params | ({"clipped_from": len(text)} if len(text) > limit else {}),
                 )
                 for offset, text in enumerate(texts[:room])
             ]
@@ -170,45 +174,12 @@ def generate_round(
 
     sampling = _sampling(round_, 1)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate") as pool:
-        futures: dict[Future[tuple[list[str], int]], RoundPrompt] = {}
-        complete: list[tuple[RoundPrompt, list[str]]] = []
-        for round_prompt in todo:
-            missing = round_.candidates_per_prompt - have.get(round_prompt.prompt_id, 0)
-            if missing <= 0:
-                complete.append((round_prompt, []))
-            else:
-                futures[pool.submit(ask, round_prompt, missing)] = round_prompt
-        if complete:
-            _store(round_, complete, model, sampling)
-            report.done += len(complete)
-        pending = set(futures)
-        while pending:
-            # Store what finished in the last second as one batch: a write costs a few
-            # scheduling round-trips on a machine busy with inference, so few writes of many
-            # prompts keep up where one write per prompt fell behind (bench/generation.py).
-            finished, pending = wait(pending, timeout=STORE_EVERY_SECONDS, return_when=ALL_COMPLETED)
-            batch = []
-            for future in finished:
-                round_prompt = futures[future]
-                try:
-                    texts, tokens = future.result()
-                except (ServingError, OSError) as error:
-                    report.errors[round_prompt.prompt_id] = _fail(round_prompt, error)
-                    report.failed += 1
-                    log.warning("round %s prompt %s: %s", round_.number, round_prompt.prompt_id, error)
-                    continue
-                batch.append((round_prompt, texts))
-                report.completion_tokens += tokens
-            if batch:
-                try:
-                    report.candidates_created += _store(round_, batch, model, sampling)
-                    report.done += len(batch)
-                except IntegrityError as error:  # a concurrent run stored some of these first
-                    for round_prompt, _ in batch:
-                        report.errors[round_prompt.prompt_id] = _fail(round_prompt, error)
-                    report.failed += len(batch)
-            if progress is not None:
-                progress(report.done + report.failed, report.prompts)
+        try:
+            _collect(round_, todo, have, ask, pool, model, sampling, report, progress)
+        except BaseException:
+            # Stopped (the job cancelled or taken back): requests not yet sent are dropped.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     if not RoundPrompt.objects.filter(round=round_).exclude(status=RoundPrompt.Status.DONE).exists():
         # Every prompt has its candidates: the round's tasks (and its opening, if asked).
         from annotation.services import make_round_tasks
@@ -216,3 +187,56 @@ def generate_round(
         round_.refresh_from_db()
         report.tasks_created = make_round_tasks(round_)
     return report
+
+
+def _collect(
+    round_: Round,
+    todo: list[RoundPrompt],
+    have: dict[int, int],
+    ask: Callable[[RoundPrompt, int], tuple[list[str], int]],
+    pool: ThreadPoolExecutor,
+    model: str,
+    sampling: Sampling,
+    report: GenerationReport,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Send the missing requests to the pool and store their answers as they come."""
+    futures: dict[Future[tuple[list[str], int]], RoundPrompt] = {}
+    complete: list[tuple[RoundPrompt, list[str]]] = []
+    for round_prompt in todo:
+        missing = round_.candidates_per_prompt - have.get(round_prompt.prompt_id, 0)
+        if missing <= 0:
+            complete.append((round_prompt, []))
+        else:
+            futures[pool.submit(ask, round_prompt, missing)] = round_prompt
+    if complete:
+        _store(round_, complete, model, sampling)
+        report.done += len(complete)
+    pending = set(futures)
+    while pending:
+        # Store what finished in the last second as one batch: a write costs a few
+        # scheduling round-trips on a machine busy with inference, so few writes of many
+        # prompts keep up where one write per prompt fell behind (bench/generation.py).
+        finished, pending = wait(pending, timeout=STORE_EVERY_SECONDS, return_when=ALL_COMPLETED)
+        batch = []
+        for future in finished:
+            round_prompt = futures[future]
+            try:
+                texts, tokens = future.result()
+            except (ServingError, OSError) as error:
+                report.errors[round_prompt.prompt_id] = _fail(round_prompt, error)
+                report.failed += 1
+                log.warning("round %s prompt %s: %s", round_.number, round_prompt.prompt_id, error)
+                continue
+            batch.append((round_prompt, texts))
+            report.completion_tokens += tokens
+        if batch:
+            try:
+                report.candidates_created += _store(round_, batch, model, sampling)
+                report.done += len(batch)
+            except IntegrityError as error:  # a concurrent run stored some of these first
+                for round_prompt, _ in batch:
+                    report.errors[round_prompt.prompt_id] = _fail(round_prompt, error)
+                report.failed += len(batch)
+        if progress is not None:
+            progress(report.done + report.failed, report.prompts)

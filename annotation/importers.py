@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.utils import timezone
 
+from annotation import limits, services
 from annotation.models import Prompt
 from annotation.services import add_image, add_prompt, inspect_image
 
@@ -109,7 +109,8 @@ def _hf_dataset(path: Path) -> Any:
 
 
 def _hf_image(value: Any, folder: Path) -> bytes | str:
-    """The bytes of one undecoded image value, or why there are none."""
+    """The bytes of one undecoded image value, or why there are none. A path must lie
+    inside the dataset's folder: a dataset cannot make the server read its other files."""
     if isinstance(value, list):
         if len(value) != 1:
             return f"expected one image, found {len(value)}"
@@ -117,12 +118,23 @@ def _hf_image(value: Any, folder: Path) -> bytes | str:
     if not isinstance(value, dict):
         return "no image"
     if value.get("bytes"):
-        return bytes(value["bytes"])
-    if value.get("path"):
-        path = Path(value["path"])
-        path = path if path.is_absolute() else folder / path
-        return path.read_bytes() if path.is_file() else f"missing file {value['path']!r}"
+        data = bytes(value["bytes"])
+        limit = settings.FACTLOOP_MAX_IMAGE_BYTES
+        return data if len(data) <= limit else f"image is {len(data)} bytes; the limit is {limit}"
+    if isinstance(value.get("path"), str) and value["path"]:
+        path = _image_in(folder, value["path"], "dataset")
+        return path if isinstance(path, str) else _read_image(path)
     return "no image"
+
+
+def _read_image(path: Path) -> bytes | str:
+    """The file's bytes, or why not: its size is checked before it is read, so a huge file
+    costs no memory."""
+    limit = settings.FACTLOOP_MAX_IMAGE_BYTES
+    size = path.stat().st_size
+    if size > limit:
+        return f"image {path.name!r} is {size} bytes; the limit is {limit}"
+    return path.read_bytes()
 
 
 def _last_user_text(prompt: Any) -> tuple[str, list[dict[str, str]]] | str:
@@ -157,8 +169,8 @@ def read_hf_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             row["prompt"], row["context"] = parsed
         if isinstance(row.get("facts"), str):
             try:
-                row["facts"] = json.loads(row["facts"])
-            except json.JSONDecodeError as error:
+                row["facts"] = limits.loads(row["facts"])
+            except ValueError as error:  # json.JSONDecodeError or limits.TooDeep
                 yield number + 1, f"facts is not valid JSON: {error}"
                 continue
         row["image"] = f"{path.name}[{number}]"
@@ -174,37 +186,66 @@ def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield from read_hf_rows(path)
         return
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            for number, record in enumerate(csv.DictReader(handle), start=1):
-                row: dict[str, Any] = {k: v for k, v in record.items() if k is not None and v not in (None, "")}
-                for key in ("facts", "context"):
-                    if key in row:
-                        try:
-                            row[key] = json.loads(row[key])
-                        except json.JSONDecodeError as error:
-                            yield number, f"{key} is not valid JSON: {error}"
-                            break
-                else:
-                    yield number, row
+        yield from _read_csv(path)
         return
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"{path}: a manifest is a .jsonl or a .csv file")
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
+                value = limits.loads(line)
+            except ValueError as error:  # json.JSONDecodeError or limits.TooDeep
                 yield number, f"not valid JSON: {error}"
                 continue
             yield number, value if isinstance(value, dict) else "not a JSON object"
 
 
-def _image_in(folder: Path, name: str) -> Path | str:
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()):
-        return f"image {name!r} is outside the images folder"
+def _field_limit() -> int:
+    """The longest CSV field worth reading: the largest text limit (as JSON, escapes and all)."""
+    texts = (settings.FACTLOOP_MAX_PROMPT_CHARS, settings.FACTLOOP_MAX_CONTEXT_CHARS, settings.FACTLOOP_MAX_FACTS_CHARS)
+    return 8 * max(texts)
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    csv.field_size_limit(_field_limit())
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        records = csv.DictReader(handle)
+        number = 0
+        while True:
+            number += 1
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except csv.Error as error:  # a field over the limit: this row only (the reader goes on)
+                yield number, f"not a readable CSV row: {error}"
+                continue
+            row: dict[str, Any] = {k: v for k, v in record.items() if k is not None and v not in (None, "")}
+            for key in ("facts", "context"):
+                if key in row:
+                    try:
+                        row[key] = limits.loads(row[key])
+                    except ValueError as error:
+                        yield number, f"{key} is not valid JSON: {error}"
+                        break
+            else:
+                yield number, row
+
+
+def _image_in(folder: Path, name: str, what: str = "images") -> Path | str:
+    """The file `name` names inside `folder`, or why not. A name that leads outside (an
+    absolute path, `..`, a link pointing out) is refused without looking at what is
+    there, so the answer tells nothing about the server's other files."""
+    if "\x00" in name:
+        return "image path contains a NUL character"
+    if Path(name).is_absolute():
+        return f"image path {name!r} is outside the {what} folder"
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        return f"image path {name!r} is outside the {what} folder"
     if not path.is_file():
         return f"missing file {name!r}"
     return path
@@ -214,6 +255,8 @@ def _check(number: int, row: dict[str, Any], folder: Path | None) -> _Good | str
     for key in ("image", "prompt"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             return f"missing field {key!r}"
+    if problems := limits.prompt_problems(row["prompt"], row.get("context"), row.get("facts")):
+        return "; ".join(problems)
     if "_bytes" in row:
         data, load = row["_bytes"], row["_load"]
     else:
@@ -221,7 +264,10 @@ def _check(number: int, row: dict[str, Any], folder: Path | None) -> _Good | str
         path = _image_in(folder, row["image"])
         if isinstance(path, str):
             return path
-        data, load = path.read_bytes(), path.read_bytes
+        read = _read_image(path)
+        if isinstance(read, str):
+            return read
+        data, load = read, path.read_bytes
     split = row.get("split", Prompt.Split.TRAIN)
     if split not in Prompt.Split.values:
         return f"unknown split {split!r} (train or heldout)"
@@ -268,7 +314,7 @@ def import_prompts(manifest: Path, images: Path | None = None, *, skip_bad: bool
     if report.problems and not skip_bad:
         raise ImportFailed(report)
     images_before: set[int] = set()
-    with transaction.atomic():
+    with services.atomic_with_files():
         for item in good:
             data = item.load()
             if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != item.sha256:
@@ -351,8 +397,8 @@ def _rlhf_v_entry(item: dict[str, Any]) -> tuple[str, str, list[dict[str, str]],
     text = item.get("text")
     if isinstance(text, str):
         try:
-            text = json.loads(text)
-        except json.JSONDecodeError as error:
+            text = limits.loads(text)
+        except ValueError as error:
             return f"text is not valid JSON: {error}"
     if not isinstance(text, dict):
         return 'text must be {"question", "chosen", "rejected"}'
@@ -370,10 +416,16 @@ def _check_entry(number: int, item: Any, parse: Callable[[dict[str, Any]], Any],
     if isinstance(parsed, str):
         return parsed
     name, prompt, context, first, second, preference, hallucination = parsed
+    problems = limits.prompt_problems(prompt, context)
+    problems += [p for key, text in (("first", first), ("second", second)) if (p := limits.response_problem(key, text))]
+    if problems:
+        return "; ".join(problems)
     found = _image_in(folder, name)
     if isinstance(found, str):
         return found
-    data = found.read_bytes()
+    data = _read_image(found)
+    if isinstance(data, str):
+        return data
     try:
         inspect_image(data, name)
     except ValidationError as error:
@@ -388,7 +440,6 @@ def import_labels(
     """Import a llava-rlhf or rlhf-v JSON file (a list of entries) as one frozen round;
     image paths are relative to `images` (default: the file's folder). Returns the report
     and the new round's number (None when nothing was imported)."""
-    from annotation import services
     from annotation import spans as span_diff
     from annotation.models import Assignment, Correction, Judgement, Round, Task, TaskCandidate
 
@@ -396,8 +447,8 @@ def import_labels(
         raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(LABEL_FORMATS)}")
     folder = images or path.parent
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        items = limits.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ValueError(f"{path}: not a readable JSON file: {error}") from None
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of entries")
@@ -424,7 +475,7 @@ def import_labels(
         user.save(update_fields=["password"])
     now = timezone.now()
     seen_images: set[int] = set()
-    with transaction.atomic():
+    with services.atomic_with_files():
         round_ = services.create_round(policy_version=f"import:{fmt}:{path.name}"[:255])
         Round.objects.filter(pk=round_.pk).update(
             status=Round.Status.FROZEN, frozen_at=now, task_kinds=[kind], candidates_per_prompt=2

@@ -30,8 +30,9 @@ class Job(models.Model):
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
-    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     queue = models.CharField(max_length=32, help_text="The Celery queue the job was sent to.")
@@ -48,6 +49,13 @@ class Job(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the worker running the job last said it was alive."
+    )
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="How many times a worker claimed the job.")
+    history = models.JSONField(
+        default=list, blank=True, help_text="Recoveries, retries and cancellations: when, what, why, by whom."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -57,7 +65,7 @@ class Job(models.Model):
                 name="job_progress_within_total",
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["succeeded", "failed"], finished_at__isnull=False)
+                condition=Q(status__in=["succeeded", "failed", "cancelled"], finished_at__isnull=False)
                 | Q(status__in=["queued", "running"], finished_at__isnull=True),
                 name="job_finished_at_iff_finished",
             ),
@@ -90,14 +98,30 @@ class Job(models.Model):
         rows = cls.objects.filter(pk=job_id, status=cls.Status.QUEUED)
         if kind is not None:
             rows = rows.filter(kind=kind)
-        updated = rows.update(status=cls.Status.RUNNING, worker=worker[:255], started_at=timezone.now())
+        now = timezone.now()
+        updated = rows.update(
+            status=cls.Status.RUNNING, worker=worker[:255], started_at=now, heartbeat_at=now, attempts=F("attempts") + 1
+        )
         return updated == 1
 
     @classmethod
-    def report_progress(cls, job_id: int, done: int, total: int) -> None:
+    def report_progress(cls, job_id: int, done: int, total: int) -> bool:
+        """Record progress; False when the job is no longer running (cancelled, or taken
+        back from a worker presumed dead), which tells the caller to stop."""
         if total < 0 or done < 0 or (total and done > total):
             raise ValueError(f"progress {done}/{total} is out of range")
-        cls.objects.filter(pk=job_id, status=cls.Status.RUNNING).update(progress_done=done, progress_total=total)
+        return (
+            cls.objects.filter(pk=job_id, status=cls.Status.RUNNING).update(
+                progress_done=done, progress_total=total, heartbeat_at=timezone.now()
+            )
+            == 1
+        )
+
+    @classmethod
+    def beat(cls, job_id: int, worker: str) -> bool:
+        """The worker running the job is alive; False when the job is no longer its own."""
+        rows = cls.objects.filter(pk=job_id, status=cls.Status.RUNNING, worker=worker[:255])
+        return rows.update(heartbeat_at=timezone.now()) == 1
 
     @classmethod
     def succeed(cls, job_id: int, result: dict[str, Any]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
 from annotation.models import Assignment, Correction, Job, Task
@@ -39,6 +40,9 @@ class JobOutput(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "duration_seconds",
+            "heartbeat_at",
+            "attempts",
+            "history",
         ]
         read_only_fields = fields
 
@@ -55,7 +59,6 @@ class HealthcheckInput(serializers.Serializer):
 # ---------------------------------------------------------------------------------------
 # Annotation
 
-MAX_TEXT = 20_000
 MAX_RATIONALE = 5_000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 
@@ -144,13 +147,18 @@ class JudgementOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+def max_corrected_chars() -> int:
+    """A correction may be up to twice the longest candidate (FACTLOOP_MAX_RESPONSE_CHARS)."""
+    return 2 * int(settings.FACTLOOP_MAX_RESPONSE_CHARS)
+
+
 class CorrectionInput(serializers.Serializer):
     corrected = serializers.CharField(
         required=False,
         allow_blank=True,
         trim_whitespace=False,
-        max_length=MAX_TEXT,
-        help_text="The rewritten response.",
+        max_length=max_corrected_chars(),
+        help_text="The rewritten response (up to twice FACTLOOP_MAX_RESPONSE_CHARS characters).",
     )
     no_hallucination = serializers.BooleanField(default=False)
     span_categories = serializers.ListField(
@@ -190,7 +198,7 @@ class CorrectionOutput(serializers.Serializer):
 
 
 class DiffInput(serializers.Serializer):
-    corrected = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=MAX_TEXT)
+    corrected = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=max_corrected_chars())
 
 
 class DiffOutput(serializers.Serializer):

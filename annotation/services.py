@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
 import random
 import secrets
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,11 +18,13 @@ from django.contrib.auth.models import AbstractUser, Group
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
 from annotation import spans as span_diff
+from annotation.jobs import enqueue_job
 from annotation.models import (
     Assignment,
     Candidate,
@@ -37,31 +41,8 @@ from annotation.models import (
 )
 from annotation.queue import Refused, check_live, own_assignment
 from annotation.roles import ANNOTATORS_GROUP
-from webapp.celery import QUEUES
 
 Role = Literal["annotator", "admin"]
-
-
-# ---------------------------------------------------------------------------------------
-# Jobs
-
-
-def enqueue_job(kind: Job.Kind, *, queue: str, params: dict[str, Any] | None = None, created_by: Any = None) -> Job:
-    """Create a Job row and send its task once the surrounding transaction commits.
-
-    Sending on commit matters twice over: a worker never receives the id of a row it cannot
-    see yet, and a rolled-back transaction sends nothing.
-    """
-    from annotation.tasks import task_for_kind
-
-    if queue not in QUEUES:
-        raise ValueError(f"unknown queue {queue!r}; expected one of {', '.join(QUEUES)}")
-    task = task_for_kind(kind)
-    with transaction.atomic():
-        job = Job.objects.create(kind=kind, queue=queue, params=params or {}, created_by=created_by)
-        job_id = job.pk
-        transaction.on_commit(lambda: task.apply_async(args=(job_id,), queue=queue))
-    return job
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,9 +149,32 @@ def add_image(data: bytes, *, facts: dict[str, Any] | None = None, source: str =
         image.file.name = name
     else:
         image.file.save(name.rsplit("/", 1)[-1], ContentFile(data), save=False)
+        if (written := _NEW_FILES.get()) is not None:
+            written.append(image.file.name)
     with transaction.atomic():
         image.save()
     return image
+
+
+_NEW_FILES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("new_image_files", default=None)
+
+
+@contextmanager
+def atomic_with_files() -> Iterator[None]:
+    """transaction.atomic() for work that stores images: when it rolls back, the image files
+    it wrote (and no row references) are deleted too, so a refused import leaves no orphans."""
+    written: list[str] = []
+    token = _NEW_FILES.set(written)
+    try:
+        with transaction.atomic():
+            yield
+    except BaseException:
+        kept = set(Image.objects.filter(file__in=written).values_list("file", flat=True))
+        for name in set(written) - kept:
+            default_storage.delete(name)
+        raise
+    finally:
+        _NEW_FILES.reset(token)
 
 
 def add_prompt(

@@ -1,7 +1,9 @@
-"""Celery tasks. Each takes ids, claims its Job row, calls a service and records the outcome.
+"""Celery tasks. Each takes a job id, claims its Job row, runs under a heartbeat, calls a
+service and records the outcome (annotation/jobs.py).
 
 A task is safe to run twice: a second delivery finds the job no longer `queued` and does
-nothing.
+nothing. A task whose job is cancelled or taken back while it runs stops at its next
+progress report and writes nothing.
 """
 
 from __future__ import annotations
@@ -9,37 +11,77 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import worker_ready
 from django.db import connection
+from django.utils import timezone
 
+from annotation import jobs
 from annotation.models import Job
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name="annotation.healthcheck")
-def run_healthcheck(self: Task, job_id: int) -> None:
+class JobFailed(Exception):
+    """The job cannot be done; the message is recorded as its error."""
+
+
+Body = Callable[[Task, int, dict[str, Any], Callable[[int, int], None]], dict[str, Any]]
+
+
+def job_task(kind: Job.Kind) -> Callable[[Body], Task]:
+    """A Celery task named after the job kind (jobs.task_name) around `body(task, job_id,
+    params, progress) -> result`: claim, heartbeat, then succeed, or fail on JobFailed."""
+
+    def register(body: Body) -> Task:
+        def run(self: Task, job_id: int) -> None:
+            worker = self.request.hostname or socket.gethostname()
+            if not Job.claim(job_id, worker, kind):
+                log.info("%s job %s: not queued (already run, gone or cancelled); skipping", kind, job_id)
+                return
+            params = Job.objects.values_list("params", flat=True).get(pk=job_id)
+            with jobs.Heartbeat(job_id, worker) as heartbeat:
+                try:
+                    result = body(self, job_id, params, jobs.reporter(job_id, heartbeat))
+                except JobFailed as error:
+                    Job.fail(job_id, str(error))
+                    return
+                except jobs.JobLost as lost:
+                    log.warning("%s job %s: %s; stopping", kind, job_id, lost)
+                    return
+            Job.succeed(job_id, result)
+
+        run.__name__ = run.__qualname__ = body.__name__
+        run.__doc__ = body.__doc__
+        task: Task = shared_task(bind=True, name=jobs.task_name(kind))(run)
+        return task
+
+    return register
+
+
+@job_task(Job.Kind.HEALTHCHECK)
+def run_healthcheck(
+    self: Task, job_id: int, params: dict[str, Any], progress: Callable[[int, int], None]
+) -> dict[str, Any]:
     """Proves that a worker consumes the job's queue and reaches the database."""
-    worker = self.request.hostname or socket.gethostname()
-    if not Job.claim(job_id, worker, Job.Kind.HEALTHCHECK):
-        log.info("healthcheck job %s: not queued (already run or gone); skipping", job_id)
-        return
     delivery = self.request.delivery_info or {}
-    result: dict[str, Any] = {
-        "worker": worker,
+    progress(1, 1)
+    return {
+        "worker": self.request.hostname or socket.gethostname(),
         "pid": os.getpid(),
         "queue": delivery.get("routing_key", ""),
         "database": connection.vendor,
         "broker": str(self.app.conf.broker_url).split(":", 1)[0],
     }
-    Job.report_progress(job_id, 1, 1)
-    Job.succeed(job_id, result)
 
 
-@shared_task(bind=True, name="annotation.generate_candidates")
-def generate_candidates(self: Task, job_id: int) -> None:
+@job_task(Job.Kind.GENERATE)
+def generate_candidates(
+    self: Task, job_id: int, params: dict[str, Any], progress: Callable[[int, int], None]
+) -> dict[str, Any]:
     """Fill a round's missing candidates from the serving model (annotation.generation).
 
     Requests that fail after the client's retries mark their prompt failed and the others
@@ -52,42 +94,35 @@ def generate_candidates(self: Task, job_id: int) -> None:
     from models.registry import Registry
     from models.serving import ServingClient, ServingError
 
-    if not Job.claim(job_id, self.request.hostname or socket.gethostname(), Job.Kind.GENERATE):
-        log.info("generation job %s: not queued (already run or gone); skipping", job_id)
-        return
-    round_id = int(Job.objects.values_list("params", flat=True).get(pk=job_id)["round_id"])
     try:
         with ServingClient(settings.FACTLOOP_VLLM_URL) as client:
             report = generate_round(
-                round_id,
+                int(params["round_id"]),
                 client=client,
                 registry=Registry(settings.FACTLOOP_MODEL_DIR),
                 concurrency=settings.FACTLOOP_GENERATE_CONCURRENCY,
-                progress=lambda done, total: Job.report_progress(job_id, done, total),
+                progress=progress,
             )
     except (Refused, ServingError) as error:
-        Job.fail(job_id, str(error))
-        return
+        raise JobFailed(str(error)) from error
     if report.failed and report.done == 0:
-        Job.fail(job_id, f"no prompt could be generated: {next(iter(report.errors.values()))}")
-        return
-    Job.succeed(job_id, report.as_dict())
+        raise JobFailed(f"no prompt could be generated: {next(iter(report.errors.values()))}")
+    return report.as_dict()
 
 
-@shared_task(bind=True, name="annotation.export_dataset")
-def export_dataset(self: Task, job_id: int) -> None:
+@job_task(Job.Kind.EXPORT)
+def export_dataset(
+    self: Task, job_id: int, params: dict[str, Any], progress: Callable[[int, int], None]
+) -> dict[str, Any]:
     """Write an export (annotation.exporters) under FACTLOOP_EXPORT_DIR/job-<id>-<format>,
-    reporting progress per label read. The folder appears whole or not at all."""
+    reporting progress per label read. The folder appears whole or not at all; a run taken
+    back from a dead worker starts again (its staging folder is removed)."""
     from pathlib import Path
 
     from django.conf import settings
 
     from annotation.exporters import Selection, count_labels, export
 
-    if not Job.claim(job_id, self.request.hostname or socket.gethostname(), Job.Kind.EXPORT):
-        log.info("export job %s: not queued (already run or gone); skipping", job_id)
-        return
-    params = Job.objects.values_list("params", flat=True).get(pk=job_id)
     try:
         selection = Selection(
             tuple(params["rounds"]),
@@ -99,50 +134,60 @@ def export_dataset(self: Task, job_id: int) -> None:
         total = count_labels(selection)
         done = 0
 
-        def progress(n: int) -> None:
+        def counted(n: int) -> None:
             nonlocal done
             done += n
             # A write every 1% (or every label of a small export) keeps the job row cheap.
             if done == total or done % max(1, total // 100) == 0:
-                Job.report_progress(job_id, min(done, total), total)
+                progress(min(done, total), total)
 
-        counts = export(params["format"], selection, out, progress=progress)
+        counts = export(params["format"], selection, out, progress=counted)
     except (KeyError, ValueError, FileExistsError, OSError) as error:
-        Job.fail(job_id, str(error))
-        return
-    Job.report_progress(job_id, total, total)
-    Job.succeed(job_id, {"out": str(out), **counts})
+        raise JobFailed(str(error)) from error
+    progress(total, total)
+    return {"out": str(out), **counts}
 
 
-@shared_task(bind=True, name="annotation.train_round")
-def train_round(self: Task, job_id: int) -> None:
+@job_task(Job.Kind.TRAIN)
+def train_round(
+    self: Task, job_id: int, params: dict[str, Any], progress: Callable[[int, int], None]
+) -> dict[str, Any]:
     """Run a training run's unfinished steps (annotation.training), reporting the step
-    reached as progress. A failed step leaves the run resumable (`train_round --resume`)."""
+    reached as progress. A failed step leaves the run resumable (`train_round --resume`, or
+    retrying the job); a run taken back from a dead worker resumes at its unfinished step."""
     from annotation.models import TrainingRun
     from annotation.training import StepFailed, TrainingRefused, run_steps
 
-    if not Job.claim(job_id, self.request.hostname or socket.gethostname(), Job.Kind.TRAIN):
-        log.info("training job %s: not queued (already run or gone); skipping", job_id)
-        return
-    run = TrainingRun.objects.get(pk=int(Job.objects.values_list("params", flat=True).get(pk=job_id)["run_id"]))
+    run = TrainingRun.objects.get(pk=int(params["run_id"]))
+    if run.status == TrainingRun.Status.FAILED:  # retried by hand: resume it
+        TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, error="", finished_at=None)
+        run.refresh_from_db()
     try:
-        run = run_steps(run, progress=lambda step, done, total: Job.report_progress(job_id, done, total))
+        run = run_steps(run, progress=lambda step, done, total: progress(done, total))
     except (StepFailed, TrainingRefused) as error:
-        Job.fail(job_id, str(error))
-        return
-    Job.succeed(job_id, {"run": run.pk, "version": run.version, "deployed": run.deployed})
+        raise JobFailed(str(error)) from error
+    except jobs.JobLost:
+        cancelled = Job.objects.filter(pk=job_id, status=Job.Status.CANCELLED).values_list("error", flat=True).first()
+        if cancelled is not None:  # the run stops between steps and stays resumable
+            TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
+                status=TrainingRun.Status.FAILED, error=cancelled, finished_at=timezone.now()
+            )
+        raise
+    return {"run": run.pk, "version": run.version, "deployed": run.deployed}
 
 
-_TASKS: dict[str, Task] = {
-    Job.Kind.HEALTHCHECK: run_healthcheck,
-    Job.Kind.GENERATE: generate_candidates,
-    Job.Kind.EXPORT: export_dataset,
-    Job.Kind.TRAIN: train_round,
-}
+@shared_task(name="annotation.sweep_jobs")
+def sweep_jobs() -> dict[str, Any]:
+    """Celery beat's sweep: jobs whose worker stopped its heartbeat are taken back."""
+    report = jobs.sweep()
+    return {"requeued": report.requeued, "failed": report.failed}
 
 
-def task_for_kind(kind: str) -> Task:
-    try:
-        return _TASKS[kind]
-    except KeyError:
-        raise ValueError(f"no task runs jobs of kind {kind!r}") from None
+@worker_ready.connect
+def _sweep_own_jobs(sender: Any = None, **_: Any) -> None:
+    """A worker starting up takes back the jobs its earlier process held: that process died
+    with them (SIGKILL, a lost machine), and the broker would redeliver their messages
+    only after its visibility timeout."""
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        jobs.sweep(worker=hostname)

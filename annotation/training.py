@@ -212,7 +212,7 @@ def _record(run: TrainingRun, name: str, **fields: Any) -> None:
 
 def _rlhf(args: list[str], log: Path) -> None:
     """`python -m rlhf.cli ARGS` in a child process, its output appended to `log`."""
-    command = [sys.executable, "-m", "rlhf.cli", *args]
+    command = [sys.executable, "-m", "rlhf.cli", "--parent-pid", str(os.getpid()), *args]
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(command)}\n")
         out.flush()

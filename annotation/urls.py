@@ -28,4 +28,6 @@ api_urlpatterns = [
     path("admin/jobs/", api.JobListApi.as_view(), name="api-admin-jobs"),
     path("admin/jobs/healthcheck/", api.HealthcheckApi.as_view(), name="api-admin-healthcheck"),
     path("admin/jobs/<int:job_id>/", api.JobDetailApi.as_view(), name="api-admin-job"),
+    path("admin/jobs/<int:job_id>/retry/", api.JobRetryApi.as_view(), name="api-admin-job-retry"),
+    path("admin/jobs/<int:job_id>/cancel/", api.JobCancelApi.as_view(), name="api-admin-job-cancel"),
 ]

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -77,8 +78,14 @@ def fill(n: int) -> None:
     image = add_image(png_bytes())
     user = User.objects.create(username="bench")
     with connection.cursor() as cursor:
-        cursor.execute(FILL, {"image": image.pk, "n": n})
-        cursor.execute(FILL_FAST, {"user": user.pk})
+        insert_judgements(cursor, image.pk, user.pk, n)
+
+
+def insert_judgements(cursor: Any, image_id: int, user_id: int, n: int) -> None:
+    """Round 1 with N ranking tasks of two candidates, each judged by the user (PostgreSQL;
+    the tests use it for an export big enough to kill mid-way)."""
+    cursor.execute(FILL, {"image": image_id, "n": n})
+    cursor.execute(FILL_FAST, {"user": user_id})
 
 
 def export_once(out: Path) -> tuple[int, float, int]:

@@ -119,6 +119,7 @@ def through_celery(
     from annotation.selectors import wait_for_jobs
     from annotation.services import add_image, add_prompt, add_prompts_to_round, create_round, queue_generation
     from models.registry import Registry
+    from webapp.celery import worker_command
 
     call_command("migrate", verbosity=0)
     from django.conf import settings
@@ -132,22 +133,7 @@ def through_celery(
     add_prompts_to_round(round_, prompts)
 
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "webapp",
-            "worker",
-            "-Q",
-            "generate",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "WARNING",
-        ],
+        worker_command(sys.executable, ("generate",), loglevel="WARNING"),
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.staging import staged
 from models.toyworld import render
 from models.toyworld.render import BACKGROUND
 from models.toyworld.world import (
@@ -673,22 +674,14 @@ def is_built(out: Path, spec: TinySpec) -> bool:
 
 
 def _install(out: Path, write: Callable[[Path], None]) -> None:
-    """Write a model folder next to `out` and rename it into place: `out` is either as it
+    """Write a model folder beside `out` and rename it into place: `out` is either as it
     was or complete."""
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with staged(out, replace=True) as staging:
         write(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _copy_shipped(staging: Path) -> None:
-    shutil.copytree(SHIPPED, staging)
+    shutil.copytree(SHIPPED, staging, dirs_exist_ok=True)
 
 
 def build_toy_model(
@@ -739,7 +732,6 @@ def build_toy_model(
     }
 
     def write(staging: Path) -> None:
-        staging.mkdir()
         save_pretrained(model, processor, staging)
         manifest["files"] = file_digests(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

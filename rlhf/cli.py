@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -138,8 +139,27 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Get SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG), so a worker killed
+    mid-training takes its trainer along instead of leaving it to race the resumed run.
+    Exits at once if the parent died before the signal was armed."""
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        raise SystemExit(f"the parent process {parent_pid} is gone")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf.cli", description=__doc__)
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop when this process (the one that started the command) dies (Linux): a training job's worker",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser("evaluate", help="CHAIR, POPE and MMHal-style metrics on held-out scenes")
     evaluate.add_argument("--model", required=True, help="a local checkpoint folder or a hub id")
@@ -156,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     rl = commands.add_parser("rl", help="PPO, GRPO or RLOO against a reward model")
     _add_config_options(rl)
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
     if args.command == "evaluate":
         if args.scenes < 1:
             parser.error("--scenes must be at least 1")

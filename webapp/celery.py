@@ -9,6 +9,7 @@ Configuration comes from Django settings (the CELERY_* names in webapp/settings.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -27,6 +28,20 @@ app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=n
 # A task that names no queue is a mistake: route it where it does least harm (short jobs).
 app.conf.task_default_queue = "generate"
 app.autodiscover_tasks(["annotation"])
+
+
+def worker_command(
+    python: str, queues: tuple[str, ...] = QUEUES, *, beat_schedule: Path | None = None, loglevel: str = "INFO"
+) -> list[str]:
+    """The command line of one worker process (the solo pool: one job at a time) consuming
+    `queues`. With `beat_schedule`, the worker also runs Celery beat (the job sweeper's
+    timer), keeping beat's state in that file: right for a single-worker deployment such
+    as the demo; larger ones run `celery -A webapp beat` once, beside the workers."""
+    command = [python, "-m", "celery", "-A", "webapp", "worker", "-Q", ",".join(queues), "--pool", "solo"]
+    command += ["--without-gossip", "--without-mingle", "--loglevel", loglevel]
+    if beat_schedule is not None:
+        command += ["--beat", "--schedule", str(beat_schedule)]
+    return command
 
 
 def ensure_broker_folders() -> None:

@@ -150,6 +150,16 @@ FACTLOOP_TRAIN_DIR = env.path("FACTLOOP_TRAIN_DIR", VAR_DIR / "training", base=B
 FACTLOOP_GATE_METRIC = env.choice("FACTLOOP_GATE_METRIC", "chair_i", ("chair_i", "chair_s", "pope_f1"))
 FACTLOOP_EVAL_SCENES = env.integer("FACTLOOP_EVAL_SCENES", 200, minimum=1, maximum=100_000)
 
+# Input limits (annotation/limits.py): imports refuse a row over them, generation cuts a
+# candidate to the response limit, and an annotator's correction may be up to twice it.
+FACTLOOP_MAX_PROMPT_CHARS = env.integer("FACTLOOP_MAX_PROMPT_CHARS", 8000, minimum=16, maximum=10_000_000)
+FACTLOOP_MAX_CONTEXT_CHARS = env.integer("FACTLOOP_MAX_CONTEXT_CHARS", 32_000, minimum=0, maximum=10_000_000)
+FACTLOOP_MAX_FACTS_CHARS = env.integer("FACTLOOP_MAX_FACTS_CHARS", 65_536, minimum=2, maximum=10_000_000)
+FACTLOOP_MAX_RESPONSE_CHARS = env.integer("FACTLOOP_MAX_RESPONSE_CHARS", 16_000, minimum=16, maximum=1_000_000)
+FACTLOOP_MAX_IMAGE_BYTES = env.integer("FACTLOOP_MAX_IMAGE_BYTES", 20 * 1024**2, minimum=1024)
+# An uploaded import archive may unpack to at most this many bytes.
+FACTLOOP_MAX_IMPORT_BYTES = env.integer("FACTLOOP_MAX_IMPORT_BYTES", 2 * 1024**3, minimum=1024**2)
+
 # Request bodies: annotation submissions are small; imports go through uploads.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", 1_048_576, minimum=1024)
 
@@ -198,6 +208,27 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+
+# Job recovery (annotation/jobs.py): a running job's worker stamps it every heartbeat; a job
+# whose stamp is older than the stale limit is taken back by the sweeper (Celery beat runs
+# it every FACTLOOP_JOB_SWEEP_SECONDS, and each worker sweeps its own jobs at start-up) and
+# queued again, up to FACTLOOP_JOB_MAX_ATTEMPTS claims.
+FACTLOOP_JOB_HEARTBEAT_SECONDS = env.integer("FACTLOOP_JOB_HEARTBEAT_SECONDS", 15, minimum=1, maximum=3600)
+FACTLOOP_JOB_STALE_SECONDS = env.integer("FACTLOOP_JOB_STALE_SECONDS", 120, minimum=2, maximum=86_400)
+if FACTLOOP_JOB_STALE_SECONDS <= 2 * FACTLOOP_JOB_HEARTBEAT_SECONDS:
+    raise ConfigError(
+        "FACTLOOP_JOB_STALE_SECONDS",
+        "must be more than twice FACTLOOP_JOB_HEARTBEAT_SECONDS (a live worker would be taken for dead)",
+    )
+FACTLOOP_JOB_MAX_ATTEMPTS = env.integer("FACTLOOP_JOB_MAX_ATTEMPTS", 3, minimum=1, maximum=100)
+FACTLOOP_JOB_SWEEP_SECONDS = env.integer("FACTLOOP_JOB_SWEEP_SECONDS", 60, minimum=1, maximum=86_400)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-jobs": {
+        "task": "annotation.sweep_jobs",
+        "schedule": float(FACTLOOP_JOB_SWEEP_SECONDS),
+        "options": {"queue": "generate", "expires": float(FACTLOOP_JOB_SWEEP_SECONDS)},
+    }
+}
 
 LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
 LOGGING = {

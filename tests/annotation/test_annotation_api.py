@@ -14,6 +14,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from annotation.models import Assignment, Correction, Judgement, Round, Task
+from annotation.serializers import max_corrected_chars
 from tests.factories import PASSWORD, make_round
 
 pytestmark = pytest.mark.django_db
@@ -257,6 +258,19 @@ def test_the_server_computes_the_spans_and_ignores_any_sent(correction_lease: tu
     assert Correction.objects.count() == 1
 
 
+def test_the_longest_candidate_can_be_corrected(annotator: User, settings: Any) -> None:
+    """A candidate at FACTLOOP_MAX_RESPONSE_CHARS (what generation cuts to), its one wrong
+    word replaced: the submit goes through, whatever the body's size."""
+    longest = (ORIGINAL + " ") * (settings.FACTLOOP_MAX_RESPONSE_CHARS // (len(ORIGINAL) + 1))
+    make_round(tasks=1, kind=Task.Kind.CORRECT, texts=[longest])
+    client = client_for(annotator)
+    data = lease(client)
+    corrected = longest.replace("red", "blue", 1)
+    response = post(client, f"/api/assignments/{data['id']}/correction/", {"corrected": corrected})
+    assert response.status_code == 201, response.content
+    assert [s["corrected_text"] for s in response.json()["spans"]] == ["blue"]
+
+
 def test_no_hallucination_stores_no_change(correction_lease: tuple[APIClient, dict[str, Any]]) -> None:
     client, data = correction_lease
     response = post(client, f"/api/assignments/{data['id']}/correction/", {"no_hallucination": True})
@@ -275,7 +289,7 @@ def test_no_hallucination_stores_no_change(correction_lease: tuple[APIClient, di
         ({"corrected": ORIGINAL.replace("red", "blue"), "no_hallucination": True}, "left unchanged"),
         ({"corrected": ORIGINAL.replace("red", "blue"), "span_categories": ["colours"]}, "span_categories"),
         ({"corrected": ORIGINAL.replace("red", "blue"), "span_categories": ["objects", None]}, "2 categories for 1"),
-        ({"corrected": "x" * 20_001}, "corrected"),
+        ({"corrected": "x" * (max_corrected_chars() + 1)}, "corrected"),
     ],
 )
 def test_a_bad_correction_gets_a_clear_400_and_writes_nothing(

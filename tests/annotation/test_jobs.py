@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from rest_framework.test import APIClient
 
-from annotation import services
+from annotation import jobs
 from annotation.models import Job
 from annotation.tasks import run_healthcheck
 from tests.factories import make_job
@@ -87,7 +87,7 @@ def test_healthcheck_task_is_safe_to_run_twice() -> None:
 @pytest.mark.django_db
 def test_enqueue_sends_only_after_commit(django_capture_on_commit_callbacks: CaptureCallbacks) -> None:
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        job = services.enqueue_job(Job.Kind.HEALTHCHECK, queue="train")
+        job = jobs.enqueue_job(Job.Kind.HEALTHCHECK, queue="train")
     assert len(callbacks) == 1
     assert job.queue == "train"
     assert job.status == Job.Status.QUEUED
@@ -96,7 +96,7 @@ def test_enqueue_sends_only_after_commit(django_capture_on_commit_callbacks: Cap
 @pytest.mark.django_db
 def test_enqueue_rejects_unknown_queue_and_writes_nothing() -> None:
     with pytest.raises(ValueError, match="unknown queue 'gpu'"):
-        services.enqueue_job(Job.Kind.HEALTHCHECK, queue="gpu")
+        jobs.enqueue_job(Job.Kind.HEALTHCHECK, queue="gpu")
     assert not Job.objects.exists()
 
 

@@ -21,28 +21,19 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 from rest_framework.test import APIClient
 
-from annotation import selectors, services
+from annotation import jobs, selectors
 from annotation.models import Job
 from tests.conftest import PYTHON, REPO, clean_env, database_url
-from webapp.celery import QUEUES
+from webapp.celery import QUEUES, worker_command
 from webapp.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WORKER_ARGS = [
-    "-m",
-    "celery",
-    "-A",
-    "webapp",
-    "worker",
-    "--pool",
-    "solo",
-    "--without-gossip",
-    "--without-mingle",
-    "--without-heartbeat",
-    "--loglevel",
-    "INFO",
-]
+
+def worker_args(*queues: str) -> list[str]:
+    """The worker as the demo runs it (webapp.celery.worker_command), without Celery's own
+    broker heartbeats (the filesystem broker has none)."""
+    return [*worker_command(PYTHON, queues or QUEUES), "--without-heartbeat"]
 
 
 def worker_env() -> dict[str, str]:
@@ -68,9 +59,7 @@ def purge_queues() -> None:
 def worker(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     purge_queues()
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [PYTHON, *WORKER_ARGS, "-Q", ",".join(QUEUES)], cwd=REPO, env=worker_env(), stdout=log, stderr=subprocess.STDOUT
-    )
+    process = subprocess.Popen(worker_args(), cwd=REPO, env=worker_env(), stdout=log, stderr=subprocess.STDOUT)
     yield process
     process.terminate()
     try:
@@ -82,7 +71,7 @@ def worker(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def test_on_commit_task_runs_in_the_worker_and_writes_the_row(worker: subprocess.Popen[bytes]) -> None:
     with transaction.atomic():
-        job = services.enqueue_job(Job.Kind.HEALTHCHECK, queue="train")
+        job = jobs.enqueue_job(Job.Kind.HEALTHCHECK, queue="train")
         # Not sent yet: the worker cannot see this row until the transaction commits.
     [row] = selectors.wait_for_jobs([job.pk], timeout=60)
     assert row.status == Job.Status.SUCCEEDED, (row.status, row.error)
@@ -98,11 +87,11 @@ def test_rolled_back_transaction_sends_nothing(worker: subprocess.Popen[bytes]) 
         pass
 
     with pytest.raises(Abort), transaction.atomic():
-        services.enqueue_job(Job.Kind.HEALTHCHECK, queue="generate")
+        jobs.enqueue_job(Job.Kind.HEALTHCHECK, queue="generate")
         raise Abort
     assert not Job.objects.exists()
     # The worker is alive and idle: a later job still runs, and only that one.
-    job = services.enqueue_job(Job.Kind.HEALTHCHECK, queue="generate")
+    job = jobs.enqueue_job(Job.Kind.HEALTHCHECK, queue="generate")
     [row] = selectors.wait_for_jobs([job.pk], timeout=60)
     assert row.status == Job.Status.SUCCEEDED
     assert Job.objects.count() == 1
@@ -137,9 +126,7 @@ def test_embedded_default_sqlite_and_filesystem_broker(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "factloop.sqlite3").exists()
 
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [PYTHON, *WORKER_ARGS, "-Q", ",".join(QUEUES)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    process = subprocess.Popen(worker_args(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         started = time.monotonic()
         answered = manage("check_worker", "--timeout", "60")

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation import selectors, services
+from annotation import jobs, selectors
 from annotation.models import Job
 from webapp.celery import QUEUES
 
@@ -31,11 +31,11 @@ class Command(BaseCommand):
         if options["timeout"] <= 0:
             raise CommandError("--timeout must be positive")
 
-        jobs = [services.enqueue_job(Job.Kind.HEALTHCHECK, queue=queue) for queue in queues]
+        queued = [jobs.enqueue_job(Job.Kind.HEALTHCHECK, queue=queue) for queue in queues]
         self.stdout.write(
-            f"Queued {len(jobs)} health check(s); waiting up to {options['timeout']:.0f} s for a worker..."
+            f"Queued {len(queued)} health check(s); waiting up to {options['timeout']:.0f} s for a worker..."
         )
-        rows = selectors.wait_for_jobs([job.pk for job in jobs], timeout=options["timeout"])
+        rows = selectors.wait_for_jobs([job.pk for job in queued], timeout=options["timeout"])
         for row in rows:
             # A late worker must not run a check nobody waits for any more: fail it now,
             # and the worker's claim on it will find it no longer queued.

@@ -34,7 +34,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.models import Round
 from annotation.services import ensure_user
 from annotation.synthetic import build_synthetic_round
-from webapp.celery import QUEUES
+from webapp.celery import worker_command
 
 DEMO_LOGINS = (("admin", "admin"), ("annotator", "annotator"))
 DEMO_SCENES = 20
@@ -96,26 +96,9 @@ class Command(BaseCommand):
         try:
             if options["loop"]:
                 self._start_vllm(log_dir)
-            self._start(
-                "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "webapp",
-                    "worker",
-                    "-Q",
-                    ",".join(QUEUES),
-                    "--pool",
-                    "solo",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--loglevel",
-                    "INFO",
-                ],
-                log_dir / "worker.log",
-            )
+            # The one worker also runs beat: the sweeper that takes back jobs of a dead worker.
+            beat = Path(settings.VAR_DIR) / "celery-beat-schedule"
+            self._start("worker", worker_command(sys.executable, beat_schedule=beat), log_dir / "worker.log")
             bind = f"{options['host']}:{options['port']}"
             self._start(
                 "web",

@@ -35,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument("--resume", action="store_true", help="finish the round's unfinished run")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from annotation.services import enqueue_job
+        from annotation.jobs import enqueue_job
 
         try:
             settings_ = Options(

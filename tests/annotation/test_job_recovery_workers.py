@@ -1,0 +1,199 @@
+"""A real worker killed with SIGKILL in the middle of a job, on each queue: restarted, it
+takes the job back and finishes it, with nothing lost, done twice or left half-written.
+
+The worker runs as the demo runs it (webapp.celery.worker_command) on the suite's
+PostgreSQL and Redis; the kill comes once the job has reported progress, so it lands mid-way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.db.models import Count
+
+from annotation import jobs, services
+from annotation.models import Candidate, Job, Round, TrainingRun
+from models.registry import Registry
+from tests.conftest import REPO, database_url
+from tests.webapp.test_celery_worker import purge_queues, worker_args
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+class Worker:
+    """A worker process in a session of its own (its children die with the session)."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                worker_args(), cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self, *, group: bool = True) -> None:
+        assert self.process is not None
+        if group:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def worker_env(settings: Any, tmp_path: Path) -> dict[str, str]:
+    if not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        pytest.skip("the worker tests run on PostgreSQL")
+    purge_queues()
+    settings.FACTLOOP_EXPORT_DIR = str(tmp_path / "exports")
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    settings.FACTLOOP_TRAIN_DIR = str(tmp_path / "training")
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(connection.settings_dict),
+        FACTLOOP_EXPORT_DIR=settings.FACTLOOP_EXPORT_DIR,
+        FACTLOOP_MODEL_DIR=settings.FACTLOOP_MODEL_DIR,
+        FACTLOOP_TRAIN_DIR=settings.FACTLOOP_TRAIN_DIR,
+        MEDIA_ROOT=settings.MEDIA_ROOT,
+    )
+    return env
+
+
+@pytest.fixture
+def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
+    process = Worker(worker_env, tmp_path / "worker.log")
+    yield process
+    process.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f} s; worker log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.02)
+
+
+def kill_mid_job(worker: Worker, job: Job, *, group: bool = True, ready: Callable[[], bool] | None = None) -> None:
+    def started() -> bool:
+        row = Job.objects.get(pk=job.pk)
+        return row.status == Job.Status.RUNNING and row.progress_done > 0 and (ready is None or ready())
+
+    wait_until(started, 300, f"job {job.pk} did not report progress", worker.log)
+    worker.kill(group=group)
+    assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING  # the dead worker left it so
+
+
+def finished(worker: Worker, job: Job, timeout: float) -> Job:
+    done = lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED  # noqa: E731
+    wait_until(done, timeout, f"job {job.pk} did not finish", worker.log)
+    row = Job.objects.get(pk=job.pk)
+    assert row.status == Job.Status.SUCCEEDED, (row.error, worker.log.read_text()[-3000:])
+    assert row.attempts == 2 and [e["event"] for e in row.history] == ["requeued"]
+    assert "restarted" in row.history[0]["reason"]
+    return row
+
+
+def test_an_export_killed_mid_way_is_written_whole_after_a_restart(worker: Worker, admin_user: User) -> None:
+    from bench.export import insert_judgements
+    from tests.factories import make_image
+
+    with connection.cursor() as cursor:
+        insert_judgements(cursor, make_image().pk, admin_user.pk, 40_000)
+    worker.start()
+    job = services.queue_export(fmt="factloop", rounds=[1])
+    exports = Path(worker.env["FACTLOOP_EXPORT_DIR"])
+    kill_mid_job(worker, job)
+    assert [p.name for p in exports.iterdir() if ".partial-" in p.name]  # the dead writer's staging folder
+    worker.start()
+    row = finished(worker, job, 300)
+    out = Path(row.result["out"])
+    assert row.result["ranking"] == 40_000 == sum(1 for _ in (out / "labels.jsonl").open())
+    assert [p.name for p in exports.iterdir()] == [out.name]  # no staging folder left
+
+
+@pytest.mark.serving
+def test_a_generation_killed_mid_way_fills_the_round_once_after_a_restart(
+    worker: Worker, vllm_server: Any, base_policy: Path
+) -> None:
+    from annotation.synthetic import png_of_scene
+    from models.toyworld import sample_scenes
+
+    Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
+    worker.env["FACTLOOP_VLLM_URL"] = vllm_server.url
+    round_ = services.create_round(policy_version="tiny-base")
+    Round.objects.filter(pk=round_.pk).update(candidates_per_prompt=2, sampling={"temperature": 1.0, "max_tokens": 24})
+    prompts = [
+        services.add_prompt(services.add_image(png_of_scene(scene, 96), facts=scene.facts()), "Describe the image.")
+        for scene in sample_scenes(31, 150, prefix="kill")
+    ]
+    services.add_prompts_to_round(round_, prompts)
+    worker.start()
+    job = services.queue_generation(round_)
+    kill_mid_job(worker, job)
+    partial = Candidate.objects.filter(round=round_).count()
+    assert 0 < partial < 300
+    worker.start()
+    finished(worker, job, 600)
+    per_prompt = Candidate.objects.filter(round=round_).values("prompt_id").annotate(n=Count("pk"))
+    assert sorted({row["n"] for row in per_prompt}) == [2] and len(per_prompt) == 150
+
+
+@pytest.mark.serving
+def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_trainer_dies_too(
+    worker: Worker, vllm_server: Any, base_policy: Path, annotator: User, settings: Any
+) -> None:
+    """Only the worker process is killed (kill -9 PID): its trainer child goes with it
+    (rlhf.cli --parent-pid), so the resumed run never races an orphan."""
+    from annotation.training import Options, begin
+    from tests.annotation.test_train_round import TOY_CONFIG, labelled_round
+
+    Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
+    worker.env.update(FACTLOOP_VLLM_URL=vllm_server.url, FACTLOOP_EVAL_SCENES="24")
+    settings.FACTLOOP_EVAL_SCENES = 24
+    round_ = labelled_round(annotator, "tiny-base")
+    run = begin(
+        round_,
+        Options(method="ddpo", config=TOY_CONFIG, overrides=["epochs=1"], eval_scenes=24),
+        resume=False,
+    )
+    worker.start()
+    job = jobs.enqueue_job(Job.Kind.TRAIN, queue="train", params={"run_id": run.pk})
+    log = Path(run.work_dir) / "train.log"
+
+    def training() -> bool:
+        steps = TrainingRun.objects.get(pk=run.pk).steps
+        return steps.get("train", {}).get("status") == "running" and log.exists() and "rlhf.cli" in log.read_text()
+
+    kill_mid_job(worker, job, group=False, ready=training)
+    trainer = f"--parent-pid {worker.process.pid if worker.process else 0}"
+    wait_until(lambda: trainer not in _processes(), 30, "the trainer outlived its worker", worker.log)
+    worker.start()
+    finished(worker, job, 900)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.version
+    assert [v.name for v in Registry(worker.env["FACTLOOP_MODEL_DIR"]) if v.name.startswith("round-")] == [run.version]
+    assert Round.objects.filter(number=round_.number + 1).count() == 1
+
+
+def _processes() -> str:
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
