@@ -94,8 +94,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Image)
 class ImageAdmin(ReadOnlyAdmin):
-    list_display = ["id", "source", "width", "height", "sha256", "created_at"]
+    list_display = ["id", "source", "width", "height", "view", "created_at"]
     search_fields = ["source", "sha256"]
+    # The file is served by the app's signed-in image view, never from MEDIA_URL.
+    fields = ("view", "sha256", "width", "height", "source", "facts", "created_at")
+    readonly_fields = fields
+
+    @admin.display(description="image")
+    def view(self, image: Image) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("image-file", args=[image.sha256]), image.sha256[:12])
 
 
 @admin.register(Prompt)

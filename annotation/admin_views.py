@@ -59,7 +59,9 @@ class StartRoundForm(forms.Form):
     )
     split = forms.ChoiceField(choices=Prompt.Split.choices, initial=Prompt.Split.TRAIN)
     only_new = forms.BooleanField(required=False, initial=True, label="Only prompts no earlier round used")
-    limit = forms.IntegerField(min_value=1, required=False, help_text="At most this many prompts (oldest first).")
+    limit = forms.IntegerField(
+        min_value=1, max_value=10_000_000, required=False, help_text="At most this many prompts (oldest first)."
+    )
     temperature = forms.FloatField(min_value=0, max_value=2, initial=0.7)
     max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
 
@@ -352,20 +354,26 @@ def round_quality(admin: Any, request: HttpRequest, number: int) -> HttpResponse
 ADJUDICATE_PAGE = 50
 
 
+class AdjudicateForm(forms.Form):
+    task = forms.IntegerField(min_value=1, max_value=2**63 - 1)
+    answer = forms.CharField(required=False, max_length=8)
+
+
 def adjudicate(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
     """Tasks whose annotators disagree, with every answer; an admin's answer is kept on the
     task (and later rounds draw their gold tasks from such answers)."""
     _require(request, "annotation.change_round")
     round_ = get_object_or_404(Round, number=number)
     if request.method == "POST":
-        task_id = request.POST.get("task", "")
-        if not task_id.isdigit():
+        form = AdjudicateForm(request.POST)
+        if not form.is_valid():
             messages.error(request, "No task was named.")
             return HttpResponseRedirect(request.path)
-        task = get_object_or_404(Task, pk=int(task_id), round=round_)
-        value = request.POST.get("answer", "")
+        task = get_object_or_404(Task, pk=form.cleaned_data["task"], round=round_)
+        value = form.cleaned_data["answer"]
         if task.kind == Task.Kind.RANK:
-            answer: dict[str, Any] = {"best_positions": [int(value)] if value.isdigit() else []}
+            position = value if value.isascii() and value.isdecimal() else ""
+            answer: dict[str, Any] = {"best_positions": [int(position)] if position else []}
         else:
             answer = {"no_hallucination": value == "ok"} if value in ("ok", "fix") else {}
         try:

@@ -5,18 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import authenticate
 from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import FormParser
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotation import jobs, queue, selectors, services
+from annotation.authentication import issue_token, lockout_message, token_expires_at
 from annotation.models import Assignment, Job
+from annotation.parsers import BoundedJSONParser
 from annotation.roles import IsAdmin, IsAnnotator, role_name
 from annotation.serializers import (
     AssignmentOutput,
@@ -31,6 +36,8 @@ from annotation.serializers import (
     JudgementOutput,
     MeOutput,
     SkipOutput,
+    TokenInput,
+    TokenOutput,
 )
 
 
@@ -53,6 +60,27 @@ def exception_handler(error: Exception, context: dict[str, Any]) -> Response | N
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     return drf_exception_handler(error, context)
+
+
+class TokenApi(APIView):
+    """Your API token for a user name and password (JSON or a form). Repeated failures for
+    one user name from one address are refused with 429 for a while (django-axes)."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    parser_classes = [BoundedJSONParser, FormParser]
+
+    @extend_schema(request=TokenInput, responses={200: TokenOutput, 400: None, 429: None}, auth=[])
+    def post(self, request: Request) -> Response:
+        payload = TokenInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        user = authenticate(request._request, **payload.validated_data)
+        if getattr(request._request, "axes_locked_out", False):
+            return Response({"detail": lockout_message()}, status=status.HTTP_429_TOO_MANY_REQUESTS)
+        if user is None:
+            return Response({"detail": "Unable to log in with provided credentials."}, status=400)
+        token = issue_token(user)
+        return Response(TokenOutput({"token": token.key, "expires_at": token_expires_at(token.created)}).data)
 
 
 class MeApi(APIView):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
@@ -445,6 +446,8 @@ def import_labels(
 
     if fmt not in LABEL_FORMATS:
         raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(LABEL_FORMATS)}")
+    if get_user_model().objects.filter(username=annotator, is_active=False).exists():
+        raise ValidationError(f"user {annotator!r} is deactivated; reactivate it explicitly (--reactivate)")
     folder = images or path.parent
     try:
         items = limits.loads(path.read_text(encoding="utf-8"))

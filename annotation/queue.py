@@ -97,6 +97,11 @@ def _live_lease(annotator: Any, now: datetime) -> Assignment | None:
     return None
 
 
+def current_assignment(annotator: Any) -> Assignment | None:
+    """The annotator's live lease, if any; never leases a new task."""
+    return _live_lease(annotator, timezone.now())
+
+
 def _free_task_ids(annotator: Any) -> QuerySet[Task]:
     open_rounds = Round.objects.filter(status=Round.Status.OPEN).values("pk")
     seen = Assignment.objects.filter(task=OuterRef("pk"), annotator=annotator)

@@ -47,6 +47,16 @@ class JobOutput(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class TokenInput(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=4096, trim_whitespace=False, style={"input_type": "password"})
+
+
+class TokenOutput(serializers.Serializer):
+    token = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+
 class JobFilterInput(serializers.Serializer):
     status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
     kind = serializers.ChoiceField(choices=Job.Kind.choices, required=False)

@@ -58,12 +58,16 @@ class EnsuredUser:
     password_changed: bool
 
 
-def ensure_user(username: str, *, role: Role, password: str | None = None, email: str = "") -> EnsuredUser:
+def ensure_user(
+    username: str, *, role: Role, password: str | None = None, email: str = "", reactivate: bool = False
+) -> EnsuredUser:
     """Create the user with the role, or give an existing user the role. Idempotent.
 
     A new user gets `password`, or a generated one that is returned once. An existing user
-    keeps their password unless `password` is given. Raises ValidationError (nothing
-    written) for a bad username or a password the validators refuse.
+    keeps their password unless `password` is given. A deactivated account stays
+    deactivated (ValidationError) unless `reactivate`: an admin's decision is not undone
+    as a side effect. Raises ValidationError (nothing written) for a bad username or a
+    password the validators refuse.
     """
     User = get_user_model()
     username_field = User._meta.get_field("username")
@@ -74,6 +78,8 @@ def ensure_user(username: str, *, role: Role, password: str | None = None, email
 
     with transaction.atomic():
         user, created = User.objects.select_for_update().get_or_create(username=username, defaults={"email": email})
+        if not created and not user.is_active and not reactivate:
+            raise ValidationError(f"user {username!r} is deactivated; reactivate it explicitly (--reactivate)")
         generated = None
         if password is None and created:
             generated = secrets.token_urlsafe(12)

@@ -1,5 +1,5 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, re_path
 
 from annotation import api, views
 
@@ -13,7 +13,7 @@ urlpatterns = [
     ),
     path("annotate/", views.annotate_next, name="annotate"),
     path("annotate/<int:assignment_id>/", views.annotate, name="annotate-assignment"),
-    path("images/<str:sha256>", views.image_file, name="image-file"),
+    re_path(r"^images/(?P<sha256>[0-9a-f]{64})$", views.image_file, name="image-file"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]
 

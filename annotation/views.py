@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -16,7 +17,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 
 from annotation import queue, selectors
 from annotation.models import Assignment, Correction, Image, Task
@@ -45,8 +46,16 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @annotator_required
+@require_http_methods(["GET", "POST"])
 def annotate_next(request: HttpRequest) -> HttpResponse:
-    """Lease the next task (or resume the live one) and show it."""
+    """POST leases the next task (or resumes the live one) and shows it. GET shows the live
+    lease if there is one and otherwise a page with the button that POSTs: following a
+    link (a prefetch, a crawler) never takes work."""
+    if request.method == "GET":
+        live = queue.current_assignment(request.user)
+        if live is not None:
+            return redirect("annotate-assignment", assignment_id=live.pk)
+        return render(request, "annotation/start.html", {"lease_minutes": settings.FACTLOOP_LEASE_MINUTES})
     try:
         assignment = queue.next_assignment_for(request.user)
     except queue.Refused as error:
@@ -95,11 +104,14 @@ def image_file(request: HttpRequest, sha256: str) -> HttpResponseBase:
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness and database check for load balancers and the demo launcher."""
+    """Liveness and database check for load balancers and the demo launcher. Anonymous
+    callers learn only up or down; staff also see the database and, when down, why (the
+    error can name hosts and ports)."""
+    staff = request.user.is_authenticated and request.user.is_staff
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Exception as error:  # noqa: BLE001 - any database failure means "not ready"
-        return JsonResponse({"status": "error", "database": str(error)}, status=503)
-    return JsonResponse({"status": "ok", "database": connection.vendor})
+        return JsonResponse({"status": "error", **({"database": str(error)} if staff else {})}, status=503)
+    return JsonResponse({"status": "ok", **({"database": connection.vendor} if staff else {})})

@@ -8,6 +8,7 @@ names the variable (webapp.env.ConfigError).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from webapp.env import ConfigError, Env, parse_broker_url, parse_database_url
@@ -28,6 +29,9 @@ else:
     SECRET_KEY = env.text("SECRET_KEY", required=True)
     if len(SECRET_KEY) < 32:
         raise ConfigError("SECRET_KEY", "must be at least 32 characters long when DEBUG is off")
+    # The placeholders of deploy/.env.example and of DEBUG: public, so never a production key.
+    if SECRET_KEY.startswith(("change-me", "factloop-insecure")):
+        raise ConfigError("SECRET_KEY", "is the example value; set a long random one")
 
 ALLOWED_HOSTS = env.csv("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 if not DEBUG and not ALLOWED_HOSTS:
@@ -45,11 +49,13 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",
     "annotation",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "webapp.middleware.RejectNulMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -57,6 +63,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webapp.middleware.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -96,6 +105,23 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Sign-in throttling (django-axes) for the sign-in page, the admin's and the API token
+# endpoint alike: after FACTLOOP_LOGIN_FAILURE_LIMIT failures for one user name from one
+# address, that pair is refused (429) for FACTLOOP_LOGIN_COOLOFF_MINUTES.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+FACTLOOP_LOGIN_FAILURE_LIMIT = env.integer("FACTLOOP_LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000)
+FACTLOOP_LOGIN_COOLOFF_MINUTES = env.integer("FACTLOOP_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60)
+AXES_FAILURE_LIMIT = FACTLOOP_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=FACTLOOP_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "annotation.authentication.lockout_response"
+AXES_VERBOSE = False
+# API tokens expire this many hours after they are issued (signing in again issues a new
+# one); a password change or a deactivation deletes them at once.
+FACTLOOP_TOKEN_HOURS = env.integer("FACTLOOP_TOKEN_HOURS", 168, minimum=1, maximum=24 * 366)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -170,7 +196,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # JSON only; a body over DATA_UPLOAD_MAX_MEMORY_SIZE gets 413 (annotation.api.exception_handler).
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["annotation.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "annotation.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
@@ -181,6 +207,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Annotation and administration API of FactLoop.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema is for signed-in users (README, "REST API").
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 # ---------------------------------------------------------------------------------------
@@ -250,3 +278,9 @@ if not DEBUG:
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Sent with every response (webapp/middleware.py): scripts, styles and images from this
+# site only (inline style attributes allowed: the admin and the SVG plots use them).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+)

@@ -33,17 +33,28 @@ def test_annotate_sends_a_stranger_to_log_in_and_refuses_an_outsider(outsider: U
     assert not Assignment.objects.exists()
 
 
-def test_annotate_leases_then_shows_the_task_and_says_when_nothing_is_left(annotator: User) -> None:
+def test_annotate_leases_on_post_then_shows_the_task_and_says_when_nothing_is_left(annotator: User) -> None:
     make_round(tasks=1, kind=Task.Kind.CORRECT, texts=["A red ball <b>is</b> here."])
     client = client_for(annotator)
-    response = client.get("/annotate/")
+    response = client.post("/annotate/")
     assignment = Assignment.objects.get()
     assert response["Location"] == f"/annotate/{assignment.pk}/"
     page = client.get(response["Location"]).content.decode()
     assert "A red ball &lt;b&gt;is&lt;/b&gt; here." in page and "<b>is</b>" not in page.split("assignment-data")[0]
     assert 'name="csrfmiddlewaretoken"' in page
+    assert client.get("/annotate/")["Location"] == f"/annotate/{assignment.pk}/"  # a GET resumes the live lease
     queue.skip(annotator, assignment.pk)
-    assert "No task needs you right now" in client.get("/annotate/").content.decode()
+    assert "No task needs you right now" in client.post("/annotate/").content.decode()
+
+
+def test_a_get_never_leases_a_task(annotator: User) -> None:
+    """A prefetch or a crawler following the link takes no work: GET shows a button that
+    POSTs."""
+    make_round(tasks=1)
+    page = client_for(annotator).get("/annotate/")
+    assert page.status_code == 200 and 'data-testid="start"' in page.content.decode()
+    assert not Assignment.objects.exists()
+    assert client_for(annotator).put("/annotate/").status_code == 405
 
 
 def test_a_page_of_someone_elses_assignment_is_404(annotator: User, second_annotator: User) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from playwright.sync_api import expect
 
 from annotation.models import Assignment, Correction, Judgement, Prompt, Task
 from tests.e2e.test_login_browser import log_in
@@ -92,7 +93,8 @@ def test_correction_with_a_live_diff_and_a_category(page: Any, live_server: Any,
     assert page.get_by_test_id("original").text_content() == ORIGINAL
 
     page.fill("#editor", ORIGINAL.replace("red ball", "red box").replace("small blue", "large blue"))
-    page.wait_for_function("document.querySelectorAll('#diff mark').length === 2")
+    # A locator wait, not wait_for_function: the page's Content-Security-Policy forbids eval.
+    expect(page.locator("#diff mark")).to_have_count(2)
     assert page.locator("#diff mark").all_text_contents() == ["box", "large"]
     assert page.locator("#diff del").all_text_contents() == ["ball", "small"]
     assert page.get_by_test_id("span-count").text_content() == "2 changed spans"
@@ -145,7 +147,7 @@ def test_model_and_prompt_text_is_shown_as_text_never_run(
         assert page.input_value("#editor") == PAYLOADS[0]
         # The live diff renders model text and the annotator's text: still as text.
         page.fill("#editor", PAYLOADS[1] + " <img src=y onerror=\"window.__pwned = 'diff'\">")
-        page.wait_for_function("document.querySelectorAll('#diff mark').length > 0")
+        page.locator("#diff mark").first.wait_for()
         assert page.locator("#diff img").count() == 0
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None

@@ -78,10 +78,18 @@ def test_demo_serves_the_login_page_and_stops_cleanly(tmp_path: Path) -> None:
         request = urllib.request.Request(f"{base}/accounts/login/", data=form, headers={"Referer": f"{base}/"})
         with browser.open(request) as home:
             assert home.url == f"{base}/"
-            assert "You are an <strong>annotator</strong>" in home.read().decode()
-        # The demo opened a synthetic round: the annotator gets a task at once.
+            landing = home.read().decode()
+            assert "You are an <strong>annotator</strong>" in landing
+        # The demo opened a synthetic round: the annotator gets a task at once (a POST).
         assert "Opened Round 1: " in output
-        with browser.open(f"{base}/annotate/") as work:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', landing)
+        assert token is not None
+        start = urllib.request.Request(
+            f"{base}/annotate/",
+            data=urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1)}).encode(),
+            headers={"Referer": f"{base}/"},
+        )
+        with browser.open(start) as work:
             assert re.fullmatch(rf"{base}/annotate/\d+/", work.url)
             assert "Response A" in work.read().decode()
     finally:

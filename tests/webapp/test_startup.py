@@ -23,6 +23,12 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({}, "SECRET_KEY", "is required but not set"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY", "at least 32 characters"),
         ({"SECRET_KEY": "k" * 40}, "ALLOWED_HOSTS", "is required when DEBUG is off"),
+        ({"SECRET_KEY": "change-me-to-a-long-random-string-of-50-characters"}, "SECRET_KEY", "is the example value"),
+        (
+            {"DEBUG": "1", "FACTLOOP_JOB_STALE_SECONDS": "20", "FACTLOOP_JOB_HEARTBEAT_SECONDS": "15"},
+            "FACTLOOP_JOB_STALE_SECONDS",
+            "more than twice",
+        ),
         ({"DEBUG": "perhaps"}, "DEBUG", "expected a boolean"),
         ({"DEBUG": "1", "DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL", "unsupported scheme 'mysql'"),
         ({"DEBUG": "1", "CELERY_BROKER_URL": "redis://"}, "CELERY_BROKER_URL", "names no host"),

@@ -26,6 +26,7 @@ class EnsureUserCommand(BaseCommand):
             "--password-stdin", action="store_true", help="Read the password from the first line of standard input."
         )
         parser.add_argument("--email", default="")
+        parser.add_argument("--reactivate", action="store_true", help="activate a deactivated account again")
 
     def handle(self, *args: Any, **options: Any) -> None:
         password = options["password"]
@@ -35,7 +36,13 @@ class EnsureUserCommand(BaseCommand):
             if not password:
                 raise CommandError("--password-stdin: standard input held no password")
         try:
-            outcome = ensure_user(options["username"], role=self.role, password=password, email=options["email"])
+            outcome = ensure_user(
+                options["username"],
+                role=self.role,
+                password=password,
+                email=options["email"],
+                reactivate=options["reactivate"],
+            )
         except ValidationError as error:
             raise CommandError("; ".join(error.messages)) from None
 

@@ -36,7 +36,9 @@ class Command(BaseCommand):
                 annotator=options["annotator"],
                 skip_bad=options["skip_bad"],
             )
-        except (ValueError, ValidationError) as error:
+        except ValidationError as error:
+            raise CommandError("; ".join(error.messages)) from None
+        except ValueError as error:
             raise CommandError(str(error)) from None
         except ImportFailed as failed:
             for problem in failed.report.problems:

@@ -33,6 +33,20 @@
 
   function showError(text) { errorBox.textContent = text; }
 
+  // The next task is leased by a POST to /annotate/ (a GET never takes work).
+  function nextTask() {
+    const form = document.createElement("form");
+    form.method = "post";
+    form.action = "/annotate/";
+    const token = document.createElement("input");
+    token.type = "hidden";
+    token.name = "csrfmiddlewaretoken";
+    token.value = csrfToken();
+    form.appendChild(token);
+    document.body.appendChild(form);
+    form.submit();
+  }
+
   // Send once; on success go to the next task. A retry after a lost answer is safe: the
   // server returns the stored result for a repeated submission.
   async function submit(action, body) {
@@ -42,7 +56,7 @@
     body.time_spent_ms = Math.round(performance.now() - started);
     try {
       const result = await api(action, body);
-      if (result.ok) { window.location.assign("/annotate/"); return; }
+      if (result.ok) { nextTask(); return; }
       showError(message(result.body));
     } catch (_) {
       showError("Could not reach the server; your answer was not lost, press submit again.");
@@ -54,7 +68,7 @@
     if (busy) return;
     busy = true;
     const result = await api("skip");
-    if (result.ok || result.status === 409) { window.location.assign("/annotate/"); return; }
+    if (result.ok || result.status === 409) { nextTask(); return; }
     showError(message(result.body));
     busy = false;
   }
