@@ -14,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 from annotation import jobs
 from annotation.models import (
     Assignment,
+    AuditEvent,
     Correction,
     Image,
     Job,
@@ -325,3 +326,16 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         return format_html(
             "<table><tr><th>step</th><th>status</th><th>seconds</th><th>outcome</th></tr>{}</table>", body
         )
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    """The audit log: append-only, for admins to read."""
+
+    list_display = ["at", "actor_name", "action", "target", "detail"]
+    list_filter = ["action"]
+    search_fields = ["actor_name", "target"]
+    date_hierarchy = "at"
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

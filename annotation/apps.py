@@ -8,12 +8,18 @@ class AnnotationConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
-        from django.db.models.signals import pre_save
+        from django.db.models.signals import m2m_changed, pre_save
 
+        from annotation.audit import record_group_changes, record_role_fields
         from annotation.authentication import revoke_tokens_on_credential_change
         from webapp.celery import ensure_broker_folders
 
-        pre_save.connect(revoke_tokens_on_credential_change, sender=get_user_model(), dispatch_uid="factloop-tokens")
+        user_model = get_user_model()
+        pre_save.connect(revoke_tokens_on_credential_change, sender=user_model, dispatch_uid="factloop-tokens")
+        pre_save.connect(record_role_fields, sender=user_model, dispatch_uid="factloop-audit-roles")
+        m2m_changed.connect(
+            record_group_changes, sender=user_model.groups.through, dispatch_uid="factloop-audit-groups"
+        )
 
         # The embedded broker writes messages as files: the web app may publish before any
         # worker has started, so the folders must exist from the first request on.

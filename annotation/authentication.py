@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -51,6 +51,8 @@ class RoleTokenAuthentication(TokenAuthentication):
         user: Any = get_user_model().from_db(connection.alias, fields, values)
         if not user.is_active:
             raise exceptions.AuthenticationFailed("User inactive or deleted.")
+        if timezone.is_naive(created):  # SQLite's raw rows hold UTC without the zone
+            created = timezone.make_aware(created, UTC)
         if token_expired(created):
             raise exceptions.AuthenticationFailed("Token expired; sign in again for a new one.")
         user._factloop_groups = {ANNOTATORS_GROUP} if annotator else set()

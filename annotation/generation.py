@@ -25,7 +25,7 @@ from django.utils import timezone
 from annotation.models import Candidate, Round, RoundPrompt
 from annotation.queue import Refused
 from models.registry import Registry, RegistryError
-from models.server import BASE_NAME
+from models.server import serve_version
 from models.serving import Sampling, ServingClient, ServingError
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,9 @@ def served_model(round_: Round, registry: Registry, client: ServingClient) -> st
     if not round_.policy_version:
         raise Refused(f"{round_} names no policy version to generate with", status=400)
     try:
-        version = registry.get(round_.policy_version)
+        return serve_version(client, registry, round_.policy_version)
     except RegistryError as error:
         raise Refused(str(error), status=400) from None
-    if version.kind != "policy":
-        raise Refused(f"version {version.name!r} is a {version.kind} model, not a policy to generate with", status=400)
-    if version.adapter is None:
-        return BASE_NAME
-    if version.name not in client.models():
-        client.load_adapter(version.name, str(registry.adapter_path(version.name)), replace=False)
-    return version.name
 
 
 def _sampling(round_: Round, n: int) -> Sampling:

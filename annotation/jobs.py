@@ -30,7 +30,8 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.db.models import Q
 from django.utils import timezone
 
-from annotation.models import Job
+from annotation import audit
+from annotation.models import AuditEvent, Job
 from models.staging import remove_dead
 from webapp.celery import QUEUES
 from webapp.celery import app as celery_app
@@ -198,6 +199,7 @@ def retry(job_id: int, *, by: Any = None) -> Job:
         job.history = [*job.history, _event("retried", "retried by hand", by)]
         job.save()
         _send_on_commit(job.pk, job.kind, job.queue)
+        audit.record(AuditEvent.Action.JOB, f"job {job.pk}", by=by, change="retried", kind=job.kind)
     return job
 
 
@@ -212,4 +214,5 @@ def cancel(job_id: int, *, by: Any = None, reason: str = "") -> Job:
         job.status, job.finished_at, job.error = Job.Status.CANCELLED, timezone.now(), why
         job.history = [*job.history, _event("cancelled", why, by)]
         job.save(update_fields=["status", "finished_at", "error", "history"])
+        audit.record(AuditEvent.Action.JOB, f"job {job.pk}", by=by, change="cancelled", kind=job.kind)
     return job

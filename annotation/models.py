@@ -480,3 +480,32 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         return f"Training of {self.round} with {self.method} (#{self.pk}, {self.status})"
+
+
+class AuditEvent(models.Model):
+    """Who did what to the loop: exports, round changes, role changes, deployments and
+    rollbacks, job retries and cancellations (annotation/audit.py writes them; append-only)."""
+
+    class Action(models.TextChoices):
+        EXPORT = "export", "Export"
+        ROUND = "round", "Round change"
+        ROLE = "role", "Role change"
+        DEPLOY = "deploy", "Deployment"
+        ROLLBACK = "rollback", "Rollback"
+        JOB = "job", "Job retried or cancelled"
+        IMPORT = "import", "Import"
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150, help_text="Who, as a name (kept if the account goes).")
+    action = models.CharField(max_length=16, choices=Action.choices, db_index=True)
+    target = models.CharField(max_length=255, help_text="What it was done to (a round, a user, a version, a job).")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name}: {self.get_action_display()} {self.target}"

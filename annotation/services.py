@@ -23,10 +23,12 @@ from django.db import transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
+from annotation import audit
 from annotation import spans as span_diff
 from annotation.jobs import enqueue_job
 from annotation.models import (
     Assignment,
+    AuditEvent,
     Candidate,
     Correction,
     Image,
@@ -431,6 +433,15 @@ def start_round(
         round_.save()
         add_prompts_to_round(round_, prompts)
         job = queue_generation(round_, created_by=created_by)
+        audit.record(
+            AuditEvent.Action.ROUND,
+            round_,
+            by=created_by,
+            change="started",
+            policy=policy_version,
+            prompts=len(prompts),
+            task_kinds=round_.task_kinds,
+        )
     return round_, job
 
 
@@ -445,6 +456,7 @@ def freeze_round(round_: Round) -> Round:
     ):
         raise ValidationError(f"{round_} is already frozen")
     round_.status, round_.frozen_at = Round.Status.FROZEN, now
+    audit.record(AuditEvent.Action.ROUND, round_, change="frozen")
     return round_
 
 
@@ -491,7 +503,10 @@ def queue_export(
         "min_gold_accuracy": min_gold_accuracy,
         "include_gold": include_gold,
     }
-    return enqueue_job(Job.Kind.EXPORT, queue="export", params=params, created_by=created_by)
+    with transaction.atomic():
+        job = enqueue_job(Job.Kind.EXPORT, queue="export", params=params, created_by=created_by)
+        audit.record(AuditEvent.Action.EXPORT, f"job {job.pk}", by=created_by, **params)
+    return job
 
 
 def open_round(round_: Round) -> Round:
@@ -500,6 +515,7 @@ def open_round(round_: Round) -> Round:
         round_.refresh_from_db()
         raise ValidationError(f"{round_} is {round_.status}; only a draft round can be opened")
     round_.status = Round.Status.OPEN
+    audit.record(AuditEvent.Action.ROUND, round_, change="opened")
     return round_
 
 

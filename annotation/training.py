@@ -358,21 +358,14 @@ def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, 
 
 
 def _step_deploy(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    from models.serving import ServingClient
+    from annotation.deployment import deploy_version
 
     if not run.steps["gate"]["detail"]["passed"]:
         return {"deployed": False, "why": "the gate kept the current policy"}
-    registry = _registry()
-    with ServingClient(settings.FACTLOOP_VLLM_URL) as client:
-        if run.version not in client.models():
-            client.load_adapter(run.version, str(registry.adapter_path(run.version)), replace=False)
-    current = _current(run)
-    if registry.status(current.name) == "serving":
-        registry.set_status(current.name, "ready")
-    registry.set_status(run.version, "serving")
+    deployment = deploy_version(run.version, registry=_registry(), reason=f"train_round run {run.pk}")
     TrainingRun.objects.filter(pk=run.pk).update(deployed=True)
     run.deployed = True
-    return {"deployed": True, "server": settings.FACTLOOP_VLLM_URL}
+    return {"deployed": True, "server": settings.FACTLOOP_VLLM_URL, "previous": deployment.previous}
 
 
 def next_prompts(round_: Round, limit: int | None) -> list[Prompt]:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.registry import Registry, RegistryError
 from models.serving import ServingClient
 
 BASE_NAME = "base"  # the served name of the base model (`model=` in requests)
@@ -147,3 +148,17 @@ class VLLMServer:
         if path is None or not path.exists():
             return ""
         return "; log tail:\n" + path.read_text(errors="replace")[-3000:]
+
+
+def serve_version(client: ServingClient, registry: Registry, name: str) -> str:
+    """The `model=` name under which the server answers as registered version `name`: the
+    base name for a base version, else the version's own name, its LoRA adapter loaded at
+    run time first when the server lacks it. The one place an adapter is hot-loaded."""
+    version = registry.get(name)
+    if version.kind != "policy":
+        raise RegistryError(f"version {name!r} is a {version.kind} model, not a policy to serve")
+    if version.adapter is None:
+        return BASE_NAME
+    if name not in client.models():
+        client.load_adapter(name, str(registry.adapter_path(name)), replace=False)
+    return name

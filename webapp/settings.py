@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "annotation.audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "webapp.middleware.ContentSecurityPolicyMiddleware",
@@ -267,6 +268,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # django-axes logs every sign-in at INFO; failures and lockouts are in its tables.
+        "axes": {"level": "WARNING"},
         # The embedded broker's URL has no host by design; kombu warns about that on every connection.
         "kombu.connection": {"level": "ERROR" if FACTLOOP_BROKER_FOLDER is not None else "WARNING"},
     },
