@@ -32,6 +32,7 @@ from annotation.serializers import (
     HealthcheckInput,
     JobFilterInput,
     JobOutput,
+    JobPageOutput,
     JudgementInput,
     JudgementOutput,
     MeOutput,
@@ -98,8 +99,10 @@ class JobListApi(APIView):
         parameters=[
             OpenApiParameter("status", str, enum=Job.Status.values),
             OpenApiParameter("kind", str, enum=Job.Kind.values),
+            OpenApiParameter("limit", int, description="jobs per page (default 50)"),
+            OpenApiParameter("offset", int, description="jobs to skip"),
         ],
-        responses=JobOutput(many=True),
+        responses=JobPageOutput,
     )
     def get(self, request: Request) -> Response:
         filters = JobFilterInput(data=request.query_params)

@@ -57,6 +57,15 @@ class TokenOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField()
 
 
+class JobPageOutput(serializers.Serializer):
+    """One page of jobs (LimitOffsetPagination)."""
+
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = JobOutput(many=True)
+
+
 class JobFilterInput(serializers.Serializer):
     status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
     kind = serializers.ChoiceField(choices=Job.Kind.choices, required=False)
