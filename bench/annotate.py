@@ -229,6 +229,9 @@ class ClientLog:
     seen_tasks: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    retries: int = 0  # requests sent again after a server error or a lost connection
+    # (monotonic time, step, milliseconds) of every timed request: per-minute figures of a soak.
+    timeline: list[tuple[float, str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -249,44 +252,73 @@ class LoadResult:
         return sorted(ms for log in self.logs for ms in getattr(log, f"{step}_ms"))
 
 
-def _annotator(
-    host: str,
-    port: int,
-    token: str,
-    cycles: int,
-    think_ms: float,
-    skip_rate: float,
-    log: ClientLog,
-    start: threading.Barrier,
-) -> None:
+@dataclass(frozen=True)
+class Load:
+    """How each simulated annotator behaves."""
+
+    cycles: int
+    think_ms: float = 0
+    skip_rate: float = 0
+    # Requests sent again after a 5xx or a lost connection (0: the first failure is an
+    # error). Safe: a repeated `next` returns the live lease, a repeated submission the
+    # stored result.
+    retries: int = 0
+    # Stop starting new cycles after this many seconds (None: after `cycles`).
+    duration: float | None = None
+
+
+TRANSIENT = (OSError, http.client.HTTPException)
+
+
+def _annotator(host: str, port: int, token: str, load: Load, log: ClientLog, start: threading.Barrier) -> None:
     rng = random.Random(token)
     connection = http.client.HTTPConnection(host, port, timeout=60)
     headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
 
     def post(path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        connection.request("POST", path, body=json.dumps(body or {}), headers=headers)
-        response = connection.getresponse()
-        raw = response.read()
-        return response.status, (json.loads(raw) if raw else None)
+        nonlocal connection
+        for attempt in range(load.retries + 1):
+            try:
+                connection.request("POST", path, body=json.dumps(body or {}), headers=headers)
+                response = connection.getresponse()
+                raw = response.read()
+                if response.status < 500 or attempt == load.retries:
+                    return response.status, (json.loads(raw) if raw else None)
+            except TRANSIENT:
+                if attempt == load.retries:
+                    raise
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=60)
+            log.retries += 1
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+        raise AssertionError("unreachable")
 
     # Warm-up, untimed: the connection, and the server threads' database connections.
     for _ in range(3):
         connection.request("GET", "/api/me/", headers=headers)
         connection.getresponse().read()
     start.wait()
-    for _ in range(cycles):
-        if think_ms:
-            time.sleep(think_ms / 1000)
+    deadline = None if load.duration is None else time.monotonic() + load.duration
+    for _ in range(load.cycles):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if load.think_ms:
+            time.sleep(rng.uniform(0.5, 1.5) * load.think_ms / 1000)
         began = time.perf_counter()
-        status, work = post("/api/assignments/next/")
+        try:
+            status, work = post("/api/assignments/next/")
+        except TRANSIENT as error:
+            log.errors.append(f"next: {error!r}")
+            break
         log.next_ms.append((time.perf_counter() - began) * 1000)
+        log.timeline.append((time.monotonic(), "next", log.next_ms[-1]))
         if status == 204:
             break
         if status != 200:
             log.errors.append(f"next: {status} {work}")
             break
         log.seen_tasks.append((work["kind"], tuple(sorted(c["id"] for c in work["candidates"]))))
-        if skip_rate and rng.random() < skip_rate:
+        if load.skip_rate and rng.random() < load.skip_rate:
             status, result = post(f"/api/assignments/{work['id']}/skip/")
             if status == 200:
                 log.skipped.append(work["id"])
@@ -298,8 +330,13 @@ def _annotator(
         else:
             action, body = "correction", {"corrected": work["candidates"][0]["text"] + " Nothing else is there."}
         began = time.perf_counter()
-        status, result = post(f"/api/assignments/{work['id']}/{action}/", body | {"time_spent_ms": 1000})
+        try:
+            status, result = post(f"/api/assignments/{work['id']}/{action}/", body | {"time_spent_ms": 1000})
+        except TRANSIENT as error:
+            log.errors.append(f"{action}: {error!r}")
+            break
         log.submit_ms.append((time.perf_counter() - began) * 1000)
+        log.timeline.append((time.monotonic(), "submit", log.submit_ms[-1]))
         if status in (200, 201):
             log.acknowledged.append(work["id"])
         else:
@@ -308,17 +345,25 @@ def _annotator(
 
 
 def drive(
-    host: str, port: int, tokens: list[str], cycles: int, think_ms: float = 0, skip_rate: float = 0
+    host: str,
+    port: int,
+    tokens: list[str],
+    cycles: int,
+    think_ms: float = 0,
+    skip_rate: float = 0,
+    *,
+    retries: int = 0,
+    duration: float | None = None,
 ) -> LoadResult:
-    """One thread per annotator, all starting together; each does up to `cycles` cycles,
-    pausing `think_ms` before each (0: back to back, the most load N annotators can make),
-    and skipping instead of submitting at `skip_rate`."""
+    """One thread per annotator, all starting together; each does up to `cycles` cycles
+    (or until `duration` seconds), pausing about `think_ms` before each (0: back to back,
+    the most load N annotators can make), skipping instead of submitting at `skip_rate`,
+    and retrying a failed request up to `retries` times."""
+    load = Load(cycles, think_ms, skip_rate, retries, duration)
     logs = [ClientLog() for _ in tokens]
     start = threading.Barrier(len(tokens) + 1)
     threads = [
-        threading.Thread(
-            target=_annotator, args=(host, port, token, cycles, think_ms, skip_rate, log, start), daemon=True
-        )
+        threading.Thread(target=_annotator, args=(host, port, token, load, log, start), daemon=True)
         for token, log in zip(tokens, logs, strict=True)
     ]
     for thread in threads:
