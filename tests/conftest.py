@@ -3,6 +3,7 @@ must reach the test database (a Celery worker, the demo launcher)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -183,3 +184,33 @@ def vllm_server(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database beside the test database (created by
+    whoever uses it, e.g. `migrate`), dropped afterwards, even while the server is still
+    coming back from a restart. Skips without PostgreSQL."""
+    import time
+    import uuid
+
+    from django.db import connection
+
+    settings_dict = dict(connection.settings_dict)
+    if not settings_dict["ENGINE"].endswith("postgresql"):
+        pytest.skip("the suite runs without PostgreSQL (DATABASE_URL is not postgres://)")
+    settings_dict["NAME"] = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    url = database_url(settings_dict)
+    try:
+        yield url
+    finally:
+        import psycopg
+
+        admin = url.rsplit("/", 1)[0] + "/postgres"
+        for _ in range(30):
+            try:
+                with psycopg.connect(admin, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{settings_dict["NAME"]}" WITH (FORCE)')
+                break
+            except psycopg.OperationalError:
+                time.sleep(1)

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from django.db import connection, connections
 from django.db.models import Count
 
 from bench.annotate import audit, drive, losses, prepare, serve
-from tests.conftest import clean_env, database_url
+from tests.conftest import clean_env, fresh_postgres_database
 
 pytestmark = pytest.mark.slow
 
@@ -37,22 +36,8 @@ def restart_postgresql() -> None:
 
 @pytest.fixture
 def fresh_postgres() -> Iterator[str]:
-    settings = dict(connection.settings_dict)
-    if not settings["ENGINE"].endswith("postgresql"):
-        pytest.skip("needs PostgreSQL")
-    settings["NAME"] = f"factloop_faults_{uuid.uuid4().hex[:8]}"
-    url = database_url(settings)
-    yield url
-    import psycopg
-
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    for _ in range(30):  # the server may still be coming back from the restart
-        try:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{settings["NAME"]}" WITH (FORCE)')
-            break
-        except psycopg.OperationalError:
-            time.sleep(1)
+    with fresh_postgres_database("factloop_faults") as url:
+        yield url
 
 
 def test_postgresql_restarted_under_32_annotators_loses_and_doubles_nothing(
@@ -119,10 +104,11 @@ def test_a_full_disk_during_an_export_fails_it_cleanly(tmp_path: Path, settings:
 @pytest.mark.serving
 @pytest.mark.django_db(transaction=True)
 def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
-    tmp_path: Path, settings: Any, base_policy: Path
+    tmp_path: Path, worker: Any, base_policy: Path
 ) -> None:
     """The job's requests fail while the server is down; the job ends with those prompts
-    marked failed. Retried after vLLM is back, it fills exactly the missing candidates."""
+    marked failed. Queued again after vLLM is back, generation fills exactly the missing
+    candidates."""
     from django.conf import settings as live
 
     from annotation import services
@@ -131,29 +117,21 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
     from models.registry import Registry
     from models.server import ServerConfig, VLLMServer
     from models.toyworld import sample_scenes
-    from tests.annotation.test_job_recovery_workers import Worker, wait_until
     from tests.conftest import free_port
+    from tests.workers import wait_until
 
-    if not live.DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        pytest.skip("the worker tests run on PostgreSQL")
-    port = free_port()
     config = ServerConfig(
-        model=str(base_policy), python=str(live.FACTLOOP_SERVING_PYTHON), port=port, log_path=tmp_path / "vllm.log"
+        model=str(base_policy),
+        python=str(live.FACTLOOP_SERVING_PYTHON),
+        port=free_port(),
+        log_path=tmp_path / "vllm.log",
     )
     server = VLLMServer(config)
     server.start()
-    server.wait_healthy(timeout=300)
-    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
-    Registry(settings.FACTLOOP_MODEL_DIR).register("tiny-base", base_model=str(base_policy))
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url(connection.settings_dict),
-        FACTLOOP_MODEL_DIR=settings.FACTLOOP_MODEL_DIR,
-        FACTLOOP_VLLM_URL=server.url,
-        MEDIA_ROOT=settings.MEDIA_ROOT,
-    )
-    worker = Worker(env, tmp_path / "worker.log")
     try:
+        server.wait_healthy(timeout=300)
+        Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
+        worker.env["FACTLOOP_VLLM_URL"] = server.url
         round_ = services.create_round(policy_version="tiny-base")
         Round.objects.filter(pk=round_.pk).update(candidates_per_prompt=2, sampling={"max_tokens": 24})
         prompts = [
@@ -180,5 +158,4 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
         per_prompt = Candidate.objects.filter(round=round_).values("prompt_id").annotate(n=Count("pk"))
         assert len(per_prompt) == 80 and {row["n"] for row in per_prompt} == {2}
     finally:
-        worker.stop()
         server.stop()

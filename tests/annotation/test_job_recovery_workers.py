@@ -7,11 +7,8 @@ PostgreSQL and Redis; the kill comes once the job has reported progress, so it l
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,74 +20,9 @@ from django.db.models import Count
 from annotation import jobs, services
 from annotation.models import Candidate, Job, Round, TrainingRun
 from models.registry import Registry
-from tests.conftest import REPO, database_url
-from tests.webapp.test_celery_worker import purge_queues, worker_args
+from tests.workers import Worker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-class Worker:
-    """A worker process in a session of its own (its children die with the session)."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                worker_args(), cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def kill(self, *, group: bool = True) -> None:
-        assert self.process is not None
-        if group:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        else:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def worker_env(settings: Any, tmp_path: Path) -> dict[str, str]:
-    if not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        pytest.skip("the worker tests run on PostgreSQL")
-    purge_queues()
-    settings.FACTLOOP_EXPORT_DIR = str(tmp_path / "exports")
-    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
-    settings.FACTLOOP_TRAIN_DIR = str(tmp_path / "training")
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url(connection.settings_dict),
-        FACTLOOP_EXPORT_DIR=settings.FACTLOOP_EXPORT_DIR,
-        FACTLOOP_MODEL_DIR=settings.FACTLOOP_MODEL_DIR,
-        FACTLOOP_TRAIN_DIR=settings.FACTLOOP_TRAIN_DIR,
-        MEDIA_ROOT=settings.MEDIA_ROOT,
-    )
-    return env
-
-
-@pytest.fixture
-def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
-    process = Worker(worker_env, tmp_path / "worker.log")
-    yield process
-    process.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:.0f} s; worker log:\n{log.read_text()[-3000:]}")
-        time.sleep(0.02)
 
 
 def kill_mid_job(worker: Worker, job: Job, *, group: bool = True, ready: Callable[[], bool] | None = None) -> None:

@@ -4,16 +4,14 @@ bench/annotate.py; this test asserts what must never happen, never how fast it w
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from bench.annotate import audit, drive, losses, prepare, serve
-from tests.conftest import clean_env, database_url
+from tests.conftest import clean_env, fresh_postgres_database
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +28,8 @@ def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'concurrency.sqlite3'}"
         return
-    settings = dict(connection.settings_dict)
-    if not settings["ENGINE"].endswith("postgresql"):
-        pytest.skip("the suite runs without PostgreSQL (DATABASE_URL is not postgres://)")
-    settings["NAME"] = f"factloop_concurrency_{uuid.uuid4().hex[:8]}"
-    url = database_url(settings)
-    yield url
-    import psycopg
-
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{settings["NAME"]}" WITH (FORCE)')
+    with fresh_postgres_database("factloop_concurrency") as url:
+        yield url
 
 
 def test_32_annotators_never_exceed_k_never_repeat_and_lose_nothing(fresh_database: str, tmp_path: Path) -> None:

@@ -37,8 +37,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from rest_framework.authtoken.models import Token
-
+        from annotation.authentication import issue_token
         from annotation.services import ensure_user
 
         if options["n"] < 1:
@@ -54,7 +53,7 @@ class Command(BaseCommand):
         tokens = []
         for i in range(1, options["n"] + 1):
             user = ensure_user(f"sim-{i}", role="annotator").user
-            tokens.append(Token.objects.get_or_create(user=user)[0].key)
+            tokens.append(issue_token(user).key)  # a live token (an expired one is replaced)
         tallies = [Tally() for _ in tokens]
         bar = tqdm(desc="labels", unit="label", disable=options["verbosity"] < 1)
         lock = threading.Lock()
