@@ -27,6 +27,7 @@ from annotation import plots, quality, services
 from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
 from annotation.models import Candidate, Prompt, Round, RoundPrompt, Task, TaskCandidate
+from contract.methods import CHAIR_I, CHAIR_S, KL, POPE_F1, REWARD
 
 # An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
 MAX_UNPACKED_FILES = 200_000
@@ -426,7 +427,9 @@ def adjudicate(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
 # ---------------------------------------------------------------------------------------
 # Metrics of every round
 
-MODEL_METRICS = ("chair_i", "chair_s", "pope_f1", "reward", "kl")
+HALLUCINATION_METRICS = (CHAIR_I, CHAIR_S, POPE_F1)
+TRAINING_METRICS = (REWARD, KL)  # RunResult.registry_metrics: what train_round registers
+MODEL_METRICS = HALLUCINATION_METRICS + TRAINING_METRICS
 
 
 def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
@@ -468,12 +471,12 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
         plots.lines(
             "Hallucination per round (trained versions)",
             [int(v.round) for v in versions if v.round is not None],
-            {name: [v.metrics.get(name) for v in versions] for name in ("chair_i", "chair_s", "pope_f1")},
+            {name: [v.metrics.get(name) for v in versions] for name in HALLUCINATION_METRICS},
         ),
         plots.lines(
             "Reward and KL per round (trained versions)",
             [int(v.round) for v in versions if v.round is not None],
-            {name: [v.metrics.get(name) for v in versions] for name in ("reward", "kl")},
+            {name: [v.metrics.get(name) for v in versions] for name in TRAINING_METRICS},
         ),
     ]
     for row in annotation_rows:

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from annotation.models import Correction, Judgement, TaskCandidate
+from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
 from models.staging import staged
-from rlhf.data import assistant_turn, user_turns, write_manifest, write_pairs
 
 SCHEMA_VERSION = 1
 FORMATS = ("factloop", "trl", "llava-rlhf", "rlhf-v")

@@ -441,8 +441,8 @@ def import_labels(
     """Import a llava-rlhf or rlhf-v JSON file (a list of entries) as one frozen round;
     image paths are relative to `images` (default: the file's folder). Returns the report
     and the new round's number (None when nothing was imported)."""
-    from annotation import spans as span_diff
     from annotation.models import Assignment, Correction, Judgement, Round, Task, TaskCandidate
+    from contract import spans as span_diff
 
     if fmt not in LABEL_FORMATS:
         raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(LABEL_FORMATS)}")

@@ -24,7 +24,6 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from annotation import audit
-from annotation import spans as span_diff
 from annotation.jobs import enqueue_job
 from annotation.models import (
     Assignment,
@@ -43,6 +42,7 @@ from annotation.models import (
 )
 from annotation.queue import Refused, check_live, own_assignment
 from annotation.roles import ANNOTATORS_GROUP
+from contract import spans as span_diff
 
 Role = Literal["annotator", "admin"]
 

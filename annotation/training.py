@@ -40,14 +40,24 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import Correction, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
+from contract.methods import (
+    CHAIR_I,
+    CHAIR_S,
+    DPO_METHODS,
+    EMPTY_SHARE,
+    GATE_METRICS,
+    MEAN_WORDS,
+    METHODS,
+    POPE_F1,
+    REWARD_MODEL_ACCURACY,
+    RL_METHODS,
+    not_worse,
+)
+from contract.results import RewardResult, RunResult
 
 STEPS = ("freeze", "export", "reward_model", "train", "evaluate", "gate", "register", "deploy", "open_next")
-DPO_METHODS = ("ddpo", "dpo")
-RL_METHODS = ("ppo", "grpo", "rloo")
-METHODS = DPO_METHODS + RL_METHODS
-LOWER_IS_BETTER = {"chair_i": True, "chair_s": True, "pope_f1": False}
 REPO = Path(__file__).resolve().parent.parent
-KEPT_METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "empty_share")
+KEPT_METRICS = (CHAIR_I, CHAIR_S, POPE_F1, MEAN_WORDS, EMPTY_SHARE)
 
 
 class TrainingRefused(Exception):
@@ -73,8 +83,8 @@ class Options:
         if self.method not in METHODS:
             raise TrainingRefused(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         self.gate_metric = self.gate_metric or settings.FACTLOOP_GATE_METRIC
-        if self.gate_metric not in LOWER_IS_BETTER:
-            raise TrainingRefused(f"gate metric must be one of {', '.join(LOWER_IS_BETTER)}")
+        if self.gate_metric not in GATE_METRICS:
+            raise TrainingRefused(f"gate metric must be one of {', '.join(GATE_METRICS)}")
         self.eval_scenes = self.eval_scenes or settings.FACTLOOP_EVAL_SCENES
         for path in (self.config, self.reward_config):
             if path is not None and not Path(path).is_file():
@@ -266,17 +276,17 @@ def _config_args(path: str | None, overrides: list[str]) -> list[str]:
 
 def _step_reward_model(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
     out = work / "reward"
-    if not (out / "result.json").is_file():
+    if not RewardResult.exists(out):
         args = ["reward", *_config_args(options.reward_config, [])]
         args += ["--set", f"model={_current(run).base_model}", "--set", f"data={work / 'export'}"]
         _rlhf([*args, "--set", f"output_dir={out}"], work / "train.log")
-    result = json.loads((out / "result.json").read_text())
-    return {"heldout_accuracy": result["heldout_accuracy"], "train_pairs": result["train_pairs"]}
+    result = RewardResult.read(out)
+    return {"heldout_accuracy": result.heldout_accuracy, "train_pairs": result.train_pairs}
 
 
 def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
     out = work / "train"
-    if not (out / "result.json").is_file():
+    if not RunResult.exists(out):
         if run.method in DPO_METHODS:
             args = ["dpo", *_config_args(options.config, [f"method={run.method}", *options.overrides])]
             if any(out.glob("checkpoint-*")):
@@ -286,9 +296,9 @@ def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any
             args += ["--set", f"reward_model={work / 'reward'}"]
         args += [*_model_settings(run), "--set", f"data={work / 'export'}", "--set", f"output_dir={out}"]
         _rlhf(args, work / "train.log")
-    result = json.loads((out / "result.json").read_text())
-    keep = ("pairs", "steps", "first_loss", "last_loss", "first_reward", "last_reward", "last_kl", "seconds")
-    return {k: result[k] for k in keep if k in result}
+    result = RunResult.read(out)
+    keep = ("pairs", "prompts", "steps", "first_loss", "last_loss", "first_reward", "last_reward", "last_kl", "seconds")
+    return {k: getattr(result, k) for k in keep if getattr(result, k) is not None}
 
 
 def _evaluate(base_model: str, adapter: Path | None, out: Path, scenes: int, log: Path) -> dict[str, Any]:
@@ -319,8 +329,8 @@ def _step_gate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]
     measured = run.steps["evaluate"]["detail"]
     metric = options.gate_metric
     new, current = measured["new"][metric], measured["current"][metric]
-    better_or_equal = new <= current if LOWER_IS_BETTER[metric] else new >= current
-    return {"metric": metric, "new": new, "current": current, "passed": bool(better_or_equal or options.force)}
+    passed = not_worse(metric, new, current) or options.force
+    return {"metric": metric, "new": new, "current": current, "passed": bool(passed)}
 
 
 def _version_name(run: TrainingRun) -> str:
@@ -338,10 +348,9 @@ def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, 
     except UnknownVersion:
         current = _current(run)
         metrics: dict[str, Any] = dict(run.steps["evaluate"]["detail"]["new"])
-        trained = run.steps["train"]["detail"]
-        metrics.update({k: trained[k] for k in ("last_reward", "last_kl") if trained.get(k) is not None})
+        metrics.update(RunResult.read(work / "train").registry_metrics())
         if "reward_model" in run.steps:
-            metrics["reward_model_accuracy"] = run.steps["reward_model"]["detail"]["heldout_accuracy"]
+            metrics[REWARD_MODEL_ACCURACY] = RewardResult.read(work / "reward").heldout_accuracy
         metrics["method"] = run.method
         registry.register(
             name,

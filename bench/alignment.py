@@ -34,7 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
-from rlhf.config import RL_METHODS, RLTrainConfig, load_config, load_run_config
+from contract.methods import RL_METHODS
+from rlhf.config import RLTrainConfig, load_config, load_run_config
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ddpo.yaml"
 RL_CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ppo.yaml"
@@ -139,14 +140,14 @@ def main() -> None:
                 output_dir=str(out),
             )
             rl = train_rl(rl_config, report_to=[])
-            metrics = evaluate(args.model, Path(rl.adapter_dir), args.heldout)
+            metrics = evaluate(args.model, Path(rl.adapter_dir) if rl.adapter_dir else None, args.heldout)
             rows.append({"method": method, "labels": ranking_count, "seconds": rl.seconds, **metrics})
             print(f"{method}: reward {rl.first_reward:.3f} -> {rl.last_reward:.3f}", file=sys.stderr)
             continue
         overrides = [f"method={method}", *args.set]
         config = load_config(args.config, overrides, model=args.model, data=[str(data)], output_dir=str(out))
         result = train(config, report_to=[])
-        metrics = evaluate(args.model, result.adapter_dir, args.heldout)
+        metrics = evaluate(args.model, Path(result.adapter_dir) if result.adapter_dir else None, args.heldout)
         rows.append({"method": method, "labels": result.pairs, "seconds": result.seconds, **metrics})
         print(f"{method}: loss {result.first_loss:.3f} -> {result.last_loss:.3f}", file=sys.stderr)
 

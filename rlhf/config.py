@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-METHODS = ("ddpo", "dpo")
-RL_METHODS = ("ppo", "grpo", "rloo")
+from contract.methods import DPO_METHODS, RL_METHODS
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -161,8 +161,8 @@ class DPOTrainConfig:
 
     def __post_init__(self) -> None:
         normalise_run_inputs(self)
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in DPO_METHODS:
+            raise ConfigError(f"method must be one of {', '.join(DPO_METHODS)}, got {self.method!r}")
         if self.method == "dpo":
             if self.gamma not in (None, 1, 1.0) or self.normalize:
                 raise ConfigError("method dpo is DDPO with gamma = 1 and normalize = false; leave them unset")

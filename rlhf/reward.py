@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.results import RewardResult
 from rlhf.config import ConfigError, LoraSettings, normalise_run_inputs
 
 REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring needs besides the weights
@@ -171,17 +172,6 @@ def bradley_terry_loss(chosen: Any, rejected: Any) -> Any:
     return -F.logsigmoid(chosen - rejected).mean()
 
 
-@dataclass
-class RewardResult:
-    output_dir: str
-    train_pairs: int
-    heldout_pairs: int
-    heldout_accuracy: float
-    first_loss: float
-    last_loss: float
-    seconds: float
-
-
 def split_pairs(dataset: Any, config: RewardConfig) -> tuple[list[int], list[int]]:
     """Held-out and training indices, split by image so no image is on both sides."""
     keep = [i for i, tie in enumerate(dataset["hallucination_tie"]) if config.ties == "use" or not tie]
@@ -269,7 +259,8 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
         first_loss=sum(losses[:window]) / window,
         last_loss=sum(losses[-window:]) / window,
         seconds=time.perf_counter() - began,
+        config=asdict(config),
     )
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    (out / "result.json").write_text(json.dumps(asdict(result), indent=2))
+    result.write(out)
     return result

@@ -171,7 +171,7 @@ class RewardModel:
     ) -> list[float]:
         import torch
 
-        from rlhf.data import assistant_turn
+        from contract.export import assistant_turn
         from rlhf.reward import encode_conversations, scores
 
         out: list[float] = []

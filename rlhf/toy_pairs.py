@@ -5,7 +5,7 @@ The policy answers prompts about training scenes (sampled, like candidates in a 
 scene a description and, optionally, one question as synthetic rounds ask); the oracle
 corrects each response's hallucinated segments as an RLHF-V annotator would
 (models/toyworld/oracle.py) and the changed segments come from the same diff the server
-uses (annotation/spans.py, pure Python). A response with nothing wrong gives no pair.
+uses (contract/spans.py, pure Python). A response with nothing wrong gives no pair.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
 from models.toyworld import Scene, render, sample_scenes
 from models.toyworld.oracle import check, correct
-from rlhf.data import assistant_turn, user_turns, write_manifest, write_pairs
 
 DESCRIBE = "Describe the image."
 TRAIN_SEED = 1234  # the held-out scenes (rlhf.evaluate) use their own seed and id prefix
@@ -47,7 +47,7 @@ Response = tuple[Scene, str, str]  # scene, prompt, response
 
 def oracle_pairs(responses: Sequence[Response], *, noise: float = 0.0, seed: int = 0) -> list[OraclePair]:
     """Corrections of (scene, prompt, response) triples; those with nothing wrong are dropped."""
-    from annotation.spans import changed_spans
+    from contract.spans import changed_spans
 
     rng = random.Random(seed)
     pairs = []

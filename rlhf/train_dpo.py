@@ -18,18 +18,16 @@ adapter loaded under the name trl looks for ("ref").
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.results import RunResult
 from rlhf.config import DPOTrainConfig, dump
 
 ADAPTER_DIR = "adapter"
-RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
 
 
@@ -98,22 +96,6 @@ def trainer_class() -> type:
                 return super()._compute_loss(model, inputs, return_outputs)
 
     return DDPOTrainer
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    adapter_dir: Path | None
-    pairs: int
-    steps: int
-    train_loss: float | None
-    first_loss: float | None
-    last_loss: float | None
-    seconds: float
-    git_revision: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
 def load_policy(config: DPOTrainConfig) -> tuple[Any, Any]:
@@ -222,7 +204,7 @@ def _last_checkpoint(output_dir: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] | None = None) -> TrainResult:
+def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] | None = None) -> RunResult:
     """Run DDPO/DPO and write, under output_dir: `adapter/` (the trained adapter, or the
     full model), `config.yaml` (the resolved config), `result.json` (metrics, git revision).
     With `resume`, training continues from the newest checkpoint in output_dir."""
@@ -241,9 +223,10 @@ def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] 
     else:
         model.save_pretrained(str(adapter))
     trainer.processing_class.save_pretrained(str(adapter))
-    result = TrainResult(
-        output_dir=output,
-        adapter_dir=adapter,
+    result = RunResult(
+        method=config.method,
+        output_dir=str(output),
+        adapter_dir=str(adapter) if adapter is not None else None,
         pairs=len(trainer.train_dataset),
         steps=trainer.state.global_step,
         train_loss=float(outcome.training_loss) if outcome.training_loss is not None else None,
@@ -251,6 +234,7 @@ def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] 
         last_loss=losses[-1] if losses else None,
         seconds=time.perf_counter() - began,
         git_revision=git_revision(),
+        config=config.to_dict(),
     )
-    (output / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"config": config.to_dict()}, indent=2))
+    result.write(output)
     return result

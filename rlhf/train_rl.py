@@ -38,34 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.results import RunResult
 from rlhf.config import ConfigError, RLTrainConfig, dump
 from rlhf.train_dpo import (
     ADAPTER_DIR,
     CONFIG_FILE,
-    RESULT_FILE,
     common_trainer_arguments,
     git_revision,
     prepare_torch,
 )
 
 LOG_FILE = "log.jsonl"
-
-
-@dataclass
-class RLResult:
-    output_dir: str
-    adapter_dir: str
-    method: str
-    prompts: int
-    steps: int
-    first_reward: float | None
-    last_reward: float | None
-    last_kl: float | None
-    seconds: float
-    git_revision: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 # ---------------------------------------------------------------------------------------
@@ -507,7 +490,7 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     )
 
 
-def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress: bool = True) -> RLResult:
+def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress: bool = True) -> RunResult:
     """Run PPO, GRPO or RLOO and write, under output_dir: `adapter/` (the policy's LoRA
     adapter), `config.yaml`, `log.jsonl` (PPO: one line of statistics per step) and
     `result.json`."""
@@ -536,10 +519,10 @@ def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress
             for entry in trl.state.log_history:
                 log.write(json.dumps(entry) + "\n")
     window = max(1, len(rewards) // 5)
-    result = RLResult(
+    result = RunResult(
+        method=config.method,
         output_dir=str(out),
         adapter_dir=str(adapter),
-        method=config.method,
         prompts=prompts,
         steps=config.steps,
         first_reward=sum(rewards[:window]) / window if rewards else None,
@@ -547,6 +530,7 @@ def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress
         last_kl=kls[-1] if kls else None,
         seconds=time.perf_counter() - began,
         git_revision=git_revision(),
+        config=config.to_dict(),
     )
-    (out / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"config": config.to_dict()}, indent=2))
+    result.write(out)
     return result

@@ -11,6 +11,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+from contract.methods import CHAIR_I, GATE_METRICS
 from webapp.env import ConfigError, Env, parse_broker_url, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -174,7 +175,7 @@ FACTLOOP_EXPORT_DIR = env.path("FACTLOOP_EXPORT_DIR", VAR_DIR / "exports", base=
 # a folder under FACTLOOP_TRAIN_DIR; a new version is deployed only if it is not worse than
 # the serving one on FACTLOOP_GATE_METRIC, measured on FACTLOOP_EVAL_SCENES held-out scenes.
 FACTLOOP_TRAIN_DIR = env.path("FACTLOOP_TRAIN_DIR", VAR_DIR / "training", base=BASE_DIR)
-FACTLOOP_GATE_METRIC = env.choice("FACTLOOP_GATE_METRIC", "chair_i", ("chair_i", "chair_s", "pope_f1"))
+FACTLOOP_GATE_METRIC = env.choice("FACTLOOP_GATE_METRIC", CHAIR_I, tuple(GATE_METRICS))
 FACTLOOP_EVAL_SCENES = env.integer("FACTLOOP_EVAL_SCENES", 200, minimum=1, maximum=100_000)
 
 # Input limits (annotation/limits.py): imports refuse a row over them, generation cuts a

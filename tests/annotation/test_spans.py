@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from annotation.spans import Span, apply_spans, changed_spans, tokens
+from contract.spans import Span, apply_spans, changed_spans, tokens
 
 
 def words(text: str) -> list[str]:

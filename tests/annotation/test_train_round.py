@@ -4,6 +4,7 @@ keeps a worse policy out; a run killed while training resumes without duplicatin
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from tests.conftest import PYTHON, REPO, clean_env, database_url
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
 TOY_CONFIG = str(REPO / "bench" / "configs" / "toy-ddpo.yaml")
+RL_CONFIG = str(REPO / "bench" / "configs" / "toy-ppo.yaml")
 TRAIN_ARGS = ["--method", "ddpo", "--config", TOY_CONFIG, "--set", "epochs=1", "--eval-scenes", "24"]
 
 
@@ -89,6 +91,49 @@ def test_a_round_trains_deploys_and_opens_the_next_on_the_new_policy(
         call_command("train_round", "--inline", "--round", str(round_.number), *TRAIN_ARGS)
     with pytest.raises(CommandError, match="no unfinished training run"):
         call_command("train_round", "--inline", "--resume", "--round", str(round_.number), *TRAIN_ARGS)
+
+
+@pytest.mark.django_db
+def test_an_rl_round_registers_its_reward_and_kl_and_the_admin_plots_them(
+    loop: Registry, base_policy: Path, annotator: Any, admin_user: Any, vllm_server: Any, settings: Any
+) -> None:
+    """Through real trainers (a reward model, then PPO): the reward and KL the trainer wrote
+    in its result are what the registered version carries, under the keys the per-round
+    plot reads, so the admin draws them (the plot was once always empty: the register step
+    wrote `last_reward`/`last_kl` and the plot read `reward`/`kl`)."""
+    from django.test import Client
+
+    from contract.results import RunResult
+
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    loop.register("tiny-base", base_model=str(base_policy))
+    labelled_round(annotator, "tiny-base")
+    small = ["steps=2", "rollout_batch_size=8", "minibatch_size=8", "num_generations=4", "max_new_tokens=16"]
+    call_command(
+        "train_round",
+        "--inline",
+        "--method",
+        "ppo",
+        "--config",
+        RL_CONFIG,
+        *[arg for item in small for arg in ("--set", item)],
+        "--eval-scenes",
+        "24",
+        stdout=io.StringIO(),
+    )
+    run = TrainingRun.objects.get()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    trained = RunResult.read(Path(run.work_dir) / "train")
+    assert trained.method == "ppo" and trained.last_reward is not None and trained.last_kl is not None
+    version = loop.get(run.version)
+    assert (version.metrics["reward"], version.metrics["kl"]) == (trained.last_reward, trained.last_kl)
+    assert 0 <= version.metrics["reward_model_accuracy"] <= 1
+    client = Client()
+    client.force_login(admin_user)
+    page = client.get("/admin/annotation/round/metrics/").content.decode()
+    # Hallucination, and reward/KL (not drawn when its series are empty, as they were); one
+    # annotator per task gives no agreement to plot.
+    assert page.count("data:image/svg+xml;base64,") == 2
 
 
 @pytest.mark.django_db

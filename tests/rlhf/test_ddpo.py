@@ -52,7 +52,7 @@ def test_multi_byte_characters_map_to_their_tokens(tokenizer: Any) -> None:
 def test_spaces_at_span_edges_do_not_weight_the_neighbours(tokenizer: Any) -> None:
     text = "A café is here."
     start = text.index(" café ")
-    # An inserted word carries the space before it (annotation/spans.py); the trimmed span
+    # An inserted word carries the space before it (contract/spans.py); the trimmed span
     # weights "café" and not "A" or "is".
     assert weighted_pieces(tokenizer, text, [(start, start + len(" café "))]).strip() == "café"
     assert usable_spans(text, [(start, start + 1)]) == []  # white space only: nothing
@@ -257,7 +257,7 @@ def test_a_tiny_run_lowers_the_loss_changes_only_the_adapter_and_resumes(
     # Only adapter weights were trained: the base checkpoint's tensors are what the trainer ended with.
     base = AutoModelForImageTextToText.from_pretrained(str(base_policy), dtype=torch.float32).state_dict()
     assert result.adapter_dir is not None
-    adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    adapter = load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))
     assert adapter and all("lora_" in key for key in adapter)
     assert any(tensor.abs().sum() > 0 for key, tensor in adapter.items() if "lora_B" in key)
     from peft import PeftModel
@@ -325,4 +325,4 @@ def test_full_fine_tuning_weights_the_reference_too(base_policy: Path, oracle_ex
     loss = trainer._compute_loss(trainer.model, _batch(trainer), return_outputs=False)
     assert math.isclose(float(loss.detach()), math.log(2), abs_tol=1e-6)
     result = train(config, report_to=[])
-    assert result.adapter_dir is not None and (result.adapter_dir / "model.safetensors").is_file()
+    assert result.adapter_dir is not None and (Path(result.adapter_dir) / "model.safetensors").is_file()
