@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from annotation import jobs
+from annotation import admin_views, jobs
 from annotation.models import (
     Assignment,
     AuditEvent,
@@ -25,6 +25,8 @@ from annotation.models import (
     Task,
     TrainingRun,
 )
+from annotation.services import freeze_round, queue_generation
+from annotation.training import STEPS
 
 
 @admin.register(Job)
@@ -115,7 +117,6 @@ class PromptAdmin(ReadOnlyAdmin):
     change_list_template = "admin/annotation/prompt/change_list.html"
 
     def get_urls(self) -> list[Any]:
-        from annotation import admin_views
 
         view = self.admin_site.admin_view
         return [
@@ -143,7 +144,6 @@ class RoundAdmin(admin.ModelAdmin):
     change_list_template = "admin/annotation/round/change_list.html"
 
     def get_urls(self) -> list[Any]:
-        from annotation import admin_views
 
         view = self.admin_site.admin_view
         return [
@@ -173,7 +173,6 @@ class RoundAdmin(admin.ModelAdmin):
 
     @admin.action(description="Freeze: take no more labels (the labels so far are final)")
     def freeze(self, request: HttpRequest, queryset: QuerySet[Round]) -> None:
-        from annotation.services import freeze_round
 
         for round_ in queryset:
             try:
@@ -190,7 +189,6 @@ class RoundAdmin(admin.ModelAdmin):
 
     @admin.action(description="Generate the missing candidates (queued on the generate queue)")
     def generate_missing(self, request: HttpRequest, queryset: QuerySet[Round]) -> None:
-        from annotation.services import queue_generation
 
         for round_ in queryset:
             try:
@@ -315,7 +313,6 @@ class TrainingRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="steps")
     def step_table(self, run: TrainingRun) -> str:
-        from annotation.training import STEPS
 
         rows = [
             (name, entry.get("status", ""), entry.get("seconds", ""), entry.get("detail") or entry.get("error", ""))

@@ -28,6 +28,8 @@ from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
 from annotation.models import Candidate, Prompt, Round, RoundPrompt, Task, TaskCandidate
 from contract.methods import CHAIR_I, CHAIR_S, KL, POPE_F1, REWARD
+from models.registry import Registry, RegistryError
+from models.server import BASE_NAME
 
 # An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
 MAX_UNPACKED_FILES = 200_000
@@ -67,8 +69,6 @@ class StartRoundForm(forms.Form):
     max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
 
     def clean_policy_version(self) -> str:
-        from models.registry import Registry, RegistryError
-        from models.server import BASE_NAME
 
         name = str(self.cleaned_data["policy_version"]).strip()
         if name != BASE_NAME:
@@ -435,7 +435,6 @@ MODEL_METRICS = HALLUCINATION_METRICS + TRAINING_METRICS
 def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
     """Per round: annotation quality from the database, and the metrics each trained model
     version recorded in the registry (hallucination, reward, KL), as tables and plots."""
-    from models.registry import Registry
 
     _require(request, "annotation.view_round")
     numbers = list(Round.objects.order_by("number").values_list("number", flat=True))

@@ -19,6 +19,10 @@ from django.conf import settings
 from annotation.models import Prompt, Round
 from annotation.services import add_image, add_prompt
 from annotation.synthetic import png_of_scene
+from models.registry import Registry, UnknownVersion
+from models.tiny import SHIPPED, TinySpec, build_toy_model, problems
+from models.toyworld import sample_scenes
+from models.toyworld.world import make_question
 
 BASE_VERSION = "tiny-base"
 TOY_CONFIG = Path(__file__).resolve().parent.parent / "bench" / "configs" / "toy-ddpo.yaml"
@@ -29,9 +33,6 @@ def ensure_base_policy() -> str:
     """The shipped tiny base policy, copied under FACTLOOP_MODEL_DIR and registered. It is
     never rebuilt here: a shipped model that no longer matches its spec stops the demo."""
     from django.core.management.base import CommandError
-
-    from models.registry import Registry, UnknownVersion
-    from models.tiny import SHIPPED, TinySpec, build_toy_model, problems
 
     found = problems(SHIPPED, TinySpec())
     if found:
@@ -52,10 +53,6 @@ def ensure_base_policy() -> str:
 def toy_prompts(scenes: int, *, seed: int = ROUND_SEED) -> list[Prompt]:
     """A description and a question per toy scene, as training prompts (reused if there)."""
     import random
-
-    from models.tiny import TinySpec
-    from models.toyworld import sample_scenes
-    from models.toyworld.world import make_question
 
     rng = random.Random(seed)
     prompts = []

@@ -43,7 +43,8 @@ from itertools import combinations, groupby
 from pathlib import Path
 from typing import Any, TextIO
 
-from annotation.models import Correction, Judgement, TaskCandidate
+from annotation.models import Correction, Image, Judgement, TaskCandidate
+from annotation.quality import passing_annotators
 from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
 from models.staging import staged
 
@@ -267,7 +268,6 @@ def _counted(rows: Iterator[dict[str, Any]], progress: Progress | None) -> Itera
 def _passing(selection: Selection) -> set[str] | None:
     if selection.min_gold_accuracy is None:
         return None
-    from annotation.quality import passing_annotators
 
     return passing_annotators(min_gold_accuracy=selection.min_gold_accuracy)
 
@@ -333,7 +333,6 @@ class _ImageCache:
 
 def _image_files(selection: Selection) -> dict[str, str]:
     """sha256 -> stored file of every image the selection's labels use."""
-    from annotation.models import Image
 
     return dict(
         Image.objects.filter(prompts__tasks__round__number__in=selection.rounds)

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from annotation.models import Candidate, Round, RoundPrompt
 from annotation.queue import Refused
+from annotation.services import make_round_tasks
 from models.registry import Registry, RegistryError
 from models.server import serve_version
 from models.serving import Sampling, ServingClient, ServingError
@@ -175,7 +176,6 @@ def generate_round(
             raise
     if not RoundPrompt.objects.filter(round=round_).exclude(status=RoundPrompt.Status.DONE).exists():
         # Every prompt has its candidates: the round's tasks (and its opening, if asked).
-        from annotation.services import make_round_tasks
 
         round_.refresh_from_db()
         report.tasks_created = make_round_tasks(round_)

@@ -37,8 +37,9 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from annotation import limits, services
-from annotation.models import Prompt
+from annotation.models import Assignment, Correction, Judgement, Prompt, Round, Task, TaskCandidate
 from annotation.services import add_image, add_prompt, inspect_image
+from contract import spans as span_diff
 
 
 @dataclass(frozen=True)
@@ -441,8 +442,6 @@ def import_labels(
     """Import a llava-rlhf or rlhf-v JSON file (a list of entries) as one frozen round;
     image paths are relative to `images` (default: the file's folder). Returns the report
     and the new round's number (None when nothing was imported)."""
-    from annotation.models import Assignment, Correction, Judgement, Round, Task, TaskCandidate
-    from contract import spans as span_diff
 
     if fmt not in LABEL_FORMATS:
         raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(LABEL_FORMATS)}")

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
-from annotation.models import Correction, Judgement, Task, TaskCandidate
+from annotation.models import Correction, Judgement, Round, Task, TaskCandidate
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,6 @@ def round_quality(rounds: Sequence[int], labels: Sequence[Label] | None = None) 
 def passing_annotators(rounds: Sequence[int] | None = None, *, min_gold_accuracy: float) -> set[str]:
     """The annotators whose gold accuracy (over `rounds`, or every round) is at least the
     threshold; an annotator who answered no gold task does not pass."""
-    from annotation.models import Round
 
     numbers = list(Round.objects.values_list("number", flat=True)) if rounds is None else list(rounds)
     graded: dict[str, list[bool]] = defaultdict(list)

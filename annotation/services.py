@@ -24,6 +24,7 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from annotation import audit
+from annotation.exporters import Selection, check_format
 from annotation.jobs import enqueue_job
 from annotation.models import (
     Assignment,
@@ -487,7 +488,6 @@ def queue_export(
     created_by: Any = None,
 ) -> Job:
     """Queue an export (on the `export` queue); the selection is checked now, not in the worker."""
-    from annotation.exporters import Selection, check_format
 
     known = set(Round.objects.filter(number__in=rounds).values_list("number", flat=True))
     if missing := sorted(set(rounds) - known):

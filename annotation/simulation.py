@@ -14,6 +14,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from annotation import queue
+from annotation.services import submit_correction, submit_judgement
 from models.toyworld import Scene
 from models.toyworld.oracle import check, correct
 
@@ -47,8 +49,6 @@ def oracle_submission(
 def label_round(annotator: Any, *, noise: float = 0.0, seed: int = 0, limit: int | None = None) -> int:
     """Answer the tasks the queue hands `annotator` with the oracle, through the services;
     returns how many were submitted."""
-    from annotation import queue
-    from annotation.services import submit_correction, submit_judgement
 
     rng = random.Random(seed)
     done = 0

@@ -20,7 +20,13 @@ from django.db import connection
 from django.utils import timezone
 
 from annotation import jobs
-from annotation.models import Job
+from annotation.exporters import Selection, count_labels, export
+from annotation.generation import generate_round
+from annotation.models import Job, TrainingRun
+from annotation.queue import Refused
+from annotation.training import StepFailed, TrainingRefused, run_steps
+from models.registry import Registry
+from models.serving import ServingClient, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +95,6 @@ def generate_candidates(
     """
     from django.conf import settings
 
-    from annotation.generation import generate_round
-    from annotation.queue import Refused
-    from models.registry import Registry
-    from models.serving import ServingClient, ServingError
-
     try:
         with ServingClient(settings.FACTLOOP_VLLM_URL) as client:
             report = generate_round(
@@ -120,8 +121,6 @@ def export_dataset(
     from pathlib import Path
 
     from django.conf import settings
-
-    from annotation.exporters import Selection, count_labels, export
 
     try:
         selection = Selection(
@@ -155,8 +154,6 @@ def train_round(
     """Run a training run's unfinished steps (annotation.training), reporting the step
     reached as progress. A failed step leaves the run resumable (`train_round --resume`, or
     retrying the job); a run taken back from a dead worker resumes at its unfinished step."""
-    from annotation.models import TrainingRun
-    from annotation.training import StepFailed, TrainingRefused, run_steps
 
     run = TrainingRun.objects.get(pk=int(params["run_id"]))
     if run.status == TrainingRun.Status.FAILED:  # retried by hand: resume it

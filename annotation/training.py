@@ -39,7 +39,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from annotation.deployment import deploy_version
+from annotation.exporters import export
 from annotation.models import Correction, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
+from annotation.services import freeze_round, start_round
 from contract.methods import (
     CHAIR_I,
     CHAIR_S,
@@ -54,6 +57,7 @@ from contract.methods import (
     not_worse,
 )
 from contract.results import RewardResult, RunResult
+from models.registry import Registry, RegistryError, UnknownVersion
 
 STEPS = ("freeze", "export", "reward_model", "train", "evaluate", "gate", "register", "deploy", "open_next")
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +98,6 @@ class Options:
 
 
 def _registry() -> Any:
-    from models.registry import Registry
 
     return Registry(settings.FACTLOOP_MODEL_DIR)
 
@@ -129,7 +132,6 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
     """What a run would do (the dry run): nothing is written."""
     if not round_.policy_version:
         raise TrainingRefused(f"{round_} names no policy version to train from")
-    from models.registry import RegistryError
 
     try:
         current = _registry().get(round_.policy_version)
@@ -237,7 +239,6 @@ def _current(run: TrainingRun) -> Any:
 
 
 def _step_freeze(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    from annotation.services import freeze_round
 
     round_ = run.round
     round_.refresh_from_db()
@@ -247,7 +248,6 @@ def _step_freeze(run: TrainingRun, options: Options, work: Path) -> dict[str, An
 
 
 def _step_export(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    from annotation.exporters import export
 
     out = work / "export"
     if not (out / "manifest.json").is_file():
@@ -338,7 +338,6 @@ def _version_name(run: TrainingRun) -> str:
 
 
 def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    from models.registry import UnknownVersion
 
     registry = _registry()
     name = _version_name(run)
@@ -367,7 +366,6 @@ def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, 
 
 
 def _step_deploy(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    from annotation.deployment import deploy_version
 
     if not run.steps["gate"]["detail"]["passed"]:
         return {"deployed": False, "why": "the gate kept the current policy"}
@@ -388,7 +386,6 @@ def next_prompts(round_: Round, limit: int | None) -> list[Prompt]:
 
 
 def _step_open_next(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    from annotation.services import start_round
 
     with transaction.atomic():
         locked = TrainingRun.objects.select_for_update().get(pk=run.pk)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.tiny import SHIPPED, OutOfBand
+from models.tiny import SHIPPED, OutOfBand, TinySpec, build_toy_model
+from rlhf.evaluate import evaluate_toyworld
 
 
 def build_tiny(out: Path = SHIPPED, *, force: bool = False, steps: int | None = None, seed: int = 0) -> dict[str, Any]:
@@ -18,9 +19,6 @@ def build_tiny(out: Path = SHIPPED, *, force: bool = False, steps: int | None = 
     from dataclasses import replace
 
     from tqdm import tqdm  # type: ignore[import-untyped]
-
-    from models.tiny import TinySpec, build_toy_model
-    from rlhf.evaluate import evaluate_toyworld
 
     spec = TinySpec(seed=seed)
     if steps is not None:  # the checkpoint choice scales with the schedule

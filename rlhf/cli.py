@@ -22,11 +22,18 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from models.registry import Registry, RegistryError
+from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
+from rlhf.data import DataError
+from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
+from rlhf.reward import RewardConfig, train_reward_model
+from rlhf.scoring import locate_reward_model
+from rlhf.train_dpo import train as train_dpo
+from rlhf.train_rl import train as train_rl
+
 
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
-
-    from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
 
     torch.manual_seed(0)
     try:
@@ -50,18 +57,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _dpo(args: argparse.Namespace) -> int:
-    from rlhf.config import ConfigError, load_config
 
     try:
         config = load_config(args.config, args.set)
     except ConfigError as error:
         print(f"rlhf.cli dpo: {error}", file=sys.stderr)
         return 2
-    from rlhf.data import DataError
-    from rlhf.train_dpo import train
 
     try:
-        result = train(config, resume=args.resume)
+        result = train_dpo(config, resume=args.resume)
     except (DataError, OSError) as error:
         print(f"rlhf.cli dpo: {error}", file=sys.stderr)
         return 2
@@ -71,28 +75,20 @@ def _dpo(args: argparse.Namespace) -> int:
 
 
 def _reward(args: argparse.Namespace) -> int:
-    from rlhf.config import ConfigError, load_run_config
-    from rlhf.data import DataError
-    from rlhf.reward import RewardConfig, train_reward_model
 
     if bool(args.register) != bool(args.registry):
         print("rlhf.cli reward: --register and --registry go together", file=sys.stderr)
         return 2
     try:
         config = load_run_config(RewardConfig, args.config, args.set)
-        if args.register:
-            from models.registry import Registry
-
-            if Registry(args.registry).path_of(args.register).exists():
-                raise ConfigError(f"version {args.register!r} is already registered")
+        if args.register and Registry(args.registry).path_of(args.register).exists():
+            raise ConfigError(f"version {args.register!r} is already registered")
         result = train_reward_model(config)
     except (ConfigError, DataError, OSError) as error:
         print(f"rlhf.cli reward: {error}", file=sys.stderr)
         return 2
     output = asdict(result)
     if args.register:
-        from models.registry import Registry, RegistryError
-
         try:
             Registry(args.registry).register(
                 args.register,
@@ -110,21 +106,17 @@ def _reward(args: argparse.Namespace) -> int:
 
 
 def _rl(args: argparse.Namespace) -> int:
-    from rlhf.config import ConfigError, RLTrainConfig, load_run_config
-    from rlhf.data import DataError
 
     try:
         config = load_run_config(RLTrainConfig, args.config, args.set)
-        from rlhf.scoring import locate_reward_model
 
         locate_reward_model(config.reward_model)  # before any model loads
     except ConfigError as error:
         print(f"rlhf.cli rl: {error}", file=sys.stderr)
         return 2
-    from rlhf.train_rl import train
 
     try:
-        result = train(config)
+        result = train_rl(config)
     except (ConfigError, DataError, OSError) as error:
         print(f"rlhf.cli rl: {error}", file=sys.stderr)
         return 2

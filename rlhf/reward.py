@@ -25,6 +25,8 @@ from typing import Any
 
 from contract.results import RewardResult
 from rlhf.config import ConfigError, LoraSettings, normalise_run_inputs
+from rlhf.data import load_pairs
+from rlhf.train_dpo import prepare_torch
 
 REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring needs besides the weights
 
@@ -206,9 +208,6 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
     import torch
     from peft import get_peft_model
     from tqdm import tqdm  # type: ignore[import-untyped]
-
-    from rlhf.data import load_pairs
-    from rlhf.train_dpo import prepare_torch
 
     prepare_torch(config)
     began = time.perf_counter()

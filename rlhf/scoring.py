@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.export import assistant_turn
 from rlhf.config import ConfigError
-from rlhf.reward import REWARD_INFO
+from rlhf.reward import REWARD_INFO, encode_conversations, load_backbone, scores
 
 _EXISTS = re.compile(
     r"^\s*(?:is|are)\s+there\s+(?:(?:an|any|some|a)\s+)?([a-z][a-z -]*?)"
@@ -150,8 +151,6 @@ class RewardModel:
         import torch
         from peft import PeftModel
 
-        from rlhf.reward import load_backbone
-
         self.files = locate_reward_model(path)
         backbone, self.processor = load_backbone(self.files.base_model, dtype=getattr(torch, dtype))
         self.model = PeftModel.from_pretrained(backbone, str(self.files.adapter)).merge_and_unload()
@@ -170,9 +169,6 @@ class RewardModel:
         batch_size: int = 16,
     ) -> list[float]:
         import torch
-
-        from contract.export import assistant_turn
-        from rlhf.reward import encode_conversations, scores
 
         out: list[float] = []
         with torch.no_grad():

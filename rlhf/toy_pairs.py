@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
+from contract.spans import changed_spans
+from models.tiny import generate, image_size_of
 from models.toyworld import Scene, render, sample_scenes
-from models.toyworld.oracle import check, correct
+from models.toyworld.oracle import check, correct, prefer
+from models.toyworld.world import make_question
 
 DESCRIBE = "Describe the image."
 TRAIN_SEED = 1234  # the held-out scenes (rlhf.evaluate) use their own seed and id prefix
@@ -47,7 +50,6 @@ Response = tuple[Scene, str, str]  # scene, prompt, response
 
 def oracle_pairs(responses: Sequence[Response], *, noise: float = 0.0, seed: int = 0) -> list[OraclePair]:
     """Corrections of (scene, prompt, response) triples; those with nothing wrong are dropped."""
-    from contract.spans import changed_spans
 
     rng = random.Random(seed)
     pairs = []
@@ -75,7 +77,6 @@ def oracle_rankings(responses: Sequence[tuple[Scene, str, str, str]], *, seed: i
     """LLaVA-RLHF judgements of two responses (scene, prompt, first, second): fewer
     hallucinations first, then more correct claims; ties on both, or identical texts, give
     no pair."""
-    from models.toyworld.oracle import prefer
 
     rng = random.Random(seed)
     pairs = []
@@ -105,8 +106,6 @@ def sample_responses(
     """The policy's sampled responses (as candidates of a round would be): per scene the
     description prompt and, with `questions`, one question of a random kind (count, exist,
     colour, spatial), `per_prompt` samples each."""
-    from models.tiny import generate, image_size_of
-    from models.toyworld.world import make_question
 
     rng = random.Random(seed)
     prompts: list[tuple[Scene, str]] = []

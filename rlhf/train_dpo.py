@@ -26,6 +26,7 @@ from typing import Any
 
 from contract.results import RunResult
 from rlhf.config import DPOTrainConfig, dump
+from rlhf.data import load_pairs, make_collator
 
 ADAPTER_DIR = "adapter"
 CONFIG_FILE = "config.yaml"
@@ -171,8 +172,6 @@ def _has_accelerator() -> bool:
 
 def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     """The trainer of a run, ready to `.train()` (also used by the tests and benchmarks)."""
-
-    from rlhf.data import load_pairs, make_collator
 
     prepare_torch(config)
     dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)

@@ -39,12 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RunResult
+from rlhf import losses
 from rlhf.config import ConfigError, RLTrainConfig, dump
+from rlhf.data import load_prompts
+from rlhf.reward import load_backbone
+from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms, locate_reward_model, parse_facts
 from rlhf.train_dpo import (
     ADAPTER_DIR,
     CONFIG_FILE,
     common_trainer_arguments,
     git_revision,
+    load_policy,
     prepare_torch,
 )
 
@@ -59,8 +64,6 @@ def load_trainable_policy(config: RLTrainConfig) -> tuple[Any, Any]:
     """The policy with a trainable LoRA adapter (new, or the previous round's continued
     with a frozen "ref" copy) and its processor."""
     from peft import get_peft_model
-
-    from rlhf.train_dpo import load_policy
 
     model, processor = load_policy(config)  # type: ignore[arg-type]  # reads model, dtype, init_adapter
     if config.init_adapter is None:
@@ -88,9 +91,6 @@ def load_critic(reward_model: str, dtype: str) -> Any:
     import torch
     from peft import PeftModel
 
-    from rlhf.reward import load_backbone
-    from rlhf.scoring import locate_reward_model
-
     files = locate_reward_model(reward_model)
     backbone, _ = load_backbone(files.base_model, dtype=getattr(torch, dtype))
     return PeftModel.from_pretrained(backbone, str(files.adapter), is_trainable=True)
@@ -105,7 +105,6 @@ def token_values(critic: Any, inputs: dict[str, Any]) -> Any:
 
 def reward_function(config: RLTrainConfig, stops: list[int], device: Any = None) -> Any:
     """The run's reward: its reward model plus its symbolic terms (rlhf/scoring.py)."""
-    from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms
 
     return RewardFunction(
         RewardModel(config.reward_model, dtype=config.dtype, device=device),
@@ -247,8 +246,6 @@ class PPOTrainer:
     def __init__(self, config: RLTrainConfig, *, progress: bool = True) -> None:
         import torch
 
-        from rlhf.data import load_prompts
-
         if config.method != "ppo":
             raise ConfigError(f"PPOTrainer runs method ppo, not {config.method!r}")
         self.config = config
@@ -286,8 +283,6 @@ class PPOTrainer:
     def score_rollout(self, rows: list[dict[str, Any]], rollout: Rollout) -> dict[str, float]:
         """Fill in log-probs, reference log-probs, values, scores, advantages and returns."""
         import torch
-
-        from rlhf import losses
 
         c = self.config
         width = rollout.prompt_width
@@ -331,8 +326,6 @@ class PPOTrainer:
         """ppo_epochs passes of minibatch updates over one rollout batch."""
         import torch
 
-        from rlhf import losses
-
         c = self.config
         n = rollout.response_ids.size(0)
         generator = torch.Generator().manual_seed(self.rng.randrange(2**31))
@@ -368,7 +361,6 @@ class PPOTrainer:
         return {k: v / updates for k, v in sums.items()}
 
     def rollout_rewards(self, rows: list[dict[str, Any]], rollout: Rollout) -> list[float]:
-        from rlhf.scoring import parse_facts
 
         return list(
             self.reward.rewards(
@@ -395,7 +387,6 @@ class PPOTrainer:
         return sum(total) / max(1, len(total))
 
     def step(self) -> dict[str, float]:
-        from rlhf import losses
 
         rows = self.next_rows()
         rollout = sample(self.policy, self.processor, rows, self.config, self.stops, self.device)
@@ -450,8 +441,6 @@ def _tensorboard(out: Path) -> Any:
 def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) -> Any:
     """trl's GRPOTrainer or RLOOTrainer on the export's prompts, rewarded by the same
     function as PPO (trl passes the images and `image_facts` to it as keyword arguments)."""
-
-    from rlhf.data import load_prompts
 
     if config.method == "grpo":
         from trl import GRPOConfig as ArgsClass

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from models.tiny import SHIPPED
+from models.cli import build_tiny, summary
+from models.tiny import SHIPPED, OutOfBand
 
 
 class Command(BaseCommand):
@@ -23,8 +24,6 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from models.cli import build_tiny, summary
-        from models.tiny import OutOfBand
 
         if options["steps"] is not None and options["steps"] < 1:
             raise CommandError("--steps must be at least 1")

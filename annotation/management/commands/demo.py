@@ -31,9 +31,11 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.models import Round
-from annotation.services import ensure_user
+from annotation.demo_loop import BASE_VERSION, TOY_CONFIG, ensure_base_policy, toy_prompts, wait_open
+from annotation.models import Round, TrainingRun
+from annotation.services import ensure_user, start_round
 from annotation.synthetic import build_synthetic_round
+from models.server import ServerConfig, VLLMServer
 from webapp.celery import worker_command
 
 DEMO_LOGINS = (("admin", "admin"), ("annotator", "annotator"))
@@ -149,9 +151,6 @@ class Command(BaseCommand):
         FACTLOOP_VLLM_URL, LoRA enabled."""
         import urllib.parse
 
-        from annotation.demo_loop import ensure_base_policy
-        from models.server import ServerConfig, VLLMServer
-
         self.stdout.write("Registering the shipped tiny base policy...")
         model = ensure_base_policy()
         address = urllib.parse.urlsplit(settings.FACTLOOP_VLLM_URL)
@@ -170,9 +169,6 @@ class Command(BaseCommand):
     def _run_loop(self, web: str, options: dict[str, Any]) -> None:
         """Round 1 from the base policy, labelled by simulated annotators, trained with DDPO;
         round 2 on the new policy. Prints each round's policy and its hallucination metrics."""
-        from annotation.demo_loop import BASE_VERSION, TOY_CONFIG, toy_prompts, wait_open
-        from annotation.models import TrainingRun
-        from annotation.services import start_round
 
         began = time.monotonic()
         if Round.objects.exists():

@@ -13,6 +13,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from annotation.authentication import issue_token
+from annotation.models import Assignment
+from annotation.services import ensure_user
+from annotation.simulation import oracle_submission
+
 
 @dataclass
 class Tally:
@@ -37,8 +42,6 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from annotation.authentication import issue_token
-        from annotation.services import ensure_user
 
         if options["n"] < 1:
             raise CommandError("--n must be at least 1")
@@ -84,8 +87,6 @@ class Command(BaseCommand):
 
 def annotate(url: str, token: str, options: dict[str, Any], rng: random.Random, tally: Tally, tick: Any) -> None:
     """One annotator: next task, the oracle's answer, submit; until no work is left."""
-    from annotation.models import Assignment
-    from annotation.simulation import oracle_submission
 
     headers = {"Authorization": f"Token {token}"}
     try:

@@ -7,6 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from annotation.jobs import enqueue_job
+from annotation.models import Job
 from annotation.training import METHODS, Options, StepFailed, TrainingRefused, begin, plan, run_steps, target_round
 
 
@@ -35,7 +37,6 @@ class Command(BaseCommand):
         parser.add_argument("--resume", action="store_true", help="finish the round's unfinished run")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from annotation.jobs import enqueue_job
 
         try:
             settings_ = Options(
@@ -56,8 +57,6 @@ class Command(BaseCommand):
         except TrainingRefused as error:
             raise CommandError(str(error)) from None
         if not options["inline"]:
-            from annotation.models import Job
-
             job = enqueue_job(Job.Kind.TRAIN, queue="train", params={"run_id": run.pk})
             run.job = job
             run.save(update_fields=["job"])
