@@ -20,6 +20,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotation import jobs, queue, selectors, services
 from annotation.authentication import issue_token, lockout_message, token_expires_at
+from annotation.errors import Busy, Invalid, Refused
 from annotation.models import Assignment, Job
 from annotation.parsers import BoundedJSONParser
 from annotation.roles import IsAdmin, IsAnnotator, role_name
@@ -42,13 +43,22 @@ from annotation.serializers import (
 )
 
 
+def refusal_status(error: Refused) -> int:
+    """The HTTP status of a domain refusal: the one place that chooses it."""
+    if isinstance(error, Invalid):
+        return status.HTTP_400_BAD_REQUEST
+    if isinstance(error, Busy):
+        return status.HTTP_503_SERVICE_UNAVAILABLE
+    return status.HTTP_409_CONFLICT
+
+
 def exception_handler(error: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus: a request the queue refuses answers with its status and reason;
     an assignment that is not the caller's answers 404; a body over
     DATA_UPLOAD_MAX_MEMORY_SIZE gets a clear 413 (Django refuses to read it; left alone,
     that would be a bare 400 page)."""
-    if isinstance(error, queue.Refused):
-        return Response({"detail": error.message}, status=error.status)
+    if isinstance(error, Refused):
+        return Response({"detail": error.message}, status=refusal_status(error))
     if isinstance(error, jobs.JobStateError):
         return Response({"detail": str(error)}, status=status.HTTP_409_CONFLICT)
     if isinstance(error, Assignment.DoesNotExist):
@@ -160,7 +170,7 @@ class HealthcheckApi(APIView):
 # ---------------------------------------------------------------------------------------
 # Annotation. Every view works on the caller's own assignments only: another annotator's
 # assignment id answers 404, exactly like a missing one (exception_handler maps
-# Assignment.DoesNotExist and queue.Refused to their answers).
+# Assignment.DoesNotExist and errors.Refused to their answers).
 
 
 class NextAssignmentApi(APIView):

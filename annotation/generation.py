@@ -22,8 +22,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from annotation.errors import Invalid
 from annotation.models import Candidate, Round, RoundPrompt
-from annotation.queue import Refused
 from annotation.services import make_round_tasks
 from models.registry import Registry, RegistryError
 from models.server import serve_version
@@ -62,11 +62,11 @@ def served_model(round_: Round, registry: Registry, client: ServingClient) -> st
     """The `model=` name that serves the round's policy, loading its adapter if the server
     does not have it yet."""
     if not round_.policy_version:
-        raise Refused(f"{round_} names no policy version to generate with", status=400)
+        raise Invalid(f"{round_} names no policy version to generate with")
     try:
         return serve_version(client, registry, round_.policy_version)
     except RegistryError as error:
-        raise Refused(str(error), status=400) from None
+        raise Invalid(str(error)) from None
 
 
 def _sampling(round_: Round, n: int) -> Sampling:

@@ -34,12 +34,10 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.utils import timezone
 
 from annotation import limits, services
-from annotation.models import Assignment, Correction, Judgement, Prompt, Round, Task, TaskCandidate
+from annotation.models import Prompt, Task
 from annotation.services import add_image, add_prompt, inspect_image
-from contract import spans as span_diff
 
 
 @dataclass(frozen=True)
@@ -469,19 +467,10 @@ def import_labels(
     if not good:
         return report, None
     kind = Task.Kind.RANK if fmt == "llava-rlhf" else Task.Kind.CORRECT
-    ensured = services.ensure_user(annotator, role="annotator")
-    user: Any = ensured.user
-    if ensured.created:
-        # An account that records imported labels; nobody signs in with it.
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    now = timezone.now()
+    user = services.ensure_label_account(annotator)
     seen_images: set[int] = set()
     with services.atomic_with_files():
-        round_ = services.create_round(policy_version=f"import:{fmt}:{path.name}"[:255])
-        Round.objects.filter(pk=round_.pk).update(
-            status=Round.Status.FROZEN, frozen_at=now, task_kinds=[kind], candidates_per_prompt=2
-        )
+        round_ = services.create_imported_round(f"import:{fmt}:{path.name}", kind)
         for entry in good:
             data = entry.path.read_bytes()
             if hashlib.sha256(data).hexdigest() != entry.sha256:
@@ -494,39 +483,14 @@ def import_labels(
             if prompt is None:
                 prompt = services.add_prompt(image, entry.prompt, context=entry.context)
                 report.prompts += 1
-            first, second = services.add_candidates(
-                round_, prompt, [entry.first, entry.second], model_version="imported", params={"row": entry.row}
-            )
-            task = Task.objects.create(round=round_, prompt=prompt, kind=kind, overlap=1, taken=1)
-            TaskCandidate.objects.bulk_create(
-                [TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate((first, second))]
-            )
-            assignment = Assignment.objects.create(
-                task=task,
+            services.record_imported_label(
+                round_,
+                prompt,
+                (entry.first, entry.second),
                 annotator=user,
-                status=Assignment.Status.SUBMITTED,
-                leased_at=now,
-                expires_at=now,
-                finished_at=now,
+                preference=entry.preference if kind == Task.Kind.RANK else None,
+                hallucination=entry.hallucination,
+                row=entry.row,
             )
-            if kind == Task.Kind.RANK:
-                better, worse = (first, second) if entry.preference == 1 else (second, first)
-                Judgement.objects.create(
-                    assignment=assignment,
-                    ranking=[better.pk, worse.pk],
-                    preferred=better,
-                    rejected=worse,
-                    hallucinated=[worse.pk] if entry.hallucination else [],
-                    rejected_hallucinates=entry.hallucination,
-                )
-            else:
-                changed = span_diff.changed_spans(entry.first, entry.second)
-                Correction.objects.create(
-                    assignment=assignment,
-                    candidate=first,
-                    original=entry.first,
-                    corrected=entry.second,
-                    spans=[span.as_dict() | {"category": None} for span in changed],
-                )
     report.images = len(seen_images)
     return report, round_.number

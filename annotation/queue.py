@@ -33,6 +33,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
+from annotation.errors import Busy, Refused
 from annotation.models import Assignment, Round, Task
 
 # Enough for any realistic contention: a retry happens only when another claim took the
@@ -43,15 +44,6 @@ SWEEP_BATCH = 500
 # How often each process sweeps expired leases on its own (besides when the pool looks dry).
 SWEEP_EVERY = timedelta(seconds=5)
 _last_sweep = {"at": datetime.min.replace(tzinfo=UTC)}
-
-
-class Refused(Exception):
-    """A request the queue refuses; `status` is the HTTP status an API answers with."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 def lease_duration() -> timedelta:
@@ -124,7 +116,7 @@ def _claim(annotator: Any, now: datetime) -> Assignment | None:
             return Assignment.objects.create(
                 task_id=task_id, annotator=annotator, leased_at=now, expires_at=now + lease_duration()
             )
-    raise Refused("the queue is too busy right now; try again", status=503)
+    raise Busy("the queue is too busy right now; try again")
 
 
 def next_assignment_for(annotator: Any) -> Assignment | None:

@@ -20,10 +20,10 @@ from django.db import connection
 from django.utils import timezone
 
 from annotation import jobs
+from annotation.errors import Refused
 from annotation.exporters import Selection, count_labels, export
 from annotation.generation import generate_round
 from annotation.models import Job, TrainingRun
-from annotation.queue import Refused
 from annotation.training import StepFailed, TrainingRefused, run_steps
 from models.registry import Registry
 from models.serving import ServingClient, ServingError

@@ -20,6 +20,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from annotation import queue, selectors
+from annotation.api import refusal_status
+from annotation.errors import Refused
 from annotation.models import Assignment, Correction, Image, Task
 from annotation.roles import is_annotator
 
@@ -58,8 +60,8 @@ def annotate_next(request: HttpRequest) -> HttpResponse:
         return render(request, "annotation/start.html", {"lease_minutes": settings.FACTLOOP_LEASE_MINUTES})
     try:
         assignment = queue.next_assignment_for(request.user)
-    except queue.Refused as error:
-        return render(request, "annotation/no_work.html", {"reason": error.message}, status=error.status)
+    except Refused as error:
+        return render(request, "annotation/no_work.html", {"reason": error.message}, status=refusal_status(error))
     if assignment is None:
         return render(request, "annotation/no_work.html", {"reason": ""})
     return redirect("annotate-assignment", assignment_id=assignment.pk)

@@ -1,0 +1,227 @@
+"""Submissions: rankings and corrections. Each runs in one transaction with the assignment row
+locked (PostgreSQL) or the write lock held (SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.db import transaction
+from django.utils import timezone
+
+from annotation.errors import Invalid, Refused
+from annotation.models import (
+    Assignment,
+    Correction,
+    Judgement,
+    Prompt,
+    Round,
+    Task,
+    TaskCandidate,
+)
+from annotation.queue import check_live, own_assignment
+from annotation.services.rounds import add_candidates
+from contract import spans as span_diff
+
+Role = Literal["annotator", "admin"]
+
+
+# ---------------------------------------------------------------------------------------
+# Submissions. Each runs in one transaction with the assignment row locked (PostgreSQL) or
+# the write lock held (SQLite). A retry of a submission that went through returns what was
+# stored, with created=False, and writes nothing: the first submission wins.
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A candidate as the task showed it."""
+
+    candidate_id: int
+    text: str
+
+
+def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[list[Shown], Any]:
+    """Inside the caller's transaction: mark the annotator's live lease submitted and return
+    the task's candidates in order, or return (_, stored result) for a submission that
+    already went through. Raises Assignment.DoesNotExist for anyone else's assignment and
+    Refused for a lease that is over, a task of another kind or a closed round.
+
+    The fast path is one conditional UPDATE: it both checks the lease (the holder's, live,
+    not yet submitted) and locks the row, so a concurrent retry waits for this transaction
+    and then finds the assignment submitted. Anything refused afterwards rolls it back.
+    """
+    now = timezone.now()
+    won = Assignment.objects.filter(
+        pk=assignment_id, annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=now
+    ).update(status=Assignment.Status.SUBMITTED, finished_at=now)
+    if not won:
+        assignment = own_assignment(annotator, assignment_id, lock=True)
+        if assignment.task.kind != kind:
+            raise Refused(f"this assignment is a {assignment.task.kind} task; submit a {assignment.task.kind} result")
+        if assignment.status == Assignment.Status.SUBMITTED:
+            return [], getattr(assignment, "judgement" if kind == Task.Kind.RANK else "correction")
+        check_live(assignment, now)
+        raise Refused("the lease on this task ended while the request was being checked; ask for the next one")
+    rows = list(
+        TaskCandidate.objects.filter(task__assignments__pk=assignment_id)
+        .order_by("position")
+        .values_list("task__kind", "task__round__status", "task__round__number", "candidate_id", "candidate__text")
+    )
+    if not rows:
+        raise Refused("this task has no candidates to judge; ask for the next one")
+    task_kind, round_status, round_number = rows[0][:3]
+    if task_kind != kind:
+        raise Refused(f"this assignment is a {task_kind} task; submit a {task_kind} result")
+    if round_status != Round.Status.OPEN:
+        raise Refused(f"Round {round_number} is {round_status}; it takes no more labels")
+    return [Shown(candidate_id, text) for *_, candidate_id, text in rows], None
+
+
+def submit_judgement(
+    annotator: Any,
+    assignment_id: int,
+    *,
+    ranking: Sequence[int],
+    hallucination_tie: bool = False,
+    hallucinated: Sequence[int] = (),
+    rationale: str = "",
+    time_spent_ms: int = 0,
+) -> tuple[Judgement, bool]:
+    """Store a ranking of the task's candidates, best first (LLaVA-RLHF, METHODS.md 1a):
+    ordered by fewer hallucinations, or, when that was a tie (`hallucination_tie`), by
+    helpfulness. `hallucinated` flags the candidates that hallucinate."""
+    with transaction.atomic():
+        slots, stored = _begin_submission(annotator, assignment_id, Task.Kind.RANK)
+        if stored is not None:
+            return stored, False
+        shown = [slot.candidate_id for slot in slots]
+        if sorted(ranking) != sorted(shown):
+            raise Invalid(f"the ranking must order exactly this task's candidates {sorted(shown)}")
+        unknown = set(hallucinated) - set(shown)
+        if unknown:
+            raise Invalid(f"flagged candidates {sorted(unknown)} are not part of this task")
+        judgement = Judgement.objects.create(
+            assignment_id=assignment_id,
+            ranking=list(ranking),
+            preferred_id=ranking[0],
+            rejected_id=ranking[-1],
+            hallucination_tie=hallucination_tie,
+            hallucinated=sorted(set(hallucinated)),
+            rejected_hallucinates=ranking[-1] in set(hallucinated),
+            rationale=rationale,
+            time_spent_ms=time_spent_ms,
+        )
+    return judgement, True
+
+
+def preview_spans(annotator: Any, assignment_id: int, corrected: str) -> list[dict[str, Any]]:
+    """The changed spans the server would store for this correction (the page's live diff)."""
+    slot = (
+        TaskCandidate.objects.filter(task__assignments__pk=assignment_id, task__assignments__annotator=annotator)
+        .select_related("task", "candidate")
+        .first()
+    )
+    if slot is None:
+        raise Assignment.DoesNotExist
+    if slot.task.kind != Task.Kind.CORRECT:
+        raise Refused("only a correction task has a diff")
+    return [span.as_dict() for span in span_diff.changed_spans(slot.candidate.text, corrected)]
+
+
+def submit_correction(
+    annotator: Any,
+    assignment_id: int,
+    *,
+    corrected: str | None,
+    no_hallucination: bool = False,
+    span_categories: Sequence[str | None] = (),
+    time_spent_ms: int = 0,
+) -> tuple[Correction, bool]:
+    """Store an RLHF-V correction (METHODS.md 1b): chosen = corrected, rejected = original.
+
+    The changed spans are computed here from the two texts; `span_categories`, when given,
+    has one error category (or None) per span, in order."""
+    with transaction.atomic():
+        slots, stored = _begin_submission(annotator, assignment_id, Task.Kind.CORRECT)
+        if stored is not None:
+            return stored, False
+        candidate = slots[0]
+        original = candidate.text
+        if no_hallucination:
+            if corrected is not None and corrected != original:
+                raise Invalid("a response marked 'no hallucination' must be left unchanged")
+            corrected, changed = original, []
+        else:
+            if corrected is None or not corrected.strip():
+                raise Invalid("the corrected response is empty; correct the wrong words, do not delete everything")
+            changed = span_diff.changed_spans(original, corrected)
+            if not changed:
+                raise Invalid("no word was changed; if nothing is wrong, mark it 'no hallucination'")
+        if span_categories and len(span_categories) != len(changed):
+            raise Invalid(
+                f"{len(span_categories)} categories for {len(changed)} changed spans; "
+                "the categories must follow the spans of the submitted text"
+            )
+        categories = list(span_categories) or [None] * len(changed)
+        for category in categories:
+            if category is not None and category not in Correction.Category.values:
+                raise Invalid(f"unknown category {category!r}")
+        correction = Correction.objects.create(
+            assignment_id=assignment_id,
+            candidate_id=candidate.candidate_id,
+            original=original,
+            corrected=corrected,
+            no_hallucination=no_hallucination,
+            spans=[span.as_dict() | {"category": category} for span, category in zip(changed, categories, strict=True)],
+            time_spent_ms=time_spent_ms,
+        )
+    return correction, True
+
+
+def record_imported_label(
+    round_: Round,
+    prompt: Prompt,
+    texts: tuple[str, str],
+    *,
+    annotator: Any,
+    preference: int | None,
+    hallucination: bool,
+    row: int,
+) -> Assignment:
+    """A label from a released file, recorded as if `annotator` had submitted it: two
+    candidates, a task with one submitted assignment, and either a judgement (`preference`
+    1 or 2: which text is better, LLaVA-RLHF) or a correction (`preference` None: the
+    second text corrects the first, RLHF-V; the server computes the spans as for a live
+    correction). Run inside the import's transaction."""
+    first, second = add_candidates(round_, prompt, list(texts), model_version="imported", params={"row": row})
+    kind = Task.Kind.CORRECT if preference is None else Task.Kind.RANK
+    task = Task.objects.create(round=round_, prompt=prompt, kind=kind, overlap=1, taken=1)
+    TaskCandidate.objects.bulk_create(
+        [TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate((first, second))]
+    )
+    now = timezone.now()
+    submitted = Assignment.Status.SUBMITTED
+    assignment = Assignment.objects.create(
+        task=task, annotator=annotator, status=submitted, leased_at=now, expires_at=now, finished_at=now
+    )
+    if preference is not None:
+        better, worse = (first, second) if preference == 1 else (second, first)
+        Judgement.objects.create(
+            assignment=assignment,
+            ranking=[better.pk, worse.pk],
+            preferred=better,
+            rejected=worse,
+            hallucinated=[worse.pk] if hallucination else [],
+            rejected_hallucinates=hallucination,
+        )
+    else:
+        changed = span_diff.changed_spans(first.text, second.text)
+        Correction.objects.create(
+            assignment=assignment,
+            candidate=first,
+            original=first.text,
+            corrected=second.text,
+            spans=[span.as_dict() | {"category": None} for span in changed],
+        )
+    return assignment
