@@ -42,14 +42,10 @@ RL_CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ppo.yaml"
 
 
 def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, Any]:
-    from peft import PeftModel
+    from rlhf.common import load_policy
+    from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 
-    from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
-
-    model, processor = load_policy(model_path)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        model.eval()
+    model, processor = load_policy(model_path, adapter=adapter)
     return evaluate_toyworld(model, processor, heldout_scenes(scenes))
 
 
@@ -84,7 +80,7 @@ def main() -> None:
     from bench.reward_model import ranking_export, reward_config
     from models.tiny import image_size_of
     from rlhf import toy_pairs
-    from rlhf.evaluate import load_policy
+    from rlhf.common import load_policy
     from rlhf.reward import train_reward_model
     from rlhf.train_dpo import train
     from rlhf.train_rl import train as train_rl

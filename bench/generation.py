@@ -68,7 +68,7 @@ def in_process(model_dir: str, scenes: list[Any], k: int, max_tokens: int) -> tu
 
     from models.tiny import generate
     from models.toyworld import render
-    from rlhf.evaluate import load_policy
+    from rlhf.common import load_policy
 
     torch.set_num_threads(2)
     model, processor = load_policy(model_dir)

@@ -94,7 +94,7 @@ def main() -> None:
 
     import torch
 
-    from rlhf.evaluate import load_policy
+    from rlhf.common import load_policy
     from rlhf.reward import train_reward_model
 
     torch.set_num_threads(1)

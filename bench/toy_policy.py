@@ -30,7 +30,8 @@ def main() -> None:
     import torch
 
     from models.tiny import TinySpec, build_model, reset_projector
-    from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
+    from rlhf.common import load_policy
+    from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 
     torch.set_num_threads(2)
     scenes = heldout_scenes(args.scenes)

@@ -39,8 +39,8 @@ def main() -> None:
 
     from models.tiny import image_size_of
     from rlhf import toy_pairs
+    from rlhf.common import load_policy
     from rlhf.config import load_config
-    from rlhf.evaluate import load_policy
     from rlhf.train_dpo import build_trainer
 
     torch.set_num_threads(1)

@@ -23,9 +23,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models.registry import Registry, RegistryError
+from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
 from rlhf.data import DataError
-from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
+from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 from rlhf.reward import RewardConfig, train_reward_model
 from rlhf.scoring import locate_reward_model
 from rlhf.train_dpo import train as train_dpo
@@ -37,12 +38,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     torch.manual_seed(0)
     try:
-        model, processor = load_policy(args.model)
-        if args.adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload()
-            model.eval()
+        model, processor = load_policy(args.model, adapter=args.adapter)
     except (OSError, ValueError) as error:
         # transformers raises OSError for a missing checkpoint and ValueError for a folder
         # that holds no processor or model config.

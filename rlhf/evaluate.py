@@ -75,13 +75,3 @@ def evaluate_toyworld(
         )
     result["pope_f1"] = sum(result["pope"][s]["f1"] for s in POPE_SPLITS) / len(POPE_SPLITS)
     return result
-
-
-def load_policy(path: str) -> tuple[Any, Any]:
-    """A local checkpoint or a hub id, through transformers' auto classes."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path)
-    model.eval()
-    return model, processor

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RewardResult
+from rlhf.common import prepare_torch
 from rlhf.config import ConfigError, LoraSettings, normalise_run_inputs
 from rlhf.data import load_pairs
-from rlhf.train_dpo import prepare_torch
 
 REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring needs besides the weights
 

@@ -18,38 +18,18 @@ adapter loaded under the name trl looks for ("ref").
 
 from __future__ import annotations
 
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from contract.results import RunResult
+from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch
 from rlhf.config import DPOTrainConfig, dump
 from rlhf.data import load_pairs, make_collator
 
 ADAPTER_DIR = "adapter"
 CONFIG_FILE = "config.yaml"
-
-
-def git_revision() -> str:
-    """The checkout's commit (with "-dirty" when it has changes), or "unknown"."""
-    here = Path(__file__).resolve().parent
-    try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return revision + ("-dirty" if dirty else "")
 
 
 @contextmanager
@@ -99,50 +79,6 @@ def trainer_class() -> type:
     return DDPOTrainer
 
 
-def load_policy(config: DPOTrainConfig) -> tuple[Any, Any]:
-    """The policy (with a trainable adapter when continuing one) and its processor."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    dtype = getattr(torch, config.dtype)
-    processor = AutoProcessor.from_pretrained(config.model)
-    model: Any = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype)
-    if config.init_adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
-        model.load_adapter(config.init_adapter, adapter_name="ref")  # the reference: frozen
-    return model, processor
-
-
-def prepare_torch(config: Any) -> None:
-    """A run's torch set-up: its CPU thread count (when set) and its seed."""
-    import torch
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-
-
-def common_trainer_arguments(config: Any, report_to: list[str] | None, **extra: Any) -> dict[str, Any]:
-    """The trl trainer arguments every run sets the same way (DPO here, GRPO/RLOO in
-    rlhf/train_rl.py): output, learning rate, logging, precision, seeds, data loading."""
-    return {
-        "output_dir": config.output_dir,
-        "learning_rate": config.learning_rate,
-        "logging_steps": config.logging_steps,
-        "report_to": ["tensorboard"] if report_to is None else report_to,
-        "remove_unused_columns": False,
-        "bf16": config.dtype == "bfloat16",
-        "fp16": config.dtype == "float16",
-        "seed": config.seed,
-        "data_seed": config.seed,
-        "dataloader_num_workers": 0,
-        "dataloader_pin_memory": _has_accelerator(),
-        **extra,
-    }
-
-
 def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     from trl import DPOConfig
 
@@ -164,18 +100,12 @@ def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = 
     )
 
 
-def _has_accelerator() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
 def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     """The trainer of a run, ready to `.train()` (also used by the tests and benchmarks)."""
 
     prepare_torch(config)
     dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)
-    model, processor = load_policy(config)
+    model, processor = load_policy(config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True)
     assert config.gamma is not None and config.normalize is not None
     collator = make_collator(
         processor,

@@ -40,18 +40,12 @@ from typing import Any
 
 from contract.results import RunResult
 from rlhf import losses
+from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch
 from rlhf.config import ConfigError, RLTrainConfig, dump
 from rlhf.data import load_prompts
 from rlhf.reward import load_backbone
 from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms, locate_reward_model, parse_facts
-from rlhf.train_dpo import (
-    ADAPTER_DIR,
-    CONFIG_FILE,
-    common_trainer_arguments,
-    git_revision,
-    load_policy,
-    prepare_torch,
-)
+from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE
 
 LOG_FILE = "log.jsonl"
 
@@ -65,7 +59,7 @@ def load_trainable_policy(config: RLTrainConfig) -> tuple[Any, Any]:
     with a frozen "ref" copy) and its processor."""
     from peft import get_peft_model
 
-    model, processor = load_policy(config)  # type: ignore[arg-type]  # reads model, dtype, init_adapter
+    model, processor = load_policy(config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True)
     if config.init_adapter is None:
         model = get_peft_model(model, config.lora.peft_config("CAUSAL_LM"))
     return model, processor

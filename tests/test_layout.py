@@ -42,6 +42,7 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "contract.spans",
         "models",
         "rlhf",
+        "rlhf.common",
         "rlhf.config",
         "rlhf.data",
         "rlhf.train_dpo",

@@ -35,7 +35,8 @@ from models.tiny import (
     validation_scenes,
 )
 from models.toyworld import render, sample_scenes
-from rlhf.evaluate import evaluate_toyworld, heldout_scenes, load_policy
+from rlhf.common import load_policy
+from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 
 pytestmark = pytest.mark.slow
 

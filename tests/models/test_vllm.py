@@ -46,7 +46,7 @@ def test_greedy_answers_match_transformers_so_the_image_got_through(
     import torch
 
     from models.tiny import generate
-    from rlhf.evaluate import load_policy
+    from rlhf.common import load_policy
 
     torch.set_num_threads(1)
     served = answers(client, BASE_NAME, scenes)

@@ -115,7 +115,7 @@ def oracle_export(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     from models.tiny import image_size_of
     from rlhf import toy_pairs
-    from rlhf.evaluate import load_policy
+    from rlhf.common import load_policy
 
     torch.set_num_threads(1)
     model, processor = load_policy(str(base_policy))

@@ -1,0 +1,93 @@
+"""What every trainer shares: the policy loader, the torch set-up of a run, the trl
+arguments set the same way everywhere, and the git revision recorded beside a checkpoint.
+torch, transformers and peft are imported only when a function runs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+REFERENCE_ADAPTER = "ref"
+
+
+def load_policy(
+    model: str, *, adapter: str | Path | None = None, dtype: str = "float32", trainable: bool = False
+) -> tuple[Any, Any]:
+    """A policy and its processor, from a local checkpoint or a hub id through transformers'
+    auto classes (any image-text-to-text family), with an optional LoRA adapter.
+
+    For use (`trainable` false) the adapter is merged in and the model is in eval mode. For
+    training it stays a trainable adapter, and a frozen copy named "ref" is loaded beside
+    it: the reference of a round that continues the previous round's policy (METHODS.md 2:
+    pi_ref is the policy at the start of the round)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model)
+    policy: Any = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
+    if adapter is not None:
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(policy, str(adapter), is_trainable=trainable)
+        if trainable:
+            policy.load_adapter(str(adapter), adapter_name=REFERENCE_ADAPTER)  # frozen
+        else:
+            policy = policy.merge_and_unload()
+    if not trainable:
+        policy.eval()
+    return policy, processor
+
+
+def prepare_torch(config: Any) -> None:
+    """A run's torch set-up: its CPU thread count (when set) and its seed."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+
+def common_trainer_arguments(config: Any, report_to: list[str] | None, **extra: Any) -> dict[str, Any]:
+    """The trl trainer arguments every run sets the same way (DPO here, GRPO/RLOO in
+    rlhf/train_rl.py): output, learning rate, logging, precision, seeds, data loading."""
+    return {
+        "output_dir": config.output_dir,
+        "learning_rate": config.learning_rate,
+        "logging_steps": config.logging_steps,
+        "report_to": ["tensorboard"] if report_to is None else report_to,
+        "remove_unused_columns": False,
+        "bf16": config.dtype == "bfloat16",
+        "fp16": config.dtype == "float16",
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": _has_accelerator(),
+        **extra,
+    }
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def git_revision() -> str:
+    """The checkout's commit (with "-dirty" when it has changes), or "unknown"."""
+    here = Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return revision + ("-dirty" if dirty else "")
