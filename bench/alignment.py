@@ -8,7 +8,7 @@ from the same pairs.
 PPO, GRPO, RLOO: the base policy answers each prompt twice (temperature 1.0) and the oracle
 ranks the two (LLaVA-RLHF's protocol); a fact-augmented reward model learns the rankings
 (bench/reward_model.py's settings), and each method trains a LoRA adapter against it, the
-rankings' prompts as rollout prompts (bench/configs/toy-ppo.yaml).
+rankings' prompts as rollout prompts (annotation/demo/configs/toy-ppo.yaml).
 
 Every policy is then measured on the same held-out scenes. Prints one row per method:
 labels used, CHAIR_i, CHAIR_s, POPE F1 (mean of the random, popular and adversarial
@@ -33,12 +33,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from annotation.demo import TOY_DDPO, TOY_PPO
 from bench import results
 from contract.methods import RL_METHODS
 from rlhf.config import RLTrainConfig, load_config, load_run_config
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ddpo.yaml"
-RL_CONFIG = Path(__file__).resolve().parent / "configs" / "toy-ppo.yaml"
+CONFIG = TOY_DDPO
+RL_CONFIG = TOY_PPO
 
 
 def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, Any]:

@@ -112,8 +112,8 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
     from django.conf import settings as live
 
     from annotation import services
+    from annotation.demo.synthetic import png_of_scene
     from annotation.models import Candidate, Job, Round
-    from annotation.synthetic import png_of_scene
     from models.registry import Registry
     from models.server import ServerConfig, VLLMServer
     from models.toyworld import sample_scenes

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
+from annotation.demo.synthetic import png_of_scene
 from annotation.models import Candidate, Job, Round, RoundPrompt
 from annotation.services import add_candidates, add_image, add_prompt, add_prompts_to_round, create_round
-from annotation.synthetic import png_of_scene
 from annotation.tasks import generate_candidates
 from models.registry import Registry
 from models.toyworld import sample_scenes

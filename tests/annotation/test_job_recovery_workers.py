@@ -67,7 +67,7 @@ def test_an_export_killed_mid_way_is_written_whole_after_a_restart(worker: Worke
 def test_a_generation_killed_mid_way_fills_the_round_once_after_a_restart(
     worker: Worker, vllm_server: Any, base_policy: Path
 ) -> None:
-    from annotation.synthetic import png_of_scene
+    from annotation.demo.synthetic import png_of_scene
     from models.toyworld import sample_scenes
 
     Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))

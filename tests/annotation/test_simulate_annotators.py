@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from annotation.demo.simulation import oracle_submission
+from annotation.demo.synthetic import build_synthetic_round
 from annotation.models import Candidate, Correction, Judgement, Task
-from annotation.simulation import oracle_submission
-from annotation.synthetic import build_synthetic_round
 from models.toyworld import Scene
 from models.toyworld.oracle import check, correct
 

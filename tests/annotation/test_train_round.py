@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from annotation.demo import TOY_DDPO, TOY_PPO
+from annotation.demo.simulation import label_round
+from annotation.demo.synthetic import build_synthetic_round
 from annotation.models import Candidate, Job, Round, TrainingRun
-from annotation.simulation import label_round
-from annotation.synthetic import build_synthetic_round
 from annotation.tasks import generate_candidates
 from models.registry import Registry
 from models.serving import ServingClient
@@ -26,8 +27,8 @@ from tests.conftest import PYTHON, REPO, clean_env, database_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
-TOY_CONFIG = str(REPO / "bench" / "configs" / "toy-ddpo.yaml")
-RL_CONFIG = str(REPO / "bench" / "configs" / "toy-ppo.yaml")
+TOY_CONFIG = str(TOY_DDPO)
+RL_CONFIG = str(TOY_PPO)
 TRAIN_ARGS = ["--method", "ddpo", "--config", TOY_CONFIG, "--set", "epochs=1", "--eval-scenes", "24"]
 
 

@@ -14,9 +14,9 @@ from django.db import connection
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from annotation.authentication import issue_token
+from annotation.demo.simulation import oracle_submission
 from annotation.models import Assignment
 from annotation.services import ensure_user
-from annotation.simulation import oracle_submission
 
 
 @dataclass

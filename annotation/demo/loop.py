@@ -16,16 +16,17 @@ from typing import Any
 
 from django.conf import settings
 
+from annotation.demo import TOY_DDPO
+from annotation.demo.synthetic import png_of_scene
 from annotation.models import Prompt, Round
 from annotation.services import add_image, add_prompt
-from annotation.synthetic import png_of_scene
 from models.registry import Registry, UnknownVersion
 from models.tiny import SHIPPED, TinySpec, build_toy_model, problems
 from models.toyworld import sample_scenes
 from models.toyworld.world import make_question
 
 BASE_VERSION = "tiny-base"
-TOY_CONFIG = Path(__file__).resolve().parent.parent / "bench" / "configs" / "toy-ddpo.yaml"
+TOY_CONFIG = TOY_DDPO
 ROUND_SEED = 4321  # the loop's training scenes (held-out scenes have their own seed and prefix)
 
 
