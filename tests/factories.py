@@ -71,3 +71,30 @@ def make_round(
     if open_it:
         open_round(round_)
     return round_
+
+
+def make_generation_round(
+    version: str,
+    *,
+    prompts: int = 4,
+    k: int = 3,
+    seed: int = 77,
+    prefix: str = "gen",
+    sampling: dict[str, Any] | None = None,
+) -> Round:
+    """A draft round of `prompts` toy-world descriptions for `version` to answer, K each."""
+    from annotation.demo.synthetic import png_of_scene
+    from annotation.services import add_prompts_to_round
+    from models.toyworld import sample_scenes
+
+    round_ = create_round(policy_version=version)
+    Round.objects.filter(pk=round_.pk).update(
+        candidates_per_prompt=k, sampling=sampling if sampling is not None else {"temperature": 1.0, "seed": 7}
+    )
+    round_.refresh_from_db()
+    chosen = []
+    for scene in sample_scenes(seed, prompts, prefix=prefix):
+        image = add_image(png_of_scene(scene, 96), facts=scene.facts(), source=scene.scene_id)
+        chosen.append(add_prompt(image, "Describe the image."))
+    add_prompts_to_round(round_, chosen)
+    return round_

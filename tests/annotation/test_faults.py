@@ -112,12 +112,11 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
     from django.conf import settings as live
 
     from annotation import services
-    from annotation.demo.synthetic import png_of_scene
-    from annotation.models import Candidate, Job, Round
+    from annotation.models import Candidate, Job
     from models.registry import Registry
     from models.server import ServerConfig, VLLMServer
-    from models.toyworld import sample_scenes
     from tests.conftest import free_port
+    from tests.factories import make_generation_round
     from tests.workers import wait_until
 
     config = ServerConfig(
@@ -132,13 +131,9 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
         server.wait_healthy(timeout=300)
         Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
         worker.env["FACTLOOP_VLLM_URL"] = server.url
-        round_ = services.create_round(policy_version="tiny-base")
-        Round.objects.filter(pk=round_.pk).update(candidates_per_prompt=2, sampling={"max_tokens": 24})
-        prompts = [
-            services.add_prompt(services.add_image(png_of_scene(s, 96), facts=s.facts()), "Describe the image.")
-            for s in sample_scenes(41, 80, prefix="fault")
-        ]
-        services.add_prompts_to_round(round_, prompts)
+        round_ = make_generation_round(
+            "tiny-base", prompts=80, k=2, seed=41, prefix="fault", sampling={"max_tokens": 24}
+        )
         worker.start()
         job = services.queue_generation(round_)
         wait_until(lambda: Job.objects.get(pk=job.pk).progress_done > 0, 300, "no progress", worker.log)

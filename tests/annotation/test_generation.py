@@ -9,14 +9,12 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
-from annotation.demo.synthetic import png_of_scene
 from annotation.models import Candidate, Job, Round, RoundPrompt
-from annotation.services import add_candidates, add_image, add_prompt, add_prompts_to_round, create_round
+from annotation.services import add_candidates
 from annotation.tasks import generate_candidates
 from models.registry import Registry
-from models.toyworld import sample_scenes
 from tests.conftest import free_port
-from tests.factories import make_job
+from tests.factories import make_generation_round, make_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db]
 
@@ -28,18 +26,6 @@ def registry(settings: Any, tmp_path: Path, base_policy: Path, adapters: dict[st
     registry.register("tiny-base", base_model=str(base_policy))
     registry.register("round-1", base_model=str(base_policy), adapter_dir=adapters["a"], parent="tiny-base", round=1)
     return registry
-
-
-def make_generation_round(version: str, *, prompts: int = 4, k: int = 3) -> Round:
-    round_ = create_round(policy_version=version)
-    Round.objects.filter(pk=round_.pk).update(candidates_per_prompt=k, sampling={"temperature": 1.0, "seed": 7})
-    round_.refresh_from_db()
-    chosen = []
-    for scene in sample_scenes(77, prompts, prefix="gen"):
-        image = add_image(png_of_scene(scene, 96), facts=scene.facts(), source=scene.scene_id)
-        chosen.append(add_prompt(image, "Describe the image."))
-    add_prompts_to_round(round_, chosen)
-    return round_
 
 
 def run_job(round_: Round) -> Job:

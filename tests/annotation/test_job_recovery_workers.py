@@ -20,6 +20,7 @@ from django.db.models import Count
 from annotation import jobs, services
 from annotation.models import Candidate, Job, Round, TrainingRun
 from models.registry import Registry
+from tests.factories import make_generation_round
 from tests.workers import Worker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -67,18 +68,10 @@ def test_an_export_killed_mid_way_is_written_whole_after_a_restart(worker: Worke
 def test_a_generation_killed_mid_way_fills_the_round_once_after_a_restart(
     worker: Worker, vllm_server: Any, base_policy: Path
 ) -> None:
-    from annotation.demo.synthetic import png_of_scene
-    from models.toyworld import sample_scenes
-
     Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
     worker.env["FACTLOOP_VLLM_URL"] = vllm_server.url
-    round_ = services.create_round(policy_version="tiny-base")
-    Round.objects.filter(pk=round_.pk).update(candidates_per_prompt=2, sampling={"temperature": 1.0, "max_tokens": 24})
-    prompts = [
-        services.add_prompt(services.add_image(png_of_scene(scene, 96), facts=scene.facts()), "Describe the image.")
-        for scene in sample_scenes(31, 150, prefix="kill")
-    ]
-    services.add_prompts_to_round(round_, prompts)
+    sampling = {"temperature": 1.0, "max_tokens": 24}
+    round_ = make_generation_round("tiny-base", prompts=150, k=2, seed=31, prefix="kill", sampling=sampling)
     worker.start()
     job = services.queue_generation(round_)
     kill_mid_job(worker, job)

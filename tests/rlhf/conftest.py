@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,19 +35,26 @@ def rankings(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="session")
 def reward_model(base_policy: Path, rankings: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reward model trained briefly on the rankings (fact-augmented): enough to score."""
-    from rlhf.reward import RewardConfig, train_reward_model
+    from rlhf.reward import train_reward_model
 
     out = tmp_path_factory.mktemp("reward") / "rm"
-    config = RewardConfig(
+    config = small_reward_config(base_policy, rankings, out, epochs=2)
+    train_reward_model(config, progress=False)
+    return out
+
+
+def small_reward_config(base_policy: Path, rankings: Path, out: Path, *, epochs: int) -> Any:
+    """The tests' reward model: LoRA r 8, learning rate 1e-3, a quarter of the pairs held out."""
+    from rlhf.reward import RewardConfig
+
+    return RewardConfig(
         model=str(base_policy),
         data=[str(rankings)],
         output_dir=str(out),
         lora={"r": 8, "alpha": 16, "dropout": 0.0},  # type: ignore[arg-type]
         learning_rate=1e-3,
-        epochs=2,
+        epochs=epochs,
         batch_size=8,
         heldout_share=0.25,
         threads=1,
     )
-    train_reward_model(config, progress=False)
-    return out

@@ -12,6 +12,7 @@ import pytest
 
 from rlhf.config import ConfigError
 from rlhf.reward import FACT_INSTRUCTION, RewardConfig, facts_text, reward_input
+from tests.rlhf.conftest import small_reward_config
 
 
 def test_bradley_terry_loss_matches_a_hand_computation() -> None:
@@ -61,17 +62,7 @@ def test_the_reward_models_input_has_the_facts_only_when_augmenting(base_policy:
 def test_a_tiny_reward_model_learns_the_rankings(base_policy: Path, rankings: Path, tmp_path: Path) -> None:
     from rlhf.reward import train_reward_model
 
-    config = RewardConfig(
-        model=str(base_policy),
-        data=[str(rankings)],
-        output_dir=str(tmp_path / "rm"),
-        lora={"r": 8, "alpha": 16, "dropout": 0.0},  # type: ignore[arg-type]
-        learning_rate=1e-3,
-        epochs=8,
-        batch_size=8,
-        heldout_share=0.25,
-        threads=1,
-    )
+    config = small_reward_config(base_policy, rankings, tmp_path / "rm", epochs=8)
     result = train_reward_model(config, progress=False)
     assert result.last_loss < result.first_loss - 0.1, (result.first_loss, result.last_loss)
     assert 0.0 <= result.heldout_accuracy <= 1.0 and result.heldout_pairs > 0
