@@ -1,4 +1,4 @@
-"""FactLoop's data model. Rules about one row live here; workflows live in services.py."""
+"""FactLoop's data model. Rules about one row live here; workflows live in services/."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Response headers every page and API answer carries."""
+"""Middleware of the whole site: the Content-Security-Policy on every answer, and URLs that
+no view should ever see (a NUL character) refused first."""
 
 from __future__ import annotations
 
