@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 # ---------------------------------------------------------------------------------------
 # Object mentions
@@ -63,6 +63,15 @@ class Mention:
     surface: str  # the words as written
     start: int  # character offsets in the response
     end: int
+
+
+class ObjectReader(Protocol):
+    """What CHAIR needs of a vocabulary: its classes, and the mentions of them in a text
+    (SynonymTable for any class list; rlhf.coco.CocoObjects for COCO as the standard reads it)."""
+
+    classes: frozenset[str]
+
+    def mentions(self, text: str) -> list[Mention]: ...
 
 
 class SynonymTable:
@@ -127,7 +136,7 @@ def _check_lengths(responses: Sequence[str], truths: Sequence[Iterable[str]]) ->
         raise ValueError(f"{len(responses)} responses but {len(truths)} ground-truth object sets")
 
 
-def chair(responses: Sequence[str], truths: Sequence[Iterable[str]], table: SynonymTable) -> ChairResult:
+def chair(responses: Sequence[str], truths: Sequence[Iterable[str]], table: ObjectReader) -> ChairResult:
     """CHAIR_i and CHAIR_s. `truths[k]` holds the canonical classes present in image k.
 
     Every mention counts (a class named twice is two mentions), as in the CHAIR paper.
@@ -155,7 +164,7 @@ def chair(responses: Sequence[str], truths: Sequence[Iterable[str]], table: Syno
     )
 
 
-def object_halbench(responses: Sequence[str], truths: Sequence[Iterable[str]], table: SynonymTable) -> dict[str, float]:
+def object_halbench(responses: Sequence[str], truths: Sequence[Iterable[str]], table: ObjectReader) -> dict[str, float]:
     """Object HalBench's rates: response-level over responses that mention a known object."""
     result = chair(responses, truths, table)
     answering = [r for r in result.per_response if r.mentioned]
