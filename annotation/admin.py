@@ -148,6 +148,11 @@ class RoundAdmin(admin.ModelAdmin):
         view = self.admin_site.admin_view
         return [
             path("start/", view(partial(admin_views.start_round, self)), name="annotation_round_start"),
+            path(
+                "register-model/",
+                view(partial(admin_views.register_model_page, self)),
+                name="annotation_round_register_model",
+            ),
             path("export/", view(partial(admin_views.export_rounds, self)), name="annotation_round_export"),
             path("metrics/", view(partial(admin_views.round_metrics, self)), name="annotation_round_metrics"),
             path(

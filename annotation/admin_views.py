@@ -24,12 +24,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from annotation import plots, quality, services
+from annotation.deployment import RegisterRefused, policy_choices, register_model
 from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
 from annotation.models import Candidate, Prompt, Round, RoundPrompt, Task, TaskCandidate
 from contract.methods import CHAIR_I, CHAIR_S, KL, POPE_F1, REWARD
-from models.registry import Registry, RegistryError
-from models.server import BASE_NAME
+from models.registry import Registry
 
 # An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
 MAX_UNPACKED_FILES = 200_000
@@ -49,8 +49,8 @@ def _require(request: HttpRequest, permission: str) -> None:
 
 
 class StartRoundForm(forms.Form):
-    policy_version = forms.CharField(
-        initial="base", help_text="The model version whose candidates the round labels (`base` or a registry name)."
+    policy_version = forms.ChoiceField(
+        choices=[], help_text="The registered policy version whose candidates the round labels (see Register a model)."
     )
     task_kinds = forms.MultipleChoiceField(
         choices=Task.Kind.choices, widget=forms.CheckboxSelectMultiple, initial=[Task.Kind.RANK]
@@ -68,17 +68,10 @@ class StartRoundForm(forms.Form):
     temperature = forms.FloatField(min_value=0, max_value=2, initial=0.7)
     max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
 
-    def clean_policy_version(self) -> str:
-
-        name = str(self.cleaned_data["policy_version"]).strip()
-        if name != BASE_NAME:
-            try:
-                version = Registry(settings.FACTLOOP_MODEL_DIR).get(name)
-            except RegistryError as error:
-                raise ValidationError(str(error)) from None
-            if version.kind != "policy":
-                raise ValidationError(f"{name!r} is a {version.kind} model, not a policy")
-        return name
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Only what is registered, read when the form is made (the registry is on disk).
+        self.fields["policy_version"].choices = [(name, name) for name in policy_choices()]  # type: ignore[attr-defined]
 
     def prompts(self) -> list[Prompt]:
         data = self.cleaned_data
@@ -88,6 +81,35 @@ class StartRoundForm(forms.Form):
                 pk__in=Candidate.objects.values("prompt_id")
             )
         return list(chosen[: data["limit"]] if data["limit"] else chosen)
+
+
+class RegisterModelForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="The version name (letters, digits, '.', '_', '-').")
+    model = forms.CharField(
+        max_length=1024, help_text="A checkpoint folder on the server, or a hub id (organisation/name)."
+    )
+    adapter = forms.CharField(
+        max_length=1024, required=False, help_text="Optionally, a LoRA adapter folder on the server."
+    )
+
+
+def register_model_page(admin: Any, request: HttpRequest) -> HttpResponse:
+    _require(request, "annotation.add_round")
+    form = RegisterModelForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            version = register_model(
+                data["name"], data["model"], adapter=Path(data["adapter"]) if data["adapter"] else None, by=request.user
+            )
+        except RegisterRefused as error:
+            form.add_error(None, str(error))
+        else:
+            messages.success(request, f"Registered {version.name} ({version.base_model}); a round can start from it.")
+            return HttpResponseRedirect(reverse("admin:annotation_round_start"))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, "Register a model", form=form)
+    )
 
 
 def start_round(admin: Any, request: HttpRequest) -> HttpResponse:

@@ -4,20 +4,79 @@ act, recorded as a rollback; both go into the audit log."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
 from annotation import audit
 from annotation.models import AuditEvent
-from models.registry import Registry, RegistryError
+from models.registry import ModelVersion, Registry, RegistryError
 from models.server import serve_version
 from models.serving import ServingClient, ServingError
 
 
 class DeployRefused(Exception):
     """The version cannot be deployed (the message says why); nothing changed."""
+
+
+class RegisterRefused(Exception):
+    """The model cannot be registered (the message says why); nothing was written."""
+
+
+# A hub id as transformers takes it: an organisation (or user) and a name.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def check_base_model(model: str) -> str:
+    """Why `model` cannot be a base model, or "" when it can: a local folder holding a
+    transformers checkpoint (config.json naming its model_type, and a processor or
+    tokenizer), or a hub id (org/name), fetched by whoever loads it."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            return f"{model} is a file, not a checkpoint folder"
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return f"{model} holds no readable config.json: not a transformers checkpoint"
+        if not isinstance(config, dict) or not config.get("model_type"):
+            return f"{model}/config.json names no model_type"
+        if not any((path / name).is_file() for name in PROCESSOR_FILES):
+            return f"{model} holds no processor or tokenizer ({', '.join(PROCESSOR_FILES)})"
+        return ""
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        return f"{model} is neither a checkpoint folder here nor a hub id (organisation/name)"
+    return ""
+
+
+def register_model(
+    name: str, model: str, *, adapter: Path | None = None, by: Any = None, registry: Registry | None = None
+) -> ModelVersion:
+    """Record a base version (or a base plus a LoRA adapter) a round can start from. A local
+    folder is checked and recorded by its absolute path; a hub id as given."""
+    registry = registry or Registry(settings.FACTLOOP_MODEL_DIR)
+    if problem := check_base_model(model):
+        raise RegisterRefused(problem)
+    path = Path(model).expanduser()
+    base = str(path.resolve()) if path.exists() else model
+    try:
+        version = registry.register(name, base_model=base, adapter_dir=adapter)
+    except RegistryError as error:
+        raise RegisterRefused(str(error)) from None
+    audit.record(AuditEvent.Action.REGISTER, name, by=by, base_model=base, adapter=bool(adapter))
+    return version
+
+
+def policy_choices(registry: Registry | None = None) -> list[str]:
+    """The registered policy versions a round may use (rejected ones left out), newest first."""
+    registry = registry or Registry(settings.FACTLOOP_MODEL_DIR)
+    names = [v.name for v in registry if v.kind == "policy" and registry.status(v.name) != "rejected"]
+    return names[::-1]
 
 
 @dataclass(frozen=True)

@@ -490,6 +490,7 @@ class AuditEvent(models.Model):
         EXPORT = "export", "Export"
         ROUND = "round", "Round change"
         ROLE = "role", "Role change"
+        REGISTER = "register", "Model registered"
         DEPLOY = "deploy", "Deployment"
         ROLLBACK = "rollback", "Rollback"
         JOB = "job", "Job retried or cancelled"

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from annotation.demo import TOY_DDPO
 from annotation.demo.synthetic import png_of_scene
+from annotation.deployment import register_model
 from annotation.models import Prompt, Round
 from annotation.services import add_image, add_prompt
 from models.registry import Registry, UnknownVersion
@@ -47,7 +48,8 @@ def ensure_base_policy() -> str:
     try:
         registry.get(BASE_VERSION)
     except UnknownVersion:
-        registry.register(BASE_VERSION, base_model=str(folder), status="serving")
+        register_model(BASE_VERSION, str(folder), registry=registry)  # as `manage.py register_model` does
+        registry.set_status(BASE_VERSION, "serving")
     return str(folder)
 
 

@@ -43,7 +43,13 @@ def test_only_admins_reach_the_admin_pages(annotator: User) -> None:
     assert not Round.objects.filter(number=2).exists()
 
 
-def test_start_a_round_from_the_admin(admin_user: User, django_capture_on_commit_callbacks: Any) -> None:
+def test_start_a_round_from_the_admin(
+    admin_user: User, django_capture_on_commit_callbacks: Any, settings: Any, tmp_path: Path
+) -> None:
+    from models.registry import Registry
+
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    Registry(settings.FACTLOOP_MODEL_DIR).register("base", base_model="llava-hf/llava-1.5-7b-hf")
     image = make_round(tasks=2).tasks.first().prompt.image  # type: ignore[union-attr]
     for n in range(3):
         services.add_prompt(image, f"New prompt {n}.")
