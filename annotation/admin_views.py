@@ -474,11 +474,20 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
                 "flagged": sum(s.flagged for s in report.annotators),
             }
         )
-    trained = (v for v in Registry(settings.FACTLOOP_MODEL_DIR) if v.round is not None and v.kind == "policy")
-    versions = sorted(trained, key=lambda v: (v.round, v.name))
-    model_rows = [
-        {"round": v.round, "name": v.name, "metrics": [v.metrics.get(m) for m in MODEL_METRICS]} for v in versions
-    ]
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    # Trained versions at their round; a base version (no round, no parent) that was
+    # evaluated (manage.py evaluate, train_round) at round 0. Metrics: the newest evaluation.
+    rows = []
+    for v in registry:
+        if v.kind != "policy":
+            continue
+        metrics = registry.latest_metrics(v.name)
+        if v.round is not None:
+            rows.append((int(v.round), v.name, metrics))
+        elif v.parent is None and registry.evaluations(v.name):
+            rows.append((0, v.name, metrics))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    model_rows = [{"round": r, "name": name, "metrics": [m.get(k) for k in MODEL_METRICS]} for r, name, m in rows]
     charts = [
         plots.lines(
             "Agreement and gold accuracy per round",
@@ -490,14 +499,14 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
             },
         ),
         plots.lines(
-            "Hallucination per round (trained versions)",
-            [int(v.round) for v in versions if v.round is not None],
-            {name: [v.metrics.get(name) for v in versions] for name in HALLUCINATION_METRICS},
+            "Hallucination per round (round 0: the base)",
+            [r for r, _, _ in rows],
+            {name: [m.get(name) for _, _, m in rows] for name in HALLUCINATION_METRICS},
         ),
         plots.lines(
             "Reward and KL per round (trained versions)",
-            [int(v.round) for v in versions if v.round is not None],
-            {name: [v.metrics.get(name) for v in versions] for name in TRAINING_METRICS},
+            [r for r, _, _ in rows],
+            {name: [m.get(name) for _, _, m in rows] for name in TRAINING_METRICS},
         ),
     ]
     for row in annotation_rows:

@@ -5,8 +5,10 @@ row, or a Hugging Face `datasets` directory (`save_to_disk`) with an image colum
 (`image`, or `images` holding one image) and a `prompt` column (text, or a conversation
 whose last user turn is the prompt). Row fields: `image` (a path inside the images folder),
 `prompt` (the text), and optional `split` (`train` or `heldout`), `facts` (an object:
-known objects, captions; in CSV a JSON string), `context` (earlier turns, a list of
-{"role", "content"}; in CSV a JSON string).
+known objects as `classes`, `captions`, the `vocabulary` they are named in; in CSV a JSON
+string), `context` (earlier turns, a list of {"role", "content"}; in CSV a JSON string),
+`meta` (an object: `kind` "describe" or "question", and a question's known `answer`; the
+evaluator reads them, annotation/evaluation.py).
 
 Every row is checked before anything is written: missing fields, a path outside the folder,
 a missing file, an unreadable or truncated image, a decompression bomb, an unsupported
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ class _Good:
     facts: dict[str, Any]
     context: list[dict[str, str]]
     source: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def is_hf_dataset(path: Path) -> bool:
@@ -223,7 +226,7 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 yield number, f"not a readable CSV row: {error}"
                 continue
             row: dict[str, Any] = {k: v for k, v in record.items() if k is not None and v not in (None, "")}
-            for key in ("facts", "context"):
+            for key in ("facts", "context", "meta"):
                 if key in row:
                     try:
                         row[key] = limits.loads(row[key])
@@ -274,6 +277,11 @@ def _check(number: int, row: dict[str, Any], folder: Path | None) -> _Good | str
     facts = row.get("facts", {})
     if not isinstance(facts, dict):
         return "facts must be an object"
+    meta = row.get("meta", {})
+    if not isinstance(meta, dict):
+        return "meta must be an object"
+    if meta.get("kind", "describe") not in ("describe", "question"):
+        return "meta.kind must be describe or question"
     context = row.get("context", [])
     if not isinstance(context, list) or any(
         not isinstance(t, dict) or set(t) != {"role", "content"} or t["role"] not in ("user", "assistant")
@@ -284,7 +292,8 @@ def _check(number: int, row: dict[str, Any], folder: Path | None) -> _Good | str
         inspect_image(data, row["image"])
     except ValidationError as error:
         return " ".join(error.messages)
-    return _Good(number, load, hashlib.sha256(data).hexdigest(), row["prompt"], split, facts, context, row["image"])
+    sha256 = hashlib.sha256(data).hexdigest()
+    return _Good(number, load, sha256, row["prompt"], split, facts, context, row.get("source") or row["image"], meta)
 
 
 def import_prompts(manifest: Path, images: Path | None = None, *, skip_bad: bool = False) -> ImportReport:
@@ -292,11 +301,20 @@ def import_prompts(manifest: Path, images: Path | None = None, *, skip_bad: bool
     datasets directory); raises ImportFailed (nothing written) on a bad row unless `skip_bad`."""
     if not is_hf_dataset(manifest) and (images is None or not images.is_dir()):
         raise ValueError(f"{images} is not a folder" if images else "a JSONL or CSV manifest needs its images folder")
+    return import_rows(read_manifest(manifest), images, skip_bad=skip_bad)
+
+
+def import_rows(
+    rows: Iterable[tuple[int, dict[str, Any] | str]], images: Path | None, *, skip_bad: bool = False
+) -> ImportReport:
+    """Import prompt rows (import_prompts' fields; a string is a row already found bad),
+    every row checked first; raises ImportFailed (nothing written) on a bad row unless
+    `skip_bad`."""
     report = ImportReport()
     good: list[_Good] = []
     seen: dict[tuple[str, str], int] = {}
     existing = set(Prompt.objects.values_list("image__sha256", "text"))
-    for number, row in read_manifest(manifest):
+    for number, row in rows:
         report.rows += 1
         checked = row if isinstance(row, str) else _check(number, row, images)
         if isinstance(checked, str):
@@ -323,7 +341,7 @@ def import_prompts(manifest: Path, images: Path | None = None, *, skip_bad: bool
                 )
             image = add_image(data, facts=item.facts, source=item.source)
             images_before.add(image.pk)
-            add_prompt(image, item.prompt, split=item.split, context=item.context)
+            add_prompt(image, item.prompt, split=item.split, context=item.context, meta=item.meta)
             report.prompts += 1
     report.images = len(images_before)
     return report

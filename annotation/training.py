@@ -7,10 +7,12 @@ Steps, in order, each recorded on the TrainingRun with its status, timing and ou
 3. reward_model: PPO/GRPO/RLOO only: a fact-augmented reward model from the rankings.
 4. train: DDPO, DPO, PPO, GRPO or RLOO (`python -m rlhf.cli` in a child process: the web
    app and worker never load torch), continuing the round's policy adapter.
-5. evaluate: hallucination metrics of the new policy on held-out scenes (`rlhf.cli
-   evaluate`), and of the current policy if its version does not record them yet.
+5. evaluate: the new and the current policy answer the database's held-out prompts (the
+   first FACTLOOP_EVAL_ITEMS) through the vLLM server, scored with bootstrap intervals
+   (annotation/evaluation.py, the same code as `manage.py evaluate`).
 6. gate: the new policy must not be worse than the current one on the gate metric
-   (FACTLOOP_GATE_METRIC; `force` overrides).
+   (FACTLOOP_GATE_METRIC) beyond the paired bootstrap interval and FACTLOOP_GATE_MARGIN
+   (`rlhf.cli compare`; `force` overrides).
 7. register: the new version in the model registry (status "rejected" if the gate failed).
 8. deploy: hot-load the adapter into the running vLLM server (skipped if the gate failed).
 9. open_next: the next round, on the deployed policy (else the current one), with its
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,9 +40,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.deployment import deploy_version
+from annotation.errors import Refused
+from annotation.evaluation import RlhfFailed, evaluate_version, export_heldout, run_rlhf
 from annotation.exporters import export
 from annotation.models import Correction, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.services import freeze_round, start_round
+from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.methods import (
     CHAIR_I,
     CHAIR_S,
@@ -51,17 +54,17 @@ from contract.methods import (
     GATE_METRICS,
     MEAN_WORDS,
     METHODS,
+    OBJECT_HALBENCH,
     POPE_F1,
+    QA_ACCURACY,
     REWARD_MODEL_ACCURACY,
     RL_METHODS,
-    not_worse,
 )
 from contract.results import RewardResult, RunResult
 from models.registry import Registry, RegistryError, UnknownVersion
 
 STEPS = ("freeze", "export", "reward_model", "train", "evaluate", "gate", "register", "deploy", "open_next")
-REPO = Path(__file__).resolve().parent.parent
-KEPT_METRICS = (CHAIR_I, CHAIR_S, POPE_F1, MEAN_WORDS, EMPTY_SHARE)
+KEPT_METRICS = (CHAIR_I, CHAIR_S, OBJECT_HALBENCH, POPE_F1, QA_ACCURACY, MEAN_WORDS, EMPTY_SHARE)
 
 
 class TrainingRefused(Exception):
@@ -80,7 +83,8 @@ class Options:
     reward_config: str | None = None  # a YAML file for the reward model (PPO/GRPO/RLOO)
     force: bool = False
     gate_metric: str = ""
-    eval_scenes: int = 0
+    gate_margin: float | None = None  # how much worse the new policy may be (FACTLOOP_GATE_MARGIN)
+    eval_items: int = 0
     next_prompts: int | None = None  # prompts of the next round (default: as many as this one)
 
     def __post_init__(self) -> None:
@@ -89,7 +93,9 @@ class Options:
         self.gate_metric = self.gate_metric or settings.FACTLOOP_GATE_METRIC
         if self.gate_metric not in GATE_METRICS:
             raise TrainingRefused(f"gate metric must be one of {', '.join(GATE_METRICS)}")
-        self.eval_scenes = self.eval_scenes or settings.FACTLOOP_EVAL_SCENES
+        if self.gate_margin is None:
+            self.gate_margin = settings.FACTLOOP_GATE_MARGIN
+        self.eval_items = self.eval_items or settings.FACTLOOP_EVAL_ITEMS
         for path in (self.config, self.reward_config):
             if path is not None and not Path(path).is_file():
                 raise TrainingRefused(f"no config file {path}")
@@ -146,7 +152,8 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
         "base_model": current.base_model,
         "labels": label_counts(round_),
         "steps": steps,
-        "gate": {"metric": options.gate_metric, "force": options.force},
+        "gate": {"metric": options.gate_metric, "margin": options.gate_margin, "force": options.force},
+        "heldout_prompts": min(Prompt.objects.filter(split=Prompt.Split.HELDOUT).count(), options.eval_items),
         "work_dir": str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-<run>"),
     }
 
@@ -223,15 +230,11 @@ def _record(run: TrainingRun, name: str, **fields: Any) -> None:
 
 
 def _rlhf(args: list[str], log: Path) -> None:
-    """`python -m rlhf.cli ARGS` in a child process, its output appended to `log`."""
-    command = [sys.executable, "-m", "rlhf.cli", "--parent-pid", str(os.getpid()), *args]
-    with open(log, "a") as out:
-        out.write(f"\n$ {' '.join(command)}\n")
-        out.flush()
-        finished = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if finished.returncode != 0:
-        tail = log.read_text(errors="replace")[-2000:]
-        raise StepFailed(f"rlhf.cli {args[0]} exited with {finished.returncode}:\n{tail}")
+    """`python -m rlhf.cli ARGS` in a child process that dies with this one."""
+    try:
+        run_rlhf(args, log, parent_pid=os.getpid())
+    except RlhfFailed as error:
+        raise StepFailed(str(error)) from None
 
 
 def _current(run: TrainingRun) -> Any:
@@ -301,36 +304,44 @@ def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any
     return {k: getattr(result, k) for k in keep if getattr(result, k) is not None}
 
 
-def _evaluate(base_model: str, adapter: Path | None, out: Path, scenes: int, log: Path) -> dict[str, Any]:
-    if not out.is_file():
-        partial = out.with_suffix(".partial")
-        args = ["evaluate", "--model", base_model, "--scenes", str(scenes), "--out", str(partial)]
-        if adapter is not None:
-            args += ["--adapter", str(adapter)]
-        _rlhf(args, log)
-        os.replace(partial, out)
-    metrics = json.loads(out.read_text())
-    return {k: metrics[k] for k in KEPT_METRICS}
-
-
 def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    current = _current(run)
-    log = work / "evaluate.log"
-    new = _evaluate(current.base_model, work / "train" / "adapter", work / "eval.json", options.eval_scenes, log)
-    if options.gate_metric in current.metrics:
-        before = {k: current.metrics[k] for k in KEPT_METRICS if k in current.metrics}
-    else:
-        adapter = _registry().adapter_path(current.name)
-        before = _evaluate(current.base_model, adapter, work / "eval-current.json", options.eval_scenes, log)
-    return {"new": new, "current": before}
+    heldout = work / "heldout"
+    if not (heldout / HELDOUT_MANIFEST).is_file():
+        try:
+            export_heldout(heldout, limit=options.eval_items)
+        except Refused as error:
+            raise StepFailed(error.message) from None
+    log, current = work / "evaluate.log", _current(run)
+    measured = {}
+    for key, name, adapter in (
+        ("new", _version_name(run), work / "train" / "adapter"),
+        ("current", current.name, None),
+    ):
+        try:
+            result = evaluate_version(
+                name, heldout, work / f"eval-{key}.json", log=log, adapter=adapter, parent_pid=os.getpid()
+            )
+        except RlhfFailed as error:
+            raise StepFailed(str(error)) from None
+        measured[key] = {k: result["metrics"][k] for k in KEPT_METRICS if k in result["metrics"]}
+    manifest = json.loads((heldout / HELDOUT_MANIFEST).read_text())
+    return {**measured, "heldout": {"items": manifest["items"], "vocabulary": manifest["vocabulary"]}}
 
 
 def _step_gate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    measured = run.steps["evaluate"]["detail"]
-    metric = options.gate_metric
-    new, current = measured["new"][metric], measured["current"][metric]
-    passed = not_worse(metric, new, current) or options.force
-    return {"metric": metric, "new": new, "current": current, "passed": bool(passed)}
+    out = work / "gate.json"
+    if not out.is_file():
+        args = ["compare", "--new", str(work / "eval-new.json"), "--current", str(work / "eval-current.json")]
+        _rlhf(
+            [*args, "--metric", options.gate_metric, "--margin", str(options.gate_margin), "--out", str(out)],
+            work / "evaluate.log",
+        )
+    decision = json.loads(out.read_text())
+    return {
+        **decision,
+        "passed": bool(decision["passed"] or options.force),
+        "forced": bool(options.force and not decision["passed"]),
+    }
 
 
 def _version_name(run: TrainingRun) -> str:
@@ -346,7 +357,7 @@ def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, 
         registry.get(name)  # registered before a crash: the name is this run's alone
     except UnknownVersion:
         current = _current(run)
-        metrics: dict[str, Any] = dict(run.steps["evaluate"]["detail"]["new"])
+        metrics: dict[str, Any] = json.loads((work / "eval-new.json").read_text())["metrics"]
         metrics.update(RunResult.read(work / "train").registry_metrics())
         if "reward_model" in run.steps:
             metrics[REWARD_MODEL_ACCURACY] = RewardResult.read(work / "reward").heldout_accuracy
@@ -360,6 +371,8 @@ def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, 
             metrics=metrics,
             status="ready" if gate["passed"] else "rejected",
         )
+    for version, key in ((name, "new"), (run.round.policy_version, "current")):
+        registry.record_evaluation(version, json.loads((work / f"eval-{key}.json").read_text()))
     TrainingRun.objects.filter(pk=run.pk).update(version=name)
     run.version = name
     return {"version": name, "status": registry.status(name)}

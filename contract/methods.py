@@ -9,12 +9,14 @@ DPO_METHODS: Final = ("ddpo", "dpo")
 RL_METHODS: Final = ("ppo", "grpo", "rloo")
 METHODS: Final = DPO_METHODS + RL_METHODS
 
-# Evaluation metrics (rlhf/evaluate.py writes them; the gate and the plots read them).
+# Evaluation metrics (rlhf/heldout.py writes them; the gate and the plots read them).
 CHAIR_I: Final = "chair_i"
 CHAIR_S: Final = "chair_s"
 POPE_F1: Final = "pope_f1"
 MEAN_WORDS: Final = "mean_words"
 EMPTY_SHARE: Final = "empty_share"
+OBJECT_HALBENCH: Final = "object_halbench_response"
+QA_ACCURACY: Final = "qa_accuracy"
 # Training metrics a registered version carries (RunResult.registry_metrics).
 REWARD: Final = "reward"
 KL: Final = "kl"
@@ -23,8 +25,3 @@ REWARD_MODEL_ACCURACY: Final = "reward_model_accuracy"
 Direction = Literal["lower", "higher"]
 # The metrics a gate may compare, and which way is better.
 GATE_METRICS: Final[dict[str, Direction]] = {CHAIR_I: "lower", CHAIR_S: "lower", POPE_F1: "higher"}
-
-
-def not_worse(metric: str, new: float, current: float) -> bool:
-    """Whether `new` is at least as good as `current` on a gate metric."""
-    return new <= current if GATE_METRICS[metric] == "lower" else new >= current

@@ -5,6 +5,7 @@ Layout under the registry root (`FACTLOOP_MODEL_DIR`, passed in by the caller):
     versions/<name>/manifest.json   what the version is (immutable once registered)
     versions/<name>/adapter/        the LoRA adapter files, when the version has one
     versions/<name>/status          its current status (the one mutable file)
+    versions/<name>/evaluations/    its evaluations on held-out sets, one file per set
 
 A version is a base model (a local path or a hub id) plus an optional LoRA adapter, with its
 parent version, the round that produced it, its metrics and creation time.
@@ -13,7 +14,7 @@ Registration is atomic: everything is written into a hidden temporary folder und
 `versions/`, flushed, and renamed into place in one `rename(2)`, which fails if the name is
 taken. A reader therefore sees either no version or a complete one, never a half-written
 one, and two registrations of one name cannot both succeed. Names are unique and versions
-immutable; only the status changes, by an atomic replace of its file.
+immutable; only the status and the evaluations change, each file by an atomic replace.
 
 No Django here: the web app and the trainers both use this module.
 """
@@ -34,6 +35,7 @@ from typing import Any
 MANIFEST = "manifest.json"
 STATUS = "status"
 ADAPTER = "adapter"
+EVALUATIONS = "evaluations"
 SCHEMA_VERSION = 1
 STATUSES = ("ready", "serving", "retired", "rejected")
 KINDS = ("policy", "reward")  # a policy can be served; a reward model scores responses in PPO
@@ -175,6 +177,33 @@ class Registry:
         temporary = self.path_of(name) / f".{STATUS}-{uuid.uuid4().hex[:8]}"
         temporary.write_text(status)
         os.replace(temporary, self.path_of(name) / STATUS)
+
+    def record_evaluation(self, name: str, evaluation: dict[str, Any]) -> Path:
+        """Keep an evaluation of version `name` (contract.heldout.Evaluation as a dict) in
+        its folder, one file per held-out set (a later one on the same set replaces it),
+        written whole; returns the file."""
+        self.get(name)
+        digest = str(evaluation.get("heldout_digest", ""))
+        key = re.sub(r"[^0-9A-Za-z_.-]", "-", digest)[:80] or "unnamed"
+        folder = self.path_of(name) / EVALUATIONS
+        folder.mkdir(exist_ok=True)
+        stamped = {**evaluation, "recorded_at": datetime.now(UTC).isoformat(timespec="microseconds")}
+        temporary = folder / f".{key}-{uuid.uuid4().hex[:8]}"
+        temporary.write_text(json.dumps(stamped, indent=1) + "\n")
+        os.replace(temporary, folder / f"{key}.json")
+        return folder / f"{key}.json"
+
+    def evaluations(self, name: str) -> list[dict[str, Any]]:
+        """The version's recorded evaluations, oldest first."""
+        self.get(name)
+        folder = self.path_of(name) / EVALUATIONS
+        found = [json.loads(path.read_text()) for path in folder.glob("*.json")] if folder.is_dir() else []
+        return sorted(found, key=lambda e: str(e.get("recorded_at", "")))
+
+    def latest_metrics(self, name: str) -> dict[str, Any]:
+        """The version's registered metrics, updated by its newest recorded evaluation."""
+        found = self.evaluations(name)
+        return {**self.get(name).metrics, **(found[-1].get("metrics", {}) if found else {})}
 
     def __iter__(self) -> Iterator[ModelVersion]:
         """Every registered version, oldest first (staging folders are invisible)."""

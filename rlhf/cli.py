@@ -1,6 +1,12 @@
 """`python -m rlhf.cli`: training and evaluation outside Django.
 
-- `evaluate --model PATH [--adapter DIR]`: hallucination metrics on held-out toy scenes.
+- `evaluate --data DIR (--server URL --served NAME | --model PATH) [--adapter DIR]`:
+  hallucination metrics, with bootstrap intervals, on a held-out set exported from the
+  database (contract/heldout.py; rlhf/heldout.py): through the vLLM server (an adapter is
+  loaded under a temporary name and unloaded after) or in this process. Without `--data`,
+  `--model` is scored on held-out scenes of the synthetic world, in process.
+- `compare --new FILE --current FILE --metric M [--margin X]`: the gate's decision between
+  two evaluations of the same held-out set (paired bootstrap).
 - `dpo --config FILE.yaml [--set KEY=VALUE ...] [--resume]`: DDPO or DPO from `trl`
   exports (rlhf/config.py lists every setting); progress bar on the terminal, TensorBoard
   logs under OUTPUT_DIR/runs.
@@ -16,17 +22,22 @@ Exit status: 0 done, 2 bad input (config, data, model), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import secrets
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from contract.heldout import Evaluation, HeldoutError, read_heldout
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
 from rlhf.data import DataError
 from rlhf.evaluate import evaluate_toyworld, heldout_scenes
+from rlhf.heldout import LocalResponder, ServedResponder, compare
+from rlhf.heldout import evaluate as evaluate_heldout
 from rlhf.reward import RewardConfig, train_reward_model
 from rlhf.scoring import locate_reward_model
 from rlhf.train_dpo import train as train_dpo
@@ -34,6 +45,11 @@ from rlhf.train_rl import train as train_rl
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        return _evaluate_heldout(args)
+    if args.model is None:
+        print("rlhf.cli evaluate: name --model (or --data with --server)", file=sys.stderr)
+        return 2
     import torch
 
     torch.manual_seed(0)
@@ -48,6 +64,73 @@ def _evaluate(args: argparse.Namespace) -> int:
     text = json.dumps(metrics, indent=2, sort_keys=True)
     if args.out:
         args.out.write_text(text)
+    print(text)
+    return 0
+
+
+def _evaluate_heldout(args: argparse.Namespace) -> int:
+    from models.serving import ServingClient, ServingError
+
+    try:
+        heldout = read_heldout(args.data).limited(args.limit)
+    except HeldoutError as error:
+        print(f"rlhf.cli evaluate: {error}", file=sys.stderr)
+        return 2
+    if bool(args.server) == bool(args.model):
+        print("rlhf.cli evaluate: --data needs either --server (with --served) or --model", file=sys.stderr)
+        return 2
+    if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
+        print(f"rlhf.cli evaluate: {args.adapter} holds no LoRA adapter (adapter_config.json)", file=sys.stderr)
+        return 2
+    settings = {"pope_per_image": args.pope_per_image, "seed": args.seed, "bootstrap": args.bootstrap}
+    try:
+        if args.server:
+            if not args.served:
+                print("rlhf.cli evaluate: --server needs --served (the base model's served name)", file=sys.stderr)
+                return 2
+            with ServingClient(args.server, timeout=600.0) as client:
+                name, temporary = args.served, None
+                if args.adapter is not None:
+                    temporary = f"factloop-eval-{os.getpid()}-{secrets.token_hex(3)}"
+                    client.load_adapter(temporary, str(args.adapter.resolve()), replace=False)
+                    name = temporary
+                try:
+                    served = ServedResponder(client, name, max_tokens=args.max_tokens, seed=args.seed)
+                    evaluation = evaluate_heldout(heldout, served, **settings)
+                finally:
+                    if temporary is not None:
+                        client.unload_adapter(temporary)
+        else:
+            try:
+                model, processor = load_policy(args.model, adapter=args.adapter)
+            except (OSError, ValueError) as error:
+                print(f"rlhf.cli: cannot load model {args.model!r}: {error}", file=sys.stderr)
+                return 2
+            local = LocalResponder(model, processor, max_tokens=args.max_tokens)
+            evaluation = evaluate_heldout(heldout, local, **settings)
+    except (HeldoutError, ServingError) as error:
+        print(f"rlhf.cli evaluate: {error}", file=sys.stderr)
+        return 2
+    evaluation = dataclasses.replace(evaluation, policy=args.label or evaluation.policy)
+    if args.out:
+        evaluation.write(args.out)
+    print(json.dumps({"policy": evaluation.policy, "metrics": evaluation.metrics, "seconds": evaluation.seconds}))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    try:
+        decision = compare(
+            Evaluation.read(args.new), Evaluation.read(args.current), args.metric, margin=args.margin, seed=args.seed
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"rlhf.cli compare: {error}", file=sys.stderr)
+        return 2
+    text = json.dumps(decision)
+    if args.out:
+        partial = args.out.with_suffix(".partial")
+        partial.write_text(text + "\n")
+        partial.replace(args.out)
     print(text)
     return 0
 
@@ -149,11 +232,29 @@ def main(argv: list[str] | None = None) -> int:
         help="stop when this process (the one that started the command) dies (Linux): a training job's worker",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    evaluate = commands.add_parser("evaluate", help="CHAIR, POPE and MMHal-style metrics on held-out scenes")
-    evaluate.add_argument("--model", required=True, help="a local checkpoint folder or a hub id")
+    evaluate = commands.add_parser("evaluate", help="CHAIR, POPE and more on a held-out set, with intervals")
+    evaluate.add_argument(
+        "--data", type=Path, help="a held-out folder (contract/heldout.py) exported from the database"
+    )
+    evaluate.add_argument("--server", help="the vLLM server's URL: answers come from it")
+    evaluate.add_argument("--served", help="the name the server serves the base model under")
+    evaluate.add_argument("--model", help="a local checkpoint folder or a hub id: answers come from this process")
     evaluate.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply to the model")
-    evaluate.add_argument("--scenes", type=int, default=200, help="held-out scenes (default 200)")
-    evaluate.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
+    evaluate.add_argument("--label", help="the policy's name in the result (a version name)")
+    evaluate.add_argument("--limit", type=int, help="only the first N items of the held-out set")
+    evaluate.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
+    evaluate.add_argument("--pope-per-image", type=int, default=1, help="POPE probes per image and label (default 1)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of POPE's sampling, decoding and the bootstrap")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    evaluate.add_argument("--scenes", type=int, default=200, help="without --data: held-out toy scenes (default 200)")
+    evaluate.add_argument("--out", type=Path, help="also write the result to this JSON file")
+    gate = commands.add_parser("compare", help="the gate: is a new policy not worse than the current one")
+    gate.add_argument("--new", type=Path, required=True, help="the new policy's evaluation (evaluate --out)")
+    gate.add_argument("--current", type=Path, required=True, help="the current policy's, on the same held-out set")
+    gate.add_argument("--metric", required=True, help="chair_i, chair_s or pope_f1")
+    gate.add_argument("--margin", type=float, default=0.0, help="how much worse new may be (default 0)")
+    gate.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
+    gate.add_argument("--out", type=Path, help="also write the decision to this JSON file")
     dpo = commands.add_parser("dpo", help="train with DDPO (RLHF-V) or DPO from exported labels")
     _add_config_options(dpo)
     dpo.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
@@ -167,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid)
     if args.command == "evaluate":
-        if args.scenes < 1:
-            parser.error("--scenes must be at least 1")
+        for option in ("scenes", "limit", "max_tokens", "pope_per_image", "bootstrap"):
+            if getattr(args, option) is not None and getattr(args, option) < 1:
+                parser.error(f"--{option.replace('_', '-')} must be at least 1")
         return _evaluate(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "reward":
         return _reward(args)
     if args.command == "rl":

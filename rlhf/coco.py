@@ -194,6 +194,7 @@ class CocoObjects:
         lines = _lines(STANDARD_SYNONYMS)
         self.to_class: dict[str, str] = {word: line[0] for line in lines for word in line}
         self.classes = frozenset(line[0] for line in lines)
+        self.order = tuple(line[0] for line in lines)  # COCO's category order
         self.double_words: dict[str, str] = {pair: pair for pair in DOUBLE_WORDS}
         for animal in ANIMAL_WORDS:
             self.double_words[f"baby {animal}"] = animal

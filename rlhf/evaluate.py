@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models.tiny import generate, image_size_of
-from models.toyworld import CLASSES, SYNONYMS, Scene, render, sample_scenes
+from models.toyworld import CLASSES, SYNONYMS, Scene, heldout_scenes, render
 from models.toyworld.oracle import check
 from rlhf.metrics import (
     PopeSplit,
@@ -26,14 +26,11 @@ from rlhf.metrics import (
 )
 
 DESCRIBE = "Describe the image."
-HELDOUT_SEED = 10_007
 TOY_TABLE = SynonymTable({cls: SYNONYMS[cls] for cls in CLASSES})
 POPE_SPLITS: tuple[PopeSplit, ...] = ("random", "popular", "adversarial")
 
 
-def heldout_scenes(n: int = 200, seed: int = HELDOUT_SEED) -> list[Scene]:
-    """Scenes never used for training (their own seed and id prefix)."""
-    return sample_scenes(seed, n, prefix="heldout")
+__all__ = ["DESCRIBE", "POPE_SPLITS", "evaluate_toyworld", "heldout_scenes"]
 
 
 def evaluate_toyworld(

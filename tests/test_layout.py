@@ -37,6 +37,7 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
     [
         "contract",
         "contract.export",
+        "contract.heldout",
         "contract.methods",
         "contract.results",
         "contract.spans",
@@ -48,6 +49,8 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf.train_dpo",
         "rlhf.toy_pairs",
         "rlhf.cli",
+        "rlhf.heldout",
+        "rlhf.vocabularies",
         "rlhf.reward",
         "rlhf.losses",
         "rlhf.scoring",

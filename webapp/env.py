@@ -75,6 +75,18 @@ class Env:
             raise ConfigError(name, f"must be at most {maximum}, got {number}")
         return number
 
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(name, f"expected a number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise ConfigError(name, f"must be from {minimum} to {maximum}, got {number}")
+        return number
+
     def fraction(self, name: str, default: float) -> float:
         """A number from 0 to 1."""
         value = self._raw(name)

@@ -173,10 +173,12 @@ FACTLOOP_EXPORT_DIR = env.path("FACTLOOP_EXPORT_DIR", VAR_DIR / "exports", base=
 
 # Training (manage.py train_round): each run's files (export, checkpoints, evaluation) go in
 # a folder under FACTLOOP_TRAIN_DIR; a new version is deployed only if it is not worse than
-# the serving one on FACTLOOP_GATE_METRIC, measured on FACTLOOP_EVAL_SCENES held-out scenes.
+# the serving one on FACTLOOP_GATE_METRIC beyond FACTLOOP_GATE_MARGIN (and the paired bootstrap
+# interval), both measured through the server on the first FACTLOOP_EVAL_ITEMS held-out prompts.
 FACTLOOP_TRAIN_DIR = env.path("FACTLOOP_TRAIN_DIR", VAR_DIR / "training", base=BASE_DIR)
 FACTLOOP_GATE_METRIC = env.choice("FACTLOOP_GATE_METRIC", CHAIR_I, tuple(GATE_METRICS))
-FACTLOOP_EVAL_SCENES = env.integer("FACTLOOP_EVAL_SCENES", 200, minimum=1, maximum=100_000)
+FACTLOOP_GATE_MARGIN = env.number("FACTLOOP_GATE_MARGIN", 0.0, minimum=-1.0, maximum=1.0)
+FACTLOOP_EVAL_ITEMS = env.integer("FACTLOOP_EVAL_ITEMS", 500, minimum=1, maximum=1_000_000)
 
 # Input limits (annotation/limits.py): imports refuse a row over them, generation cuts a
 # candidate to the response limit, and an annotator's correction may be up to twice it.

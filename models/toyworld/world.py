@@ -153,6 +153,14 @@ def sample_scenes(seed: int, n: int, *, prefix: str = "scene") -> list[Scene]:
     return [sample_scene(rng, f"{prefix}-{seed}-{index:05d}") for index in range(n)]
 
 
+HELDOUT_SEED = 10_007
+
+
+def heldout_scenes(n: int = 200, seed: int = HELDOUT_SEED) -> list[Scene]:
+    """Scenes never used for training (their own seed and id prefix)."""
+    return sample_scenes(seed, n, prefix="heldout")
+
+
 def cooccurrence(scenes: Sequence[Scene]) -> dict[str, dict[str, int]]:
     """How often each pair of classes appears in the same scene (for POPE's adversarial split)."""
     table = {a: dict.fromkeys(CLASSES, 0) for a in CLASSES}

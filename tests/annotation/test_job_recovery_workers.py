@@ -93,12 +93,12 @@ def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_train
     from tests.annotation.test_train_round import TOY_CONFIG, labelled_round
 
     Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
-    worker.env.update(FACTLOOP_VLLM_URL=vllm_server.url, FACTLOOP_EVAL_SCENES="24")
-    settings.FACTLOOP_EVAL_SCENES = 24
+    worker.env.update(FACTLOOP_VLLM_URL=vllm_server.url, FACTLOOP_EVAL_ITEMS="24")
+    settings.FACTLOOP_EVAL_ITEMS = 24
     round_ = labelled_round(annotator, "tiny-base")
     run = begin(
         round_,
-        Options(method="ddpo", config=TOY_CONFIG, overrides=["epochs=1"], eval_scenes=24),
+        Options(method="ddpo", config=TOY_CONFIG, overrides=["epochs=1"], eval_items=24),
         resume=False,
     )
     worker.start()

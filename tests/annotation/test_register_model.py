@@ -60,7 +60,7 @@ def test_bad_input_is_refused_with_the_reason_and_nothing_is_written(
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
         (no_tokenizer / name).unlink(missing_ok=True)
     (tmp_path / "empty").mkdir()
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"model": str(tmp_path / "missing")}, "neither a checkpoint folder here nor a hub id"),
         ({"model": "./relative/missing"}, "neither a checkpoint folder here nor a hub id"),
         ({"model": str(tmp_path / "file.bin")}, "is a file, not a checkpoint folder"),

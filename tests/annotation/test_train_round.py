@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from annotation.datasets import import_toyworld
 from annotation.demo import TOY_DDPO, TOY_PPO
 from annotation.demo.simulation import label_round
 from annotation.demo.synthetic import build_synthetic_round
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
 TOY_CONFIG = str(TOY_DDPO)
 RL_CONFIG = str(TOY_PPO)
-TRAIN_ARGS = ["--method", "ddpo", "--config", TOY_CONFIG, "--set", "epochs=1", "--eval-scenes", "24"]
+TRAIN_ARGS = ["--method", "ddpo", "--config", TOY_CONFIG, "--set", "epochs=1", "--eval-items", "24"]
 
 
 @pytest.fixture
@@ -37,11 +38,13 @@ def loop(settings: Any, tmp_path: Path, base_policy: Path) -> Registry:
     settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
     settings.FACTLOOP_TRAIN_DIR = str(tmp_path / "training")
     settings.FACTLOOP_VLLM_URL = "http://127.0.0.1:9"  # tests that deploy name their server
-    settings.FACTLOOP_EVAL_SCENES = 24
+    settings.FACTLOOP_EVAL_ITEMS = 24
     return Registry(settings.FACTLOOP_MODEL_DIR)
 
 
 def labelled_round(annotator: Any, policy: str, *, scenes: int = 24) -> Round:
+    """A labelled round on `policy`, and 24 held-out toy scenes to evaluate on."""
+    import_toyworld(24)
     built = build_synthetic_round(scenes=scenes, kinds=("rank", "correct"), error_rate=0.7, seed=5)
     Round.objects.filter(pk=built.round.pk).update(policy_version=policy, task_kinds=["rank", "correct"])
     assert label_round(annotator) == built.tasks
@@ -118,7 +121,7 @@ def test_an_rl_round_registers_its_reward_and_kl_and_the_admin_plots_them(
         "--config",
         RL_CONFIG,
         *[arg for item in small for arg in ("--set", item)],
-        "--eval-scenes",
+        "--eval-items",
         "24",
         stdout=io.StringIO(),
     )
@@ -139,15 +142,24 @@ def test_an_rl_round_registers_its_reward_and_kl_and_the_admin_plots_them(
 
 @pytest.mark.django_db
 def test_the_gate_keeps_a_worse_policy_out(
-    loop: Registry, base_policy: Path, annotator: Any, admin_client: Any, capsys: pytest.CaptureFixture[str]
+    loop: Registry,
+    base_policy: Path,
+    annotator: Any,
+    admin_client: Any,
+    capsys: pytest.CaptureFixture[str],
+    vllm_server: Any,
+    settings: Any,
 ) -> None:
-    """Also the job path: without --inline the run is queued on the `train` queue."""
+    """Both policies measured on the same held-out prompts through vLLM; a margin of -0.5
+    demands that the new policy cut CHAIR_i by half a point, which one epoch on 12 scenes
+    cannot, so the gate refuses it on measured figures. Also the job path: without
+    --inline the run is queued on the `train` queue."""
     from annotation.tasks import train_round
 
-    # The current version claims a perfect CHAIR_i: no trained policy can match it.
-    loop.register("tiny-base", base_model=str(base_policy), metrics={"chair_i": 0.0, "pope_f1": 1.0})
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    loop.register("tiny-base", base_model=str(base_policy))
     round_ = labelled_round(annotator, "tiny-base", scenes=12)
-    call_command("train_round", *TRAIN_ARGS)
+    call_command("train_round", *TRAIN_ARGS, "--gate-margin", "-0.5")
     queued = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     job = Job.objects.get(pk=queued["job"])
     assert (job.kind, job.queue, job.status) == (Job.Kind.TRAIN, "train", Job.Status.QUEUED)
@@ -158,7 +170,15 @@ def test_the_gate_keeps_a_worse_policy_out(
     run = TrainingRun.objects.get()
     assert run.job == job
     gate = run.steps["gate"]["detail"]
-    assert gate["passed"] is False and gate["current"] == 0.0 and gate["new"] > 0.0
+    assert gate["passed"] is False and gate["margin"] == -0.5 and gate["metric"] == "chair_i"
+    measured = run.steps["evaluate"]["detail"]
+    assert (gate["new"], gate["current"]) == (measured["new"]["chair_i"], measured["current"]["chair_i"])
+    low, high = gate["worse_by_interval"]
+    assert low <= gate["worse_by"] <= high and low > -0.5  # not half a point better, with 95% confidence
+    assert measured["heldout"] == {"items": 24, "vocabulary": "toyworld"}
+    assert [e["metrics"] for e in loop.evaluations("tiny-base")] == [
+        json.loads((Path(run.work_dir) / "eval-current.json").read_text())["metrics"]
+    ]
     assert not run.deployed and loop.status(run.version) == "rejected"
     assert run.steps["deploy"]["detail"]["deployed"] is False
     assert run.next_round is not None and run.next_round.policy_version == "tiny-base"
@@ -186,7 +206,7 @@ def test_a_run_killed_while_training_resumes_without_duplicates(
     loop: Registry, base_policy: Path, annotator: Any, settings: Any, tmp_path: Path, vllm_server: Any
 ) -> None:
     settings.FACTLOOP_VLLM_URL = vllm_server.url
-    loop.register("tiny-base", base_model=str(base_policy), metrics={"chair_i": 1.0, "chair_s": 1.0, "pope_f1": 0.0})
+    loop.register("tiny-base", base_model=str(base_policy))
     round_ = labelled_round(annotator, "tiny-base", scenes=12)
     from django.db import connection
 
@@ -203,7 +223,7 @@ def test_a_run_killed_while_training_resumes_without_duplicates(
     )
     output = open(tmp_path / "train_round.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [PYTHON, "manage.py", "train_round", "--inline", *TRAIN_ARGS, "--set", "epochs=3"],
+        [PYTHON, "manage.py", "train_round", "--inline", "--force", *TRAIN_ARGS, "--set", "epochs=3"],
         cwd=REPO,
         env=env,
         start_new_session=True,

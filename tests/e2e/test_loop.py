@@ -38,7 +38,7 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
         FACTLOOP_VAR_DIR=str(tmp_path / "var"),
         FACTLOOP_MODEL_DIR=str(models),
         FACTLOOP_VLLM_URL=f"http://127.0.0.1:{vllm_port}",
-        FACTLOOP_EVAL_SCENES="100",
+        FACTLOOP_EVAL_ITEMS="100",
         OMP_NUM_THREADS="1",
     )
     command = [PYTHON, "manage.py", "demo", "--loop", "--port", str(port), "--web-workers", "1"]
@@ -68,7 +68,7 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
             for m in re.finditer(r"^\s+(\d+)\s+(\S+)\s+([0-9.]+)\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+$", output, flags=re.M)
         )
         assert set(table) == {1, 2}, output[-3000:]
-        assert table[1][0] == "tiny-base" and table[2][0].startswith("round-1-ddpo-run-")
+        assert table[1][0] == "tiny-base" and table[2][0].startswith("round-1-ddpo-run-"), output[-6000:]
         assert table[2][1] < table[1][1], table  # CHAIR_i lower after round 2 than at round 1
         run = TrainingRun.objects.get()
         assert run.deployed and Registry(models).status(run.version) == "serving"

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.datasets import import_toyworld
 from annotation.demo.loop import BASE_VERSION, TOY_CONFIG, ensure_base_policy, toy_prompts, wait_open
 from annotation.demo.synthetic import build_synthetic_round
 from annotation.models import Round, TrainingRun
@@ -40,6 +41,7 @@ from webapp.celery import worker_command
 
 DEMO_LOGINS = (("admin", "admin"), ("annotator", "annotator"))
 DEMO_SCENES = 20
+DEMO_HELDOUT_SCENES = 200  # held-out toy scenes the loop's policies are evaluated on
 
 
 def _die_with_parent() -> None:
@@ -188,6 +190,10 @@ class Command(BaseCommand):
         wait_open(first, 900, check=self._check_children_alive)
         self.stdout.write(f"Round {first.number} is open; {options['annotators']} simulated annotators label it...")
         call_command("simulate_annotators", n=options["annotators"], noise=options["noise"], url=web, verbosity=0)
+        heldout = import_toyworld(min(settings.FACTLOOP_EVAL_ITEMS, DEMO_HELDOUT_SCENES))
+        self.stdout.write(
+            f"Imported {heldout.prompts} held-out toy-world prompts (import_toyworld) for the evaluation."
+        )
         self.stdout.write(f"Round {first.number}: train_round (DDPO), evaluate, gate, deploy...")
         # A small round: more passes over its pairs than bench/alignment.py's larger one needs.
         call_command(
@@ -207,6 +213,12 @@ class Command(BaseCommand):
                 f"{number:>5}  {policy:<26}  {metrics['chair_i']:>7.3f}  {metrics['chair_s']:>7.3f}  "
                 f"{metrics['pope_f1']:>7.3f}  {metrics['mean_words']:>5.1f}"
             )
+        gate = run.steps["gate"]["detail"]
+        low, high = gate["worse_by_interval"]
+        self.stdout.write(
+            f"gate on {gate['metric']}: the new policy is worse by {gate['worse_by']:+.3f} (95% interval "
+            f"{low:+.3f} to {high:+.3f}, margin {gate['margin']:+.3f}): {'passed' if gate['passed'] else 'refused'}"
+        )
         self.stdout.write(f"The loop took {time.monotonic() - began:.0f} s; round {second.number} is open for you.")
 
     def _ensure_logins(self, path: Path) -> dict[str, tuple[str, str]]:

@@ -6,13 +6,14 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importers import ImportFailed, import_prompts, is_hf_dataset
+from annotation.importers import import_prompts, is_hf_dataset
+from annotation.management.commands._imports import run_import
 
 
 class Command(BaseCommand):
     help = (
         "Import prompts from an images folder and a JSONL or CSV manifest (image, prompt, and optional split, "
-        "facts, context), or from a Hugging Face datasets directory (image and prompt columns). All or nothing "
+        "facts, context, meta), or from a Hugging Face datasets directory (image and prompt columns). All or nothing "
         "unless --skip-bad; bad rows are reported with the reason."
     )
 
@@ -29,17 +30,4 @@ class Command(BaseCommand):
         manifest: Path = options["manifest"]
         if not manifest.is_file() and not is_hf_dataset(manifest):
             raise CommandError(f"no manifest or datasets directory at {manifest}")
-        try:
-            report = import_prompts(manifest, options["images"], skip_bad=options["skip_bad"])
-        except ValueError as error:
-            raise CommandError(str(error)) from None
-        except ImportFailed as failed:
-            for problem in failed.report.problems:
-                self.stderr.write(str(problem))
-            raise CommandError(f"{failed}; --skip-bad imports the good rows") from None
-        for problem in report.problems:
-            self.stderr.write(f"skipped {problem}")
-        self.stdout.write(
-            f"imported {report.prompts} prompts on {report.images} images from {report.rows} rows"
-            + (f"; skipped {len(report.problems)}" if report.problems else "")
-        )
+        run_import(self, lambda: import_prompts(manifest, options["images"], skip_bad=options["skip_bad"]))

@@ -29,9 +29,17 @@ class Command(BaseCommand):
         )
         parser.add_argument("--reward-config", help="a YAML file of reward-model settings (PPO, GRPO, RLOO)")
         parser.add_argument("--gate-metric", default="", help="chair_i, chair_s or pope_f1 (FACTLOOP_GATE_METRIC)")
-        parser.add_argument("--eval-scenes", type=int, default=0, help="held-out scenes (FACTLOOP_EVAL_SCENES)")
+        parser.add_argument(
+            "--gate-margin", type=float, help="how much worse the new policy may be on it (FACTLOOP_GATE_MARGIN)"
+        )
+        parser.add_argument(
+            "--eval-items",
+            type=int,
+            default=0,
+            help="held-out prompts to evaluate on, the first N (FACTLOOP_EVAL_ITEMS)",
+        )
         parser.add_argument("--next-prompts", type=int, help="prompts of the next round (default: as many as this)")
-        parser.add_argument("--force", action="store_true", help="deploy even if the gate metric got worse")
+        parser.add_argument("--force", action="store_true", help="deploy even if the gate refuses the new policy")
         parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
         parser.add_argument("--inline", action="store_true", help="run here instead of as a Celery job")
         parser.add_argument("--resume", action="store_true", help="finish the round's unfinished run")
@@ -46,7 +54,8 @@ class Command(BaseCommand):
                 reward_config=options["reward_config"],
                 force=options["force"],
                 gate_metric=options["gate_metric"],
-                eval_scenes=options["eval_scenes"],
+                gate_margin=options["gate_margin"],
+                eval_items=options["eval_items"],
                 next_prompts=options["next_prompts"],
             )
             round_ = target_round(options["round"], resume=options["resume"])

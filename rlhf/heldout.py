@@ -1,0 +1,334 @@
+"""Hallucination of a policy on a held-out set from the database (contract/heldout.py), any
+dataset, any model family.
+
+A `Responder` answers (image, prompt) requests: `ServedResponder` asks the vLLM server
+(OpenAI-compatible API, concurrent requests so the server batches them; greedy decoding,
+a fixed seed), `LocalResponder` runs transformers' `generate` in this process (the bench's
+comparison, and machines without a server). The answers are scored from the items' facts
+(METHODS.md section 3):
+
+- "describe" items: CHAIR_i and CHAIR_s (Rohrbach et al., 2018) and Object HalBench's
+  response rate (Yu et al., 2024, RLHF-V), the ground truth being the item's objects plus
+  the objects its reference captions name (as standard CHAIR adds them); mean length in
+  words and the share of empty answers.
+- POPE (Li et al., 2023) from the same images: for each split (random, popular,
+  adversarial) `pope_per_image` present and as many absent objects per image, absent ones
+  by the set's own object frequencies and co-occurrences; `pope_f1` is the splits' mean F1.
+- "question" items: accuracy against the known answer (yes/no answers read by POPE's rule;
+  any other answer correct when the response contains it as whole words, case-insensitive).
+
+Every metric carries a 95% percentile bootstrap interval over the items (Efron and
+Tibshirani, 1993, ch. 13): describe items, each POPE split's questions and question items
+resampled with replacement. `compare` resamples two evaluations of the same set with the
+same draws (a paired bootstrap), so the interval is that of the difference itself.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from contract.heldout import Evaluation, Heldout, HeldoutError, Item
+from contract.methods import (
+    CHAIR_I,
+    CHAIR_S,
+    EMPTY_SHARE,
+    GATE_METRICS,
+    MEAN_WORDS,
+    OBJECT_HALBENCH,
+    POPE_F1,
+    QA_ACCURACY,
+)
+from rlhf.metrics import PopeQuestion, build_pope, pope_says_yes
+from rlhf.vocabularies import Vocabulary, vocabulary
+
+POPE_SPLITS = ("random", "popular", "adversarial")
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Request:
+    image: bytes
+    prompt: str
+    context: tuple[dict[str, str], ...] = ()
+
+
+class Responder(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def answer(self, requests: Sequence[Request]) -> list[str]: ...
+
+
+@dataclass
+class ServedResponder:
+    """Answers from an OpenAI-compatible server (models.serving.ServingClient) as `model`."""
+
+    client: Any
+    model: str
+    max_tokens: int = 256
+    workers: int = 8
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        from models.serving import Sampling
+
+        sampling = Sampling(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=self.seed)
+
+        def one(request: Request) -> str:
+            completion = self.client.chat(
+                model=self.model, prompt=request.prompt, image=request.image, context=request.context, sampling=sampling
+            )
+            return str(completion.texts[0])
+
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            answers = pool.map(one, requests)
+            return list(tqdm(answers, total=len(requests), desc=f"answers from {self.model}", mininterval=2))
+
+
+@dataclass
+class LocalResponder:
+    """Greedy answers from a transformers model in this process (single-turn prompts)."""
+
+    model: Any
+    processor: Any
+    name: str = "local"
+    max_tokens: int = 256
+    batch_size: int = 32
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        from PIL import Image
+
+        from models.tiny import generate
+
+        if any(request.context for request in requests):
+            raise HeldoutError("the in-process responder answers single-turn prompts only; serve the model")
+        images = [Image.open(io.BytesIO(request.image)).convert("RGB") for request in requests]
+        return generate(
+            self.model,
+            self.processor,
+            images,
+            [request.prompt for request in requests],
+            max_new_tokens=self.max_tokens,
+            batch_size=self.batch_size,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring
+
+
+def _truth(item: Item, vocab: Vocabulary) -> set[str]:
+    unknown = set(item.objects) - set(vocab.order)
+    if unknown:
+        raise HeldoutError(f"item {item.id}: objects outside the {vocab.name} vocabulary: {sorted(unknown)}")
+    named = {m.cls for caption in item.captions for m in vocab.reader.mentions(caption)}
+    return set(item.objects) | named
+
+
+def _correct(response: str, answer: str) -> bool:
+    expected = answer.strip().lower()
+    if expected in ("yes", "no"):
+        return pope_says_yes(response) == (expected == "yes")
+    words = r"\s+".join(re.escape(part) for part in expected.split())
+    return bool(words) and re.search(rf"(?<!\w){words}(?!\w)", response, flags=re.IGNORECASE) is not None
+
+
+def pope_probes(heldout: Heldout, vocab: Vocabulary, *, per_image: int, seed: int) -> dict[str, list[PopeQuestion]]:
+    """POPE's questions for each split, from the describe items' images (each once, in item
+    order) and their objects (or, where an item lists none, the objects its captions name)."""
+    images: dict[str, set[str]] = {}
+    for item in heldout.items:
+        if item.kind == "describe" and item.image not in images:
+            truth = set(item.objects) or {m.cls for c in item.captions for m in vocab.reader.mentions(c)}
+            images[item.image] = truth
+    pairs = [(image, sorted(truth)) for image, truth in images.items() if truth]
+    return {
+        split: build_pope(pairs, vocab.order, split, per_image=per_image, seed=seed)  # type: ignore[arg-type]
+        for split in POPE_SPLITS
+    }
+
+
+def evaluate(
+    heldout: Heldout,
+    responder: Responder,
+    *,
+    pope_per_image: int = 1,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Evaluation:
+    """Answers of `responder` to every item and POPE probe, scored, with intervals."""
+    began = time.perf_counter()
+    vocab = vocabulary(heldout.vocabulary)
+    describe = [item for item in heldout.items if item.kind == "describe"]
+    questions = [item for item in heldout.items if item.kind == "question"]
+    truths = [_truth(item, vocab) for item in describe]
+    probes = pope_probes(heldout, vocab, per_image=pope_per_image, seed=seed)
+    images: dict[str, bytes] = {}
+
+    def image(name: str) -> bytes:
+        if name not in images:
+            images[name] = (heldout.folder / name).read_bytes()
+        return images[name]
+
+    requests = [Request(image(i.image), i.prompt, i.context) for i in [*describe, *questions]]
+    for split in POPE_SPLITS:
+        requests += [Request(image(q.image), q.text) for q in probes[split]]
+    if progress:
+        progress("answering", 0, len(requests))
+    answers = responder.answer(requests)
+    if progress:
+        progress("scoring", len(requests), len(requests))
+    descriptions, rest = answers[: len(describe)], answers[len(describe) :]
+    qa_answers, rest = rest[: len(questions)], rest[len(questions) :]
+
+    records: dict[str, Any] = {"describe": [], "qa": [], "pope": {}}
+    for text, truth in zip(descriptions, truths, strict=True):
+        mentioned = [m.cls for m in vocab.reader.mentions(text)]
+        hallucinated = sum(cls not in truth for cls in mentioned)
+        records["describe"].append([len(mentioned), hallucinated, len(text.split())])
+    records["qa"] = [int(_correct(text, item.answer)) for text, item in zip(qa_answers, questions, strict=True)]
+    for split in POPE_SPLITS:
+        split_answers, rest = rest[: len(probes[split])], rest[len(probes[split]) :]
+        records["pope"][split] = [
+            [int(q.label == "yes"), int(pope_says_yes(a))] for q, a in zip(probes[split], split_answers, strict=True)
+        ]
+    everything = _indices(records)
+    metrics = statistics(records, everything)
+    samples = [statistics(records, draw) for draw in _draws(records, bootstrap, seed)]
+    intervals = {key: _interval([s[key] for s in samples]) for key in metrics}
+    examples = [
+        {"id": item.id, "prompt": item.prompt, "response": text}
+        for item, text in list(zip(describe, descriptions, strict=True))[:5]
+    ]
+    return Evaluation(
+        policy=responder.name,
+        heldout_digest=heldout.digest,
+        vocabulary=heldout.vocabulary,
+        metrics=metrics,
+        intervals=intervals,
+        records=records,
+        examples=examples,
+        settings={"pope_per_image": pope_per_image, "seed": seed, "bootstrap": bootstrap, "items": len(heldout.items)},
+        seconds=round(time.perf_counter() - began, 2),
+    )
+
+
+Indices = dict[str, list[int]]
+
+
+def _indices(records: dict[str, Any]) -> Indices:
+    found = {"describe": list(range(len(records["describe"]))), "qa": list(range(len(records["qa"])))}
+    for split in POPE_SPLITS:
+        found[f"pope:{split}"] = list(range(len(records["pope"].get(split, []))))
+    return found
+
+
+def _draws(records: dict[str, Any], samples: int, seed: int) -> list[Indices]:
+    """`samples` resamplings of every unit group; the same seed gives the same draws for any
+    records of the same shape (what makes a comparison paired)."""
+    rng = random.Random(seed)
+    groups = _indices(records)
+    return [{key: rng.choices(ids, k=len(ids)) if ids else [] for key, ids in groups.items()} for _ in range(samples)]
+
+
+def _f1(pairs: list[list[int]]) -> tuple[float, float, float]:
+    tp = sum(1 for label, said in pairs if label and said)
+    fp = sum(1 for label, said in pairs if not label and said)
+    fn = sum(1 for label, said in pairs if label and not said)
+    tn = len(pairs) - tp - fp - fn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return f1, (tp + tn) / len(pairs) if pairs else 0.0, (tp + fp) / len(pairs) if pairs else 0.0
+
+
+def statistics(records: dict[str, Any], draw: Indices) -> dict[str, float]:
+    """Every metric of `records` over the items `draw` picks (all of them: `_indices`)."""
+    rows = [records["describe"][i] for i in draw["describe"]]
+    mentions = sum(r[0] for r in rows)
+    answering = [r for r in rows if r[0]]
+    out: dict[str, float] = {}
+    if rows:
+        out[CHAIR_I] = sum(r[1] for r in rows) / mentions if mentions else 0.0
+        out[CHAIR_S] = sum(r[1] > 0 for r in rows) / len(rows)
+        out[OBJECT_HALBENCH] = sum(r[1] > 0 for r in answering) / len(answering) if answering else 0.0
+        out[MEAN_WORDS] = sum(r[2] for r in rows) / len(rows)
+        out[EMPTY_SHARE] = sum(r[2] == 0 for r in rows) / len(rows)
+    f1s = []
+    for split in POPE_SPLITS:
+        pairs = [records["pope"][split][i] for i in draw.get(f"pope:{split}", [])]
+        if pairs:
+            f1, accuracy, yes_ratio = _f1(pairs)
+            out.update(
+                {f"pope_{split}_f1": f1, f"pope_{split}_accuracy": accuracy, f"pope_{split}_yes_ratio": yes_ratio}
+            )
+            f1s.append(f1)
+    if f1s:
+        out[POPE_F1] = sum(f1s) / len(f1s)
+    if draw["qa"]:
+        out[QA_ACCURACY] = sum(records["qa"][i] for i in draw["qa"]) / len(draw["qa"])
+    return out
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (float("nan"), float("nan"))
+    ordered = sorted(values)
+    tail = (1 - CONFIDENCE) / 2
+    low = ordered[round(tail * (len(ordered) - 1))]
+    high = ordered[round((1 - tail) * (len(ordered) - 1))]
+    return (low, high)
+
+
+# ---------------------------------------------------------------------------------------
+# The gate
+
+
+def compare(
+    new: Evaluation, current: Evaluation, metric: str, *, margin: float = 0.0, samples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Whether `new` is not worse than `current` on `metric` beyond the paired bootstrap
+    interval: `worse` is how much worse new is (new - current for a lower-is-better metric,
+    current - new otherwise); the gate fails only when the interval's lower end exceeds
+    `margin` (so new is worse by more than the margin with 95% confidence). A negative
+    margin demands an improvement of at least its size."""
+    if metric not in GATE_METRICS:
+        raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
+    if new.heldout_digest != current.heldout_digest:
+        raise HeldoutError("the two evaluations answered different held-out sets; evaluate both on the same one")
+    if metric not in new.metrics or metric not in current.metrics:
+        raise HeldoutError(f"the held-out set gives no {metric} (it needs describe items)")
+    sign = 1.0 if GATE_METRICS[metric] == "lower" else -1.0
+    deltas = [
+        sign * (statistics(new.records, draw)[metric] - statistics(current.records, draw)[metric])
+        for draw in _draws(new.records, samples, seed)
+    ]
+    low, high = _interval(deltas)
+    worse = sign * (new.metrics[metric] - current.metrics[metric])
+    return {
+        "metric": metric,
+        "direction": GATE_METRICS[metric],
+        "new": new.metrics[metric],
+        "current": current.metrics[metric],
+        "new_interval": list(new.intervals.get(metric, ())),
+        "current_interval": list(current.intervals.get(metric, ())),
+        "worse_by": worse,
+        "worse_by_interval": [low, high],
+        "margin": margin,
+        "passed": low <= margin,
+        "samples": samples,
+    }

@@ -1,0 +1,47 @@
+"""Object vocabularies a held-out set may spell its objects in, by name.
+
+A vocabulary gives CHAIR its reader (which classes a text mentions) and POPE its classes,
+in a fixed order (POPE's random split samples from that order; its popular and adversarial
+splits break ties by it):
+
+- "coco": COCO's 80 classes read as standard CHAIR reads them (rlhf/coco.py), in COCO's
+  category order;
+- "toyworld": the synthetic world's classes and synonyms (models/toyworld), in its order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rlhf.metrics import ObjectReader, SynonymTable
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    name: str
+    reader: ObjectReader
+    order: tuple[str, ...]  # every class, in the vocabulary's own order
+
+
+def _coco() -> Vocabulary:
+    from rlhf.coco import CocoObjects
+
+    reader = CocoObjects()
+    return Vocabulary("coco", reader, reader.order)
+
+
+def _toyworld() -> Vocabulary:
+    from models.toyworld import CLASSES, SYNONYMS
+
+    return Vocabulary("toyworld", SynonymTable({cls: SYNONYMS[cls] for cls in CLASSES}), tuple(CLASSES))
+
+
+VOCABULARIES: dict[str, Callable[[], Vocabulary]] = {"coco": _coco, "toyworld": _toyworld}
+
+
+def vocabulary(name: str) -> Vocabulary:
+    try:
+        return VOCABULARIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown object vocabulary {name!r}; known: {', '.join(VOCABULARIES)}") from None

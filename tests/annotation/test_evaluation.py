@@ -1,0 +1,192 @@
+"""Evaluation on the database's held-out prompts: the toy world imported as a dataset and
+scored through a real vLLM server gives the in-process toy evaluator's figures; results are
+kept on the version and drawn with the base as round 0; COCO annotations become prompts
+with facts; bad input to each command is refused with the reason and writes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from annotation.evaluation import export_heldout
+from annotation.models import Image, Prompt
+from contract.heldout import read_heldout
+from models.registry import Registry
+from tests.factories import png_bytes
+
+pytestmark = pytest.mark.django_db
+
+SCENES = 40
+
+
+@pytest.fixture
+def registry(settings: Any, tmp_path: Path, base_policy: Path) -> Registry:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    registry.register("tiny-base", base_model=str(base_policy))
+    return registry
+
+
+@pytest.mark.slow
+@pytest.mark.serving
+def test_the_database_evaluator_gives_the_toy_evaluators_figures(
+    registry: Registry, base_policy: Path, vllm_server: Any, settings: Any, tmp_path: Path, admin_client: Any
+) -> None:
+    """The same scenes, prompts, POPE seed and vocabulary order: through vLLM (greedy) the
+    figures are the in-process transformers evaluator's, up to the few answers in which
+    the two runtimes' floating point picks another token."""
+    from rlhf.common import load_policy
+    from rlhf.evaluate import evaluate_toyworld, heldout_scenes
+
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    call_command("import_toyworld", scenes=SCENES, stdout=io.StringIO())
+    call_command("import_toyworld", scenes=SCENES, stdout=io.StringIO())  # again: nothing duplicated
+    assert Prompt.objects.filter(split="heldout").count() == SCENES
+    out = tmp_path / "evaluation.json"
+    stdout = io.StringIO()
+    call_command("evaluate", version="tiny-base", out=out, stdout=stdout, stderr=io.StringIO())
+    served = json.loads(out.read_text())
+    assert json.loads(stdout.getvalue())["metrics"] == served["metrics"]
+
+    model, processor = load_policy(str(base_policy))
+    local = evaluate_toyworld(model, processor, heldout_scenes(SCENES))
+    assert served["settings"]["items"] == SCENES and served["vocabulary"] == "toyworld"
+    assert len(served["records"]["pope"]["random"]) == local["pope"]["random"]["questions"]
+    for key in ("chair_i", "chair_s", "pope_f1"):
+        assert served["metrics"][key] == pytest.approx(local[key], abs=0.03), (key, served["metrics"], local)
+        low, high = served["intervals"][key]
+        assert low <= served["metrics"][key] <= high
+    low, high = served["intervals"]["chair_s"]
+    assert 0 < low < high < 1  # some descriptions hallucinate, not all: the interval has a width
+    assert served["metrics"]["mean_words"] == pytest.approx(local["mean_words"], rel=0.05)
+
+    # Kept on the version, and drawn as round 0 of the per-round plot.
+    [kept] = registry.evaluations("tiny-base")
+    assert kept["metrics"] == served["metrics"] and registry.latest_metrics("tiny-base")["chair_i"] == kept["metrics"]["chair_i"]
+    page = admin_client.get("/admin/annotation/round/metrics/").content.decode()
+    assert "tiny-base" in page and "data:image/svg+xml;base64," in page
+
+
+@pytest.mark.slow
+@pytest.mark.serving
+def test_an_adapter_is_evaluated_under_a_temporary_name_and_unloaded(
+    registry: Registry, adapters: dict[str, Path], vllm_server: Any, settings: Any
+) -> None:
+    from models.serving import ServingClient
+
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    registry.register("tiny-a", base_model="tiny", adapter_dir=adapters["a"], parent="tiny-base")
+    call_command("import_toyworld", scenes=8, stdout=io.StringIO())
+    with ServingClient(vllm_server.url) as client:
+        before = set(client.models())
+        call_command("evaluate", version="tiny-a", stdout=io.StringIO(), stderr=io.StringIO())
+        call_command("evaluate", version="tiny-base", stdout=io.StringIO(), stderr=io.StringIO())
+        assert set(client.models()) == before  # the temporary adapter is gone
+    adapted, base = registry.evaluations("tiny-a")[-1], registry.evaluations("tiny-base")[-1]
+    assert adapted["heldout_digest"] == base["heldout_digest"]
+    # The random adapter changes what the model says: the adapter was in use.
+    assert [e["response"] for e in adapted["examples"]] != [e["response"] for e in base["examples"]]
+
+
+def test_bad_requests_to_evaluate_are_refused(registry: Registry, settings: Any) -> None:
+    with pytest.raises(CommandError, match="no model version 'nope'"):
+        call_command("evaluate", version="nope")
+    with pytest.raises(CommandError, match="no heldout prompts to evaluate on"):
+        call_command("evaluate", version="tiny-base")
+    with pytest.raises(CommandError, match="--limit must be at least 1"):
+        call_command("evaluate", version="tiny-base", limit=0)
+    assert registry.evaluations("tiny-base") == []
+
+
+def coco_files(tmp_path: Path, *, category_id: int = 18, missing_image: bool = False) -> dict[str, Path]:
+    images = tmp_path / "val2014"
+    images.mkdir()
+    for index in (1, 2):
+        if not (missing_image and index == 2):
+            (images / f"COCO_val2014_{index:012d}.png").write_bytes(png_bytes((index * 60, 30, 90)))
+    instances = {
+        "images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.png", "width": 8, "height": 8} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 62, "name": "chair"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1},
+            {"id": 11, "image_id": 1, "category_id": 18},
+            {"id": 12, "image_id": 2, "category_id": category_id},
+        ],
+    }
+    captions = {
+        "images": instances["images"],
+        "annotations": [
+            {"id": 20, "image_id": 1, "caption": "A man walks his dog past a bench."},
+            {"id": 21, "image_id": 2, "caption": "An empty chair."},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    return {"instances": tmp_path / "instances.json", "captions": tmp_path / "captions.json", "images": images}
+
+
+def test_coco_annotations_become_prompts_with_facts(tmp_path: Path) -> None:
+    files = coco_files(tmp_path)
+    call_command("import_coco", **files, stdout=io.StringIO())
+    prompts = list(Prompt.objects.order_by("pk"))
+    assert [p.split for p in prompts] == ["heldout", "heldout"] and prompts[0].text == "Describe this image in detail."
+    facts = prompts[0].image.facts
+    assert facts["classes"] == ["dog", "person"] and facts["vocabulary"] == "coco"
+    assert facts["captions"] == ["A man walks his dog past a bench."]
+
+    heldout = read_heldout(tmp_path / "out") if export_heldout(tmp_path / "out") else None
+    assert heldout is not None and heldout.vocabulary == "coco" and len(heldout.items) == 2
+    first = heldout.items[0]
+    assert (first.kind, first.objects, list(first.captions)) == ("describe", ("dog", "person"), facts["captions"])
+    assert heldout.image_bytes(first) == prompts[0].image.file.open("rb").read()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"category_id": 999}, "unknown category id 999"),
+        ({"missing_image": True}, "row 2"),
+    ],
+)
+def test_bad_coco_input_is_refused_and_nothing_is_written(tmp_path: Path, change: dict[str, Any], reason: str) -> None:
+    files = coco_files(tmp_path, **change)
+    errors = io.StringIO()
+    with pytest.raises(CommandError, match="nothing was imported"):
+        call_command("import_coco", **files, stdout=io.StringIO(), stderr=errors)
+    assert reason in errors.getvalue()
+    assert not Prompt.objects.exists() and not Image.objects.exists()
+
+
+def test_a_coco_category_outside_cocos_80_and_unreadable_files_are_refused(tmp_path: Path) -> None:
+    files = coco_files(tmp_path)
+    data = json.loads(files["instances"].read_text())
+    data["categories"].append({"id": 99, "name": "unicorn"})
+    data["annotations"].append({"id": 13, "image_id": 1, "category_id": 99})
+    files["instances"].write_text(json.dumps(data))
+    errors = io.StringIO()
+    with pytest.raises(CommandError, match="nothing was imported"):
+        call_command("import_coco", **files, stdout=io.StringIO(), stderr=errors)
+    assert "('unicorn') is not one of COCO's 80 classes" in errors.getvalue()
+    files["instances"].write_text("{not json")
+    with pytest.raises(CommandError, match="cannot read instances"):
+        call_command("import_coco", **files)
+    files["instances"].write_text(json.dumps({"images": []}))
+    with pytest.raises(CommandError, match="no 'annotations' list"):
+        call_command("import_coco", **files)
+    assert not Prompt.objects.exists() and not Image.objects.exists()
+
+
+def test_held_out_questions_with_answers_are_exported_as_questions(tmp_path: Path) -> None:
+    call_command("import_toyworld", scenes=6, questions=True, stdout=io.StringIO())
+    heldout = read_heldout(tmp_path / "h") if export_heldout(tmp_path / "h") else None
+    assert heldout is not None
+    kinds = [item.kind for item in heldout.items]
+    assert kinds.count("describe") == 6 and kinds.count("question") >= 4
+    assert all(item.answer for item in heldout.items if item.kind == "question")
+    assert all(set(item.objects) and item.captions for item in heldout.items)

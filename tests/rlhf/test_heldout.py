@@ -1,0 +1,128 @@
+"""The held-out evaluator's scoring and its gate, on answers written here (a scripted
+responder stands for a policy whose outputs are known), so each figure can be checked by
+hand: CHAIR with caption objects, POPE from the set's own objects, question accuracy, the
+bootstrap intervals and the paired comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from contract.heldout import COCO_CLASSES, Evaluation, HeldoutError, Item, image_name, read_heldout, write_heldout
+from rlhf.cli import main
+from rlhf.coco import CocoObjects
+from rlhf.heldout import Request, compare, evaluate
+from tests.factories import png_bytes
+
+
+@dataclasses.dataclass
+class Scripted:
+    """Answers by rule: `describe(prompt index)` for descriptions, POPE's "yes" when the
+    asked object is in `believes`."""
+
+    answers: Callable[[Request], str]
+    name: str = "scripted"
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        return [self.answers(request) for request in requests]
+
+
+def make_set(folder: Path, n: int = 30) -> Path:
+    items = []
+    for index in range(n):
+        data = png_bytes((index * 7 % 255, 10, 10))
+        objects = ("dog", "person") if index % 2 else ("cat",)
+        item = Item(str(index), image_name(data, "png"), "Describe this image.", objects=objects)
+        items.append((item, data))
+    items.append(
+        (Item("q", items[0][0].image, "Is the cat black?", kind="question", answer="yes", objects=("cat",)), items[0][1])
+    )
+    write_heldout(folder, "coco", items)
+    return folder
+
+
+def test_chair_pope_and_accuracy_are_scored_from_the_items_facts(tmp_path: Path) -> None:
+    heldout = read_heldout(make_set(tmp_path / "set", 10))
+
+    def answers(request: Request) -> str:
+        if request.prompt.startswith("Is there a "):
+            return "Yes." if "dog" in request.prompt or "cat" in request.prompt else "No, there is not."
+        if request.prompt.startswith("Is the cat"):
+            return "Yes, it is black."
+        return "A dog on the grass."  # right on the odd images (dog, person), wrong on the even (cat)
+
+    result = evaluate(heldout, Scripted(answers), bootstrap=200)
+    # 5 of 10 descriptions name an absent dog; each names one object.
+    assert result.metrics["chair_i"] == 0.5 and result.metrics["chair_s"] == 0.5
+    assert result.metrics["qa_accuracy"] == 1.0 and result.metrics["mean_words"] == 5.0
+    assert result.metrics["empty_share"] == 0.0
+    # POPE: 10 present probes (one per image) all "yes"-able only for cat/dog; person present
+    # on odd images may be asked and answered "no".
+    assert len(result.records["pope"]["random"]) == 20
+    for key, value in result.metrics.items():
+        low, high = result.intervals[key]
+        assert low <= value <= high, key
+
+
+def test_reference_captions_add_to_the_truth_as_chair_does(tmp_path: Path) -> None:
+    data = png_bytes()
+    item = Item("1", image_name(data, "png"), "Describe.", objects=("person",), captions=("A man with his dog.",))
+    write_heldout(tmp_path / "s", "coco", [(item, data)])
+    heldout = read_heldout(tmp_path / "s")
+    result = evaluate(heldout, Scripted(lambda r: "A person and a dog." if r.prompt == "Describe." else "no"))
+    assert result.metrics["chair_i"] == 0.0  # the dog is in a reference caption
+
+
+def test_the_gate_passes_an_equal_policy_and_refuses_a_clearly_worse_one(tmp_path: Path) -> None:
+    heldout = read_heldout(make_set(tmp_path / "set", 40))
+    good = evaluate(heldout, Scripted(lambda r: "A cat." if r.prompt == "Describe this image." else "No."))
+    worse = evaluate(heldout, Scripted(lambda r: "A cat and a giraffe." if r.prompt == "Describe this image." else "No."))
+    same = compare(good, good, "chair_i")
+    assert same["passed"] and same["worse_by"] == 0.0 and same["worse_by_interval"] == [0.0, 0.0]
+    decision = compare(worse, good, "chair_i")
+    assert not decision["passed"] and decision["worse_by"] > 0 and decision["worse_by_interval"][0] > 0
+    assert compare(good, worse, "chair_i")["passed"]
+    # A margin above the whole interval lets it through; a negative margin asks for a gain.
+    assert compare(worse, good, "chair_i", margin=1.0)["passed"]
+    assert not compare(good, good, "chair_i", margin=-0.1)["passed"]
+    with pytest.raises(ValueError, match="gate metric"):
+        compare(good, good, "bleu")
+    other = dataclasses.replace(good, heldout_digest="other")
+    with pytest.raises(HeldoutError, match="different held-out sets"):
+        compare(good, other, "chair_i")
+
+
+def test_a_broken_folder_or_an_object_outside_the_vocabulary_is_refused(tmp_path: Path) -> None:
+    folder = make_set(tmp_path / "set", 3)
+    (folder / "items.jsonl").write_text((folder / "items.jsonl").read_text() + "\n")
+    with pytest.raises(HeldoutError, match="does not match its manifest"):
+        read_heldout(folder)
+    data = png_bytes()
+    write_heldout(tmp_path / "u", "coco", [(Item("1", image_name(data, "png"), "Describe.", objects=("unicorn",)), data)])
+    with pytest.raises(HeldoutError, match="outside the coco vocabulary"):
+        evaluate(read_heldout(tmp_path / "u"), Scripted(lambda r: "x"))
+
+
+def test_cocos_classes_in_the_contract_are_the_standard_lists_in_order() -> None:
+    assert CocoObjects().order == COCO_CLASSES and len(COCO_CLASSES) == 80
+
+
+def test_the_command_line_refuses_bad_input_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = make_set(tmp_path / "set", 3)
+    assert main(["evaluate", "--data", str(tmp_path / "nothing"), "--model", "x"]) == 2
+    assert "is not a held-out folder" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(folder)]) == 2
+    assert "needs either --server" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(folder), "--model", "x", "--adapter", str(tmp_path)]) == 2
+    assert "holds no LoRA adapter" in capsys.readouterr().err
+    assert main(["compare", "--new", str(tmp_path / "a.json"), "--current", str(tmp_path / "b.json"), "--metric", "chair_i"]) == 2
+    heldout = read_heldout(folder)
+    result = evaluate(heldout, Scripted(lambda r: "A cat."))
+    result.write(tmp_path / "a.json")
+    assert Evaluation.read(tmp_path / "a.json").metrics == result.metrics
+    assert main(["compare", "--new", str(tmp_path / "a.json"), "--current", str(tmp_path / "a.json"), "--metric", "chair_i"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
