@@ -4,7 +4,8 @@
 facts) as a held-out folder (contract/heldout.py); `evaluate_version` has the trainer's
 command line (`python -m rlhf.cli evaluate`, in a child process: the web app never loads
 torch) answer it through the server as a registered version, the version's adapter loaded
-under a temporary name and unloaded after, and records the result on the version
+under a temporary name and unloaded after (the newest registered reward model, if any,
+scores the answers too), and records the result on the version
 (Registry.record_evaluation). `manage.py evaluate` and `train_round` run this same code.
 
 What an item is scored as comes from the database: the prompt's `meta.kind` ("describe" or
@@ -128,6 +129,9 @@ def evaluate_version(
         args += ["--label", name, "--out", str(out)]
         if adapter is not None:
             args += ["--adapter", str(adapter)]
+        rewards = [v for v in registry if v.kind == "reward"]
+        if rewards:  # the newest registered reward model scores the answers too
+            args += ["--reward-model", str(registry.path_of(rewards[-1].name))]
         run_rlhf(args, log, parent_pid=parent_pid)
     return json.loads(out.read_text())
 

@@ -17,6 +17,7 @@ MEAN_WORDS: Final = "mean_words"
 EMPTY_SHARE: Final = "empty_share"
 OBJECT_HALBENCH: Final = "object_halbench_response"
 QA_ACCURACY: Final = "qa_accuracy"
+REWARD_MEAN: Final = "reward_mean"  # a registered reward model's mean score of the answers
 # Training metrics a registered version carries (RunResult.registry_metrics).
 REWARD: Final = "reward"
 KL: Final = "kl"

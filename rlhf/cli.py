@@ -29,6 +29,7 @@ import secrets
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from contract.heldout import Evaluation, HeldoutError, read_heldout
 from models.registry import Registry, RegistryError
@@ -39,7 +40,7 @@ from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 from rlhf.heldout import LocalResponder, ServedResponder, compare
 from rlhf.heldout import evaluate as evaluate_heldout
 from rlhf.reward import RewardConfig, train_reward_model
-from rlhf.scoring import locate_reward_model
+from rlhf.scoring import RewardModel, locate_reward_model
 from rlhf.train_dpo import train as train_dpo
 from rlhf.train_rl import train as train_rl
 
@@ -82,7 +83,15 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         print(f"rlhf.cli evaluate: {args.adapter} holds no LoRA adapter (adapter_config.json)", file=sys.stderr)
         return 2
-    settings = {"pope_per_image": args.pope_per_image, "seed": args.seed, "bootstrap": args.bootstrap}
+    reward = None
+    if args.reward_model is not None:
+        try:
+            reward = RewardModel(args.reward_model)
+        except (ConfigError, OSError, ValueError) as error:
+            print(f"rlhf.cli evaluate: cannot load the reward model: {error}", file=sys.stderr)
+            return 2
+    settings: dict[str, Any] = {"pope_per_image": args.pope_per_image, "seed": args.seed, "bootstrap": args.bootstrap}
+    settings["reward_model"] = reward
     try:
         if args.server:
             if not args.served:
@@ -245,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
     evaluate.add_argument("--pope-per-image", type=int, default=1, help="POPE probes per image and label (default 1)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of POPE's sampling, decoding and the bootstrap")
+    evaluate.add_argument("--reward-model", type=Path, help="also score the answers with this reward model")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     evaluate.add_argument("--scenes", type=int, default=200, help="without --data: held-out toy scenes (default 200)")
     evaluate.add_argument("--out", type=Path, help="also write the result to this JSON file")

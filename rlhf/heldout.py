@@ -16,6 +16,8 @@ comparison, and machines without a server). The answers are scored from the item
   by the set's own object frequencies and co-occurrences; `pope_f1` is the splits' mean F1.
 - "question" items: accuracy against the known answer (yes/no answers read by POPE's rule;
   any other answer correct when the response contains it as whole words, case-insensitive).
+- with a reward model (rlhf.scoring.RewardModel): its mean score of the answers to the
+  items, the facts given to it as it was trained (`reward_mean`).
 
 Every metric carries a 95% percentile bootstrap interval over the items (Efron and
 Tibshirani, 1993, ch. 13): describe items, each POPE split's questions and question items
@@ -44,6 +46,7 @@ from contract.methods import (
     OBJECT_HALBENCH,
     POPE_F1,
     QA_ACCURACY,
+    REWARD_MEAN,
 )
 from rlhf.metrics import PopeQuestion, build_pope, pope_says_yes
 from rlhf.vocabularies import Vocabulary, vocabulary
@@ -169,6 +172,7 @@ def evaluate(
     seed: int = 0,
     bootstrap: int = 1000,
     progress: Callable[[str, int, int], None] | None = None,
+    reward_model: Any = None,
 ) -> Evaluation:
     """Answers of `responder` to every item and POPE probe, scored, with intervals."""
     began = time.perf_counter()
@@ -201,6 +205,8 @@ def evaluate(
         hallucinated = sum(cls not in truth for cls in mentioned)
         records["describe"].append([len(mentioned), hallucinated, len(text.split())])
     records["qa"] = [int(_correct(text, item.answer)) for text, item in zip(qa_answers, questions, strict=True)]
+    if reward_model is not None:
+        records["reward"] = reward_scores(reward_model, heldout, [*describe, *questions], [*descriptions, *qa_answers])
     for split in POPE_SPLITS:
         split_answers, rest = rest[: len(probes[split])], rest[len(probes[split]) :]
         records["pope"][split] = [
@@ -227,11 +233,28 @@ def evaluate(
     )
 
 
+def reward_scores(model: Any, heldout: Heldout, items: Sequence[Item], responses: Sequence[str]) -> list[float]:
+    """The reward model's score of each response to its item (the item's objects and
+    captions as the facts)."""
+    from PIL import Image
+
+    from contract.export import user_turns
+
+    prompts = [user_turns([*item.context, {"role": "user", "content": item.prompt}]) for item in items]
+    images = [Image.open(io.BytesIO(heldout.image_bytes(item))).convert("RGB") for item in items]
+    facts = [{"classes": list(item.objects), "captions": list(item.captions)} for item in items]
+    return [float(s) for s in model.score(prompts, list(responses), images, facts)]
+
+
 Indices = dict[str, list[int]]
 
 
 def _indices(records: dict[str, Any]) -> Indices:
-    found = {"describe": list(range(len(records["describe"]))), "qa": list(range(len(records["qa"])))}
+    found = {
+        "describe": list(range(len(records["describe"]))),
+        "qa": list(range(len(records["qa"]))),
+        "reward": list(range(len(records.get("reward", [])))),
+    }
     for split in POPE_SPLITS:
         found[f"pope:{split}"] = list(range(len(records["pope"].get(split, []))))
     return found
@@ -281,6 +304,8 @@ def statistics(records: dict[str, Any], draw: Indices) -> dict[str, float]:
         out[POPE_F1] = sum(f1s) / len(f1s)
     if draw["qa"]:
         out[QA_ACCURACY] = sum(records["qa"][i] for i in draw["qa"]) / len(draw["qa"])
+    if draw.get("reward"):
+        out[REWARD_MEAN] = sum(records["reward"][i] for i in draw["reward"]) / len(draw["reward"])
     return out
 
 

@@ -68,7 +68,10 @@ def test_the_database_evaluator_gives_the_toy_evaluators_figures(
 
     # Kept on the version, and drawn as round 0 of the per-round plot.
     [kept] = registry.evaluations("tiny-base")
-    assert kept["metrics"] == served["metrics"] and registry.latest_metrics("tiny-base")["chair_i"] == kept["metrics"]["chair_i"]
+    assert (
+        kept["metrics"] == served["metrics"]
+        and registry.latest_metrics("tiny-base")["chair_i"] == kept["metrics"]["chair_i"]
+    )
     page = admin_client.get("/admin/annotation/round/metrics/").content.decode()
     assert "tiny-base" in page and "data:image/svg+xml;base64," in page
 

@@ -157,6 +157,9 @@ def test_the_gate_keeps_a_worse_policy_out(
     from annotation.tasks import train_round
 
     settings.FACTLOOP_VLLM_URL = vllm_server.url
+    # The job runs here, in the test's transaction, which the heartbeat thread's own
+    # connection cannot see: no beat during the run (a worker's job is tested elsewhere).
+    settings.FACTLOOP_JOB_HEARTBEAT_SECONDS = 3600
     loop.register("tiny-base", base_model=str(base_policy))
     round_ = labelled_round(annotator, "tiny-base", scenes=12)
     call_command("train_round", *TRAIN_ARGS, "--gate-margin", "-0.5")

@@ -84,3 +84,4 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+        (tmp_path / "demo-output.txt").write_text("\n".join(lines) + "\n")  # what the demo printed, kept

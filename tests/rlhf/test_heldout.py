@@ -39,7 +39,10 @@ def make_set(folder: Path, n: int = 30) -> Path:
         item = Item(str(index), image_name(data, "png"), "Describe this image.", objects=objects)
         items.append((item, data))
     items.append(
-        (Item("q", items[0][0].image, "Is the cat black?", kind="question", answer="yes", objects=("cat",)), items[0][1])
+        (
+            Item("q", items[0][0].image, "Is the cat black?", kind="question", answer="yes", objects=("cat",)),
+            items[0][1],
+        )
     )
     write_heldout(folder, "coco", items)
     return folder
@@ -80,7 +83,9 @@ def test_reference_captions_add_to_the_truth_as_chair_does(tmp_path: Path) -> No
 def test_the_gate_passes_an_equal_policy_and_refuses_a_clearly_worse_one(tmp_path: Path) -> None:
     heldout = read_heldout(make_set(tmp_path / "set", 40))
     good = evaluate(heldout, Scripted(lambda r: "A cat." if r.prompt == "Describe this image." else "No."))
-    worse = evaluate(heldout, Scripted(lambda r: "A cat and a giraffe." if r.prompt == "Describe this image." else "No."))
+    worse = evaluate(
+        heldout, Scripted(lambda r: "A cat and a giraffe." if r.prompt == "Describe this image." else "No.")
+    )
     same = compare(good, good, "chair_i")
     assert same["passed"] and same["worse_by"] == 0.0 and same["worse_by_interval"] == [0.0, 0.0]
     decision = compare(worse, good, "chair_i")
@@ -102,7 +107,9 @@ def test_a_broken_folder_or_an_object_outside_the_vocabulary_is_refused(tmp_path
     with pytest.raises(HeldoutError, match="does not match its manifest"):
         read_heldout(folder)
     data = png_bytes()
-    write_heldout(tmp_path / "u", "coco", [(Item("1", image_name(data, "png"), "Describe.", objects=("unicorn",)), data)])
+    write_heldout(
+        tmp_path / "u", "coco", [(Item("1", image_name(data, "png"), "Describe.", objects=("unicorn",)), data)]
+    )
     with pytest.raises(HeldoutError, match="outside the coco vocabulary"):
         evaluate(read_heldout(tmp_path / "u"), Scripted(lambda r: "x"))
 
@@ -119,10 +126,37 @@ def test_the_command_line_refuses_bad_input_with_exit_2(tmp_path: Path, capsys: 
     assert "needs either --server" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(folder), "--model", "x", "--adapter", str(tmp_path)]) == 2
     assert "holds no LoRA adapter" in capsys.readouterr().err
-    assert main(["compare", "--new", str(tmp_path / "a.json"), "--current", str(tmp_path / "b.json"), "--metric", "chair_i"]) == 2
+    assert (
+        main(
+            ["compare", "--new", str(tmp_path / "a.json"), "--current", str(tmp_path / "b.json"), "--metric", "chair_i"]
+        )
+        == 2
+    )
     heldout = read_heldout(folder)
     result = evaluate(heldout, Scripted(lambda r: "A cat."))
     result.write(tmp_path / "a.json")
     assert Evaluation.read(tmp_path / "a.json").metrics == result.metrics
-    assert main(["compare", "--new", str(tmp_path / "a.json"), "--current", str(tmp_path / "a.json"), "--metric", "chair_i"]) == 0
+    assert (
+        main(
+            ["compare", "--new", str(tmp_path / "a.json"), "--current", str(tmp_path / "a.json"), "--metric", "chair_i"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["passed"] is True
+
+
+def test_a_reward_model_scores_the_answers(reward_model: Path, tmp_path: Path) -> None:
+    from rlhf.scoring import RewardModel
+
+    heldout = read_heldout(make_set(tmp_path / "set", 6))
+    scorer = RewardModel(reward_model)
+    truthful = evaluate(
+        heldout, Scripted(lambda r: "A cat." if "Describe" in r.prompt else "Yes."), reward_model=scorer
+    )
+    other = evaluate(heldout, Scripted(lambda r: "Two zebras and a car."), reward_model=scorer)
+    assert len(truthful.records["reward"]) == 7  # six descriptions and the question
+    low, high = truthful.intervals["reward_mean"]
+    assert low <= truthful.metrics["reward_mean"] <= high
+    assert truthful.records["reward"] != other.records["reward"]  # it read the answers
+    again = evaluate(heldout, Scripted(lambda r: "A cat." if "Describe" in r.prompt else "Yes."), reward_model=scorer)
+    assert again.records["reward"] == truthful.records["reward"]
