@@ -2,7 +2,7 @@
 against transformers in this process, on the same held-out set, side by side in one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/evaluate.py [--model models/tiny-base]
-        [--scenes 100] [--workers 8] [--server-url URL]
+        [--scenes 100] [--workers 32] [--server-url URL]
 
 The held-out set is the synthetic world's first `--scenes` held-out scenes written as a
 held-out folder (contract/heldout.py) exactly as `import_toyworld` + the database export
@@ -58,10 +58,10 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=100, help="held-out toy scenes (default 100)")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=8, help="requests in flight to vLLM (default 8)")
+    parser.add_argument("--workers", type=int, default=32, help="requests in flight to vLLM (default 32)")
     parser.add_argument("--server-url", help="a running vLLM server serving the model as 'base'")
     parser.add_argument("--serving-python", type=Path, default=REPO / ".venv-serving/bin/python")
-    parser.add_argument("--max-num-seqs", type=int, default=16, help="vLLM's batch size, when started here")
+    parser.add_argument("--max-num-seqs", type=int, default=32, help="vLLM's batch size, when started here")
     parser.add_argument("--json", type=Path, default=results.default_path("evaluate"), help="raw results (JSON)")
     args = parser.parse_args()
 
@@ -95,10 +95,9 @@ def main() -> None:
         url = server.url
     try:
         with ServingClient(url, timeout=600) as client:
-            first = heldout.items[0]  # the first image request compiles and allocates
-            ServedResponder(client, "base", max_tokens=8, workers=1).answer(
-                [Request(heldout.image_bytes(first), DESCRIBE)]
-            )
+            # Warm-up: the first requests (and each new batch size) compile and allocate.
+            warm = [Request(heldout.image_bytes(item), DESCRIBE) for item in heldout.items[: args.workers]]
+            ServedResponder(client, "base", max_tokens=args.max_tokens, workers=args.workers).answer(warm)
             began = time.perf_counter()
             served = evaluate(
                 heldout, ServedResponder(client, "base", max_tokens=args.max_tokens, workers=args.workers)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -185,4 +185,5 @@ class Evaluation:
     def read(cls, path: Path) -> Evaluation:
         data = json.loads(Path(path).read_text())
         data["intervals"] = {k: (float(v[0]), float(v[1])) for k, v in data.get("intervals", {}).items()}
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # a registry copy adds recorded_at

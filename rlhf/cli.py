@@ -104,7 +104,9 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
                     client.load_adapter(temporary, str(args.adapter.resolve()), replace=False)
                     name = temporary
                 try:
-                    served = ServedResponder(client, name, max_tokens=args.max_tokens, seed=args.seed)
+                    served = ServedResponder(
+                        client, name, max_tokens=args.max_tokens, seed=args.seed, workers=args.workers
+                    )
                     evaluation = evaluate_heldout(heldout, served, **settings)
                 finally:
                     if temporary is not None:
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--label", help="the policy's name in the result (a version name)")
     evaluate.add_argument("--limit", type=int, help="only the first N items of the held-out set")
     evaluate.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
+    evaluate.add_argument("--workers", type=int, default=32, help="requests in flight to the server (default 32)")
     evaluate.add_argument("--pope-per-image", type=int, default=1, help="POPE probes per image and label (default 1)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of POPE's sampling, decoding and the bootstrap")
     evaluate.add_argument("--reward-model", type=Path, help="also score the answers with this reward model")
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid)
     if args.command == "evaluate":
-        for option in ("scenes", "limit", "max_tokens", "pope_per_image", "bootstrap"):
+        for option in ("scenes", "limit", "max_tokens", "workers", "pope_per_image", "bootstrap"):
             if getattr(args, option) is not None and getattr(args, option) < 1:
                 parser.error(f"--{option.replace('_', '-')} must be at least 1")
         return _evaluate(args)

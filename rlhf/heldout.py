@@ -76,7 +76,7 @@ class ServedResponder:
     client: Any
     model: str
     max_tokens: int = 256
-    workers: int = 8
+    workers: int = 32  # requests in flight: the server batches up to its max_num_seqs of them
     seed: int = 0
 
     @property
@@ -335,6 +335,11 @@ def compare(
         raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
     if new.heldout_digest != current.heldout_digest:
         raise HeldoutError("the two evaluations answered different held-out sets; evaluate both on the same one")
+    probes = ("pope_per_image", "seed")
+    if any(new.settings.get(k) != current.settings.get(k) for k in probes) or _indices(new.records) != _indices(
+        current.records
+    ):
+        raise HeldoutError("the two evaluations asked different POPE probes (pope_per_image, seed); use the same")
     if metric not in new.metrics or metric not in current.metrics:
         raise HeldoutError(f"the held-out set gives no {metric} (it needs describe items)")
     sign = 1.0 if GATE_METRICS[metric] == "lower" else -1.0
