@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import results  # noqa: E402
+from bench import results, serving  # noqa: E402
 
 DESCRIBE = "Describe the image."
 
@@ -76,43 +76,21 @@ def main() -> None:
     heldout = read_heldout(
         write_toy_set(Path(tempfile.mkdtemp(prefix="factloop-bench-eval-")), args.scenes, args.image_size)
     )
-    server = None
-    url = args.server_url
-    if url is None:
-        from models.server import ServerConfig, VLLMServer
-
-        server = VLLMServer(
-            ServerConfig(
-                model=args.model,
-                python=str(args.serving_python),
-                port=8100 + os.getpid() % 500,
-                max_num_seqs=args.max_num_seqs,
-                log_path=REPO / "var/bench-vllm.log",
-            )
-        )
-        server.start()
-        server.wait_healthy(600)
-        url = server.url
-    try:
-        with ServingClient(url, timeout=600) as client:
-            # Warm-up: the first requests (and each new batch size) compile and allocate.
-            warm = [Request(heldout.image_bytes(item), DESCRIBE) for item in heldout.items[: args.workers]]
-            ServedResponder(client, "base", max_tokens=args.max_tokens, workers=args.workers).answer(warm)
-            began = time.perf_counter()
-            served = evaluate(
-                heldout, ServedResponder(client, "base", max_tokens=args.max_tokens, workers=args.workers)
-            )
-            served_seconds = time.perf_counter() - began
-    finally:
-        if server is not None:
-            server.stop()
+    server = serving.served(args.model, args.server_url, python=args.serving_python, max_num_seqs=args.max_num_seqs)
+    with server as url, ServingClient(url, timeout=600) as client:
+        # Warm-up: the first requests (and each new batch size) compile and allocate.
+        warm = [Request(heldout.image_bytes(item), DESCRIBE) for item in heldout.items[: args.workers]]
+        ServedResponder(client, "base", max_tokens=args.max_tokens, workers=args.workers).answer(warm)
+        began = time.perf_counter()
+        served = evaluate(heldout, ServedResponder(client, "base", max_tokens=args.max_tokens, workers=args.workers))
+        served_seconds = time.perf_counter() - began
     model, processor = load_policy(args.model)
     began = time.perf_counter()
     local = evaluate(heldout, LocalResponder(model, processor, max_tokens=args.max_tokens))
     local_seconds = time.perf_counter() - began
 
     prompts = prompts_of(served)
-    rows = {
+    rows: dict[str, dict[str, Any]] = {
         "vllm": {"seconds": served_seconds, "prompts_per_second": prompts / served_seconds, "metrics": served.metrics},
         "transformers": {
             "seconds": local_seconds,
@@ -120,7 +98,7 @@ def main() -> None:
             "metrics": local.metrics,
         },
     }
-    ratio = rows["vllm"]["prompts_per_second"] / rows["transformers"]["prompts_per_second"]
+    ratio = (prompts / served_seconds) / (prompts / local_seconds)
     gaps = {k: abs(served.metrics[k] - local.metrics[k]) for k in ("chair_i", "chair_s", "pope_f1", "mean_words")}
     print(f"held-out prompts: {prompts} ({args.scenes} descriptions + POPE probes), model {args.model}")
     for name, row in rows.items():

@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import results  # noqa: E402
+from bench import results, serving  # noqa: E402
 
 PROMPT = "Describe the image."
 
@@ -172,33 +172,12 @@ def main() -> None:
     args = parser.parse_args()
 
     images = scenes_png(args.prompts)
-    server = None
-    url = args.server_url
-    if url is None:
-        from models.server import ServerConfig, VLLMServer
-
-        port = 8100 + os.getpid() % 500
-        python = str(args.serving_python)
-        server = VLLMServer(
-            ServerConfig(
-                model=args.model,
-                python=python,
-                port=port,
-                max_num_seqs=args.max_num_seqs,
-                log_path=REPO / "var/bench-vllm.log",
-            )
-        )
-        server.start()
-        server.wait_healthy(600)
-        url = server.url
-    try:
+    server = serving.served(args.model, args.server_url, python=args.serving_python, max_num_seqs=args.max_num_seqs)
+    with server as url:
         # Warm the server up (the first image request compiles and allocates).
         direct(url, [images[0][1]], 1, 8, 1)
         b = direct(url, [png for _, png in images], args.k, args.max_tokens, args.concurrency)
         a = through_celery(url, args.model, images, args.k, args.max_tokens, args.concurrency, args.broker_url)
-    finally:
-        if server is not None:
-            server.stop()
     c = None if args.skip_transformers else in_process(args.model, [s for s, _ in images], args.k, args.max_tokens)
 
     rows = {"(a) FactLoop Celery path": a, "(b) vLLM directly": b}

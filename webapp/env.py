@@ -61,44 +61,29 @@ class Env:
             return False
         raise ConfigError(name, f"expected a boolean (1/0, true/false, yes/no, on/off), got {value!r}")
 
-    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def _bounded(self, name: str, default: Any, convert: Any, what: str, minimum: Any, maximum: Any) -> Any:
         value = self._raw(name)
         if value is None:
             return default
         try:
-            number = int(value)
+            number = convert(value)
         except ValueError:
-            raise ConfigError(name, f"expected an integer, got {value!r}") from None
+            raise ConfigError(name, f"expected {what}, got {value!r}") from None
         if minimum is not None and number < minimum:
             raise ConfigError(name, f"must be at least {minimum}, got {number}")
         if maximum is not None and number > maximum:
             raise ConfigError(name, f"must be at most {maximum}, got {number}")
         return number
 
+    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        return int(self._bounded(name, default, int, "an integer", minimum, maximum))
+
     def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
-        value = self._raw(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(name, f"expected a number, got {value!r}") from None
-        if not minimum <= number <= maximum:
-            raise ConfigError(name, f"must be from {minimum} to {maximum}, got {number}")
-        return number
+        return float(self._bounded(name, default, float, "a number", minimum, maximum))
 
     def fraction(self, name: str, default: float) -> float:
         """A number from 0 to 1."""
-        value = self._raw(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(name, f"expected a number from 0 to 1, got {value!r}") from None
-        if not 0 <= number <= 1:
-            raise ConfigError(name, f"must be from 0 to 1, got {number}")
-        return number
+        return self.number(name, default, minimum=0, maximum=1)
 
     def csv(self, name: str, default: list[str]) -> list[str]:
         value = self._raw(name)
