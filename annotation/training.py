@@ -143,6 +143,12 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
         current = _registry().get(round_.policy_version)
     except RegistryError as error:
         raise TrainingRefused(str(error)) from None
+    heldout = Prompt.objects.filter(split=Prompt.Split.HELDOUT).count()
+    if not heldout:  # refused before any training: the evaluate step would fail after it
+        raise TrainingRefused(
+            "no held-out prompts to evaluate the new policy on: import some (import_prompts with split heldout, "
+            "import_coco, import_toyworld)"
+        )
     steps = [s for s in STEPS if s != "reward_model" or options.method in RL_METHODS]
     return {
         "round": round_.number,
@@ -153,7 +159,7 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
         "labels": label_counts(round_),
         "steps": steps,
         "gate": {"metric": options.gate_metric, "margin": options.gate_margin, "force": options.force},
-        "heldout_prompts": min(Prompt.objects.filter(split=Prompt.Split.HELDOUT).count(), options.eval_items),
+        "heldout_prompts": min(heldout, options.eval_items),
         "work_dir": str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-<run>"),
     }
 

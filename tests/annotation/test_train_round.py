@@ -25,6 +25,7 @@ from annotation.tasks import generate_candidates
 from models.registry import Registry
 from models.serving import ServingClient
 from tests.conftest import PYTHON, REPO, clean_env, database_url
+from tests.factories import make_round
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -202,6 +203,11 @@ def test_bad_requests_are_refused(loop: Registry, base_policy: Path) -> None:
         call_command("train_round", "--inline", "--config", "/nonexistent.yaml")
     with pytest.raises(CommandError, match="gate metric"):
         call_command("train_round", "--inline", "--gate-metric", "bleu")
+    loop.register("test-policy", base_model=str(base_policy))
+    round_ = make_round()
+    with pytest.raises(CommandError, match="no held-out prompts to evaluate"):
+        call_command("train_round", "--inline")
+    assert not TrainingRun.objects.exists() and Round.objects.get(pk=round_.pk).status == Round.Status.OPEN
 
 
 @pytest.mark.django_db(transaction=True)
