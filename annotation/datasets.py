@@ -23,7 +23,7 @@ from typing import Any
 
 from annotation import services
 from annotation.demo.synthetic import png_of_scene
-from annotation.importers import ImportReport, import_rows
+from annotation.importers import ImportReport, Problem, import_rows
 from annotation.models import Prompt
 from contract.heldout import COCO_CLASSES
 from models.toyworld import Question, Scene, heldout_scenes
@@ -162,5 +162,9 @@ def import_toyworld(
                 if not Prompt.objects.filter(image=image, text=text).exists():
                     services.add_prompt(image, text, split=split, meta=meta)
                     report.prompts += 1
+                elif image.source != scene.scene_id:  # the tiny world repeats a scene now and then
+                    report.problems.append(
+                        Problem(report.rows, f"{scene.scene_id} is the same image as {image.source}")
+                    )
             report.images += 1
     return report
