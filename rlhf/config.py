@@ -9,6 +9,7 @@ gamma = 1, unnormalised case.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -48,6 +49,19 @@ def normalise_run_inputs(config: Any) -> None:
         config.lora = LoraSettings(**config.lora)
 
 
+def language_model_prefix(model: Any) -> str | None:
+    """The name of the model's language model among its modules (what `get_decoder()`
+    returns: transformers' image-text-to-text models point it at their text decoder), or
+    None when the model has none apart from itself."""
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or decoder is model:
+        return None
+    return next((name for name, module in model.named_modules() if module is decoder and name), None)
+
+
 @dataclass
 class LoraSettings:
     """LoRA through peft (arXiv:2106.09685)."""
@@ -63,28 +77,35 @@ class LoraSettings:
     Llama-style language models (LLaVA's vision tower uses the same names: see
     `language_model_only`)."""
     language_model_only: bool = True
-    """Adapt only the language model's modules, not the vision tower's or the projector's."""
+    """Adapt only the language model's modules, not the vision tower's or the projector's:
+    the module the model's `get_decoder()` returns, wherever the family keeps it
+    (`model.language_model` in LLaVA and Qwen2-VL, `model.text_model` in Idefics3)."""
 
-    def peft_config(self, task_type: str) -> Any:
+    def peft_config(self, task_type: str, model: Any = None) -> Any:
         """peft's LoraConfig for these settings (`CAUSAL_LM` for a policy, `SEQ_CLS` for a
-        reward model, which also keeps its score head trainable)."""
+        reward model, which also keeps its score head trainable), for `model` (whose
+        language model is found by name when `language_model_only`)."""
         from peft import LoraConfig
 
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=self.targets(),
+            target_modules=self.targets(model),
             task_type=task_type,
         )
 
-    def targets(self) -> str | list[str]:
+    def targets(self, model: Any = None) -> str | list[str]:
         """peft's `target_modules`: with `language_model_only`, a regex (peft full-matches
         it) for the language model's modules only, which is also what vLLM applies a LoRA
-        adapter to."""
-        if self.language_model_only:
-            return rf".*language_model.*\.({'|'.join(self.target_modules)})"
-        return list(self.target_modules)
+        adapter to; without a model to look into, any module under a `language_model`."""
+        names = "|".join(re.escape(name) for name in self.target_modules)
+        if not self.language_model_only:
+            return list(self.target_modules)
+        prefix = language_model_prefix(model) if model is not None else None
+        if prefix is None:
+            return rf".*language_model.*\.({names})"
+        return rf"{re.escape(prefix)}\..*\.({names})"
 
     def __post_init__(self) -> None:
         coerce_numbers(self, "lora.")

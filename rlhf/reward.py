@@ -216,7 +216,7 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
     if not train_ids or not heldout_ids:
         raise ConfigError("too few ranking pairs to hold some out")
     model, processor = load_backbone(config.model)
-    model = get_peft_model(model, config.lora.peft_config("SEQ_CLS"))
+    model = get_peft_model(model, config.lora.peft_config("SEQ_CLS", model))
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     rng = random.Random(config.seed)
     steps_per_epoch = max(1, len(train_ids) // config.batch_size)

@@ -116,7 +116,7 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
     )
     peft_config = None
     if config.lora is not None and config.init_adapter is None:  # a new adapter
-        peft_config = config.lora.peft_config("CAUSAL_LM")
+        peft_config = config.lora.peft_config("CAUSAL_LM", model)
     trainer = trainer_class()(
         model=model,
         args=training_arguments(config, report_to=report_to, **extra),

@@ -61,7 +61,7 @@ def load_trainable_policy(config: RLTrainConfig) -> tuple[Any, Any]:
 
     model, processor = load_policy(config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True)
     if config.init_adapter is None:
-        model = get_peft_model(model, config.lora.peft_config("CAUSAL_LM"))
+        model = get_peft_model(model, config.lora.peft_config("CAUSAL_LM", model))
     return model, processor
 
 
