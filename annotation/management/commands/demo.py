@@ -13,8 +13,10 @@ hot-loads the new policy, and round 2 opens on it for a person to annotate.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -95,6 +97,7 @@ class Command(BaseCommand):
 
         self.children: list[subprocess.Popen[bytes]] = []
         self.server: Any = None
+        self._stop_requested = self._supervising = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
@@ -268,27 +271,54 @@ class Command(BaseCommand):
                 raise CommandError(f"the {child.name} process exited with code {code}; see its log in var/logs")  # type: ignore[attr-defined]
 
     def _supervise(self) -> None:
-        while True:
+        self._supervising = True
+        while not self._stop_requested:
             self._check_children_alive()
             time.sleep(0.5)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)
+        # While supervising, stop between polls: an exception raised inside Popen.poll()
+        # can leave its internal lock held, and a later wait() on that child would then
+        # block forever (seen: the demo hung after SIGTERM). Elsewhere (start-up, the loop)
+        # stop at once; _stop_children reaps without that lock.
+        self._stop_requested = True
+        if not self._supervising:
+            raise SystemExit(0)
 
     def _stop_children(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.stdout.write("Stopped vLLM.")
+        try:
+            if self.server is not None:
+                self.server.stop()
+                self.stdout.write("Stopped vLLM.")
+        finally:  # the web app and the worker are stopped whatever vLLM did
+            self._stop_web_and_worker()
+
+    def _stop_web_and_worker(self) -> None:
         for child in self.children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for child in self.children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            _reap(child, deadline)
         if self.children:
             self.stdout.write("Stopped the web app and the worker.")
             self.stdout.flush()
+
+
+def _reap(child: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait for a child until `deadline` (time.monotonic), then kill it; with os.waitpid
+    rather than Popen.wait, whose lock a signal may have left held."""
+    while child.returncode is None:
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped (by Popen.poll)
+            return
+        if pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+            deadline = float("inf")  # a killed process is reaped at once
+        time.sleep(0.05)
