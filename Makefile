@@ -23,6 +23,7 @@ $(PY):
 
 $(VENV)/.app-installed: requirements.txt constraints.txt | $(PY)
 	$(PIP) install -qq -r requirements.txt -c constraints.txt
+	$(PY) deploy/serving/patch_torchvision.py
 	touch $@
 
 $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.app-installed

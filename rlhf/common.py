@@ -22,9 +22,9 @@ def load_policy(
     it: the reference of a round that continues the previous round's policy (METHODS.md 2:
     pi_ref is the policy at the start of the round)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
-    processor = AutoProcessor.from_pretrained(model)
+    processor = load_processor(model)
     policy: Any = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
     if adapter is not None:
         from peft import PeftModel
@@ -37,6 +37,26 @@ def load_policy(
     if not trainable:
         policy.eval()
     return policy, processor
+
+
+def load_processor(model: str | Path) -> Any:
+    """A checkpoint's processor through transformers' auto class, with a chat template.
+
+    FactLoop's prompts are conversations. Some processor classes (BLIP-2, InstructBLIP,
+    Fuyu, Chameleon, Kosmos-2 in transformers 5.19) drop a `chat_template` given to them;
+    the template then comes from the tokenizer. A checkpoint with neither is refused."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(model))
+    if not getattr(processor, "chat_template", None):
+        template = getattr(getattr(processor, "tokenizer", None), "chat_template", None)
+        if not template:
+            raise ValueError(
+                f"{model}: its processor and tokenizer have no chat template; FactLoop's prompts are "
+                "conversations (add chat_template.jinja to the checkpoint, or set the tokenizer's chat_template)"
+            )
+        processor.chat_template = template
+    return processor
 
 
 def prepare_torch(config: Any) -> None:

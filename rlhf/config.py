@@ -79,19 +79,26 @@ class LoraSettings:
     language_model_only: bool = True
     """Adapt only the language model's modules, not the vision tower's or the projector's:
     the module the model's `get_decoder()` returns, wherever the family keeps it
-    (`model.language_model` in LLaVA and Qwen2-VL, `model.text_model` in Idefics3)."""
+    (`model.language_model` in LLaVA and Qwen2-VL, `model.text_model` in Idefics3). The
+    vision tower stays frozen unless this is off and `target_modules` name its layers."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full beside the adapter and saved with it (a projector, say:
+    `multi_modal_projector` in LLaVA, `connector` in Idefics3). vLLM serves LoRA on the
+    language model only: a policy adapter with these is for transformers."""
 
-    def peft_config(self, task_type: str, model: Any = None) -> Any:
-        """peft's LoraConfig for these settings (`CAUSAL_LM` for a policy, `SEQ_CLS` for a
-        reward model, which also keeps its score head trainable), for `model` (whose
+    def peft_config(self, task_type: str | None, model: Any = None, *, extra_to_save: Sequence[str] = ()) -> Any:
+        """peft's LoraConfig for these settings (`CAUSAL_LM` for a policy; the reward model
+        passes no task type and its score head in `extra_to_save`), for `model` (whose
         language model is found by name when `language_model_only`)."""
         from peft import LoraConfig
 
+        to_save = list(dict.fromkeys([*self.modules_to_save, *extra_to_save])) or None
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             target_modules=self.targets(model),
+            modules_to_save=to_save,
             task_type=task_type,
         )
 

@@ -25,10 +25,13 @@ from typing import Any
 
 from contract.results import RewardResult
 from rlhf.common import prepare_torch
-from rlhf.config import ConfigError, LoraSettings, normalise_run_inputs
+from rlhf.config import DTYPES, ConfigError, LoraSettings, normalise_run_inputs
 from rlhf.data import load_pairs
 
 REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring needs besides the weights
+# 2: the head on any image-text-to-text backbone (ImageTextRewardModel); 1 (no "format"
+# field) was the LLaVA-only sequence-classification class, whose weights are named differently.
+REWARD_FORMAT = 2
 
 # LLaVA-RLHF's instruction for the facts (paraphrased; METHODS.md 2a).
 FACT_INSTRUCTION = "The response should be fully supported by the following facts about the image:"
@@ -62,7 +65,17 @@ class RewardConfig:
     epochs: float = 1.0
     """Passes over the training pairs (LLaVA-RLHF: 1)."""
     batch_size: int = 8
-    """Pairs per step."""
+    """Pairs per device step."""
+    gradient_accumulation_steps: int = 1
+    """Steps whose gradients add up before an update."""
+    dtype: str = "float32"
+    """Weights' dtype when loading: float32, bfloat16 (with bf16 mixed precision) or float16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, slower)."""
+    logging_steps: int = 10
+    """Log (console, TensorBoard) every this many updates."""
+    save_steps: int = 0
+    """Keep a resumable checkpoint every this many updates (0: only the final model)."""
     seed: int = 0
     """Seed of the split, data order and head initialisation."""
     threads: int | None = None
@@ -82,6 +95,10 @@ class RewardConfig:
             raise ConfigError(f"heldout_share must be between 0 and 1, got {self.heldout_share}")
         if self.learning_rate <= 0 or self.epochs <= 0 or self.batch_size < 1:
             raise ConfigError("learning_rate and epochs must be positive, batch_size at least 1")
+        if self.gradient_accumulation_steps < 1 or self.logging_steps < 1 or self.save_steps < 0:
+            raise ConfigError("gradient_accumulation_steps and logging_steps must be at least 1, save_steps 0 or more")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 def facts_text(facts: dict[str, Any], fact_format: str = "captions") -> str:
@@ -116,29 +133,100 @@ def reward_input(prompt: list[dict[str, Any]], facts: dict[str, Any], mode: str 
     return turns
 
 
-def reward_model_class(model_type: str = "llava") -> Any:
-    """A sequence-classification class for the checkpoint's architecture (LLaVA here)."""
-    from transformers import LlavaPreTrainedModel
-    from transformers.modeling_layers import GenericForSequenceClassification
-
-    if model_type != "llava":
-        raise ConfigError(f"no reward-model class for model type {model_type!r} yet (LLaVA-style models only)")
-
-    class LlavaForSequenceClassification(GenericForSequenceClassification, LlavaPreTrainedModel):
-        pass
-
-    return LlavaForSequenceClassification
+def reward_model_class() -> type:
+    """The reward model's class: a scalar head on any image-text-to-text backbone (built on
+    first use: it subclasses torch's Module)."""
+    global _REWARD_CLASS
+    if _REWARD_CLASS is None:
+        _REWARD_CLASS = _define_reward_class()
+    return _REWARD_CLASS
 
 
-def load_backbone(path: str, *, num_labels: int = 1, dtype: Any = None) -> tuple[Any, Any]:
+_REWARD_CLASS: type | None = None
+_NOT_MODEL_INPUTS = ("labels", "output_attentions", "output_hidden_states", "return_dict", "use_cache", "task_ids")
+
+
+def _define_reward_class() -> type:
+    import inspect
+
     import torch
-    from transformers import AutoConfig, AutoProcessor
+    from transformers.modeling_outputs import SequenceClassifierOutput
 
-    config = AutoConfig.from_pretrained(path)
-    config.num_labels = num_labels
-    processor = AutoProcessor.from_pretrained(path)
-    model = reward_model_class(config.model_type).from_pretrained(path, config=config, dtype=dtype or torch.float32)
-    return model, processor
+    class ImageTextRewardModel(torch.nn.Module):
+        """`backbone`: the checkpoint's own image-text-to-text model (what
+        AutoModelForImageTextToText loads, so every family transformers ships); `score`: a
+        linear head on the last layer's hidden state. The reward is the head at the last
+        real token (by the attention mask: either padding side); `token_values` applies
+        it at every position (PPO's critic). The language-model head is not used; where
+        the backbone takes `logits_to_keep`, it computes one position's logits only."""
+
+        # Read by transformers' weight-conversion scoping when peft loads an adapter: the
+        # reward model's own names are its keys, from the root.
+        base_model_prefix = ""
+
+        def __init__(self, backbone: Any) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.config = backbone.config
+            hidden = backbone.config.get_text_config().hidden_size
+            self.score = torch.nn.Linear(hidden, 1, bias=False)
+            torch.nn.init.normal_(self.score.weight, std=1 / (hidden + 1) ** 0.5)
+            self.score.to(next(backbone.parameters()).dtype)
+            parameters = inspect.signature(backbone.forward).parameters
+            self._logits_to_keep = "logits_to_keep" in parameters
+
+        def get_decoder(self) -> Any:  # where LoRA goes (rlhf.config.language_model_prefix)
+            return self.backbone.get_decoder()
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+            self.backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}
+            )
+
+        def gradient_checkpointing_disable(self) -> None:
+            self.backbone.gradient_checkpointing_disable()
+
+        def hidden_states(self, inputs: dict[str, Any]) -> Any:
+            """The last layer's hidden states, one per input token: (batch, tokens, hidden)."""
+            kwargs = {k: v for k, v in inputs.items() if v is not None and k not in _NOT_MODEL_INPUTS}
+            if self._logits_to_keep:
+                kwargs["logits_to_keep"] = 1
+            output = self.backbone(**kwargs, output_hidden_states=True, return_dict=True, use_cache=False)
+            states = getattr(output, "hidden_states", None)
+            if states is None:  # BLIP-2 and InstructBLIP keep their language model's outputs apart
+                states = output.language_model_outputs.hidden_states
+            return states[-1]
+
+        def token_values(self, inputs: dict[str, Any]) -> Any:
+            """The head at every position: (batch, tokens), float32."""
+            hidden = self.hidden_states(inputs)
+            return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1).float()
+
+        def forward(self, **inputs: Any) -> Any:
+            values = self.token_values(inputs)
+            mask = inputs.get("attention_mask")
+            if mask is None:
+                last = torch.full((values.size(0),), values.size(1) - 1, device=values.device)
+            else:
+                positions = torch.arange(mask.size(1), device=mask.device)
+                last = (positions * (mask > 0)).argmax(-1).to(values.device)
+            rewards = values[torch.arange(values.size(0), device=values.device), last]
+            return SequenceClassifierOutput(logits=rewards.unsqueeze(-1))
+
+    return ImageTextRewardModel
+
+
+def load_backbone(path: str, *, dtype: Any = None) -> tuple[Any, Any]:
+    """The reward model's architecture on checkpoint `path` (head freshly initialised) and
+    the checkpoint's processor."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from rlhf.common import load_processor
+
+    processor = load_processor(path)
+    backbone = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
+    return reward_model_class()(backbone), processor
 
 
 Scored = tuple[list[dict[str, Any]], list[dict[str, Any]], Any, dict[str, Any]]  # prompt, response turns, image, facts
@@ -150,7 +238,7 @@ def encode_conversations(processor: Any, rows: Sequence[Scored], mode: str | Non
         processor.apply_chat_template(reward_input(prompt, facts, mode) + response, tokenize=False)
         for prompt, response, _, facts in rows
     ]
-    images = [image.convert("RGB") for _, _, image, _ in rows]
+    images = [[image.convert("RGB")] for _, _, image, _ in rows]  # one list per text: every processor takes it
     return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
 
 
@@ -185,6 +273,10 @@ def split_pairs(dataset: Any, config: RewardConfig) -> tuple[list[int], list[int
     return train, heldout
 
 
+def _device_of(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
 def accuracy(
     model: Any, processor: Any, rows: Sequence[dict[str, Any]], mode: str | None, batch_size: int = 16
 ) -> float:
@@ -193,66 +285,126 @@ def accuracy(
 
     right = 0
     model.eval()
+    device = _device_of(model)
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            chosen = scores(model, encode(processor, batch, "chosen", mode))
-            rejected = scores(model, encode(processor, batch, "rejected", mode))
-            right += int((chosen > rejected).sum())
+            inputs = {k: v.to(device) for k, v in pair_batch(processor, batch, mode).items()}
+            both = scores(model, inputs)
+            right += int((both[: len(batch)] > both[len(batch) :]).sum())
     return right / max(1, len(rows))
 
 
-def train_reward_model(config: RewardConfig, *, progress: bool = True) -> RewardResult:
-    """Train, measure held-out pairwise accuracy, save `adapter/`, `config.json` and
-    `result.json` under output_dir."""
+def pair_batch(processor: Any, rows: Sequence[dict[str, Any]], mode: str | None) -> dict[str, Any]:
+    """One batch of 2n sequences for n pairs: the chosen responses, then the rejected ones
+    (one forward pass scores both sides)."""
+    return encode_conversations(
+        processor,
+        [
+            (row["prompt"], row[side], row["images"][0], json.loads(row.get("image_facts") or "{}"))
+            for side in ("chosen", "rejected")
+            for row in rows
+        ],
+        mode,
+    )
+
+
+def trainer_class() -> type:
+    """transformers' Trainer with the Bradley-Terry loss (built on first use)."""
+    from transformers import Trainer
+
+    class BradleyTerryTrainer(Trainer):
+        """Each batch holds n chosen then n rejected sequences (`pair_batch`); the loss is
+        -log sigma(r_w - r_l) over the n pairs. The Trainer brings device placement,
+        mixed precision, gradient checkpointing, checkpoints and resume, and accelerate's
+        distributed launch."""
+
+        losses: list[float]
+
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            output = model(**inputs)
+            rewards = output.logits.squeeze(-1).float()
+            half = rewards.size(0) // 2
+            loss = bradley_terry_loss(rewards[:half], rewards[half:])
+            if model.training:
+                self.losses.append(float(loss.detach()))
+            return (loss, output) if return_outputs else loss
+
+    return BradleyTerryTrainer
+
+
+def build_trainer(config: RewardConfig, *, report_to: list[str] | None = None) -> tuple[Any, Any, list[int]]:
+    """The reward run's trainer, ready to `.train()`, with the dataset and held-out ids."""
     import torch
     from peft import get_peft_model
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from transformers import TrainingArguments
+
+    from rlhf.common import common_trainer_arguments
 
     prepare_torch(config)
-    began = time.perf_counter()
     dataset = load_pairs(config.data, sources=["ranking"])
     train_ids, heldout_ids = split_pairs(dataset, config)
     if not train_ids or not heldout_ids:
         raise ConfigError("too few ranking pairs to hold some out")
-    model, processor = load_backbone(config.model)
-    model = get_peft_model(model, config.lora.peft_config("SEQ_CLS", model))
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    rng = random.Random(config.seed)
-    steps_per_epoch = max(1, len(train_ids) // config.batch_size)
-    total = max(1, round(steps_per_epoch * config.epochs))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: max(0.0, 1 - step / total))
-    losses: list[float] = []
-    order: list[int] = []
-    model.train()
-    for _ in tqdm(range(total), desc="reward model", unit="step", disable=not progress):
-        if len(order) < config.batch_size:
-            refill = list(train_ids)
-            rng.shuffle(refill)
-            order += refill
-        batch = [dataset[i] for i in order[: config.batch_size]]
-        del order[: config.batch_size]
-        loss = bradley_terry_loss(
-            scores(model, encode(processor, batch, "chosen", config.facts_mode())),
-            scores(model, encode(processor, batch, "rejected", config.facts_mode())),
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        optimiser.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.facts_mode())
+    model, processor = load_backbone(config.model, dtype=getattr(torch, config.dtype))
+    model = get_peft_model(model, config.lora.peft_config(None, model, extra_to_save=["score"]))
+    mode = config.facts_mode()
+    args = TrainingArguments(
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.epochs,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        gradient_checkpointing=config.gradient_checkpointing,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        **common_trainer_arguments(config, [] if report_to is None else report_to),
+    )
+    trainer = trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=dataset.select(train_ids),
+        data_collator=lambda rows: pair_batch(processor, rows, mode),
+    )
+    trainer.losses = []
+    trainer.processor = processor
+    return trainer, dataset, heldout_ids
+
+
+def train_reward_model(
+    config: RewardConfig, *, resume: bool = False, report_to: list[str] | None = None, progress: bool = True
+) -> RewardResult:
+    """Train, measure held-out pairwise accuracy, save `adapter/`, `config.json` and
+    `result.json` under output_dir. With `resume`, training continues from the newest
+    checkpoint in output_dir."""
+    from rlhf.train_dpo import _last_checkpoint
+
+    began = time.perf_counter()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out / "adapter"))
-    processor.save_pretrained(str(out / "adapter"))
-    info = {"base_model": config.model, "facts": config.facts_mode(), "heldout_accuracy": held}
-    (out / "adapter" / REWARD_INFO).write_text(json.dumps(info, indent=2))
+    trainer, dataset, heldout_ids = build_trainer(config, report_to=report_to)
+    if not progress:
+        trainer.remove_callback(_progress_callback())
+    trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
+    model, processor = trainer.model, trainer.processor
+    held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.facts_mode())
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(out / "adapter"))
+        processor.save_pretrained(str(out / "adapter"))
+        info = {
+            "format": REWARD_FORMAT,
+            "base_model": config.model,
+            "facts": config.facts_mode(),
+            "heldout_accuracy": held,
+        }
+        (out / "adapter" / REWARD_INFO).write_text(json.dumps(info, indent=2))
+    losses = trainer.losses or [float("nan")]
     window = max(1, len(losses) // 10)
     result = RewardResult(
         output_dir=str(out),
-        train_pairs=len(train_ids),
+        train_pairs=len(trainer.train_dataset),
         heldout_pairs=len(heldout_ids),
         heldout_accuracy=held,
         first_loss=sum(losses[:window]) / window,
@@ -260,6 +412,13 @@ def train_reward_model(config: RewardConfig, *, progress: bool = True) -> Reward
         seconds=time.perf_counter() - began,
         config=asdict(config),
     )
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    result.write(out)
+    if trainer.is_world_process_zero():
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        result.write(out)
     return result
+
+
+def _progress_callback() -> type:
+    from transformers.trainer_callback import ProgressCallback
+
+    return ProgressCallback

@@ -23,7 +23,7 @@ from typing import Any
 
 from contract.export import assistant_turn
 from rlhf.config import ConfigError
-from rlhf.reward import REWARD_INFO, encode_conversations, load_backbone, scores
+from rlhf.reward import REWARD_FORMAT, REWARD_INFO, encode_conversations, load_backbone, scores
 
 _EXISTS = re.compile(
     r"^\s*(?:is|are)\s+there\s+(?:(?:an|any|some|a)\s+)?([a-z][a-z -]*?)"
@@ -141,6 +141,11 @@ def locate_reward_model(path: str | Path) -> RewardModelFiles:
     if not info_path.is_file():
         raise ConfigError(f"{adapter} is not a FactLoop reward model ({REWARD_INFO} is missing)")
     info = json.loads(info_path.read_text())
+    if info.get("format", 1) != REWARD_FORMAT:
+        raise ConfigError(
+            f"{adapter} is a reward model of format {info.get('format', 1)} (LLaVA-only, before FactLoop "
+            f"read every family); this version reads format {REWARD_FORMAT}: train the reward model again"
+        )
     return RewardModelFiles(info["base_model"], adapter, info.get("facts"))
 
 

@@ -92,9 +92,7 @@ def load_critic(reward_model: str, dtype: str) -> Any:
 
 def token_values(critic: Any, inputs: dict[str, Any]) -> Any:
     """The critic's score head on every position: (batch, tokens)."""
-    inner = critic.get_base_model()
-    hidden = getattr(inner, inner.base_model_prefix)(**inputs).last_hidden_state
-    return inner.score(hidden).squeeze(-1).float()
+    return critic.get_base_model().token_values(inputs)
 
 
 def reward_function(config: RLTrainConfig, stops: list[int], device: Any = None) -> Any:
@@ -139,7 +137,49 @@ class Rollout:
     returns: Any = None
 
     def rows(self, index: Any) -> dict[str, Any]:
-        return {k: v[index] for k, v in self.inputs.items()}
+        return select_rows(self.inputs, index)
+
+
+def select_rows(inputs: dict[str, Any], index: Any) -> dict[str, Any]:
+    """The model inputs of some rows (a slice or a tensor of row numbers). Every tensor is
+    indexed by row, except a flat patch list (Qwen2/2.5-VL's `pixel_values`, all images'
+    patches concatenated): its rows' patches are gathered by `image_grid_thw` (one image per
+    row)."""
+    import torch
+
+    rows = list(range(inputs["input_ids"].size(0)))[index] if isinstance(index, slice) else index.tolist()
+    out = {}
+    for key, value in inputs.items():
+        if key == "pixel_values" and "image_grid_thw" in inputs:
+            sizes = inputs["image_grid_thw"].prod(-1).tolist()
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            out[key] = torch.cat([value[starts[r] : starts[r] + sizes[r]] for r in rows])
+        else:
+            out[key] = value[index]
+    return out
+
+
+# Inputs that run along the token sequence besides input_ids and attention_mask, and what
+# a response token gets: not an image token (Gemma 3's token_type_ids, Qwen2/2.5-VL's
+# mm_token_type_ids); PaliGemma's token_type_ids mark the causal suffix (1) after the
+# bidirectional prefix (0), and a response is suffix.
+SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids")
+
+
+def response_fill(model: Any, key: str) -> int:
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    return 1 if (key == "token_type_ids" and model_type == "paligemma") else 0
+
+
+def takes_position_ids(model: Any, inputs: dict[str, Any]) -> bool:
+    """Whether to pass 1-D position ids: not to models that derive multimodal (M-RoPE)
+    positions from the image grid themselves, nor to a forward without the argument."""
+    import inspect
+
+    if "image_grid_thw" in inputs:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "position_ids" in inspect.signature(base.forward).parameters
 
 
 def stop_ids(model: Any, processor: Any) -> list[int]:
@@ -173,8 +213,9 @@ def sample(
 
     processor.tokenizer.padding_side = "left"  # generation appends on the right
     texts = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False) for row in rows]
-    images = [row["images"][0].convert("RGB") for row in rows]
+    images = [[row["images"][0].convert("RGB")] for row in rows]
     encoded = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    encoded.pop("labels", None)  # PaliGemma's processor adds labels; a rollout has none
     prompt = {k: v.to(device) for k, v in encoded.items()}
     width = prompt["input_ids"].shape[1]
     pad = processor.tokenizer.pad_token_id
@@ -200,12 +241,17 @@ def sample(
     mask = (torch.arange(response.size(1), device=response.device)[None, :] <= first[:, None]).float()
     response = torch.where(mask > 0, response, torch.full_like(response, pad))
     attention = torch.cat([prompt["attention_mask"], mask.long()], dim=1)
-    inputs = {
-        "input_ids": torch.cat([prompt["input_ids"], response], dim=1),
-        "attention_mask": attention,
-        "position_ids": position_ids(attention),
-        "pixel_values": prompt["pixel_values"],
-    }
+    # Every processor output the family's forward needs (image sizes, grids, patch masks,
+    # the Q-Former's text...), with the sequence-aligned ones extended over the response.
+    inputs = dict(prompt)
+    inputs["input_ids"] = torch.cat([prompt["input_ids"], response], dim=1)
+    inputs["attention_mask"] = attention
+    for key in SEQUENCE_INPUTS:
+        if key in inputs:
+            fill = torch.full_like(response, response_fill(model, key), dtype=inputs[key].dtype)
+            inputs[key] = torch.cat([inputs[key], fill], dim=1)
+    if takes_position_ids(model, inputs):
+        inputs["position_ids"] = position_ids(attention)
     decoded = processor.tokenizer.batch_decode(response, skip_special_tokens=True)
     rollout = Rollout(inputs, width, response, mask, [t.strip() for t in decoded], [bool(s) for s in stopped])
     if keep_scores:
