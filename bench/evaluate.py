@@ -17,7 +17,6 @@ the model, and stopped at the end.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -31,20 +30,6 @@ sys.path.insert(0, str(REPO))
 from bench import results, serving  # noqa: E402
 
 DESCRIBE = "Describe the image."
-
-
-def write_toy_set(folder: Path, scenes: int, size: int) -> Path:
-    from contract.heldout import Item, image_name, write_heldout
-    from models.toyworld import heldout_scenes, render
-
-    items = []
-    for scene in heldout_scenes(scenes):
-        buffer = io.BytesIO()
-        render(scene, size=size).save(buffer, format="PNG")
-        data = buffer.getvalue()
-        items.append((Item(scene.scene_id, image_name(data, "png"), DESCRIBE, objects=tuple(scene.classes)), data))
-    write_heldout(folder, "toyworld", items)
-    return folder
 
 
 def prompts_of(evaluation: Any) -> int:
@@ -70,11 +55,11 @@ def main() -> None:
     from contract.heldout import read_heldout
     from models.serving import ServingClient
     from rlhf.common import load_policy
-    from rlhf.heldout import LocalResponder, Request, ServedResponder, evaluate
+    from rlhf.heldout import LocalResponder, Request, ServedResponder, evaluate, write_toyworld_set
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     heldout = read_heldout(
-        write_toy_set(Path(tempfile.mkdtemp(prefix="factloop-bench-eval-")), args.scenes, args.image_size)
+        write_toyworld_set(Path(tempfile.mkdtemp(prefix="factloop-bench-eval-")), args.scenes, args.image_size)
     )
     server = serving.served(args.model, args.server_url, python=args.serving_python, max_num_seqs=args.max_num_seqs)
     with server as url, ServingClient(url, timeout=600) as client:

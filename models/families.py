@@ -57,7 +57,13 @@ def corpus() -> list[str]:
     return world_corpus(sample_scenes(7, 200, prefix="tok"), seed=7)
 
 
-def tokenizer(specials: list[str], *, named: dict[str, str] | None = None, padding_side: str = "left") -> Any:
+def tokenizer(
+    specials: list[str],
+    *,
+    named: dict[str, str] | None = None,
+    padding_side: str = "left",
+    unk: bool = False,
+) -> Any:
     """A PreTrainedTokenizerFast over a BPE trained here, with `<pad>`, `<s>`, `</s>` and
     `specials`; `named` sets tokenizer attributes a processor reads (`image_token`...)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -68,7 +74,7 @@ def tokenizer(specials: list[str], *, named: dict[str, str] | None = None, paddi
     raw.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB,
-        special_tokens=[PAD, BOS, EOS, *specials],
+        special_tokens=[PAD, BOS, EOS, *(["<unk>"] if unk else []), *specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -79,6 +85,7 @@ def tokenizer(specials: list[str], *, named: dict[str, str] | None = None, paddi
         eos_token=EOS,
         pad_token=PAD,
         extra_special_tokens=named or {},
+        **({"unk_token": "<unk>"} if unk else {}),
         padding_side=padding_side,
         model_max_length=2048,
     )
@@ -114,8 +121,8 @@ def vision(**extra: Any) -> dict[str, Any]:
 
 
 def templated(processor: Any, template: str) -> None:
-    """Give a processor whose class drops `chat_template` (BLIP-2, InstructBLIP, Fuyu,
-    Chameleon, Kosmos-2) its template, on the tokenizer too: the tokenizer saves it, and
+    """Give a processor whose class drops `chat_template` (BLIP-2, InstructBLIP, Chameleon,
+    Kosmos-2) its template, on the tokenizer too: the tokenizer saves it, and
     FactLoop's loader (rlhf.common.load_processor) takes it from there."""
     processor.chat_template = template
     processor.tokenizer.chat_template = template
@@ -406,29 +413,6 @@ def instructblip() -> tuple[Any, Any]:
     return InstructBlipForConditionalGeneration(config), processor
 
 
-def fuyu() -> tuple[Any, Any]:
-    from transformers import FuyuConfig, FuyuForCausalLM, FuyuImageProcessorPil, FuyuProcessor
-
-    tok = tokenizer(["|SPEAKER|", "|NEWLINE|"])
-    processor = FuyuProcessor(
-        image_processor=FuyuImageProcessorPil(size={"height": 32, "width": 32}, patch_size={"height": 16, "width": 16}),
-        tokenizer=tok,
-    )
-    templated(processor, chat_template(""))
-    config = FuyuConfig(
-        text_config={"model_type": "persimmon", **text_config(tok)},
-        vocab_size=len(tok),
-        hidden_size=HIDDEN,
-        patch_size=16,
-        num_channels=3,
-        image_token_id=_id(tok, "|SPEAKER|"),
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return FuyuForCausalLM(config), processor
-
-
 def chameleon() -> tuple[Any, Any]:
     from transformers import (
         ChameleonConfig,
@@ -440,7 +424,9 @@ def chameleon() -> tuple[Any, Any]:
     codebook = 16
     # Chameleon reads images as VQ codes that are text tokens named IMGIMG<code in letters>Z.
     image_words = ["IMGIMG" + "".join("ABCDEFGHIJ"[int(d)] for d in str(i)) + "Z" for i in range(codebook)]
-    tok = tokenizer(["<image>", "<racm3:break>", "<eoss>", *image_words], named={"image_token": "<image>"})
+    # Chameleon's processor ends every text with the tokenizer's separator token.
+    tok = tokenizer(["<image>", "<racm3:break>", "<eoss>", "<sep>", *image_words], named={"image_token": "<image>"})
+    tok.sep_token = "<sep>"
     processor = ChameleonProcessor(
         image_processor=ChameleonImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=tok,
@@ -467,7 +453,9 @@ def chameleon() -> tuple[Any, Any]:
 def kosmos_2() -> tuple[Any, Any]:
     from transformers import CLIPImageProcessorPil, Kosmos2Config, Kosmos2ForConditionalGeneration, Kosmos2Processor
 
-    tok = tokenizer(["<image>", "</image>", "<grounding>", "<phrase>", "</phrase>", "<object>", "</object>"])
+    # Kosmos-2's processor takes the ids after the unknown token's as image placeholders
+    # (XLM-R's layout): <unk> comes right after <pad>, <s>, </s>.
+    tok = tokenizer(["<image>", "</image>", "<grounding>", "<phrase>", "</phrase>", "<object>", "</object>"], unk=True)
     processor = Kosmos2Processor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=tok,
@@ -487,7 +475,7 @@ def kosmos_2() -> tuple[Any, Any]:
             "eos_token_id": tok.eos_token_id,
         },
         vision_config=vision(image_size=32, patch_size=16),
-        latent_query_num=4,
+        latent_query_num=64,  # the processor's fixed count of image placeholders
     )
     return Kosmos2ForConditionalGeneration(config), processor
 
@@ -514,10 +502,20 @@ FAMILIES: tuple[Family, ...] = (
     Family("PaliGemma", "paligemma", paligemma),
     Family("BLIP-2", "blip-2", blip_2),
     Family("InstructBLIP", "instructblip", instructblip),
-    Family("Fuyu", "fuyu", fuyu),
     Family("Chameleon", "chameleon", chameleon),
     Family("Kosmos-2", "kosmos-2", kosmos_2),
 )
+
+
+# Families of the survey without a tiny checkpoint here, and the exact obstacle.
+UNCOVERED: dict[str, str] = {
+    "Fuyu": (
+        "FuyuProcessor (transformers 5.19) encodes its image placeholders and drops the first token, "
+        "assuming the word-prefix token its SentencePiece tokenizer puts first; a tokenizer trained here "
+        "has none, so the processor loses an image token and refuses its own output. A real Fuyu "
+        "checkpoint goes through the same generic code paths, unchecked here."
+    ),
+}
 
 
 def family(name: str) -> Family:

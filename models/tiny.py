@@ -590,7 +590,10 @@ def generate(
         for start in range(0, len(images), batch_size):
             stop = min(start + batch_size, len(images))
             texts = [prompt_text(processor, question) for question in questions[start:stop]]
-            inputs = processor(images=list(images[start:stop]), text=texts, return_tensors="pt", padding=True)
+            # One list of images per text: the form every family's processor takes.
+            batch = [[image] for image in images[start:stop]]
+            inputs = processor(images=batch, text=texts, return_tensors="pt", padding=True)
+            inputs.pop("labels", None)  # PaliGemma's processor adds labels
             output = generator.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,

@@ -10,11 +10,14 @@
 - `dpo --config FILE.yaml [--set KEY=VALUE ...] [--resume]`: DDPO or DPO from `trl`
   exports (rlhf/config.py lists every setting); progress bar on the terminal, TensorBoard
   logs under OUTPUT_DIR/runs.
-- `reward --config FILE.yaml [--set ...] [--register NAME --registry DIR]`: a
+- `reward --config FILE.yaml [--set ...] [--resume] [--register NAME --registry DIR]`: a
   Bradley-Terry reward model from the ranking pairs of `trl` exports (rlhf/reward.py),
   optionally registered as a model version of kind "reward".
 - `rl --config FILE.yaml [--set ...]`: PPO, GRPO or RLOO against a reward model
   (RLTrainConfig in rlhf/config.py; per-step statistics in OUTPUT_DIR/log.jsonl).
+- `families [--family T ...] [--cell C ...] [--vllm] [--out FILE.json]`: the family matrix
+  (rlhf/families.py): every trainer, vLLM and the evaluator on each family's tiny
+  checkpoint; prints the Markdown table (exit 1 when a cell fails).
 
 Exit status: 0 done, 2 bad input (config, data, model), 1 anything else.
 """
@@ -37,6 +40,7 @@ from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
 from rlhf.data import DataError
 from rlhf.evaluate import evaluate_toyworld, heldout_scenes
+from rlhf.families import CELLS, markdown, run_row, write_pairs
 from rlhf.heldout import LocalResponder, ServedResponder, compare
 from rlhf.heldout import evaluate as evaluate_heldout
 from rlhf.reward import RewardConfig, train_reward_model
@@ -156,7 +160,7 @@ def _dpo(args: argparse.Namespace) -> int:
 
     try:
         result = train_dpo(config, resume=args.resume)
-    except (DataError, OSError) as error:
+    except (ConfigError, DataError, OSError) as error:
         print(f"rlhf.cli dpo: {error}", file=sys.stderr)
         return 2
     # One line, last: training logs go to the same stream before it.
@@ -173,7 +177,7 @@ def _reward(args: argparse.Namespace) -> int:
         config = load_run_config(RewardConfig, args.config, args.set)
         if args.register and Registry(args.registry).path_of(args.register).exists():
             raise ConfigError(f"version {args.register!r} is already registered")
-        result = train_reward_model(config)
+        result = train_reward_model(config, resume=args.resume)
     except (ConfigError, DataError, OSError) as error:
         print(f"rlhf.cli reward: {error}", file=sys.stderr)
         return 2
@@ -212,6 +216,50 @@ def _rl(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(result.as_dict()))
     return 0
+
+
+def _families(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from models.families import FAMILIES, family
+    from rlhf.heldout import write_toyworld_set
+
+    try:
+        names = [family(name).model_type for name in args.family or [f.model_type for f in FAMILIES]]
+    except KeyError as error:
+        print(f"rlhf.cli families: {error.args[0]}", file=sys.stderr)
+        return 2
+    cells = [c for c in CELLS if (c in args.cell if args.cell else (c != "vllm" or args.vllm))]
+    serving = args.serving_python or str(Path(__file__).resolve().parent.parent / ".venv-serving/bin/python")
+    if "vllm" in cells and not Path(serving).exists():
+        print(f"rlhf.cli families: no serving venv at {serving} (make serving)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    work = args.work or Path(tempfile.mkdtemp(prefix="factloop-families-"))
+    work.mkdir(parents=True, exist_ok=True)
+    pairs = work / "pairs" if (work / "pairs" / "manifest.json").is_file() else write_pairs(work / "pairs")
+    heldout = work / "heldout"
+    if not (heldout / "manifest.json").is_file():
+        write_toyworld_set(heldout, 3)
+    rows = []
+    for name in names:
+        print(f"== {name}", file=sys.stderr)
+        row = run_row(
+            name,
+            work / name,
+            pairs=pairs,
+            heldout=heldout,
+            cells=cells,
+            serving_python=serving if "vllm" in cells else None,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+        rows.append(row)
+    if args.out:
+        args.out.write_text(json.dumps({"cells": cells, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
+    print(markdown(rows, cells))
+    return 0 if all(c.status in ("ok", "refused", "skipped") for r in rows for c in r.cells.values()) else 1
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -275,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_options(reward)
     reward.add_argument("--register", metavar="NAME", help="register the reward model as this version")
     reward.add_argument("--registry", type=Path, help="the registry root (FACTLOOP_MODEL_DIR)")
+    reward.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    matrix = commands.add_parser("families", help="run every trainer, vLLM and evaluation on each family's tiny model")
+    matrix.add_argument("--family", action="append", help="only this family (model type; repeatable)")
+    matrix.add_argument("--cell", action="append", choices=CELLS, help="only this cell (repeatable)")
+    matrix.add_argument("--vllm", action="store_true", help="also the vLLM cell (needs the serving venv)")
+    matrix.add_argument("--serving-python", help="the serving venv's python (default .venv-serving/bin/python)")
+    matrix.add_argument("--work", type=Path, help="where checkpoints and runs go (default: a temporary folder)")
+    matrix.add_argument("--out", type=Path, help="also write the rows as JSON to this file")
     rl = commands.add_parser("rl", help="PPO, GRPO or RLOO against a reward model")
     _add_config_options(rl)
     args = parser.parse_args(argv)
@@ -291,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         return _reward(args)
     if args.command == "rl":
         return _rl(args)
+    if args.command == "families":
+        return _families(args)
     return _dpo(args)
 
 

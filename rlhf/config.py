@@ -62,6 +62,20 @@ def language_model_prefix(model: Any) -> str | None:
     return next((name for name, module in model.named_modules() if module is decoder and name), None)
 
 
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def _linear_leaves(model: Any, prefix: str) -> set[str]:
+    """The last name parts of the linear layers under `prefix`."""
+    import torch
+
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name.startswith(prefix + ".") and isinstance(module, torch.nn.Linear)
+    }
+
+
 @dataclass
 class LoraSettings:
     """LoRA through peft (arXiv:2106.09685)."""
@@ -72,10 +86,11 @@ class LoraSettings:
     """Scaling numerator: the update is scaled by alpha / r."""
     dropout: float = 0.05
     """Dropout on the LoRA input."""
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Module names (suffixes) that get adapters; the defaults are the attention projections of
     Llama-style language models (LLaVA's vision tower uses the same names: see
-    `language_model_only`)."""
+    `language_model_only`). When the language model has none of the default names, the
+    defaults mean all of its linear layers."""
     language_model_only: bool = True
     """Adapt only the language model's modules, not the vision tower's or the projector's:
     the module the model's `get_decoder()` returns, wherever the family keeps it
@@ -106,10 +121,17 @@ class LoraSettings:
         """peft's `target_modules`: with `language_model_only`, a regex (peft full-matches
         it) for the language model's modules only, which is also what vLLM applies a LoRA
         adapter to; without a model to look into, any module under a `language_model`."""
-        names = "|".join(re.escape(name) for name in self.target_modules)
         if not self.language_model_only:
             return list(self.target_modules)
         prefix = language_model_prefix(model) if model is not None else None
+        leaves = list(self.target_modules)
+        if prefix is not None and leaves == DEFAULT_TARGETS:
+            linear = _linear_leaves(model, prefix)
+            if linear and not linear & set(leaves):
+                # The defaults are Llama's names; a language model that uses others (Persimmon's
+                # query_key_value and dense, say) gets every one of its linear layers instead.
+                leaves = sorted(linear)
+        names = "|".join(re.escape(name) for name in leaves)
         if prefix is None:
             return rf".*language_model.*\.({names})"
         return rf"{re.escape(prefix)}\..*\.({names})"

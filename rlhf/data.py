@@ -160,21 +160,31 @@ def make_collator(
                     chosen_spans, rejected_spans = replaced_only(chosen_spans, rejected_spans)
                 has_spans = bool(example.get("chosen_spans") or example.get("rejected_spans"))
                 response = _text_of(example[side])
-                completion = rendered[row % n][side]
                 spans = usable_spans(response, chosen_spans if side == "chosen" else rejected_spans)
-                offset = completion.find(response)
-                if spans and offset < 0:
-                    raise DataError("the chat template changed the response text; its spans cannot be placed")
-                encoded = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-                weights = token_weights(
-                    encoded["offset_mapping"], [(s + offset, e + offset) for s, e in spans], self.gamma
-                )
                 positions = mask[row].nonzero().flatten()
-                if len(positions) > len(weights) or batch["input_ids"][row, positions].tolist() != list(
-                    encoded["input_ids"][: len(positions)]
-                ):
+                collated = batch["input_ids"][row, positions].tolist()
+                weights = None
+                # The completion as trl rendered it, or with its leading white space gone
+                # (Kosmos-2's processor strips it before tokenizing).
+                for completion in dict.fromkeys((rendered[row % n][side], rendered[row % n][side].lstrip())):
+                    offset = completion.find(response)
+                    if spans and offset < 0:
+                        raise DataError("the chat template changed the response text; its spans cannot be placed")
+                    encoded = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+                    # A processor may append tokens of its own after the rendered completion
+                    # (Chameleon's separator); they are unchanged tokens (weight 1).
+                    rendered_count = min(len(positions), len(encoded["input_ids"]))
+                    if collated[:rendered_count] == list(encoded["input_ids"][:rendered_count]):
+                        weights = token_weights(
+                            encoded["offset_mapping"][:rendered_count],
+                            [(s + offset, e + offset) for s, e in spans],
+                            self.gamma,
+                        )
+                        break
+                if weights is None:
                     raise DataError("the response tokenized differently from trl's collator; cannot weight it")
-                values = torch.tensor(weights[: len(positions)], dtype=torch.float32)
+                weights += [1.0] * (len(positions) - len(weights))
+                values = torch.tensor(weights, dtype=torch.float32)
                 if self.normalize and has_spans:
                     values = values / values.sum()  # N = |U| + gamma |C| (METHODS.md 2c)
                 scale[row, positions] = values

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from contract.heldout import Evaluation, Heldout, HeldoutError, Item
@@ -362,3 +363,22 @@ def compare(
         "passed": low <= margin,
         "samples": samples,
     }
+
+
+def write_toyworld_set(folder: Path, scenes: int, size: int = 96) -> Path:
+    """The synthetic world's first `scenes` held-out scenes as a held-out folder (a
+    description prompt each, the objects known), as `import_toyworld` and the database
+    export make it."""
+    from contract.heldout import image_name, write_heldout
+    from models.toyworld import heldout_scenes, render
+
+    items = []
+    for scene in heldout_scenes(scenes):
+        buffer = io.BytesIO()
+        render(scene, size=size).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        items.append(
+            (Item(scene.scene_id, image_name(data, "png"), "Describe the image.", objects=tuple(scene.classes)), data)
+        )
+    write_heldout(folder, "toyworld", items)
+    return folder

@@ -103,6 +103,9 @@ def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = 
 def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     """The trainer of a run, ready to `.train()` (also used by the tests and benchmarks)."""
 
+    from rlhf.families import require
+
+    require(config.model, config.method)  # a documented gap of the family stops here
     prepare_torch(config)
     dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)
     model, processor = load_policy(config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True)

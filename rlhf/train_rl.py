@@ -163,7 +163,7 @@ def select_rows(inputs: dict[str, Any], index: Any) -> dict[str, Any]:
 # a response token gets: not an image token (Gemma 3's token_type_ids, Qwen2/2.5-VL's
 # mm_token_type_ids); PaliGemma's token_type_ids mark the causal suffix (1) after the
 # bidirectional prefix (0), and a response is suffix.
-SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids")
+SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids", "image_embeds_position_mask")
 
 
 def response_fill(model: Any, key: str) -> int:
@@ -490,6 +490,9 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
         from trl import RLOOTrainer as TrainerClass  # type: ignore[assignment]
     else:
         raise ConfigError(f"trl runs grpo or rloo, not {config.method!r}")
+    from rlhf.families import require
+
+    require(config.model, config.method)  # a documented gap of the family stops here
     prepare_torch(config)
     prompts = load_prompts(config.data, max_prompts=config.max_prompts)
     model, processor = load_trainable_policy(config)

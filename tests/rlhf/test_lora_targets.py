@@ -91,3 +91,28 @@ def test_qwen2_vl_gets_its_language_model_and_the_settings_still_rule() -> None:
     assert {name.rsplit(".", 1)[1] for name in names} == {"q_proj", "v_proj", "gate_proj"}
     # language_model_only off: the names alone, anywhere (here the vision blocks have none).
     assert LoraSettings(language_model_only=False).targets(model) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def test_a_language_model_without_llamas_names_gets_all_its_linear_layers() -> None:
+    """Fuyu's Persimmon names its layers query_key_value, dense...: the default targets mean
+    every linear layer of its language model (none of the vision side's); names set by
+    the user are taken as they are."""
+    from peft import get_peft_model
+    from transformers import FuyuConfig, FuyuForCausalLM
+
+    def fuyu() -> Any:
+        config = FuyuConfig(
+            text_config={"model_type": "persimmon", **TEXT}, vocab_size=300, hidden_size=32, patch_size=16
+        )
+        return FuyuForCausalLM(config)
+
+    model = fuyu()
+    peft_model = get_peft_model(model, LoraSettings().peft_config("CAUSAL_LM", model))
+    names = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert {name.rsplit(".", 1)[1] for name in names} == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+    assert all(name.startswith("model.language_model.layers.") for name in names)
+    chosen = LoraSettings(target_modules=["dense"])
+    model = fuyu()
+    peft_model = get_peft_model(model, chosen.peft_config("CAUSAL_LM", model))
+    names = {n for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert names and all(name.endswith(".self_attn.dense") for name in names)
