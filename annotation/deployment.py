@@ -14,6 +14,7 @@ from django.conf import settings
 
 from annotation import audit
 from annotation.models import AuditEvent
+from contract.families import REFUSALS
 from models.registry import ModelVersion, Registry, RegistryError
 from models.server import serve_version
 from models.serving import ServingClient, ServingError
@@ -46,6 +47,8 @@ def check_base_model(model: str) -> str:
             return f"{model} holds no readable config.json: not a transformers checkpoint"
         if not isinstance(config, dict) or not config.get("model_type"):
             return f"{model}/config.json names no model_type"
+        if reason := REFUSALS.get((config["model_type"], "vllm")):
+            return f"{model} cannot be served: {reason}"
         if not any((path / name).is_file() for name in PROCESSOR_FILES):
             return f"{model} holds no processor or tokenizer ({', '.join(PROCESSOR_FILES)})"
         return ""

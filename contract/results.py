@@ -79,3 +79,5 @@ class RewardResult(_Record):
     last_loss: float
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0  # optimiser updates in all
+    resumed_at: int = 0  # the checkpoint's step this run resumed from (0: a fresh run)

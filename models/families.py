@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from models.staging import staged
+from models.tiny import save_pretrained as save_for_vllm
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 VOCAB = 400
@@ -98,7 +99,8 @@ def text_config(tok: Any, **extra: Any) -> dict[str, Any]:
         "hidden_size": HIDDEN,
         "intermediate_size": 2 * HIDDEN,
         "num_hidden_layers": TEXT_LAYERS,
-        "num_attention_heads": 2,
+        # One head of 32: vLLM's CPU attention has kernels for head sizes of 32 and up.
+        "num_attention_heads": 1,
         "num_key_value_heads": 1,
         "max_position_embeddings": 2048,
         "bos_token_id": tok.bos_token_id,
@@ -126,6 +128,14 @@ def templated(processor: Any, template: str) -> None:
     FactLoop's loader (rlhf.common.load_processor) takes it from there."""
     processor.chat_template = template
     processor.tokenizer.chat_template = template
+
+
+def newlines(tok: Any) -> None:
+    """Runs of 1-4 newlines as single tokens, as in Gemma's SentencePiece vocabulary (vLLM's
+    Gemma 3 and PaliGemma processors look them up by text)."""
+    from tokenizers import AddedToken
+
+    tok.add_tokens([AddedToken("\n" * n, normalized=False, special=False) for n in range(1, 5)])
 
 
 def _id(tok: Any, token: str) -> int:
@@ -226,7 +236,7 @@ def qwen2_vl() -> tuple[Any, Any]:
 
     processor = _qwen_processor(Qwen2VLProcessor)
     tok = processor.tokenizer
-    mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    mrope = {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0}
     config = Qwen2VLConfig(
         text_config=text_config(tok, rope_parameters=mrope),
         vision_config={"depth": 1, "embed_dim": HIDDEN, "hidden_size": HIDDEN, "num_heads": 2, "mlp_ratio": 2},
@@ -240,7 +250,7 @@ def qwen2_5_vl() -> tuple[Any, Any]:
 
     processor = _qwen_processor(Qwen2_5_VLProcessor)
     tok = processor.tokenizer
-    mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    mrope = {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0}
     config = Qwen2_5_VLConfig(
         text_config=text_config(tok, rope_parameters=mrope),
         vision_config={
@@ -277,6 +287,7 @@ def _idefics_config(cls: Any, tok: Any) -> Any:
         vision_config=vision(image_size=64, patch_size=16),
         scale_factor=2,
         image_token_id=_id(tok, "<image>"),
+        pad_token_id=tok.pad_token_id,
     )
 
 
@@ -310,6 +321,7 @@ def gemma3() -> tuple[Any, Any]:
 
     names = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
     tok = tokenizer(list(names.values()), named=names)
+    newlines(tok)  # vLLM's Gemma 3 processor looks up runs of newlines by text
     processor = Gemma3Processor(
         image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
         tokenizer=tok,
@@ -318,7 +330,7 @@ def gemma3() -> tuple[Any, Any]:
     )
     config = Gemma3Config(
         text_config=text_config(
-            tok, head_dim=16, sliding_window=64, layer_types=["sliding_attention", "full_attention"]
+            tok, head_dim=32, sliding_window=64, layer_types=["sliding_attention", "full_attention"]
         ),
         vision_config={"model_type": "siglip_vision_model", **vision(image_size=32, patch_size=8)},
         mm_tokens_per_image=4,
@@ -338,13 +350,14 @@ def paligemma() -> tuple[Any, Any]:
     )
 
     tok = tokenizer(["<image>"], named={"image_token": "<image>"})
+    newlines(tok)  # vLLM's PaliGemma processor looks up "\n" by text
     image_processor: Any = SiglipImageProcessorPil(size={"height": 32, "width": 32})
     image_processor.image_seq_length = 4  # (32 / 16) ** 2 patches
     processor = PaliGemmaProcessor(
         image_processor=image_processor, tokenizer=tok, chat_template=chat_template("<image>")
     )
     config: Any = PaliGemmaConfig(
-        text_config={"model_type": "gemma", **text_config(tok, head_dim=16)},
+        text_config={"model_type": "gemma", **text_config(tok, head_dim=32)},
         vision_config={"model_type": "siglip_vision_model", **vision(image_size=32, patch_size=16)},
         image_token_index=_id(tok, "<image>"),
         projection_dim=HIDDEN,
@@ -468,7 +481,7 @@ def kosmos_2() -> tuple[Any, Any]:
             "embed_dim": HIDDEN,
             "layers": TEXT_LAYERS,
             "ffn_dim": 2 * HIDDEN,
-            "attention_heads": 2,
+            "attention_heads": 1,
             "max_position_embeddings": 2048,
             "pad_token_id": tok.pad_token_id,
             "bos_token_id": tok.bos_token_id,
@@ -543,8 +556,12 @@ def build(name: str, out: Path, *, seed: int = 0) -> Path:
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.bos_token_id = tok.bos_token_id
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        if item.model_type in ("llava", "llava_next", "gemma3", "paligemma"):
+            # The CLIP/SigLIP tower's keys as vLLM reads them (transformers reads both).
+            save_for_vllm(model, processor, staging)
+        else:
+            model.save_pretrained(staging)
+            processor.save_pretrained(staging)
         (staging / MANIFEST).write_text(json.dumps({"family": item.name, "model_type": item.model_type}))
 
     with staged(out) as staging:

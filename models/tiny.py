@@ -621,9 +621,20 @@ def reset_projector(model: LlavaForConditionalGeneration, seed: int = 0) -> None
                 parameter.zero_()
 
 
-def image_size_of(processor: Any) -> int:
-    crop = getattr(processor.image_processor, "crop_size", None) or {}
-    return int(crop.get("height") or processor.image_processor.size.get("shortest_edge"))
+def image_size_of(processor: Any, default: int = 96) -> int:
+    """The side, in pixels, the processor brings an image to (the size to render scenes at):
+    a crop's height (CLIP), else the size's height, shortest or longest edge; Qwen2/2.5-VL
+    count their size in pixels of area (its square root is the side). `default` (the
+    scenes' own size) when the processor names none."""
+    image = getattr(processor, "image_processor", None)
+    crop = getattr(image, "crop_size", None) or {}
+    size = getattr(image, "size", None) or {}
+    if hasattr(image, "temporal_patch_size") and size.get("shortest_edge"):  # Qwen's pixel area
+        return math.isqrt(int(size["shortest_edge"]))
+    for value in (crop.get("height"), size.get("height"), size.get("shortest_edge"), size.get("longest_edge")):
+        if value:
+            return int(value)
+    return default
 
 
 # ---------------------------------------------------------------------------------------

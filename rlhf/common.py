@@ -59,6 +59,31 @@ def load_processor(model: str | Path) -> Any:
     return processor
 
 
+def model_type_of(model: str | Path) -> str:
+    """The transformers model type of a checkpoint (folder or hub id)."""
+    from transformers import AutoConfig
+
+    return str(AutoConfig.from_pretrained(str(model)).model_type)
+
+
+def require(model: str | Path, capability: str) -> None:
+    """Raise ConfigError with the documented reason when `capability` (a trainer's method,
+    "reward", "vllm"...) is a known gap of the checkpoint's family (contract/families.py)."""
+    from contract.families import REFUSALS
+    from rlhf.config import ConfigError
+
+    model_type = model_type_of(model)
+    reason = REFUSALS.get((model_type, capability))
+    if reason is not None:
+        raise ConfigError(f"{capability} is not available for {model_type} models: {reason}")
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder a Trainer left in output_dir, if any."""
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
 def prepare_torch(config: Any) -> None:
     """A run's torch set-up: its CPU thread count (when set) and its seed."""
     import torch
@@ -83,6 +108,8 @@ def common_trainer_arguments(config: Any, report_to: list[str] | None, **extra: 
         "data_seed": config.seed,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": _has_accelerator(),
+        # Without a GPU, say so: transformers refuses bf16 on an "unsupported GPU" otherwise.
+        "use_cpu": not _has_accelerator(),
         **extra,
     }
 

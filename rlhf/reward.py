@@ -6,11 +6,14 @@ ranking pairs with the loss -log sigma(r(x, y_w) - r(x, y_l)). Fact-RLHF adds wh
 about the image (captions, object lists) to the reward model's input under a fixed
 instruction; the policy never sees it.
 
-transformers has no sequence-classification class for LLaVA; `reward_model_class` makes one
-from `GenericForSequenceClassification` and the checkpoint's own pretrained-model base, as
-transformers does for Gemma 3 (STACK-FACTS.md). trl's RewardTrainer is text-only, so the
-loop here is our own: LoRA on the language model (peft's SEQ_CLS task type, so the score
-head trains too), AdamW, a held-out share for pairwise accuracy.
+The reward model is one class for every image-text-to-text family (`reward_model_class`):
+the checkpoint's own model as AutoModelForImageTextToText loads it, with a linear head on
+the last layer's hidden state (transformers ships sequence-classification heads for a few
+families only: Gemma 3's is GenericForSequenceClassification over its base model, which
+BLIP-2's nested outputs do not fit; STACK-FACTS.md). trl's RewardTrainer is text-only, so
+it trains on transformers' Trainer with the Bradley-Terry loss (`trainer_class`): LoRA on
+the language model and the head trained in full (peft's modules_to_save), device
+placement, mixed precision, gradient checkpointing, checkpoints and resume, accelerate.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RewardResult
-from rlhf.common import prepare_torch
+from rlhf.common import last_checkpoint, prepare_torch
 from rlhf.config import DTYPES, ConfigError, LoraSettings, normalise_run_inputs
 from rlhf.data import load_pairs
 
@@ -178,9 +181,12 @@ def _define_reward_class() -> type:
         def get_decoder(self) -> Any:  # where LoRA goes (rlhf.config.language_model_prefix)
             return self.backbone.get_decoder()
 
-        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        def gradient_checkpointing_enable(
+            self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **options: Any
+        ) -> None:
+            # Non-reentrant by default: the frozen embeddings' outputs need no gradient then.
             self.backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}, **options
             )
 
         def gradient_checkpointing_disable(self) -> None:
@@ -379,15 +385,14 @@ def train_reward_model(
     """Train, measure held-out pairwise accuracy, save `adapter/`, `config.json` and
     `result.json` under output_dir. With `resume`, training continues from the newest
     checkpoint in output_dir."""
-    from rlhf.train_dpo import _last_checkpoint
-
     began = time.perf_counter()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer, dataset, heldout_ids = build_trainer(config, report_to=report_to)
     if not progress:
         trainer.remove_callback(_progress_callback())
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
+    checkpoint = last_checkpoint(out) if resume else None
+    trainer.train(resume_from_checkpoint=checkpoint)
     model, processor = trainer.model, trainer.processor
     held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.facts_mode())
     if trainer.is_world_process_zero():
@@ -411,6 +416,8 @@ def train_reward_model(
         last_loss=sum(losses[-window:]) / window,
         seconds=time.perf_counter() - began,
         config=asdict(config),
+        steps=trainer.state.global_step,
+        resumed_at=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0,
     )
     if trainer.is_world_process_zero():
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2))

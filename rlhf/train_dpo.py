@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RunResult
-from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch
+from rlhf.common import common_trainer_arguments, git_revision, last_checkpoint, load_policy, prepare_torch, require
 from rlhf.config import DPOTrainConfig, dump
 from rlhf.data import load_pairs, make_collator
 
@@ -103,8 +103,6 @@ def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = 
 def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
     """The trainer of a run, ready to `.train()` (also used by the tests and benchmarks)."""
 
-    from rlhf.families import require
-
     require(config.model, config.method)  # a documented gap of the family stops here
     prepare_torch(config)
     dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)
@@ -131,11 +129,6 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
     return trainer
 
 
-def _last_checkpoint(output_dir: Path) -> str | None:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
-
-
 def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] | None = None) -> RunResult:
     """Run DDPO/DPO and write, under output_dir: `adapter/` (the trained adapter, or the
     full model), `config.yaml` (the resolved config), `result.json` (metrics, git revision).
@@ -145,7 +138,7 @@ def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] 
     (output / CONFIG_FILE).write_text(dump(config))
     began = time.perf_counter()
     trainer = build_trainer(config, report_to=report_to)
-    checkpoint = _last_checkpoint(output) if resume else None
+    checkpoint = last_checkpoint(output) if resume else None
     outcome = trainer.train(resume_from_checkpoint=checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     adapter = output / ADAPTER_DIR

@@ -40,7 +40,7 @@ from typing import Any
 
 from contract.results import RunResult
 from rlhf import losses
-from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch
+from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch, require
 from rlhf.config import ConfigError, RLTrainConfig, dump
 from rlhf.data import load_prompts
 from rlhf.reward import load_backbone
@@ -490,8 +490,6 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
         from trl import RLOOTrainer as TrainerClass  # type: ignore[assignment]
     else:
         raise ConfigError(f"trl runs grpo or rloo, not {config.method!r}")
-    from rlhf.families import require
-
     require(config.model, config.method)  # a documented gap of the family stops here
     prepare_torch(config)
     prompts = load_prompts(config.data, max_prompts=config.max_prompts)

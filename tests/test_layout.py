@@ -55,6 +55,10 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf.losses",
         "rlhf.scoring",
         "rlhf.train_rl",
+        "rlhf.families",
+        "rlhf.serving_check",
+        "models.families",
+        "contract.families",
     ],
 )
 def test_model_side_packages_load_neither_django_nor_torch(package: str) -> None:

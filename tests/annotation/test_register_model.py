@@ -60,6 +60,9 @@ def test_bad_input_is_refused_with_the_reason_and_nothing_is_written(
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
         (no_tokenizer / name).unlink(missing_ok=True)
     (tmp_path / "empty").mkdir()
+    unservable = tmp_path / "chameleon"  # a family vLLM cannot serve with images (contract/families.py)
+    shutil.copytree(checkpoint, unservable)
+    (unservable / "config.json").write_text(json.dumps({"model_type": "chameleon"}))
     cases: list[tuple[dict[str, Any], str]] = [
         ({"model": str(tmp_path / "missing")}, "neither a checkpoint folder here nor a hub id"),
         ({"model": "./relative/missing"}, "neither a checkpoint folder here nor a hub id"),
@@ -67,6 +70,7 @@ def test_bad_input_is_refused_with_the_reason_and_nothing_is_written(
         ({"model": str(tmp_path / "empty")}, "holds no readable config.json"),
         ({"model": str(no_type)}, "names no model_type"),
         ({"model": str(no_tokenizer)}, "holds no processor or tokenizer"),
+        ({"model": str(unservable)}, "cannot be served: vLLM removed its Chameleon model"),
         ({"model": str(checkpoint), "adapter": tmp_path / "empty"}, "holds no LoRA adapter"),
     ]
     for options, reason in cases:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.families import REFUSALS
 from models.families import FAMILIES
 from rlhf import families
 
@@ -36,7 +37,7 @@ def test_every_cell_passes_or_is_a_documented_refusal(
     assert list(row.cells) == CELLS
     refused = []
     for cell, value in row.cells.items():
-        documented = families.REFUSALS.get((name, cell))
+        documented = REFUSALS.get((name, cell))
         if documented is None:
             assert value.status == "ok", f"{name} {cell}: {value.status} {value.detail}"
         else:
@@ -47,7 +48,7 @@ def test_every_cell_passes_or_is_a_documented_refusal(
         assert figures["steps"] >= 4 and figures["last_loss"] < figures["first_loss"], figures
     # Each refusal is still needed: lifted, the library fails (a crash the refusal spares the user).
     for cell in refused:
-        monkeypatch.delitem(families.REFUSALS, (name, cell))
+        monkeypatch.delitem(REFUSALS, (name, cell))
         bench = families.Bench(
             model=tmp_path / "row" / "checkpoint",
             pairs=pairs,

@@ -3,6 +3,7 @@ Bradley-Terry loss against a hand computation, and a tiny training run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -100,3 +101,42 @@ def test_the_reward_command_trains_and_registers_a_reward_version(
     assert files.base_model == str(base_policy) and files.facts == "objects"
     assert cli.main([*args, "--register", "rm-1", "--registry", str(tmp_path / "registry")]) == 2
     assert "already registered" in capsys.readouterr().err
+
+
+def test_the_reward_model_trains_in_bf16_with_checkpointing_and_resumes_a_killed_run(
+    base_policy: Path, rankings: Path, tmp_path: Path
+) -> None:
+    """The reward model trains on transformers' Trainer: bf16 mixed precision, gradient
+    checkpointing, a checkpoint every 2 updates, and a run stopped after 2 updates resumes
+    from its checkpoint and finishes the schedule (the steps before it are not run again)."""
+    from transformers import TrainerCallback
+
+    from rlhf.reward import build_trainer, train_reward_model
+
+    out = tmp_path / "rm"
+    config = dataclasses.replace(
+        small_reward_config(base_policy, rankings, out, epochs=1),
+        dtype="bfloat16",
+        gradient_checkpointing=True,
+        save_steps=2,
+        batch_size=4,
+    )
+
+    class StopAfterTwo(TrainerCallback):  # what a killed worker leaves: checkpoint-2
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step == 2:
+                control.should_training_stop = True
+            return control
+
+    trainer, _, _ = build_trainer(config)
+    assert trainer.args.bf16 and trainer.args.gradient_checkpointing
+    trainer.add_callback(StopAfterTwo())
+    trainer.train()
+    total = trainer.state.max_steps
+    assert (out / "checkpoint-2").is_dir() and total > 3 and not (out / "adapter").exists()
+    del trainer
+
+    result = train_reward_model(config, resume=True, progress=False)
+    assert result.resumed_at == 2 and result.steps == total
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert 0.0 <= result.heldout_accuracy <= 1.0
