@@ -366,14 +366,23 @@ def paligemma() -> tuple[Any, Any]:
     return PaliGemmaForConditionalGeneration(config), processor
 
 
-def _qformer() -> dict[str, Any]:
-    return {
-        "hidden_size": HIDDEN,
-        "intermediate_size": 2 * HIDDEN,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "encoder_hidden_size": HIDDEN,
-    }
+def _blip_model(config_class: Any, model_class: Any, tok: Any, qformer: dict[str, Any]) -> Any:
+    """A BLIP-2-style model: a ViT, a one-layer Q-Former with 4 queries, a Llama decoder."""
+    config = config_class(
+        vision_config=vision(image_size=32, patch_size=16),
+        qformer_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": 2 * HIDDEN,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": HIDDEN,
+            **qformer,
+        },
+        text_config={"model_type": "llama", **text_config(tok)},
+        num_query_tokens=4,
+        image_token_index=_id(tok, "<image>"),
+    )
+    return model_class(config)
 
 
 def blip_2() -> tuple[Any, Any]:
@@ -389,14 +398,7 @@ def blip_2() -> tuple[Any, Any]:
         num_query_tokens=4,
     )
     templated(processor, chat_template(""))
-    config = Blip2Config(
-        vision_config=vision(image_size=32, patch_size=16),
-        qformer_config={**_qformer(), "vocab_size": len(tok)},
-        text_config={"model_type": "llama", **text_config(tok)},
-        num_query_tokens=4,
-        image_token_index=_id(tok, "<image>"),
-    )
-    return Blip2ForConditionalGeneration(config), processor
+    return _blip_model(Blip2Config, Blip2ForConditionalGeneration, tok, {"vocab_size": len(tok)}), processor
 
 
 def instructblip() -> tuple[Any, Any]:
@@ -416,14 +418,8 @@ def instructblip() -> tuple[Any, Any]:
         num_query_tokens=4,
     )
     templated(processor, chat_template(""))
-    config = InstructBlipConfig(
-        vision_config=vision(image_size=32, patch_size=16),
-        qformer_config={**_qformer(), "vocab_size": len(qformer_tok), "pad_token_id": qformer_tok.pad_token_id},
-        text_config={"model_type": "llama", **text_config(tok)},
-        num_query_tokens=4,
-        image_token_index=_id(tok, "<image>"),
-    )
-    return InstructBlipForConditionalGeneration(config), processor
+    qformer = {"vocab_size": len(qformer_tok), "pad_token_id": qformer_tok.pad_token_id}
+    return _blip_model(InstructBlipConfig, InstructBlipForConditionalGeneration, tok, qformer), processor
 
 
 def chameleon() -> tuple[Any, Any]:

@@ -45,6 +45,10 @@ class Sampling:
     max_tokens: int = 128
     seed: int | None = None
     logprobs: int | None = None  # top-k log-probabilities per generated token
+    # With logprobs: name each token "token_id:N" (vLLM's extension) instead of its text, so
+    # that a token that is not valid text on its own (a partial UTF-8 byte) is identified.
+    token_ids: bool = False
+    ignore_eos: bool = False  # generate max_tokens tokens whatever they are (vLLM's extension)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -189,6 +193,10 @@ class ServingClient:
         if sampling.logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = sampling.logprobs
+            if sampling.token_ids:
+                body["return_tokens_as_token_ids"] = True
+        if sampling.ignore_eos:
+            body["ignore_eos"] = True
         data = self._request("POST", "/v1/chat/completions", body).json()
         choices = [
             Choice(

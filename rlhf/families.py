@@ -148,7 +148,7 @@ def cell_ddpo(bench: Bench) -> Outcome:
 
 
 def cell_dpo(bench: Bench) -> Outcome:
-    return _dpo(bench, "dpo", epochs=1)[1]
+    return _dpo(bench, "dpo", epochs=2)[1]
 
 
 def cell_reward(bench: Bench) -> str:

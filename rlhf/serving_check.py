@@ -2,29 +2,25 @@
 
 The family matrix's vLLM cell (rlhf/families.py): start vLLM on the checkpoint from the
 serving venv, load the adapter at runtime (`/v1/load_lora_adapter`, as a round's deploy
-does), answer held-out prompts greedily, and compare with transformers' greedy answers
-with the same adapter merged. Equal text is the check (float32 on both sides; STACK-FACTS.md
-found vLLM's log-probs within 4 decimals of transformers' on the tiny LLaVA).
+does), answer held-out prompts greedily for `max_tokens` tokens (a stop token does not end
+an answer: a tiny random model often says little else), and compare the generated token
+ids with transformers' greedy ones with the same adapter merged (float32 on both sides;
+STACK-FACTS.md found vLLM's log-probs within 4 decimals of transformers' on the tiny
+LLaVA). Token ids, not text: a tiny random model says things that are not valid text (a
+partial UTF-8 byte decodes differently in the two detokenizers) or only white space.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 ADAPTER_NAME = "round"
 
 
 class ServingMismatch(AssertionError):
     """vLLM's answers differ from transformers'."""
-
-
-def _comparable(text: str) -> str:
-    """An answer as both sides can be compared: white space at the ends stripped
-    (transformers' answers come stripped: models.tiny.generate), and a trailing replacement
-    character dropped (an answer cut by max_tokens inside a multi-byte character: vLLM's
-    detokenizer holds the incomplete bytes back, transformers' decode shows U+FFFD)."""
-    return text.strip().rstrip("\ufffd").strip()
 
 
 def random_adapter(base: Path, out: Path, *, seed: int, rank: int = 8, scale: float = 0.5) -> Path:
@@ -56,20 +52,53 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def served_ids(client: Any, model: str, image: bytes, prompt: str, max_tokens: int) -> list[int]:
+    """vLLM's greedy token ids for one prompt (logprobs with tokens named by id)."""
+    from models.serving import Sampling
+
+    sampling = Sampling(temperature=0.0, max_tokens=max_tokens, seed=0, logprobs=0, token_ids=True, ignore_eos=True)
+    choice = client.chat(model=model, prompt=prompt, image=image, sampling=sampling).choices[0]
+    return [int(token.removeprefix("token_id:")) for token, _, _ in choice.logprobs or []]
+
+
+def local_ids(model: Any, processor: Any, image: bytes, prompt: str, max_tokens: int) -> list[int]:
+    """transformers' greedy token ids for one prompt (`max_tokens` of them: no stop token)."""
+    import copy
+    import io
+
+    import torch
+    from PIL import Image
+
+    from models.tiny import prompt_text
+
+    picture = Image.open(io.BytesIO(image)).convert("RGB")
+    inputs = processor(images=[[picture]], text=[prompt_text(processor, prompt)], return_tensors="pt")
+    inputs.pop("labels", None)
+    # generate() fills what a passed config leaves unset from the model's own: no stop token
+    # means none on the model's config, for the duration.
+    saved = copy.deepcopy(model.generation_config)
+    model.generation_config.eos_token_id = None
+    try:
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, top_p=None, top_k=None)
+    finally:
+        model.generation_config = saved
+    return [int(token) for token in output[0, inputs["input_ids"].shape[1] :]]
+
+
 def served_matches_transformers(
     model: Path, adapter: Path, heldout: Path, *, python: str, max_tokens: int = 8, log: Path | None = None
 ) -> str:
-    """Start vLLM, hot-load `adapter`, and compare greedy answers on `heldout`'s
-    description prompts with transformers'. Returns a short summary; raises
-    ServingMismatch on a difference (with the first differing pair)."""
+    """Start vLLM, hot-load `adapter`, and compare greedy token ids on `heldout`'s prompts
+    with transformers'. Returns a short summary; raises ServingMismatch on a difference
+    (with the first differing prompt)."""
     from contract.heldout import read_heldout
     from models.server import ServerConfig, VLLMServer
     from models.serving import ServingClient
     from rlhf.common import load_policy
-    from rlhf.heldout import LocalResponder, Request, ServedResponder
 
     items = read_heldout(heldout)
-    requests = [Request(items.image_bytes(item), item.prompt) for item in items.items]
+    requests = [(items.image_bytes(item), item.prompt) for item in items.items]
     config = ServerConfig(
         model=str(model),
         python=python,
@@ -79,11 +108,12 @@ def served_matches_transformers(
     )
     with VLLMServer(config) as server, ServingClient(server.url, timeout=300) as client:
         client.load_adapter(ADAPTER_NAME, str(adapter))
-        served = ServedResponder(client, ADAPTER_NAME, max_tokens=max_tokens, workers=4).answer(requests)
+        served = [served_ids(client, ADAPTER_NAME, image, prompt, max_tokens) for image, prompt in requests]
     policy, processor = load_policy(str(model), adapter=adapter)
-    local = LocalResponder(policy, processor, max_tokens=max_tokens).answer(requests)
-    for request, mine, theirs in zip(requests, local, served, strict=True):
-        if _comparable(mine) != _comparable(theirs):
-            raise ServingMismatch(f"{request.prompt!r}: transformers {mine!r}, vLLM {theirs!r}")
-    characters = sum(len(_comparable(text)) for text in local)
-    return f"{len(requests)} greedy answers equal transformers' ({characters} characters; adapter hot-loaded)"
+    tokens = 0
+    for (image, prompt), theirs in zip(requests, served, strict=True):
+        mine = local_ids(policy, processor, image, prompt, max_tokens)
+        if mine != theirs:
+            raise ServingMismatch(f"{prompt!r}: transformers' token ids {mine}, vLLM's {theirs}")
+        tokens += len(mine)
+    return f"{len(requests)} greedy answers ({tokens} tokens) equal transformers' token for token; adapter hot-loaded"

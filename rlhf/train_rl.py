@@ -172,14 +172,21 @@ def response_fill(model: Any, key: str) -> int:
 
 
 def takes_position_ids(model: Any, inputs: dict[str, Any]) -> bool:
-    """Whether to pass 1-D position ids: not to models that derive multimodal (M-RoPE)
-    positions from the image grid themselves, nor to a forward without the argument."""
+    """Whether to pass 1-D position ids counted over real tokens (what generate() uses for a
+    left-padded batch): not to models that derive their positions themselves (Qwen's
+    M-RoPE from the image grid, Kosmos-2's padding-aware sinusoidal positions), and only
+    to a forward that takes them (by name, or passing its keyword arguments on to its
+    language model, as BLIP-2's does)."""
     import inspect
 
-    if "image_grid_thw" in inputs:
-        return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "position_ids" in inspect.signature(base.forward).parameters
+    if "image_grid_thw" in inputs or getattr(base.config, "model_type", "") in SELF_POSITIONED:
+        return False
+    parameters = inspect.signature(base.forward).parameters
+    return "position_ids" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+SELF_POSITIONED = {"kosmos-2"}
 
 
 def stop_ids(model: Any, processor: Any) -> list[int]:
@@ -219,21 +226,25 @@ def sample(
     prompt = {k: v.to(device) for k, v in encoded.items()}
     width = prompt["input_ids"].shape[1]
     pad = processor.tokenizer.pad_token_id
+    settings = {
+        "do_sample": True,
+        "temperature": config.temperature,
+        "top_k": 0,
+        "top_p": 1.0,
+        "max_new_tokens": config.max_new_tokens,
+        "pad_token_id": pad,
+        "eos_token_id": stops,
+        "output_scores": keep_scores,
+        "return_dict_in_generate": True,
+    }
     model.eval()
     with torch.no_grad():
-        output = model.generate(
-            **prompt,
-            do_sample=True,
-            temperature=config.temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=config.max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=stops,
-            output_scores=keep_scores,
-            return_dict_in_generate=True,
-        )
-    response = output.sequences[:, width:]
+        if model_type_of_policy(model) in UNBATCHED_GENERATION:
+            response, step_scores = _sample_row_by_row(model, processor, images, texts, settings, device)
+        else:
+            output = model.generate(**prompt, **settings)
+            response = output.sequences[:, width:]
+            step_scores = torch.stack(output.scores, dim=1) if keep_scores else None
     is_stop = torch.isin(response, torch.tensor(stops, device=response.device))
     stopped = is_stop.any(dim=1)
     never = torch.full_like(stopped, response.size(1), dtype=torch.long)
@@ -255,8 +266,43 @@ def sample(
     decoded = processor.tokenizer.batch_decode(response, skip_special_tokens=True)
     rollout = Rollout(inputs, width, response, mask, [t.strip() for t in decoded], [bool(s) for s in stopped])
     if keep_scores:
-        rollout.sampled_logprobs = gather_logprobs(torch.stack(output.scores, dim=1).float(), response) * mask
+        rollout.sampled_logprobs = gather_logprobs(step_scores.float(), response) * mask
     return rollout
+
+
+# Families whose generate() positions the new tokens of a left-padded batch differently from
+# their forward pass over the same batch (Kosmos-2 counts the padding in, transformers 5.19):
+# each row is sampled alone, without padding, so the forward pass scores what was sampled.
+UNBATCHED_GENERATION = {"kosmos-2"}
+
+
+def model_type_of_policy(model: Any) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return str(getattr(base.config, "model_type", ""))
+
+
+def _sample_row_by_row(
+    model: Any, processor: Any, images: list[Any], texts: list[str], settings: dict[str, Any], device: Any
+) -> tuple[Any, Any]:
+    """Responses (right-padded) and, when asked, the step scores (zero-padded) of
+    generating each row alone."""
+    import torch
+
+    pad = settings["pad_token_id"]
+    responses, scores = [], []
+    for image, text in zip(images, texts, strict=True):
+        encoded = processor(images=[image], text=[text], return_tensors="pt")
+        encoded.pop("labels", None)
+        single = {k: v.to(device) for k, v in encoded.items()}
+        output = model.generate(**single, **settings)
+        responses.append(output.sequences[0, single["input_ids"].shape[1] :])
+        if settings["output_scores"]:
+            scores.append(torch.stack(output.scores, dim=1)[0])
+    length = max(len(r) for r in responses)
+    response = torch.stack([torch.nn.functional.pad(r, (0, length - len(r)), value=pad) for r in responses])
+    if not scores:
+        return response, None
+    return response, torch.stack([torch.nn.functional.pad(s, (0, 0, 0, length - len(s))) for s in scores])
 
 
 def response_logits(model: Any, inputs: dict[str, Any], width: int, temperature: float) -> Any:

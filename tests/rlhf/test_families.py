@@ -91,3 +91,43 @@ def test_the_table_names_every_refusal_and_every_uncovered_family() -> None:
     assert "| B | `b` | FAILS [2] | - |" in table
     assert "[1] A, ddpo: no way" in table and "[2] B, loads: boom" in table
     assert "Fuyu" in table  # not covered, with its reason
+
+
+@pytest.mark.parametrize("name", [f.model_type for f in FAMILIES])
+def test_rollouts_carry_every_processor_output_and_score_what_was_sampled(
+    name: str, shared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """PPO's rollouts keep what the family's forward needs (image sizes, grids, patch masks,
+    token types, the Q-Former's text), so the log-probs of the forward pass PPO learns from
+    are those generate() sampled from; and a row picked out of the batch (Qwen's flat patch
+    list included) scores as it did in the batch."""
+    import torch
+
+    from models.families import build
+    from rlhf.config import RLTrainConfig
+    from rlhf.data import load_prompts
+    from rlhf.train_rl import gather_logprobs, load_trainable_policy, response_logits, sample, stop_ids
+
+    pairs, _ = shared
+    config = RLTrainConfig(
+        model=str(build(name, tmp_path / "checkpoint")),
+        reward_model="unused",
+        data=[str(pairs)],
+        output_dir=str(tmp_path / "run"),
+        temperature=0.7,
+        max_new_tokens=6,
+    )
+    model, processor = load_trainable_policy(config)
+    rows = [load_prompts(config.data)[i] for i in range(3)]
+    rollout = sample(model, processor, rows, config, stop_ids(model, processor), "cpu", keep_scores=True)
+    with torch.no_grad():
+        logits = response_logits(model, rollout.inputs, rollout.prompt_width, config.temperature)
+        forward = gather_logprobs(logits, rollout.response_ids) * rollout.mask
+        picked = rollout.rows(torch.tensor([2, 0]))
+        alone = gather_logprobs(
+            response_logits(model, picked, rollout.prompt_width, config.temperature), rollout.response_ids[[2, 0]]
+        )
+    assert torch.allclose(forward, rollout.sampled_logprobs, atol=1e-4), (
+        (forward - rollout.sampled_logprobs).abs().max()
+    )
+    assert torch.allclose(alone * rollout.mask[[2, 0]], forward[[2, 0]], atol=1e-4)
