@@ -7,19 +7,19 @@ A row is a family; a cell is one capability, run for real for a step or two:
 - ddpo, dpo: DDPO and DPO steps on oracle pairs (rlhf/train_dpo.py);
 - reward: the fact-augmented Bradley-Terry reward model (rlhf/reward.py);
 - ppo, grpo, rloo: one online step against that reward model (rlhf/train_rl.py);
-- vllm: vLLM serves the checkpoint, hot-loads the DDPO adapter, and answers greedily as
-  transformers does with the adapter merged (only with a serving venv; `--vllm`);
+- vllm: vLLM serves the checkpoint, hot-loads the DDPO adapter (a random one where DDPO is
+  refused), and its greedy token ids equal transformers' with the adapter merged
+  (rlhf/serving_check.py; only with a serving venv: `--vllm`);
 - evaluation: the held-out evaluator on a few synthetic scenes (rlhf/heldout.py).
 
-A cell passes, or is refused with the message in `REFUSALS` (a gap in a library FactLoop
-builds on, stated where the user meets it: `require` raises it before any model loads),
-or fails (a crash: what the tests catch). `python -m rlhf.cli families` prints the table
+A cell passes, or is refused with its documented reason (contract/families.py: a gap in a
+library FactLoop builds on, stated where the user meets it: `rlhf.common.require` raises it
+before any model loads), or fails (a crash: what the tests catch). `python -m rlhf.cli families` prints the table
 the README shows.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,7 +31,6 @@ from rlhf.common import require
 from rlhf.config import ConfigError
 
 CELLS = ("loads", "ddpo", "dpo", "reward", "ppo", "grpo", "rloo", "vllm", "evaluation")
-TRAINING_CELLS = {"ddpo", "dpo", "reward", "ppo", "grpo", "rloo"}
 
 
 @dataclass
@@ -107,12 +106,14 @@ def _lora() -> dict[str, Any]:
 
 
 def cell_loads(bench: Bench) -> str:
+    from contract.heldout import read_heldout
     from rlhf.common import load_policy
     from rlhf.heldout import LocalResponder, Request
 
     model, processor = load_policy(str(bench.model))
-    image = bench.heldout / json.loads((bench.heldout / "items.jsonl").read_text().splitlines()[0])["image"]
-    answer = LocalResponder(model, processor, max_tokens=4).answer([Request(image.read_bytes(), "Describe the image.")])
+    heldout = read_heldout(bench.heldout)
+    request = Request(heldout.image_bytes(heldout.items[0]), heldout.items[0].prompt)
+    answer = LocalResponder(model, processor, max_tokens=4).answer([request])
     return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; answered {len(answer[0])} chars"
 
 
@@ -293,25 +294,27 @@ def run_row(
 
 
 def markdown(rows: Sequence[Row], cells: Sequence[str] = CELLS) -> str:
-    """The matrix as a Markdown table: a mark per cell, the refusals and failures below."""
+    """The matrix as a Markdown table: a mark per cell, each refusal's or failure's reason
+    once below it (cells with the same reason share its number)."""
     marks = {"ok": "yes", "refused": "refused", "failed": "FAILS", "skipped": "-"}
     lines = [
         "| Family | model type | " + " | ".join(cells) + " |",
         "|---|---|" + "---|" * len(cells),
     ]
-    notes = []
+    notes: dict[str, int] = {}
     for row in rows:
         marked = []
         for cell in cells:
             value = row.cells.get(cell)
             mark = marks[value.status] if value else "-"
             if value and value.status in ("refused", "failed"):
-                notes.append(f"- {row.family}, {cell}: {value.detail}")
-                mark += f" [{len(notes)}]"
+                reason = value.detail.split(" models: ", 1)[-1] if value.status == "refused" else value.detail
+                number = notes.setdefault(f"{row.family}: {reason}", len(notes) + 1)
+                mark += f" [{number}]"
             marked.append(mark)
         lines.append(f"| {row.family} | `{row.model_type}` | " + " | ".join(marked) + " |")
     if notes:
-        lines += ["", *[f"- [{i}] {note[2:]}" for i, note in enumerate(notes, 1)]]
+        lines += ["", *[f"- [{number}] {note}" for note, number in notes.items()]]
     from models.families import UNCOVERED
 
     lines += ["", *[f"- Not covered: {name}. {reason}" for name, reason in UNCOVERED.items()]]

@@ -75,14 +75,18 @@ def local_ids(model: Any, processor: Any, image: bytes, prompt: str, max_tokens:
     inputs = processor(images=[[picture]], text=[prompt_text(processor, prompt)], return_tensors="pt")
     inputs.pop("labels", None)
     # generate() fills what a passed config leaves unset from the model's own: no stop token
-    # means none on the model's config, for the duration.
-    saved = copy.deepcopy(model.generation_config)
-    model.generation_config.eos_token_id = None
+    # means none on the model's config for the duration, and on its language model's (BLIP-2
+    # generates through its language model's generate()).
+    configured = [m for m in model.modules() if getattr(m, "generation_config", None) is not None]
+    saved = [copy.deepcopy(m.generation_config) for m in configured]
+    for module in configured:
+        module.generation_config.eos_token_id = None
     try:
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, top_p=None, top_k=None)
     finally:
-        model.generation_config = saved
+        for module, config in zip(configured, saved, strict=True):
+            module.generation_config = config
     return [int(token) for token in output[0, inputs["input_ids"].shape[1] :]]
 
 

@@ -62,6 +62,9 @@ def test_a_round_trains_deploys_and_opens_the_next_on_the_new_policy(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings.FACTLOOP_VLLM_URL = vllm_server.url
+    # The generation job below runs in this process: its heartbeat thread cannot see the
+    # test's transaction, and on a loaded machine a beat would come before the job ends.
+    settings.FACTLOOP_JOB_HEARTBEAT_SECONDS = 3600
     loop.register("tiny-base", base_model=str(base_policy))
     round_ = labelled_round(annotator, "tiny-base")
 

@@ -78,19 +78,32 @@ def test_a_trainer_refuses_a_documented_gap_before_loading_anything(tmp_path: Pa
         timeout=300,
     )
     assert done.returncode == 2, done.stderr
-    assert "ddpo is not available for blip-2 models: trl 1.16 computes DDPO's log-probs" in done.stderr
+    assert "ddpo is not available for blip-2 models: trl 1.16's DPO, GRPO and RLOO compute log-probs" in done.stderr
 
 
-def test_the_table_names_every_refusal_and_every_uncovered_family() -> None:
+def test_the_table_names_every_refusal_once_and_every_uncovered_family() -> None:
+    no_way = "is not available for a models: no way"
     rows = [
-        families.Row("A", "a", {"loads": families.Cell("ok"), "ddpo": families.Cell("refused", "no way")}),
-        families.Row("B", "b", {"loads": families.Cell("failed", "boom"), "ddpo": families.Cell("skipped")}),
+        families.Row(
+            "A",
+            "a",
+            {
+                "loads": families.Cell("ok"),
+                "ddpo": families.Cell("refused", f"ddpo {no_way}"),
+                "dpo": families.Cell("refused", f"dpo {no_way}"),
+            },
+        ),
+        families.Row(
+            "B",
+            "b",
+            {"loads": families.Cell("failed", "boom"), "ddpo": families.Cell("skipped"), "dpo": families.Cell("ok")},
+        ),
     ]
-    table = families.markdown(rows, ["loads", "ddpo"])
-    assert "| A | `a` | yes | refused [1] |" in table
-    assert "| B | `b` | FAILS [2] | - |" in table
-    assert "[1] A, ddpo: no way" in table and "[2] B, loads: boom" in table
-    assert "Fuyu" in table  # not covered, with its reason
+    table = families.markdown(rows, ["loads", "ddpo", "dpo"])
+    assert "| A | `a` | yes | refused [1] | refused [1] |" in table
+    assert "| B | `b` | FAILS [2] | - | yes |" in table
+    assert "- [1] A: no way" in table and "- [2] B: boom" in table and "[3]" not in table
+    assert "Not covered: Fuyu." in table  # with its reason
 
 
 @pytest.mark.parametrize("name", [f.model_type for f in FAMILIES])
