@@ -167,8 +167,7 @@ SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids", "image_embeds_position
 
 
 def response_fill(model: Any, key: str) -> int:
-    model_type = getattr(getattr(model, "config", None), "model_type", "")
-    return 1 if (key == "token_type_ids" and model_type == "paligemma") else 0
+    return 1 if (key == "token_type_ids" and model_type_of_policy(model) == "paligemma") else 0
 
 
 def takes_position_ids(model: Any, inputs: dict[str, Any]) -> bool:
