@@ -133,6 +133,7 @@ def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] 
     """Run DDPO/DPO and write, under output_dir: `adapter/` (the trained adapter, or the
     full model), `config.yaml` (the resolved config), `result.json` (metrics, git revision).
     With `resume`, training continues from the newest checkpoint in output_dir."""
+    require(config.model, config.method)  # a documented gap stops here, before anything is written
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / CONFIG_FILE).write_text(dump(config))

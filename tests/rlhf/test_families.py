@@ -70,7 +70,9 @@ def test_a_trainer_refuses_a_documented_gap_before_loading_anything(tmp_path: Pa
 
     checkpoint = build("blip-2", tmp_path / "blip2")
     config = tmp_path / "run.yaml"
-    config.write_text(json.dumps({"model": str(checkpoint), "data": [str(tmp_path / "none")], "output_dir": "x"}))
+    config.write_text(
+        json.dumps({"model": str(checkpoint), "data": [str(tmp_path / "none")], "output_dir": str(tmp_path / "out")})
+    )
     done = subprocess.run(
         [sys.executable, "-m", "rlhf.cli", "dpo", "--config", str(config)],
         capture_output=True,
@@ -78,6 +80,7 @@ def test_a_trainer_refuses_a_documented_gap_before_loading_anything(tmp_path: Pa
         timeout=300,
     )
     assert done.returncode == 2, done.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
     assert "ddpo is not available for blip-2 models: trl 1.16's DPO, GRPO and RLOO compute log-probs" in done.stderr
 
 
