@@ -15,7 +15,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 SERVING_VENV ?= .venv-serving
 SERVING_FLAVOUR ?= auto
 
-.PHONY: demo test lint install install-dev serving services chromium tiny clean
+.PHONY: demo test lint install install-dev serving services chromium compose tiny clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ services:
 chromium:
 	bash deploy/dev/ensure-chromium.sh
 
+compose:
+	bash deploy/dev/ensure-compose.sh
+
 demo: install serving
 	DEBUG=$${DEBUG:-1} $(PY) manage.py demo --loop --host $(HOST) --port $(PORT)
 
@@ -55,7 +58,7 @@ demo: install serving
 tiny: install
 	OMP_NUM_THREADS=1 $(PY) -m models.cli build-tiny --force
 
-test: install-dev serving services chromium
+test: install-dev serving services chromium compose
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	SECRET_KEY=factloop-test-suite-secret-key-not-for-production \

@@ -16,8 +16,19 @@ from annotation import audit
 from annotation.models import AuditEvent
 from contract.families import REFUSALS
 from models.registry import ModelVersion, Registry, RegistryError
+from models.replicas import ReplicaPool, connect
 from models.server import serve_version
 from models.serving import ServingClient, ServingError
+
+
+def vllm_urls() -> list[str]:
+    """The vLLM servers FactLoop talks to: FACTLOOP_VLLM_URLS, else FACTLOOP_VLLM_URL."""
+    return list(settings.FACTLOOP_VLLM_URLS) or [settings.FACTLOOP_VLLM_URL]
+
+
+def serving_client(timeout: float = 120.0) -> ServingClient | ReplicaPool:
+    """A client of the server, or a pool of the replicas (models/replicas.py)."""
+    return connect(vllm_urls(), timeout=timeout)
 
 
 class DeployRefused(Exception):
@@ -105,8 +116,8 @@ def serving_version(registry: Registry) -> str | None:
 
 
 def deploy_version(name: str, *, by: Any = None, registry: Registry | None = None, reason: str = "") -> Deployment:
-    """Load `name` on the server at FACTLOOP_VLLM_URL (if it is an adapter the server lacks)
-    and mark it the serving version; the one serving before goes back to `ready`. A rollback
+    """Load `name` on the server, or every replica (FACTLOOP_VLLM_URLS), if it is an adapter
+    a server lacks, and mark it the serving version; the one serving before goes back to `ready`. A rollback
     is a deployment of a version older than the one serving (an ancestor or a sibling)."""
     registry = registry or Registry(settings.FACTLOOP_MODEL_DIR)
     try:
@@ -117,11 +128,12 @@ def deploy_version(name: str, *, by: Any = None, registry: Registry | None = Non
         raise DeployRefused(f"version {name!r} is a {version.kind} model, not a policy to serve")
     if registry.status(name) == "rejected":
         raise DeployRefused(f"version {name!r} was rejected by its gate; register it again to serve it")
+    servers = ", ".join(vllm_urls())
     try:
-        with ServingClient(settings.FACTLOOP_VLLM_URL) as client:
+        with serving_client() as client:
             served_as = serve_version(client, registry, name)
     except (ServingError, RegistryError) as error:
-        raise DeployRefused(f"the server at {settings.FACTLOOP_VLLM_URL} did not take {name!r}: {error}") from None
+        raise DeployRefused(f"the server at {servers} did not take {name!r}: {error}") from None
     previous = serving_version(registry)
     rollback = previous is not None and previous != name and version.created_at < registry.get(previous).created_at
     for other in registry:
@@ -130,5 +142,5 @@ def deploy_version(name: str, *, by: Any = None, registry: Registry | None = Non
     registry.set_status(name, "serving")
     deployment = Deployment(name, previous, rollback, served_as)
     action = AuditEvent.Action.ROLLBACK if rollback else AuditEvent.Action.DEPLOY
-    audit.record(action, name, by=by, previous=previous, server=settings.FACTLOOP_VLLM_URL, reason=reason)
+    audit.record(action, name, by=by, previous=previous, server=servers, reason=reason)
     return deployment

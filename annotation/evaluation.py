@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
+from annotation.deployment import vllm_urls
 from annotation.errors import Invalid, Refused
 from annotation.models import Prompt
 from contract.heldout import Item, Kind, image_name, write_heldout
+from contract.launch import ONE_PROCESS, Launch
 from models.registry import Registry, RegistryError
 from models.server import BASE_NAME
 from models.staging import staged
@@ -125,7 +126,7 @@ def evaluate_version(
             raise Invalid(f"version {name!r} is a {version.kind} model, not a policy")
         adapter = registry.adapter_path(name)
     if not out.is_file():
-        args = ["evaluate", "--data", str(heldout), "--server", settings.FACTLOOP_VLLM_URL, "--served", BASE_NAME]
+        args = ["evaluate", "--data", str(heldout), "--server", ",".join(vllm_urls()), "--served", BASE_NAME]
         args += ["--label", name, "--out", str(out)]
         if adapter is not None:
             args += ["--adapter", str(adapter)]
@@ -148,13 +149,11 @@ class RlhfFailed(Exception):
         self.returncode = returncode
 
 
-def run_rlhf(args: list[str], log: Path, *, parent_pid: int | None = None) -> None:
-    """`python -m rlhf.cli ARGS` in a child process, its output appended to `log`; the child
-    dies with `parent_pid` (a worker) when one is named."""
-    command = [sys.executable, "-m", "rlhf.cli"]
-    if parent_pid is not None:
-        command += ["--parent-pid", str(parent_pid)]
-    command += args
+def run_rlhf(args: list[str], log: Path, *, parent_pid: int | None = None, launch: Launch = ONE_PROCESS) -> None:
+    """`python -m rlhf.cli ARGS` in a child process (or, with an accelerate `launch`, in
+    several), its output appended to `log`; the children die with `parent_pid` (a worker)
+    when one is named."""
+    command = launch.command(args, parent_pid=parent_pid)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as output:
         output.write(f"\n$ {' '.join(command)}\n")

@@ -26,8 +26,9 @@ from annotation.errors import Invalid
 from annotation.models import Candidate, Round, RoundPrompt
 from annotation.services import make_round_tasks
 from models.registry import Registry, RegistryError
+from models.replicas import ReplicaPool, Serving
 from models.server import serve_version
-from models.serving import Sampling, ServingClient, ServingError
+from models.serving import Sampling, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class GenerationReport:
     completion_tokens: int = 0
     tasks_created: int = 0
     errors: dict[int, str] = field(default_factory=dict)  # prompt id -> error
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # per vLLM replica: served, failures
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,10 +57,11 @@ class GenerationReport:
             "completion_tokens": self.completion_tokens,
             "tasks_created": self.tasks_created,
             "errors": {str(k): v for k, v in list(self.errors.items())[:20]},
+            **({"replicas": self.replicas} if self.replicas else {}),
         }
 
 
-def served_model(round_: Round, registry: Registry, client: ServingClient) -> str:
+def served_model(round_: Round, registry: Registry, client: Serving) -> str:
     """The `model=` name that serves the round's policy, loading its adapter if the server
     does not have it yet."""
     if not round_.policy_version:
@@ -132,7 +135,7 @@ def _fail(round_prompt: RoundPrompt, error: Exception) -> str:
 def generate_round(
     round_id: int,
     *,
-    client: ServingClient,
+    client: Serving,
     registry: Registry,
     concurrency: int,
     progress: Callable[[int, int], None] | None = None,
@@ -174,6 +177,8 @@ def generate_round(
             # Stopped (the job cancelled or taken back): requests not yet sent are dropped.
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+    if isinstance(client, ReplicaPool):
+        report.replicas = client.stats()
     if not RoundPrompt.objects.filter(round=round_).exclude(status=RoundPrompt.Status.DONE).exists():
         # Every prompt has its candidates: the round's tasks (and its opening, if asked).
 

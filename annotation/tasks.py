@@ -20,13 +20,14 @@ from django.db import connection
 from django.utils import timezone
 
 from annotation import jobs
+from annotation.deployment import serving_client
 from annotation.errors import Refused
 from annotation.exporters import Selection, count_labels, export
 from annotation.generation import generate_round
 from annotation.models import Job, TrainingRun
 from annotation.training import StepFailed, TrainingRefused, run_steps
 from models.registry import Registry
-from models.serving import ServingClient, ServingError
+from models.serving import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def generate_candidates(
     from django.conf import settings
 
     try:
-        with ServingClient(settings.FACTLOOP_VLLM_URL) as client:
+        with serving_client() as client:
             report = generate_round(
                 int(params["round_id"]),
                 client=client,

@@ -39,13 +39,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.deployment import deploy_version
+from annotation.deployment import deploy_version, vllm_urls
 from annotation.errors import Refused
 from annotation.evaluation import RlhfFailed, evaluate_version, export_heldout, run_rlhf
 from annotation.exporters import export
 from annotation.models import Correction, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.services import freeze_round, start_round
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
+from contract.launch import ONE_PROCESS, Launch, LaunchError
 from contract.methods import (
     CHAIR_I,
     CHAIR_S,
@@ -86,8 +87,24 @@ class Options:
     gate_margin: float | None = None  # how much worse the new policy may be (FACTLOOP_GATE_MARGIN)
     eval_items: int = 0
     next_prompts: int | None = None  # prompts of the next round (default: as many as this one)
+    # How the trainers run (contract/launch.py): one process, or accelerate launch with
+    # num_processes processes and an accelerate config (a file, or ddp/fsdp2/zero2/zero3).
+    # Unset (empty, None, 0): FACTLOOP_TRAIN_LAUNCHER, FACTLOOP_ACCELERATE_CONFIG, FACTLOOP_TRAIN_PROCESSES.
+    launcher: str = ""
+    accelerate_config: str | None = None
+    num_processes: int = 0
 
     def __post_init__(self) -> None:
+        self.launcher = self.launcher or settings.FACTLOOP_TRAIN_LAUNCHER
+        if self.accelerate_config is None and self.launcher == "accelerate":
+            self.accelerate_config = settings.FACTLOOP_ACCELERATE_CONFIG or None
+        self.num_processes = self.num_processes or (
+            settings.FACTLOOP_TRAIN_PROCESSES if self.launcher == "accelerate" else 1
+        )
+        try:
+            self.launch()
+        except LaunchError as error:
+            raise TrainingRefused(str(error)) from None
         if self.method not in METHODS:
             raise TrainingRefused(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         self.gate_metric = self.gate_metric or settings.FACTLOOP_GATE_METRIC
@@ -101,6 +118,9 @@ class Options:
                 raise TrainingRefused(f"no config file {path}")
         if any("=" not in item for item in self.overrides):
             raise TrainingRefused("overrides are KEY=VALUE")
+
+    def launch(self) -> Launch:
+        return Launch(self.launcher, self.accelerate_config, self.num_processes)
 
 
 def _registry() -> Any:
@@ -159,6 +179,11 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
         "labels": label_counts(round_),
         "steps": steps,
         "gate": {"metric": options.gate_metric, "margin": options.gate_margin, "force": options.force},
+        "launch": {
+            "launcher": options.launcher,
+            "accelerate_config": options.accelerate_config,
+            "num_processes": options.num_processes,
+        },
         "heldout_prompts": min(heldout, options.eval_items),
         "work_dir": str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-<run>"),
     }
@@ -235,10 +260,11 @@ def _record(run: TrainingRun, name: str, **fields: Any) -> None:
     TrainingRun.objects.filter(pk=run.pk).update(steps=run.steps)
 
 
-def _rlhf(args: list[str], log: Path) -> None:
-    """`python -m rlhf.cli ARGS` in a child process that dies with this one."""
+def _rlhf(args: list[str], log: Path, launch: Launch = ONE_PROCESS) -> None:
+    """`python -m rlhf.cli ARGS` in a child process (or a launcher's processes) that dies
+    with this one."""
     try:
-        run_rlhf(args, log, parent_pid=os.getpid())
+        run_rlhf(args, log, parent_pid=os.getpid(), launch=launch)
     except RlhfFailed as error:
         raise StepFailed(str(error)) from None
 
@@ -288,7 +314,9 @@ def _step_reward_model(run: TrainingRun, options: Options, work: Path) -> dict[s
     if not RewardResult.exists(out):
         args = ["reward", *_config_args(options.reward_config, [])]
         args += ["--set", f"model={_current(run).base_model}", "--set", f"data={work / 'export'}"]
-        _rlhf([*args, "--set", f"output_dir={out}"], work / "train.log")
+        if any(out.glob("checkpoint-*")):  # a run killed mid-way continues from its checkpoint
+            args.append("--resume")
+        _rlhf([*args, "--set", f"output_dir={out}"], work / "train.log", options.launch())
     result = RewardResult.read(out)
     return {"heldout_accuracy": result.heldout_accuracy, "train_pairs": result.train_pairs}
 
@@ -304,7 +332,7 @@ def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any
             args = ["rl", *_config_args(options.config, [f"method={run.method}", *options.overrides])]
             args += ["--set", f"reward_model={work / 'reward'}"]
         args += [*_model_settings(run), "--set", f"data={work / 'export'}", "--set", f"output_dir={out}"]
-        _rlhf(args, work / "train.log")
+        _rlhf(args, work / "train.log", options.launch())
     result = RunResult.read(out)
     keep = ("pairs", "prompts", "steps", "first_loss", "last_loss", "first_reward", "last_reward", "last_kl", "seconds")
     return {k: getattr(result, k) for k in keep if getattr(result, k) is not None}
@@ -391,7 +419,7 @@ def _step_deploy(run: TrainingRun, options: Options, work: Path) -> dict[str, An
     deployment = deploy_version(run.version, registry=_registry(), reason=f"train_round run {run.pk}")
     TrainingRun.objects.filter(pk=run.pk).update(deployed=True)
     run.deployed = True
-    return {"deployed": True, "server": settings.FACTLOOP_VLLM_URL, "previous": deployment.previous}
+    return {"deployed": True, "server": ",".join(vllm_urls()), "previous": deployment.previous}
 
 
 def next_prompts(round_: Round, limit: int | None) -> list[Prompt]:

@@ -59,6 +59,7 @@ class RunResult(_Record):
     last_reward: float | None = None  # ... and of the last steps'
     last_kl: float | None = None  # KL to the reference at the last step, nats per response
     config: dict[str, Any] = field(default_factory=dict)
+    resumed_at: int = 0  # the checkpoint's step this run resumed from (0: a fresh run)
 
     def registry_metrics(self) -> dict[str, float]:
         """The training figures a registered version carries, under the keys the per-round

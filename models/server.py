@@ -11,6 +11,7 @@ whole GiB), the single-process executor, and runtime LoRA updating enabled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.registry import Registry, RegistryError
+from models.replicas import Serving
 from models.serving import ServingClient
 
 BASE_NAME = "base"  # the served name of the base model (`model=` in requests)
@@ -116,17 +118,31 @@ class VLLMServer:
             time.sleep(0.5)
         raise ServerError(f"vLLM did not answer {self.url}/health within {timeout:.0f} s{self._tail()}")
 
+    def kill(self) -> None:
+        """Kill the server's whole process group at once (SIGKILL), as a crash of its machine
+        or container would; `stop()` still cleans up after it."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server and every process it started. vLLM's engine and workers are in
+        the server's process group and can outlive it (its API process killed alone leaves
+        them running): the group is signalled whether or not the API process is alive."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        if process is not None:
+            group = process.pid  # start_new_session: the group's id is the leader's pid
+            _signal_group(group, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _group_alive(group) and time.monotonic() < deadline:
+                if process.poll() is None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(0.2)
+                else:
+                    time.sleep(0.2)
+            _signal_group(group, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)
-            except ProcessLookupError:
-                pass
         if self._log is not None:
             self._log.close()  # type: ignore[attr-defined]
             self._log = None
@@ -150,10 +166,24 @@ class VLLMServer:
         return "; log tail:\n" + path.read_text(errors="replace")[-3000:]
 
 
-def serve_version(client: ServingClient, registry: Registry, name: str) -> str:
+def _signal_group(group: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in the group
+        os.killpg(group, sig)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def serve_version(client: Serving, registry: Registry, name: str) -> str:
     """The `model=` name under which the server answers as registered version `name`: the
     base name for a base version, else the version's own name, its LoRA adapter loaded at
-    run time first when the server lacks it. The one place an adapter is hot-loaded."""
+    run time first when the server (or a replica of the pool) lacks it. The one place an
+    adapter is hot-loaded."""
     version = registry.get(name)
     if version.kind != "policy":
         raise RegistryError(f"version {name!r} is a {version.kind} model, not a policy to serve")

@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from contract.heldout import Evaluation, HeldoutError, read_heldout
+from contract.launch import die_with_parent
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
 from rlhf.data import DataError
+from rlhf.distributed import is_main, launched
 from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 from rlhf.families import CELLS, markdown, run_row, write_pairs
 from rlhf.heldout import LocalResponder, ServedResponder, compare
@@ -74,7 +76,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_heldout(args: argparse.Namespace) -> int:
-    from models.serving import ServingClient, ServingError
+    from models.replicas import connect
+    from models.serving import ServingError
 
     try:
         heldout = read_heldout(args.data).limited(args.limit)
@@ -101,7 +104,7 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
             if not args.served:
                 print("rlhf.cli evaluate: --server needs --served (the base model's served name)", file=sys.stderr)
                 return 2
-            with ServingClient(args.server, timeout=600.0) as client:
+            with connect(args.server, timeout=600.0) as client:  # one server, or replicas (a,b,...)
                 name, temporary = args.served, None
                 if args.adapter is not None:
                     temporary = f"factloop-eval-{os.getpid()}-{secrets.token_hex(3)}"
@@ -163,8 +166,9 @@ def _dpo(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, OSError) as error:
         print(f"rlhf.cli dpo: {error}", file=sys.stderr)
         return 2
-    # One line, last: training logs go to the same stream before it.
-    print(json.dumps(result.as_dict()))
+    # One line, last: training logs go to the same stream before it (rank 0's alone).
+    if is_main():
+        print(json.dumps(result.as_dict()))
     return 0
 
 
@@ -182,6 +186,8 @@ def _reward(args: argparse.Namespace) -> int:
         print(f"rlhf.cli reward: {error}", file=sys.stderr)
         return 2
     output = asdict(result)
+    if not is_main():  # rank 0 registers and reports
+        return 0
     if args.register:
         try:
             Registry(args.registry).register(
@@ -214,7 +220,8 @@ def _rl(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, OSError) as error:
         print(f"rlhf.cli rl: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(result.as_dict()))
+    if is_main():
+        print(json.dumps(result.as_dict()))
     return 0
 
 
@@ -269,20 +276,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Get SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG), so a worker killed
-    mid-training takes its trainer along instead of leaving it to race the resumed run.
-    Exits at once if the parent died before the signal was armed."""
-    import ctypes
-    import signal
-
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        raise SystemExit(f"the parent process {parent_pid} is gone")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf.cli", description=__doc__)
     parser.add_argument(
@@ -295,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument(
         "--data", type=Path, help="a held-out folder (contract/heldout.py) exported from the database"
     )
-    evaluate.add_argument("--server", help="the vLLM server's URL: answers come from it")
+    evaluate.add_argument(
+        "--server", help="the vLLM server's URL (or replicas' URLs, comma-separated): answers come from it"
+    )
     evaluate.add_argument("--served", help="the name the server serves the base model under")
     evaluate.add_argument("--model", help="a local checkpoint folder or a hub id: answers come from this process")
     evaluate.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply to the model")
@@ -335,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_options(rl)
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
-        die_with_parent(args.parent_pid)
+        # A launcher's rank watches the launcher (its parent), which watches the worker.
+        die_with_parent(None if launched() else args.parent_pid)
     if args.command == "evaluate":
         for option in ("scenes", "limit", "max_tokens", "workers", "pope_per_image", "bootstrap"):
             if getattr(args, option) is not None and getattr(args, option) < 1:

@@ -79,9 +79,37 @@ def require(model: str | Path, capability: str) -> None:
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder a Trainer left in output_dir, if any."""
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    """The newest complete `checkpoint-N` folder a Trainer left in output_dir, if any. The
+    Trainer writes trainer_state.json last: a process killed while saving leaves a folder
+    without it, which is passed over."""
+    checkpoints = sorted(
+        (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+    return str(complete[-1]) if complete else None
+
+
+def write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """A trainer's log history, one JSON object a line (its training curve), written whole."""
+    import json
+
+    partial = path.with_suffix(".partial")
+    with open(partial, "w") as log:
+        for entry in history:
+            log.write(json.dumps(entry) + "\n")
+    partial.replace(path)
+
+
+def mean_over_ranks(accelerator: Any, values: list[float]) -> list[float]:
+    """Per-step values measured on each process, averaged over the processes (the same
+    list when there is one): every process must call it with as many values."""
+    if accelerator.num_processes == 1 or not values:
+        return values
+    import torch
+
+    gathered = accelerator.gather(torch.tensor(values, dtype=torch.float32, device=accelerator.device))
+    return [float(v) for v in gathered.view(accelerator.num_processes, -1).mean(0)]
 
 
 def prepare_torch(config: Any) -> None:

@@ -281,9 +281,10 @@ class RLTrainConfig:
     steps: int = 20
     """Rollout batches (PPO) or optimiser steps (GRPO/RLOO)."""
     rollout_batch_size: int = 16
-    """Prompts per rollout batch (PPO), or completions per step (GRPO/RLOO)."""
+    """Prompts per rollout batch (PPO), or completions per step (GRPO/RLOO), over all
+    processes: each of N processes (accelerate launch) takes 1/N of them."""
     minibatch_size: int = 8
-    """Rollouts per PPO update."""
+    """Rollouts per PPO update, over all processes (as rollout_batch_size)."""
     ppo_epochs: int = 2
     """Passes over each rollout batch (LLaVA-RLHF: 2)."""
     num_generations: int = 4

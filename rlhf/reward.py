@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RewardResult
-from rlhf.common import last_checkpoint, prepare_torch
+from rlhf.common import last_checkpoint, mean_over_ranks, prepare_torch, write_log
 from rlhf.config import DTYPES, ConfigError, LoraSettings, normalise_run_inputs
 from rlhf.data import load_pairs
 
@@ -35,6 +35,7 @@ REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring need
 # 2: the head on any image-text-to-text backbone (ImageTextRewardModel); 1 (no "format"
 # field) was the LLaVA-only sequence-classification class, whose weights are named differently.
 REWARD_FORMAT = 2
+LOG_FILE = "log.jsonl"  # the Trainer's log history, one entry a line
 
 # LLaVA-RLHF's instruction for the facts (paraphrased; METHODS.md 2a).
 FACT_INSTRUCTION = "The response should be fully supported by the following facts about the image:"
@@ -208,8 +209,13 @@ def _define_reward_class() -> type:
             hidden = self.hidden_states(inputs)
             return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1).float()
 
-        def forward(self, **inputs: Any) -> Any:
+        def forward(self, per_token: bool = False, **inputs: Any) -> Any:
+            """The score at each sequence's last real token, or with `per_token` the values
+            at every position (PPO's critic: through forward, so that a distributed wrapper
+            syncs its gradients)."""
             values = self.token_values(inputs)
+            if per_token:
+                return values
             mask = inputs.get("attention_mask")
             if mask is None:
                 last = torch.full((values.size(0),), values.size(1) - 1, device=values.device)
@@ -395,8 +401,10 @@ def train_reward_model(
     trainer.train(resume_from_checkpoint=checkpoint)
     model, processor = trainer.model, trainer.processor
     held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.facts_mode())
+    # Every rank takes part in the save (a sharded model is gathered first); rank 0 writes.
+    trainer.save_model(str(out / "adapter"))
     if trainer.is_world_process_zero():
-        model.save_pretrained(str(out / "adapter"))
+        (out / "adapter" / "training_args.bin").unlink(missing_ok=True)
         processor.save_pretrained(str(out / "adapter"))
         info = {
             "format": REWARD_FORMAT,
@@ -405,7 +413,7 @@ def train_reward_model(
             "heldout_accuracy": held,
         }
         (out / "adapter" / REWARD_INFO).write_text(json.dumps(info, indent=2))
-    losses = trainer.losses or [float("nan")]
+    losses = mean_over_ranks(trainer.accelerator, trainer.losses) or [float("nan")]
     window = max(1, len(losses) // 10)
     result = RewardResult(
         output_dir=str(out),
@@ -421,6 +429,7 @@ def train_reward_model(
     )
     if trainer.is_world_process_zero():
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        write_log(out / LOG_FILE, trainer.state.log_history)
         result.write(out)
     return result
 

@@ -24,12 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RunResult
-from rlhf.common import common_trainer_arguments, git_revision, last_checkpoint, load_policy, prepare_torch, require
+from rlhf.common import (
+    REFERENCE_ADAPTER,
+    common_trainer_arguments,
+    git_revision,
+    last_checkpoint,
+    load_policy,
+    prepare_torch,
+    require,
+    write_log,
+)
 from rlhf.config import DPOTrainConfig, dump
 from rlhf.data import load_pairs, make_collator
+from rlhf.distributed import is_main
 
 ADAPTER_DIR = "adapter"
 CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.jsonl"
 
 
 @contextmanager
@@ -132,23 +143,24 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
 def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] | None = None) -> RunResult:
     """Run DDPO/DPO and write, under output_dir: `adapter/` (the trained adapter, or the
     full model), `config.yaml` (the resolved config), `result.json` (metrics, git revision).
-    With `resume`, training continues from the newest checkpoint in output_dir."""
+    With `resume`, training continues from the newest checkpoint in output_dir.
+
+    Under `accelerate launch` every process trains and only rank 0 writes (rlhf/distributed.py);
+    the others return the same result without writing it."""
     require(config.model, config.method)  # a documented gap stops here, before anything is written
     output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / CONFIG_FILE).write_text(dump(config))
+    if is_main():
+        output.mkdir(parents=True, exist_ok=True)
+        (output / CONFIG_FILE).write_text(dump(config))
     began = time.perf_counter()
     trainer = build_trainer(config, report_to=report_to)
     checkpoint = last_checkpoint(output) if resume else None
     outcome = trainer.train(resume_from_checkpoint=checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     adapter = output / ADAPTER_DIR
-    model = trainer.model
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(str(adapter), selected_adapters=["default"])
-    else:
-        model.save_pretrained(str(adapter))
-    trainer.processing_class.save_pretrained(str(adapter))
+    save_trained(trainer, adapter)
+    if trainer.is_world_process_zero():
+        write_log(output / LOG_FILE, trainer.state.log_history)
     result = RunResult(
         method=config.method,
         output_dir=str(output),
@@ -161,6 +173,22 @@ def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] 
         seconds=time.perf_counter() - began,
         git_revision=git_revision(),
         config=config.to_dict(),
+        resumed_at=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0,
     )
-    result.write(output)
+    if trainer.is_world_process_zero():
+        result.write(output)
     return result
+
+
+def save_trained(trainer: Any, adapter: Path) -> None:
+    """The trained policy (its "default" adapter, or the whole model) and its processor,
+    through the Trainer's `save_model`: called on every rank, since under FSDP or DeepSpeed
+    ZeRO-3 gathering the sharded weights takes all of them; only rank 0 writes. The frozen
+    reference adapter ("ref", when a round continues the previous one) is not kept."""
+    import shutil
+
+    trainer.save_model(str(adapter))
+    if trainer.is_world_process_zero():
+        shutil.rmtree(adapter / REFERENCE_ADAPTER, ignore_errors=True)
+        (adapter / "training_args.bin").unlink(missing_ok=True)
+        trainer.processing_class.save_pretrained(str(adapter))

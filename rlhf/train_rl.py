@@ -30,6 +30,7 @@ it (the "ref" adapter), as the DDPO trainer does.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -40,12 +41,13 @@ from typing import Any
 
 from contract.results import RunResult
 from rlhf import losses
-from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch, require
+from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch, require, write_log
 from rlhf.config import ConfigError, RLTrainConfig, dump
 from rlhf.data import load_prompts
+from rlhf.distributed import is_main, world_size
 from rlhf.reward import load_backbone
 from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms, locate_reward_model, parse_facts
-from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE
+from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE, save_trained
 
 LOG_FILE = "log.jsonl"
 
@@ -330,13 +332,20 @@ class PPOTrainer:
 
     def __init__(self, config: RLTrainConfig, *, progress: bool = True) -> None:
         import torch
+        from accelerate import Accelerator  # type: ignore[import-untyped]
 
         if config.method != "ppo":
             raise ConfigError(f"PPOTrainer runs method ppo, not {config.method!r}")
         self.config = config
         self.progress = progress
         prepare_torch(config)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # One process, or one of accelerate launch's: data parallel (rlhf/distributed.py).
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.processes = self.accelerator.num_processes
+        if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            raise ConfigError("PPO runs data-parallel only: launch it with the ddp config (deploy/accelerate/ddp.yaml)")
+        check_shares(config, self.processes)
+        self.device = self.accelerator.device
         self.prompts = load_prompts(config.data, max_prompts=config.max_prompts)
         self.policy, self.processor = load_trainable_policy(config)
         self.policy.to(self.device)
@@ -352,9 +361,14 @@ class PPOTrainer:
             [p for p in self.critic.parameters() if p.requires_grad],
             lr=config.critic_learning_rate or config.learning_rate,
         )
+        # The wrapped modules (DistributedDataParallel under a launcher; the same objects when
+        # alone) take the forward passes that train; sampling and scoring use the models.
+        self.policy_train, self.policy_optimiser, self.critic_train, self.critic_optimiser = self.accelerator.prepare(
+            self.policy, self.policy_optimiser, self.critic, self.critic_optimiser
+        )
         self.kl_coef = config.kl_coef
         self.order: list[int] = []
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed)  # the same on every process: they share each batch's prompts
 
     def next_rows(self) -> list[dict[str, Any]]:
         size = self.config.rollout_batch_size
@@ -363,7 +377,8 @@ class PPOTrainer:
             self.rng.shuffle(refill)
             self.order += refill
         ids, self.order = self.order[:size], self.order[size:]
-        return [self.prompts[i] for i in ids]
+        rank = self.accelerator.process_index
+        return [self.prompts[i] for i in ids[rank :: self.processes]]  # this process's share
 
     def score_rollout(self, rows: list[dict[str, Any]], rollout: Rollout) -> dict[str, float]:
         """Fill in log-probs, reference log-probs, values, scores, advantages and returns."""
@@ -419,22 +434,22 @@ class PPOTrainer:
         self.policy.eval()  # eval mode with gradients: no dropout, so the ratio at the first update is 1
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n, generator=generator)
-            for part in chunks(n, c.minibatch_size):
+            for part in chunks(n, c.minibatch_size // self.processes):
                 index = order[part].to(rollout.mask.device)
                 inputs = rollout.rows(index)
                 mask = rollout.mask[index]
-                logits = response_logits(self.policy, inputs, rollout.prompt_width, c.temperature)
+                logits = response_logits(self.policy_train, inputs, rollout.prompt_width, c.temperature)
                 logprobs = gather_logprobs(logits, rollout.response_ids[index])
                 pg_loss, clip_fraction = losses.policy_loss(
                     logprobs, rollout.logprobs[index], rollout.advantages[index], mask, clip=c.clip
                 )
-                values = token_values(self.critic, inputs)[:, rollout.prompt_width - 1 : -1]
+                values = self.critic_train(per_token=True, **inputs)[:, rollout.prompt_width - 1 : -1]
                 v_loss = losses.value_loss(
                     values, rollout.values[index], rollout.returns[index], mask, clip=c.value_clip
                 )
-                (pg_loss + c.vf_coef * v_loss).backward()
+                self.accelerator.backward(pg_loss + c.vf_coef * v_loss)  # gradients averaged over processes
                 for model, optimiser in ((self.policy, self.policy_optimiser), (self.critic, self.critic_optimiser)):
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                    self.accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
                     optimiser.step()
                     optimiser.zero_grad(set_to_none=True)
                 with torch.no_grad():
@@ -477,20 +492,34 @@ class PPOTrainer:
         rollout = sample(self.policy, self.processor, rows, self.config, self.stops, self.device)
         stats = self.score_rollout(rows, rollout)
         stats |= self.update(rollout)
+        stats = self.mean_over_processes(stats)
         if self.config.kl_target is not None:
             self.kl_coef = losses.adaptive_kl_coef(
                 self.kl_coef, stats["kl"], self.config.kl_target, len(rows), self.config.kl_horizon
             )
         return stats
 
+    def mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        """Each statistic averaged over the processes (each measured its share of the batch);
+        every process then adapts its KL coefficient alike."""
+        if self.processes == 1:
+            return stats
+        import torch
+
+        keys = sorted(stats)
+        values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=self.device)
+        reduced = self.accelerator.reduce(values, reduction="mean")
+        return {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
+
     def train(self) -> list[dict[str, float]]:
         from tqdm import tqdm  # type: ignore[import-untyped]
 
         out = Path(self.config.output_dir)
-        writer = _tensorboard(out)
+        main = self.accelerator.is_main_process  # the others train and write nothing
+        writer = _tensorboard(out) if main else None
         history = []
-        with open(out / LOG_FILE, "w") as log:
-            bar = tqdm(range(1, self.config.steps + 1), desc="ppo", unit="step", disable=not self.progress)
+        with open(out / LOG_FILE if main else os.devnull, "w") as log:
+            bar = tqdm(range(1, self.config.steps + 1), desc="ppo", unit="step", disable=not (self.progress and main))
             for step in bar:
                 stats = {"step": step, **self.step()}
                 history.append(stats)
@@ -540,8 +569,10 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     prompts = load_prompts(config.data, max_prompts=config.max_prompts)
     model, processor = load_trainable_policy(config)
     reward = reward_function(config, stop_ids(model, processor))
+    processes = world_size()  # rollout_batch_size is over all processes
+    check_shares(config, processes)
     args = ArgsClass(
-        per_device_train_batch_size=config.rollout_batch_size,
+        per_device_train_batch_size=config.rollout_batch_size // processes,
         num_generations=config.num_generations,
         max_completion_length=config.max_new_tokens,
         temperature=config.temperature,
@@ -565,34 +596,45 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     )
 
 
+def check_shares(config: RLTrainConfig, processes: int) -> None:
+    """Each of the processes takes an equal share of every batch."""
+    sizes = {"rollout_batch_size": config.rollout_batch_size}
+    if config.method == "ppo":
+        sizes["minibatch_size"] = config.minibatch_size
+    uneven = [name for name, size in sizes.items() if size % processes]
+    if uneven:
+        raise ConfigError(f"{' and '.join(uneven)} must be a multiple of the {processes} processes sharing it")
+
+
 def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress: bool = True) -> RunResult:
     """Run PPO, GRPO or RLOO and write, under output_dir: `adapter/` (the policy's LoRA
     adapter), `config.yaml`, `log.jsonl` (PPO: one line of statistics per step) and
     `result.json`."""
+    check_shares(config, world_size())  # before anything is written
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(dump(config))
+    if is_main():  # under accelerate launch, rank 0 alone writes (rlhf/distributed.py)
+        (out / CONFIG_FILE).write_text(dump(config))
     began = time.perf_counter()
     adapter = out / ADAPTER_DIR
     if config.method == "ppo":
         trainer = PPOTrainer(config, progress=progress)
         history = trainer.train()
-        trainer.save(adapter)
+        if is_main():
+            trainer.save(adapter)
         prompts = len(trainer.prompts)
         rewards = [h["reward"] for h in history]
         kls = [h["kl"] for h in history]
     else:
         trl = trl_trainer(config, report_to=report_to)
         trl.train()
-        trl.model.save_pretrained(str(adapter), selected_adapters=["default"])
-        trl.processing_class.save_pretrained(str(adapter))
+        save_trained(trl, adapter)
         prompts = len(trl.train_dataset)
         logged = [e for e in trl.state.log_history if "reward" in e]
         rewards = [e["reward"] for e in logged]
         kls = [e["kl"] for e in logged if "kl" in e]
-        with open(out / LOG_FILE, "w") as log:
-            for entry in trl.state.log_history:
-                log.write(json.dumps(entry) + "\n")
+        if is_main():
+            write_log(out / LOG_FILE, trl.state.log_history)
     window = max(1, len(rewards) // 5)
     result = RunResult(
         method=config.method,
@@ -607,5 +649,6 @@ def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress
         git_revision=git_revision(),
         config=config.to_dict(),
     )
-    result.write(out)
+    if is_main():
+        result.write(out)
     return result

@@ -11,6 +11,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+from contract.launch import LAUNCHERS
 from contract.methods import CHAIR_I, GATE_METRICS
 from webapp.env import ConfigError, Env, parse_broker_url, parse_database_url
 
@@ -156,6 +157,9 @@ FACTLOOP_MODEL_DIR = env.path("FACTLOOP_MODEL_DIR", VAR_DIR / "models", base=BAS
 # interpreter of its separate venv (to start one for the demo and tests), and how many
 # requests a generation job keeps in flight.
 FACTLOOP_VLLM_URL = env.text("FACTLOOP_VLLM_URL", "http://127.0.0.1:8100")
+# Several replicas of the policy (models/replicas.py): comma-separated URLs; requests spread
+# over the healthy ones and each round's adapter is loaded on every one. Empty: FACTLOOP_VLLM_URL.
+FACTLOOP_VLLM_URLS = env.csv("FACTLOOP_VLLM_URLS", [])
 FACTLOOP_SERVING_PYTHON = env.path("FACTLOOP_SERVING_PYTHON", BASE_DIR / ".venv-serving/bin/python", base=BASE_DIR)
 FACTLOOP_GENERATE_CONCURRENCY = env.integer("FACTLOOP_GENERATE_CONCURRENCY", 8, minimum=1, maximum=256)
 
@@ -179,6 +183,13 @@ FACTLOOP_TRAIN_DIR = env.path("FACTLOOP_TRAIN_DIR", VAR_DIR / "training", base=B
 FACTLOOP_GATE_METRIC = env.choice("FACTLOOP_GATE_METRIC", CHAIR_I, tuple(GATE_METRICS))
 FACTLOOP_GATE_MARGIN = env.number("FACTLOOP_GATE_MARGIN", 0.0, minimum=-1.0, maximum=1.0)
 FACTLOOP_EVAL_ITEMS = env.integer("FACTLOOP_EVAL_ITEMS", 500, minimum=1, maximum=1_000_000)
+# How train_round's trainers run unless a run says otherwise (contract/launch.py): one
+# process ("none"), or `accelerate launch` ("accelerate") with FACTLOOP_TRAIN_PROCESSES
+# processes and FACTLOOP_ACCELERATE_CONFIG (a file, or ddp, fsdp2, zero2, zero3 from
+# deploy/accelerate/; ddp when empty).
+FACTLOOP_TRAIN_LAUNCHER = env.choice("FACTLOOP_TRAIN_LAUNCHER", "none", LAUNCHERS)
+FACTLOOP_ACCELERATE_CONFIG = env.text("FACTLOOP_ACCELERATE_CONFIG", "")
+FACTLOOP_TRAIN_PROCESSES = env.integer("FACTLOOP_TRAIN_PROCESSES", 1, minimum=1, maximum=1024)
 
 # Input limits (annotation/limits.py): imports refuse a row over them, generation cuts a
 # candidate to the response limit, and an annotator's correction may be up to twice it.

@@ -10,6 +10,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from annotation.jobs import enqueue_job
 from annotation.models import Job
 from annotation.training import METHODS, Options, StepFailed, TrainingRefused, begin, plan, run_steps, target_round
+from contract.launch import LAUNCHERS
 
 
 class Command(BaseCommand):
@@ -39,6 +40,24 @@ class Command(BaseCommand):
             help="held-out prompts to evaluate on, the first N (FACTLOOP_EVAL_ITEMS)",
         )
         parser.add_argument("--next-prompts", type=int, help="prompts of the next round (default: as many as this)")
+        parser.add_argument(
+            "--launcher",
+            choices=LAUNCHERS,
+            default="",
+            help="how the trainers run: one process (none), or accelerate launch: DDP, FSDP2, DeepSpeed "
+            "(FACTLOOP_TRAIN_LAUNCHER)",
+        )
+        parser.add_argument(
+            "--accelerate-config",
+            help="with --launcher accelerate: a config file, or ddp, fsdp2, zero2, zero3 from deploy/accelerate/ "
+            "(FACTLOOP_ACCELERATE_CONFIG; default ddp)",
+        )
+        parser.add_argument(
+            "--num-processes",
+            type=int,
+            default=0,
+            help="with --launcher accelerate: processes (GPUs) to train on (FACTLOOP_TRAIN_PROCESSES)",
+        )
         parser.add_argument("--force", action="store_true", help="deploy even if the gate refuses the new policy")
         parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
         parser.add_argument("--inline", action="store_true", help="run here instead of as a Celery job")
@@ -57,6 +76,9 @@ class Command(BaseCommand):
                 gate_margin=options["gate_margin"],
                 eval_items=options["eval_items"],
                 next_prompts=options["next_prompts"],
+                launcher=options["launcher"],
+                accelerate_config=options["accelerate_config"],
+                num_processes=options["num_processes"],
             )
             round_ = target_round(options["round"], resume=options["resume"])
             if options["dry_run"]:

@@ -1,0 +1,134 @@
+"""Two vLLM replicas behind FACTLOOP_VLLM_URLS (models/replicas.py): a round's generation
+spreads over both, the round's adapter is loaded on each, and a replica killed mid-round
+leaves its prompts to the other with nothing lost or stored twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from annotation.models import Candidate, Job, RoundPrompt
+from annotation.tasks import generate_candidates
+from models.registry import Registry
+from models.replicas import ReplicaPool, connect
+from models.server import VLLMServer
+from models.serving import Sampling, ServerUnavailable, ServingClient
+from tests.annotation.test_generation import registry  # noqa: F401 - the fixture
+from tests.conftest import free_port
+from tests.factories import make_generation_round, make_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db]
+
+
+@pytest.fixture(scope="module")
+def second_replica(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """Another vLLM server of the tiny model beside the session's, warmed up (one for the
+    module: the test that kills it comes after the one that needs it alive)."""
+    from django.conf import settings
+
+    from annotation.demo.synthetic import png_of_scene
+    from models.server import ServerConfig
+    from models.toyworld import sample_scenes
+
+    config = ServerConfig(
+        model=str(base_policy),
+        python=str(settings.FACTLOOP_SERVING_PYTHON),
+        port=free_port(),
+        log_path=tmp_path_factory.mktemp("replica-b") / "server.log",
+    )
+    server = VLLMServer(config)
+    server.start()
+    try:
+        server.wait_healthy(timeout=300)
+        with ServingClient(server.url) as client:  # a fresh server's first image request is slow
+            client.chat(model="base", prompt="Describe the image.", image=png_of_scene(sample_scenes(1, 1)[0], 96))
+        yield server
+    finally:
+        server.stop()
+
+
+def _without_adapter(url: str, name: str) -> None:
+    with ServingClient(url) as client:
+        if name in client.models():
+            client.unload_adapter(name)
+
+
+def test_the_generation_job_reads_the_replicas_from_the_settings(
+    settings: Any,
+    vllm_server: Any,
+    second_replica: VLLMServer,
+    registry: Registry,  # noqa: F811
+) -> None:
+    settings.FACTLOOP_VLLM_URLS = [vllm_server.url, second_replica.url]
+    _without_adapter(vllm_server.url, "round-1")
+    round_ = make_generation_round("round-1", prompts=6, k=2)
+    job = make_job(kind=Job.Kind.GENERATE, queue="generate", params={"round_id": round_.pk})
+    generate_candidates.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert Candidate.objects.filter(round=round_).count() == 12
+    replicas = job.result["replicas"]
+    assert [r["url"] for r in replicas] == [vllm_server.url, second_replica.url]
+    assert all(r["served"] >= 1 for r in replicas)  # both took a share
+    for url in (vllm_server.url, second_replica.url):  # the adapter is on each
+        with ServingClient(url) as client:
+            assert "round-1" in client.models()
+
+
+def test_a_replica_killed_mid_round_leaves_its_prompts_to_the_other(
+    settings: Any,
+    vllm_server: Any,
+    second_replica: VLLMServer,
+    registry: Registry,  # noqa: F811
+) -> None:
+    from annotation.generation import generate_round
+
+    _without_adapter(vllm_server.url, "round-1")
+    prompts, k = 48, 2
+    round_ = make_generation_round("round-1", prompts=prompts, k=k, sampling={"temperature": 1.0, "max_tokens": 64})
+    pool = ReplicaPool([vllm_server.url, second_replica.url], cooldown=600)
+    killed: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        served = pool.stats()[1]["served"]
+        if done and served and not killed:  # both have answered: kill one replica outright
+            killed["at"], killed["served"] = done, served
+            second_replica.kill()
+
+    with pool:
+        report = generate_round(round_.pk, client=pool, registry=registry, concurrency=4, progress=progress)
+        stats = pool.stats()
+    # Killed after it had answered some of the round (least in flight: each had its share).
+    assert killed and killed["at"] < prompts, f"the round finished before the kill ({killed}): make it longer"
+    assert report.failed == 0 and report.done == prompts, report.errors
+    assert stats[1]["failures"] >= 1 and not stats[1]["up"]  # it lost requests in flight...
+    assert stats[0]["served"] + stats[1]["served"] == prompts  # ...which the other answered
+    assert set(round_.round_prompts.values_list("status", flat=True)) == {RoundPrompt.Status.DONE}
+    for round_prompt in round_.round_prompts.all():
+        indices = Candidate.objects.filter(round=round_, prompt=round_prompt.prompt).values_list("index", flat=True)
+        assert sorted(indices) == list(range(k))  # none lost, none twice
+    assert {p["model"] for p in Candidate.objects.filter(round=round_).values_list("params", flat=True)} == {"round-1"}
+
+    # A replica that lacks the adapter (restarted, or added later) gets it on first use.
+    _without_adapter(vllm_server.url, "round-1")
+    with ReplicaPool([vllm_server.url, second_replica.url], cooldown=600) as again:
+        again.adapters["round-1"] = str(registry.adapter_path("round-1"))
+        answer = again.chat(model="round-1", prompt="Describe the image.", sampling=Sampling(max_tokens=8))
+    with ServingClient(vllm_server.url) as client:
+        assert answer.choices and "round-1" in client.models()
+
+
+def test_with_every_replica_down_a_request_fails_at_once_with_each_replicas_error() -> None:
+    dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    assert isinstance(connect(",".join(dead)), ReplicaPool)
+    with ReplicaPool(dead, retries=0) as pool:
+        with pytest.raises(ServerUnavailable, match="none of the 2 vLLM replicas is in service") as caught:
+            pool.chat(model="base", prompt="hello")
+        assert all(url in str(caught.value) for url in dead)
+        assert [r["failures"] for r in pool.stats()] == [1, 1]
+    assert isinstance(connect(dead[0]), ServingClient)
+    with pytest.raises(ValueError):
+        connect(" , ")
