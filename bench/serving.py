@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def served(model: str, url: str | None, *, python: Path, max_num_seqs: int) -> Iterator[str]:
+def served(
+    model: str, url: str | None, *, python: Path, max_num_seqs: int, port: int | None = None, cpus: str | None = None
+) -> Iterator[str]:
     """Yield the server's URL."""
     if url is not None:
         yield url
@@ -22,9 +24,10 @@ def served(model: str, url: str | None, *, python: Path, max_num_seqs: int) -> I
     config = ServerConfig(
         model=model,
         python=str(python),
-        port=8100 + os.getpid() % 500,
+        port=port or 8100 + os.getpid() % 500,
         max_num_seqs=max_num_seqs,
-        log_path=REPO / "var/bench-vllm.log",
+        cpus=cpus,
+        log_path=REPO / f"var/bench-vllm-{port or 0}.log",
     )
     server = VLLMServer(config)
     server.start()

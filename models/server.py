@@ -43,6 +43,7 @@ class ServerConfig:
     max_lora_rank: int = 16
     max_loras: int = 2
     kv_cache_gib: int = 1  # CPU only
+    cpus: str | None = None  # CPU only: the cores its threads are bound to ("0", "2-3"); None: all
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
 
@@ -72,6 +73,8 @@ class ServerConfig:
             env["HF_HUB_OFFLINE"] = "1"  # a local folder needs no hub
         if self.device == "cpu":
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_gib)
+            if self.cpus is not None:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus
         return env
 
 

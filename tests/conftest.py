@@ -169,9 +169,10 @@ def adapters(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {name: random_adapter(base_policy, folder / name, seed=seed) for name, seed in (("a", 1), ("b", 2))}
 
 
-@pytest.fixture(scope="session")
-def vllm_server(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """vLLM (the serving venv of `make serving`) serving the tiny model, LoRA enabled."""
+@contextlib.contextmanager
+def tiny_vllm_server(base_policy: Path, log_dir: Path) -> Iterator[Any]:
+    """vLLM (the serving venv of `make serving`) serving the tiny model, LoRA enabled, on a
+    free port; stopped (with every process it started) on the way out."""
     from django.conf import settings
 
     from models.server import ServerConfig, VLLMServer
@@ -180,7 +181,7 @@ def vllm_server(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         model=str(base_policy),
         python=str(settings.FACTLOOP_SERVING_PYTHON),
         port=free_port(),
-        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+        log_path=log_dir / "server.log",
     )
     server = VLLMServer(config)
     server.start()
@@ -189,6 +190,13 @@ def vllm_server(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's vLLM server of the tiny model."""
+    with tiny_vllm_server(base_policy, tmp_path_factory.mktemp("vllm")) as server:
+        yield server
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from models.replicas import ReplicaPool, connect
 from models.server import VLLMServer
 from models.serving import Sampling, ServerUnavailable, ServingClient
 from tests.annotation.test_generation import registry  # noqa: F401 - the fixture
-from tests.conftest import free_port
+from tests.conftest import free_port, tiny_vllm_server
 from tests.factories import make_generation_round, make_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db]
@@ -27,27 +27,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db]
 def second_replica(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """Another vLLM server of the tiny model beside the session's, warmed up (one for the
     module: the test that kills it comes after the one that needs it alive)."""
-    from django.conf import settings
-
     from annotation.demo.synthetic import png_of_scene
-    from models.server import ServerConfig
     from models.toyworld import sample_scenes
 
-    config = ServerConfig(
-        model=str(base_policy),
-        python=str(settings.FACTLOOP_SERVING_PYTHON),
-        port=free_port(),
-        log_path=tmp_path_factory.mktemp("replica-b") / "server.log",
-    )
-    server = VLLMServer(config)
-    server.start()
-    try:
-        server.wait_healthy(timeout=300)
+    with tiny_vllm_server(base_policy, tmp_path_factory.mktemp("replica-b")) as server:
         with ServingClient(server.url) as client:  # a fresh server's first image request is slow
             client.chat(model="base", prompt="Describe the image.", image=png_of_scene(sample_scenes(1, 1)[0], 96))
         yield server
-    finally:
-        server.stop()
 
 
 def _without_adapter(url: str, name: str) -> None:
