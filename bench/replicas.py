@@ -1,17 +1,18 @@
 """Generation throughput with one vLLM replica and with two (models/replicas.py).
 
     .venv/bin/python bench/replicas.py --model models/tiny-base [--prompts 64] [--k 4]
-        [--max-tokens 64] [--concurrency 8] [--repeats 2]
+        [--max-tokens 64] [--concurrency 8] [--repeats 2] [--pin]
 
-Two vLLM servers of the model are started from the serving venv (`make serving`) and warmed
-up. The same requests (P prompts of the toy world, K candidates each, sampled at temperature
-0.7) then go through a `ReplicaPool` of the first server alone and of both, alternately
-(1, 2, 1, 2, ...), side by side in one run, after one untimed pass on each server. It prints candidates per hour and completion
-tokens per second for each, and the ratio two/one. On the 2-core development machine both
-servers share the same cores, which bounds the ratio near 1: on separate GPUs each replica
-brings its own. With `--pin`, each server's threads are bound to a core of its own (vLLM's
-VLLM_CPU_OMP_THREADS_BIND: the first to core 0, the second to core 1), as replicas on
-separate hardware would be; the client's threads still share the machine.
+Two vLLM servers of the model are started from the serving venv (`make serving`). After one
+untimed pass on each server, the same requests (P prompts of the toy world, K candidates
+each, sampled at temperature 0.7) go through a `ReplicaPool` of the first server alone and
+of both, alternately (1, 2, 1, 2, ...), side by side in one run. It prints candidates per
+hour and completion tokens per second for each, and the ratio two/one. On the 2-core
+development machine both servers share the same cores, which bounds the ratio near 1: on
+separate GPUs each replica brings its own. With `--pin`, each server's threads are bound to
+a core of its own (vLLM's VLLM_CPU_OMP_THREADS_BIND: the first to core 0, the second to
+core 1), as replicas on separate hardware would be; the client's threads still share the
+machine.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LAUNCHERS = ("none", "accelerate")
+LAUNCHER_PID = "RLHF_LAUNCHER_PID"  # set for a launcher's ranks: the launcher's pid
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "accelerate"
 
 
@@ -91,6 +92,10 @@ def main(argv: list[str]) -> None:
     if len(argv) < 4 or argv[0] != "--parent-pid" or argv[2] != "--":
         raise SystemExit("usage: python -m contract.launch --parent-pid PID -- COMMAND...")
     die_with_parent(int(argv[1]))
+    # The launcher keeps this pid through exec: its ranks check that it is still their
+    # parent once they have armed their own death signal (rlhf.cli), closing the window in
+    # which a rank that starts after the launcher died would run on as an orphan.
+    os.environ[LAUNCHER_PID] = str(os.getpid())
     os.execvp(argv[3], argv[3:])  # the death signal survives exec
 
 

@@ -226,11 +226,19 @@ class ReplicaPool:
         return ready
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per replica: requests served and lost, and whether it is in service now."""
+        """Per replica: requests served, lost and in flight, and whether it is in service now."""
         now = self.clock()
-        return [
-            {"url": r.url, "served": r.served, "failures": r.failures, "up": r.down_until <= now} for r in self.replicas
-        ]
+        with self._lock:
+            return [
+                {
+                    "url": r.url,
+                    "served": r.served,
+                    "failures": r.failures,
+                    "in_flight": r.in_flight,
+                    "up": r.down_until <= now,
+                }
+                for r in self.replicas
+            ]
 
 
 Serving = ServingClient | ReplicaPool  # what generation, deployment and evaluation talk to

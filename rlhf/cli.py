@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.heldout import Evaluation, HeldoutError, read_heldout
-from contract.launch import die_with_parent
+from contract.launch import LAUNCHER_PID, die_with_parent
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         # A launcher's rank watches the launcher (its parent), which watches the worker.
-        die_with_parent(None if launched() else args.parent_pid)
+        launcher = os.environ.get(LAUNCHER_PID)
+        die_with_parent((int(launcher) if launcher else None) if launched() else args.parent_pid)
     if args.command == "evaluate":
         for option in ("scenes", "limit", "max_tokens", "workers", "pope_per_image", "bootstrap"):
             if getattr(args, option) is not None and getattr(args, option) < 1:

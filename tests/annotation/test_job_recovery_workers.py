@@ -84,11 +84,14 @@ def test_a_generation_killed_mid_way_fills_the_round_once_after_a_restart(
 
 
 @pytest.mark.serving
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "accelerate-2-processes"])
 def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_trainer_dies_too(
-    worker: Worker, vllm_server: Any, base_policy: Path, annotator: User, settings: Any
+    processes: int, worker: Worker, vllm_server: Any, base_policy: Path, annotator: User, settings: Any
 ) -> None:
     """Only the worker process is killed (kill -9 PID): its trainer child goes with it
-    (rlhf.cli --parent-pid), so the resumed run never races an orphan."""
+    (rlhf.cli --parent-pid), so the resumed run never races an orphan. Under accelerate
+    launch the launcher dies with the worker and every rank with the launcher
+    (contract/launch.py), and the resumed run launches again the same way."""
     from annotation.training import Options, begin
     from tests.annotation.test_train_round import TOY_CONFIG, labelled_round
 
@@ -98,7 +101,14 @@ def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_train
     round_ = labelled_round(annotator, "tiny-base")
     run = begin(
         round_,
-        Options(method="ddpo", config=TOY_CONFIG, overrides=["epochs=1"], eval_items=24),
+        Options(
+            method="ddpo",
+            config=TOY_CONFIG,
+            overrides=["epochs=1"],
+            eval_items=24,
+            launcher="accelerate" if processes > 1 else "none",
+            num_processes=processes,
+        ),
         resume=False,
     )
     worker.start()
@@ -107,7 +117,9 @@ def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_train
 
     def training() -> bool:
         steps = TrainingRun.objects.get(pk=run.pk).steps
-        return steps.get("train", {}).get("status") == "running" and log.exists() and "rlhf.cli" in log.read_text()
+        running = steps.get("train", {}).get("status") == "running" and log.exists() and "rlhf.cli" in log.read_text()
+        # Under accelerate: once the ranks run (each has its own --parent-pid command line).
+        return running and _processes().count("-m rlhf.cli --parent-pid") >= processes + (processes > 1)  # + launcher
 
     kill_mid_job(worker, job, group=False, ready=training)
     trainer = f"--parent-pid {worker.process.pid if worker.process else 0}"
@@ -121,4 +133,4 @@ def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_train
 
 
 def _processes() -> str:
-    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout  # whole lines

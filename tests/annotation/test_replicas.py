@@ -5,6 +5,7 @@ leaves its prompts to the other with nothing lost or stored twice."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ def second_replica(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) 
     from models.toyworld import sample_scenes
 
     with tiny_vllm_server(base_policy, tmp_path_factory.mktemp("replica-b")) as server:
-        with ServingClient(server.url) as client:  # a fresh server's first image request is slow
-            client.chat(model="base", prompt="Describe the image.", image=png_of_scene(sample_scenes(1, 1)[0], 96))
+        # A fresh server is slow on its first batches: warm it up with requests in parallel.
+        images = [png_of_scene(scene, 96) for scene in sample_scenes(1, 4)]
+        with ServingClient(server.url) as client, ThreadPoolExecutor(4) as threads:
+            list(threads.map(lambda image: client.chat(model="base", prompt="Describe it.", image=image), images))
         yield server
 
 
@@ -79,15 +82,15 @@ def test_a_replica_killed_mid_round_leaves_its_prompts_to_the_other(
     killed: dict[str, Any] = {}
 
     def progress(done: int, total: int) -> None:
-        served = pool.stats()[1]["served"]
-        if done and served and not killed:  # both have answered: kill one replica outright
-            killed["at"], killed["served"] = done, served
+        replica = pool.stats()[1]
+        if done and replica["in_flight"] and not killed:  # it holds requests: kill it outright
+            killed.update(at=done, in_flight=replica["in_flight"], served=replica["served"])
             second_replica.kill()
 
     with pool:
         report = generate_round(round_.pk, client=pool, registry=registry, concurrency=4, progress=progress)
         stats = pool.stats()
-    # Killed after it had answered some of the round (least in flight: each had its share).
+    # Killed mid-round with requests in flight (least in flight: each replica had its share).
     assert killed and killed["at"] < prompts, f"the round finished before the kill ({killed}): make it longer"
     assert report.failed == 0 and report.done == prompts, report.errors
     assert stats[1]["failures"] >= 1 and not stats[1]["up"]  # it lost requests in flight...
