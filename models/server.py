@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.registry import Registry, RegistryError
-from models.replicas import Serving
+from models.replicas import ReplicaPool, Serving
 from models.serving import ServingClient
 
 BASE_NAME = "base"  # the served name of the base model (`model=` in requests)
@@ -192,6 +192,11 @@ def serve_version(client: Serving, registry: Registry, name: str) -> str:
         raise RegistryError(f"version {name!r} is a {version.kind} model, not a policy to serve")
     if version.adapter is None:
         return BASE_NAME
-    if name not in client.models():
-        client.load_adapter(name, str(registry.adapter_path(name)), replace=False)
+    path = str(registry.adapter_path(name))
+    if isinstance(client, ReplicaPool):
+        # Loaded on each replica that lacks it, and remembered: a replica restarted later
+        # gets it on its first request for it.
+        client.load_adapter(name, path, replace=False)
+    elif name not in client.models():
+        client.load_adapter(name, path, replace=False)
     return name

@@ -494,8 +494,9 @@ class PPOTrainer:
         stats |= self.update(rollout)
         stats = self.mean_over_processes(stats)
         if self.config.kl_target is not None:
+            # The controller counts every rollout of the step, over all processes.
             self.kl_coef = losses.adaptive_kl_coef(
-                self.kl_coef, stats["kl"], self.config.kl_target, len(rows), self.config.kl_horizon
+                self.kl_coef, stats["kl"], self.config.kl_target, self.config.rollout_batch_size, self.config.kl_horizon
             )
         return stats
 

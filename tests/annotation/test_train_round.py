@@ -270,3 +270,21 @@ def test_a_run_killed_while_training_resumes_without_duplicates(
     assert Round.objects.filter(number__gt=round_.number).count() == 1
     assert Job.objects.filter(kind=Job.Kind.GENERATE, params={"round_id": run.next_round_id}).count() == 1
     assert TrainingRun.objects.count() == 1
+
+
+def test_the_launch_comes_from_the_run_or_the_settings_and_is_checked(settings: Any) -> None:
+    """train_round's --launcher/--accelerate-config/--num-processes, else FACTLOOP_TRAIN_*;
+    a launch that cannot work is refused before any run is made."""
+    from annotation.training import Options, TrainingRefused
+    from contract.launch import Launch
+
+    assert Options().launch() == Launch()  # the defaults: one process
+    settings.FACTLOOP_TRAIN_LAUNCHER, settings.FACTLOOP_TRAIN_PROCESSES = "accelerate", 4
+    settings.FACTLOOP_ACCELERATE_CONFIG = "fsdp2"
+    assert Options().launch() == Launch("accelerate", "fsdp2", 4)
+    assert Options(num_processes=2, accelerate_config="ddp").launch() == Launch("accelerate", "ddp", 2)
+    command = Options().launch().command(["dpo"], parent_pid=7)
+    assert command[command.index("--num_processes") + 1] == "4" and "deploy/accelerate/fsdp2.yaml" in " ".join(command)
+    for bad in ({"accelerate_config": "nonesuch"}, {"launcher": "none", "num_processes": 2}, {"launcher": "mpi"}):
+        with pytest.raises(TrainingRefused):
+            Options(**bad)
