@@ -46,6 +46,7 @@ class Replica:
     served: int = 0  # requests answered
     failures: int = 0  # requests lost to it (then sent elsewhere)
     last_error: str = ""
+    probing: bool = False  # a thread is checking whether it is back
 
     @property
     def url(self) -> str:
@@ -86,18 +87,22 @@ class ReplicaPool:
 
     def healthy(self) -> list[Replica]:
         """The replicas in service now: up, or past their cooldown and answering /health
-        again (an adapter the pool loaded is loaded on such a replica first)."""
+        again (an adapter the pool loaded is loaded on such a replica first). The probes run
+        outside the pool's lock, one thread per replica at a time: a replica slow to answer
+        holds up no request bound for the others."""
         now = self.clock()
-        ready = []
-        for replica in self.replicas:
-            if replica.down_until <= 0:
+        with self._lock:
+            ready = [r for r in self.replicas if r.down_until <= 0]
+            due = [r for r in self.replicas if 0 < r.down_until <= now and not r.probing]
+            for replica in due:
+                replica.probing = True
+        for replica in due:
+            back = replica.client.health() and self._restore_adapters(replica)
+            with self._lock:
+                replica.probing = False
+                replica.down_until = 0.0 if back else self.clock() + self.cooldown
+            if back:
                 ready.append(replica)
-            elif replica.down_until <= now:
-                if replica.client.health() and self._restore_adapters(replica):
-                    replica.down_until = 0.0
-                    ready.append(replica)
-                else:
-                    replica.down_until = now + self.cooldown
         return ready
 
     def _mark_down(self, replica: Replica, error: Exception) -> None:
@@ -118,8 +123,9 @@ class ReplicaPool:
 
     @contextmanager
     def _borrow(self, exclude: set[int]) -> Iterator[Replica]:
+        candidates = self.healthy()
         with self._lock:
-            ready = [r for r in self.healthy() if id(r) not in exclude]
+            ready = [r for r in candidates if id(r) not in exclude and r.down_until <= 0]
             if not ready:
                 raise ServerUnavailable(self._all_down())
             turn = next(self._turn)
@@ -195,8 +201,7 @@ class ReplicaPool:
 
     def health(self) -> bool:
         """True when at least one replica is in service."""
-        with self._lock:
-            return bool(self.healthy())
+        return bool(self.healthy())
 
     def load_adapter(self, name: str, path: str, *, replace: bool = True) -> None:
         """Load (or with `replace`, swap in place) an adapter on every replica in service;
@@ -219,8 +224,7 @@ class ReplicaPool:
                 self._mark_down(replica, error)
 
     def _ready_or_raise(self) -> list[Replica]:
-        with self._lock:
-            ready = self.healthy()
+        ready = self.healthy()
         if not ready:
             raise ServerUnavailable(self._all_down())
         return ready

@@ -110,6 +110,29 @@ def test_a_replica_killed_mid_round_leaves_its_prompts_to_the_other(
         assert answer.choices and "round-1" in client.models()
 
 
+def test_a_replica_past_its_cooldown_is_probed_and_gets_the_pools_adapters_back(
+    vllm_server: Any,
+    registry: Registry,  # noqa: F811
+) -> None:
+    """A replica marked down is left alone for its cooldown; then /health decides, and one
+    that answers gets the adapters the pool serves before any request (a restarted vLLM
+    has none of them). One that does not answer starts a new cooldown."""
+    _without_adapter(vllm_server.url, "round-1")
+    with ReplicaPool([vllm_server.url], cooldown=30) as pool:
+        pool.load_adapter("round-1", str(registry.adapter_path("round-1")), replace=False)
+        _without_adapter(vllm_server.url, "round-1")  # as if the server had restarted
+        replica = pool.replicas[0]
+        replica.down_until = pool.clock() + 30  # marked down: left alone meanwhile
+        assert not pool.health()
+        replica.down_until = pool.clock() - 1  # its cooldown is over
+        assert pool.health() and replica.down_until == 0
+    with ServingClient(vllm_server.url) as client:
+        assert "round-1" in client.models()
+    with ReplicaPool([f"http://127.0.0.1:{free_port()}"], cooldown=30) as dead:
+        dead.replicas[0].down_until = dead.clock() - 1
+        assert not dead.health() and dead.replicas[0].down_until > dead.clock() + 20
+
+
 def test_with_every_replica_down_a_request_fails_at_once_with_each_replicas_error() -> None:
     dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
     assert isinstance(connect(",".join(dead)), ReplicaPool)
