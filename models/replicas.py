@@ -114,7 +114,7 @@ class ReplicaPool:
     def _restore_adapters(self, replica: Replica) -> bool:
         try:
             served = set(replica.client.models())
-            for name, path in self.adapters.items():
+            for name, path in list(self.adapters.items()):  # another thread may add one meanwhile
                 if name not in served:
                     replica.client.load_adapter(name, path, replace=False)
         except ServingError:
