@@ -87,6 +87,9 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
     if bool(args.server) == bool(args.model):
         print("rlhf.cli evaluate: --data needs either --server (with --served) or --model", file=sys.stderr)
         return 2
+    if args.server is not None and not any(url.strip() for url in args.server.split(",")):
+        print("rlhf.cli evaluate: --server names no URL", file=sys.stderr)
+        return 2
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         print(f"rlhf.cli evaluate: {args.adapter} holds no LoRA adapter (adapter_config.json)", file=sys.stderr)
         return 2

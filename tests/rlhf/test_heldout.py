@@ -124,6 +124,8 @@ def test_the_command_line_refuses_bad_input_with_exit_2(tmp_path: Path, capsys: 
     assert "is not a held-out folder" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(folder)]) == 2
     assert "needs either --server" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(folder), "--server", " , ", "--served", "base"]) == 2
+    assert "--server names no URL" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(folder), "--model", "x", "--adapter", str(tmp_path)]) == 2
     assert "holds no LoRA adapter" in capsys.readouterr().err
     assert (
