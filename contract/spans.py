@@ -17,11 +17,26 @@ How the diff works:
 - Insertions in the corrected text and deletions from the original are spans too (with an
   empty side), unlike the released code, which gives weight only to replaced tokens
   (METHODS.md section 2c); exporters say so, and training keeps a switch for that behaviour.
+
+FactLoop's spans against RLHF-V's released weighting (`released_changes`, which training's
+`released_weighting: true` applies to token ids; ../shared/reference/METHODS.md sections 1b
+and 2c; the README tabulates the same):
+- What is diffed: the released code diffs the tokenizer's ids; FactLoop diffs words and
+  punctuation, because spans are made when the annotator submits, are shown to them, and
+  must fit any tokenizer.
+- A match shorter than 3 at the very start or end: the released code merges it into the
+  change; FactLoop keeps it as a match, since nothing on its far side changed ("A" in
+  "A red ball" -> "A blue ball" is not an error).
+- difflib's autojunk: on in the released code, off here. With it, a token in more than 1% of
+  a response of 200+ tokens ("the", ",") cannot seed a match, which moves the changes.
+- A pure insertion or deletion: no weight in the released code; a span here, since a
+  hallucinated clause the annotator deleted is exactly what DDPO should push down.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Literal
@@ -122,6 +137,28 @@ def changed_spans(original: str, corrected: str, *, min_match: int = RELEASED_MI
         c_start, c_end = _range(b, pb, nb, corrected, other_empty=na == pa)
         spans.append(Span(o_start, o_end, c_start, c_end, original[o_start:o_end], corrected[c_start:c_end]))
     return spans
+
+
+def released_changes(original: Sequence[Hashable], corrected: Sequence[Hashable]) -> tuple[set[int], set[int]]:
+    """The positions RLHF-V's released weighting counts as changed, in each sequence.
+
+    The released rules (METHODS.md 1b and 2c; the issue that asked for them restates them):
+    difflib's SequenceMatcher with its defaults (autojunk on) matches `original` against
+    `corrected`; every matching block shorter than RELEASED_MIN_MATCH is dropped, wherever it
+    sits; the stretches between the remaining blocks are the changes, and only those changed
+    on both sides (replacements) count: a pure insertion or deletion gives no position.
+    """
+    matcher = SequenceMatcher(None, original, corrected)  # autojunk=True, difflib's default
+    kept = [b for b in matcher.get_matching_blocks() if b.size >= RELEASED_MIN_MATCH]
+    changed_a: set[int] = set()
+    changed_b: set[int] = set()
+    previous_a = previous_b = 0
+    for next_a, next_b, size in [(m.a, m.b, m.size) for m in kept] + [(len(original), len(corrected), 0)]:
+        if next_a > previous_a and next_b > previous_b:
+            changed_a.update(range(previous_a, next_a))
+            changed_b.update(range(previous_b, next_b))
+        previous_a, previous_b = next_a + size, next_b + size
+    return changed_a, changed_b
 
 
 def _slide_left(gaps: list[list[int]], a: list[str], b: list[str]) -> None:

@@ -40,7 +40,7 @@ from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
 from rlhf.data import DataError
-from rlhf.distributed import is_main, launched
+from rlhf.distributed import finish, is_main, launched
 from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 from rlhf.families import CELLS, markdown, run_row, write_pairs
 from rlhf.heldout import LocalResponder, ServedResponder, compare
@@ -336,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         # A launcher's rank watches the launcher (its parent), which watches the worker.
         launcher = os.environ.get(LAUNCHER_PID)
         die_with_parent((int(launcher) if launcher else None) if launched() else args.parent_pid)
+    code = _dispatch(parser, args)
+    finish()  # only after a run that did not raise: a failed rank is stopped by the launcher
+    return code
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         for option in ("scenes", "limit", "max_tokens", "workers", "pope_per_image", "bootstrap"):
             if getattr(args, option) is not None and getattr(args, option) < 1:

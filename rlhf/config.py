@@ -167,8 +167,9 @@ class DPOTrainConfig:
     """Divide a corrected pair's weighted log-likelihood by |U| + gamma |C| (the paper does,
     RLHF-V's released run does not); default true for ddpo, false for dpo."""
     released_weighting: bool = False
-    """Weight only replaced spans, as RLHF-V's released code does (its diff gives no weight
-    to pure insertions or deletions); for comparison runs."""
+    """Weight the tokens RLHF-V's released code weights instead of the stored spans: the two
+    responses' token ids diffed with autojunk on, every match under 3 tokens merged into the
+    change, replacements only (contract/spans.released_changes); for comparison runs."""
     beta: float = 0.5
     """DPO temperature (RLHF-V paper: 0.5; its released script: 0.1)."""
     init_adapter: str | None = None

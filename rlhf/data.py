@@ -10,6 +10,11 @@ rejected. The collator's `token_scale` is what the trainer multiplies the per-to
 log-probabilities by before they are summed; with normalisation it already holds
 w_t / (|U| + gamma |C|).
 
+With `released_weighting` the changed tokens are instead those RLHF-V's released code
+would weight: the two responses' token ids diffed by its rules (contract/spans.py,
+`released_changes`: autojunk on, every match shorter than 3 tokens merged into the change,
+replacements only). Pairs without spans (from rankings) weigh every token 1 either way.
+
 Nothing here imports torch, datasets or trl until it is used.
 """
 
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.export import EXPORT_FORMAT, EXPORT_SCHEMA
+from contract.spans import released_changes
 
 
 class DataError(ValueError):
@@ -87,11 +93,15 @@ def usable_spans(text: str, spans: Sequence[Sequence[int]]) -> list[tuple[int, i
     return out
 
 
-def replaced_only(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]]) -> tuple[list[Any], list[Any]]:
-    """RLHF-V's released weighting: only segments changed on both sides (replacements); a pure
-    insertion or deletion gets no weight."""
-    keep = [c[1] > c[0] and r[1] > r[0] for c, r in zip(chosen, rejected, strict=True)]
-    return [c for c, k in zip(chosen, keep, strict=True) if k], [r for r, k in zip(rejected, keep, strict=True) if k]
+def _response_positions(encoded: Any, offset: int, response: str, count: int) -> list[int]:
+    """The indices of the completion's tokens that hold the response's characters."""
+    end = offset + len(response)
+    return [i for i, (s, e) in enumerate(encoded["offset_mapping"][:count]) if e > s and s < end and e > offset]
+
+
+def _response_ids(encoded: Any, offset: int, response: str, count: int) -> list[int]:
+    ids = encoded["input_ids"]
+    return [ids[i] for i in _response_positions(encoded, offset, response, count)]
 
 
 def token_weights(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], gamma: float) -> list[float]:
@@ -132,6 +142,35 @@ def make_collator(
         normalize: bool = False
         released_weighting: bool = False
 
+        def _place(
+            self,
+            batch: dict[str, Any],
+            mask: Any,
+            row: int,
+            side: str,
+            example: dict[str, Any],
+            rendered: dict[str, str],
+        ) -> tuple[Any, int, str, int]:
+            """Where one row's response sits among the tokens trl collated: the completion's
+            encoding (with offsets), the response's character offset in it, the response,
+            and how many of the collated completion tokens the encoding accounts for."""
+            response = _text_of(example[side])
+            positions = mask[row].nonzero().flatten()
+            collated = batch["input_ids"][row, positions].tolist()
+            # The completion as trl rendered it, or with its leading white space gone
+            # (Kosmos-2's processor strips it before tokenizing).
+            for completion in dict.fromkeys((rendered[side], rendered[side].lstrip())):
+                offset = completion.find(response)
+                encoded = self.processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+                # A processor may append tokens of its own after the rendered completion
+                # (Chameleon's separator); they are unchanged tokens (weight 1).
+                count = min(len(positions), len(encoded["input_ids"]))
+                if collated[:count] == list(encoded["input_ids"][:count]):
+                    if offset < 0 and (example.get("chosen_spans") or example.get("rejected_spans")):
+                        raise DataError("the chat template changed the response text; its spans cannot be placed")
+                    return encoded, offset, response, count
+            raise DataError("the response tokenized differently from trl's collator; cannot weight it")
+
         def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
             import torch
             from trl.data_utils import apply_chat_template, prepare_multimodal_messages
@@ -150,39 +189,30 @@ def make_collator(
             batch = super().torch_call(trimmed)
             mask = batch["completion_mask"]
             scale = torch.zeros(mask.shape, dtype=torch.float32)
-            tokenizer = self.processor.tokenizer
             n = len(examples)
+            placed = [
+                self._place(batch, mask, row, "chosen" if row < n else "rejected", examples[row % n], rendered[row % n])
+                for row in range(2 * n)
+            ]
             for row in range(2 * n):
                 example, side = examples[row % n], ("chosen" if row < n else "rejected")
-                chosen_spans = list(example.get("chosen_spans") or [])
-                rejected_spans = list(example.get("rejected_spans") or [])
-                if self.released_weighting and chosen_spans:
-                    chosen_spans, rejected_spans = replaced_only(chosen_spans, rejected_spans)
                 has_spans = bool(example.get("chosen_spans") or example.get("rejected_spans"))
-                response = _text_of(example[side])
-                spans = usable_spans(response, chosen_spans if side == "chosen" else rejected_spans)
+                encoded, offset, response, count = placed[row]
+                if self.released_weighting:
+                    # RLHF-V's released rules on the two responses' token ids (contract/spans.py).
+                    weights = [1.0] * count
+                    if has_spans:
+                        chosen, rejected = placed[row % n], placed[row % n + n]
+                        changed = released_changes(_response_ids(*rejected), _response_ids(*chosen))
+                        mine = _response_positions(*placed[row])
+                        for index in changed[0 if side == "rejected" else 1]:
+                            weights[mine[index]] = self.gamma
+                else:
+                    spans = usable_spans(response, example.get(f"{side}_spans") or [])
+                    weights = token_weights(
+                        encoded["offset_mapping"][:count], [(s + offset, e + offset) for s, e in spans], self.gamma
+                    )
                 positions = mask[row].nonzero().flatten()
-                collated = batch["input_ids"][row, positions].tolist()
-                weights = None
-                # The completion as trl rendered it, or with its leading white space gone
-                # (Kosmos-2's processor strips it before tokenizing).
-                for completion in dict.fromkeys((rendered[row % n][side], rendered[row % n][side].lstrip())):
-                    offset = completion.find(response)
-                    if spans and offset < 0:
-                        raise DataError("the chat template changed the response text; its spans cannot be placed")
-                    encoded = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-                    # A processor may append tokens of its own after the rendered completion
-                    # (Chameleon's separator); they are unchanged tokens (weight 1).
-                    rendered_count = min(len(positions), len(encoded["input_ids"]))
-                    if collated[:rendered_count] == list(encoded["input_ids"][:rendered_count]):
-                        weights = token_weights(
-                            encoded["offset_mapping"][:rendered_count],
-                            [(s + offset, e + offset) for s, e in spans],
-                            self.gamma,
-                        )
-                        break
-                if weights is None:
-                    raise DataError("the response tokenized differently from trl's collator; cannot weight it")
                 weights += [1.0] * (len(positions) - len(weights))
                 values = torch.tensor(weights, dtype=torch.float32)
                 if self.normalize and has_spans:

@@ -24,6 +24,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def rank() -> int:
@@ -42,3 +43,19 @@ def is_main() -> bool:
 def launched() -> bool:
     """True when a launcher (torchrun, accelerate launch) started this process."""
     return "LOCAL_RANK" in os.environ
+
+
+def finish() -> None:
+    """Leave the process group once this rank's work is done, after every rank got there.
+
+    Without it each rank's interpreter exits with gloo's threads still running, and a rank
+    that exits while another still writes can die in C++ ("terminate called without an
+    active exception", SIGABRT), which the launcher reports as a failed run although the
+    training finished. PyTorch asks for an explicit `destroy_process_group()` before exit
+    (https://pytorch.org/docs/stable/distributed.html, "Shutdown"). A no-op when this
+    process never joined a group (one process, or a command that trains nothing)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from contract.spans import changed_spans, released_changes
 from rlhf.config import ConfigError, load_config
-from rlhf.data import DataError, replaced_only, token_weights, usable_spans
+from rlhf.data import DataError, token_weights, usable_spans
 from tests.conftest import PYTHON, REPO, clean_env
 
 # ---------------------------------------------------------------------------------------
@@ -68,14 +69,49 @@ def test_a_span_inside_a_word_weights_the_tokens_it_touches(tokenizer: Any) -> N
     assert "ish" in pieces and "ball" not in pieces and not pieces.strip().startswith("A ")
 
 
-def test_token_weights_and_released_weighting() -> None:
+def test_token_weights() -> None:
     offsets = [(0, 1), (1, 5), (5, 9), (0, 0)]
     assert token_weights(offsets, [(2, 4)], 5.0) == [1.0, 5.0, 1.0, 1.0]
     assert token_weights(offsets, [], 5.0) == [1.0] * 4
-    # RLHF-V's released code weights only replacements: an insertion (empty original side)
-    # and a deletion (empty corrected side) are dropped.
-    chosen, rejected = replaced_only([[0, 3], [5, 9], [10, 10]], [[0, 4], [6, 6], [8, 12]])
-    assert (chosen, rejected) == ([[0, 3]], [[0, 4]])
+
+
+# RLHF-V's released weighting (contract/spans.released_changes), on cases worked out by hand
+# from its rules: difflib with autojunk on, every match shorter than 3 merged into the change
+# wherever it sits, only replacements weighted. Letters stand for token ids.
+
+
+def test_released_weighting_merges_a_short_match_at_the_start() -> None:
+    # Matching blocks: "A" (size 1) at the start, "CDEF". The released code drops "A", so the
+    # change is A B -> A X on both sides; FactLoop keeps the edge match: only B -> X.
+    assert released_changes(list("ABCDEF"), list("AXCDEF")) == ({0, 1}, {0, 1})
+    assert [(s.original_text, s.corrected_text) for s in changed_spans("A B C D E F", "A X C D E F")] == [("B", "X")]
+
+
+def test_released_weighting_merges_a_short_match_at_the_end() -> None:
+    # Blocks "ABC" and "E" (size 1, at the end): the change is D E -> X E.
+    assert released_changes(list("ABCDE"), list("ABCXE")) == ({3, 4}, {3, 4})
+    assert [(s.original_text, s.corrected_text) for s in changed_spans("A B C D E", "A B C X E")] == [("D", "X")]
+
+
+def test_released_weighting_ignores_pure_insertions_and_deletions() -> None:
+    assert released_changes(list("ABCDEF"), list("ABCXDEF")) == (set(), set())  # X inserted
+    assert released_changes(list("ABCXDEF"), list("ABCDEF")) == (set(), set())  # X deleted
+    # A short match between an insertion and the end is merged: D -> X Y D is a replacement.
+    assert released_changes(list("ABCD"), list("ABCXYD")) == ({3}, {3, 4, 5})
+
+
+def test_released_weighting_diffs_with_autojunk_on_long_responses() -> None:
+    # 200 tokens each: "the" x4 then Q, against Q then "the" x4, then 195 shared tokens.
+    # Without autojunk the matches are "the the the the" and the shared tail, leaving a
+    # deleted Q and an inserted Q: nothing weighted. With autojunk (len(b) >= 200), "the"
+    # occurs more than 200 // 100 + 1 = 3 times in b, so it is "popular" and cannot seed a
+    # match: the longest match in the first five tokens is Q (size 1), which the released code
+    # drops, so all five tokens on each side are one replaced stretch.
+    tail = [f"f{i}" for i in range(195)]
+    original, corrected = ["the"] * 4 + ["Q"] + tail, ["Q"] + ["the"] * 4 + tail
+    assert released_changes(original, corrected) == (set(range(5)), set(range(5)))
+    words = changed_spans(" ".join(original), " ".join(corrected))  # FactLoop: autojunk off
+    assert [(s.kind, s.original_text, s.corrected_text) for s in words] == [("insert", "", "Q "), ("delete", "Q ", "")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,6 +249,34 @@ def test_weighted_log_likelihood_and_loss_match_a_hand_computation(
     expected = -F.logsigmoid(config.beta * (chosen - rejected)).mean()
     assert torch.isclose(loss.detach(), expected, atol=1e-5), (float(loss), float(expected))
     assert abs(float(expected) - 0.6931) > 1e-3  # policy and reference differ: a real check
+
+
+@pytest.mark.parametrize(("released", "weighted"), [(False, ("green", "red")), (True, ("A green", "A red"))])
+def test_the_collator_weights_the_released_way_on_token_ids(
+    base_policy: Path, oracle_export: Path, tmp_path: Path, released: bool, weighted: tuple[str, str]
+) -> None:
+    """One correction through the trainer's collator: FactLoop's spans weight the replaced
+    word; the released rules also weight the one-token match "A" at the start (see
+    test_released_weighting_merges_a_short_match_at_the_start), on the tiny tokenizer's ids."""
+    from contract.export import assistant_turn
+    from rlhf.train_dpo import build_trainer
+
+    flag = str(released).lower()
+    config = _config(base_policy, oracle_export, tmp_path, "gamma=3", "normalize=false", f"released_weighting={flag}")
+    trainer = build_trainer(config, report_to=[])
+    rejected, chosen = "A red ball is left of a blue cube.", "A green ball is left of a blue cube."
+    spans = changed_spans(rejected, chosen)
+    row = next(r for r in trainer.train_dataset if r["source"] == "correction") | {
+        "chosen": assistant_turn(chosen),
+        "rejected": assistant_turn(rejected),
+        "chosen_spans": [[s.corrected_start, s.corrected_end] for s in spans],
+        "rejected_spans": [[s.original_start, s.original_end] for s in spans],
+    }
+    batch = trainer.data_collator([row])
+    tokenizer = trainer.processing_class.tokenizer
+    found = tuple(tokenizer.decode(batch["input_ids"][i][batch["token_scale"][i] == 3.0]).strip() for i in (0, 1))
+    assert found == weighted
+    assert set(batch["token_scale"][batch["completion_mask"] == 1].tolist()) == {1.0, 3.0}
 
 
 def test_gamma_one_without_normalisation_is_exactly_trls_dpo(
