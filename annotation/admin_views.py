@@ -218,14 +218,19 @@ def _find(folder: Path, kind: str) -> Path:
             p for p in folder.rglob("*") if p.suffix.lower() in (".jsonl", ".csv") and "__MACOSX" not in p.parts
         )
     else:
-        # An export folder holds manifest.json next to its data file.
+        # An export folder holds manifest.json next to its data file; RLHF-V's is parquet.
+        suffixes = (".json", ".parquet") if kind == "rlhf-v" else (".json",)
         candidates = sorted(
-            p for p in folder.rglob("*.json") if "__MACOSX" not in p.parts and p.name != "manifest.json"
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in suffixes and "__MACOSX" not in p.parts and p.name != "manifest.json"
         )
     if is_hf_dataset(folder):
         return folder
     if len(candidates) != 1:
-        what = "manifest (.jsonl/.csv) or datasets directory" if kind == "prompts" else ".json file"
+        what = {"prompts": "manifest (.jsonl/.csv) or datasets directory", "rlhf-v": ".parquet or .json file"}.get(
+            kind, ".json file"
+        )
         found = ", ".join(str(p.relative_to(folder)) for p in candidates) or "none"
         raise ValidationError(f"the archive must hold exactly one {what}; found: {found}")
     return candidates[0]

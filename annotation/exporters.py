@@ -13,15 +13,9 @@ database state gives byte-identical files; each export folder holds a `manifest.
   Preference pairs follow METHODS.md section 1: a ranking of k candidates gives its
   k(k-1)/2 ordered pairs (a Q1 tie still gives the Q2, helpfulness, order); a correction
   gives chosen = corrected, rejected = original; "no hallucination" gives no pair.
-- `llava-rlhf`: `llava_rlhf.json` laid out like LLaVA-RLHF's released preference data
-  (METHODS.md 1a): `id`, `image`, `conversations` ({"from": "human"|"gpt", "value"}, the
-  image as `<image>` in the first human turn), `output_1`, `output_2` ({"from": "llava",
-  "value"}), `preference` (1 or 2) and `hallucination` (the rejected output hallucinates),
-  plus an `images/` folder.
-- `rlhf-v`: `rlhf_v.json` laid out like RLHF-V's released dataset (openbmb/RLHF-V-Dataset):
-  `ds_name`, `idx`, `image_path`, `text` (a JSON string of {"question", "chosen",
-  "rejected"}), `origin_dataset`, `origin_split` (here a JSON string of the provenance),
-  plus an `images/` folder. The format is single-turn: earlier turns are not kept.
+- `llava-rlhf`: `llava_rlhf.json`, which LLaVA-RLHF's reward-model loader reads, and
+  `rlhf-v`: `rlhf_v.parquet` with the image bytes embedded, in RLHF-V's released columns
+  (annotation/released.py: the layouts, their extras and what a round trip keeps).
 
 Selection (every format): the rounds; gold tasks (QC copies of known answers) are left out
 of the pair formats unless asked for; `min_gold_accuracy` keeps only the labels of
@@ -43,6 +37,7 @@ from itertools import combinations, groupby
 from pathlib import Path
 from typing import Any, TextIO
 
+from annotation import released
 from annotation.models import Correction, Image, Judgement, TaskCandidate
 from annotation.quality import passing_annotators
 from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
@@ -83,12 +78,23 @@ _PROVENANCE = {
     "image_sha256": "assignment__task__prompt__image__sha256",
     "image_file": "assignment__task__prompt__image__file",
     "image_facts": "assignment__task__prompt__image__facts",
+    "image_source": "assignment__task__prompt__image__source",
     "prompt_id": "assignment__task__prompt_id",
     "prompt_text": "assignment__task__prompt__text",
     "prompt_context": "assignment__task__prompt__context",
     "prompt_split": "assignment__task__prompt__split",
+    "prompt_meta": "assignment__task__prompt__meta",
+    "origin": "assignment__task__origin",
 }
-_JUDGEMENT = ("ranking", "hallucination_tie", "hallucinated", "rejected_hallucinates", "rationale", "time_spent_ms")
+_JUDGEMENT = (
+    "ranking",
+    "hallucination_tie",
+    "tiers",
+    "hallucinated",
+    "rejected_hallucinates",
+    "rationale",
+    "time_spent_ms",
+)
 _CORRECTION = ("candidate_id", "original", "corrected", "no_hallucination", "spans", "time_spent_ms")
 
 
@@ -138,13 +144,20 @@ def _provenance(values: dict[str, Any]) -> dict[str, Any]:
         "assignment": row["assignment_id"],
         "annotator": row["annotator"],
         "gold": row["gold"],
-        "image": {"sha256": row["image_sha256"], "file": row["image_file"], "facts": row["image_facts"]},
+        "image": {
+            "sha256": row["image_sha256"],
+            "file": row["image_file"],
+            "facts": row["image_facts"],
+            "source": row["image_source"],
+        },
         "prompt": {
             "id": row["prompt_id"],
             "text": row["prompt_text"],
             "context": row["prompt_context"],
             "split": row["prompt_split"],
+            "meta": row["prompt_meta"],
         },
+        "origin": row["origin"],
         "submitted_at": submitted.isoformat() if submitted else None,
     }
 
@@ -179,9 +192,29 @@ def _prompt_turns(row: dict[str, Any]) -> list[dict[str, str]]:
     return [*row["prompt"]["context"], {"role": "user", "content": row["prompt"]["text"]}]
 
 
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    """What a pair format carries beyond its own fields (module docstring, "extras"): the
+    label's context, so that an import of the file restores it."""
+    return {
+        "task": row["task"],
+        "annotator": row["annotator"],
+        "split": row["prompt"]["split"],
+        "context": row["prompt"]["context"],
+        "meta": row["prompt"]["meta"],
+        "facts": row["image"]["facts"],
+        "origin": row["origin"],
+    }
+
+
+def _tier_of(row: dict[str, Any]) -> dict[int, int]:
+    tiers = row["tiers"] or [[c] for c in row["ranking"]]
+    return {c: i for i, tier in enumerate(tiers) for c in tier}
+
+
 def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The preference pairs of one factloop row (METHODS.md section 1), in TRL's
-    conversational preference format plus provenance."""
+    conversational preference format plus provenance, and under `extra` what the released
+    layouts carry as extras."""
     prompt = user_turns(_prompt_turns(row))
     answer = assistant_turn
 
@@ -195,6 +228,16 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     if row["kind"] == "ranking":
         texts = {c["id"]: c["text"] for c in row["candidates"]}
         hallucinated = set(row["hallucinated"])
+        tier = _tier_of(row)
+        shown = row["shown"]
+        # The whole k-way label, on every one of its pairs: an import regroups them.
+        label = {
+            "group": f"a{row['assignment']}",
+            "texts": [texts[c] for c in shown],
+            "ranking": [shown.index(c) for c in row["ranking"]],
+            "tiers": [[shown.index(c) for c in group] for group in (row["tiers"] or [[c] for c in row["ranking"]])],
+            "hallucinated": sorted(shown.index(c) for c in hallucinated if c in shown),
+        }
         for better, worse in combinations(row["ranking"], 2):
             yield base | {
                 "id": f"r{row['assignment']}-{better}-{worse}",
@@ -203,10 +246,12 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 "rejected": answer(texts[worse]),
                 "chosen_spans": [],
                 "rejected_spans": [],
-                "hallucination_tie": row["hallucination_tie"],
+                # This pair's order answers Q2 (helpfulness) when Q1 put both in one group.
+                "hallucination_tie": tier[better] == tier[worse],
                 # For the LLaVA-RLHF layout: the pair as shown (A before B) and the flag.
-                "chosen_first": row["shown"].index(better) < row["shown"].index(worse),
+                "chosen_first": shown.index(better) < shown.index(worse),
                 "rejected_hallucinates": worse in hallucinated,
+                "extra": _extra(row) | {"ranking": label},
             }
     elif not row["no_hallucination"]:
         yield base | {
@@ -219,6 +264,8 @@ def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
             "hallucination_tie": False,
             "chosen_first": False,
             "rejected_hallucinates": True,
+            # The spans follow from the two texts; the annotator's error types do not.
+            "extra": _extra(row) | {"categories": [s.get("category") for s in row["spans"]]},
         }
 
 
@@ -230,14 +277,19 @@ def _majority(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             for better, worse in combinations(row["ranking"], 2):
                 votes[better, worse] = votes.get((better, worse), 0) + 1
         first = rows[0]
-        ties = sum(row["hallucination_tie"] for row in rows) * 2 > len(rows)
+        ties: Counter[tuple[int, int]] = Counter()
+        for row in rows:
+            tier = _tier_of(row)
+            ties.update((a, b) for a, b in combinations(first["shown"], 2) if tier[a] == tier[b])
         flags = Counter(cid for row in rows for cid in row["hallucinated"])
         flagged = {cid for cid, n in flags.items() if 2 * n > len(rows)}
-        for pair in preference_pairs(first | {"ranking": first["shown"], "hallucinated": sorted(flagged)}):
+        merged = first | {"ranking": first["shown"], "tiers": [], "hallucinated": sorted(flagged)}
+        for pair in preference_pairs(merged):
             a, b = (int(x) for x in pair["id"].split("-")[1:])
             forward, backward = votes.get((a, b), 0), votes.get((b, a), 0)
             if forward == backward:
                 continue
+            tie = 2 * ties[a, b] > len(rows)  # most annotators put the two in one Q1 group
             if backward > forward:
                 pair = pair | {
                     "chosen": pair["rejected"],
@@ -246,10 +298,13 @@ def _majority(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
                     "rejected_hallucinates": a in flagged,
                 }
                 a, b = b, a
+            # A merged pair stands alone: no k-way label to regroup.
+            extra = {k: v for k, v in pair["extra"].items() if k != "ranking"}
             yield pair | {
                 "id": f"m{first['task']}-{a}-{b}",
                 "annotator": "majority",
-                "hallucination_tie": ties,
+                "hallucination_tie": tie,
+                "extra": extra | {"annotator": "majority"},
             }
         return
     fixes = [row for row in rows if not row["no_hallucination"]]
@@ -351,7 +406,7 @@ def export_trl(selection: Selection, out: Path, progress: Progress | None = None
 
     def rows(selection: Selection) -> Iterator[dict[str, Any]]:
         for pair in select_pairs(selection, progress):
-            del pair["chosen_first"], pair["rejected_hallucinates"]
+            del pair["chosen_first"], pair["rejected_hallucinates"], pair["extra"]
             image = cache.get(pair["image_sha256"], files[pair["image_sha256"]])
             yield pair | {"images": [{"bytes": image, "path": None}]}
 
@@ -382,76 +437,71 @@ class _JsonList:
         self.handle.write("\n]\n" if self.count else "]\n")
 
 
+def _image_names(selection: Selection) -> dict[str, tuple[str, str]]:
+    """sha256 -> (stored file, name in the export) of the selection's images: the image's
+    original name when one is known (where it was imported from) and not taken by another
+    image, else `<sha256>.<ext>`."""
+    rows = sorted(
+        Image.objects.filter(prompts__tasks__round__number__in=selection.rounds)
+        .distinct()
+        .values_list("sha256", "file", "source")
+    )
+    names: dict[str, tuple[str, str]] = {}
+    taken: set[str] = set()
+    for sha, file, source in rows:
+        original = released.safe_name(source)
+        name = original if original and original.lower() not in taken else f"{sha}{Path(file).suffix}"
+        taken.add(name.lower())
+        names[sha] = (file, name)
+    return names
+
+
 def _write_images(selection: Selection, out: Path) -> dict[str, str]:
-    """Copies the selection's images into out/images/<sha256>.<ext>; sha -> relative path."""
+    """Copies the selection's images into out/images/ (released.py: under their original
+    names when known); sha -> name relative to out/images/."""
     from django.core.files.storage import default_storage
 
     folder = out / "images"
     folder.mkdir()
     names = {}
-    for sha, file in sorted(_image_files(selection).items()):
-        name = f"images/{sha}{Path(file).suffix}"
-        with default_storage.open(file, "rb") as source, open(out / name, "wb") as target:
+    for sha, (file, name) in _image_names(selection).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        with default_storage.open(file, "rb") as source, open(folder / name, "wb") as target:
             shutil.copyfileobj(source, target)
         names[sha] = name
     return names
 
 
-def _text(message: list[dict[str, Any]]) -> str:
-    return "".join(part["text"] for part in message[0]["content"] if part["type"] == "text")
-
-
 def export_llava_rlhf(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
+    """LLaVA-RLHF's preference JSON (annotation/released.py), images in `images/`."""
     images = _write_images(selection, out)
-    with open(out / "llava_rlhf.json", "w", encoding="utf-8") as handle, _JsonList(handle) as items:
+    with open(out / released.LLAVA_RLHF_FILE, "w", encoding="utf-8") as handle, _JsonList(handle) as items:
         for pair in select_pairs(selection, progress):
-            conversations = []
-            for i, turn in enumerate(pair["prompt"]):
-                text = _text([turn])
-                conversations.append(
-                    {
-                        "from": "human" if turn["role"] == "user" else "gpt",
-                        "value": f"<image>\n{text}" if i == 0 else text,
-                    }
-                )
-            outputs = [_text(pair["chosen"]), _text(pair["rejected"])]
-            if not pair["chosen_first"]:
-                outputs.reverse()
-            items.add(
-                {
-                    "id": pair["id"],
-                    "image": images[pair["image_sha256"]],
-                    "conversations": conversations,
-                    "output_1": {"from": "llava", "value": outputs[0]},
-                    "output_2": {"from": "llava", "value": outputs[1]},
-                    "preference": 1 if pair["chosen_first"] else 2,
-                    "hallucination": pair["rejected_hallucinates"],
-                    "source": pair["source"],
-                    "round": pair["round"],
-                    "annotator": pair["annotator"],
-                }
-            )
+            items.add(released.llava_rlhf_item(pair, images[pair["image_sha256"]]))
     return {"pairs": items.count, "images": len(images)}
 
 
 def export_rlhf_v(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
-    images = _write_images(selection, out)
-    with open(out / "rlhf_v.json", "w", encoding="utf-8") as handle, _JsonList(handle) as items:
-        for pair in select_pairs(selection, progress):
-            question = _text(pair["prompt"][-1:])
-            text = {"question": question, "chosen": _text(pair["chosen"]), "rejected": _text(pair["rejected"])}
-            origin = {key: pair[key] for key in ("id", "source", "round", "annotator")}
-            items.add(
-                {
-                    "ds_name": "factloop",
-                    "idx": items.count,
-                    "image_path": images[pair["image_sha256"]],
-                    "text": json.dumps(text, ensure_ascii=False),
-                    "origin_dataset": "factloop",
-                    "origin_split": json.dumps(origin, sort_keys=True),
-                }
-            )
-    return {"pairs": items.count, "images": len(images)}
+    """RLHF-V's released parquet (annotation/released.py), image bytes embedded; written
+    through `datasets` from a generator, so memory stays flat."""
+    from datasets import Dataset  # type: ignore[import-untyped]
+
+    names = _image_names(selection)
+    cache = _ImageCache()
+    counts = {"pairs": 0}
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for idx, pair in enumerate(select_pairs(selection, progress)):
+            file, name = names[pair["image_sha256"]]
+            counts["pairs"] += 1
+            yield released.rlhf_v_row(pair, cache.get(pair["image_sha256"], file), name, idx)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="factloop-export-") as work:
+        dataset = Dataset.from_generator(rows, features=released.rlhf_v_features(), cache_dir=work)
+        dataset.to_parquet(str(out / released.RLHF_V_FILE))
+    return counts | {"images": len(names)}
 
 
 _WRITERS = {

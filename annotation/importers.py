@@ -17,11 +17,13 @@ manifest, or already imported). The report names each bad row and why. Without
 `skip_bad`, one bad row stops the import and nothing is written; with it, the good rows
 are imported and the bad ones reported.
 
-Labels (`import_labels`): the `llava-rlhf` and `rlhf-v` JSON layouts that exporters.py
-writes (and those projects released). Each file becomes one frozen round: its images and
-prompts (reused when already there), two candidates per entry, and the entry's label as a
-submitted judgement (llava-rlhf) or correction (rlhf-v) by the given annotator. Checked the
-same way, all or nothing unless `skip_bad`.
+Labels (`import_labels`): LLaVA-RLHF's preference JSON and RLHF-V's released parquet (or
+a JSON list of its fields), as released or as exporters.py writes them (annotation/released.py
+reads each row). Each file becomes one frozen round: its images and prompts (reused when
+already there), the candidates of each label, and the label as a submitted judgement or
+correction by the given annotator; what the file's extras carry (k-way rankings, ties, the
+split, error types, the released ids) is restored. Checked the same way: every bad row is
+named, all or nothing unless `skip_bad`.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
-from annotation import limits, services
-from annotation.models import Prompt, Task
+from annotation import limits, released, services
+from annotation.models import Correction, Prompt
 from annotation.services import add_image, add_prompt, inspect_image
 
 
@@ -348,167 +350,153 @@ def import_rows(
 
 
 # ---------------------------------------------------------------------------------------
-# Labels: the llava-rlhf and rlhf-v layouts
+# Labels: the llava-rlhf and rlhf-v layouts (annotation/released.py reads each row)
 
 LABEL_FORMATS = ("llava-rlhf", "rlhf-v")
 
 
-@dataclass(frozen=True)
-class _Entry:
-    row: int
-    path: Path
-    sha256: str
-    prompt: str
-    context: list[dict[str, str]]
-    first: str  # llava-rlhf: output_1; rlhf-v: rejected (the original)
-    second: str  # llava-rlhf: output_2; rlhf-v: chosen (the correction)
-    preference: int  # llava-rlhf: 1 or 2; rlhf-v: 2 (the correction)
-    hallucination: bool
-
-
-def _strip_image_token(text: str) -> str:
-    return text.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip()
-
-
-def _output(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("value")
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def _llava_rlhf_entry(item: dict[str, Any]) -> tuple[str, str, list[dict[str, str]], str, str, int, bool] | str:
-    image = item.get("image")
-    if not isinstance(image, str) or not image:
-        return "missing field 'image'"
-    turns = item.get("conversations")
-    if not isinstance(turns, list) or not all(
-        isinstance(t, dict) and t.get("from") in ("human", "gpt") and isinstance(t.get("value"), str) for t in turns
-    ):
-        return 'conversations must be a list of {"from": "human"|"gpt", "value": "..."}'
-    last_human = max((i for i, t in enumerate(turns) if t["from"] == "human"), default=None)
-    if last_human is None:
-        return "conversations hold no human turn"
-    # Turns after the last human turn (a reference answer, if any) are not part of the prompt.
-    context = [
-        {"role": "user" if t["from"] == "human" else "assistant", "content": _strip_image_token(t["value"])}
-        for t in turns[:last_human]
-    ]
-    prompt = _strip_image_token(turns[last_human]["value"])
-    first, second = _output(item.get("output_1")), _output(item.get("output_2"))
-    if first is None or second is None:
-        return "output_1 and output_2 must both hold a response"
-    if first == second:
-        return "output_1 and output_2 are the same text"
-    preference = item.get("preference")
-    if preference not in (1, 2) or isinstance(preference, bool):
-        return f"preference must be 1 or 2, got {preference!r}"
-    hallucination = item.get("hallucination", False)
-    if hallucination not in (0, 1, True, False):
-        return f"hallucination must be a boolean, got {hallucination!r}"
-    return image, prompt, context, first, second, int(preference), bool(hallucination)
-
-
-def _rlhf_v_entry(item: dict[str, Any]) -> tuple[str, str, list[dict[str, str]], str, str, int, bool] | str:
-    image = item.get("image_path") or item.get("image")
-    if not isinstance(image, str) or not image:
-        return "missing field 'image_path'"
-    text = item.get("text")
-    if isinstance(text, str):
-        try:
-            text = limits.loads(text)
-        except ValueError as error:
-            return f"text is not valid JSON: {error}"
-    if not isinstance(text, dict):
-        return 'text must be {"question", "chosen", "rejected"}'
-    fields = [text.get(key) for key in ("question", "chosen", "rejected")]
-    if not all(isinstance(f, str) and f.strip() for f in fields):
-        return "text needs a question, a chosen and a rejected response"
-    question, chosen, rejected = (str(f) for f in fields)
-    if chosen == rejected:
-        return "chosen and rejected are the same text (no correction)"
-    return image, _strip_image_token(question), [], rejected, chosen, 2, True
-
-
-def _check_entry(number: int, item: Any, parse: Callable[[dict[str, Any]], Any], folder: Path) -> _Entry | str:
-    parsed = parse(item) if isinstance(item, dict) else "not a JSON object"
-    if isinstance(parsed, str):
-        return parsed
-    name, prompt, context, first, second, preference, hallucination = parsed
-    problems = limits.prompt_problems(prompt, context)
-    problems += [p for key, text in (("first", first), ("second", second)) if (p := limits.response_problem(key, text))]
-    if problems:
-        return "; ".join(problems)
-    found = _image_in(folder, name)
-    if isinstance(found, str):
-        return found
-    data = _read_image(found)
+def _picture(data: bytes | str, name: str, load: Callable[[], bytes]) -> released.Picture:
+    """A checked image (raises released.BadRow with the reason)."""
     if isinstance(data, str):
-        return data
+        raise released.BadRow(data)
     try:
         inspect_image(data, name)
     except ValidationError as error:
-        return " ".join(error.messages)
-    sha = hashlib.sha256(data).hexdigest()
-    return _Entry(number, found, sha, prompt, context, first, second, preference, hallucination)
+        raise released.BadRow(" ".join(error.messages)) from None
+    return released.Picture(hashlib.sha256(data).hexdigest(), load, name)
 
 
-def import_labels(
-    path: Path, fmt: str, *, images: Path | None = None, annotator: str = "imported", skip_bad: bool = False
-) -> tuple[ImportReport, int | None]:
-    """Import a llava-rlhf or rlhf-v JSON file (a list of entries) as one frozen round;
-    image paths are relative to `images` (default: the file's folder). Returns the report
-    and the new round's number (None when nothing was imported)."""
+def _file_picture(folders: list[Path]) -> Callable[[str], released.Picture]:
+    """Images named by path: in the first folder that has the file (the export's `images/`
+    is tried after the given folder, so an export imports as it is)."""
 
-    if fmt not in LABEL_FORMATS:
-        raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(LABEL_FORMATS)}")
-    if get_user_model().objects.filter(username=annotator, is_active=False).exists():
-        raise ValidationError(f"user {annotator!r} is deactivated; reactivate it explicitly (--reactivate)")
-    folder = images or path.parent
+    def picture(name: str) -> released.Picture:
+        found: Path | str = f"missing file {name!r}"
+        for folder in folders:
+            found = _image_in(folder, name)
+            if not isinstance(found, str) or "outside" in found:
+                break
+        if isinstance(found, str):
+            raise released.BadRow(found)
+        path = found
+        return _picture(_read_image(path), name, path.read_bytes)
+
+    return picture
+
+
+def _rlhf_v_picture(folders: list[Path], dataset: Any) -> Callable[[dict[str, Any]], released.Picture]:
+    """A row's embedded image (parquet), or the file its `image_path` names (a JSON list)."""
+    by_path = _file_picture(folders)
+
+    def picture(row: dict[str, Any]) -> released.Picture:
+        name = row.get("image_path") or ""
+        value = row.get("image")
+        if isinstance(value, dict) and value.get("bytes"):
+            data = bytes(value["bytes"])
+            limit = settings.FACTLOOP_MAX_IMAGE_BYTES
+            checked = data if len(data) <= limit else f"image is {len(data)} bytes; the limit is {limit}"
+            number = row["_index"]
+            name = name or value.get("path") or ""
+            return _picture(checked, name or "image", lambda: bytes(dataset[number]["image"]["bytes"]))
+        if dataset is not None:
+            raise released.BadRow("the image column holds no image bytes")
+        if not isinstance(name, str) or not name:
+            raise released.BadRow("missing field 'image_path'")
+        return by_path(name)
+
+    return picture
+
+
+def _label_rows(path: Path, fmt: str, folders: list[Path], cache: Path) -> Iterator[tuple[int, Any, Any]]:
+    """(row number, row, picture checker) for each row of the file."""
+    if fmt == "rlhf-v" and path.suffix == ".parquet":
+        dataset = released.read_parquet(path, cache)
+        picture = _rlhf_v_picture(folders, dataset)
+        for number in range(len(dataset)):
+            yield number + 1, dataset[number] | {"_index": number}, picture
+        return
     try:
         items = limits.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ValueError(f"{path}: not a readable JSON file: {error}") from None
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of entries")
-    parse = _llava_rlhf_entry if fmt == "llava-rlhf" else _rlhf_v_entry
-    report = ImportReport()
-    good: list[_Entry] = []
+    checker = _file_picture(folders) if fmt == "llava-rlhf" else _rlhf_v_picture(folders, None)
     for number, item in enumerate(items, start=1):
-        report.rows += 1
-        entry = _check_entry(number, item, parse, folder)
-        if isinstance(entry, str):
-            report.problems.append(Problem(number, entry))
-        else:
-            good.append(entry)
-    if report.problems and not skip_bad:
-        raise ImportFailed(report)
-    if not good:
-        return report, None
-    kind = Task.Kind.RANK if fmt == "llava-rlhf" else Task.Kind.CORRECT
+        yield number, item, checker
+
+
+def _label_problems(label: released.Label) -> list[str]:
+    problems = limits.prompt_problems(label.prompt, label.context, label.facts)
+    names = (
+        ["original", "corrected"] if label.kind == "correct" else [f"response {i + 1}" for i in range(len(label.texts))]
+    )
+    problems += [p for name, text in zip(names, label.texts, strict=True) if (p := limits.response_problem(name, text))]
+    categories = set(label.categories or []) - {None, *Correction.Category.values}
+    if categories:
+        problems.append(f"unknown error type(s) {', '.join(sorted(map(repr, categories)))}")
+    return problems
+
+
+def import_labels(
+    path: Path, fmt: str, *, images: Path | None = None, annotator: str = "imported", skip_bad: bool = False
+) -> tuple[ImportReport, int | None]:
+    """Import a llava-rlhf JSON file or RLHF-V's released data (its parquet, or a JSON list
+    of the same fields) as one frozen round; image paths are relative to `images` (default:
+    the file's folder, then its `images/`). Returns the report and the new round's number
+    (None when nothing was imported)."""
+    import tempfile
+
+    if fmt not in LABEL_FORMATS:
+        raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(LABEL_FORMATS)}")
+    if get_user_model().objects.filter(username=annotator, is_active=False).exists():
+        raise ValidationError(f"user {annotator!r} is deactivated; reactivate it explicitly (--reactivate)")
+    folders = [images] if images is not None else [path.parent, path.parent / "images"]
+    parse = released.llava_rlhf_label if fmt == "llava-rlhf" else released.rlhf_v_label
+    report = ImportReport()
+    with tempfile.TemporaryDirectory(prefix="factloop-import-") as cache:
+        good: list[released.Label] = []
+        for number, item, picture in _label_rows(path, fmt, folders, Path(cache)):
+            report.rows += 1
+            try:
+                label = parse(number, item, picture)
+            except released.BadRow as error:
+                report.problems.append(Problem(number, str(error)))
+                continue
+            if problems := _label_problems(label):
+                report.problems.append(Problem(number, "; ".join(problems)))
+            else:
+                good.append(label)
+        good, disagreeing = released.merge_groups(good)
+        report.problems += [Problem(row, reason) for row, reason in disagreeing]
+        report.problems.sort(key=lambda problem: problem.row)
+        if report.problems and not skip_bad:
+            raise ImportFailed(report)
+        if not good:
+            return report, None
+        return report, _store_labels(path, fmt, good, annotator, report)
+
+
+def _store_labels(path: Path, fmt: str, labels: list[released.Label], annotator: str, report: ImportReport) -> int:
     user = services.ensure_label_account(annotator)
     seen_images: set[int] = set()
+    kinds = sorted({label.kind for label in labels})
     with services.atomic_with_files():
-        round_ = services.create_imported_round(f"import:{fmt}:{path.name}", kind)
-        for entry in good:
-            data = entry.path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != entry.sha256:
+        round_ = services.create_imported_round(f"import:{fmt}:{path.name}", kinds, max(len(x.texts) for x in labels))
+        for label in labels:
+            data = label.image.load()
+            if hashlib.sha256(data).hexdigest() != label.image.sha256:
                 raise ImportFailed(
-                    ImportReport(report.rows, problems=[Problem(entry.row, "the image file changed during the import")])
+                    ImportReport(report.rows, problems=[Problem(label.row, "the image file changed during the import")])
                 )
-            image = services.add_image(data, source=str(entry.path.name))
+            image = services.add_image(data, source=label.image.name, facts=label.facts)
             seen_images.add(image.pk)
-            prompt = Prompt.objects.filter(image=image, text=entry.prompt, context=entry.context).first()
+            prompt = Prompt.objects.filter(image=image, text=label.prompt, context=label.context).first()
             if prompt is None:
-                prompt = services.add_prompt(image, entry.prompt, context=entry.context)
+                prompt = services.add_prompt(
+                    image, label.prompt, split=label.split, context=label.context, meta=label.meta
+                )
                 report.prompts += 1
-            services.record_imported_label(
-                round_,
-                prompt,
-                (entry.first, entry.second),
-                annotator=user,
-                preference=entry.preference if kind == Task.Kind.RANK else None,
-                hallucination=entry.hallucination,
-                row=entry.row,
-            )
+            services.record_imported_label(round_, prompt, label, annotator=user)
     report.images = len(seen_images)
-    return report, round_.number
+    return round_.number

@@ -317,6 +317,12 @@ class Task(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     adjudicated_at = models.DateTimeField(null=True, blank=True)
+    origin = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="For an imported label: the file's fields FactLoop has no column for (the released id, "
+        "origin_dataset, origin_split, idx, unknown keys), written back on export.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -401,6 +407,12 @@ class Judgement(models.Model):
     )
     hallucinated = models.JSONField(
         default=list, blank=True, help_text="Ids of the candidates flagged as hallucinating."
+    )
+    tiers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Q1's answer: candidate ids grouped by hallucination, fewest first; a group of several "
+        "is a tie, ordered by helpfulness (Q2) in the ranking.",
     )
     rejected_hallucinates = models.BooleanField(default=False)
     rationale = models.TextField(blank=True)

@@ -136,6 +136,13 @@ class JudgementInput(serializers.Serializer):
     hallucination_tie = serializers.BooleanField(
         default=False, help_text="Q1 (fewer hallucinations) was a tie, so the order answers Q2 (more helpful)."
     )
+    tiers = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=16),
+        required=False,
+        max_length=16,
+        help_text="Q1 for k candidates: ids grouped by hallucination, fewest first; a group of several is a tie "
+        "that the ranking orders by helpfulness (Q2). Without it, hallucination_tie says whether all tied.",
+    )
     hallucinated = serializers.ListField(
         child=serializers.IntegerField(),
         default=list,
@@ -159,6 +166,7 @@ class JudgementOutput(serializers.Serializer):
     preferred = serializers.IntegerField(source="preferred_id")
     rejected = serializers.IntegerField(source="rejected_id")
     hallucination_tie = serializers.BooleanField()
+    tiers = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField()))
     hallucinated = serializers.ListField(child=serializers.IntegerField())
     rejected_hallucinates = serializers.BooleanField()
     rationale = serializers.CharField()

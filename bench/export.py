@@ -36,8 +36,8 @@ SELECT %(image)s, 'Describe the image. (' || g || ')', '[]', 'train', '{}', now(
 INSERT INTO annotation_round (number, status, policy_version, candidates_per_prompt, sampling, task_kinds, overlap,
   gold_rate, open_when_ready, created_at)
 VALUES (1, 'open', 'bench', 2, '{}', '["rank"]', 1, 0, false, now());
-INSERT INTO annotation_task (round_id, prompt_id, kind, overlap, taken, is_gold, gold_answer, created_at)
-SELECT r.id, p.id, 'rank', 1, 1, false, '{}', now() FROM annotation_round r, annotation_prompt p;
+INSERT INTO annotation_task (round_id, prompt_id, kind, overlap, taken, is_gold, gold_answer, origin, created_at)
+SELECT r.id, p.id, 'rank', 1, 1, false, '{}', '{}', now() FROM annotation_round r, annotation_prompt p;
 INSERT INTO annotation_candidate (round_id, prompt_id, index, text, model_version, params, created_at)
 SELECT t.round_id, t.prompt_id, i, 'Candidate ' || i || ': a small red ball is at the top.', 'bench', '{}', now()
 FROM annotation_task t, generate_series(0, 1) i;
@@ -49,9 +49,10 @@ JOIN annotation_candidate c ON c.prompt_id = t.prompt_id AND c.round_id = t.roun
 FILL_FAST = """
 INSERT INTO annotation_assignment (task_id, annotator_id, status, leased_at, expires_at, finished_at)
 SELECT id, %(user)s, 'submitted', now(), now(), now() FROM annotation_task;
-INSERT INTO annotation_judgement (assignment_id, ranking, preferred_id, rejected_id, hallucination_tie, hallucinated,
-  rejected_hallucinates, rationale, time_spent_ms, created_at)
-SELECT a.id, jsonb_build_array(c0.id, c1.id), c0.id, c1.id, false, jsonb_build_array(c1.id), true, '', 1000, now()
+INSERT INTO annotation_judgement (assignment_id, ranking, preferred_id, rejected_id, hallucination_tie, tiers,
+  hallucinated, rejected_hallucinates, rationale, time_spent_ms, created_at)
+SELECT a.id, jsonb_build_array(c0.id, c1.id), c0.id, c1.id, false,
+  jsonb_build_array(jsonb_build_array(c0.id), jsonb_build_array(c1.id)), jsonb_build_array(c1.id), true, '', 1000, now()
 FROM annotation_assignment a
 JOIN annotation_taskcandidate s0 ON s0.task_id = a.task_id AND s0.position = 0
 JOIN annotation_taskcandidate s1 ON s1.task_id = a.task_id AND s1.position = 1

@@ -139,7 +139,9 @@ def changed_spans(original: str, corrected: str, *, min_match: int = RELEASED_MI
     return spans
 
 
-def released_changes(original: Sequence[Hashable], corrected: Sequence[Hashable]) -> tuple[set[int], set[int]]:
+def released_changes(
+    original: Sequence[Hashable], corrected: Sequence[Hashable], *, autojunk: bool = True
+) -> tuple[set[int], set[int]]:
     """The positions RLHF-V's released weighting counts as changed, in each sequence.
 
     The released rules (METHODS.md 1b and 2c; the issue that asked for them restates them):
@@ -147,8 +149,9 @@ def released_changes(original: Sequence[Hashable], corrected: Sequence[Hashable]
     `corrected`; every matching block shorter than RELEASED_MIN_MATCH is dropped, wherever it
     sits; the stretches between the remaining blocks are the changes, and only those changed
     on both sides (replacements) count: a pure insertion or deletion gives no position.
+    `autojunk=False` is for measuring that rule alone (bench/weighting.py).
     """
-    matcher = SequenceMatcher(None, original, corrected)  # autojunk=True, difflib's default
+    matcher = SequenceMatcher(None, original, corrected, autojunk=autojunk)  # True: difflib's default
     kept = [b for b in matcher.get_matching_blocks() if b.size >= RELEASED_MIN_MATCH]
     changed_a: set[int] = set()
     changed_b: set[int] = set()

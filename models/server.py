@@ -126,7 +126,8 @@ class VLLMServer:
         or container would; `stop()` still cleans up after it."""
         if self.process is not None:
             _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+            # Usually instant; a loaded machine has taken over 10 s to reap a large process.
+            self.process.wait(120)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server and every process it started. vLLM's engine and workers are in

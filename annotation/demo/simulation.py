@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 
 from annotation import queue
@@ -31,12 +32,14 @@ def oracle_submission(
         ids = [cid for cid, _ in candidates]
         if noise and rng.random() < noise:
             rng.shuffle(ids)
+            tiers = [[cid] for cid in ids]
         else:
+            # Q1 groups by hallucination count; Q2 orders a group by correct claims.
             ids.sort(key=lambda cid: (reports[cid].hallucinations, -reports[cid].correct_claims, rng.random()))
-        counts = {reports[cid].hallucinations for cid in ids}
+            tiers = [list(group) for _, group in groupby(ids, key=lambda cid: reports[cid].hallucinations)]
         return {
             "ranking": ids,
-            "hallucination_tie": len(counts) == 1,
+            "tiers": tiers,
             "hallucinated": [cid for cid in ids if reports[cid].hallucinations > 0],
         }
     (_, original), *_ = candidates

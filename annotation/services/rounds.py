@@ -37,12 +37,12 @@ def create_round(*, policy_version: str = "") -> Round:
         return Round.objects.create(number=last + 1, policy_version=policy_version)
 
 
-def create_imported_round(source: str, kind: str) -> Round:
+def create_imported_round(source: str, kinds: Sequence[str], candidates: int = 2) -> Round:
     """A new round that holds labels imported from a file: frozen from the start (its
-    labels are final), two candidates per task of `kind`."""
+    labels are final), with tasks of `kinds` over up to `candidates` candidates."""
     round_ = create_round(policy_version=source[:255])
     round_.status, round_.frozen_at = Round.Status.FROZEN, timezone.now()
-    round_.task_kinds, round_.candidates_per_prompt = [kind], 2
+    round_.task_kinds, round_.candidates_per_prompt = list(kinds), candidates
     round_.save(update_fields=["status", "frozen_at", "task_kinds", "candidates_per_prompt"])
     audit.record(AuditEvent.Action.IMPORT, round_, source=source)
     return round_

@@ -78,19 +78,47 @@ def _begin_submission(annotator: Any, assignment_id: int, kind: str) -> tuple[li
     return [Shown(candidate_id, text) for *_, candidate_id, text in rows], None
 
 
+def default_tiers(ranking: Sequence[int], hallucination_tie: bool) -> list[list[int]]:
+    """Q1's groups when only the flag is known: a tie groups all the candidates (the 2-way
+    question), no tie ranks them one by one."""
+    return [list(ranking)] if hallucination_tie else [[c] for c in ranking]
+
+
+def tiers_problem(ranking: Sequence[int], tiers: Sequence[Sequence[int]]) -> str | None:
+    """Why `tiers` (Q1: groups by hallucination, fewest first) does not fit `ranking` (best
+    first), or None: every candidate in exactly one group, and the ranking runs through the
+    groups in order (Q2 orders the candidates inside a group)."""
+    flat = [c for tier in tiers for c in tier]
+    if any(not tier for tier in tiers) or sorted(flat) != sorted(ranking) or len(set(flat)) != len(flat):
+        return "the hallucination groups must hold each ranked candidate exactly once"
+    group = {c: i for i, tier in enumerate(tiers) for c in tier}
+    if [group[c] for c in ranking] != sorted(group[c] for c in ranking):
+        return "the ranking must put every candidate of a group with fewer hallucinations first"
+    return None
+
+
 def submit_judgement(
     annotator: Any,
     assignment_id: int,
     *,
     ranking: Sequence[int],
     hallucination_tie: bool = False,
+    tiers: Sequence[Sequence[int]] | None = None,
     hallucinated: Sequence[int] = (),
     rationale: str = "",
     time_spent_ms: int = 0,
 ) -> tuple[Judgement, bool]:
     """Store a ranking of the task's candidates, best first (LLaVA-RLHF, METHODS.md 1a):
-    ordered by fewer hallucinations, or, when that was a tie (`hallucination_tie`), by
-    helpfulness. `hallucinated` flags the candidates that hallucinate."""
+    ordered by fewer hallucinations, or, when that was a tie, by helpfulness. `tiers` is Q1's
+    answer for k candidates: groups by hallucination, fewest first, a group of several being
+    a tie that Q2 (helpfulness) ordered; without it, `hallucination_tie` says whether all the
+    candidates tied (the 2-way question). `hallucinated` flags the candidates that
+    hallucinate."""
+    if tiers is not None:
+        problem = tiers_problem(ranking, tiers)
+        if problem:
+            raise Invalid(problem)
+        hallucination_tie = any(len(tier) > 1 for tier in tiers)
     with transaction.atomic():
         slots, stored = _begin_submission(annotator, assignment_id, Task.Kind.RANK)
         if stored is not None:
@@ -107,6 +135,7 @@ def submit_judgement(
             preferred_id=ranking[0],
             rejected_id=ranking[-1],
             hallucination_tie=hallucination_tie,
+            tiers=[list(t) for t in tiers] if tiers is not None else default_tiers(ranking, hallucination_tie),
             hallucinated=sorted(set(hallucinated)),
             rejected_hallucinates=ranking[-1] in set(hallucinated),
             rationale=rationale,
@@ -179,49 +208,49 @@ def submit_correction(
     return correction, True
 
 
-def record_imported_label(
-    round_: Round,
-    prompt: Prompt,
-    texts: tuple[str, str],
-    *,
-    annotator: Any,
-    preference: int | None,
-    hallucination: bool,
-    row: int,
-) -> Assignment:
-    """A label from a released file, recorded as if `annotator` had submitted it: two
-    candidates, a task with one submitted assignment, and either a judgement (`preference`
-    1 or 2: which text is better, LLaVA-RLHF) or a correction (`preference` None: the
-    second text corrects the first, RLHF-V; the server computes the spans as for a live
-    correction). Run inside the import's transaction."""
-    first, second = add_candidates(round_, prompt, list(texts), model_version="imported", params={"row": row})
-    kind = Task.Kind.CORRECT if preference is None else Task.Kind.RANK
-    task = Task.objects.create(round=round_, prompt=prompt, kind=kind, overlap=1, taken=1)
+def record_imported_label(round_: Round, prompt: Prompt, label: Any, *, annotator: Any) -> Assignment:
+    """A label read from a file (annotation/released.py's Label), recorded as if `annotator`
+    had submitted it: its candidates, a task with one submitted assignment, and a judgement
+    (its ranking, Q1 groups and flags) or a correction (texts[1] corrects texts[0]; the
+    server computes the spans as for a live correction, with the file's error types when it
+    has one per span). Run inside the import's transaction."""
+    candidates = add_candidates(round_, prompt, list(label.texts), model_version="imported", params={"row": label.row})
+    kind = Task.Kind.RANK if label.kind == "rank" else Task.Kind.CORRECT
+    task = Task.objects.create(round=round_, prompt=prompt, kind=kind, overlap=1, taken=1, origin=label.origin)
     TaskCandidate.objects.bulk_create(
-        [TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate((first, second))]
+        [TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate(candidates)]
     )
     now = timezone.now()
     submitted = Assignment.Status.SUBMITTED
     assignment = Assignment.objects.create(
         task=task, annotator=annotator, status=submitted, leased_at=now, expires_at=now, finished_at=now
     )
-    if preference is not None:
-        better, worse = (first, second) if preference == 1 else (second, first)
+    ids = [c.pk for c in candidates]
+    if kind == Task.Kind.RANK:
+        ranking = [ids[i] for i in label.ranking]
+        tiers = [[ids[i] for i in tier] for tier in label.tiers] or default_tiers(ranking, False)
+        hallucinated = sorted(ids[i] for i in label.hallucinated)
         Judgement.objects.create(
             assignment=assignment,
-            ranking=[better.pk, worse.pk],
-            preferred=better,
-            rejected=worse,
-            hallucinated=[worse.pk] if hallucination else [],
-            rejected_hallucinates=hallucination,
+            ranking=ranking,
+            preferred_id=ranking[0],
+            rejected_id=ranking[-1],
+            hallucination_tie=any(len(tier) > 1 for tier in tiers),
+            tiers=tiers,
+            hallucinated=hallucinated,
+            rejected_hallucinates=ranking[-1] in hallucinated,
         )
     else:
-        changed = span_diff.changed_spans(first.text, second.text)
+        original, corrected = candidates
+        changed = span_diff.changed_spans(original.text, corrected.text)
+        categories = label.categories if label.categories and len(label.categories) == len(changed) else None
         Correction.objects.create(
             assignment=assignment,
-            candidate=first,
-            original=first.text,
-            corrected=second.text,
-            spans=[span.as_dict() | {"category": None} for span in changed],
+            candidate=original,
+            original=original.text,
+            corrected=corrected.text,
+            spans=[
+                span.as_dict() | {"category": categories[i] if categories else None} for i, span in enumerate(changed)
+            ],
         )
     return assignment

@@ -116,6 +116,7 @@ def test_a_judgement_is_stored_once_and_a_retry_returns_it(annotator: User) -> N
     stored = first.json()
     assert (stored["preferred"], stored["rejected"], stored["rejected_hallucinates"]) == (b, a, True)
     assert stored["hallucination_tie"] is True and stored["time_spent_ms"] == 4200
+    assert stored["tiers"] == [[b, a]]  # a tie of the two: one hallucination group
     retry = post(client, f"/api/assignments/{data['id']}/judgement/", body | {"time_spent_ms": 9999})
     assert retry.status_code == 200 and retry.json() == stored
     assert Judgement.objects.count() == 1
@@ -134,6 +135,9 @@ def test_a_judgement_is_stored_once_and_a_retry_returns_it(annotator: User) -> N
         ({"ranking": "OK", "rationale": "x" * 5001}, 400, "rationale"),
         ({"ranking": "OK", "time_spent_ms": -1}, 400, "time_spent_ms"),
         ({"ranking": "OK", "hallucination_tie": "perhaps"}, 400, "hallucination_tie"),
+        ({"ranking": "OK", "tiers": "AGAINST"}, 400, "group with fewer hallucinations first"),
+        ({"ranking": "OK", "tiers": "MISSING"}, 400, "each ranked candidate exactly once"),
+        ({"ranking": "OK", "tiers": [[]]}, 400, "tiers"),
     ],
 )
 def test_a_bad_judgement_gets_a_clear_400_and_writes_nothing(
@@ -146,6 +150,9 @@ def test_a_bad_judgement_gets_a_clear_400_and_writes_nothing(
     placeholders = {"SAME_TWICE": [ids[0], ids[0]], "UNKNOWN": [ids[0], 10**9], "OK": ids}
     if isinstance(body.get("ranking"), str) and body["ranking"] in placeholders:
         body = body | {"ranking": placeholders[body["ranking"]]}
+    tiers = {"AGAINST": [[ids[1]], [ids[0]]], "MISSING": [[ids[0]]]}
+    if isinstance(body.get("tiers"), str):
+        body = body | {"tiers": tiers[body["tiers"]]}
     response = post(client, f"/api/assignments/{data['id']}/judgement/", body)
     assert response.status_code == status
     assert message in json.dumps(response.json())

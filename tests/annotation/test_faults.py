@@ -137,8 +137,8 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
         worker.start()
         job = services.queue_generation(round_)
         wait_until(lambda: Job.objects.get(pk=job.pk).progress_done > 0, 300, "no progress", worker.log)
-        server.process.kill()  # type: ignore[union-attr]
-        server.process.wait(timeout=30)  # type: ignore[union-attr]
+        server.kill()  # the whole server at once: its API process, engine and worker
+        server.stop()
         wait_until(lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED, 600, "job unfinished", worker.log)
         first = Job.objects.get(pk=job.pk)
         assert first.status == Job.Status.SUCCEEDED and first.result["failed"] > 0, first.result

@@ -29,7 +29,11 @@ def test_llava_rlhf_layout_and_its_import_round_trip(annotator: User, tmp_path: 
     items = json.loads((tmp_path / "llava/llava_rlhf.json").read_text())
     first = items[0]
     assert set(first) >= {"id", "image", "conversations", "output_1", "output_2", "preference", "hallucination"}
-    assert first["conversations"] == [{"from": "human", "value": "<image>\nDescribe the image (0)."}]
+    # The loader of LLaVA-RLHF puts each output in the final gpt turn (tests/annotation/test_released.py).
+    assert first["conversations"] == [
+        {"from": "human", "value": "<image>\nDescribe the image (0)."},
+        {"from": "gpt", "value": "best answer."},
+    ]
     # A before B as shown, A ranked first: preference 1. The third flagged as hallucinating.
     assert (first["output_1"]["value"], first["output_2"]["value"], first["preference"]) == (
         "best answer.",
@@ -37,7 +41,7 @@ def test_llava_rlhf_layout_and_its_import_round_trip(annotator: User, tmp_path: 
         1,
     )
     assert [item["hallucination"] for item in items[:3]] == [False, True, True]
-    assert (tmp_path / "llava" / first["image"]).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "llava/images" / first["image"]).read_bytes()[:4] == b"\x89PNG"
 
     report, number = import_labels(tmp_path / "llava/llava_rlhf.json", "llava-rlhf", annotator="llava-import")
     assert number == 3 and report.rows == 7 and not report.problems
@@ -53,20 +57,24 @@ def test_llava_rlhf_layout_and_its_import_round_trip(annotator: User, tmp_path: 
 
 def test_rlhf_v_layout_and_its_import_keeps_the_changed_spans(annotator: User, tmp_path: Path) -> None:
     label_everything(annotator)
+    from datasets import Dataset  # type: ignore[import-untyped]
+
     export("rlhf-v", [2], tmp_path / "rlhfv")
-    [item] = json.loads((tmp_path / "rlhfv/rlhf_v.json").read_text())
+    [item] = Dataset.from_parquet(str(tmp_path / "rlhfv/rlhf_v.parquet"))
     text = json.loads(item["text"])
-    assert text == {
+    assert {k: text[k] for k in ("question", "chosen", "rejected")} == {
         "question": "Describe the image (0).",
         "chosen": ORIGINAL.replace("red ball", "red box"),
         "rejected": ORIGINAL,
     }
-    assert item["ds_name"] == "factloop" and item["idx"] == 0 and item["image_path"].startswith("images/")
-    _, number = import_labels(tmp_path / "rlhfv/rlhf_v.json", "rlhf-v")
+    assert text["factloop"]["source"] == "correction" and text["factloop"]["categories"] == ["objects"]
+    assert item["ds_name"] == "factloop" and item["idx"] == 0 and item["image_path"].endswith(".png")
+    assert item["image"].size == (8, 8)  # the image bytes are in the file
+    _, number = import_labels(tmp_path / "rlhfv/rlhf_v.parquet", "rlhf-v")
     assert number is not None
     correction = Correction.objects.get(assignment__task__round__number=number)
     [span] = correction.spans
-    assert (span["original_text"], span["corrected_text"]) == ("ball", "box")
+    assert (span["original_text"], span["corrected_text"], span["category"]) == ("ball", "box", "objects")
 
 
 def test_bad_label_entries_are_named_and_nothing_is_imported(tmp_path: Path) -> None:
@@ -108,7 +116,7 @@ def test_bad_label_entries_are_named_and_nothing_is_imported(tmp_path: Path) -> 
 
 
 def test_prompts_from_a_datasets_directory(tmp_path: Path) -> None:
-    from datasets import Dataset, Features, Value  # type: ignore[import-untyped]
+    from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "prompt": Value("string"), "split": Value("string")})

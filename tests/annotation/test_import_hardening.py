@@ -183,7 +183,7 @@ def test_label_imports_refuse_outside_paths_nul_and_oversized_responses(tmp_path
         import_labels(path, "rlhf-v")
     reasons = {p.row: p.reason for p in failed.value.report.problems}
     assert reasons[2] == "image path '/etc/passwd' is outside the images folder"
-    assert reasons[3] == "second is 101 characters long; the limit is 100"
+    assert reasons[3] == "corrected is 101 characters long; the limit is 100"
     assert reasons[4] == "prompt contains a NUL character"
     assert not Image.objects.exists() and stored_files(settings) == []
     report, number = import_labels(path, "rlhf-v", skip_bad=True)

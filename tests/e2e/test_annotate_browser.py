@@ -74,6 +74,53 @@ def test_ranking_with_the_keyboard(page: Any, live_server: Any, annotator: User)
     assert judgement.preferred_id == second.task.slots.get(position=0).candidate_id
 
 
+def test_ranking_three_responses_hallucination_first_with_a_tie(
+    page: Any, live_server: Any, annotator: User, tmp_path: Any
+) -> None:
+    """Q1 groups the three by hallucination (A and B tie, C worst); Q2, asked only then,
+    orders the tie by helpfulness (B first). The ranking is B, A, C, and its pairs export
+    with the tie on (B, A) only."""
+    from annotation.exporters import export
+
+    make_round(tasks=1, per_task=3, texts=["A red ball.", "A red ball at the top.", "A red ball and a kite."])
+    base = live_server.url
+    start(page, base)
+    first = assignment_on(page)
+    a, b, c = (slot.candidate_id for slot in first.task.slots.order_by("position"))
+    assert page.is_hidden("#q2") and page.is_disabled("#submit")
+    page.get_by_test_id("tier-A").select_option("1")
+    page.get_by_test_id("tier-B").select_option("1")
+    assert page.is_disabled("#submit")  # C has no group yet
+    page.get_by_test_id("tier-C").select_option("2")
+    # A tie: Q2 appears for it alone, and the ranking waits for it.
+    expect(page.get_by_test_id("tie-1")).to_contain_text("Tie A = B:")
+    assert page.get_by_test_id("helpful-C").count() == 0
+    assert page.is_visible("#q2") and page.is_disabled("#submit")
+    page.get_by_test_id("helpful-B").select_option("1")
+    page.get_by_test_id("helpful-A").select_option("1")  # the same place twice: not a ranking
+    assert page.is_disabled("#submit")
+    page.get_by_test_id("helpful-A").select_option("2")
+    page.get_by_test_id("flag-C").check()
+    page.click("#submit")
+    page.wait_for_url(f"{base}/annotate/")
+
+    judgement = Judgement.objects.get(assignment=first)
+    assert judgement.ranking == [b, a, c] and judgement.hallucinated == [c]
+    assert [sorted(tier) for tier in judgement.tiers] == [sorted([a, b]), [c]]
+    assert judgement.hallucination_tie is True and judgement.rejected_hallucinates is True
+
+    from datasets import load_from_disk  # type: ignore[import-untyped]
+
+    export("trl", [1], tmp_path / "trl")
+    pairs = load_from_disk(str(tmp_path / "trl"))
+    texts = {a: "A red ball.", b: "A red ball at the top.", c: "A red ball and a kite."}
+    got = [
+        (p["chosen"][0]["content"][0]["text"], p["rejected"][0]["content"][0]["text"], p["hallucination_tie"])
+        for p in pairs
+    ]
+    assert got == [(texts[b], texts[a], True), (texts[b], texts[c], False), (texts[a], texts[c], False)]
+
+
 def test_skip_with_the_keyboard(page: Any, live_server: Any, annotator: User) -> None:
     make_round(tasks=2)
     start(page, live_server.url)

@@ -12,15 +12,21 @@ from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels
 
 class Command(BaseCommand):
     help = (
-        "Import labelled preference data laid out like LLaVA-RLHF's (`llava-rlhf`: output_1, output_2, "
-        "preference) or RLHF-V's (`rlhf-v`: question, chosen, rejected) released JSON as a new frozen round. "
-        "All or nothing unless --skip-bad; bad entries are reported with the reason."
+        "Import labelled preference data as released: LLaVA-RLHF's JSON (`llava-rlhf`: output_1, output_2, "
+        "preference) or RLHF-V's parquet with embedded images (`rlhf-v`: ds_name, image, text, origin_dataset, "
+        "origin_split, idx, image_path; a JSON list of the same fields also works), or FactLoop's exports of "
+        "either, as a new frozen round. All or nothing unless --skip-bad; every bad entry is reported with "
+        "the reason."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("file", type=Path, help="the JSON file (a list of entries)")
+        parser.add_argument("file", type=Path, help="the JSON file (a list of entries) or RLHF-V's .parquet")
         parser.add_argument("--format", choices=LABEL_FORMATS, required=True)
-        parser.add_argument("--images", type=Path, help="the folder image paths are relative to (default: the file's)")
+        parser.add_argument(
+            "--images",
+            type=Path,
+            help="the folder image paths are relative to (default: the file's, then its images/)",
+        )
         parser.add_argument("--annotator", default="imported", help="the user the labels are recorded under")
         parser.add_argument("--skip-bad", action="store_true", help="import the good entries, report the bad ones")
 
