@@ -127,6 +127,10 @@ class AssignmentOutput(serializers.Serializer):
 class SkipOutput(serializers.Serializer):
     id = serializers.IntegerField()
     status = serializers.ChoiceField(choices=Assignment.Status.choices)
+    next = AssignmentOutput(
+        required=False,
+        help_text="With ?next=1: your next assignment, leased in the same request (null when there is none).",
+    )
 
 
 class JudgementInput(serializers.Serializer):
@@ -172,6 +176,10 @@ class JudgementOutput(serializers.Serializer):
     rationale = serializers.CharField()
     time_spent_ms = serializers.IntegerField()
     created_at = serializers.DateTimeField()
+    next = AssignmentOutput(
+        required=False,
+        help_text="With ?next=1: your next assignment, leased in the same request (null when there is none).",
+    )
 
 
 def max_corrected_chars() -> int:
@@ -222,6 +230,10 @@ class CorrectionOutput(serializers.Serializer):
     spans = SpanOutput(many=True)
     time_spent_ms = serializers.IntegerField()
     created_at = serializers.DateTimeField()
+    next = AssignmentOutput(
+        required=False,
+        help_text="With ?next=1: your next assignment, leased in the same request (null when there is none).",
+    )
 
 
 class DiffInput(serializers.Serializer):

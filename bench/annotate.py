@@ -1,18 +1,21 @@
-"""Annotation throughput: N simulated annotators looping next-then-submit over HTTP.
+"""Annotation throughput: N simulated annotators labelling over HTTP, in two styles.
 
-    .venv/bin/python bench/annotate.py [--annotators 1,8,32] [--cycles 200]
+    .venv/bin/python bench/annotate.py [--annotators 1,8,32] [--cycles 200] [--styles two,one]
         [--database-url postgres://postgres@127.0.0.1:5432/factloop_bench] [--workers 3 --threads 8]
 
-For each N, a fresh database gets a synthetic round (rank and correct tasks, overlap k) and
-N annotators with API tokens; gunicorn serves the app; N client threads (keep-alive HTTP
-connections, token auth) each loop: POST /api/assignments/next/, then submit a ranking or a
-correction, until `--cycles` submissions or no work is left. The load generator runs on the
-same machine as the server and the database.
+For each N and style, a fresh database gets a synthetic round (rank and correct tasks,
+overlap k) and N annotators with API tokens; gunicorn serves the app; N client threads
+(keep-alive HTTP connections, token auth) each label until `--cycles` submissions or no work
+is left. Style `two`: POST /api/assignments/next/, then submit a ranking or a correction (two
+round trips a label). Style `one`: each submission asks for the next assignment in its answer
+(`?next=1`), as the annotator pages do (one round trip a label). The load generator runs on
+the same machine as the server and the database.
 
-Printed per N: annotations per second, p50/p95/p99 latency of each step (next, submit), the
-ratio of throughput to the 1-annotator run, and an audit of the database: submissions the
-clients saw acknowledged but the database lacks (lost), results stored twice for one task and
-annotator (duplicated), and tasks with more than k leases plus submissions.
+Printed per N and style: labels per second, the ratio to the first run and of style one to
+style two, p50/p95/p99 latency per label (all its requests), p99 of next and submit, and an
+audit of the database: submissions the clients saw acknowledged but the database lacks
+(lost), results stored twice for one task and annotator (duplicated), and tasks with more
+than k leases plus submissions.
 
 The test suite drives the same harness (tests/annotation/test_queue_concurrency.py) on
 PostgreSQL and SQLite and asserts the audit, never the timings.
@@ -224,6 +227,7 @@ def serve(
 class ClientLog:
     next_ms: list[float] = field(default_factory=list)
     submit_ms: list[float] = field(default_factory=list)
+    label_ms: list[float] = field(default_factory=list)  # the requests one label took, end to end
     acknowledged: list[int] = field(default_factory=list)  # assignment ids whose submission got 200/201
     # What each task shown was, as the client can tell: its kind and candidate ids.
     seen_tasks: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
@@ -265,9 +269,20 @@ class Load:
     retries: int = 0
     # Stop starting new cycles after this many seconds (None: after `cycles`).
     duration: float | None = None
+    # "two": POST next, then submit (two round trips a label); "one": the submission asks
+    # for the next assignment in its answer (?next=1), one round trip a label.
+    style: str = "two"
 
 
 TRANSIENT = (OSError, http.client.HTTPException)
+
+
+def _carried(result: Any, status: int, query: str) -> Any:
+    """The next assignment an answer carried (one-round-trip style): the work, None to ask
+    for it (two-round-trip style, or an answer without it), or False when none is left."""
+    if not query or status not in (200, 201) or not isinstance(result, dict) or "next" not in result:
+        return None
+    return result["next"] if result["next"] is not None else False
 
 
 def _annotator(host: str, port: int, token: str, load: Load, log: ClientLog, start: threading.Barrier) -> None:
@@ -299,31 +314,38 @@ def _annotator(host: str, port: int, token: str, load: Load, log: ClientLog, sta
         connection.getresponse().read()
     start.wait()
     deadline = None if load.duration is None else time.monotonic() + load.duration
-    for _ in range(load.cycles):
+    work: Any = None  # the next assignment, when the last answer carried it
+    for cycle in range(load.cycles):
         if deadline is not None and time.monotonic() >= deadline:
             break
+        # The last label asks for no next one: a lease nobody will use would hold its slot.
+        query = "?next=1" if load.style == "one" and cycle < load.cycles - 1 else ""
         if load.think_ms:
             time.sleep(rng.uniform(0.5, 1.5) * load.think_ms / 1000)
-        began = time.perf_counter()
-        try:
-            status, work = post("/api/assignments/next/")
-        except TRANSIENT as error:
-            log.errors.append(f"next: {error!r}")
-            break
-        log.next_ms.append((time.perf_counter() - began) * 1000)
-        log.timeline.append((time.monotonic(), "next", log.next_ms[-1]))
-        if status == 204:
-            break
-        if status != 200:
-            log.errors.append(f"next: {status} {work}")
-            break
+        label_began = began = time.perf_counter()
+        if work is None:
+            try:
+                status, work = post("/api/assignments/next/")
+            except TRANSIENT as error:
+                log.errors.append(f"next: {error!r}")
+                break
+            log.next_ms.append((time.perf_counter() - began) * 1000)
+            log.timeline.append((time.monotonic(), "next", log.next_ms[-1]))
+            if status == 204:
+                break
+            if status != 200:
+                log.errors.append(f"next: {status} {work}")
+                break
         log.seen_tasks.append((work["kind"], tuple(sorted(c["id"] for c in work["candidates"]))))
         if load.skip_rate and rng.random() < load.skip_rate:
-            status, result = post(f"/api/assignments/{work['id']}/skip/")
+            status, result = post(f"/api/assignments/{work['id']}/skip/{query}")
             if status == 200:
                 log.skipped.append(work["id"])
             else:
                 log.errors.append(f"skip: {status} {result}")
+            work = _carried(result, status, query)
+            if work is False:
+                break
             continue
         if work["kind"] == "rank":
             action, body = "judgement", {"ranking": [c["id"] for c in reversed(work["candidates"])]}
@@ -331,16 +353,21 @@ def _annotator(host: str, port: int, token: str, load: Load, log: ClientLog, sta
             action, body = "correction", {"corrected": work["candidates"][0]["text"] + " Nothing else is there."}
         began = time.perf_counter()
         try:
-            status, result = post(f"/api/assignments/{work['id']}/{action}/", body | {"time_spent_ms": 1000})
+            status, result = post(f"/api/assignments/{work['id']}/{action}/{query}", body | {"time_spent_ms": 1000})
         except TRANSIENT as error:
             log.errors.append(f"{action}: {error!r}")
             break
-        log.submit_ms.append((time.perf_counter() - began) * 1000)
+        now = time.perf_counter()
+        log.submit_ms.append((now - began) * 1000)
+        log.label_ms.append((now - label_began) * 1000)
         log.timeline.append((time.monotonic(), "submit", log.submit_ms[-1]))
         if status in (200, 201):
             log.acknowledged.append(work["id"])
         else:
             log.errors.append(f"{action}: {status} {result}")
+        work = _carried(result, status, query)
+        if work is False:
+            break
     connection.close()
 
 
@@ -354,12 +381,13 @@ def drive(
     *,
     retries: int = 0,
     duration: float | None = None,
+    style: str = "two",
 ) -> LoadResult:
     """One thread per annotator, all starting together; each does up to `cycles` cycles
     (or until `duration` seconds), pausing about `think_ms` before each (0: back to back,
     the most load N annotators can make), skipping instead of submitting at `skip_rate`,
-    and retrying a failed request up to `retries` times."""
-    load = Load(cycles, think_ms, skip_rate, retries, duration)
+    and retrying a failed request up to `retries` times; `style` is Load's."""
+    load = Load(cycles, think_ms, skip_rate, retries, duration, style)
     logs = [ClientLog() for _ in tokens]
     start = threading.Barrier(len(tokens) + 1)
     threads = [
@@ -396,10 +424,15 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotators", default="1,8,32", help="comma-separated annotator counts")
-    parser.add_argument("--cycles", type=int, default=200, help="next-then-submit cycles per annotator")
+    parser.add_argument("--cycles", type=int, default=200, help="labels per annotator")
     parser.add_argument("--overlap", type=int, default=3, help="annotators per task (k)")
     parser.add_argument(
         "--think-ms", type=float, default=0, help="pause of each annotator before each cycle (default 0: back to back)"
+    )
+    parser.add_argument(
+        "--styles",
+        default="two,one",
+        help="two: next, then submit; one: the submission's answer carries the next assignment (?next=1)",
     )
     parser.add_argument("--database-url", default=DEFAULT_DATABASE, help="dropped and re-created for each run")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
@@ -408,50 +441,54 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=results.default_path("annotate"), help="raw rows (JSON)")
     args = parser.parse_args()
     counts = [int(n) for n in args.annotators.split(",")]
+    styles = args.styles.split(",")
+    if not set(styles) <= {"one", "two"}:
+        parser.error("--styles takes one and two")
     args.var_dir.mkdir(parents=True, exist_ok=True)
 
     rows = []
     for n in counts:
-        # Enough work that nobody runs dry: each scene gives 6 tasks (2 rank, 4 correct).
-        scenes = max(10, (n * args.cycles) // (6 * args.overlap) * 12 // 10 + 5)
-        tokens = prepare(
-            args.database_url, args.var_dir, annotators=n, scenes=scenes, overlap=args.overlap, base_env=None
-        )
-        with serve(args.database_url, args.var_dir, workers=args.workers, threads=args.threads) as (host, port):
-            result = drive(host, port, tokens, args.cycles, args.think_ms)
-        audited = audit(args.database_url, args.var_dir)
-        lost = losses(result, audited)
-        annotations = len(result.acknowledged)
-        rows.append((n, annotations, annotations / result.seconds, result, audited, lost))
-        print(f"{n} annotators: {annotations} annotations in {result.seconds:.1f} s", file=sys.stderr)
+        for style in styles:
+            # Enough work that nobody runs dry: each scene gives 6 tasks (2 rank, 4 correct).
+            scenes = max(10, (n * args.cycles) // (6 * args.overlap) * 12 // 10 + 5)
+            tokens = prepare(
+                args.database_url, args.var_dir, annotators=n, scenes=scenes, overlap=args.overlap, base_env=None
+            )
+            with serve(args.database_url, args.var_dir, workers=args.workers, threads=args.threads) as (host, port):
+                result = drive(host, port, tokens, args.cycles, args.think_ms, style=style)
+            audited = audit(args.database_url, args.var_dir)
+            lost = losses(result, audited)
+            annotations = len(result.acknowledged)
+            rows.append((n, style, annotations, annotations / result.seconds, result, audited, lost))
+            print(f"{n} annotators, {style}: {annotations} labels in {result.seconds:.1f} s", file=sys.stderr)
 
-    base_rate = rows[0][2]
+    rate_of = {(n, style): rate for n, style, _, rate, *_ in rows}
+    base_rate = rows[0][3]
     print(
         f"gunicorn {args.workers} workers x {args.threads} threads, k={args.overlap}, think {args.think_ms:g} ms, "
         f"{args.database_url}"
     )
-    header = "annot.  ann/s  x1    next p50/p95/p99 ms     submit p50/p95/p99 ms   lost dup over-k errors"
-    print(header)
-    for n, _annotations, rate, result, audited, lost in rows:
-        nxt, sub = result.latencies("next"), result.latencies("submit")
+    print("annot. style labels/s  x1  one/two   label p50/p95/p99 ms     next p99  submit p99   lost dup over-k errors")
+    raw = []
+    for n, style, annotations, rate, result, audited, lost in rows:
+        label, nxt, sub = result.latencies("label"), result.latencies("next"), result.latencies("submit")
+        two = rate_of.get((n, "two"))
+        versus = rate / two if two and style == "one" else None
         print(
-            f"{n:>6} {rate:>6.1f} {rate / base_rate:>4.1f}  "
-            f"{percentile(nxt, 0.5):>6.1f} {percentile(nxt, 0.95):>6.1f} {percentile(nxt, 0.99):>6.1f}    "
-            f"{percentile(sub, 0.5):>6.1f} {percentile(sub, 0.95):>6.1f} {percentile(sub, 0.99):>6.1f}    "
+            f"{n:>6} {style:>5} {rate:>8.1f} {rate / base_rate:>4.1f} {f'{versus:.2f}' if versus else '':>7}   "
+            f"{percentile(label, 0.5):>6.1f} {percentile(label, 0.95):>6.1f} {percentile(label, 0.99):>6.1f}    "
+            f"{percentile(nxt, 0.99):>8.1f} {percentile(sub, 0.99):>10.1f}   "
             f"{lost['lost']:>4} {lost['duplicated']:>3} {audited['tasks_over_k']:>6} {len(result.errors):>6}"
         )
-    for *_, result, _, _ in rows:
-        for error in result.errors[:5]:
-            print("error:", error)
-    raw = []
-    for n, annotations, rate, result, audited, lost in rows:
-        nxt, sub = result.latencies("next"), result.latencies("submit")
         raw.append(
             {
                 "annotators": n,
+                "style": style,
                 "annotations": annotations,
                 "per_second": rate,
                 "ratio_to_one": rate / base_rate,
+                "one_over_two": versus,
+                "label_ms": {q: percentile(label, q / 100) for q in (50, 95, 99)},
                 "next_ms": {q: percentile(nxt, q / 100) for q in (50, 95, 99)},
                 "submit_ms": {q: percentile(sub, q / 100) for q in (50, 95, 99)},
                 **lost,
@@ -459,7 +496,16 @@ def main() -> None:
                 "errors": len(result.errors),
             }
         )
-    settings = {"workers": args.workers, "threads": args.threads, "overlap": args.overlap, "think_ms": args.think_ms}
+    for *_, result, _, _ in rows:
+        for error in result.errors[:5]:
+            print("error:", error)
+    settings = {
+        "workers": args.workers,
+        "threads": args.threads,
+        "overlap": args.overlap,
+        "think_ms": args.think_ms,
+        "styles": styles,
+    }
     results.write(args.json, {"settings": settings, "rows": raw})
 
 

@@ -123,6 +123,32 @@ def test_a_judgement_is_stored_once_and_a_retry_returns_it(annotator: User) -> N
     assert Assignment.objects.filter(status=Assignment.Status.SUBMITTED).count() == 1
 
 
+def test_a_submission_can_carry_the_next_assignment(annotator: User) -> None:
+    """?next=1: the answer holds the next lease (one round trip a label); a retry of the
+    submission returns the stored result and the same live lease; none left gives null."""
+    make_round(tasks=2)
+    make_round(tasks=1, kind=Task.Kind.CORRECT, texts=[ORIGINAL])
+    client = client_for(annotator)
+    first = lease(client)
+    ranking = [c["id"] for c in first["candidates"]]
+    answer = post(client, f"/api/assignments/{first['id']}/judgement/?next=1", {"ranking": ranking})
+    assert answer.status_code == 201
+    upcoming = answer.json()["next"]
+    assert upcoming["id"] != first["id"] and upcoming["kind"] == "rank" and len(upcoming["candidates"]) == 2
+    assert Assignment.objects.get(pk=upcoming["id"]).status == Assignment.Status.LEASED
+    again = post(client, f"/api/assignments/{first['id']}/judgement/?next=1", {"ranking": ranking})
+    assert again.status_code == 200 and again.json()["next"]["id"] == upcoming["id"]  # the same live lease
+    assert "next" not in post(client, f"/api/assignments/{first['id']}/judgement/", {"ranking": ranking}).json()
+    # A skip carries the next one too; the last submission carries null.
+    skipped = post(client, f"/api/assignments/{upcoming['id']}/skip/?next=1")
+    assert skipped.status_code == 200 and skipped.json()["status"] == "skipped"
+    correction = skipped.json()["next"]
+    assert correction["kind"] == "correct"
+    done = post(client, f"/api/assignments/{correction['id']}/correction/?next=1", {"corrected": ORIGINAL + " Yes."})
+    assert done.status_code == 201 and done.json()["next"] is None
+    assert Assignment.objects.filter(annotator=annotator, status=Assignment.Status.LEASED).count() == 0
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

@@ -23,20 +23,25 @@ OVERLAP = 2
 SCENES = 200
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
+@pytest.fixture
+def fresh_database(tmp_path: Path, vendor: str) -> Iterator[str]:
+    if vendor == "sqlite":
         yield f"sqlite:///{tmp_path / 'concurrency.sqlite3'}"
         return
     with fresh_postgres_database("factloop_concurrency") as url:
         yield url
 
 
-def test_32_annotators_never_exceed_k_never_repeat_and_lose_nothing(fresh_database: str, tmp_path: Path) -> None:
+# "two": next, then submit; "one": each submission or skip leases the next assignment in the
+# same request (?next=1), as the annotator pages do (on PostgreSQL, the production database).
+@pytest.mark.parametrize(("vendor", "style"), [("postgresql", "two"), ("sqlite", "two"), ("postgresql", "one")])
+def test_32_annotators_never_exceed_k_never_repeat_and_lose_nothing(
+    fresh_database: str, tmp_path: Path, style: str
+) -> None:
     env = clean_env()
     tokens = prepare(fresh_database, tmp_path, annotators=ANNOTATORS, scenes=SCENES, overlap=OVERLAP, base_env=env)
     with serve(fresh_database, tmp_path, workers=2, threads=16, base_env=env) as (host, port):
-        result = drive(host, port, tokens, CYCLES, skip_rate=0.05)
+        result = drive(host, port, tokens, CYCLES, skip_rate=0.05, style=style)
     audited = audit(fresh_database, tmp_path, base_env=env)
 
     assert result.errors == []
@@ -53,3 +58,5 @@ def test_32_annotators_never_exceed_k_never_repeat_and_lose_nothing(fresh_databa
     # skipped slots included (given back and taken by someone else).
     assert sum(len(log.skipped) for log in result.logs) > 0
     assert len(result.acknowledged) == audited["slots"]
+    if style == "one":  # after the first, every label came in the previous answer
+        assert sum(len(log.next_ms) for log in result.logs) == ANNOTATORS
