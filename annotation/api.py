@@ -209,7 +209,7 @@ NEXT_PARAMETER = OpenApiParameter(
 
 def _with_next(request: Request, data: dict[str, Any]) -> dict[str, Any]:
     if request.query_params.get("next") not in ("1", "true"):
-        return data
+        return {key: value for key, value in data.items() if key != "next"}  # asked for nothing
     assignment = queue.next_assignment_for(request.user)
     return data | {"next": AssignmentOutput(selectors.work_payload(assignment)).data if assignment else None}
 

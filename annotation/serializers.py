@@ -129,6 +129,7 @@ class SkipOutput(serializers.Serializer):
     status = serializers.ChoiceField(choices=Assignment.Status.choices)
     next = AssignmentOutput(
         required=False,
+        allow_null=True,
         help_text="With ?next=1: your next assignment, leased in the same request (null when there is none).",
     )
 
@@ -178,6 +179,7 @@ class JudgementOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     next = AssignmentOutput(
         required=False,
+        allow_null=True,
         help_text="With ?next=1: your next assignment, leased in the same request (null when there is none).",
     )
 
@@ -232,6 +234,7 @@ class CorrectionOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     next = AssignmentOutput(
         required=False,
+        allow_null=True,
         help_text="With ?next=1: your next assignment, leased in the same request (null when there is none).",
     )
 

@@ -1,8 +1,10 @@
-"""DDPO's cost over DPO: the same batches through trl's DPO and FactLoop's DDPO, side by side.
+"""FactLoop's DPO and DDPO against trl's DPO: the same batches, side by side.
 
 Each step = collate (DDPO adds span-to-token weights) + forward/backward of the loss
-(DDPO adds a forward hook that scales the per-token log-probs) + optimizer step. The two
-methods alternate step by step so that drift in the machine's speed hits both alike.
+(DDPO adds a forward hook that scales the per-token log-probs; FactLoop runs each pair's
+prompt and image once, rlhf/prefix.py, where trl runs them for every row) + optimizer
+step. The methods alternate step by step so that drift in the machine's speed hits all
+alike. Prints the median step time and pairs per second of each, with the ratios.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --model models/tiny-base
 
@@ -70,6 +72,7 @@ def main() -> None:
 
     plain = trainer_for("dpo")
     plain.data_collator = DataCollatorForVisionPreference(plain.processing_class)
+    plain.share_prefix = False  # trl's own path: every row runs its prompt (rlhf/prefix.py)
     trainers = {"trl-dpo": plain, "dpo": trainer_for("dpo"), "ddpo": trainer_for("ddpo")}
     # The same rows for both, batch by batch.
     dataset = trainers["ddpo"].train_dataset
@@ -105,6 +108,13 @@ def main() -> None:
         print(f"{method:<8} {collate:>8.1f} {update:>21.1f} {totals[method] * 1000:>8.1f}")
     print(f"DDPO / trl DPO step time: {totals['ddpo'] / totals['trl-dpo']:.3f}")
     print(f"FactLoop DPO (gamma 1) / trl DPO: {totals['dpo'] / totals['trl-dpo']:.3f}")
+    pairs_per_second = {method: args.batch_size / total for method, total in totals.items()}
+    print(
+        "pairs/s: "
+        + ", ".join(f"{method} {rate:.1f}" for method, rate in pairs_per_second.items())
+        + f"; FactLoop DPO / trl DPO {pairs_per_second['dpo'] / pairs_per_second['trl-dpo']:.2f}x"
+        + f", DDPO / trl DPO {pairs_per_second['ddpo'] / pairs_per_second['trl-dpo']:.2f}x"
+    )
     payload = {
         "pairs": len(pairs),
         "batch_size": args.batch_size,
@@ -112,6 +122,7 @@ def main() -> None:
         "median_ms": {m: round(t * 1000, 2) for m, t in totals.items()},
         "ddpo_over_trl_dpo": totals["ddpo"] / totals["trl-dpo"],
         "dpo_over_trl_dpo": totals["dpo"] / totals["trl-dpo"],
+        "pairs_per_second": pairs_per_second,
         "seconds": {m: parts for m, parts in times.items()},
     }
     results.write(args.json, payload, model=args.model)

@@ -170,6 +170,11 @@ class DPOTrainConfig:
     """Weight the tokens RLHF-V's released code weights instead of the stored spans: the two
     responses' token ids diffed with autojunk on, every match under 3 tokens merged into the
     change, replacements only (contract/spans.released_changes); for comparison runs."""
+    share_prefix: bool = True
+    """Run each pair's prompt and image once, both responses continuing from its cache, for
+    the policy and the reference (rlhf/prefix.py): the same log-probabilities as trl's path,
+    less work. Applies to the model types it was checked on (LLaVA) and falls back to trl's
+    path elsewhere; false always takes trl's path."""
     beta: float = 0.5
     """DPO temperature (RLHF-V paper: 0.5; its released script: 0.1)."""
     init_adapter: str | None = None

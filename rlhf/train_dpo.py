@@ -79,13 +79,22 @@ def trainer_class() -> type:
     from trl import DPOTrainer
 
     class DDPOTrainer(DPOTrainer):
+        share_prefix = True  # one prompt pass per pair where rlhf/prefix.py applies
+
         def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            from rlhf.prefix import wrap_forward
+
             scale = inputs.pop("token_scale", None)
-            if scale is None:
-                return super()._compute_loss(model, inputs, return_outputs)
             modules = {id(m): m for m in (self.accelerator.unwrap_model(model), self.ref_model) if m is not None}
-            with weighted_log_probs(list(modules.values()), scale):
-                return super()._compute_loss(model, inputs, return_outputs)
+            undo = [wrap_forward(m) for m in modules.values()] if self.share_prefix else []
+            try:
+                if scale is None:
+                    return super()._compute_loss(model, inputs, return_outputs)
+                with weighted_log_probs(list(modules.values()), scale):
+                    return super()._compute_loss(model, inputs, return_outputs)
+            finally:
+                for step in undo:
+                    step()
 
     return DDPOTrainer
 
@@ -137,6 +146,7 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
         data_collator=collator,
         peft_config=peft_config,
     )
+    trainer.share_prefix = config.share_prefix
     return trainer
 
 

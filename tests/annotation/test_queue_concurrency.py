@@ -16,11 +16,11 @@ from tests.conftest import clean_env, fresh_postgres_database
 pytestmark = pytest.mark.slow
 
 ANNOTATORS = 32
-CYCLES = 100
+CYCLES = 60
 OVERLAP = 2
-# Up to 6 tasks a scene x k = 2: 200 scenes hold at most 2400 slots for 3200 attempted
+# Up to 6 tasks a scene x k = 2: 120 scenes hold at most 1440 slots for 1920 attempted
 # cycles, so the last tasks are fought over and every annotator ends on "no work left".
-SCENES = 200
+SCENES = 120
 
 
 @pytest.fixture

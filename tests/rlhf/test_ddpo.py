@@ -279,6 +279,81 @@ def test_the_collator_weights_the_released_way_on_token_ids(
     assert set(batch["token_scale"][batch["completion_mask"] == 1].tolist()) == {1.0, 3.0}
 
 
+@pytest.mark.parametrize("overrides", [("method=dpo",), ("gamma=3", "normalize=true")], ids=["dpo", "ddpo"])
+def test_one_prefix_pass_per_pair_gives_trls_loss_and_gradients(
+    base_policy: Path, oracle_export: Path, tmp_path: Path, overrides: tuple[str, ...]
+) -> None:
+    """rlhf/prefix.py: the prompt and image once per pair, both responses from its cache,
+    for the policy and the reference. The loss and the adapter's gradients equal trl's own
+    path (share_prefix=false) on the same batch, to float rounding, and the shared path did
+    run (for the policy and the reference alike)."""
+    import torch
+
+    import rlhf.prefix as prefix
+    from rlhf.train_dpo import build_trainer
+
+    results = {}
+    for share in (False, True):
+        config = _config(
+            base_policy, oracle_export, tmp_path / str(share), *overrides, f"share_prefix={str(share).lower()}"
+        )
+        trainer = build_trainer(config, report_to=[])
+        _randomise_adapter(trainer.model)
+        trainer.model.train()
+        batch = _batch(trainer)
+        used: list[bool] = []
+        real = prefix.shared_prefix_log_probs
+
+        def counting(*args: Any, real: Any = real, used: list[bool] = used, **kwargs: Any) -> Any:
+            answer = real(*args, **kwargs)
+            used.append(answer is not None)
+            return answer
+
+        prefix.shared_prefix_log_probs = counting
+        try:
+            loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
+        finally:
+            prefix.shared_prefix_log_probs = real
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[share] = (float(loss), grads, used)
+    (plain, plain_grads, plain_used), (shared, shared_grads, shared_used) = results[False], results[True]
+    assert plain_used == [] and shared_used == [True, True]  # the policy's pass and the reference's
+    assert abs(plain - shared) < 1e-5 and abs(plain - 0.6931) > 1e-3
+    assert plain_grads.keys() == shared_grads.keys() and plain_grads
+    scale = max(g.abs().max().item() for g in plain_grads.values())
+    worst = max((plain_grads[n] - shared_grads[n]).abs().max().item() for n in plain_grads)
+    assert worst <= 1e-4 * scale, (worst, scale)
+    assert all(torch.isfinite(g).all() for g in shared_grads.values())
+
+
+def test_the_shared_prefix_steps_aside_where_it_does_not_hold(
+    base_policy: Path, oracle_export: Path, tmp_path: Path
+) -> None:
+    """An unchecked model type, an input it does not know, or rows whose chosen and rejected
+    prompts differ: None, and trl's own path runs."""
+    from types import SimpleNamespace
+
+    from rlhf.prefix import shared_prefix_log_probs
+    from rlhf.train_dpo import build_trainer
+
+    trainer = build_trainer(_config(base_policy, oracle_export, tmp_path), report_to=[])
+    batch = dict(_batch(trainer))
+    batch.pop("token_scale")
+    labels = batch["input_ids"].masked_fill(batch.pop("completion_mask") == 0, -100)
+    inputs = batch | {"labels": labels, "fused_lm_head": True, "use_cache": False}
+    model = trainer.model.get_base_model()
+    assert shared_prefix_log_probs(model, **inputs) is not None
+    qwen = SimpleNamespace(config=SimpleNamespace(model_type="qwen2_vl"))
+    assert shared_prefix_log_probs(qwen, **inputs) is None
+    assert shared_prefix_log_probs(model, **inputs, image_sizes=None) is None
+    other = inputs["input_ids"].clone()
+    half = other.size(0) // 2
+    first_prompt_token = int((inputs["attention_mask"][half] == 1).nonzero()[0])
+    other[half, first_prompt_token] += 1  # the first rejected row's prompt no longer matches its chosen row's
+    assert shared_prefix_log_probs(model, **inputs | {"input_ids": other}) is None
+
+
 def test_gamma_one_without_normalisation_is_exactly_trls_dpo(
     base_policy: Path, oracle_export: Path, tmp_path: Path
 ) -> None:
@@ -287,7 +362,9 @@ def test_gamma_one_without_normalisation_is_exactly_trls_dpo(
 
     from rlhf.train_dpo import build_trainer
 
-    trainer = build_trainer(_config(base_policy, oracle_export, tmp_path, "method=dpo"), report_to=[])
+    # Bitwise equal on trl's own path; the shared prefix equals it to rounding (the test above).
+    config = _config(base_policy, oracle_export, tmp_path, "method=dpo", "share_prefix=false")
+    trainer = build_trainer(config, report_to=[])
     _randomise_adapter(trainer.model, seed=1)
     trainer.model.eval()
     batch = _batch(trainer)

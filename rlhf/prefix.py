@@ -1,0 +1,164 @@
+"""One prefix pass per preference pair: the prompt and its image run once, both responses
+continue from its key-value cache.
+
+trl's DPOTrainer (pinned 1.16) lays a batch of B pairs out as 2B rows, [chosen rows;
+rejected rows], each row the prompt followed by one response, and runs them all: the
+prompt, its image tokens and the vision tower twice for the policy and twice more for the
+reference. In a vision-language pair the prompt dominates (576 image tokens for
+LLaVA-1.5 against 50 to 150 response tokens), so most of that work is repeated.
+
+`shared_prefix_log_probs` takes trl's own batch, finds each pair's prompt (the tokens of a
+row that attend but are not labelled) and response, and computes:
+1. the B prompts once (left-padded, positions counted from each prompt's first real
+   token), with the vision tower, keeping the cache;
+2. the 2B responses (right-padded) in one forward over the cache, repeated for the
+   chosen and the rejected rows, positions continuing after each prompt;
+3. the log-probability of each response token (its first from the prompt's last
+   position), with the entropy, mean logit and top-1 flags trl's metrics read, placed
+   where trl's fused LM head puts them, so that trl's loss code, and DDPO's token weights
+   (rlhf/train_dpo.py), run unchanged on them.
+
+It is exact: the same causal attention over the same tokens at the same positions, so the
+log-probabilities equal trl's to float rounding (tests/rlhf/test_prefix.py). It answers
+None, and trl's own path runs, for anything it was not checked on: a model type outside
+SUPPORTED, extra model inputs (Gemma's token types, Qwen2-VL's multimodal positions, image
+sizes), or a batch whose chosen and rejected rows do not share their prompt.
+
+Nothing here imports torch at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Model types whose prefix-then-continuation forward was checked against trl's log-probs.
+# LLaVA's language model takes position_ids and a key-value cache as any decoder does, and
+# its image features are computed from pixel_values inside the prompt's forward.
+SUPPORTED = frozenset({"llava"})
+# The inputs trl passes that this path understands; any other one falls back to trl's path.
+_KNOWN = frozenset({"input_ids", "attention_mask", "pixel_values", "labels", "fused_lm_head", "use_cache"})
+
+
+def supported(model: Any) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) in SUPPORTED
+
+
+def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
+    """What trl's fused head returns for `inputs` (trl's 2B rows: a FusedCausalLMOutput of
+    per-token log-probabilities and the fields its metrics read), from one prompt pass per
+    pair; None when this path does not apply."""
+    import torch
+
+    if not supported(model) or set(inputs) - _KNOWN or inputs.get("pixel_values") is None:
+        return None
+    input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+    rows = input_ids.size(0)
+    if rows % 2 or labels is None:
+        return None
+    pairs = rows // 2
+    completion = labels != -100
+    prompt = attention_mask.bool() & ~completion
+    prompts = [input_ids[r][prompt[r]] for r in range(rows)]
+    responses = [input_ids[r][completion[r]] for r in range(rows)]
+    for r in range(rows):
+        # trl's layout: the prompt, then the response right after it, then padding.
+        n_prompt, n_response = len(prompts[r]), len(responses[r])
+        if not (prompt[r, :n_prompt].all() and completion[r, n_prompt : n_prompt + n_response].all()):
+            return None
+    if any(not torch.equal(prompts[r], prompts[r + pairs]) for r in range(pairs)):
+        return None
+    pixel_values = inputs["pixel_values"]
+    if pixel_values.size(0) != rows or not torch.equal(pixel_values[:pairs], pixel_values[pairs:]):
+        return None
+
+    device = input_ids.device
+    width = max(len(p) for p in prompts[:pairs])
+    prompt_ids = torch.zeros((pairs, width), dtype=input_ids.dtype, device=device)
+    prompt_mask = torch.zeros((pairs, width), dtype=attention_mask.dtype, device=device)
+    for r in range(pairs):  # left-padded: each prompt's last token in the last column
+        prompt_ids[r, width - len(prompts[r]) :] = prompts[r]
+        prompt_mask[r, width - len(prompts[r]) :] = 1
+    span = max(len(x) for x in responses)
+    response_ids = torch.zeros((rows, span), dtype=input_ids.dtype, device=device)
+    response_mask = torch.zeros((rows, span), dtype=attention_mask.dtype, device=device)
+    for r in range(rows):
+        response_ids[r, : len(responses[r])] = responses[r]
+        response_mask[r, : len(responses[r])] = 1
+
+    backbone, head = model.model, model.lm_head
+    prompt_positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+    first = backbone(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=prompt_positions,
+        pixel_values=pixel_values[:pairs],
+        use_cache=True,
+    )
+    cache = first.past_key_values
+    cache.reorder_cache(torch.arange(pairs, device=device).repeat(2))  # [chosen rows; rejected rows]
+    starts = prompt_mask.sum(1, keepdim=True).repeat(2, 1)
+    second = backbone(
+        input_ids=response_ids,
+        attention_mask=torch.cat((prompt_mask.repeat(2, 1), response_mask), dim=1),
+        position_ids=starts + torch.arange(span, device=device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    # Response token j is predicted at the position before it: the prompt's last for j = 0.
+    hidden = torch.cat((first.last_hidden_state[:, -1:].repeat(2, 1, 1), second.last_hidden_state[:, :-1]), dim=1)
+    scored = response_mask.bool()
+    targets = response_ids[scored]
+    logits = head(hidden[scored]).float()
+    all_log_probs = torch.log_softmax(logits, dim=-1)
+    token_log_probs = all_log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():  # trl's metrics (and WPO's weights), as its fused head computes them
+        plain = all_log_probs.detach()
+        entropy = -(plain.exp() * plain).sum(-1)
+        log_sum_sq_probs = torch.logsumexp(2 * plain, dim=-1)
+        mean_logits = logits.detach().mean(-1)
+        is_top1 = logits.detach().argmax(-1) == targets
+    # Where trl's fused head puts them: position p holds token p + 1's, zero elsewhere.
+    mask = completion[:, 1:]
+
+    def placed(values: Any) -> Any:
+        return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    log_probs = placed(token_log_probs)
+    return FusedCausalLMOutput(
+        loss=-log_probs.sum() / mask.sum().clamp(min=1),
+        log_probs=log_probs,
+        entropy=placed(entropy),
+        log_sum_sq_probs=placed(log_sum_sq_probs),
+        mean_logits=placed(mean_logits),
+        is_top1=placed(is_top1),
+        label_mask=mask,
+    )
+
+
+def wrap_forward(model: Any) -> Any:
+    """Make `model`'s fused-head forwards (trl's `fused_lm_head=True` calls) take the shared
+    prefix path where it applies; returns an undo callable. `model` is what trl calls: a
+    PEFT model (its base model does the work, adapters on or off as trl set them) or a
+    plain transformers model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    original = model.forward
+    had_own = "forward" in vars(model)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not args and kwargs.get("fused_lm_head"):
+            shared = shared_prefix_log_probs(base, **kwargs)
+            if shared is not None:
+                return shared
+        return original(*args, **kwargs)
+
+    model.forward = forward
+
+    def undo() -> None:
+        if had_own:
+            model.forward = original
+        else:
+            del model.forward
+
+    return undo
