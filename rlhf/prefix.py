@@ -19,7 +19,7 @@ row that attend but are not labelled) and response, and computes:
    (rlhf/train_dpo.py), run unchanged on them.
 
 It is exact: the same causal attention over the same tokens at the same positions, so the
-log-probabilities equal trl's to float rounding (tests/rlhf/test_prefix.py). It answers
+log-probabilities equal trl's to float rounding (tests/rlhf/test_ddpo.py). It answers
 None, and trl's own path runs, for anything it was not checked on: a model type outside
 SUPPORTED, extra model inputs (Gemma's token types, Qwen2-VL's multimodal positions, image
 sizes), or a batch whose chosen and rejected rows do not share their prompt.
