@@ -386,14 +386,14 @@ class _ImageCache:
         return self.data
 
 
+def _images_of(selection: Selection) -> Any:
+    """The images the selection's labels use."""
+    return Image.objects.filter(prompts__tasks__round__number__in=selection.rounds).distinct()
+
+
 def _image_files(selection: Selection) -> dict[str, str]:
     """sha256 -> stored file of every image the selection's labels use."""
-
-    return dict(
-        Image.objects.filter(prompts__tasks__round__number__in=selection.rounds)
-        .distinct()
-        .values_list("sha256", "file")
-    )
+    return dict(_images_of(selection).values_list("sha256", "file"))
 
 
 def export_trl(selection: Selection, out: Path, progress: Progress | None = None) -> dict[str, int]:
@@ -441,11 +441,7 @@ def _image_names(selection: Selection) -> dict[str, tuple[str, str]]:
     """sha256 -> (stored file, name in the export) of the selection's images: the image's
     original name when one is known (where it was imported from) and not taken by another
     image, else `<sha256>.<ext>`."""
-    rows = sorted(
-        Image.objects.filter(prompts__tasks__round__number__in=selection.rounds)
-        .distinct()
-        .values_list("sha256", "file", "source")
-    )
+    rows = sorted(_images_of(selection).values_list("sha256", "file", "source"))
     names: dict[str, tuple[str, str]] = {}
     taken: set[str] = set()
     for sha, file, source in rows:

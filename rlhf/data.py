@@ -93,6 +93,11 @@ def usable_spans(text: str, spans: Sequence[Sequence[int]]) -> list[tuple[int, i
     return out
 
 
+def _has_spans(example: dict[str, Any]) -> bool:
+    """Whether a pair carries changed segments (a correction), rather than none (a ranking)."""
+    return bool(example.get("chosen_spans") or example.get("rejected_spans"))
+
+
 def _response_positions(encoded: Any, offset: int, response: str, count: int) -> list[int]:
     """The indices of the completion's tokens that hold the response's characters."""
     end = offset + len(response)
@@ -166,7 +171,7 @@ def make_collator(
                 # (Chameleon's separator); they are unchanged tokens (weight 1).
                 count = min(len(positions), len(encoded["input_ids"]))
                 if collated[:count] == list(encoded["input_ids"][:count]):
-                    if offset < 0 and (example.get("chosen_spans") or example.get("rejected_spans")):
+                    if offset < 0 and _has_spans(example):
                         raise DataError("the chat template changed the response text; its spans cannot be placed")
                     return encoded, offset, response, count
             raise DataError("the response tokenized differently from trl's collator; cannot weight it")
@@ -194,18 +199,22 @@ def make_collator(
                 self._place(batch, mask, row, "chosen" if row < n else "rejected", examples[row % n], rendered[row % n])
                 for row in range(2 * n)
             ]
+            # RLHF-V's released rules on each pair's two responses' token ids, once per pair
+            # (contract/spans.py): (rejected positions, chosen positions) that changed.
+            released = {
+                i: released_changes(_response_ids(*placed[i + n]), _response_ids(*placed[i]))
+                for i, example in enumerate(examples)
+                if self.released_weighting and _has_spans(example)
+            }
             for row in range(2 * n):
                 example, side = examples[row % n], ("chosen" if row < n else "rejected")
-                has_spans = bool(example.get("chosen_spans") or example.get("rejected_spans"))
+                has_spans = _has_spans(example)
                 encoded, offset, response, count = placed[row]
                 if self.released_weighting:
-                    # RLHF-V's released rules on the two responses' token ids (contract/spans.py).
                     weights = [1.0] * count
                     if has_spans:
-                        chosen, rejected = placed[row % n], placed[row % n + n]
-                        changed = released_changes(_response_ids(*rejected), _response_ids(*chosen))
                         mine = _response_positions(*placed[row])
-                        for index in changed[0 if side == "rejected" else 1]:
+                        for index in released[row % n][0 if side == "rejected" else 1]:
                             weights[mine[index]] = self.gamma
                 else:
                     spans = usable_spans(response, example.get(f"{side}_spans") or [])
