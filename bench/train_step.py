@@ -2,20 +2,39 @@
 
 Each step = collate (DDPO adds span-to-token weights) + forward/backward of the loss
 (DDPO adds a forward hook that scales the per-token log-probs; FactLoop runs each pair's
-prompt and image once, rlhf/prefix.py, where trl runs them for every row) + optimizer
+prompt and image once, and a frozen tower's features once for the policy and the
+reference, rlhf/prefix.py, where trl runs them for every row and both models) + optimizer
 step. The methods alternate step by step so that drift in the machine's speed hits all
-alike. Prints the median step time and pairs per second of each, with the ratios.
+alike. Prints the median step time and pairs per second of each, the peak memory of a
+step, and the ratios to trl's DPO.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --model models/tiny-base
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --shape llava15 --json bench/results/train_step_llava15.json
 
-`--model` takes any image-text-to-text checkpoint; the pairs come from the toy world, so
-a real checkpoint is timed on toy images and descriptions.
+`--shape` picks the timed model; the pairs always come from the toy world, sampled by the
+shipped tiny model (`--model`):
+- `shipped`: the tiny model itself (9 image tokens);
+- `llava15`: LLaVA-1.5's image-token count, 576 (a 336-pixel image in 14-pixel patches,
+  arXiv:2310.03744), with the tiny model's widths and a frozen tower: the prompt then
+  outweighs the responses as it does in LLaVA-1.5, on a CPU;
+- `llava15-1b`: for a GPU, LLaVA-1.5-shaped at about 1.4B parameters (ViT-L/14-336 tower,
+  a TinyLlama-shaped 22-layer 2048-wide Llama; the toy vocabulary makes it 0.97B of
+  language model where a 32k vocabulary gives 1.06B). Run it with
+  `--set lora.r=64 --set dtype=bfloat16`.
+The shaped models have random weights: time and memory do not depend on what was learnt.
+
+Peak memory: on a GPU, torch's peak allocation during each method's step (reset before
+it); on the CPU, each method runs its steps again alone in a child process, which reports
+the growth of its peak resident memory over what it held before its first step.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,106 +45,219 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
 
+METHODS = ("trl-dpo", "dpo", "ddpo")
+KEEP = ("prompt", "chosen", "rejected", "images", "chosen_spans", "rejected_spans")
+
+
+def shaped_model(shape: str, shipped: str, out: Path) -> str:
+    """The folder of the timed model: the shipped one, or a random model of `shape` with the
+    shipped tokenizer."""
+    if shape == "shipped":
+        return shipped
+    from transformers import AutoProcessor
+
+    from models.tiny import TinySpec, build_model, build_processor, save_pretrained
+
+    sizes: dict[str, Any] = {"image_size": 336, "patch_size": 14, "max_positions": 1024}  # 24 x 24 = 576 tokens
+    if shape == "llava15-1b":
+        sizes |= {"vision_hidden": 1024, "vision_layers": 24, "vision_heads": 16, "max_positions": 2048}
+        sizes |= {"text_hidden": 2048, "text_layers": 22, "text_heads": 32, "text_kv_heads": 4}
+        sizes |= {"text_intermediate": 5632}
+    spec = TinySpec(**sizes)
+    tokenizer = AutoProcessor.from_pretrained(shipped).tokenizer.backend_tokenizer
+    processor = build_processor(tokenizer, spec)
+    model = build_model(spec, processor)
+    save_pretrained(model, processor, out)
+    return str(out)
+
+
+def trainer_for(method: str, model: str, work: Path, args: argparse.Namespace) -> Any:
+    from rlhf.config import load_config
+    from rlhf.train_dpo import build_trainer
+
+    config = load_config(
+        None,
+        [f"method={'dpo' if method == 'trl-dpo' else method}", f"batch_size={args.batch_size}", "threads=1", *args.set],
+        model=model,
+        data=[str(work / "pairs")],
+        output_dir=str(work / method),
+    )
+    trainer = build_trainer(config, report_to=[])
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.steps + 5)
+    if method == "trl-dpo":  # trl's DPO as it ships: its own collator, no token weights, no shared prefix
+        from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+        trainer.data_collator = DataCollatorForVisionPreference(trainer.processing_class)
+        trainer.share_prefix = False
+    return trainer
+
+
+def batches(trainer: Any, args: argparse.Namespace) -> list[list[dict[str, Any]]]:
+    """The same rows for every method, batch by batch (3 warm-up steps first)."""
+    dataset = trainer.train_dataset
+    return [
+        [dataset[(step * args.batch_size + i) % len(dataset)] for i in range(args.batch_size)]
+        for step in range(args.steps + 3)
+    ]
+
+
+def one_step(method: str, trainer: Any, rows: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """Collate, loss, backward and update; answers (collate s, the rest s, peak GPU bytes)."""
+    import torch
+
+    device = trainer.args.device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    batch = trainer.data_collator([{k: r[k] for k in KEEP if method != "trl-dpo" or "spans" not in k} for r in rows])
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    collated = time.perf_counter()
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    done = time.perf_counter()
+    return collated - began, done - collated, float(torch.cuda.max_memory_allocated()) if cuda else 0.0
+
+
+def rss_peak_growth(method: str, model: str, work: Path, args: argparse.Namespace) -> float:
+    """Run one method's steps alone in a child process: its peak resident memory (bytes)
+    beyond what it held before the first step."""
+    command = [sys.executable, __file__, "--memory-child", method, "--work", str(work), "--timed-model", model]
+    command += ["--batch-size", str(args.batch_size), "--steps", str(min(args.steps, 6))]
+    command += [x for item in args.set for x in ("--set", item)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["peak_growth_bytes"])
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    import psutil  # type: ignore[import-untyped]
+    import torch
+
+    torch.set_num_threads(1)
+    trainer = trainer_for(args.memory_child, args.timed_model, args.work, args)
+    order = batches(trainer, args)
+    before = psutil.Process().memory_info().rss
+    for rows in order[: args.steps]:
+        one_step(args.memory_child, trainer, rows)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    print(json.dumps({"peak_growth_bytes": max(0, peak - before)}))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/tiny-base")
+    parser.add_argument("--model", default="models/tiny-base", help="the tiny model that samples the pairs")
+    parser.add_argument("--shape", choices=("shipped", "llava15", "llava15-1b"), default="shipped")
     parser.add_argument("--pairs", type=int, default=160, help="oracle pairs to build")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, default=results.default_path("train_step"), help="raw timings (JSON)")
+    parser.add_argument("--memory-child", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--timed-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args)
+        return
 
     import torch
 
     from models.tiny import image_size_of
     from rlhf import toy_pairs
     from rlhf.common import load_policy
-    from rlhf.config import load_config
-    from rlhf.train_dpo import build_trainer
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="factloop-train-step-"))
-    model, processor = load_policy(args.model)
+    sampler, processor = load_policy(args.model)
     responses = toy_pairs.sample_responses(
-        model, processor, toy_pairs.training_scenes(args.pairs * 2), questions=False, temperature=0.7, seed=2
+        sampler, processor, toy_pairs.training_scenes(args.pairs * 2), questions=False, temperature=0.7, seed=2
     )
     pairs = toy_pairs.oracle_pairs(responses)[: args.pairs]
     toy_pairs.write_export(pairs, work / "pairs", image_size=image_size_of(processor))
-    del model
+    del sampler
+    model = shaped_model(args.shape, args.model, work / "model")
 
-    def trainer_for(method: str) -> Any:
-        config = load_config(
-            None,
-            [f"method={method}", f"batch_size={args.batch_size}", "threads=1", *args.set],
-            model=args.model,
-            data=[str(work / "pairs")],
-            output_dir=str(work / method),
-        )
-        trainer = build_trainer(config, report_to=[])
-        trainer.create_optimizer_and_scheduler(num_training_steps=args.steps + 5)
-        return trainer
-
-    # trl's DPO as it ships (its own collator, no token weights), then FactLoop's.
-    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
-
-    plain = trainer_for("dpo")
-    plain.data_collator = DataCollatorForVisionPreference(plain.processing_class)
-    plain.share_prefix = False  # trl's own path: every row runs its prompt (rlhf/prefix.py)
-    trainers = {"trl-dpo": plain, "dpo": trainer_for("dpo"), "ddpo": trainer_for("ddpo")}
-    # The same rows for both, batch by batch.
-    dataset = trainers["ddpo"].train_dataset
-    order = [
-        [dataset[(step * args.batch_size + i) % len(dataset)] for i in range(args.batch_size)]
-        for step in range(args.steps + 3)
-    ]
+    trainers = {method: trainer_for(method, model, work, args) for method in METHODS}
+    order = batches(trainers["ddpo"], args)
     times: dict[str, dict[str, list[float]]] = {m: {"collate": [], "step": []} for m in trainers}
+    gpu_peak: dict[str, float] = dict.fromkeys(trainers, 0.0)
     for step, rows in enumerate(order):
         for method, trainer in trainers.items():
-            began = time.perf_counter()
-            keep = ("prompt", "chosen", "rejected", "images", "chosen_spans", "rejected_spans")
-            batch = trainer.data_collator(
-                [{k: r[k] for k in keep if method != "trl-dpo" or "spans" not in k} for r in rows]
-            )
-            collated = time.perf_counter()
-            trainer.model.train()
-            loss = trainer.compute_loss(trainer.model, batch)
-            loss.backward()
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            done = time.perf_counter()
+            collate, update, peak = one_step(method, trainer, rows)
             if step >= 3:  # warm-up steps are not timed
-                times[method]["collate"].append(collated - began)
-                times[method]["step"].append(done - collated)
-    print(f"{len(pairs)} oracle pairs, batch {args.batch_size}, {args.steps} timed steps per method (median ms)")
-    print(f"{'method':<8} {'collate':>8} {'loss+backward+update':>21} {'total':>8}")
+                times[method]["collate"].append(collate)
+                times[method]["step"].append(update)
+                gpu_peak[method] = max(gpu_peak[method], peak)
+    on_gpu = any(gpu_peak.values())
+    if on_gpu:
+        memory, memory_kind = gpu_peak, "peak GPU allocation during a step"
+    else:
+        del trainers  # the children measure memory alone
+        memory = {method: rss_peak_growth(method, model, work, args) for method in METHODS}
+        memory_kind = "peak resident memory growth over a step (child process per method)"
+
+    tokens = toy_tokens(model, work)
+    print(f"{args.shape} model ({tokens['image_tokens']} image tokens; responses {tokens['response_tokens']:.0f} tokens")
+    print(f"on average), {len(pairs)} oracle pairs, batch {args.batch_size}, {args.steps} timed steps per method")
+    print(f"{'method':<8} {'collate':>8} {'loss+backward+update':>21} {'total ms':>9} {'pairs/s':>8} {'memory MiB':>11}")
     totals: dict[str, float] = {}
     for method, parts in times.items():
         collate = statistics.median(parts["collate"]) * 1000
         update = statistics.median(parts["step"]) * 1000
         totals[method] = statistics.median([a + b for a, b in zip(parts["collate"], parts["step"], strict=True)])
-        print(f"{method:<8} {collate:>8.1f} {update:>21.1f} {totals[method] * 1000:>8.1f}")
-    print(f"DDPO / trl DPO step time: {totals['ddpo'] / totals['trl-dpo']:.3f}")
-    print(f"FactLoop DPO (gamma 1) / trl DPO: {totals['dpo'] / totals['trl-dpo']:.3f}")
+        rate = args.batch_size / totals[method]
+        print(
+            f"{method:<8} {collate:>8.1f} {update:>21.1f} {totals[method] * 1000:>9.1f} {rate:>8.2f}"
+            f" {memory[method] / 2**20:>11.1f}"
+        )
     pairs_per_second = {method: args.batch_size / total for method, total in totals.items()}
+    speed = {m: pairs_per_second[m] / pairs_per_second["trl-dpo"] for m in ("dpo", "ddpo")}
+    memory_ratio = {m: memory[m] / memory["trl-dpo"] if memory["trl-dpo"] else None for m in ("dpo", "ddpo")}
+    print(f"pairs/s over trl DPO: FactLoop DPO {speed['dpo']:.2f}x, DDPO {speed['ddpo']:.2f}x")
     print(
-        "pairs/s: "
-        + ", ".join(f"{method} {rate:.1f}" for method, rate in pairs_per_second.items())
-        + f"; FactLoop DPO / trl DPO {pairs_per_second['dpo'] / pairs_per_second['trl-dpo']:.2f}x"
-        + f", DDPO / trl DPO {pairs_per_second['ddpo'] / pairs_per_second['trl-dpo']:.2f}x"
+        f"memory over trl DPO ({memory_kind}): "
+        + ", ".join(f"{m} {r:.2f}x" for m, r in memory_ratio.items() if r is not None)
     )
     payload = {
+        "shape": args.shape,
+        "device": "cuda" if on_gpu else "cpu",
+        **tokens,
         "pairs": len(pairs),
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "settings": args.set,
         "median_ms": {m: round(t * 1000, 2) for m, t in totals.items()},
         "ddpo_over_trl_dpo": totals["ddpo"] / totals["trl-dpo"],
         "dpo_over_trl_dpo": totals["dpo"] / totals["trl-dpo"],
         "pairs_per_second": pairs_per_second,
-        "seconds": {m: parts for m, parts in times.items()},
+        "speed_over_trl_dpo": speed,
+        "memory_bytes": memory,
+        "memory_kind": memory_kind,
+        "memory_over_trl_dpo": memory_ratio,
+        "seconds": times,
     }
     results.write(args.json, payload, model=args.model)
+
+
+def toy_tokens(model: str, work: Path) -> dict[str, float]:
+    """The timed model's image tokens per image and the pairs' mean response length."""
+    from datasets import load_from_disk  # type: ignore[import-untyped]
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model)
+    pairs = load_from_disk(str(work / "pairs"))
+    lengths = [
+        len(processor.tokenizer(turn[0]["content"][0]["text"])["input_ids"])
+        for column in ("chosen", "rejected")
+        for turn in pairs[column]
+    ]
+    return {"image_tokens": int(processor.image_seq_length), "response_tokens": sum(lengths) / len(lengths)}
 
 
 if __name__ == "__main__":

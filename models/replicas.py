@@ -148,17 +148,18 @@ class ReplicaPool:
         self,
         *,
         model: str,
-        prompt: str,
+        prompt: str = "",
         image: bytes | None = None,
         context: Sequence[dict[str, str]] = (),
         sampling: Sampling = ONE_SAMPLE,
+        messages: Sequence[dict[str, Any]] | None = None,
     ) -> Completion:
         tried: set[int] = set()
         while True:
             with self._borrow(tried) as replica:
                 tried.add(id(replica))
                 try:
-                    completion = self._chat_on(replica, model, prompt, image, context, sampling)
+                    completion = self._chat_on(replica, model, prompt, image, context, sampling, messages)
                 except ServerUnavailable as error:
                     self._mark_down(replica, error)
                     continue  # the next replica takes the request
@@ -174,9 +175,12 @@ class ReplicaPool:
         image: bytes | None,
         context: Sequence[dict[str, str]],
         sampling: Sampling,
+        messages: Sequence[dict[str, Any]] | None,
     ) -> Completion:
         def ask() -> Completion:
-            return replica.client.chat(model=model, prompt=prompt, image=image, context=context, sampling=sampling)
+            return replica.client.chat(
+                model=model, prompt=prompt, image=image, context=context, sampling=sampling, messages=messages
+            )
 
         try:
             return ask()

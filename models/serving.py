@@ -49,6 +49,11 @@ class Sampling:
     # that a token that is not valid text on its own (a partial UTF-8 byte) is identified.
     token_ids: bool = False
     ignore_eos: bool = False  # generate max_tokens tokens whatever they are (vLLM's extension)
+    # vLLM's extensions for sampling exactly as a trainer scores it: top_k 0 turns top-k off
+    # (the model's generation_config may set a default); return_token_ids answers the
+    # prompt's token ids (image placeholders expanded) and each choice's.
+    top_k: int | None = None
+    return_token_ids: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -65,6 +70,7 @@ class Choice:
     finish_reason: str
     # Per generated token: (token, logprob, {alternative: logprob}) when logprobs were asked for.
     logprobs: list[tuple[str, float, dict[str, float]]] | None = None
+    token_ids: list[int] | None = None  # with Sampling.return_token_ids
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Completion:
     choices: list[Choice]
     prompt_tokens: int
     completion_tokens: int
+    prompt_token_ids: list[int] | None = None  # with Sampling.return_token_ids
 
     @property
     def texts(self) -> list[str]:
@@ -175,14 +182,17 @@ class ServingClient:
         self,
         *,
         model: str,
-        prompt: str,
+        prompt: str = "",
         image: bytes | None = None,
         context: Sequence[dict[str, str]] = (),
         sampling: Sampling = Sampling(),
+        messages: Sequence[dict[str, Any]] | None = None,
     ) -> Completion:
+        """`prompt` (with `image` and `context`), or `messages` whole: OpenAI chat messages as
+        they are sent (a conversation with several images, say)."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": chat_messages(prompt, image, context),
+            "messages": list(messages) if messages is not None else chat_messages(prompt, image, context),
             "n": sampling.n,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -197,12 +207,17 @@ class ServingClient:
                 body["return_tokens_as_token_ids"] = True
         if sampling.ignore_eos:
             body["ignore_eos"] = True
+        if sampling.top_k is not None:
+            body["top_k"] = sampling.top_k
+        if sampling.return_token_ids:
+            body["return_token_ids"] = True
         data = self._request("POST", "/v1/chat/completions", body).json()
         choices = [
             Choice(
                 text=choice["message"]["content"] or "",
                 finish_reason=choice.get("finish_reason") or "",
                 logprobs=_logprobs(choice.get("logprobs")),
+                token_ids=choice.get("token_ids"),
             )
             for choice in sorted(data["choices"], key=lambda c: c["index"])
         ]
@@ -212,6 +227,7 @@ class ServingClient:
             choices=choices,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
+            prompt_token_ids=data.get("prompt_token_ids"),
         )
 
     def load_adapter(self, name: str, path: str, *, replace: bool = True) -> None:

@@ -299,6 +299,16 @@ class RLTrainConfig:
     """Longest response sampled; one that reaches it without the stop token is penalised."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts (LLaVA-RLHF: 1.0)."""
+    rollout_server: str | None = None
+    """vLLM server URL(s), comma-separated, serving `model` as their base: rollouts are
+    sampled there with the policy's LoRA adapter, loaded in place before the first rollout
+    and after every update (rlhf/rollouts.py), instead of with transformers' generate. The
+    servers read the adapter from output_dir, so they must see that folder at the same path
+    (the same machine or a shared volume). Null: transformers' generate."""
+    rollout_max_gap: float = 0.5
+    """With rollout_server: the largest mean absolute difference per token between the
+    server's and the trainer's log-probs of the sampled tokens; beyond it the run stops, as
+    the server is not serving the trainer's policy."""
     kl_coef: float = 0.1
     """Per-token KL penalty to the reference (LLaVA-RLHF: 0.1); GRPO/RLOO's beta."""
     kl_target: float | None = None
@@ -370,6 +380,10 @@ class RLTrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.data:
             raise ConfigError("data must name at least one export folder")
+        if self.rollout_server is not None and not any(u.strip() for u in self.rollout_server.split(",")):
+            raise ConfigError("rollout_server must name at least one URL, or be null")
+        if self.rollout_max_gap <= 0:
+            raise ConfigError(f"rollout_max_gap must be positive, got {self.rollout_max_gap}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,6 +13,9 @@ row that attend but are not labelled) and response, and computes:
    token), with the vision tower, keeping the cache;
 2. the 2B responses (right-padded) in one forward over the cache, repeated for the
    chosen and the rejected rows, positions continuing after each prompt;
+   With a frozen vision tower (LoRA on the language model alone, the default) the image
+   features are computed once per batch and the reference's pass reuses the policy's
+   (`image_inputs`).
 3. the log-probability of each response token (its first from the prompt's last
    position), with the entropy, mean logit and top-1 flags trl's metrics read, placed
    where trl's fused LM head puts them, so that trl's loss code, and DDPO's token weights
@@ -91,8 +94,8 @@ def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=prompt_positions,
-        pixel_values=pixel_values[:pairs],
         use_cache=True,
+        **image_inputs(backbone, pixel_values[:pairs]),
     )
     cache = first.past_key_values
     cache.reorder_cache(torch.arange(pairs, device=device).repeat(2))  # [chosen rows; rejected rows]
@@ -135,6 +138,52 @@ def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
         is_top1=placed(is_top1),
         label_mask=mask,
     )
+
+
+def image_inputs(backbone: Any, pixel_values: Any) -> dict[str, Any]:
+    """What the prompt's forward takes for its images. With a frozen vision tower and
+    projector (LoRA on the language model alone, the default), the policy and the reference
+    see the same image features: they are computed once, without gradients, and the next
+    forward over the same pixels (the reference's, after the policy's) reuses them through
+    transformers' `mm_encoder_outputs` (LlavaModel.forward, transformers 5.19). Otherwise
+    the pixels go in and the tower runs as usual."""
+    import torch
+
+    if not frozen_tower(backbone):
+        return {"pixel_values": pixel_values}
+    cached = getattr(backbone, "_factloop_image_outputs", None)
+    if cached is None or cached[0].shape != pixel_values.shape or not torch.equal(cached[0], pixel_values):
+        with torch.no_grad():
+            outputs = backbone.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=backbone.config.vision_feature_layer,
+                vision_feature_select_strategy=backbone.config.vision_feature_select_strategy,
+                return_dict=True,
+            )
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        # The projected features alone (the tower's hidden states of every layer are dropped).
+        cached = (pixel_values.detach().clone(), BaseModelOutputWithPooling(pooler_output=outputs.pooler_output))
+        backbone._factloop_image_outputs = cached
+    return {"mm_encoder_outputs": {"image": cached[1]}}
+
+
+def frozen_tower(backbone: Any) -> bool:
+    """The vision tower and projector have nothing to train, no adapter and no active
+    dropout: their features do not depend on which pass (policy or reference) asks."""
+    from torch.nn.modules.dropout import _DropoutNd
+
+    parts = [getattr(backbone, "vision_tower", None), getattr(backbone, "multi_modal_projector", None)]
+    if any(part is None for part in parts):
+        return False
+    for part in parts:
+        for module in part.modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)) or hasattr(module, "lora_A"):
+                return False
+            if isinstance(module, _DropoutNd) and module.training and module.p > 0:
+                return False
+    vision = getattr(backbone.config, "vision_config", None)
+    return not (parts[0].training and float(getattr(vision, "attention_dropout", 0.0) or 0.0) > 0)
 
 
 def wrap_forward(model: Any) -> Any:

@@ -29,6 +29,7 @@ it (the "ref" adapter), as the DDPO trainer does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -46,6 +47,7 @@ from rlhf.config import ConfigError, RLTrainConfig, dump
 from rlhf.data import load_prompts
 from rlhf.distributed import is_main, world_size
 from rlhf.reward import load_backbone
+from rlhf.rollouts import RolloutMismatch, ServerRollouts, check_prompt, openai_messages
 from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms, locate_reward_model, parse_facts
 from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE, save_trained
 
@@ -131,6 +133,7 @@ class Rollout:
     texts: list[str]
     stopped: list[bool]
     sampled_logprobs: Any = None  # what generate() sampled from, when asked to keep it
+    served_logprobs: Any = None  # the server's log-probs of the sampled tokens (before temperature)
     logprobs: Any = None
     ref_logprobs: Any = None
     values: Any = None
@@ -204,6 +207,21 @@ def position_ids(attention_mask: Any) -> Any:
     return positions.masked_fill(attention_mask == 0, 1)
 
 
+def prompt_parts(processor: Any, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Each row's templated prompt text and its image."""
+    texts = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False) for row in rows]
+    return texts, [[row["images"][0].convert("RGB")] for row in rows]
+
+
+def encode_prompts(processor: Any, rows: list[dict[str, Any]], device: Any) -> dict[str, Any]:
+    """The rows' prompts with their images, left-padded (generation appends on the right)."""
+    processor.tokenizer.padding_side = "left"
+    texts, images = prompt_parts(processor, rows)
+    encoded = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    encoded.pop("labels", None)  # PaliGemma's processor adds labels; a rollout has none
+    return {k: v.to(device) for k, v in encoded.items()}
+
+
 def sample(
     model: Any,
     processor: Any,
@@ -219,21 +237,15 @@ def sample(
     log-probs generate() sampled from are kept too (a check on the forward pass)."""
     import torch
 
-    processor.tokenizer.padding_side = "left"  # generation appends on the right
-    texts = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False) for row in rows]
-    images = [[row["images"][0].convert("RGB")] for row in rows]
-    encoded = processor(images=images, text=texts, return_tensors="pt", padding=True)
-    encoded.pop("labels", None)  # PaliGemma's processor adds labels; a rollout has none
-    prompt = {k: v.to(device) for k, v in encoded.items()}
+    prompt = encode_prompts(processor, rows, device)
     width = prompt["input_ids"].shape[1]
-    pad = processor.tokenizer.pad_token_id
     settings = {
         "do_sample": True,
         "temperature": config.temperature,
         "top_k": 0,
         "top_p": 1.0,
         "max_new_tokens": config.max_new_tokens,
-        "pad_token_id": pad,
+        "pad_token_id": processor.tokenizer.pad_token_id,
         "eos_token_id": stops,
         "output_scores": keep_scores,
         "return_dict_in_generate": True,
@@ -241,11 +253,59 @@ def sample(
     model.eval()
     with torch.no_grad():
         if model_type_of_policy(model) in UNBATCHED_GENERATION:
+            texts, images = prompt_parts(processor, rows)
             response, step_scores = _sample_row_by_row(model, processor, images, texts, settings, device)
         else:
             output = model.generate(**prompt, **settings)
             response = output.sequences[:, width:]
             step_scores = torch.stack(output.scores, dim=1) if keep_scores else None
+    rollout = assemble(model, processor, prompt, response, stops)
+    if keep_scores:
+        rollout.sampled_logprobs = gather_logprobs(step_scores.float(), rollout.response_ids) * rollout.mask
+    return rollout
+
+
+def sample_served(
+    model: Any,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    config: RLTrainConfig,
+    stops: list[int],
+    device: Any,
+    server: ServerRollouts,
+    *,
+    seed: int,
+) -> Rollout:
+    """One response per row from the vLLM server with the policy's adapter (rlhf/rollouts.py),
+    as `sample` gives them; the server's log-probs of the sampled tokens are kept in
+    `served_logprobs`. The server's prompt tokens must equal the trainer's."""
+    import torch
+
+    prompt = encode_prompts(processor, rows, device)
+    served = server.sample(
+        [openai_messages(row["prompt"], row["images"][:1]) for row in rows],
+        temperature=config.temperature,
+        max_tokens=config.max_new_tokens,
+        seed=seed,
+    )
+    for r, answer in enumerate(served):
+        check_prompt(answer.prompt_ids, prompt["input_ids"][r][prompt["attention_mask"][r].bool()].tolist())
+    pad = processor.tokenizer.pad_token_id
+    length = max(1, max(len(a.token_ids) for a in served))
+    response = torch.tensor([a.token_ids + [pad] * (length - len(a.token_ids)) for a in served], device=device)
+    rollout = assemble(model, processor, prompt, response, stops)
+    logprobs = torch.tensor([a.logprobs + [0.0] * (length - len(a.logprobs)) for a in served], device=device)
+    rollout.served_logprobs = logprobs * rollout.mask
+    return rollout
+
+
+def assemble(model: Any, processor: Any, prompt: dict[str, Any], response: Any, stops: list[int]) -> Rollout:
+    """A rollout of sampled `response` tokens after the left-padded `prompt`: each response
+    ends at its first stop token (kept), padding after it."""
+    import torch
+
+    pad = processor.tokenizer.pad_token_id
+    width = prompt["input_ids"].shape[1]
     is_stop = torch.isin(response, torch.tensor(stops, device=response.device))
     stopped = is_stop.any(dim=1)
     never = torch.full_like(stopped, response.size(1), dtype=torch.long)
@@ -265,10 +325,7 @@ def sample(
     if takes_position_ids(model, inputs):
         inputs["position_ids"] = position_ids(attention)
     decoded = processor.tokenizer.batch_decode(response, skip_special_tokens=True)
-    rollout = Rollout(inputs, width, response, mask, [t.strip() for t in decoded], [bool(s) for s in stopped])
-    if keep_scores:
-        rollout.sampled_logprobs = gather_logprobs(step_scores.float(), response) * mask
-    return rollout
+    return Rollout(inputs, width, response, mask, [t.strip() for t in decoded], [bool(s) for s in stopped])
 
 
 # Families whose generate() positions the new tokens of a left-padded batch differently from
@@ -366,6 +423,7 @@ class PPOTrainer:
         self.policy_train, self.policy_optimiser, self.critic_train, self.critic_optimiser = self.accelerator.prepare(
             self.policy, self.policy_optimiser, self.critic, self.critic_optimiser
         )
+        self.server = server_rollouts(config)
         self.kl_coef = config.kl_coef
         self.order: list[int] = []
         self.rng = random.Random(config.seed)  # the same on every process: they share each batch's prompts
@@ -386,13 +444,15 @@ class PPOTrainer:
 
         c = self.config
         width = rollout.prompt_width
-        logprobs, ref_logprobs, values, entropies = [], [], [], []
+        logprobs, ref_logprobs, values, entropies, raw = [], [], [], [], []
         with torch.no_grad():
             for part in chunks(len(rows), c.minibatch_size):
                 inputs = rollout.rows(part)
                 tokens = rollout.response_ids[part]
                 logits = response_logits(self.policy, inputs, width, c.temperature)
                 logprobs.append(gather_logprobs(logits, tokens))
+                if rollout.served_logprobs is not None:  # the server reports them before temperature
+                    raw.append(gather_logprobs(logits * c.temperature, tokens))
                 entropies.append(losses.entropy(logits, rollout.mask[part]) * rollout.mask[part].sum())
                 with reference(self.policy):
                     ref_logits = response_logits(self.policy, inputs, width, c.temperature)
@@ -409,7 +469,17 @@ class PPOTrainer:
         rollout.advantages = losses.masked_whiten(advantages, mask) if c.whiten_advantages else advantages
         rollout.returns = returns
         kl_per_response = float((kl * mask).sum(dim=1).mean())
-        return {
+        served = {}
+        if rollout.served_logprobs is not None:
+            gap = float(losses.masked_mean((torch.cat(raw) - rollout.served_logprobs).abs(), mask))
+            if gap > c.rollout_max_gap:
+                raise RolloutMismatch(
+                    f"the server's log-probs of the sampled tokens differ from the trainer's by {gap:.3f} per token "
+                    f"(rollout_max_gap {c.rollout_max_gap}): it is not serving the trainer's policy "
+                    "(another base model, or the adapter did not load)"
+                )
+            served["rollout_logprob_gap"] = gap
+        return served | {
             "reward": float(rollout.scores.mean()),
             "reward_model": sum(self.reward.last["model"]) / len(rows),
             "symbolic": sum(self.reward.last["symbolic"]) / len(rows),
@@ -489,7 +559,10 @@ class PPOTrainer:
     def step(self) -> dict[str, float]:
 
         rows = self.next_rows()
-        rollout = sample(self.policy, self.processor, rows, self.config, self.stops, self.device)
+        if self.server is None:
+            rollout = sample(self.policy, self.processor, rows, self.config, self.stops, self.device)
+        else:
+            rollout = self.sample_served(rows)
         stats = self.score_rollout(rows, rollout)
         stats |= self.update(rollout)
         stats = self.mean_over_processes(stats)
@@ -499,6 +572,21 @@ class PPOTrainer:
                 self.kl_coef, stats["kl"], self.config.kl_target, self.config.rollout_batch_size, self.config.kl_horizon
             )
         return stats
+
+    def sample_served(self, rows: list[dict[str, Any]]) -> Rollout:
+        """Rollouts from the vLLM server, after loading the policy's current adapter there."""
+        assert self.server is not None
+        version = self.server.syncs
+        self.server.sync(
+            lambda folder: self.policy.save_pretrained(str(folder), selected_adapters=["default"]),
+            version,
+            leader=self.accelerator.is_main_process,
+            wait=self.accelerator.wait_for_everyone,
+        )
+        seed = random.Random(f"{self.config.seed}/{version}/{self.accelerator.process_index}").randrange(2**31)
+        return sample_served(
+            self.policy, self.processor, rows, self.config, self.stops, self.device, self.server, seed=seed
+        )
 
     def mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
         """Each statistic averaged over the processes (each measured its share of the batch);
@@ -519,7 +607,7 @@ class PPOTrainer:
         main = self.accelerator.is_main_process  # the others train and write nothing
         writer = _tensorboard(out) if main else None
         history = []
-        with open(out / LOG_FILE if main else os.devnull, "w") as log:
+        with open(out / LOG_FILE if main else os.devnull, "w") as log, closing_server(self.server, main):
             bar = tqdm(range(1, self.config.steps + 1), desc="ppo", unit="step", disable=not (self.progress and main))
             for step in bar:
                 stats = {"step": step, **self.step()}
@@ -539,6 +627,28 @@ class PPOTrainer:
     def save(self, adapter: Path) -> None:
         self.policy.save_pretrained(str(adapter), selected_adapters=["default"])
         self.processor.save_pretrained(str(adapter))
+
+
+def server_rollouts(config: RLTrainConfig) -> ServerRollouts | None:
+    """The run's rollout server (rlhf/rollouts.py), when it names one. Every process of a
+    launch derives the same adapter name and folder from the output folder."""
+    if config.rollout_server is None:
+        return None
+    out = Path(config.output_dir)
+    name = "rollout-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+    return ServerRollouts(config.rollout_server, name=name, folder=out / ROLLOUT_ADAPTER_DIR)
+
+
+ROLLOUT_ADAPTER_DIR = "rollout-adapter"  # under output_dir: the adapter the servers load, removed at the end
+
+
+@contextmanager
+def closing_server(server: ServerRollouts | None, leader: bool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close(leader=leader)
 
 
 def _tensorboard(out: Path) -> Any:
@@ -588,13 +698,74 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
         # remove_unused_columns is off (common_trainer_arguments): image_facts must reach the reward.
         **common_trainer_arguments(config, report_to),
     )
-    return TrainerClass(
+    server = server_rollouts(config)
+    if server is not None:
+        TrainerClass = served_trainer(TrainerClass, config)  # type: ignore[assignment, misc]
+    trainer: Any = TrainerClass(
         model=model,
         reward_funcs=[reward],
         args=args,
         train_dataset=prompts,
         processing_class=processor,
     )
+    trainer.factloop_server = server
+    if server is not None and trainer.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise ConfigError(
+            "rollouts through the vLLM server save the whole adapter from one process: launch with the ddp config"
+        )
+    return trainer
+
+
+def served_trainer(base: type, config: RLTrainConfig) -> type:
+    """trl's GRPO or RLOO trainer sampling through the vLLM server (rlhf/rollouts.py). It
+    overrides two private methods of trl 1.16 (pinned, requirements.txt): `_tokenize_prompts`
+    keeps the batch's conversations, and `_generate_single_turn` (which trl's own vLLM
+    modes use, syncing weights when the step changed) loads the policy's adapter on the
+    server when the step changed and samples them there instead of with generate()."""
+    from trl import GRPOTrainer
+
+    answers_logprobs = issubclass(base, GRPOTrainer)  # RLOO's answers the completions alone
+
+    class Served(base):
+        factloop_server: ServerRollouts
+        _factloop_prompts: list[Any] = []
+        _factloop_version = -1
+        _factloop_calls = 0
+
+        def _tokenize_prompts(self, prompts: list[Any]) -> Any:
+            self._factloop_prompts = prompts
+            return super()._tokenize_prompts(prompts)
+
+        def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, *args: Any, **kwargs: Any) -> Any:
+            server, step = self.factloop_server, self.state.global_step
+            if self._factloop_version != step:
+                model = self.accelerator.unwrap_model(self.model)
+                server.sync(
+                    lambda folder: model.save_pretrained(str(folder), selected_adapters=["default"]),
+                    step,
+                    leader=self.accelerator.is_main_process,
+                    wait=self.accelerator.wait_for_everyone,
+                )
+                self._factloop_version = step
+            self._factloop_calls += 1
+            where = f"{config.seed}/{step}/{self._factloop_calls}/{self.accelerator.process_index}"
+            conversations = [
+                openai_messages(prompt, (images[i] or []) if images else [])
+                for i, prompt in enumerate(self._factloop_prompts)
+            ]
+            served = server.sample(
+                conversations,
+                temperature=config.temperature,
+                max_tokens=config.max_new_tokens,
+                seed=random.Random(where).randrange(2**31),
+            )
+            for answer, own in zip(served, prompt_ids, strict=True):
+                check_prompt(answer.prompt_ids, own)
+            completion_ids = [answer.token_ids for answer in served]
+            return (completion_ids, [answer.logprobs for answer in served]) if answers_logprobs else completion_ids
+
+    Served.__name__ = Served.__qualname__ = f"Served{base.__name__}"
+    return Served
 
 
 def check_shares(config: RLTrainConfig, processes: int) -> None:
@@ -628,7 +799,8 @@ def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress
         kls = [h["kl"] for h in history]
     else:
         trl = trl_trainer(config, report_to=report_to)
-        trl.train()
+        with closing_server(trl.factloop_server, is_main()):
+            trl.train()
         save_trained(trl, adapter)
         prompts = len(trl.train_dataset)
         logged = [e for e in trl.state.log_history if "reward" in e]

@@ -302,6 +302,9 @@ def test_one_prefix_pass_per_pair_gives_trls_loss_and_gradients(
         trainer.model.train()
         batch = _batch(trainer)
         used: list[bool] = []
+        towers: list[int] = []
+        tower = trainer.model.get_base_model().model.vision_tower
+        hook = tower.register_forward_hook(lambda *_, towers=towers: towers.append(1))
         real = prefix.shared_prefix_log_probs
 
         def counting(*args: Any, real: Any = real, used: list[bool] = used, **kwargs: Any) -> Any:
@@ -314,11 +317,15 @@ def test_one_prefix_pass_per_pair_gives_trls_loss_and_gradients(
             loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
         finally:
             prefix.shared_prefix_log_probs = real
+            hook.remove()
         loss.backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results[share] = (float(loss), grads, used)
-    (plain, plain_grads, plain_used), (shared, shared_grads, shared_used) = results[False], results[True]
+        results[share] = (float(loss), grads, used, len(towers))
+    (plain, plain_grads, plain_used, plain_towers) = results[False]
+    (shared, shared_grads, shared_used, shared_towers) = results[True]
     assert plain_used == [] and shared_used == [True, True]  # the policy's pass and the reference's
+    # The frozen tower: trl runs it for the policy and the reference, the shared path once.
+    assert (plain_towers, shared_towers) == (2, 1)
     assert abs(plain - shared) < 1e-5 and abs(plain - 0.6931) > 1e-3
     assert plain_grads.keys() == shared_grads.keys() and plain_grads
     scale = max(g.abs().max().item() for g in plain_grads.values())
