@@ -203,9 +203,10 @@ def main() -> None:
         memory_kind = "peak resident memory growth over a step (child process per method)"
 
     tokens = toy_tokens(model, work)
-    print(f"{args.shape} model ({tokens['image_tokens']} image tokens; responses {tokens['response_tokens']:.0f} tokens")
-    print(f"on average), {len(pairs)} oracle pairs, batch {args.batch_size}, {args.steps} timed steps per method")
-    print(f"{'method':<8} {'collate':>8} {'loss+backward+update':>21} {'total ms':>9} {'pairs/s':>8} {'memory MiB':>11}")
+    print(f"{args.shape} model: {tokens['image_tokens']} image tokens, responses of {tokens['response_tokens']:.0f}")
+    print(f"tokens on average; {len(pairs)} oracle pairs, batch {args.batch_size}, {args.steps} timed steps per method")
+    header = ("method", "collate", "loss+backward+update", "total ms", "pairs/s", "memory MiB")
+    print("{:<8} {:>8} {:>21} {:>9} {:>8} {:>11}".format(*header))
     totals: dict[str, float] = {}
     for method, parts in times.items():
         collate = statistics.median(parts["collate"]) * 1000

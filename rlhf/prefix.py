@@ -173,7 +173,7 @@ def frozen_tower(backbone: Any) -> bool:
     dropout: their features do not depend on which pass (policy or reference) asks."""
     from torch.nn.modules.dropout import _DropoutNd
 
-    parts = [getattr(backbone, "vision_tower", None), getattr(backbone, "multi_modal_projector", None)]
+    parts: list[Any] = [getattr(backbone, "vision_tower", None), getattr(backbone, "multi_modal_projector", None)]
     if any(part is None for part in parts):
         return False
     for part in parts:

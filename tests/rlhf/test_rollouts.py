@@ -190,7 +190,7 @@ def test_prompts_become_openai_messages_and_mismatches_are_named() -> None:
     from PIL import Image
 
     image = Image.new("RGB", (8, 8), (255, 0, 0))
-    prompt = [
+    prompt: list[dict[str, Any]] = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is here?"}]},
         {"role": "assistant", "content": "A square."},
     ]
