@@ -24,19 +24,20 @@ shipped tiny model (`--model`):
 The shaped models have random weights: time and memory do not depend on what was learnt.
 
 Peak memory: on a GPU, torch's peak allocation during each method's step (reset before
-it); on the CPU, each method runs its steps again alone in a child process, which reports
-the growth of its peak resident memory over what it held before its first step.
+it); on the CPU, each method runs its steps again alone in a child process, which samples its
+resident memory every 2 ms and reports the peak's growth over what it held before its
+first step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -142,11 +143,24 @@ def memory_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     trainer = trainer_for(args.memory_child, args.timed_model, args.work, args)
     order = batches(trainer, args)
-    before = psutil.Process().memory_info().rss
+    process = psutil.Process()
+    before = process.memory_info().rss
+    peak = [before]
+    running = threading.Event()
+    running.set()
+
+    def watch() -> None:  # the process's own peak is set by loading, before the steps: sample
+        while running.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     for rows in order[: args.steps]:
         one_step(args.memory_child, trainer, rows)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-    print(json.dumps({"peak_growth_bytes": max(0, peak - before)}))
+    running.clear()
+    watcher.join()
+    print(json.dumps({"peak_growth_bytes": max(0, peak[0] - before)}))
 
 
 def main() -> None:
@@ -182,6 +196,7 @@ def main() -> None:
     toy_pairs.write_export(pairs, work / "pairs", image_size=image_size_of(processor))
     del sampler
     model = shaped_model(args.shape, args.model, work / "model")
+    tokens = toy_tokens(model, work)
 
     trainers = {method: trainer_for(method, model, work, args) for method in METHODS}
     order = batches(trainers["ddpo"], args)
@@ -202,7 +217,6 @@ def main() -> None:
         memory = {method: rss_peak_growth(method, model, work, args) for method in METHODS}
         memory_kind = "peak resident memory growth over a step (child process per method)"
 
-    tokens = toy_tokens(model, work)
     print(f"{args.shape} model: {tokens['image_tokens']} image tokens, responses of {tokens['response_tokens']:.0f}")
     print(f"tokens on average; {len(pairs)} oracle pairs, batch {args.batch_size}, {args.steps} timed steps per method")
     header = ("method", "collate", "loss+backward+update", "total ms", "pairs/s", "memory MiB")
@@ -247,7 +261,8 @@ def main() -> None:
 
 
 def toy_tokens(model: str, work: Path) -> dict[str, float]:
-    """The timed model's image tokens per image and the pairs' mean response length."""
+    """The timed model's image tokens and prompt tokens (of the first pair) and the pairs'
+    mean response length."""
     from datasets import load_from_disk  # type: ignore[import-untyped]
     from transformers import AutoProcessor
 
@@ -258,7 +273,11 @@ def toy_tokens(model: str, work: Path) -> dict[str, float]:
         for column in ("chosen", "rejected")
         for turn in pairs[column]
     ]
-    return {"image_tokens": int(processor.image_seq_length), "response_tokens": sum(lengths) / len(lengths)}
+    image = pairs[0]["images"][0]
+    text = processor.apply_chat_template(pairs[0]["prompt"], add_generation_prompt=True, tokenize=False)
+    ids = processor(images=[image], text=[text], return_tensors="pt")["input_ids"][0].tolist()
+    image_tokens = ids.count(processor.tokenizer.convert_tokens_to_ids(processor.image_token))
+    return {"image_tokens": image_tokens, "prompt_tokens": len(ids), "response_tokens": sum(lengths) / len(lengths)}
 
 
 if __name__ == "__main__":

@@ -43,7 +43,12 @@ _KNOWN = frozenset({"input_ids", "attention_mask", "pixel_values", "labels", "fu
 
 
 def supported(model: Any) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) in SUPPORTED
+    """A checked model type, whose forward keeps a cache: gradient checkpointing in training
+    drops it (transformers' GradientCheckpointingLayer sets `use_cache=False`), so a
+    checkpointed model takes the plain path."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in SUPPORTED:
+        return False
+    return not (model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()))
 
 
 def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
@@ -75,40 +80,20 @@ def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
         return None
 
     device = input_ids.device
-    width = max(len(p) for p in prompts[:pairs])
-    prompt_ids = torch.zeros((pairs, width), dtype=input_ids.dtype, device=device)
-    prompt_mask = torch.zeros((pairs, width), dtype=attention_mask.dtype, device=device)
-    for r in range(pairs):  # left-padded: each prompt's last token in the last column
-        prompt_ids[r, width - len(prompts[r]) :] = prompts[r]
-        prompt_mask[r, width - len(prompts[r]) :] = 1
-    span = max(len(x) for x in responses)
-    response_ids = torch.zeros((rows, span), dtype=input_ids.dtype, device=device)
-    response_mask = torch.zeros((rows, span), dtype=attention_mask.dtype, device=device)
-    for r in range(rows):
-        response_ids[r, : len(responses[r])] = responses[r]
-        response_mask[r, : len(responses[r])] = 1
-
-    backbone, head = model.model, model.lm_head
-    prompt_positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
-    first = backbone(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=prompt_positions,
-        use_cache=True,
-        **image_inputs(backbone, pixel_values[:pairs]),
+    prompt_ids, prompt_mask = left_padded(prompts[:pairs], input_ids)
+    response_ids, response_mask = right_padded(responses, input_ids)
+    first, second = prefix_then_continuations(
+        model.model,
+        prompt_ids,
+        prompt_mask,
+        pixel_values[:pairs],
+        response_ids,
+        response_mask,
+        torch.arange(pairs, device=device).repeat(2),
     )
-    cache = first.past_key_values
-    cache.reorder_cache(torch.arange(pairs, device=device).repeat(2))  # [chosen rows; rejected rows]
-    starts = prompt_mask.sum(1, keepdim=True).repeat(2, 1)
-    second = backbone(
-        input_ids=response_ids,
-        attention_mask=torch.cat((prompt_mask.repeat(2, 1), response_mask), dim=1),
-        position_ids=starts + torch.arange(span, device=device),
-        past_key_values=cache,
-        use_cache=True,
-    )
+    head = model.lm_head
     # Response token j is predicted at the position before it: the prompt's last for j = 0.
-    hidden = torch.cat((first.last_hidden_state[:, -1:].repeat(2, 1, 1), second.last_hidden_state[:, :-1]), dim=1)
+    hidden = torch.cat((first[:, -1:].repeat(2, 1, 1), second[:, :-1]), dim=1)
     scored = response_mask.bool()
     targets = response_ids[scored]
     logits = head(hidden[scored]).float()
@@ -138,6 +123,122 @@ def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
         is_top1=placed(is_top1),
         label_mask=mask,
     )
+
+
+def left_padded(rows: list[Any], like: Any) -> tuple[Any, Any]:
+    """Token rows left-padded into one tensor (each row's last token in the last column),
+    with the attention mask."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.zeros((len(rows), width), dtype=like.dtype, device=like.device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=like.device)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row) :] = row
+        mask[r, width - len(row) :] = 1
+    return ids, mask
+
+
+def right_padded(rows: list[Any], like: Any) -> tuple[Any, Any]:
+    """Token rows right-padded into one tensor, with the attention mask."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.zeros((len(rows), width), dtype=like.dtype, device=like.device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=like.device)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = row
+        mask[r, : len(row)] = 1
+    return ids, mask
+
+
+def prefix_then_continuations(
+    backbone: Any,
+    prefix_ids: Any,
+    prefix_mask: Any,
+    pixel_values: Any,
+    continuation_ids: Any,
+    continuation_mask: Any,
+    owners: Any,
+) -> tuple[Any, Any]:
+    """The left-padded prefixes (with their images) in one forward that keeps the cache, then
+    the right-padded continuations in one forward over it, row i continuing prefix
+    `owners[i]` at the positions after it. Answers the last layer's hidden states of both:
+    (prefixes, width, hidden) and (continuations, span, hidden)."""
+    import torch
+
+    first = backbone(
+        input_ids=prefix_ids,
+        attention_mask=prefix_mask,
+        position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0),  # counted from each prefix's first real token
+        use_cache=True,
+        **image_inputs(backbone, pixel_values),
+    )
+    cache = first.past_key_values
+    cache.reorder_cache(owners)
+    span = continuation_ids.size(1)
+    second = backbone(
+        input_ids=continuation_ids,
+        attention_mask=torch.cat((prefix_mask[owners], continuation_mask), dim=1),
+        position_ids=prefix_mask.sum(1, keepdim=True)[owners] + torch.arange(span, device=continuation_ids.device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return first.last_hidden_state, second.last_hidden_state
+
+
+def shared_prefix_last_hidden(model: Any, inputs: dict[str, Any]) -> Any:
+    """For a reward model's batch of 2n sequences (n chosen, then the n rejected, rlhf/
+    reward.py `pair_batch`): the last layer's hidden state at each sequence's last real
+    token, (2n, hidden), with each pair's common beginning (its prompt, the image and the
+    facts, and any words both responses begin with) run once; None where this path does not
+    apply. Exact as `shared_prefix_log_probs` is: the same tokens at the same positions."""
+    import torch
+
+    if not supported(model) or set(inputs) - {"input_ids", "attention_mask", "pixel_values"}:
+        return None
+    input_ids, attention_mask, pixel_values = (
+        inputs.get("input_ids"),
+        inputs.get("attention_mask"),
+        inputs.get("pixel_values"),
+    )
+    if input_ids is None or attention_mask is None or pixel_values is None or input_ids.size(0) % 2:
+        return None
+    rows, pairs = input_ids.size(0), input_ids.size(0) // 2
+    if pixel_values.size(0) != rows or not torch.equal(pixel_values[:pairs], pixel_values[pairs:]):
+        return None
+    real = [input_ids[r][attention_mask[r].bool()] for r in range(rows)]
+    if any(len(tokens) < 2 for tokens in real):
+        return None
+    image_token = model.config.image_token_id
+    prefixes, continuations = [], []
+    for r in range(pairs):
+        chosen, rejected = real[r], real[r + pairs]
+        shortest = min(len(chosen), len(rejected))
+        differs = (chosen[:shortest] != rejected[:shortest]).nonzero()
+        common = int(differs[0]) if len(differs) else shortest
+        common = min(common, shortest - 1)  # each continuation keeps at least its last token
+        if (chosen[common:] == image_token).any() or (rejected[common:] == image_token).any():
+            return None  # an image token past the common beginning: its features would be lost
+        prefixes.append(chosen[:common])
+        continuations += [chosen[common:], rejected[common:]]
+    if any(len(prefix) == 0 for prefix in prefixes):
+        return None
+    order = [*range(0, rows, 2), *range(1, rows, 2)]  # back to [chosen rows; rejected rows]
+    continuations = [continuations[i] for i in order]
+    prefix_ids, prefix_mask = left_padded(prefixes, input_ids)
+    continuation_ids, continuation_mask = right_padded(continuations, input_ids)
+    _, hidden = prefix_then_continuations(
+        model.model,
+        prefix_ids,
+        prefix_mask,
+        pixel_values[:pairs],
+        continuation_ids,
+        continuation_mask,
+        torch.arange(pairs, device=input_ids.device).repeat(2),
+    )
+    last = continuation_mask.sum(1) - 1
+    return hidden[torch.arange(rows, device=hidden.device), last]
 
 
 def image_inputs(backbone: Any, pixel_values: Any) -> dict[str, Any]:

@@ -76,6 +76,10 @@ class RewardConfig:
     """Weights' dtype when loading: float32, bfloat16 (with bf16 mixed precision) or float16."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, slower)."""
+    share_prefix: bool = True
+    """Run each pair's common beginning (prompt, image, facts) once, both responses
+    continuing from its key-value cache (rlhf/prefix.py): the same scores to float rounding,
+    less work; LLaVA-family models without gradient checkpointing, the plain path elsewhere."""
     logging_steps: int = 10
     """Log (console, TensorBoard) every this many updates."""
     save_steps: int = 0
@@ -167,6 +171,7 @@ def _define_reward_class() -> type:
         # Read by transformers' weight-conversion scoping when peft loads an adapter: the
         # reward model's own names are its keys, from the root.
         base_model_prefix = ""
+        share_prefix = True  # one pass over each pair's common beginning (rlhf/prefix.py)
 
         def __init__(self, backbone: Any) -> None:
             super().__init__()
@@ -212,7 +217,16 @@ def _define_reward_class() -> type:
         def forward(self, per_token: bool = False, **inputs: Any) -> Any:
             """The score at each sequence's last real token, or with `per_token` the values
             at every position (PPO's critic: through forward, so that a distributed wrapper
-            syncs its gradients)."""
+            syncs its gradients). A batch of pairs (`pair_batch`) runs each pair's common
+            beginning once where rlhf/prefix.py applies (`share_prefix`)."""
+            if not per_token and self.share_prefix:
+                from rlhf.prefix import shared_prefix_last_hidden
+
+                kwargs = {k: v for k, v in inputs.items() if v is not None and k not in _NOT_MODEL_INPUTS}
+                last = shared_prefix_last_hidden(self.backbone, kwargs)
+                if last is not None:
+                    rewards = self.score(last.to(self.score.weight.dtype)).squeeze(-1).float()
+                    return SequenceClassifierOutput(logits=rewards.unsqueeze(-1))
             values = self.token_values(inputs)
             if per_token:
                 return values
@@ -361,6 +375,7 @@ def build_trainer(config: RewardConfig, *, report_to: list[str] | None = None) -
     if not train_ids or not heldout_ids:
         raise ConfigError("too few ranking pairs to hold some out")
     model, processor = load_backbone(config.model, dtype=getattr(torch, config.dtype))
+    model.share_prefix = config.share_prefix
     model = get_peft_model(model, config.lora.peft_config(None, model, extra_to_save=["score"]))
     mode = config.facts_mode()
     args = TrainingArguments(
