@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -309,6 +310,22 @@ def _config_args(path: str | None, overrides: list[str]) -> list[str]:
     return args
 
 
+def _rollout_settings(options: Options) -> list[str]:
+    """PPO, GRPO and RLOO sample their rollouts on the vLLM server(s) FactLoop talks to
+    (rlhf/rollouts.py), unless the run's config file or overrides name `rollout_server`
+    themselves (null: transformers' generate in the trainer)."""
+    if any(item.partition("=")[0].strip() == "rollout_server" for item in options.overrides):
+        return []
+    if options.config:
+        try:
+            named = yaml.safe_load(Path(options.config).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            named = {}  # the trainer reports an unreadable config
+        if isinstance(named, dict) and "rollout_server" in named:
+            return []
+    return [f"rollout_server={','.join(vllm_urls())}"]
+
+
 def _step_reward_model(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
     out = work / "reward"
     if not RewardResult.exists(out):
@@ -329,7 +346,8 @@ def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any
             if any(out.glob("checkpoint-*")):
                 args.append("--resume")
         else:
-            args = ["rl", *_config_args(options.config, [f"method={run.method}", *options.overrides])]
+            settings_ = [f"method={run.method}", *_rollout_settings(options), *options.overrides]
+            args = ["rl", *_config_args(options.config, settings_)]
             args += ["--set", f"reward_model={work / 'reward'}"]
         args += [*_model_settings(run), "--set", f"data={work / 'export'}", "--set", f"output_dir={out}"]
         _rlhf(args, work / "train.log", options.launch())

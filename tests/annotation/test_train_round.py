@@ -133,6 +133,11 @@ def test_an_rl_round_registers_its_reward_and_kl_and_the_admin_plots_them(
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
     trained = RunResult.read(Path(run.work_dir) / "train")
     assert trained.method == "ppo" and trained.last_reward is not None and trained.last_kl is not None
+    # PPO sampled on the vLLM server FactLoop talks to (rlhf/rollouts.py), which matched it.
+    assert trained.config["rollout_server"] == vllm_server.url
+    log = [json.loads(line) for line in (Path(run.work_dir) / "train/log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(entry["rollout_logprob_gap"] < 1e-3 for entry in log), log
+    assert not (Path(run.work_dir) / "train/rollout-adapter").exists()
     version = loop.get(run.version)
     assert (version.metrics["reward"], version.metrics["kl"]) == (trained.last_reward, trained.last_kl)
     assert 0 <= version.metrics["reward_model_accuracy"] <= 1
