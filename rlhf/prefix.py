@@ -7,63 +7,110 @@ prompt, its image tokens and the vision tower twice for the policy and twice mor
 reference. In a vision-language pair the prompt dominates (576 image tokens for
 LLaVA-1.5 against 50 to 150 response tokens), so most of that work is repeated.
 
-`shared_prefix_log_probs` takes trl's own batch, finds each pair's prompt (the tokens of a
+`shared_prefix_hidden` takes trl's own batch, finds each pair's prompt (the tokens of a
 row that attend but are not labelled) and response, and computes:
 1. the B prompts once (left-padded, positions counted from each prompt's first real
-   token), with the vision tower, keeping the cache;
+   token), with the vision tower and the image inputs, keeping the cache. With a frozen
+   vision tower (LoRA on the language model alone, the default) the image features are
+   computed once per batch and the reference's pass reuses the policy's (`image_inputs`);
 2. the 2B responses (right-padded) in one forward over the cache, repeated for the
-   chosen and the rejected rows, positions continuing after each prompt;
-   With a frozen vision tower (LoRA on the language model alone, the default) the image
-   features are computed once per batch and the reference's pass reuses the policy's
-   (`image_inputs`).
-3. the log-probability of each response token (its first from the prompt's last
-   position), with the entropy, mean logit and top-1 flags trl's metrics read, placed
-   where trl's fused LM head puts them, so that trl's loss code, and DDPO's token weights
-   (rlhf/train_dpo.py), run unchanged on them.
+   chosen and the rejected rows, positions continuing after each prompt; inputs that run
+   along the sequence (token types) are split between the two passes;
+3. the last layer's hidden states, placed where trl's layout has them (position p holds
+   the state that predicts token p + 1: the prompt's last, then the responses').
+`wrap_forward` hands those states to trl's own fused LM head in place of the backbone's
+output (the backbone is not run again), so the log-probabilities, trl's metrics and
+DDPO's token weights (rlhf/train_dpo.py) come from trl's code unchanged, with the family's
+logit scale and soft-capping.
 
-It is exact: the same causal attention over the same tokens at the same positions, so the
-log-probabilities equal trl's to float rounding (tests/rlhf/test_ddpo.py). It answers
-None, and trl's own path runs, for anything it was not checked on: a model type outside
-SUPPORTED, extra model inputs (Gemma's token types, Qwen2-VL's multimodal positions, image
-sizes), or a batch whose chosen and rejected rows do not share their prompt.
+It is exact: the same attention over the same tokens at the same positions, so the loss
+and gradients equal trl's to float rounding. Each family in SUPPORTED is checked against
+trl's path on its tiny checkpoint (tests/rlhf/test_ddpo.py for LLaVA,
+tests/rlhf/test_families.py for the others). It answers None, and trl's own path runs, for
+anything else: another model type, an input it does not know, image inputs not laid out one
+per row (Qwen2-VL's flat patch list and multimodal rotary positions), gradient
+checkpointing in training (it drops the cache), or a batch whose chosen and rejected rows
+do not share their prompt and image.
+
+`shared_prefix_last_hidden` does the same for the reward model's pairs (rlhf/reward.py):
+each pair's common beginning once, the state at each sequence's last token.
 
 Nothing here imports torch at import time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-# Model types whose prefix-then-continuation forward was checked against trl's log-probs.
-# LLaVA's language model takes position_ids and a key-value cache as any decoder does, and
-# its image features are computed from pixel_values inside the prompt's forward.
-SUPPORTED = frozenset({"llava"})
-# The inputs trl passes that this path understands; any other one falls back to trl's path.
-_KNOWN = frozenset({"input_ids", "attention_mask", "pixel_values", "labels", "fused_lm_head", "use_cache"})
+# Model types whose prefix-then-continuation forward was checked against trl's path on a
+# tiny checkpoint (the tests named above). Their backbones take a key-value cache and 1-D
+# position ids, and compute the image features from per-row image inputs in the prompt's
+# forward. Left out: Qwen2/2.5-VL (multimodal rotary positions from the image grid, a flat
+# patch list), BLIP-2 and InstructBLIP (the Q-Former's inputs), Kosmos-2 (positions it
+# derives from the padding), PaliGemma (its prompt attends both ways, and its positions
+# start at 1), Chameleon (image tokens rewritten in the input ids).
+SUPPORTED = frozenset({"llava", "llava_next", "gemma3", "idefics3", "smolvlm"})
+# Per-row image inputs the prompt's forward takes; row r of each belongs to row r of the ids.
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "pixel_attention_mask")
+# Inputs that run along the token sequence: split between the prompt's and the responses' passes.
+SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids")
+# What trl's fused-head call passes besides those.
+_CALL = frozenset({"input_ids", "attention_mask", "labels", "fused_lm_head", "use_cache"})
+# The same for the reward model's forward (rlhf/reward.py), whose families were checked too.
+# PaliGemma is out here as well: its processor marks the whole conversation as the prefix
+# that attends both ways, so a response cannot continue from a cache.
+# Chameleon too (its image tokens sit in the prompt, which both sides share whole).
+REWARD_SUPPORTED = SUPPORTED | {"chameleon"}
 
 
-def supported(model: Any) -> bool:
+def supported(model: Any, types: frozenset[str] = SUPPORTED) -> bool:
     """A checked model type, whose forward keeps a cache: gradient checkpointing in training
     drops it (transformers' GradientCheckpointingLayer sets `use_cache=False`), so a
     checkpointed model takes the plain path."""
-    if getattr(getattr(model, "config", None), "model_type", None) not in SUPPORTED:
+    if getattr(getattr(model, "config", None), "model_type", None) not in types:
         return False
     return not (model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()))
 
 
-def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
-    """What trl's fused head returns for `inputs` (trl's 2B rows: a FusedCausalLMOutput of
-    per-token log-probabilities and the fields its metrics read), from one prompt pass per
-    pair; None when this path does not apply."""
+def backbone_of(model: Any) -> Any:
+    """The model without its LM head: what trl's fused head calls (`base_model`)."""
+    return model.base_model
+
+
+def _per_row_images(inputs: dict[str, Any], rows: int) -> dict[str, Any] | None:
+    """The image inputs of the first half of the rows, when every one is laid out one per
+    row and the second half repeats the first (the rejected rows' images are the chosen
+    rows'); None otherwise."""
     import torch
 
-    if not supported(model) or set(inputs) - _KNOWN or inputs.get("pixel_values") is None:
+    pairs = rows // 2
+    images = {k: inputs[k] for k in IMAGE_INPUTS if inputs.get(k) is not None}
+    if "pixel_values" not in images:
         return None
-    input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+    for value in images.values():
+        if value.size(0) != rows or not torch.equal(value[:pairs], value[pairs:]):
+            return None
+    return {k: v[:pairs] for k, v in images.items()}
+
+
+def shared_prefix_hidden(model: Any, **inputs: Any) -> Any:
+    """The last layer's hidden states for trl's 2B rows (a tensor shaped like the ids plus
+    the hidden size) from one prompt pass per pair, nonzero where trl's head reads them (the
+    positions before each response token); None when this path does not apply."""
+    import torch
+
+    if not supported(model) or set(inputs) - _CALL - set(IMAGE_INPUTS) - set(SEQUENCE_INPUTS):
+        return None
+    input_ids, attention_mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("labels")
     rows = input_ids.size(0)
-    if rows % 2 or labels is None:
+    if rows % 2 or labels is None or attention_mask is None:
         return None
     pairs = rows // 2
+    images = _per_row_images(inputs, rows)
+    if images is None:
+        return None
     completion = labels != -100
     prompt = attention_mask.bool() & ~completion
     prompts = [input_ids[r][prompt[r]] for r in range(rows)]
@@ -71,58 +118,31 @@ def shared_prefix_log_probs(model: Any, **inputs: Any) -> Any:
     for r in range(rows):
         # trl's layout: the prompt, then the response right after it, then padding.
         n_prompt, n_response = len(prompts[r]), len(responses[r])
-        if not (prompt[r, :n_prompt].all() and completion[r, n_prompt : n_prompt + n_response].all()):
+        if not n_response or not (prompt[r, :n_prompt].all() and completion[r, n_prompt : n_prompt + n_response].all()):
             return None
     if any(not torch.equal(prompts[r], prompts[r + pairs]) for r in range(pairs)):
         return None
-    pixel_values = inputs["pixel_values"]
-    if pixel_values.size(0) != rows or not torch.equal(pixel_values[:pairs], pixel_values[pairs:]):
-        return None
+    sequences = {k: inputs[k] for k in SEQUENCE_INPUTS if inputs.get(k) is not None}
+
+    def split(mask: Any, which: range, pad: Any) -> dict[str, Any]:
+        return {k: pad([v[r][mask[r]] for r in which], v)[0] for k, v in sequences.items()}
 
     device = input_ids.device
     prompt_ids, prompt_mask = left_padded(prompts[:pairs], input_ids)
     response_ids, response_mask = right_padded(responses, input_ids)
     first, second = prefix_then_continuations(
-        model.model,
-        prompt_ids,
-        prompt_mask,
-        pixel_values[:pairs],
-        response_ids,
-        response_mask,
+        backbone_of(model),
+        (prompt_ids, prompt_mask, split(prompt, range(pairs), left_padded)),
+        images,
+        (response_ids, response_mask, split(completion, range(rows), right_padded)),
         torch.arange(pairs, device=device).repeat(2),
     )
-    head = model.lm_head
     # Response token j is predicted at the position before it: the prompt's last for j = 0.
-    hidden = torch.cat((first[:, -1:].repeat(2, 1, 1), second[:, :-1]), dim=1)
-    scored = response_mask.bool()
-    targets = response_ids[scored]
-    logits = head(hidden[scored]).float()
-    all_log_probs = torch.log_softmax(logits, dim=-1)
-    token_log_probs = all_log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    with torch.no_grad():  # trl's metrics (and WPO's weights), as its fused head computes them
-        plain = all_log_probs.detach()
-        entropy = -(plain.exp() * plain).sum(-1)
-        log_sum_sq_probs = torch.logsumexp(2 * plain, dim=-1)
-        mean_logits = logits.detach().mean(-1)
-        is_top1 = logits.detach().argmax(-1) == targets
-    # Where trl's fused head puts them: position p holds token p + 1's, zero elsewhere.
-    mask = completion[:, 1:]
-
-    def placed(values: Any) -> Any:
-        return values.new_zeros(mask.shape).masked_scatter(mask, values)
-
-    from trl.trainer.utils import FusedCausalLMOutput
-
-    log_probs = placed(token_log_probs)
-    return FusedCausalLMOutput(
-        loss=-log_probs.sum() / mask.sum().clamp(min=1),
-        log_probs=log_probs,
-        entropy=placed(entropy),
-        log_sum_sq_probs=placed(log_sum_sq_probs),
-        mean_logits=placed(mean_logits),
-        is_top1=placed(is_top1),
-        label_mask=mask,
-    )
+    states = torch.cat((first[:, -1:].repeat(2, 1, 1), second[:, :-1]), dim=1)[response_mask.bool()]
+    # Where trl's head reads them (it drops the last position and shifts the labels by one).
+    where = torch.cat((completion[:, 1:], completion.new_zeros((rows, 1))), dim=1)
+    hidden = states.new_zeros((*input_ids.shape, states.size(-1)))
+    return hidden.masked_scatter(where.unsqueeze(-1), states)
 
 
 def left_padded(rows: list[Any], like: Any) -> tuple[Any, Any]:
@@ -152,27 +172,27 @@ def right_padded(rows: list[Any], like: Any) -> tuple[Any, Any]:
     return ids, mask
 
 
+Part = tuple[Any, Any, dict[str, Any]]  # ids, attention mask, sequence-aligned inputs
+
+
 def prefix_then_continuations(
-    backbone: Any,
-    prefix_ids: Any,
-    prefix_mask: Any,
-    pixel_values: Any,
-    continuation_ids: Any,
-    continuation_mask: Any,
-    owners: Any,
+    backbone: Any, prefixes: Part, images: dict[str, Any], continuations: Part, owners: Any
 ) -> tuple[Any, Any]:
-    """The left-padded prefixes (with their images) in one forward that keeps the cache, then
-    the right-padded continuations in one forward over it, row i continuing prefix
-    `owners[i]` at the positions after it. Answers the last layer's hidden states of both:
-    (prefixes, width, hidden) and (continuations, span, hidden)."""
+    """The left-padded prefixes (with their image inputs) in one forward that keeps the
+    cache, then the right-padded continuations in one forward over it, row i continuing
+    prefix `owners[i]` at the positions after it. Answers the last layer's hidden states of
+    both: (prefixes, width, hidden) and (continuations, span, hidden)."""
     import torch
 
+    prefix_ids, prefix_mask, prefix_extra = prefixes
+    continuation_ids, continuation_mask, continuation_extra = continuations
     first = backbone(
         input_ids=prefix_ids,
         attention_mask=prefix_mask,
         position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0),  # counted from each prefix's first real token
         use_cache=True,
-        **image_inputs(backbone, pixel_values),
+        **prefix_extra,
+        **image_inputs(backbone, images),
     )
     cache = first.past_key_values
     cache.reorder_cache(owners)
@@ -183,6 +203,7 @@ def prefix_then_continuations(
         position_ids=prefix_mask.sum(1, keepdim=True)[owners] + torch.arange(span, device=continuation_ids.device),
         past_key_values=cache,
         use_cache=True,
+        **continuation_extra,
     )
     return first.last_hidden_state, second.last_hidden_state
 
@@ -192,81 +213,89 @@ def shared_prefix_last_hidden(model: Any, inputs: dict[str, Any]) -> Any:
     reward.py `pair_batch`): the last layer's hidden state at each sequence's last real
     token, (2n, hidden), with each pair's common beginning (its prompt, the image and the
     facts, and any words both responses begin with) run once; None where this path does not
-    apply. Exact as `shared_prefix_log_probs` is: the same tokens at the same positions."""
+    apply. Exact as `shared_prefix_hidden` is: the same tokens at the same positions."""
     import torch
 
-    if not supported(model) or set(inputs) - {"input_ids", "attention_mask", "pixel_values"}:
+    if not supported(model, REWARD_SUPPORTED) or set(inputs) - {"input_ids", "attention_mask"} - set(
+        IMAGE_INPUTS
+    ) - set(SEQUENCE_INPUTS):
         return None
-    input_ids, attention_mask, pixel_values = (
-        inputs.get("input_ids"),
-        inputs.get("attention_mask"),
-        inputs.get("pixel_values"),
-    )
-    if input_ids is None or attention_mask is None or pixel_values is None or input_ids.size(0) % 2:
+    input_ids, attention_mask = inputs.get("input_ids"), inputs.get("attention_mask")
+    if input_ids is None or attention_mask is None or input_ids.size(0) % 2:
         return None
     rows, pairs = input_ids.size(0), input_ids.size(0) // 2
-    if pixel_values.size(0) != rows or not torch.equal(pixel_values[:pairs], pixel_values[pairs:]):
+    images = _per_row_images(inputs, rows)
+    if images is None:
         return None
     real = [input_ids[r][attention_mask[r].bool()] for r in range(rows)]
     if any(len(tokens) < 2 for tokens in real):
         return None
-    image_token = model.config.image_token_id
-    prefixes, continuations = [], []
+    image_token = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
+    cuts = []
     for r in range(pairs):
         chosen, rejected = real[r], real[r + pairs]
         shortest = min(len(chosen), len(rejected))
         differs = (chosen[:shortest] != rejected[:shortest]).nonzero()
         common = int(differs[0]) if len(differs) else shortest
         common = min(common, shortest - 1)  # each continuation keeps at least its last token
-        if (chosen[common:] == image_token).any() or (rejected[common:] == image_token).any():
+        if common == 0 or (chosen[common:] == image_token).any() or (rejected[common:] == image_token).any():
             return None  # an image token past the common beginning: its features would be lost
-        prefixes.append(chosen[:common])
-        continuations += [chosen[common:], rejected[common:]]
-    if any(len(prefix) == 0 for prefix in prefixes):
-        return None
-    order = [*range(0, rows, 2), *range(1, rows, 2)]  # back to [chosen rows; rejected rows]
-    continuations = [continuations[i] for i in order]
-    prefix_ids, prefix_mask = left_padded(prefixes, input_ids)
-    continuation_ids, continuation_mask = right_padded(continuations, input_ids)
+        cuts.append(common)
+    sequences = {k: inputs[k] for k in SEQUENCE_INPUTS if inputs.get(k) is not None}
+
+    def real_of(values: Any, r: int) -> Any:
+        return values[r][attention_mask[r].bool()]
+
+    def parts(values: Any) -> tuple[list[Any], list[Any]]:
+        heads = [real_of(values, r)[: cuts[r]] for r in range(pairs)]
+        tails = [real_of(values, r)[cuts[r % pairs] :] for r in range(rows)]
+        return heads, tails
+
+    heads, tails = parts(input_ids)
+    prefix_ids, prefix_mask = left_padded(heads, input_ids)
+    continuation_ids, continuation_mask = right_padded(tails, input_ids)
+    split = {k: parts(v) for k, v in sequences.items()}
     _, hidden = prefix_then_continuations(
-        model.model,
-        prefix_ids,
-        prefix_mask,
-        pixel_values[:pairs],
-        continuation_ids,
-        continuation_mask,
+        backbone_of(model),
+        (prefix_ids, prefix_mask, {k: left_padded(h, sequences[k])[0] for k, (h, _) in split.items()}),
+        images,
+        (continuation_ids, continuation_mask, {k: right_padded(t, sequences[k])[0] for k, (_, t) in split.items()}),
         torch.arange(pairs, device=input_ids.device).repeat(2),
     )
     last = continuation_mask.sum(1) - 1
     return hidden[torch.arange(rows, device=hidden.device), last]
 
 
-def image_inputs(backbone: Any, pixel_values: Any) -> dict[str, Any]:
+def image_inputs(backbone: Any, images: dict[str, Any]) -> dict[str, Any]:
     """What the prompt's forward takes for its images. With a frozen vision tower and
     projector (LoRA on the language model alone, the default), the policy and the reference
     see the same image features: they are computed once, without gradients, and the next
     forward over the same pixels (the reference's, after the policy's) reuses them through
-    transformers' `mm_encoder_outputs` (LlavaModel.forward, transformers 5.19). Otherwise
-    the pixels go in and the tower runs as usual."""
+    transformers' `mm_encoder_outputs` (transformers 5.19: LLaVA, LLaVA-NeXT, Gemma 3).
+    Otherwise the image inputs go in and the tower runs as usual."""
+    import inspect
+
     import torch
 
-    if not frozen_tower(backbone):
-        return {"pixel_values": pixel_values}
+    if not frozen_tower(backbone) or "mm_encoder_outputs" not in inspect.signature(backbone.forward).parameters:
+        return images
     cached = getattr(backbone, "_factloop_image_outputs", None)
-    if cached is None or cached[0].shape != pixel_values.shape or not torch.equal(cached[0], pixel_values):
-        with torch.no_grad():
-            outputs = backbone.get_image_features(
-                pixel_values=pixel_values,
-                vision_feature_layer=backbone.config.vision_feature_layer,
-                vision_feature_select_strategy=backbone.config.vision_feature_select_strategy,
-                return_dict=True,
-            )
+    if (
+        cached is None
+        or cached[0].keys() != images.keys()
+        or not all(cached[0][k].shape == v.shape and torch.equal(cached[0][k], v) for k, v in images.items())
+    ):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+        with torch.no_grad():
+            outputs = backbone.get_image_features(**images, return_dict=True)
         # The projected features alone (the tower's hidden states of every layer are dropped).
-        cached = (pixel_values.detach().clone(), BaseModelOutputWithPooling(pooler_output=outputs.pooler_output))
+        kept = BaseModelOutputWithPooling(pooler_output=outputs.pooler_output)
+        cached = ({k: v.detach().clone() for k, v in images.items()}, kept)
         backbone._factloop_image_outputs = cached
-    return {"mm_encoder_outputs": {"image": cached[1]}}
+    return {k: v for k, v in images.items() if k != "pixel_values" and k != "image_sizes"} | {
+        "mm_encoder_outputs": {"image": cached[1]}
+    }
 
 
 def frozen_tower(backbone: Any) -> bool:
@@ -287,6 +316,24 @@ def frozen_tower(backbone: Any) -> bool:
     return not (parts[0].training and float(getattr(vision, "attention_dropout", 0.0) or 0.0) > 0)
 
 
+@contextmanager
+def _answering(backbone: Any, hidden: Any) -> Iterator[None]:
+    """For the duration, `backbone` answers any call with `hidden` as its last hidden state
+    instead of running (trl's fused head calls it once)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    had_own = "forward" in vars(backbone)
+    original = backbone.forward
+    backbone.forward = lambda *args, **kwargs: BaseModelOutputWithPast(last_hidden_state=hidden)
+    try:
+        yield
+    finally:
+        if had_own:
+            backbone.forward = original
+        else:
+            del backbone.forward
+
+
 def wrap_forward(model: Any) -> Any:
     """Make `model`'s fused-head forwards (trl's `fused_lm_head=True` calls) take the shared
     prefix path where it applies; returns an undo callable. `model` is what trl calls: a
@@ -298,9 +345,10 @@ def wrap_forward(model: Any) -> Any:
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         if not args and kwargs.get("fused_lm_head"):
-            shared = shared_prefix_log_probs(base, **kwargs)
-            if shared is not None:
-                return shared
+            hidden = shared_prefix_hidden(base, **kwargs)
+            if hidden is not None:
+                with _answering(backbone_of(base), hidden):
+                    return original(*args, **kwargs)
         return original(*args, **kwargs)
 
     model.forward = forward

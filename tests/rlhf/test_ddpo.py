@@ -305,22 +305,22 @@ def test_one_prefix_pass_per_pair_gives_trls_loss_and_gradients(
         towers: list[int] = []
         tower = trainer.model.get_base_model().model.vision_tower
         hook = tower.register_forward_hook(lambda *_, towers=towers: towers.append(1))
-        real = prefix.shared_prefix_log_probs
+        real = prefix.shared_prefix_hidden
 
         def counting(*args: Any, real: Any = real, used: list[bool] = used, **kwargs: Any) -> Any:
             answer = real(*args, **kwargs)
             used.append(answer is not None)
             return answer
 
-        prefix.shared_prefix_log_probs = counting
+        prefix.shared_prefix_hidden = counting
         try:
             loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
         finally:
-            prefix.shared_prefix_log_probs = real
+            prefix.shared_prefix_hidden = real
             hook.remove()
         loss.backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results[share] = (float(loss), grads, used, len(towers))
+        results[share] = (float(loss.detach()), grads, used, len(towers))
     (plain, plain_grads, plain_used, plain_towers) = results[False]
     (shared, shared_grads, shared_used, shared_towers) = results[True]
     assert plain_used == [] and shared_used == [True, True]  # the policy's pass and the reference's
@@ -341,7 +341,7 @@ def test_the_shared_prefix_steps_aside_where_it_does_not_hold(
     prompts differ: None, and trl's own path runs."""
     from types import SimpleNamespace
 
-    from rlhf.prefix import shared_prefix_log_probs
+    from rlhf.prefix import shared_prefix_hidden
     from rlhf.train_dpo import build_trainer
 
     trainer = build_trainer(_config(base_policy, oracle_export, tmp_path), report_to=[])
@@ -350,15 +350,15 @@ def test_the_shared_prefix_steps_aside_where_it_does_not_hold(
     labels = batch["input_ids"].masked_fill(batch.pop("completion_mask") == 0, -100)
     inputs = batch | {"labels": labels, "fused_lm_head": True, "use_cache": False}
     model = trainer.model.get_base_model()
-    assert shared_prefix_log_probs(model, **inputs) is not None
+    assert shared_prefix_hidden(model, **inputs) is not None
     qwen = SimpleNamespace(config=SimpleNamespace(model_type="qwen2_vl"))
-    assert shared_prefix_log_probs(qwen, **inputs) is None
-    assert shared_prefix_log_probs(model, **inputs, image_sizes=None) is None
+    assert shared_prefix_hidden(qwen, **inputs) is None
+    assert shared_prefix_hidden(model, **inputs, image_grid_thw=None) is None  # an input it does not know
     other = inputs["input_ids"].clone()
     half = other.size(0) // 2
     first_prompt_token = int((inputs["attention_mask"][half] == 1).nonzero()[0])
     other[half, first_prompt_token] += 1  # the first rejected row's prompt no longer matches its chosen row's
-    assert shared_prefix_log_probs(model, **inputs | {"input_ids": other}) is None
+    assert shared_prefix_hidden(model, **inputs | {"input_ids": other}) is None
 
 
 def test_gamma_one_without_normalisation_is_exactly_trls_dpo(

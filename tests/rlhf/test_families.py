@@ -6,12 +6,13 @@ on every family it trains. vLLM's cell is tested apart (tests/models/test_vllm_f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from contract.families import REFUSALS
 from models.families import FAMILIES
-from rlhf import families
+from rlhf import families, prefix
 
 CELLS = [cell for cell in families.CELLS if cell != "vllm"]
 
@@ -147,3 +148,101 @@ def test_rollouts_carry_every_processor_output_and_score_what_was_sampled(
         (forward - rollout.sampled_logprobs).abs().max()
     )
     assert torch.allclose(alone * rollout.mask[[2, 0]], forward[[2, 0]], atol=1e-4)
+
+
+def _paths_agree(build_trainer: Any, batch_of: Any, run: Any, entry: str) -> tuple[bool, float, float, float]:
+    """Build the trainer with share_prefix off, then on, with the same random adapter, run
+    one batch through each and answer: whether the shared path ran (only when on), the
+    largest difference of the outputs, of the gradients, and the gradients' scale."""
+    import torch
+
+    import rlhf.prefix as prefix
+
+    results = {}
+    for share in (False, True):
+        trainer = build_trainer(share)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # peft starts B at zero: random factors exercise LoRA's path
+            for name, parameter in trainer.model.named_parameters():
+                if "lora_" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+        trainer.model.train()
+        batch = batch_of(trainer)
+        used: list[bool] = []
+        real = getattr(prefix, entry)
+
+        def counting(*args: Any, real: Any = real, used: list[bool] = used, **kwargs: Any) -> Any:
+            answer = real(*args, **kwargs)
+            used.append(answer is not None)
+            return answer
+
+        setattr(prefix, entry, counting)
+        try:
+            output = run(trainer, batch)
+        finally:
+            setattr(prefix, entry, real)
+        output.sum().backward() if output.dim() else output.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[share] = (output.detach(), grads, used)
+    (plain, plain_grads, plain_used), (shared, shared_grads, shared_used) = results[False], results[True]
+    assert not plain_used and plain_grads.keys() == shared_grads.keys() and plain_grads
+    ran = bool(shared_used) and all(shared_used)
+    scale = max(g.abs().max().item() for g in plain_grads.values())
+    worst = max((plain_grads[n] - shared_grads[n]).abs().max().item() for n in plain_grads)
+    return ran, float((plain - shared).abs().max()), worst, scale
+
+
+@pytest.mark.parametrize("name", sorted((prefix.SUPPORTED | prefix.REWARD_SUPPORTED) - {"llava"}))
+def test_one_prefix_pass_per_pair_equals_the_plain_path(name: str, shared: tuple[Path, Path], tmp_path: Path) -> None:
+    """rlhf/prefix.py on each family it claims besides LLaVA (tests/rlhf/test_ddpo.py):
+    DPO's loss and gradients equal trl's own path, and the reward model's rewards and
+    gradients the plain forward's, to float rounding, with the shared path taken."""
+    from models.families import build
+    from rlhf.config import load_config
+    from rlhf.reward import RewardConfig
+    from rlhf.reward import build_trainer as reward_trainer
+    from rlhf.train_dpo import build_trainer as dpo_trainer
+
+    pairs, _ = shared
+    checkpoint = build(name, tmp_path / "checkpoint")
+    if name in prefix.SUPPORTED:
+
+        def dpo(share: bool) -> Any:
+            settings = ["lora.r=8", "lora.dropout=0", "batch_size=4", "threads=1", "method=dpo"]
+            config = load_config(
+                None,
+                [*settings, f"share_prefix={str(share).lower()}"],
+                model=str(checkpoint),
+                data=[str(pairs)],
+                output_dir=str(tmp_path / f"dpo-{share}"),
+            )
+            return dpo_trainer(config, report_to=[])
+
+        ran, loss_gap, worst, scale = _paths_agree(
+            dpo,
+            lambda trainer: dict(trainer.data_collator([trainer.train_dataset[i] for i in range(3)])),
+            lambda trainer, batch: trainer._compute_loss(trainer.model, batch, return_outputs=False),
+            "shared_prefix_hidden",
+        )
+        assert ran and loss_gap < 1e-5 and worst <= 1e-4 * scale, (name, ran, loss_gap, worst, scale)
+    if name in prefix.REWARD_SUPPORTED:
+
+        def reward(share: bool) -> Any:
+            config = RewardConfig(
+                model=str(checkpoint),
+                data=[str(pairs)],
+                output_dir=str(tmp_path / f"rm-{share}"),
+                lora={"r": 8, "alpha": 16, "dropout": 0.0},  # type: ignore[arg-type]
+                heldout_share=0.25,
+                threads=1,
+                share_prefix=share,
+            )
+            return reward_trainer(config)[0]
+
+        ran, reward_gap, worst, scale = _paths_agree(
+            reward,
+            lambda trainer: trainer.data_collator([trainer.train_dataset[i] for i in range(4)]),
+            lambda trainer, batch: trainer.model(**batch).logits.squeeze(-1),
+            "shared_prefix_last_hidden",
+        )
+        assert ran and reward_gap < 1e-5 and worst <= 1e-4 * scale, (name, ran, reward_gap, worst, scale)
