@@ -79,7 +79,8 @@ class RewardConfig:
     share_prefix: bool = True
     """Run each pair's common beginning (prompt, image, facts) once, both responses
     continuing from its key-value cache (rlhf/prefix.py): the same scores to float rounding,
-    less work; LLaVA-family models without gradient checkpointing, the plain path elsewhere."""
+    less work; the families rlhf/prefix.py checked (REWARD_SUPPORTED), without gradient
+    checkpointing; the plain path elsewhere."""
     logging_steps: int = 10
     """Log (console, TensorBoard) every this many updates."""
     save_steps: int = 0
