@@ -192,11 +192,12 @@ def _paths_agree(build_trainer: Any, batch_of: Any, run: Any, entry: str) -> tup
     return ran, float((plain - shared).abs().max()), worst, scale
 
 
-@pytest.mark.parametrize("name", sorted((prefix.SUPPORTED | prefix.REWARD_SUPPORTED) - {"llava"}))
+@pytest.mark.parametrize("name", sorted(prefix.SUPPORTED | prefix.REWARD_SUPPORTED))
 def test_one_prefix_pass_per_pair_equals_the_plain_path(name: str, shared: tuple[Path, Path], tmp_path: Path) -> None:
-    """rlhf/prefix.py on each family it claims besides LLaVA (tests/rlhf/test_ddpo.py):
-    DPO's loss and gradients equal trl's own path, and the reward model's rewards and
-    gradients the plain forward's, to float rounding, with the shared path taken."""
+    """rlhf/prefix.py on each family it claims: DPO's loss and gradients equal trl's own
+    path, and the reward model's rewards and gradients the plain forward's, to float
+    rounding, with the shared path taken (LLaVA's DDPO, and its tower run once, in
+    tests/rlhf/test_ddpo.py)."""
     from models.families import build
     from rlhf.config import load_config
     from rlhf.reward import RewardConfig

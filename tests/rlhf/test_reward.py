@@ -60,61 +60,6 @@ def test_the_reward_models_input_has_the_facts_only_when_augmenting(base_policy:
     assert reward_input(row["prompt"], {}, "captions") == row["prompt"]  # no facts: nothing added
 
 
-def test_one_pass_over_each_pairs_common_beginning_gives_the_same_scores_and_gradients(
-    base_policy: Path, rankings: Path, tmp_path: Path
-) -> None:
-    """rlhf/prefix.py for the reward model: each pair's prompt, image and facts once, both
-    responses from its cache. Rewards, the Bradley-Terry loss and the adapter's and head's
-    gradients equal the plain forward's on the same batch to float rounding, and the shared
-    path did run."""
-    import torch
-
-    import rlhf.prefix as prefix
-    from rlhf.reward import build_trainer
-
-    results = {}
-    for share in (False, True):
-        config = dataclasses.replace(
-            small_reward_config(base_policy, rankings, tmp_path / str(share), epochs=1), share_prefix=share
-        )
-        trainer, _, _ = build_trainer(config)
-        torch.manual_seed(0)
-        with torch.no_grad():  # a random adapter, so that LoRA's path is exercised
-            for name, parameter in trainer.model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(std=0.1)
-        trainer.model.train()
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
-        used: list[bool] = []
-        real = prefix.shared_prefix_last_hidden
-
-        def counting(*args: Any, real: Any = real, used: list[bool] = used, **kwargs: Any) -> Any:
-            answer = real(*args, **kwargs)
-            used.append(answer is not None)
-            return answer
-
-        prefix.shared_prefix_last_hidden = counting
-        try:
-            rewards = trainer.model(**batch).logits.squeeze(-1)
-        finally:
-            prefix.shared_prefix_last_hidden = real
-        loss = trainer.compute_loss(trainer.model, batch)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results[share] = (rewards.detach(), float(loss.detach()), grads, used)
-    (plain, plain_loss, plain_grads, plain_used), (shared, shared_loss, shared_grads, shared_used) = (
-        results[False],
-        results[True],
-    )
-    assert plain_used == [] and shared_used == [True]
-    assert torch.allclose(plain, shared, atol=1e-5), (plain - shared).abs().max()
-    assert abs(plain_loss - shared_loss) < 1e-5
-    assert plain_grads.keys() == shared_grads.keys() and any("score" in n for n in plain_grads)
-    scale = max(g.abs().max().item() for g in plain_grads.values())
-    worst = max((plain_grads[n] - shared_grads[n]).abs().max().item() for n in plain_grads)
-    assert worst <= 1e-4 * scale, (worst, scale)
-
-
 def test_a_tiny_reward_model_learns_the_rankings(base_policy: Path, rankings: Path, tmp_path: Path) -> None:
     from rlhf.reward import train_reward_model
 
