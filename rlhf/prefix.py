@@ -27,10 +27,11 @@ It is exact: the same attention over the same tokens at the same positions, so t
 and gradients equal trl's to float rounding. Each family in SUPPORTED is checked against
 trl's path on its tiny checkpoint (tests/rlhf/test_ddpo.py for LLaVA,
 tests/rlhf/test_families.py for the others). It answers None, and trl's own path runs, for
-anything else: another model type, an input it does not know, image inputs not laid out one
-per row (Qwen2-VL's flat patch list and multimodal rotary positions), gradient
-checkpointing in training (it drops the cache), or a batch whose chosen and rejected rows
-do not share their prompt and image.
+anything else: another model type, an input it does not know, gradient checkpointing in
+training (it drops the cache), or a batch whose chosen and rejected rows do not share
+their prompt and image. Qwen2/2.5-VL's multimodal rotary positions are taken from the
+model's own `get_rope_index` over the whole rows and split between the passes, and their
+flat patch list is split by image (MROPE).
 
 `shared_prefix_last_hidden` does the same for the reward model's pairs (rlhf/reward.py):
 each pair's common beginning once, the state at each sequence's last token.
@@ -45,17 +46,22 @@ from contextlib import contextmanager
 from typing import Any
 
 # Model types whose prefix-then-continuation forward was checked against trl's path on a
-# tiny checkpoint (the tests named above). Their backbones take a key-value cache and 1-D
-# position ids, and compute the image features from per-row image inputs in the prompt's
-# forward. Left out: Qwen2/2.5-VL (multimodal rotary positions from the image grid, a flat
-# patch list), BLIP-2 and InstructBLIP (the Q-Former's inputs), Kosmos-2 (positions it
-# derives from the padding), PaliGemma (its prompt attends both ways, and its positions
-# start at 1), Chameleon (image tokens rewritten in the input ids).
-SUPPORTED = frozenset({"llava", "llava_next", "gemma3", "idefics3", "smolvlm"})
+# tiny checkpoint (the tests named above). Their backbones take a key-value cache and
+# position ids, and compute the image features from the image inputs in the prompt's
+# forward (Qwen2/2.5-VL: see MROPE). Left out: BLIP-2 and InstructBLIP (the Q-Former's
+# inputs), Kosmos-2 (positions it derives from the padding), PaliGemma (its prompt attends
+# both ways, and its positions start at 1), Chameleon's DPO batches (the shared path
+# declines them; its reward model is in).
+SUPPORTED = frozenset({"llava", "llava_next", "gemma3", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl"})
 # Per-row image inputs the prompt's forward takes; row r of each belongs to row r of the ids.
 IMAGE_INPUTS = ("pixel_values", "image_sizes", "pixel_attention_mask")
 # Inputs that run along the token sequence: split between the prompt's and the responses' passes.
 SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids")
+# Families whose positions are 3-D (temporal, height, width: multimodal rotary positions,
+# Qwen2-VL, arXiv:2409.12191, section 2.1): each row's positions come from the backbone's own
+# `get_rope_index` over the whole row and are split between the two passes; their images
+# arrive as one flat patch list, split by `image_grid_thw`.
+MROPE = frozenset({"qwen2_vl", "qwen2_5_vl"})
 # What trl's fused-head call passes besides those.
 _CALL = frozenset({"input_ids", "attention_mask", "labels", "fused_lm_head", "use_cache"})
 # The same for the reward model's forward (rlhf/reward.py), whose families were checked too.
@@ -86,6 +92,14 @@ def _per_row_images(inputs: dict[str, Any], rows: int) -> dict[str, Any] | None:
     import torch
 
     pairs = rows // 2
+    grid = inputs.get("image_grid_thw")
+    if grid is not None:  # one flat list of every image's patches, in row order
+        if grid.size(0) != rows or not torch.equal(grid[:pairs], grid[pairs:]) or inputs.get("pixel_values") is None:
+            return None
+        patches = inputs["pixel_values"].split(grid.prod(-1).tolist())
+        if any(not torch.equal(patches[r], patches[r + pairs]) for r in range(pairs)):
+            return None
+        return {"pixel_values": torch.cat(patches[:pairs]), "image_grid_thw": grid[:pairs]}
     images = {k: inputs[k] for k in IMAGE_INPUTS if inputs.get(k) is not None}
     if "pixel_values" not in images:
         return None
@@ -101,7 +115,7 @@ def shared_prefix_hidden(model: Any, **inputs: Any) -> Any:
     positions before each response token); None when this path does not apply."""
     import torch
 
-    if not supported(model) or set(inputs) - _CALL - set(IMAGE_INPUTS) - set(SEQUENCE_INPUTS):
+    if not supported(model) or set(inputs) - _CALL - set(IMAGE_INPUTS) - set(SEQUENCE_INPUTS) - _grid(model):
         return None
     input_ids, attention_mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("labels")
     rows = input_ids.size(0)
@@ -130,12 +144,20 @@ def shared_prefix_hidden(model: Any, **inputs: Any) -> Any:
     device = input_ids.device
     prompt_ids, prompt_mask = left_padded(prompts[:pairs], input_ids)
     response_ids, response_mask = right_padded(responses, input_ids)
+    positions = None
+    if model.config.model_type in MROPE:
+        full = rope_positions(backbone_of(model), inputs, attention_mask)
+        positions = (
+            _split_positions(full, prompt, range(pairs), left_padded),
+            _split_positions(full, completion, range(rows), right_padded),
+        )
     first, second = prefix_then_continuations(
         backbone_of(model),
         (prompt_ids, prompt_mask, split(prompt, range(pairs), left_padded)),
         images,
         (response_ids, response_mask, split(completion, range(rows), right_padded)),
         torch.arange(pairs, device=device).repeat(2),
+        positions,
     )
     # Response token j is predicted at the position before it: the prompt's last for j = 0.
     states = torch.cat((first[:, -1:].repeat(2, 1, 1), second[:, :-1]), dim=1)[response_mask.bool()]
@@ -143,6 +165,30 @@ def shared_prefix_hidden(model: Any, **inputs: Any) -> Any:
     where = torch.cat((completion[:, 1:], completion.new_zeros((rows, 1))), dim=1)
     hidden = states.new_zeros((*input_ids.shape, states.size(-1)))
     return hidden.masked_scatter(where.unsqueeze(-1), states)
+
+
+def _grid(model: Any) -> set[str]:
+    """The extra input a multimodal-rotary family takes."""
+    return {"image_grid_thw"} if getattr(model.config, "model_type", None) in MROPE else set()
+
+
+def rope_positions(backbone: Any, inputs: dict[str, Any], attention_mask: Any) -> Any:
+    """The 3-D positions (3, rows, tokens) the backbone gives the whole rows by itself."""
+    positions, _ = backbone.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs.get("mm_token_type_ids"),
+        image_grid_thw=inputs.get("image_grid_thw"),
+        attention_mask=attention_mask,
+    )
+    return positions
+
+
+def _split_positions(full: Any, mask: Any, which: range, pad: Any) -> Any:
+    """The 3-D positions of the tokens `mask` picks in each row of `which`, padded as `pad`
+    pads the ids: (3, len(which), width)."""
+    import torch
+
+    return torch.stack([pad([full[axis, r][mask[r]] for r in which], full)[0] for axis in range(full.size(0))])
 
 
 def left_padded(rows: list[Any], like: Any) -> tuple[Any, Any]:
@@ -176,31 +222,42 @@ Part = tuple[Any, Any, dict[str, Any]]  # ids, attention mask, sequence-aligned 
 
 
 def prefix_then_continuations(
-    backbone: Any, prefixes: Part, images: dict[str, Any], continuations: Part, owners: Any
+    backbone: Any,
+    prefixes: Part,
+    images: dict[str, Any],
+    continuations: Part,
+    owners: Any,
+    positions: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any]:
     """The left-padded prefixes (with their image inputs) in one forward that keeps the
     cache, then the right-padded continuations in one forward over it, row i continuing
-    prefix `owners[i]` at the positions after it. Answers the last layer's hidden states of
-    both: (prefixes, width, hidden) and (continuations, span, hidden)."""
+    prefix `owners[i]` at the positions after it (or at the given `positions` of both
+    passes). Answers the last layer's hidden states of both: (prefixes, width, hidden) and
+    (continuations, span, hidden)."""
     import torch
 
     prefix_ids, prefix_mask, prefix_extra = prefixes
     continuation_ids, continuation_mask, continuation_extra = continuations
+    span = continuation_ids.size(1)
+    if positions is None:
+        positions = (
+            (prefix_mask.cumsum(1) - 1).clamp(min=0),  # counted from each prefix's first real token
+            prefix_mask.sum(1, keepdim=True)[owners] + torch.arange(span, device=continuation_ids.device),
+        )
     first = backbone(
         input_ids=prefix_ids,
         attention_mask=prefix_mask,
-        position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0),  # counted from each prefix's first real token
+        position_ids=positions[0],
         use_cache=True,
         **prefix_extra,
         **image_inputs(backbone, images),
     )
     cache = first.past_key_values
     cache.reorder_cache(owners)
-    span = continuation_ids.size(1)
     second = backbone(
         input_ids=continuation_ids,
         attention_mask=torch.cat((prefix_mask[owners], continuation_mask), dim=1),
-        position_ids=prefix_mask.sum(1, keepdim=True)[owners] + torch.arange(span, device=continuation_ids.device),
+        position_ids=positions[1],
         past_key_values=cache,
         use_cache=True,
         **continuation_extra,
@@ -216,9 +273,8 @@ def shared_prefix_last_hidden(model: Any, inputs: dict[str, Any]) -> Any:
     apply. Exact as `shared_prefix_hidden` is: the same tokens at the same positions."""
     import torch
 
-    if not supported(model, REWARD_SUPPORTED) or set(inputs) - {"input_ids", "attention_mask"} - set(
-        IMAGE_INPUTS
-    ) - set(SEQUENCE_INPUTS):
+    known = {"input_ids", "attention_mask", *IMAGE_INPUTS, *SEQUENCE_INPUTS} | _grid(model)
+    if not supported(model, REWARD_SUPPORTED) or set(inputs) - known:
         return None
     input_ids, attention_mask = inputs.get("input_ids"), inputs.get("attention_mask")
     if input_ids is None or attention_mask is None or input_ids.size(0) % 2:
@@ -255,12 +311,21 @@ def shared_prefix_last_hidden(model: Any, inputs: dict[str, Any]) -> Any:
     prefix_ids, prefix_mask = left_padded(heads, input_ids)
     continuation_ids, continuation_mask = right_padded(tails, input_ids)
     split = {k: parts(v) for k, v in sequences.items()}
+    positions = None
+    if model.config.model_type in MROPE:
+        full = rope_positions(backbone_of(model), inputs, attention_mask)
+        axes = [parts(full[axis]) for axis in range(full.size(0))]
+        positions = (
+            torch.stack([left_padded(h, full)[0] for h, _ in axes]),
+            torch.stack([right_padded(t, full)[0] for _, t in axes]),
+        )
     _, hidden = prefix_then_continuations(
         backbone_of(model),
         (prefix_ids, prefix_mask, {k: left_padded(h, sequences[k])[0] for k, (h, _) in split.items()}),
         images,
         (continuation_ids, continuation_mask, {k: right_padded(t, sequences[k])[0] for k, (_, t) in split.items()}),
         torch.arange(pairs, device=input_ids.device).repeat(2),
+        positions,
     )
     last = continuation_mask.sum(1) - 1
     return hidden[torch.arange(rows, device=hidden.device), last]
