@@ -64,10 +64,10 @@ SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids")
 MROPE = frozenset({"qwen2_vl", "qwen2_5_vl"})
 # What trl's fused-head call passes besides those.
 _CALL = frozenset({"input_ids", "attention_mask", "labels", "fused_lm_head", "use_cache"})
-# The same for the reward model's forward (rlhf/reward.py), whose families were checked too.
-# PaliGemma is out here as well: its processor marks the whole conversation as the prefix
+# The same for the reward model's forward (rlhf/reward.py), whose families were checked too:
+# Chameleon joins for it (its image tokens sit in the prompt, which both sides share whole).
+# PaliGemma stays out here as well: its processor marks the whole conversation as the prefix
 # that attends both ways, so a response cannot continue from a cache.
-# Chameleon too (its image tokens sit in the prompt, which both sides share whole).
 REWARD_SUPPORTED = SUPPORTED | {"chameleon"}
 
 
