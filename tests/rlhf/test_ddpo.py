@@ -351,8 +351,8 @@ def test_the_shared_prefix_steps_aside_where_it_does_not_hold(
     inputs = batch | {"labels": labels, "fused_lm_head": True, "use_cache": False}
     model = trainer.model.get_base_model()
     assert shared_prefix_hidden(model, **inputs) is not None
-    qwen = SimpleNamespace(config=SimpleNamespace(model_type="qwen2_vl"))
-    assert shared_prefix_hidden(qwen, **inputs) is None
+    paligemma = SimpleNamespace(config=SimpleNamespace(model_type="paligemma"))  # an unchecked type
+    assert shared_prefix_hidden(paligemma, **inputs) is None
     assert shared_prefix_hidden(model, **inputs, image_grid_thw=None) is None  # an input it does not know
     other = inputs["input_ids"].clone()
     half = other.size(0) // 2
