@@ -31,6 +31,14 @@ def ppo_config(base_policy: Path, reward_model: Path, rankings: Path, out: Path,
     return RLTrainConfig(**settings)
 
 
+def group_config(method: str, base_policy: Path, reward_model: Path, rankings: Path, out: Path, **extra: Any) -> Any:
+    """Two steps of trl's GRPO or RLOO: 4 completions a step, 2 per prompt."""
+    settings: dict[str, Any] = {"method": method, "steps": 2, "rollout_batch_size": 4, "num_generations": 2}
+    return ppo_config(
+        base_policy, reward_model, rankings, out, **settings, max_new_tokens=16, learning_rate=1e-4, **extra
+    )
+
+
 def test_rollout_log_probs_are_those_generate_sampled_from(
     base_policy: Path, reward_model: Path, rankings: Path, tmp_path: Path
 ) -> None:
@@ -174,18 +182,7 @@ def test_trl_group_methods_train_with_the_same_reward_function(
     """trl's trainer calls FactLoop's reward function with the images and the facts."""
     from rlhf.train_rl import trl_trainer
 
-    config = ppo_config(
-        base_policy,
-        reward_model,
-        rankings,
-        tmp_path / method,
-        method=method,
-        steps=2,
-        rollout_batch_size=4,
-        num_generations=2,
-        max_new_tokens=16,
-        learning_rate=1e-4,
-    )
+    config = group_config(method, base_policy, reward_model, rankings, tmp_path / method)
     trainer = trl_trainer(config, report_to=[])
     reward = trainer.reward_funcs[0]
     seen: list[tuple[int, int, int]] = []

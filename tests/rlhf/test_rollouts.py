@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rlhf.rollouts import RolloutMismatch, check_prompt, openai_messages
-from tests.rlhf.test_ppo import ppo_config
+from tests.rlhf.test_ppo import group_config, ppo_config
 
 
 def nudge(model: Any, seed: int, scale: float = 0.3) -> None:
@@ -160,18 +160,8 @@ def test_trl_group_methods_sample_through_the_server(
     again at every optimiser step, and train on them."""
     from rlhf.train_rl import trl_trainer
 
-    config = ppo_config(
-        base_policy,
-        reward_model,
-        rankings,
-        tmp_path / method,
-        method=method,
-        steps=2,
-        rollout_batch_size=4,
-        num_generations=2,
-        max_new_tokens=16,
-        learning_rate=1e-4,
-        rollout_server=vllm_server.url,
+    config = group_config(
+        method, base_policy, reward_model, rankings, tmp_path / method, rollout_server=vllm_server.url
     )
     trainer = trl_trainer(config, report_to=[])
     sampled: list[int] = []
