@@ -52,8 +52,6 @@ class Served:
     prompt_ids: list[int]  # the prompt's tokens as the server built them
     token_ids: list[int]  # the response's tokens, the stop token included when one ended it
     logprobs: list[float]  # the server's log-probability of each response token (before temperature)
-    stopped: bool  # ended by a stop token, not by the length limit
-    text: str
 
 
 def png_bytes(image: Any) -> bytes:
@@ -187,8 +185,6 @@ class ServerRollouts:
                 prompt_ids=list(completion.prompt_token_ids),
                 token_ids=list(choice.token_ids),
                 logprobs=[logprob for _, logprob, _ in choice.logprobs],
-                stopped=choice.finish_reason == "stop",
-                text=choice.text,
             )
 
         if not conversations:
