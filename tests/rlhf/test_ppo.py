@@ -208,6 +208,10 @@ def test_the_rl_command_refuses_bad_input(tmp_path: Path, capsys: pytest.Capture
     args = ["rl", "--set", f"reward_model={tmp_path}"] + [x for s in settings for x in ("--set", s)]
     assert cli.main([*args, "--set", "kl_coef=-1"]) == 2
     assert "kl_coef" in capsys.readouterr().err
+    assert cli.main([*args, "--set", "rollout_server=' , '"]) == 2
+    assert "rollout_server must name at least one URL" in capsys.readouterr().err
+    assert cli.main([*args, "--set", "rollout_max_gap=0"]) == 2
+    assert "rollout_max_gap must be positive" in capsys.readouterr().err
     assert cli.main(args) == 2
     assert "no reward-model adapter" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
