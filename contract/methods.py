@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-# Direct preference methods (rlhf.cli dpo) and online RL (rlhf.cli rl).
-DPO_METHODS: Final = ("ddpo", "dpo")
+# Offline methods from pairs (rlhf.cli dpo; rlhf/objectives.py has the losses beyond DDPO
+# and DPO) and online RL (rlhf.cli rl).
+DPO_METHODS: Final = ("ddpo", "dpo", "sft", "mdpo", "hsa_dpo", "halva")
 RL_METHODS: Final = ("ppo", "grpo", "rloo")
 METHODS: Final = DPO_METHODS + RL_METHODS
 

@@ -20,6 +20,9 @@ import yaml
 from contract.methods import DPO_METHODS, RL_METHODS
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Where a pair comes from: an annotator's ranking or correction, or rlhf/synthetic.py.
+PAIR_SOURCES = ("ranking", "correction", "synthetic")
+SYNTHETIC_KINDS = ("inject", "noised_image")
 
 
 class ConfigError(ValueError):
@@ -159,7 +162,9 @@ class DPOTrainConfig:
     output_dir: str
     """Where checkpoints, TensorBoard logs and the final adapter are written."""
     method: str = "ddpo"
-    """`ddpo` (RLHF-V's token-weighted DPO) or `dpo` (its gamma = 1, unnormalised case)."""
+    """`ddpo` (RLHF-V's token-weighted DPO), `dpo` (its gamma = 1, unnormalised case), `sft`
+    (the chosen responses' likelihood), `mdpo`, `hsa_dpo` or `halva` (rlhf/objectives.py;
+    METHODS.md 2d). All but ddpo weigh every token 1."""
     gamma: float | None = None
     """Weight of the corrected tokens in both responses; default 5 for ddpo (RLHF-V paper),
     1 for dpo. Pairs without spans (rankings) always train with weight 1."""
@@ -176,7 +181,35 @@ class DPOTrainConfig:
     less work. Applies to the model types it was checked on (LLaVA) and falls back to trl's
     path elsewhere; false always takes trl's path."""
     beta: float = 0.5
-    """DPO temperature (RLHF-V paper: 0.5; its released script: 0.1)."""
+    """DPO temperature (RLHF-V paper: 0.5; its released script: 0.1); also mDPO's and
+    HSA-DPO's."""
+    mdpo_crop: float = 0.2
+    """mDPO: the corrupted image is a random crop keeping at most this share of the image's
+    area, resized back (mDPO, arXiv:2406.11839 section 3: a crop of 0-20% of the image)."""
+    mdpo_delta: float = 0.0
+    """mDPO's anchor delta: the chosen response's implicit reward is pushed above it (paper: 0)."""
+    mdpo_conditional_weight: float = 1.0
+    """Weight of mDPO's conditional term (image versus corrupted image; paper: 1)."""
+    mdpo_anchor_weight: float = 1.0
+    """Weight of mDPO's anchor term (paper: 1)."""
+    halva_alpha: float = 1.0
+    """HALVA: weight of the token KL to the reference on the correct response, beside the
+    phrase contrast (HALVA, arXiv:2405.18654 eq. 4, tunes it per model; 1 is FactLoop's
+    default)."""
+    synthetic: str | None = None
+    """Synthetic rejected responses mixed with the human pairs (rlhf/synthetic.py): `inject`
+    (POVID's and BPO's error injection: objects absent from the image and wrong counts put
+    into a chosen response, arXiv:2402.11411, arXiv:2403.08730), `noised_image` (the policy's
+    answer to the prompt given a noised image, POVID's and BPO's image weakening and STIC's
+    corrupted image, arXiv:2405.19716), or null (human pairs only)."""
+    synthetic_ratio: float = 0.5
+    """Synthetic pairs per human pair (0.5: one synthetic pair for every two human ones)."""
+    synthetic_vocabulary: str = "coco"
+    """`inject`: the object vocabulary whose names are swapped (rlhf/vocabularies.py: coco,
+    toyworld)."""
+    synthetic_noise: float = 0.6
+    """`noised_image`: the share of Gaussian noise, x' = sqrt(1 - s) x + sqrt(s) e, as a
+    diffusion step's (POVID's noise schedule)."""
     init_adapter: str | None = None
     """The previous round's adapter: training continues it, and the reference is the
     policy with it (the policy at the start of the round). None: a new adapter."""
@@ -208,8 +241,8 @@ class DPOTrainConfig:
     """Keep a resumable checkpoint every this many updates (0: only at the end)."""
     seed: int = 0
     """Seed for data order, dropout and adapter initialisation."""
-    sources: list[str] = field(default_factory=lambda: ["ranking", "correction"])
-    """Which pairs to train on, by source."""
+    sources: list[str] = field(default_factory=lambda: list(PAIR_SOURCES))
+    """Which pairs of the exports to train on, by source: ranking, correction, synthetic."""
     max_pairs: int | None = None
     """Use at most this many pairs (the first ones, in export order)."""
     threads: int | None = None
@@ -219,9 +252,11 @@ class DPOTrainConfig:
         normalise_run_inputs(self)
         if self.method not in DPO_METHODS:
             raise ConfigError(f"method must be one of {', '.join(DPO_METHODS)}, got {self.method!r}")
-        if self.method == "dpo":
+        if self.method != "ddpo":
             if self.gamma not in (None, 1, 1.0) or self.normalize:
-                raise ConfigError("method dpo is DDPO with gamma = 1 and normalize = false; leave them unset")
+                raise ConfigError(
+                    f"method {self.method} weighs every token 1 (gamma = 1, normalize = false); leave them unset"
+                )
             self.gamma, self.normalize = 1.0, False
         else:
             self.gamma = 5.0 if self.gamma is None else float(self.gamma)
@@ -245,9 +280,20 @@ class DPOTrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.data:
             raise ConfigError("data must name at least one export folder")
-        unknown = set(self.sources) - {"ranking", "correction"}
+        unknown = set(self.sources) - set(PAIR_SOURCES)
         if unknown or not self.sources:
-            raise ConfigError(f"sources must be among ranking, correction; got {self.sources}")
+            raise ConfigError(f"sources must be among {', '.join(PAIR_SOURCES)}; got {self.sources}")
+        if not 0 < self.mdpo_crop < 1:
+            raise ConfigError(f"mdpo_crop must be in (0, 1), got {self.mdpo_crop}")
+        for name in ("mdpo_conditional_weight", "mdpo_anchor_weight", "halva_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.synthetic not in (None, *SYNTHETIC_KINDS):
+            raise ConfigError(f"synthetic must be one of {', '.join(SYNTHETIC_KINDS)} or null, got {self.synthetic!r}")
+        if self.synthetic_ratio <= 0:
+            raise ConfigError(f"synthetic_ratio must be positive, got {self.synthetic_ratio}")
+        if not 0 < self.synthetic_noise < 1:
+            raise ConfigError(f"synthetic_noise must be in (0, 1), got {self.synthetic_noise}")
         if self.init_adapter is not None and self.lora is None:
             raise ConfigError("init_adapter continues a LoRA adapter; it needs lora settings (not full fine-tuning)")
         if not 0 <= self.warmup_ratio < 1:

@@ -93,6 +93,23 @@ def usable_spans(text: str, spans: Sequence[Sequence[int]]) -> list[tuple[int, i
     return out
 
 
+def pair_severity(example: dict[str, Any]) -> float:
+    """How wrong a pair's rejected response is: the number of its changed segments (each an
+    error an annotator, or the injector, corrected), at least 1 (a ranking's pair has none)."""
+    return float(max(1, len(example.get("rejected_spans") or [])))
+
+
+def corrupted_image(image: Any, keep: float, rng: Any) -> Any:
+    """mDPO's corrupted image (arXiv:2406.11839, section 3): a random crop keeping a share of
+    the area drawn uniformly from (0, keep], resized back to the image's size (so every
+    family's processor gives it as many image tokens as the original)."""
+    width, height = image.size
+    side = max(rng.uniform(0.0, keep), 1e-3) ** 0.5
+    w, h = max(1, round(width * side)), max(1, round(height * side))
+    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+    return image.crop((left, top, left + w, top + h)).resize((width, height))
+
+
 def _has_spans(example: dict[str, Any]) -> bool:
     """Whether a pair carries changed segments (a correction), rather than none (a ranking)."""
     return bool(example.get("chosen_spans") or example.get("rejected_spans"))
@@ -136,9 +153,18 @@ def _collator_base() -> type:
 
 
 def make_collator(
-    processor: Any, *, gamma: float, normalize: bool, released_weighting: bool = False, max_length: int | None = None
+    processor: Any,
+    *,
+    gamma: float,
+    normalize: bool,
+    released_weighting: bool = False,
+    max_length: int | None = None,
+    corrupt_keep: float | None = None,
 ) -> Any:
-    """trl's vision preference collator, plus `token_scale` (see the module docstring)."""
+    """trl's vision preference collator, plus `token_scale` (see the module docstring),
+    `changed_mask` (1 on the tokens of changed segments, both sides), `severity` (per pair,
+    `pair_severity`) and, with `corrupt_keep`, `corrupted`: the same pairs collated with
+    mDPO's corrupted images (`corrupted_image`, seeded by the pair's id)."""
     base = _collator_base()
 
     @dataclass
@@ -146,6 +172,7 @@ def make_collator(
         gamma: float = 1.0
         normalize: bool = False
         released_weighting: bool = False
+        corrupt_keep: float | None = None
 
         def _place(
             self,
@@ -191,9 +218,11 @@ def make_collator(
                 example["chosen"] = prepare_multimodal_messages(example["chosen"])
                 example["rejected"] = prepare_multimodal_messages(example["rejected"])
                 rendered.append(apply_chat_template(example, self.processor))
+            corrupted = self._corrupted(trimmed, examples) if self.corrupt_keep is not None else None
             batch = super().torch_call(trimmed)
             mask = batch["completion_mask"]
             scale = torch.zeros(mask.shape, dtype=torch.float32)
+            changed = torch.zeros(mask.shape, dtype=torch.float32)
             n = len(examples)
             placed = [
                 self._place(batch, mask, row, "chosen" if row < n else "rejected", examples[row % n], rendered[row % n])
@@ -222,13 +251,38 @@ def make_collator(
                         encoded["offset_mapping"][:count], [(s + offset, e + offset) for s, e in spans], self.gamma
                     )
                 positions = mask[row].nonzero().flatten()
+                if has_spans:
+                    spans = usable_spans(response, example.get(f"{side}_spans") or [])
+                    marks = token_weights(
+                        encoded["offset_mapping"][:count], [(s + offset, e + offset) for s, e in spans], 2.0
+                    )
+                    changed[row, positions[: len(marks)]] = torch.tensor([m > 1 for m in marks], dtype=torch.float32)
                 weights += [1.0] * (len(positions) - len(weights))
                 values = torch.tensor(weights, dtype=torch.float32)
                 if self.normalize and has_spans:
                     values = values / values.sum()  # N = |U| + gamma |C| (METHODS.md 2c)
                 scale[row, positions] = values
             batch["token_scale"] = scale
+            batch["changed_mask"] = changed
+            batch["severity"] = torch.tensor([pair_severity(example) for example in examples], dtype=torch.float32)
+            if corrupted is not None:
+                batch["corrupted"] = corrupted
             return batch
+
+        def _corrupted(self, trimmed: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, Any]:
+            import random
+            import zlib
+
+            assert self.corrupt_keep is not None
+            out = []
+            for example, original in zip(copy.deepcopy(trimmed), examples, strict=True):
+                rng = random.Random(zlib.crc32(str(original.get("id", "")).encode()))
+                key = "images" if "images" in example else "image"
+                images = example[key] if key == "images" else [example[key]]
+                crops = [corrupted_image(image, self.corrupt_keep, rng) for image in images]
+                example[key] = crops if key == "images" else crops[0]
+                out.append(example)
+            return dict(super().torch_call(out))
 
     return WeightedPreferenceCollator(
         processor=processor,
@@ -236,4 +290,5 @@ def make_collator(
         gamma=gamma,
         normalize=normalize,
         released_weighting=released_weighting,
+        corrupt_keep=corrupt_keep,
     )

@@ -35,10 +35,12 @@ from rlhf.common import (
     write_log,
 )
 from rlhf.config import DPOTrainConfig, dump
-from rlhf.data import load_pairs, make_collator
+from rlhf.data import DataError, load_pairs, make_collator, pair_severity
 from rlhf.distributed import is_main
 
 ADAPTER_DIR = "adapter"
+# Methods whose loss is rlhf/objectives.py's (objective_loss), not trl's.
+OBJECTIVE_METHODS = ("sft", "mdpo", "hsa_dpo", "halva")
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
 
@@ -80,14 +82,21 @@ def trainer_class() -> type:
 
     class DDPOTrainer(DPOTrainer):
         share_prefix = True  # one prompt pass per pair where rlhf/prefix.py applies
+        # The run's config when its method is one of rlhf/objectives.py's (sft, mdpo,
+        # hsa_dpo, halva); None for DDPO and DPO, which are trl's loss with token weights.
+        objective: DPOTrainConfig | None = None
+        mean_severity = 1.0  # HSA-DPO: the training pairs' mean severity (rlhf/data.py)
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
             from rlhf.prefix import wrap_forward
 
             scale = inputs.pop("token_scale", None)
+            extras = {key: inputs.pop(key, None) for key in ("changed_mask", "severity", "corrupted")}
             modules = {id(m): m for m in (self.accelerator.unwrap_model(model), self.ref_model) if m is not None}
             undo = [wrap_forward(m) for m in modules.values()] if self.share_prefix else []
             try:
+                if self.objective is not None:
+                    return objective_loss(self, model, inputs, extras)
                 if scale is None:
                     return super()._compute_loss(model, inputs, return_outputs)
                 with weighted_log_probs(list(modules.values()), scale):
@@ -97,6 +106,103 @@ def trainer_class() -> type:
                     step()
 
     return DDPOTrainer
+
+
+def _token_logps(trainer: Any, model: Any, inputs: dict[str, Any], *, reference: bool, logits: bool = False) -> Any:
+    """Per-token log-probabilities of the response tokens (batch, tokens - 1), 0 elsewhere, of
+    the policy or (no gradients) the reference, as trl's `_compute_loss` gets them: trl's
+    fused LM head, and for the reference the frozen model, or the adapter "ref", or the
+    adapters off. With `logits`, a plain forward instead, also returning the logits aligned
+    with the log-probabilities (what a full-distribution KL needs)."""
+    import contextlib
+
+    import torch
+    from accelerate.utils import is_peft_model  # type: ignore[import-untyped]
+    from trl.models.utils import disable_gradient_checkpointing
+    from trl.trainer.utils import use_adapter
+
+    mask = inputs["completion_mask"]
+    kwargs = {k: v for k, v in inputs.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+    kwargs["use_cache"] = False
+    labels = inputs["input_ids"].masked_fill(mask == 0, -100)
+    width = mask.size(1) - 1
+    call: Any = model
+    context: Any = contextlib.nullcontext()
+    grad: Any = contextlib.nullcontext()
+    checkpointing: Any = contextlib.nullcontext()
+    if reference:
+        if trainer.ref_model is None and is_peft_model(trainer.model):
+            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+            call = trainer.model
+            context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        elif trainer.ref_model is not None:
+            call = trainer.ref_model
+        grad = torch.no_grad()
+        checkpointing = disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs)
+    with grad, checkpointing, context:
+        if not logits:
+            return call(**kwargs, labels=labels, fused_lm_head=True).log_probs[:, -width:]
+        out = call(**kwargs).logits[:, -(width + 1) : -1]
+    targets = labels[:, 1:]
+    picked = torch.log_softmax(out.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * (targets != -100), out
+
+
+def objective_loss(trainer: Any, model: Any, inputs: dict[str, Any], extras: dict[str, Any]) -> Any:
+    """The loss of a method of rlhf/objectives.py on one collated batch ([chosen; rejected]
+    rows), with its parts logged under `objective/`."""
+    from rlhf import objectives
+
+    config = trainer.objective
+    mask = inputs["completion_mask"][:, 1:].to(dtype=extras["changed_mask"].dtype)
+    n = mask.size(0) // 2
+    parts: dict[str, Any] = {}
+    if config.method == "halva":
+        policy, policy_logits = _token_logps(trainer, model, inputs, reference=False, logits=True)
+        _, ref_logits = _token_logps(trainer, model, inputs, reference=True, logits=True)
+        phrase = extras["changed_mask"][:, 1:] * mask
+        # A pair without changed segments (a ranking's) contrasts its whole responses.
+        bare = (phrase[:n].sum(dim=1) == 0) | (phrase[n:].sum(dim=1) == 0)
+        phrase = phrase.clone()
+        phrase[:n][bare], phrase[n:][bare] = mask[:n][bare], mask[n:][bare]
+        sums = (policy * phrase).sum(dim=1)
+        kl = objectives.token_kl(policy_logits[:n], ref_logits[:n], mask[:n])
+        loss, parts = objectives.halva_loss(sums[:n], sums[n:], kl, alpha=config.halva_alpha)
+    elif config.method == "sft":
+        policy = _token_logps(trainer, model, inputs, reference=False)
+        loss = objectives.sft_loss(policy[:n], mask[:n])
+    else:
+        policy = (_token_logps(trainer, model, inputs, reference=False) * mask).sum(dim=1)
+        ref = (_token_logps(trainer, model, inputs, reference=True) * mask).sum(dim=1)
+        chosen, rejected, ref_chosen, ref_rejected = policy[:n], policy[n:], ref[:n], ref[n:]
+        if config.method == "mdpo":
+            corrupted = extras["corrupted"]
+            corrupted_mask = corrupted["completion_mask"][:n, 1:].to(dtype=mask.dtype)
+            policy_c = _token_logps(trainer, model, corrupted, reference=False)[:n]
+            ref_c = _token_logps(trainer, model, corrupted, reference=True)[:n]
+            loss, parts = objectives.mdpo_loss(
+                chosen,
+                rejected,
+                ref_chosen,
+                ref_rejected,
+                (policy_c * corrupted_mask).sum(dim=1),
+                (ref_c * corrupted_mask).sum(dim=1),
+                beta=config.beta,
+                delta=config.mdpo_delta,
+                conditional_weight=config.mdpo_conditional_weight,
+                anchor_weight=config.mdpo_anchor_weight,
+            )
+        else:  # hsa_dpo
+            weights = objectives.severity_weights(extras["severity"].to(chosen.device), trainer.mean_severity)
+            loss = objectives.hsa_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, weights, beta=config.beta)
+        margins = config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
+        parts["rewards/margins"] = margins.mean()
+        parts["rewards/accuracies"] = (margins > 0).float().mean()
+    mode = "train" if trainer.model.training else "eval"
+    for key, value in parts.items():
+        name = key if "/" in key else f"objective/{key}"
+        trainer._metrics[mode][name].append(trainer.accelerator.gather_for_metrics(value.detach()).mean().item())
+    return loss
 
 
 def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = None, **extra: Any) -> Any:
@@ -128,12 +234,15 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
     dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)
     model, processor = load_policy(config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True)
     assert config.gamma is not None and config.normalize is not None
+    if config.synthetic is not None:
+        dataset = with_synthetic(config, dataset, model, processor)
     collator = make_collator(
         processor,
         gamma=config.gamma,
         normalize=config.normalize,
         released_weighting=config.released_weighting,
         max_length=config.max_length,
+        corrupt_keep=config.mdpo_crop if config.method == "mdpo" else None,
     )
     peft_config = None
     if config.lora is not None and config.init_adapter is None:  # a new adapter
@@ -147,7 +256,42 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
         peft_config=peft_config,
     )
     trainer.share_prefix = config.share_prefix
+    if config.method in OBJECTIVE_METHODS:
+        trainer.objective = config
+    if config.method == "hsa_dpo":
+        spans = dataset.select_columns(["rejected_spans"])
+        trainer.mean_severity = sum(pair_severity(row) for row in spans) / len(spans)
     return trainer
+
+
+def with_synthetic(config: DPOTrainConfig, dataset: Any, model: Any, processor: Any) -> Any:
+    """The human pairs plus synthetic ones (rlhf/synthetic.py), which rank 0 also writes as a
+    `trl` export under output_dir/synthetic (its `source` column says "synthetic"): what the
+    run trained on stays on record. Every rank makes the same pairs (seeded, greedy)."""
+    from datasets import Dataset, concatenate_datasets  # type: ignore[import-untyped]
+
+    from contract.export import pair_features
+    from rlhf.synthetic import synthesize, write_synthetic
+
+    assert config.synthetic is not None
+    human = dataset.filter(lambda source: source != "synthetic", input_columns="source")
+    rows = synthesize(
+        human,
+        kind=config.synthetic,
+        ratio=config.synthetic_ratio,
+        seed=config.seed,
+        vocabulary=config.synthetic_vocabulary,
+        noise=config.synthetic_noise,
+        model=model,
+        processor=processor,
+    )
+    if not rows:
+        raise DataError(f"synthetic {config.synthetic}: no pair could be made from the {len(human)} human pairs")
+    out = Path(config.output_dir) / "synthetic"
+    if is_main() and not out.exists():
+        write_synthetic(rows, out, kind=config.synthetic, made_from=len(human))
+    made = Dataset.from_list(rows, features=pair_features())
+    return concatenate_datasets([dataset, made.cast(dataset.features)])
 
 
 def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] | None = None) -> RunResult:

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from rlhf.config import load_config
+
 
 @pytest.fixture(scope="session")
 def rankings(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -58,3 +60,78 @@ def small_reward_config(base_policy: Path, rankings: Path, out: Path, *, epochs:
         heldout_share=0.25,
         threads=1,
     )
+
+
+@pytest.fixture(scope="session")
+def oracle_export(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Oracle corrections and rankings of the tiny base policy's descriptions, as a `trl` export."""
+    import torch
+
+    from models.tiny import image_size_of
+    from rlhf import toy_pairs
+    from rlhf.common import load_policy
+
+    torch.set_num_threads(1)
+    model, processor = load_policy(str(base_policy))
+    scenes = toy_pairs.training_scenes(24)
+    responses = toy_pairs.sample_responses(model, processor, scenes, per_prompt=2, questions=False, temperature=0.7)
+    pairs = toy_pairs.oracle_pairs(responses)
+    rankings = toy_pairs.oracle_rankings(
+        [(a[0], a[1], a[2], b[2]) for a, b in zip(responses[::2], responses[1::2], strict=True)]
+    )
+    assert len(pairs) >= 8 and rankings
+    out = tmp_path_factory.mktemp("oracle") / "export"
+    toy_pairs.write_export(pairs[:16] + rankings[:4], out, image_size=image_size_of(processor))
+    return out
+
+
+def dpo_config(base_policy: Path, data: Path, out: Path, *overrides: str) -> Any:
+    """The tests' DDPO/DPO-family config: LoRA r 8 without dropout, 4 pairs a step, one thread."""
+    return load_config(
+        None,
+        ["lora.r=8", "lora.dropout=0", "batch_size=4", "threads=1", "logging_steps=1", *overrides],
+        model=str(base_policy),
+        data=[str(data)],
+        output_dir=str(out),
+    )
+
+
+def randomise_adapter(model: Any, seed: int = 0) -> None:
+    """peft starts B at zero (policy = reference); random factors make them differ."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+
+def pair_batch(trainer: Any, n: int = 4) -> dict[str, Any]:
+    """A collated batch of the trainer's pairs."""
+    # Two corrections whose corrected side changed something (a pure deletion changes only
+    # the original), then a ranking from the end (the export puts them last).
+    data = trainer.train_dataset
+    edited = [
+        i
+        for i in range(len(data))
+        if data[i]["source"] == "correction" and any(end > start for start, end in data[i]["chosen_spans"])
+    ][:2]
+    rows = [data[i] for i in edited] + [data[len(data) - 1]]
+    return dict(trainer.data_collator(rows[:n]))
+
+
+def hand_sequence_scores(model: Any, batch: dict[str, Any], *, weighted: bool = True) -> Any:
+    """s(y|x) by hand: logits -> log-softmax -> the next token's log-prob, times the weights
+    (`token_scale`; 1 without `weighted`), summed over the response."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        ).logits
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = batch["input_ids"][:, 1:]
+    token = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    scale = batch["token_scale"][:, 1:] if weighted else 1.0
+    return (token * scale * batch["completion_mask"][:, 1:]).sum(dim=1)

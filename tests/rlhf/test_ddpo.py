@@ -14,6 +14,7 @@ from contract.spans import changed_spans, released_changes
 from rlhf.config import ConfigError, load_config
 from rlhf.data import DataError, token_weights, usable_spans
 from tests.conftest import PYTHON, REPO, clean_env
+from tests.rlhf.conftest import dpo_config, hand_sequence_scores, pair_batch, randomise_adapter
 
 # ---------------------------------------------------------------------------------------
 # Span-to-token mapping, with a byte-level BPE tokenizer trained here on awkward text
@@ -124,7 +125,7 @@ def test_config_defaults_checks_and_overrides(tmp_path: Path) -> None:
     assert (ddpo.gamma, ddpo.normalize, ddpo.beta) == (5.0, True, 0.5)  # RLHF-V paper
     dpo = load_config(None, ["method=dpo"], **base)
     assert (dpo.gamma, dpo.normalize) == (1.0, False)
-    with pytest.raises(ConfigError, match="dpo is DDPO with gamma = 1"):
+    with pytest.raises(ConfigError, match="method dpo weighs every token 1"):
         load_config(None, ["method=dpo", "gamma=5"], **base)
     with pytest.raises(ConfigError, match=r"unknown setting 'lora\.rank'"):
         load_config(None, ["lora.rank=4"], **base)
@@ -144,77 +145,6 @@ def test_config_defaults_checks_and_overrides(tmp_path: Path) -> None:
 # With the tiny model
 
 
-@pytest.fixture(scope="module")
-def oracle_export(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Oracle corrections and rankings of the tiny base policy's descriptions, as a `trl` export."""
-    import torch
-
-    from models.tiny import image_size_of
-    from rlhf import toy_pairs
-    from rlhf.common import load_policy
-
-    torch.set_num_threads(1)
-    model, processor = load_policy(str(base_policy))
-    scenes = toy_pairs.training_scenes(24)
-    responses = toy_pairs.sample_responses(model, processor, scenes, per_prompt=2, questions=False, temperature=0.7)
-    pairs = toy_pairs.oracle_pairs(responses)
-    rankings = toy_pairs.oracle_rankings(
-        [(a[0], a[1], a[2], b[2]) for a, b in zip(responses[::2], responses[1::2], strict=True)]
-    )
-    assert len(pairs) >= 8 and rankings
-    out = tmp_path_factory.mktemp("oracle") / "export"
-    toy_pairs.write_export(pairs[:16] + rankings[:4], out, image_size=image_size_of(processor))
-    return out
-
-
-def _config(base_policy: Path, data: Path, out: Path, *overrides: str) -> Any:
-    return load_config(
-        None,
-        ["lora.r=8", "lora.dropout=0", "batch_size=4", "threads=1", "logging_steps=1", *overrides],
-        model=str(base_policy),
-        data=[str(data)],
-        output_dir=str(out),
-    )
-
-
-def _randomise_adapter(model: Any, seed: int = 0) -> None:
-    """peft starts B at zero (policy = reference); random factors make them differ."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-
-
-def _batch(trainer: Any, n: int = 4) -> dict[str, Any]:
-    # Two corrections whose corrected side changed something (a pure deletion changes only
-    # the original), then a ranking from the end (the export puts them last).
-    data = trainer.train_dataset
-    edited = [
-        i
-        for i in range(len(data))
-        if data[i]["source"] == "correction" and any(end > start for start, end in data[i]["chosen_spans"])
-    ][:2]
-    rows = [data[i] for i in edited] + [data[len(data) - 1]]
-    return dict(trainer.data_collator(rows[:n]))
-
-
-def _hand_sequence_scores(model: Any, batch: dict[str, Any]) -> Any:
-    """s(y|x) by hand: logits -> log-softmax -> the next token's log-prob, times the weights."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
-        ).logits
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = batch["input_ids"][:, 1:]
-    token = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (token * batch["token_scale"][:, 1:] * batch["completion_mask"][:, 1:]).sum(dim=1)
-
-
 @pytest.mark.parametrize("normalize", [True, False])
 def test_weighted_log_likelihood_and_loss_match_a_hand_computation(
     base_policy: Path, oracle_export: Path, tmp_path: Path, normalize: bool
@@ -224,11 +154,11 @@ def test_weighted_log_likelihood_and_loss_match_a_hand_computation(
 
     from rlhf.train_dpo import build_trainer
 
-    config = _config(base_policy, oracle_export, tmp_path, "gamma=3", f"normalize={str(normalize).lower()}")
+    config = dpo_config(base_policy, oracle_export, tmp_path, "gamma=3", f"normalize={str(normalize).lower()}")
     trainer = build_trainer(config, report_to=[])
-    _randomise_adapter(trainer.model)
+    randomise_adapter(trainer.model)
     trainer.model.eval()
-    batch = _batch(trainer)
+    batch = pair_batch(trainer)
     scale, mask = batch["token_scale"], batch["completion_mask"]
     # The weights themselves: 1 or gamma on completion tokens (over N when normalised), 0 elsewhere.
     assert torch.all(scale[mask == 0] == 0)
@@ -242,9 +172,9 @@ def test_weighted_log_likelihood_and_loss_match_a_hand_computation(
     assert torch.all(ranking_row == 1.0)  # rankings: plain DPO, no weights, no normalisation
 
     loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
-    policy = _hand_sequence_scores(trainer.model, batch)
+    policy = hand_sequence_scores(trainer.model, batch)
     with trainer.model.disable_adapter():
-        reference = _hand_sequence_scores(trainer.model, batch)
+        reference = hand_sequence_scores(trainer.model, batch)
     chosen, rejected = (policy - reference).chunk(2)
     expected = -F.logsigmoid(config.beta * (chosen - rejected)).mean()
     assert torch.isclose(loss.detach(), expected, atol=1e-5), (float(loss), float(expected))
@@ -262,7 +192,9 @@ def test_the_collator_weights_the_released_way_on_token_ids(
     from rlhf.train_dpo import build_trainer
 
     flag = str(released).lower()
-    config = _config(base_policy, oracle_export, tmp_path, "gamma=3", "normalize=false", f"released_weighting={flag}")
+    config = dpo_config(
+        base_policy, oracle_export, tmp_path, "gamma=3", "normalize=false", f"released_weighting={flag}"
+    )
     trainer = build_trainer(config, report_to=[])
     rejected, chosen = "A red ball is left of a blue cube.", "A green ball is left of a blue cube."
     spans = changed_spans(rejected, chosen)
@@ -294,13 +226,13 @@ def test_one_prefix_pass_per_pair_gives_trls_loss_and_gradients(
 
     results = {}
     for share in (False, True):
-        config = _config(
+        config = dpo_config(
             base_policy, oracle_export, tmp_path / str(share), *overrides, f"share_prefix={str(share).lower()}"
         )
         trainer = build_trainer(config, report_to=[])
-        _randomise_adapter(trainer.model)
+        randomise_adapter(trainer.model)
         trainer.model.train()
-        batch = _batch(trainer)
+        batch = pair_batch(trainer)
         used: list[bool] = []
         towers: list[int] = []
         tower = trainer.model.get_base_model().model.vision_tower
@@ -344,9 +276,10 @@ def test_the_shared_prefix_steps_aside_where_it_does_not_hold(
     from rlhf.prefix import shared_prefix_hidden
     from rlhf.train_dpo import build_trainer
 
-    trainer = build_trainer(_config(base_policy, oracle_export, tmp_path), report_to=[])
-    batch = dict(_batch(trainer))
-    batch.pop("token_scale")
+    trainer = build_trainer(dpo_config(base_policy, oracle_export, tmp_path), report_to=[])
+    batch = dict(pair_batch(trainer))
+    for key in ("token_scale", "changed_mask", "severity"):  # the trainer takes these out
+        batch.pop(key)
     labels = batch["input_ids"].masked_fill(batch.pop("completion_mask") == 0, -100)
     inputs = batch | {"labels": labels, "fused_lm_head": True, "use_cache": False}
     model = trainer.model.get_base_model()
@@ -370,21 +303,22 @@ def test_gamma_one_without_normalisation_is_exactly_trls_dpo(
     from rlhf.train_dpo import build_trainer
 
     # Bitwise equal on trl's own path; the shared prefix equals it to rounding (the test above).
-    config = _config(base_policy, oracle_export, tmp_path, "method=dpo", "share_prefix=false")
+    config = dpo_config(base_policy, oracle_export, tmp_path, "method=dpo", "share_prefix=false")
     trainer = build_trainer(config, report_to=[])
-    _randomise_adapter(trainer.model, seed=1)
+    randomise_adapter(trainer.model, seed=1)
     trainer.model.eval()
-    batch = _batch(trainer)
+    batch = pair_batch(trainer)
     ours = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
     plain = dict(batch)
-    del plain["token_scale"]
+    for key in ("token_scale", "changed_mask", "severity"):
+        del plain[key]
     theirs = DPOTrainer._compute_loss(trainer, trainer.model, plain, return_outputs=False)
     assert torch.equal(ours.detach(), theirs.detach())
     # And DDPO's weights do change it.
-    ddpo = build_trainer(_config(base_policy, oracle_export, tmp_path / "d", "gamma=5"), report_to=[])
+    ddpo = build_trainer(dpo_config(base_policy, oracle_export, tmp_path / "d", "gamma=5"), report_to=[])
     ddpo.model.load_state_dict(trainer.model.state_dict())
     ddpo.model.eval()
-    weighted = ddpo._compute_loss(ddpo.model, _batch(ddpo), return_outputs=False)
+    weighted = ddpo._compute_loss(ddpo.model, pair_batch(ddpo), return_outputs=False)
     assert not torch.isclose(weighted.detach(), theirs.detach())
 
 
@@ -398,7 +332,7 @@ def test_a_tiny_run_lowers_the_loss_changes_only_the_adapter_and_resumes(
     from rlhf.train_dpo import train
 
     out = tmp_path / "run"
-    config = _config(base_policy, oracle_export, out, "learning_rate=2.0e-3", "epochs=4", "save_steps=5")
+    config = dpo_config(base_policy, oracle_export, out, "learning_rate=2.0e-3", "epochs=4", "save_steps=5")
     result = train(config, report_to=[])
     assert result.steps == 20 and result.first_loss is not None and result.last_loss is not None
     assert result.last_loss < result.first_loss - 0.05, (result.first_loss, result.last_loss)
@@ -464,13 +398,13 @@ def test_full_fine_tuning_weights_the_reference_too(base_policy: Path, oracle_ex
 
     from rlhf.train_dpo import build_trainer, train
 
-    config = _config(base_policy, oracle_export, tmp_path / "full", "lora=null", "max_pairs=8", "epochs=1")
+    config = dpo_config(base_policy, oracle_export, tmp_path / "full", "lora=null", "max_pairs=8", "epochs=1")
     trainer = build_trainer(config, report_to=[])
     assert trainer.ref_model is not None and not hasattr(trainer.model, "peft_config")
     trainer.model.eval()
     # Policy = reference at the start: with the same weights on both sides every log-ratio
     # is 0 and the loss is log 2 (weighting only the policy would move it).
-    loss = trainer._compute_loss(trainer.model, _batch(trainer), return_outputs=False)
+    loss = trainer._compute_loss(trainer.model, pair_batch(trainer), return_outputs=False)
     assert math.isclose(float(loss.detach()), math.log(2), abs_tol=1e-6)
     result = train(config, report_to=[])
     assert result.adapter_dir is not None and (Path(result.adapter_dir) / "model.safetensors").is_file()
