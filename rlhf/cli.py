@@ -7,14 +7,18 @@
   `--model` is scored on held-out scenes of the synthetic world, in process.
 - `compare --new FILE --current FILE --metric M [--margin X]`: the gate's decision between
   two evaluations of the same held-out set (paired bootstrap).
-- `dpo --config FILE.yaml [--set KEY=VALUE ...] [--resume]`: DDPO or DPO from `trl`
-  exports (rlhf/config.py lists every setting); progress bar on the terminal, TensorBoard
-  logs under OUTPUT_DIR/runs.
+- `dpo --config FILE.yaml [--set KEY=VALUE ...] [--resume]`: DDPO, DPO, SFT, mDPO,
+  HSA-DPO or HALVA (`method`), optionally with synthetic rejected responses mixed in
+  (`synthetic`), from `trl` exports (rlhf/config.py lists every setting); progress bar on
+  the terminal, TensorBoard logs under OUTPUT_DIR/runs.
 - `reward --config FILE.yaml [--set ...] [--resume] [--register NAME --registry DIR]`: a
   Bradley-Terry reward model from the ranking pairs of `trl` exports (rlhf/reward.py),
   optionally registered as a model version of kind "reward".
 - `rl --config FILE.yaml [--set ...]`: PPO, GRPO or RLOO against a reward model
   (RLTrainConfig in rlhf/config.py; per-step statistics in OUTPUT_DIR/log.jsonl).
+- `pairs --ratings FILE.jsonl --out DIR`: a `trl` export of Silkie's pairs from rated
+  responses (rlhf/ratings.py: any two responses to a prompt with unequal mean ratings),
+  source "rating"; train on it with `dpo` (data may name several exports).
 - `families [--family T ...] [--cell C ...] [--vllm] [--out FILE.json]`: the family matrix
   (rlhf/families.py): every trainer, vLLM and the evaluator on each family's tiny
   checkpoint; prints the Markdown table (exit 1 when a cell fails).
@@ -331,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--out", type=Path, help="also write the rows as JSON to this file")
     rl = commands.add_parser("rl", help="PPO, GRPO or RLOO against a reward model")
     _add_config_options(rl)
+    pairs = commands.add_parser("pairs", help="a trl export of preference pairs from rated responses (Silkie)")
+    pairs.add_argument("--ratings", type=Path, required=True, help="a ratings file (JSON Lines; rlhf/ratings.py)")
+    pairs.add_argument("--out", type=Path, required=True, help="the export folder to write (must not exist)")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         # A launcher's rank watches the launcher (its parent), which watches the worker.
@@ -355,7 +362,24 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _rl(args)
     if args.command == "families":
         return _families(args)
+    if args.command == "pairs":
+        return _pairs(args)
     return _dpo(args)
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from rlhf.ratings import RatingsError, read_ratings, write_rating_export
+
+    if args.out.exists():
+        print(f"rlhf.cli pairs: {args.out} exists; name a new folder", file=sys.stderr)
+        return 2
+    try:
+        counts = write_rating_export(read_ratings(args.ratings), args.out)
+    except RatingsError as error:
+        print(f"rlhf.cli pairs: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(counts))
+    return 0
 
 
 if __name__ == "__main__":

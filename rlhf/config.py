@@ -21,7 +21,7 @@ from contract.methods import DPO_METHODS, RL_METHODS
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Where a pair comes from: an annotator's ranking or correction, or rlhf/synthetic.py.
-PAIR_SOURCES = ("ranking", "correction", "synthetic")
+PAIR_SOURCES = ("ranking", "correction", "rating", "synthetic")
 SYNTHETIC_KINDS = ("inject", "noised_image")
 
 
@@ -48,6 +48,8 @@ def normalise_run_inputs(config: Any) -> None:
     coerce_numbers(config)
     if isinstance(config.data, str):
         config.data = [config.data]
+    if isinstance(getattr(config, "extra_data", None), str):
+        config.extra_data = [config.extra_data]
     if isinstance(config.lora, dict):
         config.lora = LoraSettings(**config.lora)
 
@@ -161,6 +163,10 @@ class DPOTrainConfig:
     """`trl` export folders (annotation.exporters); their pairs are concatenated."""
     output_dir: str
     """Where checkpoints, TensorBoard logs and the final adapter are written."""
+    extra_data: list[str] = field(default_factory=list)
+    """More `trl` export folders trained on beside `data`: a ratings export (`rlhf.cli
+    pairs`), an earlier round's labels. train_round sets `data` to the round's export; this
+    adds to it."""
     method: str = "ddpo"
     """`ddpo` (RLHF-V's token-weighted DPO), `dpo` (its gamma = 1, unnormalised case), `sft`
     (the chosen responses' likelihood), `mdpo`, `hsa_dpo` or `halva` (rlhf/objectives.py;
@@ -242,7 +248,8 @@ class DPOTrainConfig:
     seed: int = 0
     """Seed for data order, dropout and adapter initialisation."""
     sources: list[str] = field(default_factory=lambda: list(PAIR_SOURCES))
-    """Which pairs of the exports to train on, by source: ranking, correction, synthetic."""
+    """Which pairs of the exports to train on, by source: ranking, correction, rating
+    (rlhf/ratings.py), synthetic (rlhf/synthetic.py)."""
     max_pairs: int | None = None
     """Use at most this many pairs (the first ones, in export order)."""
     threads: int | None = None

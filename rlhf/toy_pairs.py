@@ -93,6 +93,34 @@ def oracle_rankings(responses: Sequence[tuple[Scene, str, str, str]], *, seed: i
     return pairs
 
 
+def oracle_rating(scene: Scene, response: str) -> dict[str, float]:
+    """VLFeedback-style aspect ratings (1-5) of one response by the oracle: visual
+    faithfulness falls by one per hallucination, helpfulness rises by one per correct claim."""
+    report = check(scene, response)
+    return {
+        "Visual Faithfulness": float(max(1, 5 - report.hallucinations)),
+        "Helpfulness": float(min(5, 1 + report.correct_claims)),
+    }
+
+
+def oracle_rated_prompts(responses: Sequence[Response], *, image_size: int) -> list[Any]:
+    """Responses grouped by (scene, prompt), each rated by the oracle (`oracle_rating`), as
+    rlhf/ratings.py's rated prompts: Silkie's pairs come from them."""
+    from rlhf.ratings import RatedPrompt, mean_rating
+
+    grouped: dict[tuple[str, str], list[tuple[Scene, str]]] = {}
+    for scene, prompt, text in responses:
+        grouped.setdefault((scene.scene_id, prompt), []).append((scene, text))
+    rated: list[RatedPrompt] = []
+    for (scene_id, prompt), items in grouped.items():
+        scene = items[0][0]
+        buffer = io.BytesIO()
+        render(scene, image_size).save(buffer, format="PNG")
+        scores = tuple((text, mean_rating(oracle_rating(scene, text)) or 0.0) for _, text in items)
+        rated.append(RatedPrompt(f"{scene_id}-{len(rated)}", buffer.getvalue(), prompt, scene.facts(), scores))
+    return rated
+
+
 def sample_responses(
     model: Any,
     processor: Any,

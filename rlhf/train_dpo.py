@@ -231,7 +231,7 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
 
     require(config.model, config.method)  # a documented gap of the family stops here
     prepare_torch(config)
-    dataset = load_pairs(config.data, sources=config.sources, max_pairs=config.max_pairs)
+    dataset = load_pairs([*config.data, *config.extra_data], sources=config.sources, max_pairs=config.max_pairs)
     model, processor = load_policy(config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True)
     assert config.gamma is not None and config.normalize is not None
     if config.synthetic is not None:

@@ -240,25 +240,90 @@ def test_bad_settings_of_the_new_methods_are_refused(base_policy: Path, oracle_e
             dpo_config(base_policy, oracle_export, tmp_path, *overrides)
 
 
-def test_the_cli_trains_a_new_method_on_human_and_synthetic_pairs(
-    base_policy: Path, oracle_export: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
-    sets = ["method=hsa_dpo", "synthetic=inject", "synthetic_vocabulary=toyworld", "lora.r=4", "batch_size=4"]
-    args = [
-        arg
-        for item in [*sets, f"model={base_policy}", f"data={oracle_export}", f"output_dir={out}"]
-        for arg in ("--set", item)
-    ]
-    done = subprocess.run(
-        [PYTHON, "-m", "rlhf.cli", "dpo", *args],
+def test_rating_pairs_drop_ties_and_read_vlfeedbacks_shape(tmp_path: Path) -> None:
+    from rlhf.ratings import RatingsError, mean_rating, rating_pairs, read_ratings
+
+    assert mean_rating({"Helpfulness": {"Rating": "4"}, "Visual Faithfulness": 2, "Ethics": {"Rating": "N/A"}}) == 3.0
+    assert mean_rating({"Helpfulness": "N/A"}) is None
+    pairs = rating_pairs([("a", 3.0), ("b", 4.5), ("c", 3.0), ("b", 1.0)])
+    # a-c tie and the two "b"s are one text: dropped; every other unequal pair, the better one first.
+    assert pairs == [("b", "a"), ("a", "b"), ("b", "c"), ("c", "b")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "image": "x.png", "prompt": "p", "completions": []}\n{"id": 2}\n')
+    with pytest.raises(RatingsError, match="no image"):
+        read_ratings(bad)
+    bad.write_text('\n{"id": 2, "prompt": "p"}\n')
+    with pytest.raises(RatingsError, match=r"bad.jsonl:2: expected id, image"):
+        read_ratings(bad)
+
+
+def _ratings_file(folder: Path) -> Path:
+    from models.toyworld import render
+    from rlhf.toy_pairs import training_scenes
+
+    lines = []
+    for i, scene in enumerate(training_scenes(4)):
+        render(scene, 64).save(folder / f"{i}.png")
+        rated = [
+            {
+                "response": "A small red ball is at the top.",
+                "annotations": {"Helpfulness": 4, "Visual Faithfulness": 2},
+            },
+            {"response": f"Scene {i} holds a tent.", "annotations": {"Helpfulness": {"Rating": "5"}}},
+            {"response": "A box.", "annotations": {"Helpfulness": 3, "Visual Faithfulness": 3}},  # ties the first
+        ]
+        lines.append(json.dumps({"id": i, "image": f"{i}.png", "prompt": "Describe the image.", "completions": rated}))
+    path = folder / "ratings.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "rlhf.cli", *args],
         cwd=REPO,
         env=clean_env(OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_the_cli_trains_a_new_method_on_human_rated_and_synthetic_pairs(
+    base_policy: Path, oracle_export: Path, tmp_path: Path
+) -> None:
+    """`pairs` turns ratings into a `trl` export (source "rating"); `dpo` trains HSA-DPO on the
+    human pairs, those and injected ones together."""
+    from datasets import load_from_disk
+
+    ratings = _ratings_file(tmp_path)
+    made = _cli("pairs", "--ratings", str(ratings), "--out", str(tmp_path / "rated"))
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert json.loads(made.stdout) == {"pairs": 8, "prompts": 4}  # two unequal pairs per prompt, the tie dropped
+    rated = load_from_disk(str(tmp_path / "rated"))
+    assert set(rated["source"]) == {"rating"}
+    assert {(row["chosen"][0]["content"][0]["text"], row["rejected"][0]["content"][0]["text"]) for row in rated} >= {
+        ("Scene 0 holds a tent.", "A box.")
+    }
+    again = _cli("pairs", "--ratings", str(ratings), "--out", str(tmp_path / "rated"))
+    assert again.returncode == 2 and "exists" in again.stderr
+    missing = _cli("pairs", "--ratings", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "other"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr and not (tmp_path / "other").exists()
+
+    out = tmp_path / "run"
+    sets = [
+        "method=hsa_dpo",
+        "synthetic=inject",
+        "synthetic_vocabulary=toyworld",
+        "lora.r=4",
+        f"extra_data=[{tmp_path / 'rated'}]",
+        f"model={base_policy}",
+        f"data={oracle_export}",
+        f"output_dir={out}",
+    ]
+    done = _cli("dpo", *[arg for item in sets for arg in ("--set", item)])
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "result.json").read_text())
-    assert result["method"] == "hsa_dpo" and result["pairs"] > 20 and (out / "adapter").is_dir()
-    assert (out / "synthetic" / "manifest.json").is_file()
+    synthetic = load_from_disk(str(out / "synthetic"))
+    assert result["method"] == "hsa_dpo" and (out / "adapter").is_dir()
+    assert result["pairs"] == 20 + 8 + len(synthetic) and len(synthetic) == 14  # half of the 28 pairs
