@@ -1,20 +1,34 @@
-"""Alignment on the test bed: one round of each method from oracle labels.
+"""Alignment on the test bed: every method FactLoop trains, from the same oracle labels,
+measured on the same held-out scenes.
 
-DDPO and DPO: the base policy answers prompts about training scenes, a description and a
-question per scene (sampled at temperature 0.7, as LLaVA-RLHF sampled its candidates); the
-oracle corrects the hallucinated segments (RLHF-V's protocol); each trains a LoRA adapter
-from the same pairs.
+Labels (the oracle is the simulated annotator; models/toyworld/oracle.py):
+- corrections (RLHF-V's protocol): the base policy answers a description and a question per
+  training scene (temperature 0.7, as LLaVA-RLHF sampled candidates); the oracle corrects the
+  hallucinated segments; a response with nothing wrong gives no pair. DDPO, DPO, SFT, mDPO,
+  HSA-DPO and HALVA train on these pairs, and the synthetic rows add their own generated
+  pairs (rlhf/synthetic.py) at `--synthetic-ratio` per human pair.
+- ratings (Silkie's, VLFeedback's shape): four sampled answers per prompt, each rated by the
+  oracle on faithfulness and helpfulness (rlhf/toy_pairs.py, `oracle_rating`); any two with
+  unequal mean ratings are a pair (rlhf/ratings.py); plain DPO.
+- rankings (LLaVA-RLHF's protocol): two sampled answers per prompt (temperature 1.0), ranked
+  by the oracle; a fact-augmented reward model learns them (bench/reward_model.py's
+  settings), and PPO, GRPO and RLOO train against it (annotation/demo/configs/toy-ppo.yaml).
 
-PPO, GRPO, RLOO: the base policy answers each prompt twice (temperature 1.0) and the oracle
-ranks the two (LLaVA-RLHF's protocol); a fact-augmented reward model learns the rankings
-(bench/reward_model.py's settings), and each method trains a LoRA adapter against it, the
-rankings' prompts as rollout prompts (annotation/demo/configs/toy-ppo.yaml).
-
-Every policy is then measured on the same held-out scenes. Prints one row per method:
-labels used, CHAIR_i, CHAIR_s, POPE F1 (mean of the random, popular and adversarial
-splits), mean response length in words, share of empty responses, training wall time.
+The label budget is about the same for each kind (`--scenes`, `--rating-scenes` and
+`--rm-scenes` set it): about 430 corrections, 500 rated responses, 500 rankings. A row's
+`labels` is the number of human-style labels it used; `generated` the pairs the method made
+itself. Rows named in `--seeded` train once per seed of `--seeds` (data order, adapter
+initialisation, sampling); the table shows the mean and, with several seeds, the standard
+deviation, so the noise shows. Each row: CHAIR_i, CHAIR_s, POPE F1 (mean of the random,
+popular and adversarial splits), mean response length in words, share of empty responses,
+training seconds.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py
+
+Rows (`--methods`): ddpo, dpo, sft, mdpo, hsa_dpo, halva, silkie, ddpo+inject (POVID/BPO
+error injection), ddpo+noised_image (POVID/BPO/STIC answers to noised images), ppo,
+ppo+debias (PPO with the length trend regressed out of the reward model's scores,
+`length_debias`), grpo, rloo.
 
 Figures are measured side by side in one run; nothing here is asserted. The raw rows go to
 bench/results/alignment.json (--json), which the README's table and the base-figure test
@@ -25,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +51,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from annotation.demo import TOY_DDPO, TOY_PPO
 from bench import results
-from contract.methods import RL_METHODS
 from rlhf.config import RLTrainConfig, load_config, load_run_config
 
-CONFIG = TOY_DDPO
-RL_CONFIG = TOY_PPO
+
+@dataclass(frozen=True)
+class Row:
+    """A row of the table: which trainer, on which labels, with which settings."""
+
+    labels: str  # corrections, ratings or rankings
+    settings: tuple[str, ...]
+
+
+SYNTHETIC = ("synthetic_vocabulary=toyworld",)
+ROWS: dict[str, Row] = {
+    "ddpo": Row("corrections", ("method=ddpo",)),
+    "dpo": Row("corrections", ("method=dpo",)),
+    "sft": Row("corrections", ("method=sft",)),
+    "mdpo": Row("corrections", ("method=mdpo",)),
+    "hsa_dpo": Row("corrections", ("method=hsa_dpo",)),
+    "halva": Row("corrections", ("method=halva",)),
+    "silkie": Row("ratings", ("method=dpo",)),
+    "ddpo+inject": Row("corrections", ("method=ddpo", "synthetic=inject", *SYNTHETIC)),
+    "ddpo+noised_image": Row("corrections", ("method=ddpo", "synthetic=noised_image", *SYNTHETIC)),
+    "ppo": Row("rankings", ("method=ppo",)),
+    "ppo+debias": Row("rankings", ("method=ppo", "length_debias=true")),
+    "grpo": Row("rankings", ("method=grpo",)),
+    "rloo": Row("rankings", ("method=rloo",)),
+}
+METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "empty_share", "seconds")
 
 
 def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, Any]:
@@ -50,121 +89,197 @@ def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, An
     return evaluate_toyworld(model, processor, heldout_scenes(scenes))
 
 
+def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from a method's runs (one per seed): means, and standard deviations
+    where there are several."""
+    row: dict[str, Any] = {"method": name, "labels": runs[0]["labels"], "generated": runs[0].get("generated", 0)}
+    row["seeds"] = [run["seed"] for run in runs]
+    for key in METRICS:
+        values = [float(run[key]) for run in runs]
+        row[key] = statistics.fmean(values)
+        if len(values) > 1:
+            row[f"{key}_sd"] = statistics.stdev(values)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/tiny-base", help="the base policy (folder or hub id)")
     parser.add_argument(
-        "--scenes",
-        type=int,
-        default=390,
-        help="training scenes; each gets a description and a question (default 390: ~760 responses, ~500 corrected)",
+        "--scenes", type=int, default=390, help="training scenes for corrections (default 390: ~430 corrections)"
     )
+    parser.add_argument(
+        "--rating-scenes", type=int, default=63, help="scenes whose 2 prompts x 4 answers are rated (default 63: 504)"
+    )
+    parser.add_argument("--rm-scenes", type=int, default=420, help="scenes whose answers are ranked (~500 rankings)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
-    parser.add_argument("--methods", default="ddpo,dpo,ppo,grpo,rloo")
-    parser.add_argument("--config", type=Path, default=CONFIG, help="DDPO/DPO settings")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DDPO/DPO setting")
-    parser.add_argument("--rl-config", type=Path, default=RL_CONFIG, help="PPO/GRPO/RLOO settings")
+    parser.add_argument("--methods", default=",".join(ROWS), help=f"rows, of {', '.join(ROWS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds of the --seeded rows")
     parser.add_argument(
-        "--rl-set", action="append", default=[], metavar="KEY=VALUE", help="override a PPO/GRPO/RLOO setting"
+        "--seeded", default="ddpo,dpo,mdpo,hsa_dpo,halva,ddpo+inject", help="rows trained once per seed"
     )
-    parser.add_argument(
-        "--rm-scenes", type=int, default=750, help="scenes whose answers the oracle ranks for the reward model"
-    )
-    parser.add_argument("--reward-model", type=Path, help="reuse this reward model (with --rankings)")
-    parser.add_argument("--rankings", type=Path, help="the rankings export the reward model was trained on")
+    parser.add_argument("--synthetic-ratio", type=float, default=0.5, help="synthetic pairs per human pair")
+    parser.add_argument("--config", type=Path, default=TOY_DDPO, help="settings of the pair methods")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pair setting")
+    parser.add_argument("--rl-config", type=Path, default=TOY_PPO, help="PPO/GRPO/RLOO settings")
+    parser.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE", help="override an RL setting")
     parser.add_argument("--json", type=Path, default=results.default_path("alignment"), help="raw rows (JSON)")
-    parser.add_argument("--keep", type=Path, help="keep the pairs and adapters in this folder")
+    parser.add_argument("--keep", type=Path, help="keep the labels and adapters in this folder (and reuse them)")
     args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeded = {m.strip() for m in args.seeded.split(",")}
 
     import torch
+
+    torch.set_num_threads(1)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="factloop-alignment-"))
+    work.mkdir(parents=True, exist_ok=True)
+    needed = {ROWS[m].labels for m in methods}
+    data, counts, reward_model = make_labels(args, work, needed)
+
+    rows, runs = [], []
+    base = evaluate(args.model, None, args.heldout)
+    rows.append({"method": "base", "labels": 0, "generated": 0, "seconds": 0.0, "seeds": [], **base})
+    for name in methods:
+        spec = ROWS[name]
+        per_seed = []
+        for seed in seeds if name in seeded else seeds[:1]:
+            run = train_row(args, work, name, spec, seed, data[spec.labels], reward_model)
+            run.update(labels=counts[spec.labels], seed=seed)
+            run.update(evaluate(args.model, run.pop("adapter"), args.heldout))
+            runs.append({k: v for k, v in run.items() if k != "examples"})
+            per_seed.append(run)
+            print(f"{name} seed {seed}: CHAIR_i {run['chair_i']:.3f}, {run['mean_words']:.1f} words", file=sys.stderr)
+        rows.append(summarise(name, per_seed))
+
+    print_table(args, rows)
+    slim = [{k: v for k, v in row.items() if k not in ("examples",)} for row in rows]
+    payload = {"heldout": args.heldout, "labels": counts, "rows": slim, "runs": runs}
+    if reward_model is not None:
+        payload["reward_model"] = {"rankings": counts["rankings"], "heldout_accuracy": reward_model[1]}
+    results.write(args.json, payload, model=args.model)
+
+
+def make_labels(
+    args: argparse.Namespace, work: Path, needed: set[str]
+) -> tuple[dict[str, Path], dict[str, int], tuple[Path, float] | None]:
+    """The oracle's labels of each kind the rows need, as `trl` exports under `work` (reused
+    when --keep names a folder that has them), their counts, and the reward model."""
+    import json
 
     from bench.reward_model import ranking_export, reward_config
     from models.tiny import image_size_of
     from rlhf import toy_pairs
     from rlhf.common import load_policy
+    from rlhf.ratings import write_rating_export
     from rlhf.reward import train_reward_model
+
+    model, processor = load_policy(args.model)
+    size = image_size_of(processor)
+    data = {kind: work / kind for kind in ("corrections", "ratings", "rankings")}
+    record = work / "labels.json"
+    counts: dict[str, int] = json.loads(record.read_text()) if record.is_file() else {}
+    began = time.perf_counter()
+    if "corrections" in needed and "corrections" not in counts:
+        responses = toy_pairs.sample_responses(
+            model, processor, toy_pairs.training_scenes(args.scenes), temperature=0.7, seed=1
+        )
+        pairs = toy_pairs.oracle_pairs(responses)
+        shutil.rmtree(data["corrections"], ignore_errors=True)
+        toy_pairs.write_export(pairs, data["corrections"], image_size=size)
+        counts["corrections"] = len(pairs)
+        print(f"{len(responses)} responses, {len(pairs)} corrected", file=sys.stderr)
+    if "ratings" in needed and "ratings" not in counts:
+        # Other scenes than the corrections' (the training scenes' tail), four answers per prompt.
+        scenes = toy_pairs.training_scenes(args.scenes + args.rating_scenes)[args.scenes :]
+        responses = toy_pairs.sample_responses(model, processor, scenes, per_prompt=4, temperature=1.0, seed=2)
+        shutil.rmtree(data["ratings"], ignore_errors=True)
+        made = write_rating_export(toy_pairs.oracle_rated_prompts(responses, image_size=size), data["ratings"])
+        counts["ratings"] = len(responses)
+        print(f"{len(responses)} rated responses, {made['pairs']} pairs", file=sys.stderr)
+    reward_model = None
+    if "rankings" in needed:
+        if "rankings" not in counts:
+            counts["rankings"], _ = ranking_export(model, processor, args.rm_scenes, data["rankings"])
+        out = work / "reward-model"
+        if not (out / "result.json").is_file():
+            scorer = train_reward_model(reward_config(args.model, data["rankings"], out))
+            accuracy = scorer.heldout_accuracy
+        else:
+            accuracy = json.loads((out / "result.json").read_text())["heldout_accuracy"]
+        reward_model = (out, float(accuracy))
+        print(f"reward model: {counts['rankings']} rankings, held-out accuracy {accuracy:.3f}", file=sys.stderr)
+    record.write_text(json.dumps(counts))
+    print(f"labels ready in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    return data, counts, reward_model
+
+
+def train_row(
+    args: argparse.Namespace,
+    work: Path,
+    name: str,
+    spec: Row,
+    seed: int,
+    data: Path,
+    reward_model: tuple[Path, float] | None,
+) -> dict[str, Any]:
+    """Train one row with one seed: its adapter, training seconds and generated pairs."""
     from rlhf.train_dpo import train
     from rlhf.train_rl import train as train_rl
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    torch.set_num_threads(1)
-    work = args.keep or Path(tempfile.mkdtemp(prefix="factloop-alignment-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model, processor = load_policy(args.model)
-    began = time.perf_counter()
-    # Half descriptions, half questions, as synthetic rounds ask.
-    responses = toy_pairs.sample_responses(
-        model, processor, toy_pairs.training_scenes(args.scenes), temperature=0.7, seed=1
-    )
-    pairs = toy_pairs.oracle_pairs(responses)
-    data = work / "pairs"
-    if data.exists():
-        shutil.rmtree(data)
-    toy_pairs.write_export(pairs, data, image_size=image_size_of(processor))
-    print(
-        f"{len(responses)} responses, {len(pairs)} corrected "
-        f"({toy_pairs.hallucination_rate(responses):.0%} hallucinate) in {time.perf_counter() - began:.0f} s",
-        file=sys.stderr,
-    )
-    rankings, reward_model, ranking_count = args.rankings, args.reward_model, 0
-    reward_accuracy: float | None = None
-    if any(m in RL_METHODS for m in methods) and reward_model is None:
-        rankings = work / "rankings"
-        ranking_count, _ = ranking_export(model, processor, args.rm_scenes, rankings)
-        scorer = train_reward_model(reward_config(args.model, rankings, work / "reward-model"))
-        reward_model = Path(scorer.output_dir)
-        reward_accuracy = scorer.heldout_accuracy
-        print(
-            f"reward model: {ranking_count} rankings, held-out accuracy {scorer.heldout_accuracy:.3f}", file=sys.stderr
+    out = work / "runs" / f"{name}-seed{seed}"
+    if out.exists():
+        shutil.rmtree(out)
+    if spec.labels == "rankings":
+        assert reward_model is not None
+        config = load_run_config(
+            RLTrainConfig,
+            args.rl_config,
+            [*spec.settings, f"seed={seed}", *args.rl_set],
+            model=args.model,
+            reward_model=str(reward_model[0]),
+            data=[str(data)],
+            output_dir=str(out),
         )
-    del model
+        rl = train_rl(config, report_to=[])
+        return {"adapter": Path(rl.adapter_dir) if rl.adapter_dir else None, "seconds": rl.seconds, "generated": 0}
+    overrides = [*spec.settings, f"seed={seed}", f"synthetic_ratio={args.synthetic_ratio}", *args.set]
+    config = load_config(args.config, overrides, model=args.model, data=[str(data)], output_dir=str(out))
+    result = train(config, report_to=[])
+    generated = (result.pairs or 0) - sum(1 for _ in _rows(data)) if config.synthetic else 0
+    return {
+        "adapter": Path(result.adapter_dir) if result.adapter_dir else None,
+        "seconds": result.seconds,
+        "generated": generated,
+    }
 
-    rows = []
-    base = evaluate(args.model, None, args.heldout)
-    rows.append({"method": "base", "labels": 0, "seconds": 0.0, **base})
-    for method in methods:
-        out = work / method
-        if out.exists():
-            shutil.rmtree(out)
-        if method in RL_METHODS:
-            rl_config = load_run_config(
-                RLTrainConfig,
-                args.rl_config,
-                [f"method={method}", *args.rl_set],
-                model=args.model,
-                reward_model=str(reward_model),
-                data=[str(rankings)],
-                output_dir=str(out),
-            )
-            rl = train_rl(rl_config, report_to=[])
-            metrics = evaluate(args.model, Path(rl.adapter_dir) if rl.adapter_dir else None, args.heldout)
-            rows.append({"method": method, "labels": ranking_count, "seconds": rl.seconds, **metrics})
-            print(f"{method}: reward {rl.first_reward:.3f} -> {rl.last_reward:.3f}", file=sys.stderr)
-            continue
-        overrides = [f"method={method}", *args.set]
-        config = load_config(args.config, overrides, model=args.model, data=[str(data)], output_dir=str(out))
-        result = train(config, report_to=[])
-        metrics = evaluate(args.model, Path(result.adapter_dir) if result.adapter_dir else None, args.heldout)
-        rows.append({"method": method, "labels": result.pairs, "seconds": result.seconds, **metrics})
-        print(f"{method}: loss {result.first_loss:.3f} -> {result.last_loss:.3f}", file=sys.stderr)
 
+def _rows(export: Path) -> Any:
+    from datasets import load_from_disk  # type: ignore[import-untyped]
+
+    return load_from_disk(str(export)).select_columns(["id"])
+
+
+def print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    base = rows[0]
     print(f"held-out scenes: {args.heldout}; base model: {args.model}")
     print(
-        f"{'method':<8} {'labels':>6} {'CHAIR_i':>8} {'CHAIR_s':>8} {'POPE F1':>8} {'words':>6} {'empty':>6} "
-        f"{'train s':>8} {'CHAIR_i vs base':>16}"
+        f"{'method':<18} {'labels':>6} {'gen':>4} {'seeds':>5} {'CHAIR_i':>13} {'CHAIR_s':>8} {'POPE F1':>8} "
+        f"{'words':>6} {'empty':>6} {'train s':>8} {'CHAIR_i vs base':>16} {'words vs base':>14}"
     )
     for row in rows:
+        chair = f"{row['chair_i']:.3f}" + (f" ±{row['chair_i_sd']:.3f}" if "chair_i_sd" in row else "")
         change = (row["chair_i"] - base["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
+        words = (row["mean_words"] - base["mean_words"]) / base["mean_words"] if base["mean_words"] else 0.0
         print(
-            f"{row['method']:<8} {row['labels']:>6} {row['chair_i']:>8.3f} {row['chair_s']:>8.3f} "
-            f"{row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['empty_share']:>6.2f} {row['seconds']:>8.0f} "
-            f"{change:>+15.1%}"
+            f"{row['method']:<18} {row['labels']:>6} {row['generated']:>4} {len(row['seeds']):>5} {chair:>13} "
+            f"{row['chair_s']:>8.3f} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['empty_share']:>6.2f} "
+            f"{row['seconds']:>8.0f} {change:>+15.1%} {words:>+13.1%}"
         )
-    slim = [{k: v for k, v in row.items() if k not in ("examples",)} for row in rows]
-    payload = {"heldout": args.heldout, "responses": len(responses), "corrected": len(pairs), "rows": slim}
-    if reward_accuracy is not None:
-        payload["reward_model"] = {"rankings": ranking_count, "heldout_accuracy": reward_accuracy}
-    results.write(args.json, payload, model=args.model)
 
 
 if __name__ == "__main__":

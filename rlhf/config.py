@@ -387,6 +387,10 @@ class RLTrainConfig:
     length penalty against the reward model's taste for long answers)."""
     length_free: int = 0
     """Response tokens the length penalty does not count."""
+    length_debias: bool = False
+    """Regress response length out of the reward model's scores over each rollout batch
+    (rlhf/scoring.py, `remove_length_trend`): a reward model that prefers shorter answers
+    then cannot be gamed by cutting them."""
     missing_stop_penalty: float = 1.0
     """Subtracted when a response never emits the stop token (truncated)."""
     yes_no_bonus: float = 1.0

@@ -192,6 +192,25 @@ class RewardModel:
         return out
 
 
+def remove_length_trend(scores: Sequence[float], lengths: Sequence[int]) -> list[float]:
+    """The scores less their least-squares linear trend in response length over the batch,
+    s - b (L - mean L) with b = cov(s, L) / var(L): a reward model that learned "shorter is
+    safer" (on the test bed it did: fewer sentences, fewer chances to hallucinate) no longer
+    pays for cutting an answer, only for what differs at the same length. A batch of equal
+    lengths is left as it is. Length as a confound of reward models: Singhal et al., "A Long
+    Way to Go: Investigating Length Correlations in RLHF" (arXiv:2310.03716), whose remedies
+    include regressing length out of the reward; this is the per-batch form."""
+    n = len(scores)
+    if n < 2:
+        return list(scores)
+    mean_s, mean_l = sum(scores) / n, sum(lengths) / n
+    var = sum((x - mean_l) ** 2 for x in lengths)
+    if var == 0:
+        return list(scores)
+    slope = sum((x - mean_l) * (s - mean_s) for x, s in zip(lengths, scores, strict=True)) / var
+    return [s - slope * (x - mean_l) for x, s in zip(lengths, scores, strict=True)]
+
+
 class RewardFunction:
     """reward = reward_scale * reward model score + symbolic terms, for a batch of rollouts.
 
@@ -200,10 +219,13 @@ class RewardFunction:
 
     __name__ = "factloop_reward"  # trl logs rewards under their function's name
 
-    def __init__(self, model: RewardModel, terms: SymbolicTerms, *, reward_scale: float = 1.0, stop_ids=()) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, model: RewardModel, terms: SymbolicTerms, *, reward_scale: float = 1.0, stop_ids=(), length_debias=False
+    ) -> None:
         self.model = model
         self.terms = terms
         self.reward_scale = reward_scale
+        self.length_debias = length_debias
         self.stop_ids = set(stop_ids)
         self.last: dict[str, list[float]] = {}
 
@@ -217,6 +239,8 @@ class RewardFunction:
         stopped: Sequence[bool],
     ) -> list[float]:
         model_scores = self.model.score(prompts, responses, images, facts)
+        if self.length_debias:
+            model_scores = remove_length_trend(model_scores, tokens)
         symbolic = [
             self.terms(last_user_text(p), r, f, n, s)
             for p, r, f, n, s in zip(prompts, responses, facts, tokens, stopped, strict=True)

@@ -107,6 +107,7 @@ def reward_function(config: RLTrainConfig, stops: list[int], device: Any = None)
         SymbolicTerms(config.length_penalty, config.length_free, config.missing_stop_penalty, config.yes_no_bonus),
         reward_scale=config.reward_scale,
         stop_ids=stops,
+        length_debias=config.length_debias,
     )
 
 

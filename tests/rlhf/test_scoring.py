@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from rlhf.config import ConfigError, RLTrainConfig
-from rlhf.scoring import SymbolicTerms, completion_text, known_answer, last_user_text, locate_reward_model, said
+from rlhf.scoring import (
+    SymbolicTerms,
+    completion_text,
+    known_answer,
+    last_user_text,
+    locate_reward_model,
+    remove_length_trend,
+    said,
+)
 
 FACTS = {"classes": ["cat", "kite"], "objects": [{"cls": "cat"}, {"cls": "kite"}]}
 
@@ -38,6 +46,15 @@ def test_symbolic_terms_add_up_by_hand() -> None:
     assert terms("Is there a cat in the image?", "No.", FACTS, 4, False) == pytest.approx(-1.0)
     # not a yes/no question: only the length term.
     assert terms("Describe the image.", "Yes.", FACTS, 15, True) == pytest.approx(-1.0)
+
+
+def test_the_length_trend_is_regressed_out_of_the_scores() -> None:
+    """Scores 3, 2, 1 at lengths 10, 20, 30: a slope of -0.1 per token; without it all three
+    score their mean, 2. What does not follow length stays: the middle one keeps its extra 0.5."""
+    assert remove_length_trend([3.0, 2.0, 1.0], [10, 20, 30]) == pytest.approx([2.0, 2.0, 2.0])
+    assert remove_length_trend([3.0, 2.5, 1.0], [10, 20, 30]) == pytest.approx([2.0, 2.5, 2.0])
+    assert remove_length_trend([1.0, 4.0], [7, 7]) == [1.0, 4.0]  # equal lengths: no trend to remove
+    assert remove_length_trend([2.0], [5]) == [2.0]
 
 
 def test_prompts_and_completions_as_trl_passes_them() -> None:
@@ -77,3 +94,29 @@ def test_a_folder_without_a_reward_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ConfigError, match="not a FactLoop reward model"):
         locate_reward_model(tmp_path)
+
+
+def test_the_reward_function_regresses_length_out_with_length_debias(reward_model: Path) -> None:
+    """The tests' reward model scores answers of several lengths; with `length_debias` its
+    scores no longer follow length, and the same answers keep their order at equal length."""
+    from PIL import Image
+
+    from contract.export import user_turns
+    from rlhf.scoring import RewardFunction, RewardModel
+
+    scorer = RewardModel(reward_model)
+    sentence = "A small red ball is at the top. "
+    responses = [(sentence * n).strip() for n in (1, 2, 3, 4)] + ["A large blue kite is at the left."]
+    tokens = [8 * n for n in (1, 2, 3, 4)] + [8]
+    prompts = [user_turns([{"role": "user", "content": "Describe the image."}])] * len(responses)
+    images = [Image.new("RGB", (32, 32), (200, 40, 40))] * len(responses)
+    facts = [{"classes": ["ball"]}] * len(responses)
+    terms = SymbolicTerms(missing_stop_penalty=0.0, yes_no_bonus=0.0)
+    stopped = [True] * len(responses)
+    raw = RewardFunction(scorer, terms).rewards(prompts, responses, images, facts, tokens, stopped)
+    flat = RewardFunction(scorer, terms, length_debias=True).rewards(prompts, responses, images, facts, tokens, stopped)
+    mean_t = sum(tokens) / len(tokens)
+    covariance = sum((t - mean_t) * f for t, f in zip(tokens, flat, strict=True))
+    assert abs(covariance) < 1e-6 * max(1.0, sum(abs(x) for x in raw))
+    assert raw != pytest.approx(flat)
+    assert flat[0] - flat[4] == pytest.approx(raw[0] - raw[4])  # same length, same difference
