@@ -60,6 +60,7 @@ class Row:
 
     labels: str  # corrections, ratings or rankings
     settings: tuple[str, ...]
+    ties: str = "drop"  # rankings: the reward model's `ties` (use: learn the helpfulness order after a tie)
 
 
 SYNTHETIC = ("synthetic_vocabulary=toyworld",)
@@ -75,6 +76,8 @@ ROWS: dict[str, Row] = {
     "ddpo+noised_image": Row("corrections", ("method=ddpo", "synthetic=noised_image", *SYNTHETIC)),
     "ppo": Row("rankings", ("method=ppo",)),
     "ppo+debias": Row("rankings", ("method=ppo", "length_debias=true")),
+    "ppo+helpful": Row("rankings", ("method=ppo",), ties="use"),
+    "ppo+anchor": Row("rankings", ("method=ppo", "length_anchor=0.5")),
     "grpo": Row("rankings", ("method=grpo",)),
     "rloo": Row("rankings", ("method=rloo",)),
 }
@@ -139,7 +142,8 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="factloop-alignment-"))
     work.mkdir(parents=True, exist_ok=True)
     needed = {ROWS[m].labels for m in methods}
-    data, counts, reward_model = make_labels(args, work, needed)
+    ties = {ROWS[m].ties for m in methods if ROWS[m].labels == "rankings"}
+    data, counts, reward_models = make_labels(args, work, needed, ties)
 
     rows, runs = [], []
     base = evaluate(args.model, None, args.heldout)
@@ -148,7 +152,7 @@ def main() -> None:
         spec = ROWS[name]
         per_seed = []
         for seed in seeds if name in seeded else seeds[:1]:
-            run = train_row(args, work, name, spec, seed, data[spec.labels], reward_model)
+            run = train_row(args, work, name, spec, seed, data[spec.labels], reward_models.get(spec.ties))
             run.update(labels=counts[spec.labels], seed=seed)
             run.update(evaluate(args.model, run.pop("adapter"), args.heldout))
             runs.append({k: v for k, v in run.items() if k != "examples"})
@@ -159,16 +163,20 @@ def main() -> None:
     print_table(args, rows)
     slim = [{k: v for k, v in row.items() if k not in ("examples",)} for row in rows]
     payload = {"heldout": args.heldout, "labels": counts, "rows": slim, "runs": runs}
-    if reward_model is not None:
-        payload["reward_model"] = {"rankings": counts["rankings"], "heldout_accuracy": reward_model[1]}
+    if reward_models:
+        payload["reward_models"] = {
+            f"ties {mode}": {"rankings": counts["rankings"], "heldout_accuracy": accuracy}
+            for mode, (_, accuracy) in reward_models.items()
+        }
     results.write(args.json, payload, model=args.model)
 
 
 def make_labels(
-    args: argparse.Namespace, work: Path, needed: set[str]
-) -> tuple[dict[str, Path], dict[str, int], tuple[Path, float] | None]:
+    args: argparse.Namespace, work: Path, needed: set[str], ties: set[str]
+) -> tuple[dict[str, Path], dict[str, int], dict[str, tuple[Path, float]]]:
     """The oracle's labels of each kind the rows need, as `trl` exports under `work` (reused
-    when --keep names a folder that has them), their counts, and the reward model."""
+    when --keep names a folder that has them), their counts, and a reward model (folder,
+    held-out accuracy) per `ties` mode the rows need."""
     import json
 
     from bench.reward_model import ranking_export, reward_config
@@ -201,21 +209,27 @@ def make_labels(
         made = write_rating_export(toy_pairs.oracle_rated_prompts(responses, image_size=size), data["ratings"])
         counts["ratings"] = len(responses)
         print(f"{len(responses)} rated responses, {made['pairs']} pairs", file=sys.stderr)
-    reward_model = None
-    if "rankings" in needed:
+    reward_models = {}
+    if ties:
         if "rankings" not in counts:
-            counts["rankings"], _ = ranking_export(model, processor, args.rm_scenes, data["rankings"])
-        out = work / "reward-model"
-        if not (out / "result.json").is_file():
-            scorer = train_reward_model(reward_config(args.model, data["rankings"], out))
-            accuracy = scorer.heldout_accuracy
-        else:
-            accuracy = json.loads((out / "result.json").read_text())["heldout_accuracy"]
-        reward_model = (out, float(accuracy))
-        print(f"reward model: {counts['rankings']} rankings, held-out accuracy {accuracy:.3f}", file=sys.stderr)
+            counts["rankings"], counts["ranking_ties"] = ranking_export(
+                model, processor, args.rm_scenes, data["rankings"]
+            )
+        for mode in sorted(ties):
+            out = work / f"reward-model-ties-{mode}"
+            if not (out / "result.json").is_file():
+                accuracy = train_reward_model(
+                    reward_config(args.model, data["rankings"], out, ties=mode)
+                ).heldout_accuracy
+            else:
+                accuracy = json.loads((out / "result.json").read_text())["heldout_accuracy"]
+            reward_models[mode] = (out, float(accuracy))
+            print(
+                f"reward model (ties {mode}): {counts['rankings']} rankings, accuracy {accuracy:.3f}", file=sys.stderr
+            )
     record.write_text(json.dumps(counts))
     print(f"labels ready in {time.perf_counter() - began:.0f} s", file=sys.stderr)
-    return data, counts, reward_model
+    return data, counts, reward_models
 
 
 def train_row(

@@ -387,6 +387,13 @@ class RLTrainConfig:
     length penalty against the reward model's taste for long answers)."""
     length_free: int = 0
     """Response tokens the length penalty does not count."""
+    length_anchor: float = 0.0
+    """Subtracted from the reward per word a response falls short of `length_anchor_share`
+    times its prompt's reference length (the mean length of the responses the prompt's
+    exported pairs hold: the policy's own answers at the round's start). Keeps answers about
+    as long as they were, so that cutting them is not a way to please the reward model."""
+    length_anchor_share: float = 0.9
+    """The share of the reference length below which `length_anchor` charges."""
     length_debias: bool = False
     """Regress response length out of the reward model's scores over each rollout batch
     (rlhf/scoring.py, `remove_length_trend`): a reward model that prefers shorter answers
@@ -424,7 +431,17 @@ class RLTrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.critic_learning_rate is not None and self.critic_learning_rate <= 0:
             raise ConfigError(f"critic_learning_rate must be positive, got {self.critic_learning_rate}")
-        for name in ("kl_coef", "length_penalty", "missing_stop_penalty", "yes_no_bonus", "vf_coef", "length_free"):
+        if not 0 < self.length_anchor_share <= 1:
+            raise ConfigError(f"length_anchor_share must be in (0, 1], got {self.length_anchor_share}")
+        for name in (
+            "kl_coef",
+            "length_penalty",
+            "missing_stop_penalty",
+            "yes_no_bonus",
+            "vf_coef",
+            "length_free",
+            "length_anchor",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.kl_target is not None and self.kl_target <= 0:

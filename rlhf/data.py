@@ -63,17 +63,21 @@ def load_pairs(folders: Sequence[str | Path], *, sources: Sequence[str], max_pai
 
 def load_prompts(folders: Sequence[str | Path], *, max_prompts: int | None = None) -> Any:
     """The distinct (image, prompt) pairs of one or more `trl` exports, in export order, as a
-    dataset of `prompt`, `images` and `image_facts` (the rollout prompts of online RL)."""
+    dataset of `prompt`, `images`, `image_facts` and `reference_words` (the rollout prompts of
+    online RL). `reference_words` is the mean length in words of the responses the prompt's
+    pairs hold (both sides): the round's candidates, sampled from the policy at its start,
+    so what the policy's answers to the prompt measured before training."""
     pairs = load_pairs(folders, sources=["ranking", "correction"])
-    seen: set[str] = set()
-    keep = []
-    for i, (image, prompt) in enumerate(zip(pairs["image_sha256"], pairs["prompt"], strict=True)):
+    first: dict[str, int] = {}
+    lengths: dict[str, list[int]] = {}
+    columns = zip(pairs["image_sha256"], pairs["prompt"], pairs["chosen"], pairs["rejected"], strict=True)
+    for i, (image, prompt, chosen, rejected) in enumerate(columns):
         key = image + json.dumps(prompt, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    keep = keep[:max_prompts] if max_prompts is not None else keep
-    return pairs.select(keep).select_columns(["prompt", "images", "image_facts"])
+        first.setdefault(key, i)
+        lengths.setdefault(key, []).extend(len(_text_of(side).split()) for side in (chosen, rejected))
+    keys = list(first)[:max_prompts] if max_prompts is not None else list(first)
+    prompts = pairs.select([first[key] for key in keys]).select_columns(["prompt", "images", "image_facts"])
+    return prompts.add_column("reference_words", [sum(lengths[key]) / len(lengths[key]) for key in keys])
 
 
 def usable_spans(text: str, spans: Sequence[Sequence[int]]) -> list[tuple[int, int]]:

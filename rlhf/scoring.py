@@ -74,9 +74,22 @@ class SymbolicTerms:
     length_free: int = 0
     missing_stop_penalty: float = 1.0
     yes_no_bonus: float = 1.0
+    length_anchor: float = 0.0
+    length_anchor_share: float = 0.9
 
-    def __call__(self, question: str, response: str, facts: dict[str, Any], tokens: int, stopped: bool) -> float:
+    def __call__(
+        self,
+        question: str,
+        response: str,
+        facts: dict[str, Any],
+        tokens: int,
+        stopped: bool,
+        reference_words: float | None = None,
+    ) -> float:
         value = -self.length_penalty * max(0, tokens - self.length_free)
+        if self.length_anchor and reference_words:
+            # Per word the response falls short of the share of the prompt's reference length.
+            value -= self.length_anchor * max(0.0, self.length_anchor_share * reference_words - len(response.split()))
         if not stopped:
             value -= self.missing_stop_penalty
         answer = known_answer(question, facts)
@@ -237,13 +250,15 @@ class RewardFunction:
         facts: Sequence[dict[str, Any]],
         tokens: Sequence[int],
         stopped: Sequence[bool],
+        reference_words: Sequence[float | None] | None = None,
     ) -> list[float]:
         model_scores = self.model.score(prompts, responses, images, facts)
         if self.length_debias:
             model_scores = remove_length_trend(model_scores, tokens)
+        references = reference_words if reference_words is not None else [None] * len(responses)
         symbolic = [
-            self.terms(last_user_text(p), r, f, n, s)
-            for p, r, f, n, s in zip(prompts, responses, facts, tokens, stopped, strict=True)
+            self.terms(last_user_text(p), r, f, n, s, w)
+            for p, r, f, n, s, w in zip(prompts, responses, facts, tokens, stopped, references, strict=True)
         ]
         self.last = {"model": model_scores, "symbolic": symbolic}
         return [self.reward_scale * m + s for m, s in zip(model_scores, symbolic, strict=True)]
@@ -255,4 +270,5 @@ class RewardFunction:
         texts = [completion_text(c).strip() for c in completions]
         ids = completion_ids or [[] for _ in completions]
         stopped = [bool(self.stop_ids & set(map(int, i))) for i in ids] if completion_ids else [True] * len(texts)
-        return list(self.rewards(list(prompts), texts, images, facts, [len(i) for i in ids], stopped))
+        references = kwargs.get("reference_words")
+        return list(self.rewards(list(prompts), texts, images, facts, [len(i) for i in ids], stopped, references))

@@ -104,7 +104,14 @@ def reward_function(config: RLTrainConfig, stops: list[int], device: Any = None)
 
     return RewardFunction(
         RewardModel(config.reward_model, dtype=config.dtype, device=device),
-        SymbolicTerms(config.length_penalty, config.length_free, config.missing_stop_penalty, config.yes_no_bonus),
+        SymbolicTerms(
+            config.length_penalty,
+            config.length_free,
+            config.missing_stop_penalty,
+            config.yes_no_bonus,
+            config.length_anchor,
+            config.length_anchor_share,
+        ),
         reward_scale=config.reward_scale,
         stop_ids=stops,
         length_debias=config.length_debias,
@@ -541,6 +548,7 @@ class PPOTrainer:
                 [parse_facts(row["image_facts"]) for row in rows],
                 [int(n) for n in rollout.mask.sum(dim=1)],
                 rollout.stopped,
+                [row.get("reference_words") for row in rows],
             )
         )
 

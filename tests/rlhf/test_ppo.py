@@ -185,18 +185,25 @@ def test_trl_group_methods_train_with_the_same_reward_function(
     config = group_config(method, base_policy, reward_model, rankings, tmp_path / method)
     trainer = trl_trainer(config, report_to=[])
     reward = trainer.reward_funcs[0]
-    seen: list[tuple[int, int, int]] = []
+    seen: list[tuple[int, int, int, int]] = []
     original = reward.rewards
 
-    def recording(prompts, responses, images, facts, tokens, stopped):
+    def recording(prompts, responses, images, facts, tokens, stopped, references):
         seen.append(
-            (len(prompts), sum(image is not None for image in images), sum(bool(f.get("classes")) for f in facts))
+            (
+                len(prompts),
+                sum(image is not None for image in images),
+                sum(bool(f.get("classes")) for f in facts),
+                sum(isinstance(words, float) and words > 0 for words in references),  # length_anchor's
+            )
         )
-        return original(prompts, responses, images, facts, tokens, stopped)
+        return original(prompts, responses, images, facts, tokens, stopped, references)
 
     reward.rewards = recording
     trainer.train()
-    assert seen and all(n == with_image == with_facts for n, with_image, with_facts in seen), seen
+    assert seen and all(
+        n == with_image == with_facts == with_length for n, with_image, with_facts, with_length in seen
+    ), seen
     rewards = [e for e in trainer.state.log_history if "reward" in e]
     assert rewards and all(isinstance(e["reward"], float) for e in rewards)
 

@@ -120,3 +120,30 @@ def test_the_reward_function_regresses_length_out_with_length_debias(reward_mode
     assert abs(covariance) < 1e-6 * max(1.0, sum(abs(x) for x in raw))
     assert raw != pytest.approx(flat)
     assert flat[0] - flat[4] == pytest.approx(raw[0] - raw[4])  # same length, same difference
+
+
+def test_the_length_anchor_charges_per_word_short_of_the_reference() -> None:
+    """Reference 20 words, share 0.9: nothing from 18 words on; 8 words cost 0.5 x 10."""
+    terms = SymbolicTerms(missing_stop_penalty=0.0, yes_no_bonus=0.0, length_anchor=0.5, length_anchor_share=0.9)
+    eighteen, eight = " ".join(["word"] * 18), " ".join(["word"] * 8)
+    assert terms("Describe the image.", eighteen, FACTS, 30, True, 20.0) == 0.0
+    assert terms("Describe the image.", eight, FACTS, 12, True, 20.0) == pytest.approx(-5.0)
+    assert terms("Describe the image.", eight, FACTS, 12, True, None) == 0.0  # no reference, no charge
+    with pytest.raises(ConfigError, match="length_anchor_share"):
+        RLTrainConfig(model="m", reward_model="r", data=["d"], output_dir="o", length_anchor_share=0)
+
+
+def test_rollout_prompts_carry_their_reference_length(oracle_export: Path) -> None:
+    """Each distinct prompt's reference length is the mean word count of both sides of its
+    pairs, counted here by hand."""
+    from rlhf.data import load_pairs, load_prompts
+
+    pairs = load_pairs([oracle_export], sources=["ranking", "correction"])
+    prompts = load_prompts([oracle_export])
+    words: dict[str, list[int]] = {}
+    for row in pairs:
+        text = [row[side][0]["content"][0]["text"] for side in ("chosen", "rejected")]
+        words.setdefault(row["image_sha256"], []).extend(len(t.split()) for t in text)
+    assert len(prompts) == len(words)  # one prompt per image here: descriptions only
+    for row, image in zip(prompts, dict.fromkeys(pairs["image_sha256"]), strict=True):
+        assert row["reference_words"] == pytest.approx(sum(words[image]) / len(words[image]))
