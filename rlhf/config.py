@@ -155,7 +155,7 @@ class LoraSettings:
 
 @dataclass
 class DPOTrainConfig:
-    """One DDPO or DPO run: from exported labels to an adapter."""
+    """One run from preference pairs (DDPO, DPO, SFT, mDPO, HSA-DPO, HALVA): from exported labels to an adapter."""
 
     model: str
     """The policy at the start of the round: a local checkpoint folder or a hub id."""

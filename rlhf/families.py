@@ -4,7 +4,8 @@ of every image-text-to-text family FactLoop covers (models/families.py).
 A row is a family; a cell is one capability, run for real for a step or two:
 
 - loads: the policy loads through transformers' auto classes and answers one prompt;
-- ddpo, dpo: DDPO and DPO steps on oracle pairs (rlhf/train_dpo.py);
+- ddpo, dpo, mdpo, halva: DDPO, DPO, mDPO (corrupted images through the family's processor) and HALVA
+  (full next-token distributions) steps on oracle pairs (rlhf/train_dpo.py);
 - reward: the fact-augmented Bradley-Terry reward model (rlhf/reward.py);
 - ppo, grpo, rloo: one online step against that reward model (rlhf/train_rl.py);
 - vllm: vLLM serves the checkpoint, hot-loads the DDPO adapter (a random one where DDPO is
@@ -30,7 +31,7 @@ from typing import Any
 from rlhf.common import require
 from rlhf.config import ConfigError
 
-CELLS = ("loads", "ddpo", "dpo", "reward", "ppo", "grpo", "rloo", "vllm", "evaluation")
+CELLS = ("loads", "ddpo", "dpo", "mdpo", "halva", "reward", "ppo", "grpo", "rloo", "vllm", "evaluation")
 
 
 @dataclass
@@ -152,6 +153,16 @@ def cell_dpo(bench: Bench) -> Outcome:
     return _dpo(bench, "dpo", epochs=2)[1]
 
 
+def cell_mdpo(bench: Bench) -> Outcome:
+    """mDPO: its corrupted images go through the family's own processor."""
+    return _dpo(bench, "mdpo", epochs=2)[1]
+
+
+def cell_halva(bench: Bench) -> Outcome:
+    """HALVA: full next-token distributions (the logits) for its KL term."""
+    return _dpo(bench, "halva", epochs=2)[1]
+
+
 def cell_reward(bench: Bench) -> str:
     from rlhf.reward import RewardConfig, train_reward_model
 
@@ -238,6 +249,8 @@ CELL_RUNNERS: dict[str, Callable[[Bench], Outcome]] = {
     "loads": cell_loads,
     "ddpo": cell_ddpo,
     "dpo": cell_dpo,
+    "mdpo": cell_mdpo,
+    "halva": cell_halva,
     "reward": cell_reward,
     "ppo": cell_ppo,
     "grpo": cell_grpo,
