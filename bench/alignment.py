@@ -77,7 +77,7 @@ ROWS: dict[str, Row] = {
     "ppo": Row("rankings", ("method=ppo",)),
     "ppo+debias": Row("rankings", ("method=ppo", "length_debias=true")),
     "ppo+helpful": Row("rankings", ("method=ppo",), ties="use"),
-    "ppo+anchor": Row("rankings", ("method=ppo", "length_anchor=0.5")),
+    "ppo+anchor": Row("rankings", ("method=ppo", "length_anchor=2.0")),
     "grpo": Row("rankings", ("method=grpo",)),
     "rloo": Row("rankings", ("method=rloo",)),
 }
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(ROWS), help=f"rows, of {', '.join(ROWS)}")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the --seeded rows")
     parser.add_argument(
-        "--seeded", default="ddpo,dpo,mdpo,hsa_dpo,halva,ddpo+inject", help="rows trained once per seed"
+        "--seeded", default="ddpo,mdpo,hsa_dpo,halva,ddpo+inject", help="rows trained once per seed"
     )
     parser.add_argument("--synthetic-ratio", type=float, default=0.5, help="synthetic pairs per human pair")
     parser.add_argument("--config", type=Path, default=TOY_DDPO, help="settings of the pair methods")
