@@ -118,9 +118,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
     parser.add_argument("--methods", default=",".join(ROWS), help=f"rows, of {', '.join(ROWS)}")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the --seeded rows")
-    parser.add_argument(
-        "--seeded", default="ddpo,mdpo,hsa_dpo,halva,ddpo+inject", help="rows trained once per seed"
-    )
+    parser.add_argument("--seeded", default="ddpo,mdpo,hsa_dpo,halva,ddpo+inject", help="rows trained once per seed")
     parser.add_argument("--synthetic-ratio", type=float, default=0.5, help="synthetic pairs per human pair")
     parser.add_argument("--config", type=Path, default=TOY_DDPO, help="settings of the pair methods")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pair setting")

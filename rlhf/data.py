@@ -243,6 +243,10 @@ def make_collator(
                 example, side = examples[row % n], ("chosen" if row < n else "rejected")
                 has_spans = _has_spans(example)
                 encoded, offset, response, count = placed[row]
+                # The tokens of the stored changed segments (what HALVA contrasts; DDPO's weights).
+                spans = usable_spans(response, example.get(f"{side}_spans") or [])
+                shifted = [(s + offset, e + offset) for s, e in spans]
+                marked = [w > 1 for w in token_weights(encoded["offset_mapping"][:count], shifted, 2.0)]
                 if self.released_weighting:
                     weights = [1.0] * count
                     if has_spans:
@@ -250,17 +254,9 @@ def make_collator(
                         for index in released[row % n][0 if side == "rejected" else 1]:
                             weights[mine[index]] = self.gamma
                 else:
-                    spans = usable_spans(response, example.get(f"{side}_spans") or [])
-                    weights = token_weights(
-                        encoded["offset_mapping"][:count], [(s + offset, e + offset) for s, e in spans], self.gamma
-                    )
+                    weights = [self.gamma if flag else 1.0 for flag in marked]
                 positions = mask[row].nonzero().flatten()
-                if has_spans:
-                    spans = usable_spans(response, example.get(f"{side}_spans") or [])
-                    marks = token_weights(
-                        encoded["offset_mapping"][:count], [(s + offset, e + offset) for s, e in spans], 2.0
-                    )
-                    changed[row, positions[: len(marks)]] = torch.tensor([m > 1 for m in marks], dtype=torch.float32)
+                changed[row, positions[:count]] = torch.tensor(marked, dtype=torch.float32)
                 weights += [1.0] * (len(positions) - len(weights))
                 values = torch.tensor(weights, dtype=torch.float32)
                 if self.normalize and has_spans:
