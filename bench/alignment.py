@@ -25,7 +25,8 @@ training seconds.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py
 
-Rows (`--methods`): ddpo, dpo, sft, mdpo, hsa_dpo, halva, silkie, ddpo+inject (POVID/BPO
+Rows (`--methods`): ddpo, dpo, sft, mdpo, hsa_dpo, halva, silkie, ddpo+ld (DDPO with LD-DPO's
+length desensitisation, `ld_alpha` 0.5), ddpo+inject (POVID/BPO
 error injection), ddpo+noised_image (POVID/BPO/STIC answers to noised images), ppo,
 ppo+debias (PPO with the length trend regressed out of the reward model's scores,
 `length_debias`), grpo, rloo.
@@ -72,6 +73,7 @@ ROWS: dict[str, Row] = {
     "hsa_dpo": Row("corrections", ("method=hsa_dpo",)),
     "halva": Row("corrections", ("method=halva",)),
     "silkie": Row("ratings", ("method=dpo",)),
+    "ddpo+ld": Row("corrections", ("method=ddpo", "ld_alpha=0.5")),
     "ddpo+inject": Row("corrections", ("method=ddpo", "synthetic=inject", *SYNTHETIC)),
     "ddpo+noised_image": Row("corrections", ("method=ddpo", "synthetic=noised_image", *SYNTHETIC)),
     "ppo": Row("rankings", ("method=ppo",)),

@@ -189,6 +189,12 @@ class DPOTrainConfig:
     beta: float = 0.5
     """DPO temperature (RLHF-V paper: 0.5; its released script: 0.1); also mDPO's and
     HSA-DPO's."""
+    ld_alpha: float | None = None
+    """LD-DPO's length desensitisation (Liu et al., arXiv:2409.06411, eq. 7; trl's `ld_alpha`):
+    the log-probabilities of the longer response's tokens beyond the shorter one's length
+    count alpha times, so a pair's length difference pushes less. Corrections delete
+    hallucinated sentences, so their chosen side is shorter and plain DPO learns "shorter";
+    DDPO and DPO take it. None (or 1): off."""
     mdpo_crop: float = 0.2
     """mDPO: the corrupted image is a random crop keeping at most this share of the image's
     area, resized back (mDPO, arXiv:2406.11839 section 3: a crop of 0-20% of the image)."""
@@ -290,6 +296,10 @@ class DPOTrainConfig:
         unknown = set(self.sources) - set(PAIR_SOURCES)
         if unknown or not self.sources:
             raise ConfigError(f"sources must be among {', '.join(PAIR_SOURCES)}; got {self.sources}")
+        if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
+            raise ConfigError(f"ld_alpha must be in [0, 1] or null, got {self.ld_alpha}")
+        if self.ld_alpha is not None and self.method not in ("ddpo", "dpo"):
+            raise ConfigError(f"ld_alpha applies to ddpo and dpo (trl's loss), not {self.method}")
         if not 0 < self.mdpo_crop < 1:
             raise ConfigError(f"mdpo_crop must be in (0, 1), got {self.mdpo_crop}")
         for name in ("mdpo_conditional_weight", "mdpo_anchor_weight", "halva_alpha"):

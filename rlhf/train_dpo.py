@@ -211,6 +211,7 @@ def training_arguments(config: DPOTrainConfig, *, report_to: list[str] | None = 
     return DPOConfig(
         beta=config.beta,
         loss_type=["sigmoid"],
+        ld_alpha=config.ld_alpha,
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,

@@ -193,6 +193,37 @@ def test_each_method_lowers_its_loss_in_a_few_steps(
             assert row["chosen"] != row["rejected"] and row["rejected_spans"]
 
 
+def test_ld_alpha_discounts_the_longer_responses_tail(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
+    """LD-DPO through trl's loss: alpha 1 is DPO exactly; alpha 0 drops the tail tokens, so
+    the loss equals DPO's on log-probs summed over each pair's shared length only."""
+    import torch
+    import torch.nn.functional as F
+
+    from rlhf.train_dpo import build_trainer
+
+    losses, trainer = {}, None
+    for alpha in ("null", "1.0", "0.0"):
+        trainer = build_trainer(
+            dpo_config(base_policy, oracle_export, tmp_path / alpha, "method=dpo", f"ld_alpha={alpha}"), report_to=[]
+        )
+        randomise_adapter(trainer.model)
+        trainer.model.eval()
+        losses[alpha] = float(trainer._compute_loss(trainer.model, pair_batch(trainer), return_outputs=False))
+    assert trainer is not None and trainer.ld_alpha == 0.0
+    assert losses["1.0"] == pytest.approx(losses["null"], abs=1e-6) and abs(losses["0.0"] - losses["null"]) > 1e-4
+    batch = pair_batch(trainer)
+    token, _ = _hand_token_logps(trainer.model, batch)
+    with trainer.model.disable_adapter():
+        ref, _ = _hand_token_logps(trainer.model, batch)
+    mask = batch["completion_mask"][:, 1:]
+    n = mask.size(0) // 2
+    shared = torch.minimum(mask[:n].sum(dim=1), mask[n:].sum(dim=1)).repeat(2)
+    keep = (mask.cumsum(dim=1) <= shared.unsqueeze(1)) * mask
+    ratio = ((token - ref) * keep).sum(dim=1)
+    expected = -F.logsigmoid(0.5 * (ratio[:n] - ratio[n:])).mean()
+    assert losses["0.0"] == pytest.approx(float(expected), abs=1e-5)
+
+
 # ---------------------------------------------------------------------------------------
 # Synthetic negatives
 
@@ -235,6 +266,8 @@ def test_bad_settings_of_the_new_methods_are_refused(base_policy: Path, oracle_e
         (("synthetic=inject", "synthetic_ratio=0"), "synthetic_ratio"),
         (("sources=[humans]",), "sources must be among"),
         (("halva_alpha=-1",), "halva_alpha"),
+        (("ld_alpha=1.5",), "ld_alpha must be in"),
+        (("method=halva", "ld_alpha=0.5"), "ld_alpha applies to ddpo and dpo"),
     ]:
         with pytest.raises(ConfigError, match=message):
             dpo_config(base_policy, oracle_export, tmp_path, *overrides)
