@@ -352,7 +352,18 @@ def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any
         args += [*_model_settings(run), "--set", f"data={work / 'export'}", "--set", f"output_dir={out}"]
         _rlhf(args, work / "train.log", options.launch())
     result = RunResult.read(out)
-    keep = ("pairs", "prompts", "steps", "first_loss", "last_loss", "first_reward", "last_reward", "last_kl", "seconds")
+    keep = (
+        "pairs",
+        "synthetic_pairs",
+        "prompts",
+        "steps",
+        "first_loss",
+        "last_loss",
+        "first_reward",
+        "last_reward",
+        "last_kl",
+        "seconds",
+    )
     return {k: getattr(result, k) for k in keep if getattr(result, k) is not None}
 
 

@@ -264,18 +264,11 @@ def train_row(
     overrides = [*spec.settings, f"seed={seed}", f"synthetic_ratio={args.synthetic_ratio}", *args.set]
     config = load_config(args.config, overrides, model=args.model, data=[str(data)], output_dir=str(out))
     result = train(config, report_to=[])
-    generated = (result.pairs or 0) - sum(1 for _ in _rows(data)) if config.synthetic else 0
     return {
         "adapter": Path(result.adapter_dir) if result.adapter_dir else None,
         "seconds": result.seconds,
-        "generated": generated,
+        "generated": result.synthetic_pairs or 0,
     }
-
-
-def _rows(export: Path) -> Any:
-    from datasets import load_from_disk  # type: ignore[import-untyped]
-
-    return load_from_disk(str(export)).select_columns(["id"])
 
 
 def print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:

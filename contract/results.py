@@ -50,7 +50,8 @@ class RunResult(_Record):
     steps: int
     seconds: float
     git_revision: str
-    pairs: int | None = None  # preference pairs trained on (DDPO/DPO)
+    pairs: int | None = None  # preference pairs trained on (DDPO/DPO and the other pair methods)
+    synthetic_pairs: int | None = None  # of which made by rlhf/synthetic.py (source "synthetic")
     prompts: int | None = None  # rollout prompts (PPO/GRPO/RLOO)
     train_loss: float | None = None
     first_loss: float | None = None

@@ -321,6 +321,7 @@ def train(config: DPOTrainConfig, *, resume: bool = False, report_to: list[str] 
         output_dir=str(output),
         adapter_dir=str(adapter) if adapter is not None else None,
         pairs=len(trainer.train_dataset),
+        synthetic_pairs=trainer.train_dataset["source"].count("synthetic"),
         steps=trainer.state.global_step,
         train_loss=float(outcome.training_loss) if outcome.training_loss is not None else None,
         first_loss=losses[0] if losses else None,

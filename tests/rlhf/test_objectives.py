@@ -360,3 +360,4 @@ def test_the_cli_trains_a_new_method_on_human_rated_and_synthetic_pairs(
     synthetic = load_from_disk(str(out / "synthetic"))
     assert result["method"] == "hsa_dpo" and (out / "adapter").is_dir()
     assert result["pairs"] == 20 + 8 + len(synthetic) and len(synthetic) == 14  # half of the 28 pairs
+    assert result["synthetic_pairs"] == 14
