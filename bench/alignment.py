@@ -20,15 +20,17 @@ The label budget is about the same for each kind (`--scenes`, `--rating-scenes` 
 itself. Rows named in `--seeded` train once per seed of `--seeds` (data order, adapter
 initialisation, sampling); the table shows the mean and, with several seeds, the standard
 deviation, so the noise shows. Each row: CHAIR_i, CHAIR_s, POPE F1 (mean of the random,
-popular and adversarial splits), mean response length in words, share of empty responses,
-training seconds.
+popular and adversarial splits), mean response length in words, object recall (the share of
+a scene's object classes its description names: a shorter answer that drops only the
+hallucinated objects keeps it), share of empty responses, training seconds.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py
 
 Rows (`--methods`): ddpo, dpo, sft, mdpo, hsa_dpo, halva, silkie, ddpo+ld (DDPO with LD-DPO's
 length desensitisation, `ld_alpha` 0.5), ddpo+inject (POVID/BPO
 error injection), ddpo+noised_image (POVID/BPO/STIC answers to noised images), ppo,
-ppo+debias (PPO with the length trend regressed out of the reward model's scores,
+halva+inject (HALVA on its own kind of data: substituted hallucinated phrases), ppo+debias
+(PPO with the length trend regressed out of the reward model's scores,
 `length_debias`), grpo, rloo.
 
 Figures are measured side by side in one run; nothing here is asserted. The raw rows go to
@@ -72,6 +74,7 @@ ROWS: dict[str, Row] = {
     "mdpo": Row("corrections", ("method=mdpo",)),
     "hsa_dpo": Row("corrections", ("method=hsa_dpo",)),
     "halva": Row("corrections", ("method=halva",)),
+    "halva+inject": Row("corrections", ("method=halva", "synthetic=inject", *SYNTHETIC)),
     "silkie": Row("ratings", ("method=dpo",)),
     "ddpo+ld": Row("corrections", ("method=ddpo", "ld_alpha=0.5")),
     "ddpo+inject": Row("corrections", ("method=ddpo", "synthetic=inject", *SYNTHETIC)),
@@ -83,7 +86,7 @@ ROWS: dict[str, Row] = {
     "grpo": Row("rankings", ("method=grpo",)),
     "rloo": Row("rankings", ("method=rloo",)),
 }
-METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "empty_share", "seconds")
+METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "object_recall", "empty_share", "seconds")
 
 
 def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, Any]:
@@ -273,10 +276,13 @@ def train_row(
 
 def print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     base = rows[0]
-    print(f"held-out scenes: {args.heldout}; base model: {args.model}")
+    print(
+        f"held-out scenes: {args.heldout}; base model: {args.model}; "
+        f"the scenes' true descriptions average {base['truth_words']:.1f} words"
+    )
     print(
         f"{'method':<18} {'labels':>6} {'gen':>4} {'seeds':>5} {'CHAIR_i':>13} {'CHAIR_s':>8} {'POPE F1':>8} "
-        f"{'words':>6} {'empty':>6} {'train s':>8} {'CHAIR_i vs base':>16} {'words vs base':>14}"
+        f"{'words':>6} {'recall':>6} {'empty':>6} {'train s':>8} {'CHAIR_i vs base':>16} {'words vs base':>14}"
     )
     for row in rows:
         chair = f"{row['chair_i']:.3f}" + (f" ±{row['chair_i_sd']:.3f}" if "chair_i_sd" in row else "")
@@ -284,7 +290,8 @@ def print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         words = (row["mean_words"] - base["mean_words"]) / base["mean_words"] if base["mean_words"] else 0.0
         print(
             f"{row['method']:<18} {row['labels']:>6} {row['generated']:>4} {len(row['seeds']):>5} {chair:>13} "
-            f"{row['chair_s']:>8.3f} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['empty_share']:>6.2f} "
+            f"{row['chair_s']:>8.3f} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['object_recall']:>6.3f} "
+            f"{row['empty_share']:>6.2f} "
             f"{row['seconds']:>8.0f} {change:>+15.1%} {words:>+13.1%}"
         )
 

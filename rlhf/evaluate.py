@@ -14,6 +14,7 @@ from typing import Any
 from models.tiny import generate, image_size_of
 from models.toyworld import CLASSES, SYNONYMS, Scene, heldout_scenes, render
 from models.toyworld.oracle import check
+from models.toyworld.world import describe
 from rlhf.metrics import (
     PopeSplit,
     SynonymTable,
@@ -47,6 +48,11 @@ def evaluate_toyworld(
         attribute_errors = sum(c.hallucinated and c.error_type != "objects" for c in report.claims)
         grades.append(mmhal_grade(report.mentioned, scene.classes, attribute_errors=attribute_errors))
     words = [len(text.split()) for text in descriptions]
+    # Object recall: the share of each scene's object classes its description names. Where the
+    # base over-describes (hallucinated extra objects), a shorter answer can be the right one;
+    # recall tells that apart from an answer cut short of what is there.
+    named = [{m.cls for m in TOY_TABLE.mentions(text)} for text in descriptions]
+    recall = [len(n & set(t)) / len(set(t)) for n, t in zip(named, truths, strict=True) if t]
     result: dict[str, Any] = {
         "scenes": len(scenes),
         "chair_i": chair_result.chair_i,
@@ -55,6 +61,8 @@ def evaluate_toyworld(
         "mmhal": mmhal_summary(grades),
         "mean_words": sum(words) / len(words) if words else 0.0,
         "empty_share": sum(w == 0 for w in words) / len(words) if words else 0.0,
+        "object_recall": sum(recall) / len(recall) if recall else 0.0,
+        "truth_words": sum(len(describe(s).split()) for s in scenes) / len(scenes) if scenes else 0.0,
         "pope": {},
         "examples": [{"scene": s.scene_id, "response": t} for s, t in list(zip(scenes, descriptions, strict=True))[:5]],
     }
