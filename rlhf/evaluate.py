@@ -23,6 +23,7 @@ from rlhf.metrics import (
     mmhal_grade,
     mmhal_summary,
     object_halbench,
+    object_recall,
     pope_scores,
 )
 
@@ -48,11 +49,6 @@ def evaluate_toyworld(
         attribute_errors = sum(c.hallucinated and c.error_type != "objects" for c in report.claims)
         grades.append(mmhal_grade(report.mentioned, scene.classes, attribute_errors=attribute_errors))
     words = [len(text.split()) for text in descriptions]
-    # Object recall: the share of each scene's object classes its description names. Where the
-    # base over-describes (hallucinated extra objects), a shorter answer can be the right one;
-    # recall tells that apart from an answer cut short of what is there.
-    named = [{m.cls for m in TOY_TABLE.mentions(text)} for text in descriptions]
-    recall = [len(n & set(t)) / len(set(t)) for n, t in zip(named, truths, strict=True) if t]
     result: dict[str, Any] = {
         "scenes": len(scenes),
         "chair_i": chair_result.chair_i,
@@ -61,7 +57,7 @@ def evaluate_toyworld(
         "mmhal": mmhal_summary(grades),
         "mean_words": sum(words) / len(words) if words else 0.0,
         "empty_share": sum(w == 0 for w in words) / len(words) if words else 0.0,
-        "object_recall": sum(recall) / len(recall) if recall else 0.0,
+        "object_recall": object_recall(descriptions, truths, TOY_TABLE),
         "truth_words": sum(len(describe(s).split()) for s in scenes) / len(scenes) if scenes else 0.0,
         "pope": {},
         "examples": [{"scene": s.scene_id, "response": t} for s, t in list(zip(scenes, descriptions, strict=True))[:5]],

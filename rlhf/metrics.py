@@ -164,6 +164,20 @@ def chair(responses: Sequence[str], truths: Sequence[Iterable[str]], table: Obje
     )
 
 
+def object_recall(responses: Sequence[str], truths: Sequence[Iterable[str]], table: ObjectReader) -> float:
+    """Mean over responses (whose image has objects) of the share of the image's object
+    classes the response names. Where a policy over-describes (hallucinated extra objects), a
+    shorter answer can be the right one; recall tells that apart from an answer cut short of
+    what is there."""
+    _check_lengths(responses, truths)
+    shares = []
+    for response, truth in zip(responses, truths, strict=True):
+        present = set(truth)
+        if present:
+            shares.append(len({m.cls for m in table.mentions(response)} & present) / len(present))
+    return sum(shares) / len(shares) if shares else 0.0
+
+
 def object_halbench(responses: Sequence[str], truths: Sequence[Iterable[str]], table: ObjectReader) -> dict[str, float]:
     """Object HalBench's rates: response-level over responses that mention a known object."""
     result = chair(responses, truths, table)
