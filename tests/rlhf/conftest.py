@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rlhf.config import load_config
+from tests.conftest import PYTHON, REPO, clean_env
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +137,15 @@ def hand_sequence_scores(model: Any, batch: dict[str, Any], *, weighted: bool = 
     token = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     scale = batch["token_scale"][:, 1:] if weighted else 1.0
     return (token * scale * batch["completion_mask"][:, 1:]).sum(dim=1)
+
+
+def rlhf_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """`python -m rlhf.cli ARGS` in a clean environment, one thread."""
+    return subprocess.run(
+        [PYTHON, "-m", "rlhf.cli", *args],
+        cwd=REPO,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -4,7 +4,6 @@ computation, DPO as DDPO's gamma = 1 case against trl's own loss, and a tiny tra
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,7 @@ import pytest
 from contract.spans import changed_spans, released_changes
 from rlhf.config import ConfigError, load_config
 from rlhf.data import DataError, token_weights, usable_spans
-from tests.conftest import PYTHON, REPO, clean_env
-from tests.rlhf.conftest import dpo_config, hand_sequence_scores, pair_batch, randomise_adapter
+from tests.rlhf.conftest import dpo_config, hand_sequence_scores, pair_batch, randomise_adapter, rlhf_cli
 
 # ---------------------------------------------------------------------------------------
 # Span-to-token mapping, with a byte-level BPE tokenizer trained here on awkward text
@@ -365,31 +363,20 @@ def test_a_tiny_run_lowers_the_loss_changes_only_the_adapter_and_resumes(
     assert resumed.steps == 20
 
 
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "rlhf.cli", *args],
-        cwd=REPO,
-        env=clean_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_the_cli_trains_and_refuses_a_bad_config(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
     config = tmp_path / "ddpo.yaml"
     config.write_text(
         f"model: {base_policy}\ndata: [{oracle_export}]\noutput_dir: {tmp_path / 'out'}\n"
         "lora: {r: 4, dropout: 0}\nbatch_size: 10\nthreads: 1\nmax_pairs: 10\n"
     )
-    done = _cli("dpo", "--config", str(config), "--set", "method=dpo")
+    done = rlhf_cli("dpo", "--config", str(config), "--set", "method=dpo")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["pairs"] == 10
     assert (tmp_path / "out/adapter/adapter_config.json").is_file()
     assert list((tmp_path / "out/runs").rglob("events.out.tfevents.*"))  # TensorBoard logs
-    bad = _cli("dpo", "--config", str(config), "--set", "beta=-1", timeout=120)
+    bad = rlhf_cli("dpo", "--config", str(config), "--set", "beta=-1", timeout=120)
     assert bad.returncode == 2 and "beta must be positive" in bad.stderr
-    missing = _cli("dpo", "--config", str(config), "--set", f"data=[{tmp_path}]", timeout=300)
+    missing = rlhf_cli("dpo", "--config", str(config), "--set", f"data=[{tmp_path}]", timeout=300)
     assert missing.returncode == 2 and "no manifest.json" in missing.stderr
 
 

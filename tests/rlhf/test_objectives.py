@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ import pytest
 
 from rlhf import objectives
 from rlhf.config import ConfigError
-from tests.conftest import PYTHON, REPO, clean_env
-from tests.rlhf.conftest import dpo_config, hand_sequence_scores, pair_batch, randomise_adapter
+from tests.rlhf.conftest import dpo_config, hand_sequence_scores, pair_batch, randomise_adapter, rlhf_cli
 
 
 def _nls(x: float) -> float:
@@ -311,17 +309,6 @@ def _ratings_file(folder: Path) -> Path:
     return path
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "rlhf.cli", *args],
-        cwd=REPO,
-        env=clean_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_the_cli_trains_a_new_method_on_human_rated_and_synthetic_pairs(
     base_policy: Path, oracle_export: Path, tmp_path: Path
 ) -> None:
@@ -330,7 +317,7 @@ def test_the_cli_trains_a_new_method_on_human_rated_and_synthetic_pairs(
     from datasets import load_from_disk
 
     ratings = _ratings_file(tmp_path)
-    made = _cli("pairs", "--ratings", str(ratings), "--out", str(tmp_path / "rated"))
+    made = rlhf_cli("pairs", "--ratings", str(ratings), "--out", str(tmp_path / "rated"))
     assert made.returncode == 0, made.stderr[-2000:]
     assert json.loads(made.stdout) == {"pairs": 8, "prompts": 4}  # two unequal pairs per prompt, the tie dropped
     rated = load_from_disk(str(tmp_path / "rated"))
@@ -338,9 +325,9 @@ def test_the_cli_trains_a_new_method_on_human_rated_and_synthetic_pairs(
     assert {(row["chosen"][0]["content"][0]["text"], row["rejected"][0]["content"][0]["text"]) for row in rated} >= {
         ("Scene 0 holds a tent.", "A box.")
     }
-    again = _cli("pairs", "--ratings", str(ratings), "--out", str(tmp_path / "rated"))
+    again = rlhf_cli("pairs", "--ratings", str(ratings), "--out", str(tmp_path / "rated"))
     assert again.returncode == 2 and "exists" in again.stderr
-    missing = _cli("pairs", "--ratings", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "other"))
+    missing = rlhf_cli("pairs", "--ratings", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "other"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr and not (tmp_path / "other").exists()
 
     out = tmp_path / "run"
@@ -354,7 +341,7 @@ def test_the_cli_trains_a_new_method_on_human_rated_and_synthetic_pairs(
         f"data={oracle_export}",
         f"output_dir={out}",
     ]
-    done = _cli("dpo", *[arg for item in sets for arg in ("--set", item)])
+    done = rlhf_cli("dpo", *[arg for item in sets for arg in ("--set", item)])
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "result.json").read_text())
     synthetic = load_from_disk(str(out / "synthetic"))
