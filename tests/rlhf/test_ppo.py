@@ -166,12 +166,19 @@ def test_the_rl_command_trains_and_records_the_run(
         "max_new_tokens": 12,
         "lora.r": 4,
         "threads": 1,
+        "length_anchor": 0.5,  # 12 tokens fall far short of the prompts' reference length
+        "length_debias": "true",
+        "missing_stop_penalty": 0,
+        "yes_no_bonus": 0,
     }
     assert cli.main(["rl", *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")]]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["method"] == "ppo" and result["steps"] == 2 and result["prompts"] > 0
-    assert json.loads((out / "result.json").read_text())["config"]["lora"]["r"] == 4
-    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    recorded = json.loads((out / "result.json").read_text())["config"]
+    assert recorded["lora"]["r"] == 4 and recorded["length_anchor"] == 0.5 and recorded["length_debias"] is True
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # The only symbolic term left on is the anchor's charge: negative at every step.
+    assert len(steps) == 2 and all(step["symbolic"] < -1.0 for step in steps), steps
     assert (out / "adapter/adapter_config.json").is_file() and (out / "config.yaml").is_file()
 
 
