@@ -161,8 +161,10 @@ def objective_loss(trainer: Any, model: Any, inputs: dict[str, Any], extras: dic
         policy, policy_logits = _token_logps(trainer, model, inputs, reference=False, logits=True)
         _, ref_logits = _token_logps(trainer, model, inputs, reference=True, logits=True)
         phrase = extras["changed_mask"][:, 1:] * mask
-        # A pair without changed segments (a ranking's) contrasts its whole responses.
-        bare = (phrase[:n].sum(dim=1) == 0) | (phrase[n:].sum(dim=1) == 0)
+        # A pair without changed segments (a ranking's) contrasts its whole responses. A
+        # correction that only deleted (or only inserted) has an empty phrase on one side,
+        # whose log-probability is 0: the contrast then pushes the other phrase alone.
+        bare = (phrase[:n].sum(dim=1) == 0) & (phrase[n:].sum(dim=1) == 0)
         phrase = phrase.clone()
         phrase[:n][bare], phrase[n:][bare] = mask[:n][bare], mask[n:][bare]
         sums = (policy * phrase).sum(dim=1)

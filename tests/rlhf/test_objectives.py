@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from contract.spans import changed_spans
 from rlhf import objectives
 from rlhf.config import ConfigError
 from tests.rlhf.conftest import dpo_config, hand_sequence_scores, pair_batch, randomise_adapter, rlhf_cli
@@ -138,6 +139,40 @@ def test_the_trainers_loss_matches_the_hand_computation(
     expected = _expected(method, trainer, batch, trainer.objective.beta)
     assert torch.isclose(loss.detach(), expected.to(loss.dtype), atol=1e-5), (float(loss), float(expected))
     assert abs(float(expected) - 0.6931) > 1e-3  # not the untrained DPO value: a real check
+
+
+def test_halva_pushes_a_deleted_phrase_down_on_its_own(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
+    """A correction that only deleted a sentence: the chosen side's phrase is empty
+    (log-probability 0), so HALVA's contrast is -log sigma(-log pi(deleted sentence))."""
+    import torch
+
+    from contract.export import assistant_turn
+    from rlhf.train_dpo import build_trainer
+
+    trainer = build_trainer(dpo_config(base_policy, oracle_export, tmp_path, "method=halva"), report_to=[])
+    randomise_adapter(trainer.model)
+    trainer.model.eval()
+    rejected, chosen = "A red ball is at the top. A blue kite is at the left.", "A red ball is at the top."
+    spans = changed_spans(rejected, chosen)
+    assert [s.corrected_start == s.corrected_end for s in spans] == [True]  # a pure deletion
+    row = next(r for r in trainer.train_dataset if r["source"] == "correction") | {
+        "chosen": assistant_turn(chosen),
+        "rejected": assistant_turn(rejected),
+        "chosen_spans": [[s.corrected_start, s.corrected_end] for s in spans],
+        "rejected_spans": [[s.original_start, s.original_end] for s in spans],
+    }
+    batch = dict(trainer.data_collator([row]))
+    loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
+    token, logits = _hand_token_logps(trainer.model, batch)
+    with trainer.model.disable_adapter():
+        _, ref_logits = _hand_token_logps(trainer.model, batch)
+    phrase = batch["changed_mask"][:, 1:]
+    assert phrase[0].sum() == 0 and phrase[1].sum() > 0
+    deleted = (token[1] * phrase[1]).sum()
+    mask = batch["completion_mask"][:1, 1:].float()
+    kl = objectives.token_kl(logits[:1], ref_logits[:1], mask)
+    expected = objectives.halva_loss(torch.zeros(1), deleted.reshape(1), kl, alpha=1.0)[0]
+    assert torch.isclose(loss.detach(), expected.to(loss.dtype), atol=1e-5), (float(loss), float(expected))
 
 
 @pytest.mark.parametrize(
