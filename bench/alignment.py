@@ -156,7 +156,7 @@ def main() -> None:
         per_seed = []
         for seed in seeds if name in seeded else seeds[:1]:
             run = train_row(args, work, name, spec, seed, data[spec.labels], reward_models.get(spec.ties))
-            run.update(labels=counts[spec.labels], seed=seed)
+            run.update(method=name, labels=counts[spec.labels], seed=seed)
             run.update(evaluate(args.model, run.pop("adapter"), args.heldout))
             runs.append({k: v for k, v in run.items() if k != "examples"})
             per_seed.append(run)
