@@ -82,7 +82,7 @@ def test_a_trainer_refuses_a_documented_gap_before_loading_anything(tmp_path: Pa
     )
     assert done.returncode == 2, done.stderr
     assert not (tmp_path / "out").exists()  # nothing written
-    assert "ddpo is not available for blip-2 models: trl 1.16's DPO, GRPO and RLOO compute log-probs" in done.stderr
+    assert "ddpo is not available for blip-2 models: trl 1.16's DPO, GRPO and RLOO (and FactLoop's" in done.stderr
 
 
 def test_the_table_names_every_refusal_once_and_every_uncovered_family() -> None:
