@@ -65,6 +65,40 @@ def assistant_turn(text: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
+def single_turn_row(
+    *,
+    pair_id: str,
+    source: str,
+    annotator: str,
+    image_png: bytes,
+    facts: dict[str, Any],
+    prompt: str,
+    chosen: str,
+    rejected: str,
+    chosen_spans: Sequence[Sequence[int]] = (),
+    rejected_spans: Sequence[Sequence[int]] = (),
+    tie: bool = False,
+    image_sha256: str | None = None,
+) -> dict[str, Any]:
+    """One row of a `trl` export for a single-turn prompt about one image (what the oracle
+    and a ratings file give). `image_sha256` defaults to the stored image's digest."""
+    return {
+        "id": pair_id,
+        "source": source,
+        "round": 0,
+        "annotator": annotator,
+        "image_sha256": image_sha256 or hashlib.sha256(image_png).hexdigest(),
+        "image_facts": json.dumps(facts, sort_keys=True),
+        "prompt": user_turns([{"role": "user", "content": prompt}]),
+        "chosen": assistant_turn(chosen),
+        "rejected": assistant_turn(rejected),
+        "images": [{"bytes": image_png, "path": None}],
+        "chosen_spans": [list(span) for span in chosen_spans],
+        "rejected_spans": [list(span) for span in rejected_spans],
+        "hallucination_tie": tie,
+    }
+
+
 def write_pairs(
     rows: Callable[..., Iterator[dict[str, Any]]], gen_kwargs: dict[str, Any], out: Path, fingerprint: str
 ) -> None:

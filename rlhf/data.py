@@ -74,7 +74,7 @@ def load_prompts(folders: Sequence[str | Path], *, max_prompts: int | None = Non
     for i, (image, prompt, chosen, rejected) in enumerate(columns):
         key = image + json.dumps(prompt, sort_keys=True)
         first.setdefault(key, i)
-        lengths.setdefault(key, []).extend(len(_text_of(side).split()) for side in (chosen, rejected))
+        lengths.setdefault(key, []).extend(len(message_text(side).split()) for side in (chosen, rejected))
     keys = list(first)[:max_prompts] if max_prompts is not None else list(first)
     prompts = pairs.select([first[key] for key in keys]).select_columns(["prompt", "images", "image_facts"])
     return prompts.add_column("reference_words", [sum(lengths[key]) / len(lengths[key]) for key in keys])
@@ -143,7 +143,9 @@ def token_weights(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int,
     return weights
 
 
-def _text_of(message: list[dict[str, Any]]) -> str:
+def message_text(message: list[dict[str, Any]]) -> str:
+    """The text of a one-message conversation (an export's chosen, rejected or single-turn
+    prompt), its content given as text or as parts."""
     content = message[0]["content"]
     if isinstance(content, str):
         return content
@@ -190,7 +192,7 @@ def make_collator(
             """Where one row's response sits among the tokens trl collated: the completion's
             encoding (with offsets), the response's character offset in it, the response,
             and how many of the collated completion tokens the encoding accounts for."""
-            response = _text_of(example[side])
+            response = message_text(example[side])
             positions = mask[row].nonzero().flatten()
             collated = batch["input_ids"][row, positions].tolist()
             # The completion as trl rendered it, or with its leading white space gone

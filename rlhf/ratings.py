@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
+from contract.export import single_turn_row, write_manifest, write_pairs
 
 RATING_SOURCE = "rating"
 
@@ -108,32 +108,32 @@ def write_rating_export(prompts: Sequence[RatedPrompt], out: Path) -> dict[str, 
     """The pairs of rated prompts as a `trl` export folder with its manifest."""
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=False)
     rows_made = [(p, chosen, rejected) for p in prompts for chosen, rejected in rating_pairs(p.responses)]
     if not rows_made:
-        out.rmdir()
         raise RatingsError("no two responses to a prompt have different mean ratings: no pair")
+    out.mkdir(parents=True, exist_ok=False)
+    pngs: dict[str, bytes] = {}  # each prompt's image, encoded once for all its pairs
+
+    def png(prompt: RatedPrompt) -> bytes:
+        if prompt.key not in pngs:
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(prompt.image)).convert("RGB").save(buffer, format="PNG")
+            pngs[prompt.key] = buffer.getvalue()
+        return pngs[prompt.key]
 
     def rows(count: int) -> Iterator[dict[str, Any]]:
         for i, (prompt, chosen, rejected) in enumerate(rows_made[:count]):
-            image = Image.open(io.BytesIO(prompt.image)).convert("RGB")
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            yield {
-                "id": f"rating-{prompt.key}-{i}",
-                "source": RATING_SOURCE,
-                "round": 0,
-                "annotator": "ratings",
-                "image_sha256": hashlib.sha256(prompt.image).hexdigest(),
-                "image_facts": json.dumps(prompt.facts, sort_keys=True),
-                "prompt": user_turns([{"role": "user", "content": prompt.prompt}]),
-                "chosen": assistant_turn(chosen),
-                "rejected": assistant_turn(rejected),
-                "images": [{"bytes": buffer.getvalue(), "path": None}],
-                "chosen_spans": [],
-                "rejected_spans": [],
-                "hallucination_tie": False,
-            }
+            yield single_turn_row(
+                pair_id=f"rating-{prompt.key}-{i}",
+                source=RATING_SOURCE,
+                annotator="ratings",
+                image_png=png(prompt),
+                image_sha256=hashlib.sha256(prompt.image).hexdigest(),
+                facts=prompt.facts,
+                prompt=prompt.prompt,
+                chosen=chosen,
+                rejected=rejected,
+            )
 
     digest = hashlib.sha256(json.dumps([[p.key, c, r] for p, c, r in rows_made]).encode()).hexdigest()
     write_pairs(rows, {"count": len(rows_made)}, out, digest[:16])

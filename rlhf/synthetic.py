@@ -32,6 +32,7 @@ from typing import Any
 
 from contract.export import assistant_turn, write_manifest, write_pairs
 from contract.spans import changed_spans
+from rlhf.data import message_text
 from rlhf.metrics import plural
 
 SYNTHETIC_SOURCE = "synthetic"
@@ -94,13 +95,6 @@ def noised(image: Any, share: float, rng: random.Random) -> Any:
     return Image.fromarray(((mixed.clip(-1, 1) + 1) * 127.5).astype(np.uint8))
 
 
-def _text(message: list[dict[str, Any]]) -> str:
-    content = message[-1]["content"]
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text") or "" for part in content if part.get("type") == "text")
-
-
 def synthesize(
     pairs: Any,
     *,
@@ -136,7 +130,9 @@ def synthesize(
             break
         row = pairs[index]
         if kind == "inject":
-            made = inject(_text(row["chosen"]), image_classes(facts[index], known), table.reader, popularity, rng)
+            made = inject(
+                message_text(row["chosen"]), image_classes(facts[index], known), table.reader, popularity, rng
+            )
             if made is not None:
                 candidates.append((index, made))
         elif len(row["prompt"]) == 1:  # single-turn: the policy answers it anew
@@ -145,11 +141,11 @@ def synthesize(
         from models.tiny import generate
 
         images = [noised(pairs[i]["images"][0], noise, rng) for i, _ in candidates]
-        answers = generate(model, processor, images, [_text(pairs[i]["prompt"]) for i, _ in candidates])
+        answers = generate(model, processor, images, [message_text(pairs[i]["prompt"]) for i, _ in candidates])
         candidates = [(i, answer) for (i, _), answer in zip(candidates, answers, strict=True)]
     for index, rejected in candidates:
         row = pairs[index]
-        chosen = _text(row["chosen"])
+        chosen = message_text(row["chosen"])
         spans = changed_spans(rejected, chosen) if rejected.strip() else []
         if not spans or len(rows) >= wanted:
             continue
@@ -178,7 +174,7 @@ def write_synthetic(rows: Sequence[dict[str, Any]], out: Path, *, kind: str, mad
     def generate(count: int) -> Any:
         yield from rows[:count]
 
-    digest = hashlib.sha256(json.dumps([[r["id"], _text(r["rejected"])] for r in rows]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([[r["id"], message_text(r["rejected"])] for r in rows]).encode()).hexdigest()
     write_pairs(generate, {"count": len(rows)}, out, digest[:16])
     write_manifest(
         out,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
+from contract.export import single_turn_row, write_manifest, write_pairs
 from contract.spans import changed_spans
 from models.tiny import generate, image_size_of
 from models.toyworld import Scene, render, sample_scenes
@@ -114,10 +114,8 @@ def oracle_rated_prompts(responses: Sequence[Response], *, image_size: int) -> l
     rated: list[RatedPrompt] = []
     for (scene_id, prompt), items in grouped.items():
         scene = items[0][0]
-        buffer = io.BytesIO()
-        render(scene, image_size).save(buffer, format="PNG")
         scores = tuple((text, mean_rating(oracle_rating(scene, text)) or 0.0) for _, text in items)
-        rated.append(RatedPrompt(f"{scene_id}-{len(rated)}", buffer.getvalue(), prompt, scene.facts(), scores))
+        rated.append(RatedPrompt(f"{scene_id}-{len(rated)}", _png(scene, image_size), prompt, scene.facts(), scores))
     return rated
 
 
@@ -162,33 +160,32 @@ def training_scenes(n: int, seed: int = TRAIN_SEED) -> list[Scene]:
     return sample_scenes(seed, n, prefix="train")
 
 
+def _png(scene: Scene, size: int) -> bytes:
+    """The scene rendered at `size` pixels, as PNG bytes."""
+    buffer = io.BytesIO()
+    render(scene, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_export(pairs: Sequence[OraclePair], out: Path, *, image_size: int) -> dict[str, int]:
     """The pairs as a `trl` export folder with its manifest."""
     out.mkdir(parents=True, exist_ok=False)
 
-    def png(scene: Scene) -> bytes:
-        buffer = io.BytesIO()
-        render(scene, image_size).save(buffer, format="PNG")
-        return buffer.getvalue()
-
     def rows(count: int) -> Iterator[dict[str, Any]]:
         for i, pair in enumerate(pairs[:count]):
-            data = png(pair.scene)
-            yield {
-                "id": f"oracle-{i}",
-                "source": pair.source,
-                "round": 0,
-                "annotator": "oracle",
-                "image_sha256": hashlib.sha256(data).hexdigest(),
-                "image_facts": json.dumps(pair.scene.facts(), sort_keys=True),
-                "prompt": user_turns([{"role": "user", "content": pair.prompt}]),
-                "chosen": assistant_turn(pair.corrected),
-                "rejected": assistant_turn(pair.original),
-                "images": [{"bytes": data, "path": None}],
-                "chosen_spans": pair.chosen_spans,
-                "rejected_spans": pair.rejected_spans,
-                "hallucination_tie": pair.tie,
-            }
+            yield single_turn_row(
+                pair_id=f"oracle-{i}",
+                source=pair.source,
+                annotator="oracle",
+                image_png=_png(pair.scene, image_size),
+                facts=pair.scene.facts(),
+                prompt=pair.prompt,
+                chosen=pair.corrected,
+                rejected=pair.original,
+                chosen_spans=pair.chosen_spans,
+                rejected_spans=pair.rejected_spans,
+                tie=pair.tie,
+            )
 
     digest = hashlib.sha256(
         json.dumps([[p.scene.scene_id, p.original, p.corrected] for p in pairs]).encode()
