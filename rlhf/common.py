@@ -12,7 +12,12 @@ REFERENCE_ADAPTER = "ref"
 
 
 def load_policy(
-    model: str, *, adapter: str | Path | None = None, dtype: str = "float32", trainable: bool = False
+    model: str,
+    *,
+    adapter: str | Path | None = None,
+    dtype: str = "float32",
+    trainable: bool = False,
+    reference: bool = True,
 ) -> tuple[Any, Any]:
     """A policy and its processor, from a local checkpoint or a hub id through transformers'
     auto classes (any image-text-to-text family), with an optional LoRA adapter.
@@ -20,7 +25,9 @@ def load_policy(
     For use (`trainable` false) the adapter is merged in and the model is in eval mode. For
     training it stays a trainable adapter, and a frozen copy named "ref" is loaded beside
     it: the reference of a round that continues the previous round's policy (METHODS.md 2:
-    pi_ref is the policy at the start of the round)."""
+    pi_ref is the policy at the start of the round). `reference` false leaves that copy to
+    the trainer: trl's DPOTrainer makes it itself from a PEFT model's "default" adapter, under
+    the same name, and refuses a model that has one already."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -30,10 +37,10 @@ def load_policy(
         from peft import PeftModel
 
         policy = PeftModel.from_pretrained(policy, str(adapter), is_trainable=trainable)
-        if trainable:
-            policy.load_adapter(str(adapter), adapter_name=REFERENCE_ADAPTER)  # frozen
-        else:
+        if not trainable:
             policy = policy.merge_and_unload()
+        elif reference:
+            policy.load_adapter(str(adapter), adapter_name=REFERENCE_ADAPTER)  # frozen
     if not trainable:
         policy.eval()
     return policy, processor

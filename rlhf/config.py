@@ -21,7 +21,7 @@ from contract.methods import DPO_METHODS, RL_METHODS
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Where a pair comes from: an annotator's ranking or correction, or rlhf/synthetic.py.
-PAIR_SOURCES = ("ranking", "correction", "rating", "synthetic")
+PAIR_SOURCES = ("ranking", "correction", "rating", "synthetic", "ai")
 SYNTHETIC_KINDS = ("inject", "noised_image")
 
 
@@ -255,7 +255,12 @@ class DPOTrainConfig:
     """Seed for data order, dropout and adapter initialisation."""
     sources: list[str] = field(default_factory=lambda: list(PAIR_SOURCES))
     """Which pairs of the exports to train on, by source: ranking, correction, rating
-    (rlhf/ratings.py), synthetic (rlhf/synthetic.py)."""
+    (rlhf/ratings.py), synthetic (rlhf/synthetic.py), ai (an AI labeller's pairs,
+    rlhf/ai_feedback.py)."""
+    ai_weight: float = 1.0
+    """How much an AI labeller's pair (source "ai") counts beside a human one: each is seen
+    `ai_weight` times an epoch on average (whole copies, and one more copy with the
+    fractional part's probability, drawn with `seed`); 0 leaves them out."""
     max_pairs: int | None = None
     """Use at most this many pairs (the first ones, in export order)."""
     threads: int | None = None
@@ -293,6 +298,8 @@ class DPOTrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.data:
             raise ConfigError("data must name at least one export folder")
+        if self.ai_weight < 0:
+            raise ConfigError(f"ai_weight must be 0 or more, got {self.ai_weight}")
         unknown = set(self.sources) - set(PAIR_SOURCES)
         if unknown or not self.sources:
             raise ConfigError(f"sources must be among {', '.join(PAIR_SOURCES)}; got {self.sources}")

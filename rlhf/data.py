@@ -61,6 +61,26 @@ def load_pairs(folders: Sequence[str | Path], *, sources: Sequence[str], max_pai
     return dataset
 
 
+def weigh_source(dataset: Any, source: str, weight: float, *, seed: int) -> Any:
+    """`dataset` with each row of `source` repeated `weight` times on average: its whole
+    part as copies, one more copy with the fractional part's probability (seeded); weight 1
+    is the dataset as it is, 0 drops the source's rows. Other rows stay once, in order."""
+    import math
+    import random
+
+    if weight == 1:
+        return dataset
+    rng = random.Random(seed)
+    whole, part = math.floor(weight), weight - math.floor(weight)
+    indices = []
+    for index, row_source in enumerate(dataset["source"]):
+        copies = 1 if row_source != source else whole + (rng.random() < part)
+        indices.extend([index] * copies)
+    if not indices:
+        raise DataError(f"no pairs left after weighing the {source!r} pairs by {weight}")
+    return dataset.select(indices)
+
+
 def load_prompts(folders: Sequence[str | Path], *, max_prompts: int | None = None) -> Any:
     """The distinct (image, prompt) pairs of one or more `trl` exports, in export order, as a
     dataset of `prompt`, `images`, `image_facts` and `reference_words` (the rollout prompts of

@@ -167,8 +167,11 @@ def _png(scene: Scene, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_export(pairs: Sequence[OraclePair], out: Path, *, image_size: int) -> dict[str, int]:
-    """The pairs as a `trl` export folder with its manifest."""
+def write_export(
+    pairs: Sequence[OraclePair], out: Path, *, image_size: int, annotator: str = "oracle"
+) -> dict[str, int]:
+    """The pairs as a `trl` export folder with its manifest; `annotator` says who labelled
+    them (an AI labeller's name for its pairs)."""
     out.mkdir(parents=True, exist_ok=False)
 
     def rows(count: int) -> Iterator[dict[str, Any]]:
@@ -176,7 +179,7 @@ def write_export(pairs: Sequence[OraclePair], out: Path, *, image_size: int) -> 
             yield single_turn_row(
                 pair_id=f"oracle-{i}",
                 source=pair.source,
-                annotator="oracle",
+                annotator=annotator,
                 image_png=_png(pair.scene, image_size),
                 facts=pair.scene.facts(),
                 prompt=pair.prompt,
@@ -192,7 +195,7 @@ def write_export(pairs: Sequence[OraclePair], out: Path, *, image_size: int) -> 
     ).hexdigest()
     write_pairs(rows, {"count": len(pairs)}, out, digest[:16])
     counts = {"pairs": len(pairs)}
-    write_manifest(out, "trl", rounds=[0], filters={"source": "oracle"}, counts=counts)
+    write_manifest(out, "trl", rounds=[0], filters={"source": annotator}, counts=counts)
     return counts
 
 

@@ -35,7 +35,7 @@ from rlhf.common import (
     write_log,
 )
 from rlhf.config import DPOTrainConfig, dump
-from rlhf.data import DataError, load_pairs, make_collator, pair_severity
+from rlhf.data import DataError, load_pairs, make_collator, pair_severity, weigh_source
 from rlhf.distributed import is_main
 
 ADAPTER_DIR = "adapter"
@@ -235,7 +235,11 @@ def build_trainer(config: DPOTrainConfig, *, report_to: list[str] | None = None,
     require(config.model, config.method)  # a documented gap of the family stops here
     prepare_torch(config)
     dataset = load_pairs([*config.data, *config.extra_data], sources=config.sources, max_pairs=config.max_pairs)
-    model, processor = load_policy(config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True)
+    dataset = weigh_source(dataset, "ai", config.ai_weight, seed=config.seed)
+    # trl's DPOTrainer copies a continued adapter into its frozen "ref" itself (pinned trl).
+    model, processor = load_policy(
+        config.model, adapter=config.init_adapter, dtype=config.dtype, trainable=True, reference=False
+    )
     assert config.gamma is not None and config.normalize is not None
     if config.synthetic is not None:
         dataset = with_synthetic(config, dataset, model, processor)

@@ -1,0 +1,315 @@
+"""Label efficiency on the test bed: the same human budget a round, four (five) ways, four rounds.
+
+Each round, every arm's current policy (the shipped tiny base, then its own DDPO adapter,
+continued round after round, as `train_round` continues the previous round's adapter)
+samples K answers (temperature 0.7) to each prompt of the round's pool: a description and a
+question per fresh training scene, the same scenes for every arm. Then:
+
+- (a) `random`: `--labels` prompts at random go to the humans (simulated: the world's
+  oracle, models/toyworld/oracle.py, missing each hallucinated segment with probability
+  `--noise`); each corrects the first sampled answer (RLHF-V's protocol; a right answer
+  gives no pair but costs a label).
+- (b) `active`: the `--labels` prompts whose K answers disagree most (rlhf/selection.py).
+- (c) `active+suggest`: as (b), and the annotator sees the AI labeller's suggestions
+  (rlhf/ai_feedback.py; the labeller is the arm's current policy, self-feedback, asked its
+  yes/no, count and colour questions greedily). The annotator model: a suggestion that
+  overlaps a hallucinated claim is accepted (its fix applied, nothing missed), any other
+  is rejected; the hallucinations left are then corrected by hand with the usual misses.
+  Time: reading a response 8 s, a hand fix 12 s a segment, accepting 2 s, rejecting 3 s
+  (a stated model, not a measurement).
+- (d) `ai`: no humans; the labeller scores all K answers of every pool prompt and RLAIF-V's
+  pairs (score gap >= 1) train the policy.
+- (e) `active+suggest+ai` (with --arms): (c), plus (d)'s pairs of the prompts the humans
+  did not see, at `--ai-weight`.
+
+Each round trains DDPO (annotation/demo/configs/toy-ddpo.yaml) on that round's pairs only,
+from the previous round's adapter, and is measured on the same held-out scenes: CHAIR_i,
+POPE F1 (mean of its three splits), mean words. The last table gives, per arm, the human
+labels it had used when its CHAIR_i first reached arm (a)'s final CHAIR_i.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/label_efficiency.py
+
+Figures are measured side by side in one run; nothing here is asserted. Raw rows go to
+bench/results/label_efficiency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from annotation.demo import TOY_DDPO
+from bench import results
+
+ARMS = ("random", "active", "active+suggest", "ai", "active+suggest+ai")
+SECONDS = {"read": 8.0, "fix": 12.0, "accept": 2.0, "reject": 3.0}  # the annotator time model
+
+
+@dataclass
+class Arm:
+    name: str
+    adapter: Path | None = None
+    human_labels: int = 0
+    seconds: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def selection(self) -> str:
+        return "random" if self.name == "random" else "disagreement"
+
+    @property
+    def humans(self) -> bool:
+        return self.name != "ai"
+
+    @property
+    def suggestions(self) -> bool:
+        return "suggest" in self.name
+
+    @property
+    def ai_pairs(self) -> bool:
+        return self.name == "ai" or self.name.endswith("+ai")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/tiny-base", help="the base policy (folder or hub id)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--labels", type=int, default=40, help="human labels a round (default 40)")
+    parser.add_argument("--pool", type=int, default=100, help="fresh training scenes a round (2 prompts each)")
+    parser.add_argument("--samples", type=int, default=4, help="answers sampled per prompt, K (default 4)")
+    parser.add_argument("--noise", type=float, default=0.2, help="share of hallucinated segments a human misses")
+    parser.add_argument("--ai-weight", type=float, default=0.5, help="arm active+suggest+ai: AI pairs' weight")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
+    parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", type=Path, default=TOY_DDPO, help="DDPO settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    parser.add_argument("--json", type=Path, default=results.default_path("label_efficiency"))
+    args = parser.parse_args()
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ARMS]
+    if unknown or not names:
+        parser.error(f"unknown arms {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    if args.rounds < 1 or args.labels < 1 or args.pool < 1 or args.samples < 2:
+        parser.error("--rounds, --labels and --pool must be at least 1, --samples at least 2")
+
+    import torch
+
+    from rlhf.evaluate import heldout_scenes
+    from rlhf.toy_pairs import training_scenes
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="factloop-label-efficiency-"))
+    heldout = heldout_scenes(args.heldout)
+    base = measure(args.model, None, heldout)
+    arms = [Arm(name) for name in names]
+    pools = training_scenes(args.pool * args.rounds)
+    began = time.perf_counter()
+    for number in range(1, args.rounds + 1):
+        pool = pools[(number - 1) * args.pool : number * args.pool]
+        for arm in arms:
+            row = run_round(args, work, arm, number, pool)
+            row.update(measure(args.model, arm.adapter, heldout))
+            arm.rows.append(row)
+            print(
+                f"round {number} {arm.name}: {row['pairs']} pairs ({row['human_labels']} human labels), "
+                f"CHAIR_i {row['chair_i']:.3f}, {row['mean_words']:.1f} words "
+                f"[{time.perf_counter() - began:.0f} s]",
+                file=sys.stderr,
+            )
+    shutil.rmtree(work, ignore_errors=True)
+    summary = print_tables(args, base, arms)
+    payload = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "annotator_seconds": SECONDS,
+        "base": base,
+        "arms": {arm.name: arm.rows for arm in arms},
+        "summary": summary,
+    }
+    results.write(args.json, payload, model=args.model)
+
+
+def measure(model_path: str, adapter: Path | None, scenes: Sequence[Any]) -> dict[str, Any]:
+    from rlhf.common import load_policy
+    from rlhf.evaluate import evaluate_toyworld
+
+    model, processor = load_policy(model_path, adapter=adapter)
+    found = evaluate_toyworld(model, processor, scenes)
+    return {key: found[key] for key in ("chair_i", "chair_s", "pope_f1", "mean_words", "object_recall")}
+
+
+def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool: Sequence[Any]) -> dict[str, Any]:
+    """One round of one arm: sample, select, label, train. Returns the round's label counts."""
+    from models.tiny import image_size_of
+    from models.toyworld import render
+    from rlhf import toy_pairs
+    from rlhf.ai_feedback import ai_pairs, labeller_for, local_answerer
+    from rlhf.common import load_policy
+    from rlhf.selection import select
+
+    model, processor = load_policy(args.model, adapter=arm.adapter)
+    size = image_size_of(processor)
+    sampled = toy_pairs.sample_responses(
+        model, processor, pool, per_prompt=args.samples, temperature=0.7, seed=args.seed * 1000 + number
+    )
+    groups: dict[tuple[str, str], list[str]] = {}
+    scenes = {}
+    for scene, prompt, text in sampled:
+        groups.setdefault((scene.scene_id, prompt), []).append(text)
+        scenes[scene.scene_id] = scene
+    labeller = labeller_for("toyworld", local_answerer(model, processor), f"ai:{arm.name}-round-{number - 1}")
+    images = {scene_id: render(scene, size) for scene_id, scene in scenes.items()}
+    rng = random.Random(f"{args.seed}-{arm.name}-{number}")
+
+    chosen = select(groups, args.labels, strategy=arm.selection, split=labeller.split, seed=rng.randrange(2**31))
+    human: list[Any] = []
+    seconds = 0.0
+    accepted = rejected = 0
+    if arm.humans:
+        shown = [(key, groups[key][0]) for key in chosen]
+        feedback: list[Any] = [None] * len(shown)
+        if arm.suggestions:
+            feedback = labeller.label([(str(i), key[0], images[key[0]], text) for i, (key, text) in enumerate(shown)])
+        for (key, text), item in zip(shown, feedback, strict=True):
+            pair, spent, took, turned = annotate(scenes[key[0]], key[1], text, item, noise=args.noise, rng=rng)
+            seconds += spent
+            accepted += took
+            rejected += turned
+            if pair is not None:
+                human.append(pair)
+        arm.human_labels += len(shown)
+        arm.seconds += seconds
+
+    machine: list[Any] = []
+    if arm.ai_pairs:
+        seen = set(chosen) if arm.humans else set()
+        flat = [(key, text) for key in groups if key not in seen for text in groups[key]]
+        items = [(str(i), key[0], images[key[0]], text) for i, (key, text) in enumerate(flat)]
+        scores: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for (key, text), judged in zip(flat, labeller.label(items), strict=True):
+            scores.setdefault(key, []).append((text, judged.score))
+        for key, scored in scores.items():
+            for better, worse in ai_pairs(scored):
+                machine.append(toy_pairs.OraclePair(scenes[key[0]], key[1], worse, better, [], [], source="ai"))
+
+    data = []
+    if human:
+        data.append(work / arm.name / f"round-{number}-human")
+        toy_pairs.write_export(human, data[-1], image_size=size)
+    if machine:
+        data.append(work / arm.name / f"round-{number}-ai")
+        toy_pairs.write_export(machine, data[-1], image_size=size, annotator=labeller.name)
+    if data:
+        arm.adapter = train(args, work / arm.name / f"round-{number}", data, arm, seed=args.seed * 100 + number)
+    return {
+        "round": number,
+        "pool_prompts": len(groups),
+        "pairs": len(human) + len(machine),
+        "human_pairs": len(human),
+        "ai_pairs": len(machine),
+        "round_labels": len(chosen) if arm.humans else 0,
+        "human_labels": arm.human_labels,
+        "annotator_minutes": arm.seconds / 60,
+        "suggestions_accepted": accepted,
+        "suggestions_rejected": rejected,
+    }
+
+
+def annotate(scene: Any, prompt: str, text: str, feedback: Any, *, noise: float, rng: random.Random) -> Any:
+    """A simulated annotator's correction of `text`: (pair or None, seconds, suggestions
+    accepted, rejected). With `feedback`, suggestions overlapping a hallucinated claim are
+    accepted and the rest rejected, before the annotator fixes what is left by hand."""
+    from contract.feedback import apply_fixes
+    from contract.spans import changed_spans
+    from models.toyworld.oracle import check, correct
+    from rlhf.toy_pairs import OraclePair
+
+    wrong = [(c.start, c.end) for c in check(scene, text).claims if c.hallucinated]
+    seconds = SECONDS["read"]
+    start_from, took, turned = text, 0, 0
+    if feedback is not None:
+        fixes = []
+        for claim in feedback.suspected:
+            if claim.fix is not None and any(s < claim.end and claim.start < e for s, e in wrong):
+                fixes.append(claim.fix)
+                took += 1
+            else:
+                turned += 1
+        start_from = apply_fixes(text, fixes)
+        seconds += took * SECONDS["accept"] + turned * SECONDS["reject"]
+    fixed = correct(scene, start_from, noise=noise, rng=rng)
+    seconds += SECONDS["fix"] * max(0, check(scene, start_from).hallucinations - check(scene, fixed).hallucinations)
+    spans = changed_spans(text, fixed) if fixed and fixed != text else []
+    if not spans:
+        return None, seconds, took, turned
+    pair = OraclePair(
+        scene,
+        prompt,
+        text,
+        fixed,
+        [[s.corrected_start, s.corrected_end] for s in spans],
+        [[s.original_start, s.original_end] for s in spans],
+    )
+    return pair, seconds, took, turned
+
+
+def train(args: argparse.Namespace, out: Path, data: list[Path], arm: Arm, *, seed: int) -> Path | None:
+    from rlhf.config import load_config
+    from rlhf.train_dpo import train as train_dpo
+
+    overrides = [f"seed={seed}", f"ai_weight={args.ai_weight if arm.humans else 1.0}", *args.set]
+    if arm.adapter is not None:
+        overrides.append(f"init_adapter={arm.adapter}")
+    config = load_config(args.config, overrides, model=args.model, data=[str(d) for d in data], output_dir=str(out))
+    result = train_dpo(config, report_to=[])
+    return Path(result.adapter_dir) if result.adapter_dir else arm.adapter
+
+
+def print_tables(args: argparse.Namespace, base: dict[str, Any], arms: list[Arm]) -> dict[str, Any]:
+    print(
+        f"{args.labels} human labels a round, pool {args.pool} scenes x 2 prompts x {args.samples} samples, "
+        f"noise {args.noise}; held-out scenes {args.heldout}; base CHAIR_i {base['chair_i']:.3f}, "
+        f"POPE F1 {base['pope_f1']:.3f}, {base['mean_words']:.1f} words"
+    )
+    print(
+        f"{'arm':<18} {'round':>5} {'human':>6} {'pairs':>6} {'CHAIR_i':>8} {'vs base':>8} {'POPE F1':>8} "
+        f"{'words':>6} {'minutes':>8}"
+    )
+    for arm in arms:
+        for row in arm.rows:
+            change = (row["chair_i"] - base["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
+            print(
+                f"{arm.name:<18} {row['round']:>5} {row['human_labels']:>6} {row['pairs']:>6} {row['chair_i']:>8.3f} "
+                f"{change:>+8.1%} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['annotator_minutes']:>8.1f}"
+            )
+    summary: dict[str, Any] = {}
+    reference = next((arm for arm in arms if arm.name == "random"), None)
+    if reference is not None:
+        target = reference.rows[-1]["chair_i"]
+        print(f"human labels to reach arm random's final CHAIR_i ({target:.3f}):")
+        for arm in arms:
+            reached = next((row for row in arm.rows if row["chair_i"] <= target), None)
+            labels = reached["human_labels"] if reached else None
+            summary[arm.name] = {"labels_to_target": labels, "round": reached["round"] if reached else None}
+            said = f"{labels} (round {reached['round']})" if reached else "not reached"
+            print(f"  {arm.name:<18} {said}")
+        summary["target_chair_i"] = target
+    best = min(arms, key=lambda arm: arm.rows[-1]["chair_i"])
+    drop = (base["chair_i"] - best.rows[-1]["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
+    summary["best_arm"] = {"name": best.name, "chair_i_drop": drop}
+    print(f"best arm: {best.name}, CHAIR_i {drop:.1%} below the base after {args.rounds} rounds")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""AI feedback: a served model labels responses, as RLAIF-V does (arXiv:2405.17220).
+
+RLAIF-V (section 3.1, "divide-and-conquer") splits a response into atomic claims, turns
+each claim into a yes/no question about the image, asks an open model, and scores the
+response by the claims judged false: score = -(number of rejected claims); two responses of
+one prompt whose scores differ by at least 1 are a preference pair (METHODS.md's table).
+
+Here:
+- **Claims** come from a rule-based splitter over the dataset's object vocabulary
+  (rlhf/vocabularies.py: its synonym table finds the object mentions), sentence by sentence:
+  - existence: every object named ("no X" claims it absent);
+  - count: a number word or digit before a mention ("two red balls");
+  - colour: a colour word in the two words before a mention ("a large blue ball");
+  - relation: "A ... is left of / right of / above / below / next to / under the B".
+  RLAIF-V splits claims with a served text model; `ClaimSplitter` is the seam for one.
+- **Questions**: existence and relations are yes/no (read with POPE's rule, rlhf/metrics.py);
+  a count asks "How many X are there?" and a colour "What color is the X?", and the answer's
+  number or colour word is compared with the claim (a yes/no "Are there two balls?" is
+  answered "yes" by models that were never taught to count, so it checks nothing).
+- **The labeller** is whatever answers: the current policy served by vLLM (self-feedback, as
+  RLAIF-V's iterative rounds use it), a separate judge version, or a local transformers
+  model (`local_answerer`, for the benches). Identical questions about one image are asked once.
+- **Pairs**: per prompt, the responses ranked by score; pairs with a gap of at least
+  `min_gap` (1), largest gaps first, each response used once (`ai_pairs`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from contract.feedback import ClaimVerdict, Feedback
+from rlhf.metrics import Mention, ObjectReader, plural, pope_says_yes
+
+# Basic colour terms (Berlin & Kay's eleven) and a few common others.
+COLOURS = (
+    "black", "white", "red", "green", "yellow", "blue", "brown", "purple", "pink", "orange", "grey", "gray",
+    "silver", "gold", "beige", "tan",
+)  # fmt: skip
+NUMBERS = {
+    "no": 0, "zero": 0, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "several": -1, "many": -1,
+}  # fmt: skip
+NUMBER_NAMES = {value: word for word, value in NUMBERS.items() if value >= 0 and " " not in word and word != "single"}
+RELATIONS = ("to the left of", "to the right of", "left of", "right of", "above", "below", "next to", "under", "beside")
+
+_NUMBER_BEFORE = re.compile(
+    r"(?<![\w-])(?P<number>" + "|".join(sorted(map(re.escape, NUMBERS), key=len, reverse=True)) + r"|\d+)"
+    r"(?P<gap>(?:\s+[a-z-]+){0,2}\s+)$",
+    re.IGNORECASE,
+)
+_COLOUR_BEFORE = re.compile(r"(?<![\w-])(?P<colour>" + "|".join(COLOURS) + r")(?:\s+[a-z-]+)?\s+$", re.IGNORECASE)
+_RELATION_BETWEEN = re.compile(
+    r"^\s+(?:is|are|sits|sit|lies|lie)\s+(?P<relation>" + "|".join(RELATIONS) + r")\s+(?:the|a|an)\s+"
+    r"(?:[a-z-]+\s+){0,2}$",
+    re.IGNORECASE,
+)
+_NEGATED = re.compile(r"(?<![\w-])(?:no|not|without|never)\s+(?:[a-z-]+\s+){0,2}$", re.IGNORECASE)
+_ANSWER_NUMBER = re.compile(
+    r"(?<![\w-])(" + "|".join(sorted(map(re.escape, NUMBERS), key=len, reverse=True)) + r"|\d+)(?![\w-])",
+    re.IGNORECASE,
+)
+_COLOUR_WORD = re.compile(r"(?<![\w-])(" + "|".join(COLOURS) + r")(?![\w-])", re.IGNORECASE)
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """Spans of sentences: up to and including a full stop, question or exclamation mark."""
+    spans = []
+    for match in re.finditer(r"[^.!?]*[.!?]|[^.!?]+$", text):
+        start, end = match.span()
+        while start < end and text[start].isspace():
+            start += 1
+        if start < end:
+            spans.append((start, end))
+    return spans
+
+
+def _delete(text: str, start: int, end: int) -> tuple[int, int, str]:
+    """Delete a sentence with the space that separates it from its neighbour."""
+    if end < len(text) and text[end] == " ":
+        return (start, end + 1, "")
+    if start > 0 and text[start - 1] == " ":
+        return (start - 1, end, "")
+    return (start, end, "")
+
+
+class ClaimSplitter(Protocol):
+    def __call__(self, text: str) -> list[ClaimVerdict]: ...
+
+
+@dataclass(frozen=True)
+class RuleSplitter:
+    """Claims found by rules over the vocabulary's object mentions (see the module doc)."""
+
+    reader: ObjectReader
+
+    def __call__(self, text: str) -> list[ClaimVerdict]:
+        claims: list[ClaimVerdict] = []
+        for start, end in sentences(text):
+            sentence = text[start:end]
+            mentions = [
+                Mention(m.cls, m.surface, m.start + start, m.end + start) for m in self.reader.mentions(sentence)
+            ]
+            deletion = _delete(text, start, end)
+            for index, mention in enumerate(mentions):
+                claims.extend(self._about(text, start, mention, mentions[index + 1 :], deletion))
+        return claims
+
+    def _about(
+        self, text: str, sentence_start: int, mention: Mention, later: list[Mention], deletion: tuple[int, int, str]
+    ) -> list[ClaimVerdict]:
+        before = text[sentence_start : mention.start]
+        cls = mention.cls
+        number = _NUMBER_BEFORE.search(before)
+        count = NUMBERS.get(number["number"].lower(), -1) if number else None
+        if number and number["number"].isdigit():
+            count = int(number["number"])
+        negated = count == 0 or bool(_NEGATED.search(before))
+        exist = ClaimVerdict(
+            "exist",
+            cls,
+            "no" if negated else "yes",
+            mention.start,
+            mention.end,
+            f"Is there a {cls} in the image?",
+            fix=None if negated else deletion,
+        )
+        claims = [exist]
+        if negated:
+            return claims
+        if number and count is not None and count > 1:
+            where = sentence_start + number.start("number")
+            claims.append(
+                ClaimVerdict(
+                    "count",
+                    cls,
+                    str(count),
+                    where,
+                    where + len(number["number"]),  # the number word: what a fix replaces
+                    f"How many {plural(cls)} are there?",
+                    fix=deletion,
+                )
+            )
+        colour = _COLOUR_BEFORE.search(before)
+        if colour:
+            where = sentence_start + colour.start("colour")
+            claims.append(
+                ClaimVerdict(
+                    "colour",
+                    cls,
+                    colour["colour"].lower(),
+                    where,
+                    where + len(colour["colour"]),
+                    f"What color is the {cls}?",
+                    fix=deletion,
+                )
+            )
+        if later:
+            other = later[0]
+            relation = _RELATION_BETWEEN.match(text[mention.end : other.start])
+            if relation:
+                phrase = relation["relation"].lower()
+                claims.append(
+                    ClaimVerdict(
+                        "relation",
+                        cls,
+                        f"{phrase}|{other.cls}",
+                        mention.start,
+                        other.end,
+                        f"Is the {cls} {phrase} the {other.cls}?",
+                        fix=deletion,
+                    )
+                )
+        return claims
+
+
+def read_number(answer: str) -> int | None:
+    found = _ANSWER_NUMBER.search(answer)
+    if found is None:
+        return None
+    word = found.group(1).lower()
+    value = int(word) if word.isdigit() else NUMBERS[word]
+    return None if value < 0 else value
+
+
+def verdict(claim: ClaimVerdict, answer: str) -> ClaimVerdict:
+    """The claim judged by the labeller's answer to its question, with the fix the answer
+    suggests where it names the right value (a count or colour word), else the claim's own."""
+    fix = claim.fix
+    supported: bool | None
+    if claim.kind in ("exist", "relation"):
+        supported = pope_says_yes(answer) == (claim.value != "no")
+    elif claim.kind == "count":
+        said = read_number(answer)
+        supported = None if said is None else said == int(claim.value)
+        if said:  # the right number replaces the claimed one; none at all deletes the sentence
+            fix = (claim.start, claim.end, NUMBER_NAMES.get(said, str(said)))
+    else:
+        colours = [c.lower() for c in _COLOUR_WORD.findall(answer)]
+        supported = None if not colours else claim.value in colours
+        if colours and not supported:
+            fix = (claim.start, claim.end, colours[0])
+    return replace(claim, answer=answer.strip(), supported=supported, fix=fix)
+
+
+Answerer = Callable[[Sequence[tuple[Any, str]]], list[str]]
+"""Answers to (image, question) pairs, in order: a served model, a local one."""
+
+
+@dataclass
+class Labeller:
+    """Claims of each response, a question per claim asked of `answer`, the verdicts.
+
+    `name` says what made the labels ("ai:round-3", "ai:judge-qwen"); it goes into every
+    label the feedback makes."""
+
+    split: ClaimSplitter
+    answer: Answerer
+    name: str
+
+    def label(self, items: Sequence[tuple[str, Hashable, Any, str]]) -> list[Feedback]:
+        """Feedback on (key, image key, image, response) items; one question about one image
+        (keyed by `image key`) is asked once for all the items that raise it."""
+        claims = [self.split(text) for _, _, _, text in items]
+        questions: dict[tuple[Hashable, str], Any] = {}
+        for (_, image_key, image, _), found in zip(items, claims, strict=True):
+            for claim in found:
+                questions.setdefault((image_key, claim.question), image)
+        asked = list(questions)
+        answers = dict(zip(asked, self.answer([(questions[q], q[1]) for q in asked]), strict=True)) if asked else {}
+        return [
+            Feedback(key, self.name, tuple(verdict(claim, answers[(image_key, claim.question)]) for claim in found))
+            for (key, image_key, _, _), found in zip(items, claims, strict=True)
+        ]
+
+
+def ai_pairs(scored: Sequence[tuple[str, int]], *, min_gap: int = 1, limit: int = 2) -> list[tuple[str, str]]:
+    """RLAIF-V's pairs from one prompt's (response, score): (chosen, rejected) with a score
+    gap of at least `min_gap`, largest gaps first, each response in one pair at most, at
+    most `limit` pairs; identical texts are one response."""
+    distinct: dict[str, int] = {}
+    for text, score in scored:
+        distinct.setdefault(text, score)
+    order = sorted(distinct.items(), key=lambda item: -item[1])
+    candidates = sorted(
+        ((high, low) for i, high in enumerate(order) for low in order[i + 1 :] if high[1] - low[1] >= min_gap),
+        key=lambda pair: -(pair[0][1] - pair[1][1]),
+    )
+    used: set[str] = set()
+    pairs = []
+    for (chosen, _), (rejected, _) in candidates:
+        if chosen in used or rejected in used:
+            continue
+        used.update((chosen, rejected))
+        pairs.append((chosen, rejected))
+        if len(pairs) == limit:
+            break
+    return pairs
+
+
+def local_answerer(model: Any, processor: Any, *, max_new_tokens: int = 24) -> Answerer:
+    """A transformers model answering greedily (models.tiny.generate works for any family)."""
+    from models.tiny import generate
+
+    def answer(pairs: Sequence[tuple[Any, str]]) -> list[str]:
+        return generate(
+            model, processor, [image for image, _ in pairs], [q for _, q in pairs], max_new_tokens=max_new_tokens
+        )
+
+    return answer
+
+
+def served_answerer(client: Any, model: str, *, workers: int = 8, max_tokens: int = 24) -> Answerer:
+    """A model served over the OpenAI API (models.serving.ServingClient): the base, a LoRA
+    adapter's name (self-feedback from the current policy) or a judge; greedy, `workers`
+    requests in flight (vLLM batches them)."""
+    from models.serving import Sampling
+
+    sampling = Sampling(temperature=0.0, max_tokens=max_tokens)
+
+    def one(pair: tuple[Any, str]) -> str:
+        image, question = pair
+        return client.chat(model=model, prompt=question, image=image, sampling=sampling).texts[0]
+
+    def answer(pairs: Sequence[tuple[Any, str]]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, pairs))
+
+    return answer
+
+
+def labeller_for(vocabulary: str, answer: Answerer, name: str) -> Labeller:
+    from rlhf.vocabularies import vocabulary as named
+
+    return Labeller(RuleSplitter(named(vocabulary).reader), answer, name)
+
+
+def agreement(feedback: Iterable[Feedback], truth: Iterable[Iterable[tuple[int, int]]]) -> dict[str, float]:
+    """How the labeller's suspected claims match spans a person marked (the changed segments
+    of their correction), per response: precision (suspected claims overlapping a marked
+    span) and recall (marked spans overlapping a suspected claim)."""
+    hits = flagged = found = marked = 0
+    for item, spans in zip(feedback, truth, strict=True):
+        spans = list(spans)
+        suspected = [(c.start, c.end) for c in item.suspected]
+        flagged += len(suspected)
+        hits += sum(any(s < e2 and s2 < e for s2, e2 in spans) for s, e in suspected)
+        marked += len(spans)
+        found += sum(any(s < e2 and s2 < e for s2, e2 in suspected) for s, e in spans)
+    return {
+        "precision": hits / flagged if flagged else 0.0,
+        "recall": found / marked if marked else 0.0,
+        "suspected": float(flagged),
+        "marked": float(marked),
+    }
