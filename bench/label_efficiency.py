@@ -150,12 +150,13 @@ def measure(model_path: str, adapter: Path | None, scenes: Sequence[Any]) -> dic
 
 def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool: Sequence[Any]) -> dict[str, Any]:
     """One round of one arm: sample, select, label, train. Returns the round's label counts."""
+    from contract.feedback import ai_pairs
+    from contract.selection import select
     from models.tiny import image_size_of
     from models.toyworld import render
     from rlhf import toy_pairs
-    from rlhf.ai_feedback import ai_pairs, labeller_for, local_answerer
+    from rlhf.ai_feedback import labeller_for, local_answerer
     from rlhf.common import load_policy
-    from rlhf.selection import select
 
     model, processor = load_policy(args.model, adapter=arm.adapter)
     size = image_size_of(processor)
@@ -171,7 +172,8 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
     images = {scene_id: render(scene, size) for scene_id, scene in scenes.items()}
     rng = random.Random(f"{args.seed}-{arm.name}-{number}")
 
-    chosen = select(groups, args.labels, strategy=arm.selection, split=labeller.split, seed=rng.randrange(2**31))
+    claims = {key: [{claim.key for claim in labeller.split(text)} for text in texts] for key, texts in groups.items()}
+    chosen = select(claims, args.labels, strategy=arm.selection, seed=rng.randrange(2**31))
     human: list[Any] = []
     seconds = 0.0
     accepted = rejected = 0

@@ -99,6 +99,50 @@ def suggested_correction(text: str, feedback: Feedback) -> str:
     return apply_fixes(text, [claim.fix for claim in feedback.suspected if claim.fix is not None])
 
 
+def ai_pairs(scored: Sequence[tuple[str, int]], *, min_gap: int = 1, limit: int = 2) -> list[tuple[str, str]]:
+    """RLAIF-V's pairs from one prompt's (response, score): (chosen, rejected) with a score
+    gap of at least `min_gap`, largest gaps first, each response in one pair at most, at
+    most `limit` pairs; identical texts are one response."""
+    distinct: dict[str, int] = {}
+    for text, score in scored:
+        distinct.setdefault(text, score)
+    order = sorted(distinct.items(), key=lambda item: -item[1])
+    candidates = sorted(
+        ((high, low) for i, high in enumerate(order) for low in order[i + 1 :] if high[1] - low[1] >= min_gap),
+        key=lambda pair: -(pair[0][1] - pair[1][1]),
+    )
+    used: set[str] = set()
+    pairs = []
+    for (chosen, _), (rejected, _) in candidates:
+        if chosen in used or rejected in used:
+            continue
+        used.update((chosen, rejected))
+        pairs.append((chosen, rejected))
+        if len(pairs) == limit:
+            break
+    return pairs
+
+
+def agreement(feedback: Iterable[Feedback], truth: Iterable[Iterable[tuple[int, int]]]) -> dict[str, float]:
+    """How the labeller's suspected claims match spans a person marked (the changed segments
+    of their correction), per response: precision (suspected claims overlapping a marked
+    span) and recall (marked spans overlapping a suspected claim)."""
+    hits = flagged = found = marked = 0
+    for item, spans in zip(feedback, truth, strict=True):
+        spans = list(spans)
+        suspected = [(c.start, c.end) for c in item.suspected]
+        flagged += len(suspected)
+        hits += sum(any(s < e2 and s2 < e for s2, e2 in spans) for s, e in suspected)
+        marked += len(spans)
+        found += sum(any(s < e2 and s2 < e for s2, e2 in suspected) for s, e in spans)
+    return {
+        "precision": hits / flagged if flagged else 0.0,
+        "recall": found / marked if marked else 0.0,
+        "suspected": float(flagged),
+        "marked": float(marked),
+    }
+
+
 def write_feedback(path: Path, items: Sequence[Feedback]) -> None:
     """One JSON object a line, written beside and renamed into place."""
     staged = path.with_name(path.name + ".part")

@@ -20,16 +20,17 @@ Here:
 - **The labeller** is whatever answers: the current policy served by vLLM (self-feedback, as
   RLAIF-V's iterative rounds use it), a separate judge version, or a local transformers
   model (`local_answerer`, for the benches). Identical questions about one image are asked once.
-- **Pairs**: per prompt, the responses ranked by score; pairs with a gap of at least
-  `min_gap` (1), largest gaps first, each response used once (`ai_pairs`).
+- **Pairs**: contract/feedback.py's `ai_pairs` (per prompt, a score gap of at least 1).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from contract.feedback import ClaimVerdict, Feedback
@@ -237,40 +238,37 @@ class Labeller:
         ]
 
 
-def ai_pairs(scored: Sequence[tuple[str, int]], *, min_gap: int = 1, limit: int = 2) -> list[tuple[str, str]]:
-    """RLAIF-V's pairs from one prompt's (response, score): (chosen, rejected) with a score
-    gap of at least `min_gap`, largest gaps first, each response in one pair at most, at
-    most `limit` pairs; identical texts are one response."""
-    distinct: dict[str, int] = {}
-    for text, score in scored:
-        distinct.setdefault(text, score)
-    order = sorted(distinct.items(), key=lambda item: -item[1])
-    candidates = sorted(
-        ((high, low) for i, high in enumerate(order) for low in order[i + 1 :] if high[1] - low[1] >= min_gap),
-        key=lambda pair: -(pair[0][1] - pair[1][1]),
-    )
-    used: set[str] = set()
-    pairs = []
-    for (chosen, _), (rejected, _) in candidates:
-        if chosen in used or rejected in used:
-            continue
-        used.update((chosen, rejected))
-        pairs.append((chosen, rejected))
-        if len(pairs) == limit:
-            break
-    return pairs
-
-
 def local_answerer(model: Any, processor: Any, *, max_new_tokens: int = 24) -> Answerer:
     """A transformers model answering greedily (models.tiny.generate works for any family)."""
     from models.tiny import generate
 
     def answer(pairs: Sequence[tuple[Any, str]]) -> list[str]:
-        return generate(
-            model, processor, [image for image, _ in pairs], [q for _, q in pairs], max_new_tokens=max_new_tokens
-        )
+        images = [_pil(image) for image, _ in pairs]
+        return generate(model, processor, images, [q for _, q in pairs], max_new_tokens=max_new_tokens)
 
     return answer
+
+
+def _pil(image: Any) -> Any:
+    """A PIL image from one, or from an image file's bytes."""
+    if not isinstance(image, bytes):
+        return image
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(image)).convert("RGB")
+
+
+def _png(image: Any) -> bytes:
+    """An image file's bytes from them, or from a PIL image (as PNG)."""
+    if isinstance(image, bytes):
+        return image
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def served_answerer(client: Any, model: str, *, workers: int = 8, max_tokens: int = 24) -> Answerer:
@@ -283,7 +281,7 @@ def served_answerer(client: Any, model: str, *, workers: int = 8, max_tokens: in
 
     def one(pair: tuple[Any, str]) -> str:
         image, question = pair
-        return client.chat(model=model, prompt=question, image=image, sampling=sampling).texts[0]
+        return client.chat(model=model, prompt=question, image=_png(image), sampling=sampling).texts[0]
 
     def answer(pairs: Sequence[tuple[Any, str]]) -> list[str]:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -292,27 +290,30 @@ def served_answerer(client: Any, model: str, *, workers: int = 8, max_tokens: in
     return answer
 
 
+def read_items(path: Path) -> list[tuple[str, Hashable, Any, str]]:
+    """Items to label from a JSON Lines file, {"key", "image": a file path, "response"} a
+    line, as `Labeller.label` takes them (the image's bytes; its path is its key)."""
+    items: list[tuple[str, Hashable, Any, str]] = []
+    images: dict[str, bytes] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key, image, response = str(row["key"]), str(row["image"]), str(row["response"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: expected {{key, image, response}} ({error})") from None
+            if image not in images:
+                try:
+                    images[image] = Path(image).read_bytes()
+                except OSError as error:
+                    raise ValueError(f"{path}:{number}: cannot read the image: {error}") from None
+            items.append((key, image, images[image], response))
+    return items
+
+
 def labeller_for(vocabulary: str, answer: Answerer, name: str) -> Labeller:
     from rlhf.vocabularies import vocabulary as named
 
     return Labeller(RuleSplitter(named(vocabulary).reader), answer, name)
-
-
-def agreement(feedback: Iterable[Feedback], truth: Iterable[Iterable[tuple[int, int]]]) -> dict[str, float]:
-    """How the labeller's suspected claims match spans a person marked (the changed segments
-    of their correction), per response: precision (suspected claims overlapping a marked
-    span) and recall (marked spans overlapping a suspected claim)."""
-    hits = flagged = found = marked = 0
-    for item, spans in zip(feedback, truth, strict=True):
-        spans = list(spans)
-        suspected = [(c.start, c.end) for c in item.suspected]
-        flagged += len(suspected)
-        hits += sum(any(s < e2 and s2 < e for s2, e2 in spans) for s, e in suspected)
-        marked += len(spans)
-        found += sum(any(s < e2 and s2 < e for s2, e2 in suspected) for s, e in spans)
-    return {
-        "precision": hits / flagged if flagged else 0.0,
-        "recall": found / marked if marked else 0.0,
-        "suspected": float(flagged),
-        "marked": float(marked),
-    }

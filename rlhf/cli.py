@@ -19,6 +19,10 @@
 - `pairs --ratings FILE.jsonl --out DIR`: a `trl` export of Silkie's pairs from rated
   responses (rlhf/ratings.py: any two responses to a prompt with unequal mean ratings),
   source "rating"; train on it with `dpo` (data may name several exports).
+- `ai-feedback --items FILE.jsonl --out FILE.jsonl --vocabulary NAME (--server URL --served
+  NAME | --model PATH [--adapter DIR])`: an AI labeller's verdicts on responses
+  (rlhf/ai_feedback.py, RLAIF-V's claims and questions): one item a line, {"key", "image":
+  a file path, "response"}; out, one contract/feedback.py `Feedback` a line.
 - `families [--family T ...] [--cell C ...] [--vllm] [--out FILE.json]`: the family matrix
   (rlhf/families.py): every trainer, vLLM and the evaluator on each family's tiny
   checkpoint; prints the Markdown table (exit 1 when a cell fails).
@@ -335,6 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--out", type=Path, help="also write the rows as JSON to this file")
     rl = commands.add_parser("rl", help="PPO, GRPO or RLOO against a reward model")
     _add_config_options(rl)
+    labels = commands.add_parser("ai-feedback", help="an AI labeller's claims, questions and verdicts (RLAIF-V)")
+    labels.add_argument("--items", type=Path, required=True, help='JSON Lines: {"key", "image", "response"}')
+    labels.add_argument("--out", type=Path, required=True, help="the feedback file to write (JSON Lines)")
+    labels.add_argument("--vocabulary", default="coco", help="the objects' vocabulary: coco or toyworld")
+    labels.add_argument("--server", help="the vLLM server's URL: the labeller is served there")
+    labels.add_argument("--served", help="the labeller's served name (a base model or a loaded adapter)")
+    labels.add_argument("--model", help="or a local checkpoint folder or hub id, answering in this process")
+    labels.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply to --model")
+    labels.add_argument("--name", help='what made the labels, recorded in each (default "ai:<served or model>")')
+    labels.add_argument("--workers", type=int, default=16, help="requests in flight to the server (default 16)")
     pairs = commands.add_parser("pairs", help="a trl export of preference pairs from rated responses (Silkie)")
     pairs.add_argument("--ratings", type=Path, required=True, help="a ratings file (JSON Lines; rlhf/ratings.py)")
     pairs.add_argument("--out", type=Path, required=True, help="the export folder to write (must not exist)")
@@ -364,6 +378,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _families(args)
     if args.command == "pairs":
         return _pairs(args)
+    if args.command == "ai-feedback":
+        return _ai_feedback(args)
     return _dpo(args)
 
 
@@ -379,6 +395,38 @@ def _pairs(args: argparse.Namespace) -> int:
         print(f"rlhf.cli pairs: {error}", file=sys.stderr)
         return 2
     print(json.dumps(counts))
+    return 0
+
+
+def _ai_feedback(args: argparse.Namespace) -> int:
+    from contract.feedback import write_feedback
+    from models.serving import ServingClient, ServingError
+    from rlhf.ai_feedback import labeller_for, local_answerer, read_items, served_answerer
+
+    if bool(args.server) == bool(args.model) or (args.server and not args.served):
+        print("rlhf.cli ai-feedback: name either --server with --served, or --model", file=sys.stderr)
+        return 2
+    try:
+        items = read_items(args.items)
+    except (OSError, ValueError) as error:
+        print(f"rlhf.cli ai-feedback: {error}", file=sys.stderr)
+        return 2
+    name = args.name or f"ai:{args.served or args.model}"
+    try:
+        if args.server:
+            with ServingClient(args.server.rstrip("/"), timeout=300.0) as client:
+                answer = served_answerer(client, args.served, workers=args.workers)
+                feedback = labeller_for(args.vocabulary, answer, name).label(items)
+        else:
+            model, processor = load_policy(args.model, adapter=args.adapter)
+            feedback = labeller_for(args.vocabulary, local_answerer(model, processor), name).label(items)
+    except (ServingError, OSError, ValueError) as error:
+        print(f"rlhf.cli ai-feedback: {error}", file=sys.stderr)
+        return 2
+    write_feedback(args.out, feedback)
+    claims = sum(len(item.claims) for item in feedback)
+    suspected = sum(len(item.suspected) for item in feedback)
+    print(json.dumps({"items": len(feedback), "claims": claims, "suspected": suspected, "labeller": name}))
     return 0
 
 

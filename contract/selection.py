@@ -8,6 +8,8 @@ committee members; here the committee is the policy's own K samples, and two ans
 disagree by the claims they make (rlhf/ai_feedback.py's splitter: which objects, counts,
 colours, relations), measured as 1 - Jaccard similarity of their claim sets, averaged over
 the sample pairs. `random` is the baseline it is measured against (bench/label_efficiency.py).
+The web app selects from the claims its AI labeller stored (annotation/ai_labels.py), the
+benches from rlhf/ai_feedback.py's splitter: both pass claim sets here.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import random
 from collections.abc import Hashable, Mapping, Sequence
 from itertools import combinations
 from typing import Any, TypeVar
-
-from rlhf.ai_feedback import ClaimSplitter
 
 STRATEGIES = ("random", "disagreement")
 Key = TypeVar("Key", bound=Hashable)
@@ -29,26 +29,25 @@ def jaccard_distance(a: set[Any], b: set[Any]) -> float:
     return 1.0 - len(a & b) / len(a | b)
 
 
-def disagreement(samples: Sequence[str], split: ClaimSplitter) -> float:
-    """Mean pairwise claim-set distance of one prompt's sampled answers (0: all make the same
-    claims; 1: no two share a claim)."""
-    sets = [{claim.key for claim in split(text)} for text in samples]
-    pairs = list(combinations(sets, 2))
+def disagreement(claims: Sequence[set[Any]]) -> float:
+    """Mean pairwise claim-set distance of one prompt's sampled answers, each given by the
+    set of its claims' keys (0: all make the same claims; 1: no two share a claim)."""
+    pairs = list(combinations(claims, 2))
     if not pairs:
         return 0.0
     return sum(jaccard_distance(a, b) for a, b in pairs) / len(pairs)
 
 
 def select(
-    samples: Mapping[Key, Sequence[str]],
+    samples: Mapping[Key, Sequence[set[Any]]],
     budget: int,
     *,
     strategy: str,
-    split: ClaimSplitter | None = None,
     seed: int = 0,
 ) -> list[Key]:
-    """`budget` prompt keys of `samples` (key -> the prompt's sampled answers): at random, or
-    the most disagreeing first (ties in random order). Order of the result: as chosen."""
+    """`budget` prompt keys of `samples` (key -> the claim-key sets of the prompt's sampled
+    answers): at random, or the most disagreeing first (ties in random order), in the order
+    chosen."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown selection strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if budget < 0:
@@ -58,7 +57,5 @@ def select(
     rng.shuffle(keys)
     if strategy == "random":
         return keys[:budget]
-    if split is None:
-        raise ValueError("selection by disagreement needs a claim splitter")
-    scores = {key: disagreement(samples[key], split) for key in keys}
+    scores = {key: disagreement(samples[key]) for key in keys}
     return sorted(keys, key=lambda key: -scores[key])[:budget]  # stable: shuffled order breaks ties
