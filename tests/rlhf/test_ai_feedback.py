@@ -133,7 +133,7 @@ def test_feedback_round_trips_and_a_bad_line_is_named(tmp_path: Path) -> None:
     assert list(read_feedback(path)) == items
     assert json.loads(path.read_text().splitlines()[1])["score"] == 0
     path.write_text(path.read_text() + '{"schema": 1, "key": "3"}\n')
-    with pytest.raises(ValueError, match="feedback.jsonl:3"):
+    with pytest.raises(ValueError, match=r"feedback\.jsonl:3"):
         list(read_feedback(path))
 
 
