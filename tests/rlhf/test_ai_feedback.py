@@ -230,7 +230,7 @@ def test_the_cli_labels_items_and_refuses_bad_input(base_policy: Path, tmp_path:
 
 
 def test_ai_pairs_are_weighed_by_sampling(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
-    from datasets import Dataset
+    from datasets import Dataset  # type: ignore[import-untyped]
 
     from rlhf.data import DataError, weigh_source
 
