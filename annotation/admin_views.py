@@ -67,6 +67,21 @@ class StartRoundForm(forms.Form):
     )
     temperature = forms.FloatField(min_value=0, max_value=2, initial=0.7)
     max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
+    ai_labeller = forms.CharField(
+        required=False,
+        max_length=255,
+        help_text='AI feedback (RLAIF-V): "policy" (the policy labels its own candidates), a registered version '
+        "(a judge), or empty for none. Annotators see its doubts as machine suggestions.",
+    )
+    selection = forms.ChoiceField(
+        choices=[("all", "all prompts"), ("random", "random"), ("disagreement", "most disagreeing samples")],
+        initial="all",
+        required=False,
+        help_text="Which prompts get human tasks; disagreement needs an AI labeller.",
+    )
+    human_prompts = forms.IntegerField(
+        min_value=1, required=False, help_text="The human budget in prompts, for random or disagreement selection."
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,6 +141,9 @@ def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
                 overlap=data["overlap"],
                 gold_rate=data["gold_rate"],
                 sampling={"temperature": data["temperature"], "max_tokens": data["max_tokens"]},
+                ai_labeller=data["ai_labeller"].strip(),
+                selection=data["selection"] or "all",
+                human_prompts=data["human_prompts"],
                 created_by=request.user,
             )
         except ValidationError as error:
@@ -294,6 +312,9 @@ class ExportForm(forms.Form):
         min_value=0, max_value=1, required=False, help_text="Keep only annotators whose gold accuracy passes this."
     )
     include_gold = forms.BooleanField(required=False, help_text="Pair formats: keep the gold tasks' labels.")
+    ai_pairs = forms.BooleanField(
+        required=False, help_text="trl: add the AI labeller's pairs (source ai), after the people's."
+    )
 
 
 def export_rounds(admin: Any, request: HttpRequest) -> HttpResponse:
@@ -309,6 +330,7 @@ def export_rounds(admin: Any, request: HttpRequest) -> HttpResponse:
                 aggregate=data["aggregate"],
                 min_gold_accuracy=data["min_gold_accuracy"],
                 include_gold=data["include_gold"],
+                ai_pairs=data["ai_pairs"],
                 created_by=request.user,
             )
         except ValidationError as error:
@@ -369,6 +391,9 @@ def round_quality(admin: Any, request: HttpRequest, number: int) -> HttpResponse
         rows=rows,
         kappa=kappa,
         alpha=alpha,
+        ai={key: _pct(getattr(report.ai, key)) for key in ("precision", "recall", "ranking_agreement")}
+        if report.ai
+        else None,
         chart=chart,
         thresholds={
             "gold": settings.FACTLOOP_QC_MIN_GOLD_ACCURACY,

@@ -262,6 +262,7 @@ class CorrectionApi(APIView):
             corrected=data.get("corrected"),
             no_hallucination=data["no_hallucination"],
             span_categories=data["span_categories"],
+            suggestions=data["suggestions"],
             time_spent_ms=data["time_spent_ms"],
         )
         return Response(

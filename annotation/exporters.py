@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from annotation import released
-from annotation.models import Correction, Image, Judgement, TaskCandidate
+from annotation.models import Candidate, Correction, Image, Judgement, TaskCandidate
 from annotation.quality import passing_annotators
 from contract.export import assistant_turn, user_turns, write_manifest, write_pairs
+from contract.feedback import Feedback, ai_pairs
 from models.staging import staged
 
 SCHEMA_VERSION = 1
@@ -58,6 +59,9 @@ class Selection:
     aggregate: str = "none"
     min_gold_accuracy: float | None = None
     include_gold: bool = False
+    # The AI labeller's pairs (RLAIF-V: two candidates of a prompt whose scores differ by at
+    # least 1), source "ai", after the people's; `trl` format only.
+    ai_pairs: bool = False
 
     def __post_init__(self) -> None:
         if not self.rounds:
@@ -339,9 +343,47 @@ def select_pairs(selection: Selection, progress: Progress | None = None) -> Iter
     if not majority:
         for row in rows:
             yield from preference_pairs(row)
-        return
-    for _, group in groupby(rows, key=lambda row: (row["kind"], row["task"])):
-        yield from _majority(list(group))
+    else:
+        for _, group in groupby(rows, key=lambda row: (row["kind"], row["task"])):
+            yield from _majority(list(group))
+    if selection.ai_pairs:
+        yield from machine_pairs(selection.rounds)
+
+
+def machine_pairs(rounds: Sequence[int]) -> Iterator[dict[str, Any]]:
+    """The AI labeller's pairs of the rounds' candidates (contract/feedback.py's `ai_pairs`:
+    per prompt, score gap >= 1, each candidate once), by round and prompt; `annotator` names
+    the labeller ("ai:<version>"), so no pair passes for a person's."""
+    found = (
+        Candidate.objects.filter(round__number__in=rounds, ai_feedback__isnull=False)
+        .exclude(params__has_key="gold_of")
+        .select_related("round", "prompt__image")
+        .order_by("round__number", "prompt_id", "index")
+    )
+    for (number, prompt_id), group in groupby(found.iterator(), key=lambda c: (c.round.number, c.prompt_id)):
+        candidates = list(group)
+        scored = [(c.text, Feedback.from_dict(c.ai_feedback).score) for c in candidates if c.ai_feedback]
+        labeller = str(candidates[0].ai_feedback["labeller"]) if candidates[0].ai_feedback else "ai"
+        prompt = candidates[0].prompt
+        turns = [*prompt.context, {"role": "user", "content": prompt.text}]
+        for index, (chosen, rejected) in enumerate(ai_pairs(scored)):
+            yield {
+                "id": f"ai{number}-{prompt_id}-{index}",
+                "source": "ai",
+                "prompt": user_turns(turns),
+                "image_sha256": prompt.image.sha256,
+                "image_facts": json.dumps(prompt.image.facts, sort_keys=True, ensure_ascii=False),
+                "round": number,
+                "annotator": labeller,
+                "chosen": assistant_turn(chosen),
+                "rejected": assistant_turn(rejected),
+                "chosen_spans": [],
+                "rejected_spans": [],
+                "hallucination_tie": False,
+                "chosen_first": False,
+                "rejected_hallucinates": True,
+                "extra": {},
+            }
 
 
 def select_rows(selection: Selection, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
@@ -387,7 +429,9 @@ class _ImageCache:
 
 
 def _images_of(selection: Selection) -> Any:
-    """The images the selection's labels use."""
+    """The images the selection's labels use (with AI pairs, those of every candidate)."""
+    if selection.ai_pairs:
+        return Image.objects.filter(prompts__candidates__round__number__in=selection.rounds).distinct()
     return Image.objects.filter(prompts__tasks__round__number__in=selection.rounds).distinct()
 
 
@@ -524,6 +568,8 @@ def check_format(fmt: str, selection: Selection) -> None:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "factloop" and selection.aggregate != "none":
         raise ValueError("the factloop format has one row per label; --aggregate applies to the pair formats")
+    if selection.ai_pairs and fmt != "trl":
+        raise ValueError("AI pairs go into the trl format only (the released layouts hold people's labels)")
 
 
 def export(

@@ -22,6 +22,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from annotation.ai_labels import label_round
+from annotation.deployment import vllm_urls
 from annotation.errors import Invalid
 from annotation.models import Candidate, Round, RoundPrompt
 from annotation.services import make_round_tasks
@@ -45,6 +47,7 @@ class GenerationReport:
     candidates_created: int = 0
     completion_tokens: int = 0
     tasks_created: int = 0
+    ai_labelled: int = 0  # candidates the round's AI labeller labelled
     errors: dict[int, str] = field(default_factory=dict)  # prompt id -> error
     replicas: list[dict[str, Any]] = field(default_factory=list)  # per vLLM replica: served, failures
 
@@ -56,6 +59,7 @@ class GenerationReport:
             "candidates_created": self.candidates_created,
             "completion_tokens": self.completion_tokens,
             "tasks_created": self.tasks_created,
+            "ai_labelled": self.ai_labelled,
             "errors": {str(k): v for k, v in list(self.errors.items())[:20]},
             **({"replicas": self.replicas} if self.replicas else {}),
         }
@@ -180,9 +184,10 @@ def generate_round(
     if isinstance(client, ReplicaPool):
         report.replicas = client.stats()
     if not RoundPrompt.objects.filter(round=round_).exclude(status=RoundPrompt.Status.DONE).exists():
-        # Every prompt has its candidates: the round's tasks (and its opening, if asked).
-
+        # Every prompt has its candidates: the AI labeller's feedback (if the round has
+        # one), then the round's tasks (and its opening, if asked).
         round_.refresh_from_db()
+        report.ai_labelled = label_round(round_, client=client, registry=registry, urls=vllm_urls())
         report.tasks_created = make_round_tasks(round_)
     return report
 

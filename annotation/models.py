@@ -228,6 +228,24 @@ class Round(models.Model):
     open_when_ready = models.BooleanField(
         default=False, help_text="Open the round for annotation as soon as every prompt has its candidates."
     )
+    # AI feedback (annotation/ai_labels.py; RLAIF-V): who labels the candidates once they
+    # are in, shown to annotators as suggestions and exportable as pairs of its own.
+    ai_labeller = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text='The AI labeller: "policy" (the round\'s own policy, self-feedback), a registered version '
+        "name (a judge), or empty for none.",
+    )
+    # Active selection (contract/selection.py): which prompts get human tasks.
+    selection = models.CharField(
+        max_length=16,
+        choices=[("all", "All prompts"), ("random", "Random"), ("disagreement", "Most disagreeing samples")],
+        default="all",
+        help_text="Which prompts humans see: all, or human_prompts of them at random or by disagreement.",
+    )
+    human_prompts = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The human budget in prompts when selection is not 'all'."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     frozen_at = models.DateTimeField(null=True, blank=True)
 
@@ -274,6 +292,9 @@ class Candidate(models.Model):
     text = models.TextField()
     model_version = models.CharField(max_length=255, blank=True)
     params = models.JSONField(default=dict, blank=True, help_text="Sampling parameters (temperature, top_p, seed).")
+    ai_feedback = models.JSONField(
+        null=True, blank=True, help_text="The AI labeller's claims and verdicts (contract/feedback.py), if any."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -441,6 +462,12 @@ class Correction(models.Model):
     corrected = models.TextField()
     no_hallucination = models.BooleanField(default=False, help_text="Nothing was wrong: no preference pair.")
     spans = models.JSONField(default=list, blank=True, help_text="Changed spans, computed by the server.")
+    suggestions = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The machine suggestions shown and what the annotator did: {"accepted": [i], "rejected": [i]} '
+        "(indices into the candidate's suspected claims).",
+    )
     time_spent_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 
 from annotation.models import Correction, Judgement, Round, Task, TaskCandidate
+from contract.feedback import Feedback, agreement
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,26 @@ class RoundQuality:
     kappa: list[tuple[str, str, str, int, float | None]]  # kind, annotator a, annotator b, shared items, kappa
     annotators: list[AnnotatorStats]
     disagreements: list[int]  # task ids whose labels differ
+    ai: AiAgreement | None = None  # how the AI labeller's suggestions agree with the people
+
+
+@dataclass
+class AiAgreement:
+    """The AI labeller against the annotators, over the labels whose candidates it labelled.
+
+    Corrections: `precision` is the share of its doubted claims the person changed,
+    `recall` the share of the person's changed spans it had doubted (contract/feedback.py's
+    `agreement`); `accepted`/`rejected` count what the pages' suggestions got. Rankings:
+    `ranking_agreement` is the share of judgements whose first choice is the candidate the
+    labeller scored best (judgements where its best is a tie do not count)."""
+
+    corrections: int = 0
+    precision: float | None = None
+    recall: float | None = None
+    accepted: int = 0
+    rejected: int = 0
+    rankings: int = 0
+    ranking_agreement: float | None = None
 
 
 def annotator_stats(
@@ -245,7 +266,56 @@ def round_quality(rounds: Sequence[int], labels: Sequence[Label] | None = None) 
         min_agreement=settings.FACTLOOP_QC_MIN_AGREEMENT,
         min_items=settings.FACTLOOP_QC_MIN_ITEMS,
     )
-    return RoundQuality(sorted(rounds), len(labels), alpha, kappa, stats, disagreements)
+    return RoundQuality(sorted(rounds), len(labels), alpha, kappa, stats, disagreements, ai_agreement(rounds))
+
+
+def ai_agreement(rounds: Sequence[int]) -> AiAgreement | None:
+    """The AI labeller's agreement with the rounds' human labels; None without AI feedback."""
+    corrections: list[tuple[Any, Any, Any]] = list(
+        Correction.objects.filter(
+            assignment__task__round__number__in=rounds, candidate__ai_feedback__isnull=False
+        ).values_list("spans", "suggestions", "candidate__ai_feedback")
+    )
+    judgements = list(
+        Judgement.objects.filter(assignment__task__round__number__in=rounds).values_list(
+            "preferred_id", "assignment__task_id"
+        )
+    )
+    scores: dict[int, Any] = dict(
+        TaskCandidate.objects.filter(
+            task_id__in=[task for _, task in judgements], candidate__ai_feedback__isnull=False
+        ).values_list("candidate_id", "candidate__ai_feedback")
+    )
+    slots: dict[int, list[int]] = defaultdict(list)
+    for task, candidate in TaskCandidate.objects.filter(task_id__in=[t for _, t in judgements]).values_list(
+        "task_id", "candidate_id"
+    ):
+        slots[task].append(candidate)
+    if not corrections and not scores:
+        return None
+    found = AiAgreement(corrections=len(corrections))
+    if corrections:
+        feedback = [Feedback.from_dict(item) for _, _, item in corrections]
+        marked = [[(span["original_start"], span["original_end"]) for span in spans] for spans, _, _ in corrections]
+        measured = agreement(feedback, marked)
+        found.precision = measured["precision"] if measured["suspected"] else None
+        found.recall = measured["recall"] if measured["marked"] else None
+        found.accepted = sum(len(answers.get("accepted", [])) for _, answers, _ in corrections)
+        found.rejected = sum(len(answers.get("rejected", [])) for _, answers, _ in corrections)
+    agreed = counted = 0
+    for preferred, task in judgements:
+        shown = slots[task]
+        if not shown or any(candidate not in scores for candidate in shown):
+            continue
+        score = {candidate: Feedback.from_dict(scores[candidate]).score for candidate in shown}
+        best = max(score.values())
+        if sum(value == best for value in score.values()) > 1:
+            continue
+        counted += 1
+        agreed += score[preferred] == best
+    found.rankings = counted
+    found.ranking_agreement = agreed / counted if counted else None
+    return found
 
 
 def passing_annotators(rounds: Sequence[int] | None = None, *, min_gold_accuracy: float) -> set[str]:

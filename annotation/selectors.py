@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from django.urls import reverse
 
 from annotation.models import Assignment, Candidate, Image, Job, Prompt, Round, Task, TaskCandidate
+from contract.feedback import Feedback
 
 
 def jobs(*, status: str | None = None, kind: str | None = None) -> QuerySet[Job]:
@@ -43,7 +44,8 @@ def _work_sql() -> str:
     task, round_, prompt, image = (m._meta.db_table for m in (Task, Round, Prompt, Image))
     slot, candidate = TaskCandidate._meta.db_table, Candidate._meta.db_table
     return (
-        f"SELECT t.kind, r.number, p.text, p.context, i.sha256, i.width, i.height, s.position, c.id, c.text "
+        f"SELECT t.kind, r.number, p.text, p.context, i.sha256, i.width, i.height, s.position, c.id, c.text, "
+        f"c.ai_feedback "
         f"FROM {task} t JOIN {round_} r ON r.id = t.round_id JOIN {prompt} p ON p.id = t.prompt_id "
         f"JOIN {image} i ON i.id = p.image_id JOIN {slot} s ON s.task_id = t.id "
         f"JOIN {candidate} c ON c.id = s.candidate_id "
@@ -62,6 +64,15 @@ def work_payload(assignment: Assignment) -> dict[str, Any]:
     kind, number, text, context, sha256, width, height = rows[0][:7]
     if isinstance(context, str):  # SQLite hands JSON back as text
         context = json.loads(context)
+    candidates = [
+        {"id": candidate_id, "label": chr(ord("A") + position), "text": candidate_text}
+        | machine_suggestions(json.loads(feedback) if isinstance(feedback, str) else feedback)
+        for *_, position, candidate_id, candidate_text, feedback in rows
+    ]
+    scores = [c["ai_score"] for c in candidates]
+    order = None
+    if None not in scores and len(candidates) > 1:
+        order = [c["id"] for c in sorted(candidates, key=lambda c: -c["ai_score"])]  # stable: shown order on ties
     return {
         "id": assignment.pk,
         "kind": kind,
@@ -71,8 +82,27 @@ def work_payload(assignment: Assignment) -> dict[str, Any]:
         "expires_at": assignment.expires_at,
         "prompt": {"text": text, "context": context},
         "image": {"url": reverse("image-file", args=[sha256]), "width": width, "height": height},
-        "candidates": [
-            {"id": candidate_id, "label": chr(ord("A") + position), "text": candidate_text}
-            for *_, position, candidate_id, candidate_text in rows
-        ],
+        "candidates": candidates,
+        "suggested_order": order,
     }
+
+
+def machine_suggestions(feedback: dict[str, Any] | None) -> dict[str, Any]:
+    """A candidate's AI feedback as annotators see it: its score and the suspected claims,
+    each with the words it marks and the fix it proposes (offsets into the candidate)."""
+    if feedback is None:
+        return {"ai_score": None, "ai_labeller": None, "suggestions": []}
+    found = Feedback.from_dict(feedback)
+    suggestions = [
+        {
+            "index": index,
+            "kind": claim.kind,
+            "start": claim.start,
+            "end": claim.end,
+            "question": claim.question,
+            "answer": claim.answer,
+            "fix": list(claim.fix) if claim.fix else None,
+        }
+        for index, claim in enumerate(found.suspected)
+    ]
+    return {"ai_score": found.score, "ai_labeller": found.labeller, "suggestions": suggestions}

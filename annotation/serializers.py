@@ -98,10 +98,29 @@ class ImageOutput(serializers.Serializer):
     height = serializers.IntegerField()
 
 
+class SuggestionOutput(serializers.Serializer):
+    index = serializers.IntegerField(
+        help_text="Its number among the candidate's suggestions (what a correction cites)."
+    )
+    kind = serializers.ChoiceField(choices=["exist", "count", "colour", "relation"])
+    start = serializers.IntegerField(help_text="The suspected words: character offsets in the candidate's text.")
+    end = serializers.IntegerField()
+    question = serializers.CharField(help_text="What the AI labeller was asked about the image.")
+    answer = serializers.CharField(help_text="What it answered (model output: show as text).")
+    fix = serializers.ListField(
+        allow_null=True, help_text="[start, end, replacement] in the candidate's text: the proposed edit."
+    )
+
+
 class CandidateOutput(serializers.Serializer):
     id = serializers.IntegerField()
     label = serializers.CharField(help_text="A, B, ... in the order shown.")  # type: ignore[assignment]
     text = serializers.CharField()
+    ai_score = serializers.IntegerField(
+        allow_null=True, help_text="The AI labeller's score: minus its claims judged false (null: not labelled)."
+    )
+    ai_labeller = serializers.CharField(allow_null=True, help_text="What made the machine suggestions.")
+    suggestions = SuggestionOutput(many=True, help_text="Machine suggestions: the claims the AI labeller doubts.")
 
 
 class AssignmentOutput(serializers.Serializer):
@@ -117,6 +136,11 @@ class AssignmentOutput(serializers.Serializer):
     prompt = PromptOutput()
     image = ImageOutput()
     candidates = CandidateOutput(many=True)
+    suggested_order = serializers.ListField(
+        child=serializers.IntegerField(),
+        allow_null=True,
+        help_text="The AI labeller's proposed ranking (candidate ids, best first); null without AI feedback.",
+    )
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
         # `instance` is selectors.work_payload's dict, already in this shape; the fields above
@@ -198,6 +222,11 @@ class CorrectionInput(serializers.Serializer):
         help_text="The rewritten response (up to twice FACTLOOP_MAX_RESPONSE_CHARS characters).",
     )
     no_hallucination = serializers.BooleanField(default=False)
+    suggestions = serializers.DictField(
+        child=serializers.ListField(child=serializers.IntegerField(min_value=0), max_length=200),
+        default=dict,
+        help_text='What the annotator did with the machine suggestions: {"accepted": [index], "rejected": [index]}.',
+    )
     span_categories = serializers.ListField(
         child=serializers.ChoiceField(choices=Correction.Category.choices, allow_null=True),
         default=list,

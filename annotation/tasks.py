@@ -129,6 +129,7 @@ def export_dataset(
             aggregate=params.get("aggregate", "none"),
             min_gold_accuracy=params.get("min_gold_accuracy"),
             include_gold=bool(params.get("include_gold", False)),
+            ai_pairs=bool(params.get("ai_pairs", False)),
         )
         out = Path(settings.FACTLOOP_EXPORT_DIR) / f"job-{job_id}-{params['format']}"
         total = count_labels(selection)

@@ -43,7 +43,7 @@ from django.utils import timezone
 from annotation.deployment import deploy_version, vllm_urls
 from annotation.errors import Refused
 from annotation.evaluation import RlhfFailed, evaluate_version, export_heldout, run_rlhf
-from annotation.exporters import export
+from annotation.exporters import Selection, export
 from annotation.models import Correction, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.services import freeze_round, start_round
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
@@ -287,7 +287,9 @@ def _step_export(run: TrainingRun, options: Options, work: Path) -> dict[str, An
 
     out = work / "export"
     if not (out / "manifest.json").is_file():
-        export("trl", [run.round.number], out)
+        # A round with an AI labeller trains on its pairs too (source "ai"), at the config's
+        # ai_weight (1 unless set; 0 leaves them out).
+        export("trl", Selection((run.round.number,), ai_pairs=bool(run.round.ai_labeller)), out)
     counts = json.loads((out / "manifest.json").read_text()).get("counts", {})
     if not counts.get("pairs"):
         raise StepFailed(f"{run.round} has no preference pairs to train on (labels: {label_counts(run.round)})")
@@ -478,6 +480,11 @@ def _step_open_next(run: TrainingRun, options: Options, work: Path) -> dict[str,
                 overlap=round_.overlap,
                 gold_rate=round_.gold_rate,
                 sampling=round_.sampling,
+                # The next round keeps its AI labeller ("policy" is then the new policy)
+                # and its human budget.
+                ai_labeller=round_.ai_labeller,
+                selection=round_.selection,
+                human_prompts=round_.human_prompts,
             )
             locked.next_round = new_round
             locked.save(update_fields=["next_round"])

@@ -400,7 +400,8 @@ def _pairs(args: argparse.Namespace) -> int:
 
 def _ai_feedback(args: argparse.Namespace) -> int:
     from contract.feedback import write_feedback
-    from models.serving import ServingClient, ServingError
+    from models.replicas import connect
+    from models.serving import ServingError
     from rlhf.ai_feedback import labeller_for, local_answerer, read_items, served_answerer
 
     if bool(args.server) == bool(args.model) or (args.server and not args.served):
@@ -414,7 +415,7 @@ def _ai_feedback(args: argparse.Namespace) -> int:
     name = args.name or f"ai:{args.served or args.model}"
     try:
         if args.server:
-            with ServingClient(args.server.rstrip("/"), timeout=300.0) as client:
+            with connect(args.server, timeout=300.0) as client:  # one server, or replicas (a,b,...)
                 answer = served_answerer(client, args.served, workers=args.workers)
                 feedback = labeller_for(args.vocabulary, answer, name).label(items)
         else:

@@ -98,3 +98,27 @@ def make_generation_round(
         chosen.append(add_prompt(image, "Describe the image."))
     add_prompts_to_round(round_, chosen)
     return round_
+
+
+def machine_feedback(
+    text: str, doubted: str | None = None, *, fix: str | None = "", labeller: str = "ai:judge"
+) -> dict[str, Any]:
+    """An AI labeller's stored feedback (contract/feedback.py) doubting the words `doubted`
+    of `text` (default: its first word), proposing to replace them with `fix` ("" deletes
+    them; None proposes nothing), as annotation/ai_labels.py stores it on a candidate."""
+    from contract.feedback import ClaimVerdict, Feedback
+
+    words = doubted if doubted is not None else text.split()[0]
+    start = text.index(words)
+    claim = ClaimVerdict(
+        "exist",
+        "ball",
+        "yes",
+        start,
+        start + len(words),
+        "Is there a ball in the image?",
+        answer="No, there is no ball.",
+        supported=False,
+        fix=None if fix is None else (start, start + len(words), fix),
+    )
+    return Feedback("0", labeller, (claim,)).as_dict()

@@ -14,6 +14,8 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from annotation import audit
+from annotation.ai_labels import check_settings, selected_prompts
+from annotation.errors import Invalid
 from annotation.exporters import Selection, check_format
 from annotation.jobs import enqueue_job
 from annotation.models import (
@@ -140,11 +142,18 @@ def _gold_copies(round_: Round, kind: str, size: int, wanted: int) -> list[tuple
 
 
 def create_tasks(
-    round_: Round, *, kind: str, overlap: int = 1, per_task: int = 2, gold_rate: float = 0.0
+    round_: Round,
+    *,
+    kind: str,
+    overlap: int = 1,
+    per_task: int = 2,
+    gold_rate: float = 0.0,
+    prompts: set[int] | None = None,
 ) -> list[Task]:
     """Tasks over the round's candidates that no task of this kind covers yet (so it can be
     called again after more candidates arrive): a rank task per `per_task` candidates of a
-    prompt, a correct task per candidate.
+    prompt, a correct task per candidate; with `prompts`, only over those prompts' candidates
+    (active selection: the rest are left to the AI labeller).
 
     With `gold_rate`, copies of tasks with known answers from earlier rounds are mixed in,
     spread evenly through the queue (it hands out tasks oldest first), so that they make up
@@ -163,6 +172,8 @@ def create_tasks(
         .exclude(params__has_key="gold_of")
         .order_by("prompt_id", "index")
     )
+    if prompts is not None:
+        free = free.filter(prompt_id__in=prompts)
     by_prompt: dict[int, list[Candidate]] = defaultdict(list)
     for candidate in free:
         by_prompt[candidate.prompt_id].append(candidate)
@@ -223,6 +234,7 @@ def make_round_tasks(round_: Round) -> int:
     rate), then open it if it asked to be. Again is harmless: covered candidates get no new
     task. Returns how many tasks were made."""
     made = 0
+    chosen = selected_prompts(round_)
     for kind in round_.task_kinds:
         made += len(
             create_tasks(
@@ -231,6 +243,7 @@ def make_round_tasks(round_: Round) -> int:
                 overlap=round_.overlap,
                 per_task=round_.candidates_per_prompt,
                 gold_rate=round_.gold_rate,
+                prompts=chosen,
             )
         )
     if round_.open_when_ready and round_.status == Round.Status.DRAFT:
@@ -247,10 +260,14 @@ def start_round(
     overlap: int = 1,
     gold_rate: float = 0.0,
     sampling: dict[str, Any] | None = None,
+    ai_labeller: str = "",
+    selection: str = "all",
+    human_prompts: int | None = None,
     created_by: Any = None,
 ) -> tuple[Round, Job]:
     """A new round over `prompts`: a draft with these settings whose candidate generation is
-    queued; when every prompt has its candidates, the tasks are made and the round opens."""
+    queued; when every prompt has its candidates, the AI labeller (if any) labels them, the
+    tasks are made (for the selected prompts, with a selection) and the round opens."""
     if not task_kinds or any(kind not in Task.Kind.values for kind in task_kinds):
         raise ValidationError(f"choose task kinds among {', '.join(Task.Kind.values)}")
     if Task.Kind.RANK in task_kinds and candidates_per_prompt < 2:
@@ -260,6 +277,10 @@ def start_round(
     gold_count(0, gold_rate)
     if not prompts:
         raise ValidationError("a round needs at least one prompt")
+    try:
+        check_settings(ai_labeller, selection, human_prompts)
+    except Invalid as error:
+        raise ValidationError(error.message) from None
     with transaction.atomic():
         round_ = create_round(policy_version=policy_version)
         round_.task_kinds = list(dict.fromkeys(task_kinds))
@@ -268,6 +289,7 @@ def start_round(
         round_.gold_rate = gold_rate
         round_.open_when_ready = True
         round_.sampling = sampling or {}
+        round_.ai_labeller, round_.selection, round_.human_prompts = ai_labeller, selection, human_prompts
         round_.save()
         add_prompts_to_round(round_, prompts)
         job = queue_generation(round_, created_by=created_by)
@@ -322,6 +344,7 @@ def queue_export(
     aggregate: str = "none",
     min_gold_accuracy: float | None = None,
     include_gold: bool = False,
+    ai_pairs: bool = False,
     created_by: Any = None,
 ) -> Job:
     """Queue an export (on the `export` queue); the selection is checked now, not in the worker."""
@@ -330,7 +353,7 @@ def queue_export(
     if missing := sorted(set(rounds) - known):
         raise ValidationError(f"no round {', '.join(map(str, missing))}")
     try:
-        check_format(fmt, Selection(tuple(sorted(set(rounds))), aggregate, min_gold_accuracy, include_gold))
+        check_format(fmt, Selection(tuple(sorted(set(rounds))), aggregate, min_gold_accuracy, include_gold, ai_pairs))
     except ValueError as error:
         raise ValidationError(str(error)) from None
     params = {
@@ -339,6 +362,7 @@ def queue_export(
         "aggregate": aggregate,
         "min_gold_accuracy": min_gold_accuracy,
         "include_gold": include_gold,
+        "ai_pairs": ai_pairs,
     }
     with transaction.atomic():
         job = enqueue_job(Job.Kind.EXPORT, queue="export", params=params, created_by=created_by)

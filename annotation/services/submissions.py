@@ -13,6 +13,7 @@ from django.utils import timezone
 from annotation.errors import Invalid, Refused
 from annotation.models import (
     Assignment,
+    Candidate,
     Correction,
     Judgement,
     Prompt,
@@ -23,6 +24,7 @@ from annotation.models import (
 from annotation.queue import check_live, own_assignment
 from annotation.services.rounds import add_candidates
 from contract import spans as span_diff
+from contract.feedback import Feedback
 
 Role = Literal["annotator", "admin"]
 
@@ -165,12 +167,15 @@ def submit_correction(
     corrected: str | None,
     no_hallucination: bool = False,
     span_categories: Sequence[str | None] = (),
+    suggestions: dict[str, list[int]] | None = None,
     time_spent_ms: int = 0,
 ) -> tuple[Correction, bool]:
     """Store an RLHF-V correction (METHODS.md 1b): chosen = corrected, rejected = original.
 
     The changed spans are computed here from the two texts; `span_categories`, when given,
-    has one error category (or None) per span, in order."""
+    has one error category (or None) per span, in order. `suggestions` records which of the
+    candidate's machine suggestions the annotator accepted and rejected (the correction is
+    theirs either way: the text they submit is the label)."""
     with transaction.atomic():
         slots, stored = _begin_submission(annotator, assignment_id, Task.Kind.CORRECT)
         if stored is not None:
@@ -196,6 +201,7 @@ def submit_correction(
         for category in categories:
             if category is not None and category not in Correction.Category.values:
                 raise Invalid(f"unknown category {category!r}")
+        answered = _suggestion_answers(candidate.candidate_id, suggestions or {})
         correction = Correction.objects.create(
             assignment_id=assignment_id,
             candidate_id=candidate.candidate_id,
@@ -203,9 +209,27 @@ def submit_correction(
             corrected=corrected,
             no_hallucination=no_hallucination,
             spans=[span.as_dict() | {"category": category} for span, category in zip(changed, categories, strict=True)],
+            suggestions=answered,
             time_spent_ms=time_spent_ms,
         )
     return correction, True
+
+
+def _suggestion_answers(candidate_id: int, answers: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The annotator's answers to a candidate's machine suggestions, checked against them."""
+    if not answers:
+        return {}
+    unknown = sorted(set(answers) - {"accepted", "rejected"})
+    if unknown:
+        raise Invalid(f"suggestions: expected 'accepted' and 'rejected' lists, not {', '.join(unknown)}")
+    feedback = Candidate.objects.filter(pk=candidate_id).values_list("ai_feedback", flat=True).first()
+    shown = len(Feedback.from_dict(feedback).suspected) if feedback else 0
+    accepted, rejected = sorted(set(answers.get("accepted", []))), sorted(set(answers.get("rejected", [])))
+    if any(index >= shown for index in accepted + rejected):
+        raise Invalid(f"suggestions: the candidate had {shown} machine suggestion(s); an index is out of range")
+    if set(accepted) & set(rejected):
+        raise Invalid("suggestions: a suggestion cannot be both accepted and rejected")
+    return {"accepted": accepted, "rejected": rejected}
 
 
 def record_imported_label(round_: Round, prompt: Prompt, label: Any, *, annotator: Any) -> Assignment:

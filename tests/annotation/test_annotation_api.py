@@ -79,8 +79,21 @@ def test_next_shows_the_task_without_its_gold_answer_and_204_when_done(annotator
     Task.objects.filter(round=round_).update(is_gold=True, gold_answer={"ranking": "secret"})
     client = client_for(annotator)
     data = lease(client)
-    assert set(data) == {"id", "kind", "status", "round", "leased_at", "expires_at", "prompt", "image", "candidates"}
+    assert set(data) == {
+        "id",
+        "kind",
+        "status",
+        "round",
+        "leased_at",
+        "expires_at",
+        "prompt",
+        "image",
+        "candidates",
+        "suggested_order",
+    }
     assert [c["label"] for c in data["candidates"]] == ["A", "B"]
+    # No AI labeller: no machine suggestions.
+    assert data["suggested_order"] is None and all(c["suggestions"] == [] for c in data["candidates"])
     assert "secret" not in json.dumps(data)
     assert client.get(data["image"]["url"]).status_code == 200
     ids = [c["id"] for c in data["candidates"]]

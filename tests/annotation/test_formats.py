@@ -167,7 +167,12 @@ def test_majority_vote_and_gold_threshold(annotator: User, second_annotator: Use
     labels = [json.loads(line) for line in (tmp_path / "passing/labels.jsonl").read_text().splitlines()]
     assert {row["annotator"] for row in labels} == {"ann", "bea"}
     manifest = json.loads((tmp_path / "passing/manifest.json").read_text())
-    assert manifest["filters"] == {"aggregate": "none", "include_gold": False, "min_gold_accuracy": 0.8}
+    assert manifest["filters"] == {
+        "aggregate": "none",
+        "include_gold": False,
+        "min_gold_accuracy": 0.8,
+        "ai_pairs": False,
+    }
     with pytest.raises(ValueError, match="aggregate applies to the pair formats"):
         export("factloop", Selection((1,), aggregate="majority"), tmp_path / "nope")
     assert not (tmp_path / "nope").exists()

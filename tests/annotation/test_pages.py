@@ -14,7 +14,7 @@ from rest_framework import serializers
 from annotation import queue, selectors
 from annotation.models import Assignment, Task
 from annotation.serializers import AssignmentOutput
-from tests.factories import make_round
+from tests.factories import make_round, machine_feedback
 
 pytestmark = pytest.mark.django_db
 
@@ -114,9 +114,14 @@ def test_the_payload_has_exactly_the_documented_shape(annotator: User) -> None:
     prompt = round_.tasks.get().prompt
     prompt.context = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     prompt.save()
+    for candidate in round_.candidates.all():  # machine suggestions too (an AI labeller's feedback)
+        candidate.ai_feedback = machine_feedback(candidate.text)
+        candidate.save()
     lease = queue.next_assignment_for(annotator)
     assert lease is not None
-    assert _shape(selectors.work_payload(lease)) == _keys(AssignmentOutput())
+    payload = selectors.work_payload(lease)
+    assert _shape(payload) == _keys(AssignmentOutput())
+    assert payload["suggested_order"] is not None and all(c["suggestions"] for c in payload["candidates"])
 
 
 def test_the_admin_shows_round_progress(admin_user: User, annotator: User, django_assert_max_num_queries: Any) -> None:

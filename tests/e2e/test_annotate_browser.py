@@ -201,3 +201,84 @@ def test_model_and_prompt_text_is_shown_as_text_never_run(
     assert page.locator("main img").count() == 1  # the scene only
     assert page.locator("main script:not([src]):not([type='application/json'])").count() == 0
     assert dialogs == []
+
+
+def _doubt(round_: Any, doubts: dict[str, list[tuple[str, str | None, str]]]) -> None:
+    """Store AI feedback on the round's candidates: per text, (doubted words, fix, answer)."""
+    from contract.feedback import ClaimVerdict, Feedback
+
+    for candidate in round_.candidates.all():
+        claims = []
+        for words, fix, answer in doubts.get(candidate.text, []):
+            start = candidate.text.index(words)
+            end = start + len(words)
+            claims.append(
+                ClaimVerdict(
+                    "colour",
+                    "ball",
+                    words,  # one claim per doubt (claims with one key are one claim)
+                    start,
+                    end,
+                    "What color is the ball?",
+                    answer=answer,
+                    supported=False,
+                    fix=None if fix is None else (start, end, fix),
+                )
+            )
+        candidate.ai_feedback = Feedback(str(candidate.pk), "ai:round-1", tuple(claims)).as_dict()
+        candidate.save()
+
+
+def test_accepting_and_rejecting_machine_suggestions_in_a_correction(
+    page: Any, live_server: Any, annotator: User
+) -> None:
+    """The correction page marks the AI labeller's doubts as machine suggestions; accepting
+    one applies its edit to the editor, rejecting one leaves the text; both are recorded with
+    the correction, which stays the annotator's."""
+    round_ = make_round(tasks=1, kind=Task.Kind.CORRECT, texts=[ORIGINAL])
+    _doubt(
+        round_,
+        {ORIGINAL: [("red", "green", "The ball is green."), ("small blue moon", "", '<b onclick="x">No</b>')]},
+    )
+    start(page, live_server.url)
+    assignment = assignment_on(page)
+    section = page.get_by_test_id("machine-suggestions")
+    expect(section).to_contain_text("AI, not checked by a person")
+    expect(section).to_contain_text("ai:round-1")
+    # The doubted words are marked in the response; the model's answer stays text.
+    assert page.locator("[data-testid=original] mark.machine-span").all_text_contents() == ["red", "small blue moon"]
+    expect(page.get_by_test_id("suggestion-1")).to_contain_text('answered "<b onclick="x">No</b>"')
+    assert page.locator("[data-testid=suggestion-1] b").count() == 0
+
+    page.get_by_test_id("accept-0").click()
+    assert page.input_value("#editor") == ORIGINAL.replace("red ball", "green ball")
+    expect(page.locator("#diff mark")).to_have_count(1)
+    assert page.locator("#diff mark").all_text_contents() == ["green"]
+    expect(page.get_by_test_id("suggestion-0")).to_contain_text("accepted")
+    page.get_by_test_id("reject-1").click()
+    expect(page.get_by_test_id("suggestion-1")).to_contain_text("rejected")
+    assert page.input_value("#editor") == ORIGINAL.replace("red ball", "green ball")  # rejecting changes nothing
+    page.click("#submit")
+    page.wait_for_url(f"{live_server.url}/annotate/")
+
+    correction = Correction.objects.get(assignment=assignment)
+    assert correction.corrected == ORIGINAL.replace("red ball", "green ball")
+    assert [(s["original_text"], s["corrected_text"]) for s in correction.spans] == [("red", "green")]
+    assert correction.suggestions == {"accepted": [0], "rejected": [1]}
+
+
+def test_a_ranking_can_take_the_machines_proposed_order(page: Any, live_server: Any, annotator: User) -> None:
+    texts = ["A red ball is at the top.", "A red ball and a kite are at the top."]
+    round_ = make_round(tasks=1, texts=texts)
+    _doubt(round_, {texts[1]: [("kite", "", "No, there is no kite.")]})
+    start(page, live_server.url)
+    assignment = assignment_on(page)
+    expect(page.get_by_test_id("suggested-order")).to_have_text("A (0), then B (-1)")
+    expect(page.get_by_test_id("machine-order")).to_contain_text("AI, not checked by a person")
+    assert page.is_disabled("#submit")
+    page.get_by_test_id("use-suggestion").click()
+    assert page.is_checked("input[name=q1][value=A]") and page.is_enabled("#submit")
+    page.click("#submit")
+    page.wait_for_url(f"{live_server.url}/annotate/")
+    judgement = Judgement.objects.get(assignment=assignment)
+    assert judgement.preferred_id == assignment.task.slots.get(position=0).candidate_id

@@ -39,6 +39,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--include-gold", action="store_true", help="pair formats: keep the gold (quality-control) tasks' labels"
         )
+        parser.add_argument(
+            "--ai-pairs",
+            action="store_true",
+            help="trl: add the AI labeller's pairs of the rounds' candidates (source ai; score gap >= 1)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         rounds = sorted(set(options["round"]))
@@ -55,6 +60,7 @@ class Command(BaseCommand):
                 aggregate=options["aggregate"],
                 min_gold_accuracy=options["min_gold_accuracy"],
                 include_gold=options["include_gold"],
+                ai_pairs=options["ai_pairs"],
             )
             check_format(options["format"], selection)
         except ValueError as error:

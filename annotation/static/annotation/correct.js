@@ -13,6 +13,9 @@
   let categories = [];
   let timer = null;
   let asked = 0;
+  // Machine suggestions (the AI labeller's doubted claims): index -> "accepted" | "rejected".
+  const suggestions = data.candidates[0].suggestions || [];
+  const answered = {};
 
   function el(tag, text, className) {
     const node = document.createElement(tag);
@@ -64,6 +67,73 @@
     return true;
   }
 
+  // The original text with the doubted words marked (text nodes only: model output is never HTML).
+  function markOriginal() {
+    const shown = document.querySelector("[data-testid=original]");
+    if (!suggestions.length || !shown) return;
+    shown.replaceChildren();
+    let at = 0;
+    [...suggestions].sort((a, b) => a.start - b.start).forEach((s) => {
+      if (s.start < at) return;
+      shown.append(document.createTextNode(original.slice(at, s.start)));
+      const mark = el("mark", original.slice(s.start, s.end), `machine-span state-${answered[s.index] || "open"}`);
+      mark.dataset.suggestion = String(s.index);
+      shown.append(mark);
+      at = s.end;
+    });
+    shown.append(document.createTextNode(original.slice(at)));
+  }
+
+  // Accepting applies the suggestion's edit where its original words still stand in the
+  // editor; if the annotator already rewrote them, it says so and changes nothing.
+  function accept(s) {
+    const [start, end, replacement] = s.fix;
+    const words = original.slice(start, end);
+    const at = editor.value.indexOf(words);
+    if (at < 0) { showError("That part was already edited; make the change by hand."); return; }
+    editor.value = editor.value.slice(0, at) + replacement + editor.value.slice(at + words.length);
+    answered[s.index] = "accepted";
+    drawSuggestions();
+    refreshDiff();
+  }
+
+  function drawSuggestions() {
+    const list = document.getElementById("suggestions");
+    if (!list) return;
+    list.replaceChildren();
+    suggestions.forEach((s) => {
+      const item = el("li", undefined, `suggestion state-${answered[s.index] || "open"}`);
+      item.dataset.testid = `suggestion-${s.index}`;
+      item.append(el("mark", original.slice(s.start, s.end), "machine-span"));
+      item.append(el("span", ` — asked "${s.question}", the model answered "${s.answer}". `, "muted"));
+      if (s.fix) {
+        const change = original.slice(s.fix[0], s.fix[1]).trim();
+        item.append(el("span", s.fix[2] ? `Change to "${s.fix[2]}". ` : `Delete "${change}". `));
+      }
+      if (answered[s.index]) {
+        item.append(el("strong", answered[s.index]));
+      } else {
+        const yes = el("button", "Accept", "small");
+        yes.type = "button";
+        yes.dataset.testid = `accept-${s.index}`;
+        yes.disabled = !s.fix;
+        yes.addEventListener("click", () => accept(s));
+        const no = el("button", "Reject", "small secondary");
+        no.type = "button";
+        no.dataset.testid = `reject-${s.index}`;
+        no.addEventListener("click", () => { answered[s.index] = "rejected"; drawSuggestions(); });
+        item.append(yes, document.createTextNode(" "), no);
+      }
+      list.append(item);
+    });
+    markOriginal();
+  }
+
+  function suggestionAnswers() {
+    const pick = (state) => suggestions.map((s) => s.index).filter((i) => answered[i] === state);
+    return suggestions.length ? { accepted: pick("accepted"), rejected: pick("rejected") } : {};
+  }
+
   editor.addEventListener("input", () => {
     clearTimeout(timer);
     timer = setTimeout(refreshDiff, 150);
@@ -74,14 +144,26 @@
     // The categories must follow the spans of exactly the text being sent.
     if (!(await refreshDiff())) return;
     const chosen = spans.map((_, index) => categories[index] || null);
-    submit("correction", { corrected: editor.value, span_categories: chosen.some((c) => c) ? chosen : [] });
+    submit("correction", {
+      corrected: editor.value,
+      span_categories: chosen.some((c) => c) ? chosen : [],
+      suggestions: suggestionAnswers(),
+    });
   }
 
   document.getElementById("submit").addEventListener("click", send);
-  document.getElementById("no-hallucination").addEventListener("click", () => submit("correction", { no_hallucination: true }));
-  document.getElementById("reset").addEventListener("click", () => { editor.value = original; categories = []; refreshDiff(); });
+  document.getElementById("no-hallucination").addEventListener(
+    "click", () => submit("correction", { no_hallucination: true, suggestions: suggestionAnswers() }));
+  document.getElementById("reset").addEventListener("click", () => {
+    editor.value = original;
+    categories = [];
+    Object.keys(answered).forEach((key) => { delete answered[key]; });
+    drawSuggestions();
+    refreshDiff();
+  });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); send(); }
   });
   render();
+  drawSuggestions();
 })();

@@ -118,6 +118,38 @@
     submit("judgement", answer);
   }
 
+  // The AI labeller's proposed order (fewest doubted claims first); the annotator may take it
+  // as Q1's answer and change it. Its texts are model output, shown as text only.
+  function showSuggestion() {
+    if (!data.suggested_order) return;
+    const score = Object.fromEntries(data.candidates.map((c) => [c.id, c.ai_score]));
+    const groups = [];
+    data.suggested_order.forEach((id) => {
+      const last = groups[groups.length - 1];
+      if (last && score[last[0]] === score[id]) last.push(id); else groups.push([id]);
+    });
+    document.getElementById("suggested-order").textContent = groups
+      .map((group) => group.map((id) => `${labelOf[id]} (${score[id]})`).join(" = ")).join(", then ");
+    const doubts = document.getElementById("doubts");
+    data.candidates.forEach((c) => c.suggestions.forEach((s) => {
+      const item = document.createElement("li");
+      item.textContent = `${c.label}: "${c.text.slice(s.start, s.end)}" (asked "${s.question}", answered "${s.answer}")`;
+      doubts.append(item);
+    }));
+    document.getElementById("use-suggestion").addEventListener("click", () => {
+      if (pairwise) {
+        choose("q1", groups.length === 1 ? "tie" : labelOf[groups[0][0]]);
+        return;
+      }
+      groups.forEach((group, index) => group.forEach((id) => {
+        const select = document.querySelector(`select.tier[data-candidate="${id}"]`);
+        if (select) select.value = String(index + 1);
+      }));
+      refresh();
+    });
+  }
+
+  showSuggestion();
   document.querySelectorAll("input[name=q1], input[name=q2], select.tier").forEach((el) => el.addEventListener("change", refresh));
   submitButton.addEventListener("click", send);
   document.addEventListener("keydown", (event) => {
