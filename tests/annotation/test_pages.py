@@ -14,7 +14,7 @@ from rest_framework import serializers
 from annotation import queue, selectors
 from annotation.models import Assignment, Task
 from annotation.serializers import AssignmentOutput
-from tests.factories import make_round, machine_feedback
+from tests.factories import machine_feedback, make_round
 
 pytestmark = pytest.mark.django_db
 
