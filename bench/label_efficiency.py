@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ SECONDS = {"read": 8.0, "fix": 12.0, "accept": 2.0, "reject": 3.0}  # the annota
 @dataclass
 class Arm:
     name: str
+    seed: int = 0
     adapter: Path | None = None
     human_labels: int = 0
     seconds: float = 0.0
@@ -91,7 +93,9 @@ def main() -> None:
     parser.add_argument("--ai-weight", type=float, default=0.5, help="arm active+suggest+ai: AI pairs' weight")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", default="0", help="seeds (sampling, selection, noise, training); the table shows means"
+    )
     parser.add_argument("--config", type=Path, default=TOY_DDPO, help="DDPO settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     parser.add_argument("--json", type=Path, default=results.default_path("label_efficiency"))
@@ -109,34 +113,58 @@ def main() -> None:
     from rlhf.toy_pairs import training_scenes
 
     torch.set_num_threads(1)
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     work = Path(tempfile.mkdtemp(prefix="factloop-label-efficiency-"))
     heldout = heldout_scenes(args.heldout)
     base = measure(args.model, None, heldout)
-    arms = [Arm(name) for name in names]
     pools = training_scenes(args.pool * args.rounds)
     began = time.perf_counter()
-    for number in range(1, args.rounds + 1):
-        pool = pools[(number - 1) * args.pool : number * args.pool]
+    runs: dict[str, list[Arm]] = {name: [] for name in names}
+    for seed in seeds:
+        arms = [Arm(name, seed) for name in names]
+        for number in range(1, args.rounds + 1):
+            pool = pools[(number - 1) * args.pool : number * args.pool]
+            for arm in arms:
+                row = run_round(args, work / f"seed-{seed}", arm, number, pool)
+                row.update(measure(args.model, arm.adapter, heldout))
+                arm.rows.append(row)
+                print(
+                    f"seed {seed} round {number} {arm.name}: {row['pairs']} pairs ({row['human_labels']} human "
+                    f"labels), CHAIR_i {row['chair_i']:.3f}, {row['mean_words']:.1f} words "
+                    f"[{time.perf_counter() - began:.0f} s]",
+                    file=sys.stderr,
+                )
         for arm in arms:
-            row = run_round(args, work, arm, number, pool)
-            row.update(measure(args.model, arm.adapter, heldout))
-            arm.rows.append(row)
-            print(
-                f"round {number} {arm.name}: {row['pairs']} pairs ({row['human_labels']} human labels), "
-                f"CHAIR_i {row['chair_i']:.3f}, {row['mean_words']:.1f} words "
-                f"[{time.perf_counter() - began:.0f} s]",
-                file=sys.stderr,
-            )
+            runs[arm.name].append(arm)
     shutil.rmtree(work, ignore_errors=True)
-    summary = print_tables(args, base, arms)
+    means = {name: mean_rows(found) for name, found in runs.items()}
+    summary = print_tables(args, base, means, len(seeds))
     payload = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "annotator_seconds": SECONDS,
         "base": base,
-        "arms": {arm.name: arm.rows for arm in arms},
+        "arms": means,
+        "runs": {name: {str(arm.seed): arm.rows for arm in found} for name, found in runs.items()},
         "summary": summary,
     }
     results.write(args.json, payload, model=args.model)
+
+
+MEANS = ("chair_i", "chair_s", "pope_f1", "mean_words", "object_recall", "pairs", "human_pairs", "ai_pairs")
+
+
+def mean_rows(arms: list[Arm]) -> list[dict[str, Any]]:
+    """Per round, the seeds' mean of each measure (and its standard deviation, with several)."""
+    rows = []
+    for per_seed in zip(*(arm.rows for arm in arms), strict=True):
+        row = dict(per_seed[0])
+        for key in (*MEANS, "annotator_minutes", "suggestions_accepted", "suggestions_rejected"):
+            values = [float(r[key]) for r in per_seed]
+            row[key] = statistics.fmean(values)
+            if key in MEANS and len(values) > 1:
+                row[f"{key}_sd"] = statistics.stdev(values)
+        rows.append(row)
+    return rows
 
 
 def measure(model_path: str, adapter: Path | None, scenes: Sequence[Any]) -> dict[str, Any]:
@@ -161,7 +189,7 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
     model, processor = load_policy(args.model, adapter=arm.adapter)
     size = image_size_of(processor)
     sampled = toy_pairs.sample_responses(
-        model, processor, pool, per_prompt=args.samples, temperature=0.7, seed=args.seed * 1000 + number
+        model, processor, pool, per_prompt=args.samples, temperature=0.7, seed=arm.seed * 1000 + number
     )
     groups: dict[tuple[str, str], list[str]] = {}
     scenes = {}
@@ -170,7 +198,7 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
         scenes[scene.scene_id] = scene
     labeller = labeller_for("toyworld", local_answerer(model, processor), f"ai:{arm.name}-round-{number - 1}")
     images = {scene_id: render(scene, size) for scene_id, scene in scenes.items()}
-    rng = random.Random(f"{args.seed}-{arm.name}-{number}")
+    rng = random.Random(f"{arm.seed}-{arm.name}-{number}")
 
     claims = {key: [{claim.key for claim in labeller.split(text)} for text in texts] for key, texts in groups.items()}
     chosen = select(claims, args.labels, strategy=arm.selection, seed=rng.randrange(2**31))
@@ -212,7 +240,7 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
         data.append(work / arm.name / f"round-{number}-ai")
         toy_pairs.write_export(machine, data[-1], image_size=size, annotator=labeller.name)
     if data:
-        arm.adapter = train(args, work / arm.name / f"round-{number}", data, arm, seed=args.seed * 100 + number)
+        arm.adapter = train(args, work / arm.name / f"round-{number}", data, arm, seed=arm.seed * 100 + number)
     return {
         "round": number,
         "pool_prompts": len(groups),
@@ -277,39 +305,41 @@ def train(args: argparse.Namespace, out: Path, data: list[Path], arm: Arm, *, se
     return Path(result.adapter_dir) if result.adapter_dir else arm.adapter
 
 
-def print_tables(args: argparse.Namespace, base: dict[str, Any], arms: list[Arm]) -> dict[str, Any]:
+def print_tables(
+    args: argparse.Namespace, base: dict[str, Any], arms: dict[str, list[dict[str, Any]]], seeds: int
+) -> dict[str, Any]:
     print(
         f"{args.labels} human labels a round, pool {args.pool} scenes x 2 prompts x {args.samples} samples, "
-        f"noise {args.noise}; held-out scenes {args.heldout}; base CHAIR_i {base['chair_i']:.3f}, "
-        f"POPE F1 {base['pope_f1']:.3f}, {base['mean_words']:.1f} words"
+        f"noise {args.noise}; held-out scenes {args.heldout}; means of {seeds} seed(s); base CHAIR_i "
+        f"{base['chair_i']:.3f}, POPE F1 {base['pope_f1']:.3f}, {base['mean_words']:.1f} words"
     )
     print(
-        f"{'arm':<18} {'round':>5} {'human':>6} {'pairs':>6} {'CHAIR_i':>8} {'vs base':>8} {'POPE F1':>8} "
+        f"{'arm':<18} {'round':>5} {'human':>6} {'pairs':>6} {'CHAIR_i':>13} {'vs base':>8} {'POPE F1':>8} "
         f"{'words':>6} {'minutes':>8}"
     )
-    for arm in arms:
-        for row in arm.rows:
+    for name, rows in arms.items():
+        for row in rows:
             change = (row["chair_i"] - base["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
+            chair = f"{row['chair_i']:.3f}" + (f" ±{row['chair_i_sd']:.3f}" if "chair_i_sd" in row else "")
             print(
-                f"{arm.name:<18} {row['round']:>5} {row['human_labels']:>6} {row['pairs']:>6} {row['chair_i']:>8.3f} "
+                f"{name:<18} {row['round']:>5} {row['human_labels']:>6} {row['pairs']:>6.0f} {chair:>13} "
                 f"{change:>+8.1%} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['annotator_minutes']:>8.1f}"
             )
     summary: dict[str, Any] = {}
-    reference = next((arm for arm in arms if arm.name == "random"), None)
-    if reference is not None:
-        target = reference.rows[-1]["chair_i"]
+    if "random" in arms:
+        target = arms["random"][-1]["chair_i"]
         print(f"human labels to reach arm random's final CHAIR_i ({target:.3f}):")
-        for arm in arms:
-            reached = next((row for row in arm.rows if row["chair_i"] <= target), None)
+        for name, rows in arms.items():
+            reached = next((row for row in rows if row["chair_i"] <= target), None)
             labels = reached["human_labels"] if reached else None
-            summary[arm.name] = {"labels_to_target": labels, "round": reached["round"] if reached else None}
+            summary[name] = {"labels_to_target": labels, "round": reached["round"] if reached else None}
             said = f"{labels} (round {reached['round']})" if reached else "not reached"
-            print(f"  {arm.name:<18} {said}")
+            print(f"  {name:<18} {said}")
         summary["target_chair_i"] = target
-    best = min(arms, key=lambda arm: arm.rows[-1]["chair_i"])
-    drop = (base["chair_i"] - best.rows[-1]["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
-    summary["best_arm"] = {"name": best.name, "chair_i_drop": drop}
-    print(f"best arm: {best.name}, CHAIR_i {drop:.1%} below the base after {args.rounds} rounds")
+    best = min(arms, key=lambda name: arms[name][-1]["chair_i"])
+    drop = (base["chair_i"] - arms[best][-1]["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
+    summary["best_arm"] = {"name": best, "chair_i_drop": drop}
+    print(f"best arm: {best}, CHAIR_i {drop:.1%} below the base after {args.rounds} rounds")
     return summary
 
 
