@@ -86,15 +86,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/tiny-base", help="the base policy (folder or hub id)")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--labels", type=int, default=40, help="human labels a round (default 40)")
-    parser.add_argument("--pool", type=int, default=100, help="fresh training scenes a round (2 prompts each)")
+    parser.add_argument("--labels", type=int, default=80, help="human labels a round (default 80)")
+    parser.add_argument("--pool", type=int, default=150, help="fresh training scenes a round (2 prompts each)")
     parser.add_argument("--samples", type=int, default=4, help="answers sampled per prompt, K (default 4)")
     parser.add_argument("--noise", type=float, default=0.2, help="share of hallucinated segments a human misses")
     parser.add_argument("--ai-weight", type=float, default=0.5, help="arm active+suggest+ai: AI pairs' weight")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
     parser.add_argument(
-        "--seeds", default="0", help="seeds (sampling, selection, noise, training); the table shows means"
+        "--seeds", default="0,1", help="seeds (sampling, selection, noise, training); the table shows means"
     )
     parser.add_argument("--config", type=Path, default=TOY_DDPO, help="DDPO settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")

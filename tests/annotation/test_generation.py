@@ -113,3 +113,52 @@ def test_a_frozen_round_takes_no_generation(registry: Registry) -> None:
     round_.refresh_from_db()
     with pytest.raises(ValidationError, match="frozen"):
         queue_generation(round_)
+
+
+def test_the_policy_labels_its_own_candidates_and_humans_get_the_most_disagreeing_prompts(
+    settings: Any, vllm_server: Any, registry: Registry
+) -> None:
+    """Self-feedback (RLAIF-V) as a round opens: the served policy answers a question per
+    claim of every candidate (rlhf.cli ai-feedback in a child process), the feedback lands on
+    the candidates, and with a human budget of 2 prompts only the 2 whose samples disagree
+    most get tasks; the round opens."""
+    from annotation.ai_labels import claim_keys
+    from annotation.models import Image, Task
+    from contract.feedback import Feedback
+    from contract.selection import disagreement
+
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    round_ = make_generation_round("tiny-base", prompts=5, k=3)
+    for image in Image.objects.filter(prompts__rounds=round_):
+        image.facts = {**image.facts, "vocabulary": "toyworld"}
+        image.save()
+    Round.objects.filter(pk=round_.pk).update(
+        ai_labeller="policy",
+        selection="disagreement",
+        human_prompts=2,
+        task_kinds=["correct"],
+        open_when_ready=True,
+    )
+    job = run_job(round_)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    candidates = list(Candidate.objects.filter(round=round_))
+    assert len(candidates) == 15 and job.result["ai_labelled"] == 15
+    claims = 0
+    for candidate in candidates:
+        feedback = Feedback.from_dict(candidate.ai_feedback)
+        assert feedback.labeller == "ai:tiny-base"
+        for claim in feedback.claims:
+            assert claim.question and claim.answer  # asked of the served policy, answered
+            assert candidate.text[claim.start : claim.end]
+        claims += len(feedback.claims)
+    assert claims >= 15  # descriptions of toy scenes name objects
+    tasks = Task.objects.filter(round=round_)
+    chosen = set(tasks.values_list("prompt_id", flat=True))
+    assert len(chosen) == 2 and tasks.count() == 2 * 3  # a correct task per candidate of the chosen prompts
+    spread = {
+        prompt: disagreement([claim_keys(c.ai_feedback) for c in candidates if c.prompt_id == prompt])
+        for prompt in {c.prompt_id for c in candidates}
+    }
+    assert min(spread[p] for p in chosen) >= max(spread[p] for p in spread if p not in chosen)
+    round_.refresh_from_db()
+    assert round_.status == Round.Status.OPEN
