@@ -124,7 +124,7 @@ def test_round_settings_that_cannot_work_are_refused(settings: Any, tmp_path: Pa
     settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
     prompt = add_prompt(make_image(), "Describe.")
     base: dict[str, Any] = {"policy_version": "p", "prompts": [prompt], "task_kinds": ["correct"]}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"selection": "disagreement", "human_prompts": 5}, "needs an AI labeller"),
         ({"selection": "random"}, "human budget"),
         ({"selection": "entropy", "human_prompts": 1}, "selection must be"),

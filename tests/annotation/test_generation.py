@@ -145,6 +145,7 @@ def test_the_policy_labels_its_own_candidates_and_humans_get_the_most_disagreein
     assert len(candidates) == 15 and job.result["ai_labelled"] == 15
     claims = 0
     for candidate in candidates:
+        assert candidate.ai_feedback is not None
         feedback = Feedback.from_dict(candidate.ai_feedback)
         assert feedback.labeller == "ai:tiny-base"
         for claim in feedback.claims:
