@@ -502,6 +502,7 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
                 "alpha_correct": report.alpha.get("correct"),
                 "gold": sum(graded) / len(graded) if graded else None,
                 "flagged": sum(s.flagged for s in report.annotators),
+                "ai_labelled": Candidate.objects.filter(round__number=number, ai_feedback__isnull=False).count(),
             }
         )
     registry = Registry(settings.FACTLOOP_MODEL_DIR)
@@ -526,6 +527,14 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
                 "Krippendorff's alpha (rank)": [r["alpha_rank"] for r in annotation_rows],
                 "Krippendorff's alpha (correct)": [r["alpha_correct"] for r in annotation_rows],
                 "mean gold accuracy": [r["gold"] for r in annotation_rows],
+            },
+        ),
+        plots.lines(
+            "Labels per round",
+            numbers,
+            {  # a round without labels yet is no point (nothing to draw before the first)
+                "human labels": [r["labels"] or None for r in annotation_rows],
+                "candidates the AI labeller labelled": [r["ai_labelled"] or None for r in annotation_rows],
             },
         ),
         plots.lines(

@@ -191,20 +191,24 @@ class Command(BaseCommand):
             f"Round {first.number}: the worker asks vLLM for 2 candidates for each of {len(prompts)} prompts..."
         )
         wait_open(first, 900, check=self._check_children_alive)
-        self.stdout.write(f"Round {first.number} is open; {options['annotators']} simulated annotators label it...")
-        call_command("simulate_annotators", n=options["annotators"], noise=options["noise"], url=web, verbosity=0)
         heldout = import_toyworld(min(settings.FACTLOOP_EVAL_ITEMS, DEMO_HELDOUT_SCENES))
         self.stdout.write(
             f"Imported {heldout.prompts} held-out toy-world prompts (import_toyworld) for the evaluation."
         )
-        self.stdout.write(f"Round {first.number}: train_round (DDPO), evaluate, gate, deploy...")
+        self.stdout.write(
+            f"Round {first.number} is open; run_rounds: {options['annotators']} simulated annotators label it, "
+            "then train_round (DDPO), evaluate, gate, deploy..."
+        )
         # DDPO on the round's corrections (RLHF-V's dense, span-weighted pairs), with more
         # passes than bench/alignment.py's larger round needs. Adding the ranking pairs
         # undoes the gain here: on one loop's export, corrections alone took held-out CHAIR_i
         # from 0.077 to 0.029, rankings and corrections to 0.083 (4 epochs; 8 epochs: 0.093).
         call_command(
-            "train_round",
-            inline=True,
+            "run_rounds",
+            rounds=1,
+            simulate=options["annotators"],
+            noise=options["noise"],
+            url=web,
             method="ddpo",
             config=str(TOY_CONFIG),
             set=["epochs=4", "sources=[correction]"],
