@@ -64,6 +64,8 @@ def label_round(round_: Round, *, client: Serving, registry: Registry, urls: lis
                 lines.write(json.dumps(row) + "\n")
         args = ["ai-feedback", "--items", str(items), "--out", str(out), "--vocabulary", vocabulary]
         args += ["--server", ",".join(urls), "--served", served, "--name", f"ai:{version}"]
+        if settings.FACTLOOP_AI_SPLITTER:  # a served text model splits the claims (RLAIF-V)
+            args += ["--split-served", settings.FACTLOOP_AI_SPLITTER]
         try:
             run_rlhf(args, log or Path(settings.VAR_DIR) / "logs" / f"ai-labels-round-{round_.number}.log")
         except RlhfFailed as error:

@@ -102,7 +102,7 @@ class SuggestionOutput(serializers.Serializer):
     index = serializers.IntegerField(
         help_text="Its number among the candidate's suggestions (what a correction cites)."
     )
-    kind = serializers.ChoiceField(choices=["exist", "count", "colour", "relation"])
+    kind = serializers.ChoiceField(choices=["exist", "count", "colour", "relation", "question"])
     start = serializers.IntegerField(help_text="The suspected words: character offsets in the candidate's text.")
     end = serializers.IntegerField()
     question = serializers.CharField(help_text="What the AI labeller was asked about the image.")
@@ -259,6 +259,10 @@ class CorrectionOutput(serializers.Serializer):
     corrected = serializers.CharField()
     no_hallucination = serializers.BooleanField()
     spans = SpanOutput(many=True)
+    suggestions = serializers.DictField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        help_text="The machine suggestions the annotator accepted and rejected (empty: none shown or answered).",
+    )
     time_spent_ms = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     next = AssignmentOutput(

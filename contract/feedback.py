@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 FEEDBACK_SCHEMA = 1
-ClaimKind = Literal["exist", "count", "colour", "relation"]
+# "question": a yes/no question a served splitter wrote for one claim (its value is the question).
+ClaimKind = Literal["exist", "count", "colour", "relation", "question"]
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,15 @@ class Feedback:
 
 
 def apply_fixes(text: str, fixes: Iterable[tuple[int, int, str]]) -> str:
-    """`text` with non-overlapping (start, end, replacement) edits applied; of overlapping
-    edits the one that starts first (the longer, on a tie) wins."""
+    """`text` with (start, end, replacement) edits applied. Overlapping deletions merge (two
+    neighbouring sentences deleted share the space between them); of other overlapping edits
+    the one that starts first (the longer, on a tie) wins."""
     chosen: list[tuple[int, int, str]] = []
     for start, end, new in sorted(fixes, key=lambda f: (f[0], -(f[1] - f[0]))):
         if chosen and start < chosen[-1][1]:
+            last_start, last_end, last_new = chosen[-1]
+            if not new and not last_new:
+                chosen[-1] = (last_start, max(last_end, end), "")
             continue
         chosen.append((start, end, new))
     for start, end, new in reversed(chosen):

@@ -12,7 +12,8 @@ Here:
   - count: a number word or digit before a mention ("two red balls");
   - colour: a colour word in the two words before a mention ("a large blue ball");
   - relation: "A ... is left of / right of / above / below / next to / under the B".
-  RLAIF-V splits claims with a served text model; `ClaimSplitter` is the seam for one.
+  RLAIF-V splits claims with a served text model: `ServedSplitter` asks one (any chat model
+  on the vLLM server) to write a yes/no question per atomic claim.
 - **Questions**: existence and relations are yes/no (read with POPE's rule, rlhf/metrics.py);
   a count asks "How many X are there?" and a colour "What color is the X?", and the answer's
   number or colour word is compared with the claim (a yes/no "Are there two balls?" is
@@ -178,6 +179,48 @@ class RuleSplitter:
         return claims
 
 
+# The served splitter's instruction (FactLoop's wording of RLAIF-V's step: atomic claims
+# turned into polar questions about the image; arXiv:2405.17220 section 3.1).
+SPLIT_INSTRUCTION = (
+    "Below is a description of an image. Split it into atomic claims about what the image shows "
+    "(objects, their number, attributes and positions) and rewrite each claim as a yes/no question "
+    "that is answered yes when the claim is true. Write one question per line and nothing else.\n\n"
+    "Description: {response}"
+)
+
+
+@dataclass(frozen=True)
+class ServedSplitter:
+    """RLAIF-V's way: a served text model writes a yes/no question per atomic claim (`ask`:
+    an instruction in, the model's reply out). Each question is a claim of kind "question"
+    placed on the response's mention of the first object it names (the vocabulary's reader),
+    else on the response's first sentence; a false one suggests deleting that sentence."""
+
+    ask: Callable[[str], str]
+    reader: ObjectReader
+
+    def __call__(self, text: str) -> list[ClaimVerdict]:
+        if not text.strip():
+            return []
+        spans = sentences(text)
+        mentions = self.reader.mentions(text)
+        claims = []
+        for line in self.ask(SPLIT_INSTRUCTION.format(response=text)).splitlines():
+            question = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip()
+            if not question.endswith("?") or len(question) < 5:
+                continue
+            named = [m.cls for m in self.reader.mentions(question)]
+            where = next((m for m in mentions if named and m.cls == named[0]), None)
+            start, end = (where.start, where.end) if where else spans[0]
+            sentence = next(((a, b) for a, b in spans if a <= start < b), spans[0])
+            claims.append(
+                ClaimVerdict(
+                    "question", named[0] if named else "", question, start, end, question, fix=_delete(text, *sentence)
+                )
+            )
+        return claims
+
+
 def read_number(answer: str) -> int | None:
     found = _ANSWER_NUMBER.search(answer)
     if found is None:
@@ -192,7 +235,7 @@ def verdict(claim: ClaimVerdict, answer: str) -> ClaimVerdict:
     suggests where it names the right value (a count or colour word), else the claim's own."""
     fix = claim.fix
     supported: bool | None
-    if claim.kind in ("exist", "relation"):
+    if claim.kind in ("exist", "relation", "question"):
         supported = pope_says_yes(answer) == (claim.value != "no")
     elif claim.kind == "count":
         said = read_number(answer)
@@ -313,7 +356,25 @@ def read_items(path: Path) -> list[tuple[str, Hashable, Any, str]]:
     return items
 
 
-def labeller_for(vocabulary: str, answer: Answerer, name: str) -> Labeller:
+def served_text(client: Any, model: str, *, max_tokens: int = 512) -> Callable[[str], str]:
+    """A served text model's greedy reply to an instruction (no image): the served splitter's `ask`."""
+    from models.serving import Sampling
+
+    sampling = Sampling(temperature=0.0, max_tokens=max_tokens)
+
+    def ask(instruction: str) -> str:
+        return str(client.chat(model=model, prompt=instruction, sampling=sampling).texts[0])
+
+    return ask
+
+
+def labeller_for(
+    vocabulary: str, answer: Answerer, name: str, *, split_with: Callable[[str], str] | None = None
+) -> Labeller:
+    """A labeller of the vocabulary's objects: claims by rules, or by a served text model
+    when `split_with` asks one."""
     from rlhf.vocabularies import vocabulary as named
 
-    return Labeller(RuleSplitter(named(vocabulary).reader), answer, name)
+    reader = named(vocabulary).reader
+    split: ClaimSplitter = RuleSplitter(reader) if split_with is None else ServedSplitter(split_with, reader)
+    return Labeller(split, answer, name)

@@ -22,7 +22,8 @@
 - `ai-feedback --items FILE.jsonl --out FILE.jsonl --vocabulary NAME (--server URL --served
   NAME | --model PATH [--adapter DIR])`: an AI labeller's verdicts on responses
   (rlhf/ai_feedback.py, RLAIF-V's claims and questions): one item a line, {"key", "image":
-  a file path, "response"}; out, one contract/feedback.py `Feedback` a line.
+  a file path, "response"}; out, one contract/feedback.py `Feedback` a line. Claims come
+  from rules over the vocabulary, or with `--split-served NAME` from a served text model.
 - `families [--family T ...] [--cell C ...] [--vllm] [--out FILE.json]`: the family matrix
   (rlhf/families.py): every trainer, vLLM and the evaluator on each family's tiny
   checkpoint; prints the Markdown table (exit 1 when a cell fails).
@@ -347,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     labels.add_argument("--served", help="the labeller's served name (a base model or a loaded adapter)")
     labels.add_argument("--model", help="or a local checkpoint folder or hub id, answering in this process")
     labels.add_argument("--adapter", type=Path, help="a LoRA adapter folder to apply to --model")
+    labels.add_argument(
+        "--split-served", help="split claims with this served text model (on --server) instead of the rules"
+    )
     labels.add_argument("--name", help='what made the labels, recorded in each (default "ai:<served or model>")')
     labels.add_argument("--workers", type=int, default=16, help="requests in flight to the server (default 16)")
     pairs = commands.add_parser("pairs", help="a trl export of preference pairs from rated responses (Silkie)")
@@ -402,10 +406,13 @@ def _ai_feedback(args: argparse.Namespace) -> int:
     from contract.feedback import write_feedback
     from models.replicas import connect
     from models.serving import ServingError
-    from rlhf.ai_feedback import labeller_for, local_answerer, read_items, served_answerer
+    from rlhf.ai_feedback import labeller_for, local_answerer, read_items, served_answerer, served_text
 
     if bool(args.server) == bool(args.model) or (args.server and not args.served):
         print("rlhf.cli ai-feedback: name either --server with --served, or --model", file=sys.stderr)
+        return 2
+    if args.split_served and not args.server:
+        print("rlhf.cli ai-feedback: --split-served names a model on --server", file=sys.stderr)
         return 2
     try:
         items = read_items(args.items)
@@ -417,7 +424,8 @@ def _ai_feedback(args: argparse.Namespace) -> int:
         if args.server:
             with connect(args.server, timeout=300.0) as client:  # one server, or replicas (a,b,...)
                 answer = served_answerer(client, args.served, workers=args.workers)
-                feedback = labeller_for(args.vocabulary, answer, name).label(items)
+                split = served_text(client, args.split_served) if args.split_served else None
+                feedback = labeller_for(args.vocabulary, answer, name, split_with=split).label(items)
         else:
             model, processor = load_policy(args.model, adapter=args.adapter)
             feedback = labeller_for(args.vocabulary, local_answerer(model, processor), name).label(items)

@@ -162,6 +162,9 @@ FACTLOOP_VLLM_URL = env.text("FACTLOOP_VLLM_URL", "http://127.0.0.1:8100")
 FACTLOOP_VLLM_URLS = env.csv("FACTLOOP_VLLM_URLS", [])
 FACTLOOP_SERVING_PYTHON = env.path("FACTLOOP_SERVING_PYTHON", BASE_DIR / ".venv-serving/bin/python", base=BASE_DIR)
 FACTLOOP_GENERATE_CONCURRENCY = env.integer("FACTLOOP_GENERATE_CONCURRENCY", 8, minimum=1, maximum=256)
+# AI feedback (annotation/ai_labels.py): a chat model served on the vLLM server that splits
+# candidates into claims, as RLAIF-V does; empty: the rule-based splitter.
+FACTLOOP_AI_SPLITTER = env.text("FACTLOOP_AI_SPLITTER", "")
 
 # Annotation: how long an annotator holds a task before it goes back to the pool.
 FACTLOOP_LEASE_MINUTES = env.integer("FACTLOOP_LEASE_MINUTES", 15, minimum=1, maximum=24 * 60)

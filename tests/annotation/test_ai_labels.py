@@ -54,6 +54,7 @@ def test_a_correction_records_the_suggestions_it_accepted_and_rejected(annotator
     assert not Correction.objects.exists()  # nothing half-written
     done = post(client, url, {"corrected": "A red ball is at the top.", "suggestions": {"accepted": [0]}})
     assert done.status_code == 201, done.json()
+    assert done.json()["suggestions"] == {"accepted": [0], "rejected": []}
     assert Correction.objects.get().suggestions == {"accepted": [0], "rejected": []}
 
 

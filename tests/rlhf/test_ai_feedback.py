@@ -276,3 +276,33 @@ def test_a_round_continues_the_previous_rounds_adapter(base_policy: Path, oracle
     after = load_file(str(Path(str(second.adapter_dir)) / "adapter_model.safetensors"))
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_served_splitter_reads_one_question_a_line_and_places_each_on_its_object() -> None:
+    """RLAIF-V's splitter: a text model's reply (here a fixed one, as a model would write
+    it) becomes one yes/no claim per question, placed on the response's mention of the
+    object it names; its verdict is POPE's reading of the answer."""
+    from rlhf.ai_feedback import SPLIT_INSTRUCTION, ServedSplitter
+
+    seen: list[str] = []
+    reply = "1. Is there a ball in the image?\n- Is the ball red?\nSure, here you go:\n2) Is there a moon?\n"
+
+    def ask(instruction: str) -> str:
+        seen.append(instruction)
+        return reply
+
+    text = "A red ball is on the left. A moon is above it."
+    split = ServedSplitter(ask, SPLIT.reader)
+    claims = split(text)
+    assert seen == [SPLIT_INSTRUCTION.format(response=text)]
+    assert [(c.kind, c.question, text[c.start : c.end]) for c in claims] == [
+        ("question", "Is there a ball in the image?", "ball"),
+        ("question", "Is the ball red?", "ball"),
+        ("question", "Is there a moon?", "moon"),
+    ]
+    labeller = Labeller(split, lambda pairs: ["Yes.", "No, it is blue.", "No."], "ai:test")
+    [feedback] = labeller.label([("1", "i", None, text)])
+    assert [c.supported for c in feedback.claims] == [True, False, False]
+    # Both false claims suggest deleting their sentences.
+    assert suggested_correction(text, feedback) == ""
+    assert split("") == []

@@ -84,12 +84,22 @@
     shown.append(document.createTextNode(original.slice(at)));
   }
 
+  // Where `words` stand in `text` nearest to `near` (-1: nowhere).
+  function nearest(text, words, near) {
+    let best = -1;
+    for (let at = text.indexOf(words); at >= 0; at = text.indexOf(words, at + 1)) {
+      if (best < 0 || Math.abs(at - near) < Math.abs(best - near)) best = at;
+    }
+    return best;
+  }
+
   // Accepting applies the suggestion's edit where its original words still stand in the
-  // editor; if the annotator already rewrote them, it says so and changes nothing.
+  // editor (the occurrence nearest their place in the response); if the annotator already
+  // rewrote them, it says so and changes nothing.
   function accept(s) {
     const [start, end, replacement] = s.fix;
     const words = original.slice(start, end);
-    const at = editor.value.indexOf(words);
+    const at = nearest(editor.value, words, start);
     if (at < 0) { showError("That part was already edited; make the change by hand."); return; }
     editor.value = editor.value.slice(0, at) + replacement + editor.value.slice(at + words.length);
     answered[s.index] = "accepted";
