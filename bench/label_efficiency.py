@@ -260,9 +260,8 @@ def annotate(scene: Any, prompt: str, text: str, feedback: Any, *, noise: float,
     accepted, rejected). With `feedback`, suggestions overlapping a hallucinated claim are
     accepted and the rest rejected, before the annotator fixes what is left by hand."""
     from contract.feedback import apply_fixes
-    from contract.spans import changed_spans
     from models.toyworld.oracle import check, correct
-    from rlhf.toy_pairs import OraclePair
+    from rlhf.toy_pairs import correction_pair
 
     wrong = [(c.start, c.end) for c in check(scene, text).claims if c.hallucinated]
     seconds = SECONDS["read"]
@@ -279,18 +278,7 @@ def annotate(scene: Any, prompt: str, text: str, feedback: Any, *, noise: float,
         seconds += took * SECONDS["accept"] + turned * SECONDS["reject"]
     fixed = correct(scene, start_from, noise=noise, rng=rng)
     seconds += SECONDS["fix"] * max(0, check(scene, start_from).hallucinations - check(scene, fixed).hallucinations)
-    spans = changed_spans(text, fixed) if fixed and fixed != text else []
-    if not spans:
-        return None, seconds, took, turned
-    pair = OraclePair(
-        scene,
-        prompt,
-        text,
-        fixed,
-        [[s.corrected_start, s.corrected_end] for s in spans],
-        [[s.original_start, s.original_end] for s in spans],
-    )
-    return pair, seconds, took, turned
+    return correction_pair(scene, prompt, text, fixed), seconds, took, turned
 
 
 def train(args: argparse.Namespace, out: Path, data: list[Path], arm: Arm, *, seed: int) -> Path | None:

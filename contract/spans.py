@@ -210,3 +210,27 @@ def apply_spans(original: str, corrected: str, spans: list[Span]) -> str:
             out[: span.original_start] + corrected[span.corrected_start : span.corrected_end] + out[span.original_end :]
         )
     return out
+
+
+def sentences(text: str, ends: str = ".!?") -> list[tuple[int, int]]:
+    """Spans of sentences: up to and including one of `ends`, or the rest of the text;
+    leading spaces are not part of a sentence."""
+    stop = re.escape(ends)
+    found = []
+    for match in re.finditer(rf"[^{stop}]*[{stop}]|[^{stop}]+$", text):
+        start, end = match.span()
+        while start < end and text[start].isspace():
+            start += 1
+        if start < end:
+            found.append((start, end))
+    return found
+
+
+def sentence_deletion(text: str, start: int, end: int) -> tuple[int, int, str]:
+    """The edit (start, end, "") that deletes a sentence with the space separating it from
+    its neighbour (the one after it, else the one before)."""
+    if end < len(text) and text[end] == " ":
+        return (start, end + 1, "")
+    if start > 0 and text[start - 1] == " ":
+        return (start - 1, end, "")
+    return (start, end, "")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from contract.feedback import ClaimVerdict, Feedback
+from contract.spans import sentence_deletion, sentences
 from rlhf.metrics import Mention, ObjectReader, plural, pope_says_yes
 
 # Basic colour terms (Berlin & Kay's eleven) and a few common others.
@@ -68,27 +69,6 @@ _ANSWER_NUMBER = re.compile(
 _COLOUR_WORD = re.compile(r"(?<![\w-])(" + "|".join(COLOURS) + r")(?![\w-])", re.IGNORECASE)
 
 
-def sentences(text: str) -> list[tuple[int, int]]:
-    """Spans of sentences: up to and including a full stop, question or exclamation mark."""
-    spans = []
-    for match in re.finditer(r"[^.!?]*[.!?]|[^.!?]+$", text):
-        start, end = match.span()
-        while start < end and text[start].isspace():
-            start += 1
-        if start < end:
-            spans.append((start, end))
-    return spans
-
-
-def _delete(text: str, start: int, end: int) -> tuple[int, int, str]:
-    """Delete a sentence with the space that separates it from its neighbour."""
-    if end < len(text) and text[end] == " ":
-        return (start, end + 1, "")
-    if start > 0 and text[start - 1] == " ":
-        return (start - 1, end, "")
-    return (start, end, "")
-
-
 class ClaimSplitter(Protocol):
     def __call__(self, text: str) -> list[ClaimVerdict]: ...
 
@@ -106,7 +86,7 @@ class RuleSplitter:
             mentions = [
                 Mention(m.cls, m.surface, m.start + start, m.end + start) for m in self.reader.mentions(sentence)
             ]
-            deletion = _delete(text, start, end)
+            deletion = sentence_deletion(text, start, end)
             for index, mention in enumerate(mentions):
                 claims.extend(self._about(text, start, mention, mentions[index + 1 :], deletion))
         return claims
@@ -215,7 +195,13 @@ class ServedSplitter:
             sentence = next(((a, b) for a, b in spans if a <= start < b), spans[0])
             claims.append(
                 ClaimVerdict(
-                    "question", named[0] if named else "", question, start, end, question, fix=_delete(text, *sentence)
+                    "question",
+                    named[0] if named else "",
+                    question,
+                    start,
+                    end,
+                    question,
+                    fix=sentence_deletion(text, *sentence),
                 )
             )
         return claims

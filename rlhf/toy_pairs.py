@@ -54,23 +54,26 @@ def oracle_pairs(responses: Sequence[Response], *, noise: float = 0.0, seed: int
     rng = random.Random(seed)
     pairs = []
     for scene, prompt, original in responses:
-        fixed = correct(scene, original, noise=noise, rng=rng)
-        if not fixed or fixed == original:
-            continue
-        spans = changed_spans(original, fixed)
-        if not spans:
-            continue
-        pairs.append(
-            OraclePair(
-                scene,
-                prompt,
-                original,
-                fixed,
-                [[s.corrected_start, s.corrected_end] for s in spans],
-                [[s.original_start, s.original_end] for s in spans],
-            )
-        )
+        pair = correction_pair(scene, prompt, original, correct(scene, original, noise=noise, rng=rng))
+        if pair is not None:
+            pairs.append(pair)
     return pairs
+
+
+def correction_pair(scene: Scene, prompt: str, original: str, fixed: str) -> OraclePair | None:
+    """chosen = `fixed`, rejected = `original`, with their changed segments; None when the
+    correction changed nothing (or emptied the response)."""
+    spans = changed_spans(original, fixed) if fixed and fixed != original else []
+    if not spans:
+        return None
+    return OraclePair(
+        scene,
+        prompt,
+        original,
+        fixed,
+        [[s.corrected_start, s.corrected_end] for s in spans],
+        [[s.original_start, s.original_end] for s in spans],
+    )
 
 
 def oracle_rankings(responses: Sequence[tuple[Scene, str, str, str]], *, seed: int = 0) -> list[OraclePair]:

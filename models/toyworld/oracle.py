@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from contract.spans import sentence_deletion, sentences
 from models.toyworld.world import (
     CLASSES,
     COLOURS,
@@ -101,35 +102,14 @@ class Report:
         return sum(not c.hallucinated and c.kind != "unparsed" for c in self.claims)
 
 
-def _sentences(text: str) -> list[tuple[int, int]]:
-    """Spans of sentences: up to and including a full stop, or the rest of the text."""
-    spans = []
-    for match in re.finditer(r"[^.]*\.|[^.]+$", text):
-        start, end = match.span()
-        while start < end and text[start].isspace():
-            start += 1
-        if start < end:
-            spans.append((start, end))
-    return spans
-
-
 def _word_fix(match: re.Match[str], group: str, offset: int, new: str) -> tuple[int, int, str]:
     return (offset + match.start(group), offset + match.end(group), new)
-
-
-def _delete_sentence(text: str, start: int, end: int) -> tuple[int, int, str]:
-    """Delete a sentence together with the space that separates it from its neighbour."""
-    if end < len(text) and text[end] == " ":
-        return (start, end + 1, "")
-    if start > 0 and text[start - 1] == " ":
-        return (start - 1, end, "")
-    return (start, end, "")
 
 
 def check(scene: Scene, response: str) -> Report:
     """Every claim of `response` about `scene`, hallucinated or not, with its fixes."""
     report = Report(response)
-    spans = _sentences(response)
+    spans = sentences(response, ends=".")  # the world's sentences end at full stops
     object_matches = [OBJECT_SENTENCE.fullmatch(response[a:b]) for a, b in spans]
     referents = _match_objects(scene, object_matches)
     for index, (start, end) in enumerate(spans):
@@ -180,7 +160,7 @@ def _object_claim(
     cls = match["cls"]
     if referent is None:
         error: ErrorType = "objects" if cls not in scene.classes else "numbers"
-        return Claim("object", start, end, (cls,), True, error, (_delete_sentence(text, start, end),))
+        return Claim("object", start, end, (cls,), True, error, (sentence_deletion(text, start, end),))
     best = referent
     cell = _POSITION_CELL[match["position"]]
     fixes = []
@@ -270,7 +250,7 @@ def _unparsed_claim(scene: Scene, text: str, sentence: str, start: int, end: int
     absent = [cls for cls in named if cls not in scene.classes]
     if not absent:
         return Claim("unparsed", start, end, named, False)
-    return Claim("unparsed", start, end, named, True, "objects", (_delete_sentence(text, start, end),))
+    return Claim("unparsed", start, end, named, True, "objects", (sentence_deletion(text, start, end),))
 
 
 # ---------------------------------------------------------------------------------------
