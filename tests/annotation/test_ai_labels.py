@@ -58,7 +58,9 @@ def test_a_correction_records_the_suggestions_it_accepted_and_rejected(annotator
     assert Correction.objects.get().suggestions == {"accepted": [0], "rejected": []}
 
 
-def test_the_quality_report_measures_the_labeller_against_the_people(annotator: User, second_annotator: User) -> None:
+def test_the_quality_report_measures_the_labeller_against_the_people(
+    annotator: User, second_annotator: User, admin_user: User
+) -> None:
     corrections = make_round(tasks=2, kind=Task.Kind.CORRECT, texts=[TEXT])
     for candidate in corrections.candidates.all():
         candidate.ai_feedback = machine_feedback(TEXT, "red", fix="blue")
@@ -72,6 +74,8 @@ def test_the_quality_report_measures_the_labeller_against_the_people(annotator: 
     # Its one doubt ("red") matched the first person's change, not the second's.
     assert (report.ai.corrections, report.ai.precision, report.ai.recall) == (2, 0.5, 0.5)
     assert (report.ai.accepted, report.ai.rejected, report.ai.rankings) == (1, 0, 0)
+    page = client_for(admin_user).get(f"/admin/annotation/round/{corrections.number}/quality/").content.decode()
+    assert "The AI labeller against the annotators" in page and "<td>50%</td><td>50%</td><td>1</td>" in page
 
     rankings = make_round(tasks=2, texts=["A ball.", "A ball and a moon."])
     for candidate in rankings.candidates.filter(text="A ball and a moon."):
