@@ -36,7 +36,7 @@ class JobAdmin(admin.ModelAdmin):
     list_display = ["id", "kind", "queue", "status", "progress", "attempts", "worker", "created_at", "duration"]
     list_filter = ["status", "kind", "queue"]
     date_hierarchy = "created_at"
-    readonly_fields = [field.name for field in Job._meta.fields] + ["progress", "duration"]
+    readonly_fields = [field.name for field in Job._meta.fields] + ["progress", "duration", "download"]
     actions = ["retry_jobs", "cancel_jobs"]
 
     def _change_state(self, request: HttpRequest, queryset: Any, change: Any, verb: str) -> None:
@@ -59,6 +59,15 @@ class JobAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel the selected queued or running jobs")
     def cancel_jobs(self, request: HttpRequest, queryset: Any) -> None:
         self._change_state(request, queryset, jobs.cancel, "Cancelled")
+
+    @admin.display(description="files")
+    def download(self, job: Job) -> str:
+        """A finished export's files, as one zip (the API streams it)."""
+        if job.kind != Job.Kind.EXPORT or job.status != Job.Status.SUCCEEDED:
+            return "-"
+        return format_html(
+            '<a href="{}">Download the export (zip)</a>', reverse("api-admin-job-download", args=[job.pk])
+        )
 
     @admin.display(description="progress")
     def progress(self, job: Job) -> str:

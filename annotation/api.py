@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.exceptions import RequestDataTooBig
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -18,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotation import jobs, queue, selectors, services
+from annotation import downloads, jobs, queue, selectors, services
 from annotation.authentication import issue_token, lockout_message, token_expires_at
 from annotation.errors import Busy, Invalid, Refused
 from annotation.models import Assignment, Job
@@ -152,6 +153,22 @@ class JobCancelApi(APIView):
     def post(self, request: Request, job_id: int) -> Response:
         get_object_or_404(selectors.jobs(), pk=job_id)
         return Response(JobOutput(jobs.cancel(job_id, by=request.user)).data)
+
+
+class JobDownloadApi(APIView):
+    """A finished export job's files as one zip archive, streamed (409 for another job, a
+    job that has not succeeded, or files no longer there)."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses={(200, "application/zip"): bytes, 409: None})
+    def get(self, request: Request, job_id: int) -> StreamingHttpResponse:
+        job = get_object_or_404(selectors.jobs(), pk=job_id)
+        folder = downloads.export_folder(job)
+        name = f"factloop-{folder.name}"
+        response = StreamingHttpResponse(downloads.zip_stream(folder, name), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{name}.zip"'
+        return response
 
 
 class HealthcheckApi(APIView):

@@ -30,4 +30,5 @@ api_urlpatterns = [
     path("admin/jobs/<int:job_id>/", api.JobDetailApi.as_view(), name="api-admin-job"),
     path("admin/jobs/<int:job_id>/retry/", api.JobRetryApi.as_view(), name="api-admin-job-retry"),
     path("admin/jobs/<int:job_id>/cancel/", api.JobCancelApi.as_view(), name="api-admin-job-cancel"),
+    path("admin/jobs/<int:job_id>/download/", api.JobDownloadApi.as_view(), name="api-admin-job-download"),
 ]
