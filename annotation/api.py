@@ -21,6 +21,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotation import downloads, jobs, queue, selectors, services
 from annotation.authentication import issue_token, lockout_message, token_expires_at
+from annotation.deployment import DeployRefused, deploy_version
 from annotation.errors import Busy, Invalid, Refused
 from annotation.models import Assignment, Job
 from annotation.parsers import BoundedJSONParser
@@ -29,6 +30,8 @@ from annotation.serializers import (
     AssignmentOutput,
     CorrectionInput,
     CorrectionOutput,
+    DeployInput,
+    DeploymentOutput,
     DiffInput,
     DiffOutput,
     HealthcheckInput,
@@ -41,7 +44,9 @@ from annotation.serializers import (
     SkipOutput,
     TokenInput,
     TokenOutput,
+    VersionOutput,
 )
+from models.registry import Registry
 
 
 def refusal_status(error: Refused) -> int:
@@ -169,6 +174,49 @@ class JobDownloadApi(APIView):
         response = StreamingHttpResponse(downloads.zip_stream(folder, name), content_type="application/zip")
         response["Content-Disposition"] = f'attachment; filename="{name}.zip"'
         return response
+
+
+class VersionListApi(APIView):
+    """The registered model versions, oldest first, each with its status and newest metrics."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses=VersionOutput(many=True))
+    def get(self, request: Request) -> Response:
+        registry = Registry(settings.FACTLOOP_MODEL_DIR)
+        rows = [
+            {
+                "name": v.name,
+                "kind": v.kind,
+                "status": registry.status(v.name),
+                "base_model": v.base_model,
+                "adapter": v.adapter is not None,
+                "parent": v.parent,
+                "round": v.round,
+                "created_at": v.created_at,
+                "metrics": registry.latest_metrics(v.name),
+            }
+            for v in sorted(registry, key=lambda v: v.created_at)
+        ]
+        return Response(VersionOutput(rows, many=True).data)
+
+
+class VersionDeployApi(APIView):
+    """Serve a version: hot-load it on the vLLM server(s) and mark it serving. Naming a
+    version older than the one served is a rollback; both are in the audit log with who
+    did it and why. 409 with the reason when it cannot be served (nothing changes)."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(request=DeployInput, responses={200: DeploymentOutput, 409: None})
+    def post(self, request: Request, name: str) -> Response:
+        payload = DeployInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        try:
+            deployment = deploy_version(name, by=request.user, reason=payload.validated_data["reason"])
+        except DeployRefused as error:
+            raise Refused(str(error)) from None
+        return Response(DeploymentOutput(deployment.as_dict()).data)
 
 
 class HealthcheckApi(APIView):

@@ -66,6 +66,31 @@ class JobPageOutput(serializers.Serializer):
     results = JobOutput(many=True)
 
 
+class VersionOutput(serializers.Serializer):
+    """A registered model version (models/registry.py) as the admin API shows it."""
+
+    name = serializers.CharField()
+    kind = serializers.CharField(help_text="policy or reward")
+    status = serializers.CharField(help_text="ready, serving, rejected, ...")
+    base_model = serializers.CharField()
+    adapter = serializers.BooleanField(help_text="Whether it is the base model plus a LoRA adapter.")
+    parent = serializers.CharField(allow_null=True)  # type: ignore[assignment]  # DRF's Field.parent is unrelated
+    round = serializers.IntegerField(allow_null=True)
+    created_at = serializers.CharField()
+    metrics = serializers.DictField(help_text="Its newest evaluation's metrics (CHAIR_i, POPE F1, ...).")
+
+
+class DeployInput(serializers.Serializer):
+    reason = serializers.CharField(default="", allow_blank=True, max_length=1000, help_text="Why, for the audit log.")
+
+
+class DeploymentOutput(serializers.Serializer):
+    version = serializers.CharField()
+    previous = serializers.CharField(allow_null=True, help_text="The version served before.")
+    rollback = serializers.BooleanField(help_text="True when the version is older than the one served before.")
+    served_as = serializers.CharField(help_text="The model name the vLLM server answers to for it.")
+
+
 class JobFilterInput(serializers.Serializer):
     status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
     kind = serializers.ChoiceField(choices=Job.Kind.choices, required=False)

@@ -31,4 +31,6 @@ api_urlpatterns = [
     path("admin/jobs/<int:job_id>/retry/", api.JobRetryApi.as_view(), name="api-admin-job-retry"),
     path("admin/jobs/<int:job_id>/cancel/", api.JobCancelApi.as_view(), name="api-admin-job-cancel"),
     path("admin/jobs/<int:job_id>/download/", api.JobDownloadApi.as_view(), name="api-admin-job-download"),
+    path("admin/versions/", api.VersionListApi.as_view(), name="api-admin-versions"),
+    path("admin/versions/<str:name>/deploy/", api.VersionDeployApi.as_view(), name="api-admin-version-deploy"),
 ]

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's and Redoc's files, served from here (no CDN)
     "axes",
     "annotation",
 ]
@@ -225,8 +226,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Annotation and administration API of FactLoop.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The schema is for signed-in users (README, "REST API").
+    # The schema is for signed-in users (README, "REST API"); its Swagger UI and Redoc pages
+    # (webapp/urls.py) for admins.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from annotation.api import TokenApi
+from annotation.roles import IsAdmin
 from annotation.urls import api_urlpatterns
 
 admin.site.site_header = "FactLoop administration"
@@ -11,6 +12,18 @@ admin.site.site_title = "FactLoop"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # Readable docs of the schema for admins: Swagger UI (its script a separate file, as the
+    # Content-Security-Policy allows no inline script) and Redoc.
+    path(
+        "api/docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api-schema", permission_classes=[IsAdmin]),
+        name="api-docs",
+    ),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="api-schema", permission_classes=[IsAdmin]),
+        name="api-redoc",
+    ),
     path("api/auth/token/", TokenApi.as_view(), name="api-token"),
     path("api/", include(api_urlpatterns)),
     path("", include("annotation.urls")),

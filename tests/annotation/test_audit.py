@@ -155,3 +155,58 @@ def test_deploying_then_going_back_is_a_deploy_then_a_rollback(
         "round 1 passed its gate",
     )
     assert (rollback.target, rollback.detail["previous"]) == ("tiny-base", "audit-r1")
+
+
+@pytest.mark.slow
+@pytest.mark.serving
+def test_the_admin_api_lists_versions_and_rolls_back(
+    settings: Any,
+    tmp_path: Path,
+    vllm_server: Any,
+    base_policy: Path,
+    adapters: dict[str, Path],
+    admin_user: User,
+    annotator: User,
+) -> None:
+    """POST /api/admin/versions/NAME/deploy/ serves a version (its adapter hot-loaded) and,
+    naming an earlier one, rolls back: the old version answers again, and the log says who."""
+    from models.serving import ServingClient
+    from tests.annotation.test_annotation_api import client_for
+
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    registry.register("tiny-base", base_model=str(base_policy), status="serving")
+    registry.register("api-r1", base_model=str(base_policy), adapter_dir=adapters["a"], parent="tiny-base", round=1)
+    registry.record_evaluation("api-r1", {"metrics": {"chair_i": 0.02}})
+    admin, person = client_for(admin_user), client_for(annotator)
+    assert person.get("/api/admin/versions/").status_code == 403
+    assert person.post("/api/admin/versions/api-r1/deploy/", {}, format="json").status_code == 403
+    listed = admin.get("/api/admin/versions/").json()
+    assert [(v["name"], v["status"], v["adapter"]) for v in listed] == [
+        ("tiny-base", "serving", False),
+        ("api-r1", "ready", True),
+    ]
+    assert listed[1]["metrics"]["chair_i"] == 0.02 and listed[1]["parent"] == "tiny-base"
+    missing = admin.post("/api/admin/versions/nope/deploy/", {}, format="json")
+    assert missing.status_code == 409 and "nope" in missing.json()["detail"]
+    mark = last_event()
+    done = admin.post("/api/admin/versions/api-r1/deploy/", {"reason": "passed its gate"}, format="json")
+    assert done.status_code == 200 and done.json() == {
+        "version": "api-r1",
+        "previous": "tiny-base",
+        "rollback": False,
+        "served_as": "api-r1",
+    }
+    back = admin.post("/api/admin/versions/tiny-base/deploy/", {"reason": "worse in the field"}, format="json")
+    assert back.status_code == 200 and back.json()["rollback"] is True and back.json()["served_as"] == "base"
+    assert (registry.status("api-r1"), registry.status("tiny-base")) == ("ready", "serving")
+    with ServingClient(vllm_server.url) as client:
+        reply = client.chat(model=back.json()["served_as"], prompt="Describe the image.")
+    assert reply.texts  # the old version answers again
+    [rollback] = events("rollback", mark)
+    assert (rollback.target, rollback.actor_name, rollback.detail["reason"]) == (
+        "tiny-base",
+        admin_user.username,
+        "worse in the field",
+    )
