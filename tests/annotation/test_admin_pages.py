@@ -183,4 +183,6 @@ def test_metrics_page_draws_rounds_and_trained_versions(admin_user: User, settin
     page = client_for(admin_user).get("/admin/annotation/round/metrics/").content.decode()
     # Hallucination and reward/KL plots; the round has no labels yet, so no agreement plot.
     assert page.count("data:image/svg+xml;base64,") == 2
-    assert "<td>r2</td>" in page and "<td>0.2</td>" in page
+    assert "<td>r2</td>" in page and "<td>0.200</td>" in page  # to 3 decimals
+    # Columns with a value somewhere: CHAIR_i, POPE F1 and KL; no CHAIR_s or reward.
+    assert "<th>kl</th>" in page and "<th>reward</th>" not in page and "<th>chair_s</th>" not in page
