@@ -24,11 +24,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from annotation import plots, quality, services
+from annotation.dashboard import HALLUCINATION_METRICS, figure, hallucination_chart, version_rows
 from annotation.deployment import RegisterRefused, policy_choices, register_model
 from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
 from annotation.models import Candidate, Prompt, Round, RoundPrompt, Task, TaskCandidate
-from contract.methods import CHAIR_I, CHAIR_S, KL, POPE_F1, REWARD
+from contract.methods import KL, REWARD
 from models.registry import Registry
 
 # An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
@@ -479,17 +480,8 @@ def adjudicate(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
 # ---------------------------------------------------------------------------------------
 # Metrics of every round
 
-HALLUCINATION_METRICS = (CHAIR_I, CHAIR_S, POPE_F1)
 TRAINING_METRICS = (REWARD, KL)  # RunResult.registry_metrics: what train_round registers
 MODEL_METRICS = HALLUCINATION_METRICS + TRAINING_METRICS
-
-
-def _figure(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
 
 
 def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
@@ -513,23 +505,11 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
                 "ai_labelled": Candidate.objects.filter(round__number=number, ai_feedback__isnull=False).count(),
             }
         )
-    registry = Registry(settings.FACTLOOP_MODEL_DIR)
-    # Trained versions at their round; a base version (no round, no parent) that was
-    # evaluated (manage.py evaluate, train_round) at round 0. Metrics: the newest evaluation.
-    rows = []
-    for v in registry:
-        if v.kind != "policy":
-            continue
-        metrics = registry.latest_metrics(v.name)
-        if v.round is not None:
-            rows.append((int(v.round), v.name, metrics))
-        elif v.parent is None and registry.evaluations(v.name):
-            rows.append((0, v.name, metrics))
-    rows.sort(key=lambda row: (row[0], row[1]))
+    rows = version_rows(Registry(settings.FACTLOOP_MODEL_DIR))
     # Columns with at least one value (DDPO records no reward or KL), figures to 3 decimals:
     # a held-out set of hundreds of items tells no more.
     shown = [k for k in MODEL_METRICS if any(m.get(k) is not None for _, _, m in rows)] or list(HALLUCINATION_METRICS)
-    model_rows = [{"round": r, "name": name, "metrics": [_figure(m.get(k)) for k in shown]} for r, name, m in rows]
+    model_rows = [{"round": r, "name": name, "metrics": [figure(m.get(k)) for k in shown]} for r, name, m in rows]
     charts = [
         plots.lines(
             "Agreement and gold accuracy per round",
@@ -548,11 +528,7 @@ def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
                 "candidates the AI labeller labelled": [r["ai_labelled"] or None for r in annotation_rows],
             },
         ),
-        plots.lines(
-            "Hallucination per round (round 0: the base)",
-            [r for r, _, _ in rows],
-            {name: [m.get(name) for _, _, m in rows] for name in HALLUCINATION_METRICS},
-        ),
+        hallucination_chart(rows),
         plots.lines(
             "Reward and KL per round (trained versions)",
             [r for r, _, _ in rows],

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class AnnotationConfig(AppConfig):
@@ -24,3 +25,10 @@ class AnnotationConfig(AppConfig):
         # The embedded broker writes messages as files: the web app may publish before any
         # worker has started, so the folders must exist from the first request on.
         ensure_broker_folders()
+
+
+class FactLoopAdminConfig(admin_apps.AdminConfig):
+    """Django's admin with FactLoop's site: the loop dashboard as its landing page."""
+
+    default = False  # AnnotationConfig is this module's app; this one is named in settings
+    default_site = "annotation.admin_site.FactLoopAdminSite"

@@ -41,7 +41,7 @@ if not DEBUG and not ALLOWED_HOSTS:
 CSRF_TRUSTED_ORIGINS = env.csv("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "annotation.apps.FactLoopAdminConfig",  # Django's admin, the loop dashboard its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

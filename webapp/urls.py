@@ -6,9 +6,6 @@ from annotation.api import TokenApi
 from annotation.roles import IsAdmin
 from annotation.urls import api_urlpatterns
 
-admin.site.site_header = "FactLoop administration"
-admin.site.site_title = "FactLoop"
-
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

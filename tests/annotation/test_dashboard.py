@@ -1,0 +1,80 @@
+"""The loop dashboard, the admin's landing page: where the loop stands and what to do next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from annotation import queue, services
+from annotation.models import Job, TrainingRun
+from models.registry import Registry
+from tests.annotation.test_annotation_api import client_for
+from tests.factories import make_job, make_round
+
+pytestmark = pytest.mark.django_db
+
+
+def page_of(user: User) -> str:
+    return client_for(user).get("/admin/").content.decode()
+
+
+def test_a_fresh_install_is_told_to_start_a_round(admin_user: User, settings: Any, tmp_path: Path) -> None:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    page = page_of(admin_user)
+    assert 'data-testid="dashboard"' in page and "Start the first round." in page
+    assert 'href="/admin/annotation/round/start/"' in page
+    assert "No round has been trained yet." in page and "No version has been evaluated yet." in page
+    assert "Annotation" in page or "FactLoop" in page  # the model list is still there, below
+
+
+def test_an_open_round_its_progress_jobs_runs_and_metrics(
+    admin_user: User, annotator: User, settings: Any, tmp_path: Path
+) -> None:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    registry.register("tiny-base", base_model="base")
+    registry.record_evaluation("tiny-base", {"metrics": {"chair_i": 0.08612440191387559, "pope_f1": 1.0}})
+    registry.register("round-1-ddpo", base_model="base", parent="tiny-base", round=1, metrics={"chair_i": 0.0213})
+    trained = make_round(tasks=1)
+    services.freeze_round(trained)
+    TrainingRun.objects.create(
+        round=trained,
+        method="ddpo",
+        work_dir=str(tmp_path),
+        status=TrainingRun.Status.SUCCEEDED,
+        version="round-1-ddpo",
+        deployed=True,
+        steps={
+            "gate": {
+                "detail": {
+                    "metric": "chair_i",
+                    "passed": True,
+                    "worse_by": -0.0648,
+                    "worse_by_interval": [-0.09, -0.04],
+                }
+            }
+        },
+    )
+    current = make_round(tasks=3)
+    lease = queue.next_assignment_for(annotator)
+    assert lease is not None
+    services.submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
+    make_job(kind=Job.Kind.EXPORT, queue="export", status=Job.Status.RUNNING, progress_done=2, progress_total=5)
+
+    page = page_of(admin_user)
+    assert f"{current} is open for annotation" in page
+    assert 'data-testid="labelled">1 / 3' in page and "33%" in page
+    assert 'data-testid="active">1<' in page
+    assert '<progress max="5" value="2"></progress> 2 / 5' in page
+    assert "passed: worse on chair_i by -0.065 (95% -0.090 to -0.040)" in page
+    assert "<td>0.086</td>" in page and "<td>0.021</td>" in page  # base at round 0, rounded
+    assert "0.08612440191387559" not in page
+    assert "data:image/svg+xml;base64," in page  # the per-round plot
+
+
+def test_only_admins_see_it(annotator: User) -> None:
+    response = client_for(annotator).get("/admin/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
