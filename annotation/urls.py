@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from annotation import api, views
+from annotation import admin_api, api, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -32,5 +32,15 @@ api_urlpatterns = [
     path("admin/jobs/<int:job_id>/cancel/", api.JobCancelApi.as_view(), name="api-admin-job-cancel"),
     path("admin/jobs/<int:job_id>/download/", api.JobDownloadApi.as_view(), name="api-admin-job-download"),
     path("admin/versions/", api.VersionListApi.as_view(), name="api-admin-versions"),
+    path("admin/rounds/", admin_api.RoundListApi.as_view(), name="api-admin-rounds"),
+    path("admin/rounds/<int:number>/", admin_api.RoundDetailApi.as_view(), name="api-admin-round"),
+    path("admin/rounds/<int:number>/open/", admin_api.RoundChangeApi.as_view(change="open"), name="api-admin-open"),
+    path(
+        "admin/rounds/<int:number>/freeze/", admin_api.RoundChangeApi.as_view(change="freeze"), name="api-admin-freeze"
+    ),
+    path("admin/rounds/<int:number>/train/", admin_api.TrainApi.as_view(), name="api-admin-train"),
+    path("admin/rounds/<int:number>/quality/", admin_api.QualityApi.as_view(), name="api-admin-quality"),
+    path("admin/training-runs/<int:run_id>/", admin_api.TrainingRunApi.as_view(), name="api-admin-training-run"),
+    path("admin/exports/", admin_api.ExportApi.as_view(), name="api-admin-exports"),
     path("admin/versions/<str:name>/deploy/", api.VersionDeployApi.as_view(), name="api-admin-version-deploy"),
 ]

@@ -59,6 +59,11 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf.serving_check",
         "models.families",
         "contract.families",
+        "contract.feedback",
+        "contract.selection",
+        "rlhf.ai_feedback",
+        "factloop",
+        "factloop.client",
     ],
 )
 def test_model_side_packages_load_neither_django_nor_torch(package: str) -> None:
@@ -71,7 +76,15 @@ def test_web_app_loads_no_torch() -> None:
     assert loaded == []
 
 
-PACKAGES = ("annotation", "bench", "contract", "models", "rlhf", "webapp")
+PACKAGES = ("annotation", "bench", "contract", "factloop", "models", "rlhf", "webapp")
+
+
+def test_the_client_stands_alone() -> None:
+    """factloop/ installs on a notebook's machine: it imports none of the server's packages."""
+    loaded = loaded_after_import(
+        ["factloop", "factloop.client"], ["annotation", "contract", "models", "rlhf", "webapp"]
+    )
+    assert loaded == []
 
 
 def import_graph() -> dict[str, set[str]]:

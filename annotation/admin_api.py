@@ -1,0 +1,263 @@
+"""The admin REST API: drive the loop from a script (factloop/client.py wraps it).
+
+Thin views over the services the admin pages and commands use: rounds (list with progress,
+start, open, freeze), training runs (start as a job, status with steps, resume), exports
+(a job; GET /api/admin/jobs/ID/download/ streams its files) and a round's quality report.
+Admins only (session or token); every long action is a Job whose progress the jobs
+endpoints show. A refused request answers 4xx with the reason and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import quality, services
+from annotation.dashboard import round_state
+from annotation.errors import Invalid, Refused
+from annotation.jobs import enqueue_job
+from annotation.models import Candidate, Job, Prompt, Round, RoundPrompt, Task, TrainingRun
+from annotation.roles import IsAdmin
+from annotation.serializers import JobOutput
+from annotation.training import Options, TrainingRefused, begin
+from contract.methods import METHODS
+
+
+class RoundOutput(serializers.Serializer):
+    number = serializers.IntegerField()
+    status = serializers.CharField()
+    policy_version = serializers.CharField()
+    task_kinds = serializers.ListField(child=serializers.CharField())
+    ai_labeller = serializers.CharField()
+    selection = serializers.CharField()
+    human_prompts = serializers.IntegerField(allow_null=True)
+    prompts = serializers.IntegerField(help_text="Prompts in the round.")
+    generated = serializers.IntegerField(help_text="Prompts whose candidates are in.")
+    labels = serializers.IntegerField(help_text="Judgements and corrections given.")
+    capacity = serializers.IntegerField(help_text="Labels its tasks can take (each task its overlap).")
+    active_annotators = serializers.IntegerField(help_text="Annotators who submitted in the last hour.")
+
+
+def round_output(round_: Round) -> dict[str, Any]:
+    state = round_state(round_)
+    return {
+        "number": round_.number,
+        "status": round_.status,
+        "policy_version": round_.policy_version,
+        "task_kinds": list(round_.task_kinds),
+        "ai_labeller": round_.ai_labeller,
+        "selection": round_.selection,
+        "human_prompts": round_.human_prompts,
+        **{key: state[key] for key in ("prompts", "generated", "labels", "capacity", "active_annotators")},
+    }
+
+
+class StartRoundInput(serializers.Serializer):
+    policy_version = serializers.CharField(max_length=255)
+    task_kinds = serializers.ListField(child=serializers.ChoiceField(choices=Task.Kind.choices), min_length=1)
+    candidates_per_prompt = serializers.IntegerField(min_value=1, max_value=16, default=2)
+    overlap = serializers.IntegerField(min_value=1, max_value=20, default=1)
+    gold_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.0)
+    split = serializers.ChoiceField(choices=Prompt.Split.choices, default=Prompt.Split.TRAIN)
+    only_new = serializers.BooleanField(default=True, help_text="Only prompts no earlier round used.")
+    limit = serializers.IntegerField(min_value=1, required=False, help_text="At most this many prompts, oldest first.")
+    temperature = serializers.FloatField(min_value=0, max_value=2, default=0.7)
+    max_tokens = serializers.IntegerField(min_value=1, max_value=4096, default=128)
+    ai_labeller = serializers.CharField(max_length=255, default="", allow_blank=True)
+    selection = serializers.ChoiceField(choices=["all", "random", "disagreement"], default="all")
+    human_prompts = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+
+
+class StartedOutput(serializers.Serializer):
+    round = RoundOutput()
+    job = JobOutput(help_text="The candidate generation job.")
+
+
+def chosen_prompts(split: str, only_new: bool, limit: int | None) -> list[Prompt]:
+    """The split's prompts, oldest first; with `only_new`, those no round or candidate used."""
+    found = Prompt.objects.filter(split=split).order_by("pk")
+    if only_new:
+        found = found.exclude(pk__in=RoundPrompt.objects.values("prompt_id")).exclude(
+            pk__in=Candidate.objects.values("prompt_id")
+        )
+    return list(found[:limit] if limit else found)
+
+
+class RoundListApi(APIView):
+    """GET: every round, newest first, with its progress. POST: start a round (its candidate
+    generation is a job; it opens when every prompt has its candidates)."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses=RoundOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return Response([round_output(r) for r in Round.objects.order_by("-number")])
+
+    @extend_schema(request=StartRoundInput, responses={201: StartedOutput})
+    def post(self, request: Request) -> Response:
+        payload = StartRoundInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        prompts = chosen_prompts(data["split"], data["only_new"], data.get("limit"))
+        try:
+            round_, job = services.start_round(
+                policy_version=data["policy_version"],
+                prompts=prompts,
+                task_kinds=data["task_kinds"],
+                candidates_per_prompt=data["candidates_per_prompt"],
+                overlap=data["overlap"],
+                gold_rate=data["gold_rate"],
+                sampling={"temperature": data["temperature"], "max_tokens": data["max_tokens"]},
+                ai_labeller=data["ai_labeller"],
+                selection=data["selection"],
+                human_prompts=data.get("human_prompts"),
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            raise Invalid("; ".join(error.messages)) from None
+        body = {"round": round_output(round_), "job": JobOutput(job).data}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class RoundDetailApi(APIView):
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses=RoundOutput)
+    def get(self, request: Request, number: int) -> Response:
+        return Response(round_output(get_object_or_404(Round, number=number)))
+
+
+class RoundChangeApi(APIView):
+    """POST .../open/ (a draft round) or .../freeze/ (no more labels); 409 when the round's
+    state does not allow it."""
+
+    permission_classes = [IsAdmin]
+    change = ""
+
+    @extend_schema(request=None, responses={200: RoundOutput, 409: None})
+    def post(self, request: Request, number: int) -> Response:
+        round_ = get_object_or_404(Round, number=number)
+        try:
+            if self.change == "open":
+                services.open_round(round_)
+            else:
+                services.freeze_round(round_)
+        except ValidationError as error:
+            raise Refused("; ".join(error.messages)) from None
+        round_.refresh_from_db()
+        return Response(round_output(round_))
+
+
+class TrainInput(serializers.Serializer):
+    method = serializers.ChoiceField(choices=list(METHODS), default="ddpo")
+    config = serializers.CharField(required=False, allow_null=True, help_text="A trainer settings file on the server.")
+    overrides = serializers.ListField(
+        child=serializers.CharField(max_length=500), default=list, help_text="KEY=VALUE trainer settings."
+    )
+    force = serializers.BooleanField(default=False, help_text="Deploy even if the gate refuses.")
+    resume = serializers.BooleanField(default=False, help_text="Finish the round's unfinished run.")
+
+
+class TrainingRunOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    round = serializers.IntegerField(source="round.number")
+    method = serializers.CharField()
+    status = serializers.CharField()
+    steps = serializers.DictField(help_text="Per step: status, started/finished, detail (the gate's decision...).")
+    version = serializers.CharField()
+    deployed = serializers.BooleanField()
+    next_round = serializers.IntegerField(source="next_round.number", allow_null=True, default=None)
+    job = serializers.IntegerField(source="job_id", allow_null=True)
+    error = serializers.CharField()
+
+
+class TrainApi(APIView):
+    """Train the round (train_round as a job on the `train` queue): freeze, export, train,
+    evaluate, gate, register, deploy, open the next round. 409 with the reason when it
+    cannot start (no labels, a run already finished, ...)."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(request=TrainInput, responses={201: TrainingRunOutput, 409: None})
+    def post(self, request: Request, number: int) -> Response:
+        payload = TrainInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        round_ = get_object_or_404(Round, number=number)
+        try:
+            options = Options(
+                method=data["method"], config=data.get("config"), overrides=data["overrides"], force=data["force"]
+            )
+            with transaction.atomic():
+                run = begin(round_, options, resume=data["resume"])
+                run.job = enqueue_job(Job.Kind.TRAIN, queue="train", params={"run_id": run.pk}, created_by=request.user)
+                run.save(update_fields=["job"])
+        except TrainingRefused as error:
+            raise Refused(str(error)) from None
+        return Response(TrainingRunOutput(run).data, status=status.HTTP_201_CREATED)
+
+
+class TrainingRunApi(APIView):
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses=TrainingRunOutput)
+    def get(self, request: Request, run_id: int) -> Response:
+        run = get_object_or_404(TrainingRun.objects.select_related("round", "next_round"), pk=run_id)
+        return Response(TrainingRunOutput(run).data)
+
+
+class ExportInput(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["factloop", "trl", "llava-rlhf", "rlhf-v"])
+    rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1)
+    aggregate = serializers.ChoiceField(choices=["none", "majority"], default="none")
+    min_gold_accuracy = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
+    include_gold = serializers.BooleanField(default=False)
+    ai_pairs = serializers.BooleanField(default=False)
+
+
+class ExportApi(APIView):
+    """Queue an export (a job on the `export` queue); download it when it has succeeded."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(request=ExportInput, responses={201: JobOutput})
+    def post(self, request: Request) -> Response:
+        payload = ExportInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        try:
+            job = services.queue_export(
+                fmt=data["format"],
+                rounds=data["rounds"],
+                aggregate=data["aggregate"],
+                min_gold_accuracy=data.get("min_gold_accuracy"),
+                include_gold=data["include_gold"],
+                ai_pairs=data["ai_pairs"],
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            raise Invalid("; ".join(error.messages)) from None
+        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+class QualityApi(APIView):
+    """A round's quality report (annotation/quality.py) as JSON."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses=serializers.DictField())
+    def get(self, request: Request, number: int) -> Response:
+        get_object_or_404(Round, number=number)
+        report = quality.round_quality([number])
+        body = asdict(report)
+        body["kappa"] = [dict(zip(("kind", "a", "b", "shared", "kappa"), row, strict=True)) for row in report.kappa]
+        return Response(body)
