@@ -144,9 +144,9 @@ def test_an_rl_round_registers_its_reward_and_kl_and_the_admin_plots_them(
     client = Client()
     client.force_login(admin_user)
     page = client.get("/admin/annotation/round/metrics/").content.decode()
-    # Hallucination, and reward/KL (not drawn when its series are empty, as they were); one
-    # annotator per task gives no agreement to plot.
-    assert page.count("data:image/svg+xml;base64,") == 2
+    # Labels per round, hallucination, and reward/KL (not drawn when its series are empty,
+    # as they were); one annotator per task gives no agreement to plot.
+    assert page.count("data:image/svg+xml;base64,") == 3
 
 
 @pytest.mark.django_db
