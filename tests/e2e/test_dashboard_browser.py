@@ -1,0 +1,46 @@
+"""The loop dashboard in a real browser: an admin lands on it, follows its next action to
+start a round, and sees the round's labelling progress move as an annotator works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import expect
+
+from annotation import queue, services
+from tests.e2e.test_login_browser import log_in
+from tests.factories import make_round
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_dashboard_follows_a_round(
+    page: Any, live_server: Any, admin_user: User, annotator: User, settings: Any, tmp_path: Any
+) -> None:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    base = live_server.url
+    log_in(page, base, admin_user.username)
+    page.wait_for_url(lambda url: "/accounts/login/" not in url)
+    page.goto(f"{base}/admin/")
+    expect(page.get_by_test_id("next-action")).to_contain_text("Start the first round.")
+    page.get_by_test_id("next-action-link").click()
+    page.wait_for_url(f"{base}/admin/annotation/round/start/")
+    expect(page.locator("h1")).to_contain_text("Start a round")
+
+    round_ = make_round(tasks=2)  # a round whose candidates are in (as generation leaves it)
+    page.goto(f"{base}/admin/")
+    expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is open for annotation")
+    expect(page.get_by_test_id("labelled")).to_contain_text("0 / 2")
+    for _ in range(2):
+        lease = queue.next_assignment_for(annotator)
+        assert lease is not None
+        services.submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
+    page.reload()
+    expect(page.get_by_test_id("labelled")).to_contain_text("2 / 2")
+    expect(page.get_by_test_id("labelled")).to_contain_text("100%")
+    expect(page.get_by_test_id("active")).to_have_text("1")
+    expect(page.get_by_test_id("next-action")).to_contain_text("fully labelled: train it")
+    page.get_by_test_id("next-action-link").click()
+    page.wait_for_url(f"{base}/admin/annotation/round/{round_.number}/quality/")
