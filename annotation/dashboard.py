@@ -115,7 +115,12 @@ def dashboard_context() -> dict[str, Any]:
     runs = [run_state(run) for run in TrainingRun.objects.select_related("round").order_by("-created_at")[:RECENT_RUNS]]
     rows = version_rows(Registry(settings.FACTLOOP_MODEL_DIR))
     metrics = [
-        {"round": r, "name": name, **{k: figure(m.get(k)) for k in ("chair_i", "chair_s", "pope_f1", "mean_words")}}
+        {
+            "round": r,
+            "name": name,
+            **{k: figure(m.get(k)) for k in ("chair_i", "chair_s", "pope_f1")},
+            "mean_words": "-" if m.get("mean_words") is None else f"{float(m['mean_words']):.1f}",
+        }
         for r, name, m in rows
     ]
     return {
