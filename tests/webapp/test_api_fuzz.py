@@ -20,7 +20,10 @@ from tests.factories import make_round
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 SCHEMATHESIS = str(Path(PYTHON).parent / "schemathesis")
-EXAMPLES_PER_OPERATION = 25  # CI time: the whole suite must stay under 30 minutes
+# CI time: the whole suite must stay under 30 minutes. The admin API (rounds, training,
+# exports, versions) nearly doubled the operations, so each gets fewer examples than the 25
+# it had.
+EXAMPLES_PER_OPERATION = 15
 
 
 @pytest.mark.parametrize("role", ["admin", "annotator"])
