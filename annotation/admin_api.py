@@ -21,11 +21,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import quality, services
+from annotation import quality, selectors, services
 from annotation.dashboard import round_state
 from annotation.errors import Invalid, Refused
 from annotation.jobs import enqueue_job
-from annotation.models import Candidate, Job, Prompt, Round, RoundPrompt, Task, TrainingRun
+from annotation.models import Job, Prompt, Round, Task, TrainingRun
 from annotation.roles import IsAdmin
 from annotation.serializers import JobOutput
 from annotation.training import Options, TrainingRefused, begin
@@ -82,16 +82,6 @@ class StartedOutput(serializers.Serializer):
     job = JobOutput(help_text="The candidate generation job.")
 
 
-def chosen_prompts(split: str, only_new: bool, limit: int | None) -> list[Prompt]:
-    """The split's prompts, oldest first; with `only_new`, those no round or candidate used."""
-    found = Prompt.objects.filter(split=split).order_by("pk")
-    if only_new:
-        found = found.exclude(pk__in=RoundPrompt.objects.values("prompt_id")).exclude(
-            pk__in=Candidate.objects.values("prompt_id")
-        )
-    return list(found[:limit] if limit else found)
-
-
 class RoundListApi(APIView):
     """GET: every round, newest first, with its progress. POST: start a round (its candidate
     generation is a job; it opens when every prompt has its candidates)."""
@@ -107,7 +97,7 @@ class RoundListApi(APIView):
         payload = StartRoundInput(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        prompts = chosen_prompts(data["split"], data["only_new"], data.get("limit"))
+        prompts = selectors.prompts_for_a_round(data["split"], only_new=data["only_new"], limit=data.get("limit"))
         try:
             round_, job = services.start_round(
                 policy_version=data["policy_version"],

@@ -23,12 +23,12 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from annotation import plots, quality, services
+from annotation import plots, quality, selectors, services
 from annotation.dashboard import HALLUCINATION_METRICS, figure, hallucination_chart, version_rows
 from annotation.deployment import RegisterRefused, policy_choices, register_model
 from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
-from annotation.models import Candidate, Prompt, Round, RoundPrompt, Task, TaskCandidate
+from annotation.models import Candidate, Prompt, Round, Task, TaskCandidate
 from contract.methods import KL, REWARD
 from models.registry import Registry
 
@@ -91,12 +91,7 @@ class StartRoundForm(forms.Form):
 
     def prompts(self) -> list[Prompt]:
         data = self.cleaned_data
-        chosen = Prompt.objects.filter(split=data["split"]).order_by("pk")
-        if data["only_new"]:
-            chosen = chosen.exclude(pk__in=RoundPrompt.objects.values("prompt_id")).exclude(
-                pk__in=Candidate.objects.values("prompt_id")
-            )
-        return list(chosen[: data["limit"]] if data["limit"] else chosen)
+        return selectors.prompts_for_a_round(data["split"], only_new=data["only_new"], limit=data["limit"])
 
 
 class RegisterModelForm(forms.Form):

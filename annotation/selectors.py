@@ -12,7 +12,7 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.urls import reverse
 
-from annotation.models import Assignment, Candidate, Image, Job, Prompt, Round, Task, TaskCandidate
+from annotation.models import Assignment, Candidate, Image, Job, Prompt, Round, RoundPrompt, Task, TaskCandidate
 from contract.feedback import Feedback
 
 
@@ -106,3 +106,14 @@ def machine_suggestions(feedback: dict[str, Any] | None) -> dict[str, Any]:
         for index, claim in enumerate(found.suspected)
     ]
     return {"ai_score": found.score, "ai_labeller": found.labeller, "suggestions": suggestions}
+
+
+def prompts_for_a_round(split: str, *, only_new: bool, limit: int | None) -> list[Prompt]:
+    """The split's prompts, oldest first, at most `limit`; with `only_new`, only those no
+    round has used (neither in a round nor with candidates)."""
+    found = Prompt.objects.filter(split=split).order_by("pk")
+    if only_new:
+        found = found.exclude(pk__in=RoundPrompt.objects.values("prompt_id")).exclude(
+            pk__in=Candidate.objects.values("prompt_id")
+        )
+    return list(found[:limit] if limit else found)
