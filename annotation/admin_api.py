@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 from annotation import quality, selectors, services
 from annotation.dashboard import round_state
 from annotation.errors import Invalid, Refused
+from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.jobs import enqueue_job
 from annotation.models import Job, Prompt, Round, Task, TrainingRun
 from annotation.roles import IsAdmin
@@ -206,9 +207,9 @@ class TrainingRunApi(APIView):
 
 
 class ExportInput(serializers.Serializer):
-    format = serializers.ChoiceField(choices=["factloop", "trl", "llava-rlhf", "rlhf-v"])
+    format = serializers.ChoiceField(choices=list(FORMATS))
     rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1)
-    aggregate = serializers.ChoiceField(choices=["none", "majority"], default="none")
+    aggregate = serializers.ChoiceField(choices=list(AGGREGATIONS), default="none")
     min_gold_accuracy = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
     include_gold = serializers.BooleanField(default=False)
     ai_pairs = serializers.BooleanField(default=False)

@@ -281,16 +281,17 @@ def ai_agreement(rounds: Sequence[int]) -> AiAgreement | None:
             "preferred_id", "assignment__task_id"
         )
     )
-    scores: dict[int, Any] = dict(
-        TaskCandidate.objects.filter(
-            task_id__in=[task for _, task in judgements], candidate__ai_feedback__isnull=False
-        ).values_list("candidate_id", "candidate__ai_feedback")
-    )
+    # The judged tasks' candidates in one query, each scored once (a task judged by k
+    # annotators shares its candidates).
     slots: dict[int, list[int]] = defaultdict(list)
-    for task, candidate in TaskCandidate.objects.filter(task_id__in=[t for _, t in judgements]).values_list(
-        "task_id", "candidate_id"
-    ):
+    scores: dict[int, int] = {}
+    shown_rows = TaskCandidate.objects.filter(task_id__in=[task for _, task in judgements]).values_list(
+        "task_id", "candidate_id", "candidate__ai_feedback"
+    )
+    for task, candidate, stored in shown_rows:
         slots[task].append(candidate)
+        if stored is not None and candidate not in scores:
+            scores[candidate] = Feedback.from_dict(stored).score
     if not corrections and not scores:
         return None
     found = AiAgreement(corrections=len(corrections))
@@ -307,7 +308,7 @@ def ai_agreement(rounds: Sequence[int]) -> AiAgreement | None:
         shown = slots[task]
         if not shown or any(candidate not in scores for candidate in shown):
             continue
-        score = {candidate: Feedback.from_dict(scores[candidate]).score for candidate in shown}
+        score = {candidate: scores[candidate] for candidate in shown}
         best = max(score.values())
         if sum(value == best for value in score.values()) > 1:
             continue

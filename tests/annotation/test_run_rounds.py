@@ -28,6 +28,8 @@ def test_refusals() -> None:
         run(rounds=0)
     with pytest.raises(CommandError, match="--labels-per-round must be at least 1"):
         run(rounds=1, labels_per_round=0)
+    with pytest.raises(CommandError, match="--simulate needs at least 1 annotator"):
+        run(rounds=1, simulate=0)
     with pytest.raises(CommandError, match="no round to run"):
         run(rounds=1)
     freeze_round(make_round(tasks=1))

@@ -227,6 +227,10 @@ def test_the_cli_labels_items_and_refuses_bad_input(base_policy: Path, tmp_path:
     assert refused.returncode == 2 and "items.jsonl:1" in refused.stderr
     neither = rlhf_cli("ai-feedback", "--items", str(items), "--out", str(out))
     assert neither.returncode == 2 and "--server" in neither.stderr
+    local_split = rlhf_cli(
+        "ai-feedback", "--items", str(items), "--out", str(out), "--model", str(base_policy), "--split-served", "x"
+    )
+    assert local_split.returncode == 2 and "--split-served names a model on --server" in local_split.stderr
 
 
 def test_ai_pairs_are_weighed_by_sampling(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
