@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import quality, selectors, services
+from annotation.ai_labels import SELECTIONS
 from annotation.dashboard import round_state
 from annotation.errors import Invalid, Refused
 from annotation.exporters import AGGREGATIONS, FORMATS
@@ -74,7 +75,7 @@ class StartRoundInput(serializers.Serializer):
     temperature = serializers.FloatField(min_value=0, max_value=2, default=0.7)
     max_tokens = serializers.IntegerField(min_value=1, max_value=4096, default=128)
     ai_labeller = serializers.CharField(max_length=255, default="", allow_blank=True)
-    selection = serializers.ChoiceField(choices=["all", "random", "disagreement"], default="all")
+    selection = serializers.ChoiceField(choices=list(SELECTIONS), default="all")
     human_prompts = serializers.IntegerField(min_value=1, required=False, allow_null=True)
 
 

@@ -28,12 +28,13 @@ from annotation.errors import Invalid
 from annotation.evaluation import RlhfFailed, run_rlhf, vocabulary_of
 from annotation.models import Candidate, Round
 from contract.feedback import read_feedback
-from contract.selection import select
+from contract.selection import STRATEGIES, select
 from models.registry import Registry, RegistryError
 from models.replicas import Serving
 from models.server import serve_version
 
 POLICY = "policy"  # Round.ai_labeller: the round's own policy labels its candidates
+SELECTIONS = ("all", *STRATEGIES)  # Round.selection: every prompt, or a strategy's budget
 
 
 def labeller_version(round_: Round) -> str:
@@ -102,8 +103,8 @@ def selected_prompts(round_: Round) -> set[int] | None:
 
 def check_settings(ai_labeller: str, selection: str, human_prompts: int | None) -> None:
     """A round's AI and selection settings make sense together (raises Invalid)."""
-    if selection not in ("all", "random", "disagreement"):
-        raise Invalid(f"selection must be all, random or disagreement, not {selection!r}")
+    if selection not in SELECTIONS:
+        raise Invalid(f"selection must be {', '.join(SELECTIONS)}, not {selection!r}")
     if selection != "all" and (human_prompts is None or human_prompts < 1):
         raise Invalid(f"selection {selection} needs a human budget (human_prompts of at least 1)")
     if selection == "disagreement" and not ai_labeller:
