@@ -1,8 +1,9 @@
 """The admin REST API: drive the loop from a script (factloop/client.py wraps it).
 
-Thin views over the services the admin pages and commands use: rounds (list with progress,
-start, open, freeze), training runs (start as a job, status with steps, resume), exports
-(a job; GET /api/admin/jobs/ID/download/ streams its files) and a round's quality report.
+Thin views over the services the admin pages and commands use: imports (an uploaded zip,
+imported by a job), rounds (list with progress, start, open, freeze), training runs (start
+as a job, status with steps, resume), exports (a job; GET /api/admin/jobs/ID/download/
+streams its files) and a round's quality report.
 Admins only (session or token); every long action is a Job whose progress the jobs
 endpoints show. A refused request answers 4xx with the reason and writes nothing.
 """
@@ -17,11 +18,12 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import quality, selectors, services
+from annotation import archives, quality, selectors, services
 from annotation.ai_labels import SELECTIONS
 from annotation.dashboard import round_state
 from annotation.errors import Invalid, Refused
@@ -209,7 +211,8 @@ class TrainingRunApi(APIView):
 
 class ExportInput(serializers.Serializer):
     format = serializers.ChoiceField(choices=list(FORMATS))
-    rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1)
+    # A round number is a PositiveIntegerField: 2**31 - 1 at most on every database.
+    rounds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=2**31 - 1), min_length=1)
     aggregate = serializers.ChoiceField(choices=list(AGGREGATIONS), default="none")
     min_gold_accuracy = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
     include_gold = serializers.BooleanField(default=False)
@@ -235,6 +238,35 @@ class ExportApi(APIView):
                 include_gold=data["include_gold"],
                 ai_pairs=data["ai_pairs"],
                 created_by=request.user,
+            )
+        except ValidationError as error:
+            raise Invalid("; ".join(error.messages)) from None
+        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+class ImportInput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=list(archives.KINDS), help_text="prompts, or a label layout.")
+    archive = serializers.FileField(help_text="A .zip: a manifest (or datasets directory) and its images, or labels.")
+    skip_bad = serializers.BooleanField(default=False, help_text="Import the good rows and report the bad ones.")
+
+
+class ImportApi(APIView):
+    """Upload a zip (multipart/form-data) to import as a job on the `export` queue: 201 with
+    the job once its directory checks out (400 with the reason otherwise, nothing kept). The
+    job's result counts what was imported; a bad row fails it with every row named, unless
+    skip_bad."""
+
+    permission_classes = [IsAdmin]
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(request={"multipart/form-data": ImportInput}, responses={201: JobOutput})
+    def post(self, request: Request) -> Response:
+        payload = ImportInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        try:
+            job = archives.queue_import(
+                data["archive"], data["kind"], skip_bad=data["skip_bad"], created_by=request.user
             )
         except ValidationError as error:
             raise Invalid("; ".join(error.messages)) from None

@@ -7,10 +7,6 @@ permission the page needs. Text from annotators and models is escaped by the tem
 
 from __future__ import annotations
 
-import lzma
-import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +19,13 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from annotation import plots, quality, selectors, services
+from annotation import archives, plots, quality, selectors, services
 from annotation.dashboard import HALLUCINATION_METRICS, figure, hallucination_chart, version_rows
 from annotation.deployment import RegisterRefused, policy_choices, register_model
 from annotation.exporters import AGGREGATIONS, FORMATS
-from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels, import_prompts, is_hf_dataset
 from annotation.models import Candidate, Prompt, Round, Task, TaskCandidate
 from contract.methods import KL, REWARD
 from models.registry import Registry
-
-# An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
-MAX_UNPACKED_FILES = 200_000
 
 
 def _context(admin: Any, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
@@ -163,134 +155,36 @@ def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
 class ImportForm(forms.Form):
     kind = forms.ChoiceField(
         choices=[("prompts", "Prompts (JSONL or CSV manifest with images, or a datasets directory)")]
-        + [(fmt, f"Labels: {fmt} JSON with images") for fmt in LABEL_FORMATS]
+        + [(fmt, f"Labels: {fmt} JSON with images") for fmt in archives.KINDS[1:]]
     )
     archive = forms.FileField(help_text="A .zip holding the manifest (or JSON, or datasets directory) and its images.")
     skip_bad = forms.BooleanField(required=False, help_text="Import the good rows and report the bad ones.")
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
-SUPPORTED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
-
-
-def unpack(archive: Any, into: Path) -> None:
-    """Extract an uploaded zip member by member, streamed, refusing paths that leave the
-    folder, links, encrypted members, unknown compression, more than MAX_UNPACKED_FILES
-    members, an image over FACTLOOP_MAX_IMAGE_BYTES, and more than
-    FACTLOOP_MAX_IMPORT_BYTES in all. Sizes are counted as the bytes come out (the
-    headers can lie), so neither disk nor memory goes past the limits."""
-    total_limit, image_limit = settings.FACTLOOP_MAX_IMPORT_BYTES, settings.FACTLOOP_MAX_IMAGE_BYTES
-    written = 0
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            members = zipped.infolist()
-            if len(members) > MAX_UNPACKED_FILES:
-                raise ValidationError(f"the archive holds more than {MAX_UNPACKED_FILES} files")
-            if sum(m.file_size for m in members) > total_limit:
-                raise ValidationError(f"the archive unpacks to more than {total_limit} bytes")
-            root = into.resolve()
-            for member in members:
-                name = member.filename
-                target = (into / name).resolve()
-                if "\x00" in name or not target.is_relative_to(root):
-                    raise ValidationError(f"{name!r} would be written outside the import folder")
-                if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise ValidationError(f"{name!r} is a symbolic link")
-                if member.flag_bits & 0x1:
-                    raise ValidationError(f"{name!r} is encrypted; upload an archive without a password")
-                if member.compress_type not in SUPPORTED_COMPRESSION:
-                    raise ValidationError(f"{name!r} uses an unsupported compression (method {member.compress_type})")
-            for member in members:
-                target = into / member.filename
-                if member.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                limit = image_limit if target.suffix.lower() in IMAGE_SUFFIXES else total_limit
-                target.parent.mkdir(parents=True, exist_ok=True)
-                size = 0
-                with zipped.open(member) as source, open(target, "wb") as out:
-                    while chunk := source.read(1 << 20):
-                        size += len(chunk)
-                        written += len(chunk)
-                        if size > limit:
-                            raise ValidationError(f"{member.filename!r} unpacks to more than {limit} bytes")
-                        if written > total_limit:
-                            raise ValidationError(f"the archive unpacks to more than {total_limit} bytes")
-                        out.write(chunk)
-    except zipfile.BadZipFile as error:
-        raise ValidationError(f"not a zip archive: {error}") from None
-    except (NotImplementedError, RuntimeError, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
-        raise ValidationError(f"a member of the archive cannot be unpacked: {error}") from None
-
-
-def _find(folder: Path, kind: str) -> Path:
-    """The manifest, JSON file or datasets directory inside an unpacked upload."""
-    candidates: list[Path] = []
-    if kind == "prompts":
-        candidates = [p for p in sorted(folder.rglob("*")) if p.is_dir() and is_hf_dataset(p)]
-        candidates += sorted(
-            p for p in folder.rglob("*") if p.suffix.lower() in (".jsonl", ".csv") and "__MACOSX" not in p.parts
-        )
-    else:
-        # An export folder holds manifest.json next to its data file; RLHF-V's is parquet.
-        suffixes = (".json", ".parquet") if kind == "rlhf-v" else (".json",)
-        candidates = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.suffix.lower() in suffixes and "__MACOSX" not in p.parts and p.name != "manifest.json"
-        )
-    if is_hf_dataset(folder):
-        return folder
-    if len(candidates) != 1:
-        what = {"prompts": "manifest (.jsonl/.csv) or datasets directory", "rlhf-v": ".parquet or .json file"}.get(
-            kind, ".json file"
-        )
-        found = ", ".join(str(p.relative_to(folder)) for p in candidates) or "none"
-        raise ValidationError(f"the archive must hold exactly one {what}; found: {found}")
-    return candidates[0]
-
-
 def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
+    """Check and spool the upload, then import it as a background job (annotation.archives):
+    the request unpacks nothing; the job's page shows its progress and any bad rows."""
     _require(request, "annotation.add_round")
     form = ImportForm(request.POST or None, request.FILES or None)
-    problems: list[str] = []
     if request.method == "POST" and form.is_valid():
-        kind = form.cleaned_data["kind"]
-        with tempfile.TemporaryDirectory(prefix="factloop-import-") as tmp:
-            folder = Path(tmp)
-            try:
-                unpack(form.cleaned_data["archive"], folder)
-                source = _find(folder, kind)
-                if kind == "prompts":
-                    report = import_prompts(
-                        source, None if source.is_dir() else source.parent, skip_bad=form.cleaned_data["skip_bad"]
-                    )
-                    done = f"Imported {report.prompts} prompts on {report.images} images from {report.rows} rows."
-                else:
-                    report, number = import_labels(
-                        source,
-                        kind,
-                        annotator=f"import-{request.user.get_username()}"[:150],
-                        skip_bad=form.cleaned_data["skip_bad"],
-                    )
-                    done = f"Imported {report.rows - len(report.problems)} labels as round {number}."
-            except (ValidationError, ValueError) as error:
-                form.add_error(None, "; ".join(error.messages) if isinstance(error, ValidationError) else str(error))
-            except ImportFailed as failed:
-                problems = [str(p) for p in failed.report.problems]
-                form.add_error(None, f"{failed}. Fix these rows, or tick 'skip bad' to import the rest.")
-            else:
-                if report.problems:
-                    messages.warning(
-                        request,
-                        f"Skipped {len(report.problems)} bad rows: " + "; ".join(str(p) for p in report.problems[:20]),
-                    )
-                messages.success(request, done)
-                return HttpResponseRedirect(reverse("admin:annotation_prompt_changelist"))
+        try:
+            job = archives.queue_import(
+                form.cleaned_data["archive"],
+                form.cleaned_data["kind"],
+                skip_bad=form.cleaned_data["skip_bad"],
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request, f"The import is job #{job.pk}: a worker unpacks and checks it; this page shows its progress."
+            )
+            return HttpResponseRedirect(reverse("admin:annotation_job_change", args=[job.pk]))
     return TemplateResponse(
         request,
         "admin/annotation/form_page.html",
-        _context(admin, request, "Import prompts or labels", form=form, problems=problems, multipart=True),
+        _context(admin, request, "Import prompts or labels", form=form, multipart=True),
     )
 
 

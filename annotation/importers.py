@@ -185,6 +185,32 @@ def read_hf_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield number + 1, row
 
 
+def count_rows(path: Path) -> int:
+    """How many rows `read_manifest` yields (a datasets directory says; a file is read once,
+    its images untouched)."""
+    if is_hf_dataset(path):
+        return len(_hf_dataset(path)[0])
+    return sum(1 for _ in read_manifest(path))
+
+
+class Progress:
+    """An import's progress in two passes over its rows, each row counting once when it is
+    checked and once when it is written (a bad row has nothing to write): `report(done,
+    total)` is called about a hundred times, and last with done == total."""
+
+    def __init__(self, report: Callable[[int, int], None] | None, rows: int) -> None:
+        self.report, self.total, self.done = report, 2 * rows, 0
+
+    def step(self, n: int = 1) -> None:
+        self.done = min(self.done + n, self.total)
+        if self.report is not None and (self.done == self.total or self.done % max(1, self.total // 100) == 0):
+            self.report(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.report is not None:
+            self.report(self.total, self.total)
+
+
 def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(row number, fields) per row, or (row number, reason) for a row that is not readable."""
     if is_hf_dataset(path):
@@ -298,26 +324,40 @@ def _check(number: int, row: dict[str, Any], folder: Path | None) -> _Good | str
     return _Good(number, load, sha256, row["prompt"], split, facts, context, row.get("source") or row["image"], meta)
 
 
-def import_prompts(manifest: Path, images: Path | None = None, *, skip_bad: bool = False) -> ImportReport:
+def import_prompts(
+    manifest: Path,
+    images: Path | None = None,
+    *,
+    skip_bad: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
     """Import the manifest's rows (a JSONL/CSV file with `images`, its images folder, or a
-    datasets directory); raises ImportFailed (nothing written) on a bad row unless `skip_bad`."""
+    datasets directory); raises ImportFailed (nothing written) on a bad row unless `skip_bad`.
+    `progress(done, total)` follows both passes (Progress)."""
     if not is_hf_dataset(manifest) and (images is None or not images.is_dir()):
         raise ValueError(f"{images} is not a folder" if images else "a JSONL or CSV manifest needs its images folder")
-    return import_rows(read_manifest(manifest), images, skip_bad=skip_bad)
+    counted = Progress(progress, count_rows(manifest)) if progress is not None else None
+    return import_rows(read_manifest(manifest), images, skip_bad=skip_bad, progress=counted)
 
 
 def import_rows(
-    rows: Iterable[tuple[int, dict[str, Any] | str]], images: Path | None, *, skip_bad: bool = False
+    rows: Iterable[tuple[int, dict[str, Any] | str]],
+    images: Path | None,
+    *,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
 ) -> ImportReport:
     """Import prompt rows (import_prompts' fields; a string is a row already found bad),
     every row checked first; raises ImportFailed (nothing written) on a bad row unless
     `skip_bad`."""
+    step = progress.step if progress is not None else (lambda n=1: None)
     report = ImportReport()
     good: list[_Good] = []
     seen: dict[tuple[str, str], int] = {}
     existing = set(Prompt.objects.values_list("image__sha256", "text"))
     for number, row in rows:
         report.rows += 1
+        step()
         checked = row if isinstance(row, str) else _check(number, row, images)
         if isinstance(checked, str):
             report.problems.append(Problem(number, checked))
@@ -333,6 +373,7 @@ def import_rows(
         good.append(checked)
     if report.problems and not skip_bad:
         raise ImportFailed(report)
+    step(report.rows - len(good))  # the bad rows: nothing to write
     images_before: set[int] = set()
     with services.atomic_with_files():
         for item in good:
@@ -345,7 +386,10 @@ def import_rows(
             images_before.add(image.pk)
             add_prompt(image, item.prompt, split=item.split, context=item.context, meta=item.meta)
             report.prompts += 1
+            step()
     report.images = len(images_before)
+    if progress is not None:
+        progress.finish()
     return report
 
 
@@ -407,14 +451,12 @@ def _rlhf_v_picture(folders: list[Path], dataset: Any) -> Callable[[dict[str, An
     return picture
 
 
-def _label_rows(path: Path, fmt: str, folders: list[Path], cache: Path) -> Iterator[tuple[int, Any, Any]]:
-    """(row number, row, picture checker) for each row of the file."""
+def _label_rows(path: Path, fmt: str, folders: list[Path], cache: Path) -> tuple[int, Iterator[tuple[int, Any, Any]]]:
+    """How many rows the file holds, and (row number, row, picture checker) for each."""
     if fmt == "rlhf-v" and path.suffix == ".parquet":
         dataset = released.read_parquet(path, cache)
         picture = _rlhf_v_picture(folders, dataset)
-        for number in range(len(dataset)):
-            yield number + 1, dataset[number] | {"_index": number}, picture
-        return
+        return len(dataset), ((n + 1, dataset[n] | {"_index": n}, picture) for n in range(len(dataset)))
     try:
         items = limits.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -422,8 +464,7 @@ def _label_rows(path: Path, fmt: str, folders: list[Path], cache: Path) -> Itera
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of entries")
     checker = _file_picture(folders) if fmt == "llava-rlhf" else _rlhf_v_picture(folders, None)
-    for number, item in enumerate(items, start=1):
-        yield number, item, checker
+    return len(items), ((number, item, checker) for number, item in enumerate(items, start=1))
 
 
 def _label_problems(label: released.Label) -> list[str]:
@@ -439,12 +480,18 @@ def _label_problems(label: released.Label) -> list[str]:
 
 
 def import_labels(
-    path: Path, fmt: str, *, images: Path | None = None, annotator: str = "imported", skip_bad: bool = False
+    path: Path,
+    fmt: str,
+    *,
+    images: Path | None = None,
+    annotator: str = "imported",
+    skip_bad: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[ImportReport, int | None]:
     """Import a llava-rlhf JSON file or RLHF-V's released data (its parquet, or a JSON list
     of the same fields) as one frozen round; image paths are relative to `images` (default:
     the file's folder, then its `images/`). Returns the report and the new round's number
-    (None when nothing was imported)."""
+    (None when nothing was imported). `progress(done, total)` follows both passes (Progress)."""
     import tempfile
 
     if fmt not in LABEL_FORMATS:
@@ -456,8 +503,11 @@ def import_labels(
     report = ImportReport()
     with tempfile.TemporaryDirectory(prefix="factloop-import-") as cache:
         good: list[released.Label] = []
-        for number, item, picture in _label_rows(path, fmt, folders, Path(cache)):
+        count, rows = _label_rows(path, fmt, folders, Path(cache))
+        counted = Progress(progress, count)
+        for number, item, picture in rows:
             report.rows += 1
+            counted.step()
             try:
                 label = parse(number, item, picture)
             except released.BadRow as error:
@@ -473,11 +523,17 @@ def import_labels(
         if report.problems and not skip_bad:
             raise ImportFailed(report)
         if not good:
+            counted.finish()
             return report, None
-        return report, _store_labels(path, fmt, good, annotator, report)
+        counted.step(report.rows - len(good))  # the bad rows: nothing to write
+        number = _store_labels(path, fmt, good, annotator, report, counted)
+        counted.finish()
+        return report, number
 
 
-def _store_labels(path: Path, fmt: str, labels: list[released.Label], annotator: str, report: ImportReport) -> int:
+def _store_labels(
+    path: Path, fmt: str, labels: list[released.Label], annotator: str, report: ImportReport, progress: Progress
+) -> int:
     user = services.ensure_label_account(annotator)
     seen_images: set[int] = set()
     kinds = sorted({label.kind for label in labels})
@@ -498,5 +554,6 @@ def _store_labels(path: Path, fmt: str, labels: list[released.Label], annotator:
                 )
                 report.prompts += 1
             services.record_imported_label(round_, prompt, label, annotator=user)
+            progress.step()
     report.images = len(seen_images)
     return round_.number

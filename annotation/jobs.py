@@ -101,6 +101,9 @@ class Heartbeat:
         self.worker = worker
         self.every = float(every if every is not None else settings.FACTLOOP_JOB_HEARTBEAT_SECONDS)
         self.lost = threading.Event()
+        # Progress that work inside its own transaction cannot write (see `reporter`): the
+        # next beat writes it.
+        self.pending: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-job-{job_id}", daemon=True)
 
@@ -116,7 +119,7 @@ class Heartbeat:
         try:
             while not self._stop.wait(self.every):
                 try:
-                    if not Job.beat(self.job_id, self.worker):
+                    if not Job.beat(self.job_id, self.worker, progress=self.pending):
                         self.lost.set()
                 except DatabaseError as error:  # a database restart: try again next beat
                     log.warning("job %s: heartbeat failed: %s", self.job_id, error)
@@ -126,11 +129,24 @@ class Heartbeat:
 
 
 def reporter(job_id: int, heartbeat: Heartbeat | None = None) -> Callable[[int, int], None]:
-    """A progress callback that raises JobLost once the job is no longer running here."""
+    """A progress callback that raises JobLost once the job is no longer running here.
+
+    Called inside a transaction the work opened (an import writes everything in one), it
+    leaves the write to the heartbeat's own connection: an UPDATE of the job row from inside
+    would lock the row until the commit, holding up a cancel and the heartbeat itself.
+    """
+    depth = len(connection.atomic_blocks)
 
     def report(done: int, total: int) -> None:
-        if (heartbeat is not None and heartbeat.lost.is_set()) or not Job.report_progress(job_id, done, total):
-            raise JobLost(f"job {job_id} is no longer running on this worker")
+        lost = JobLost(f"job {job_id} is no longer running on this worker")
+        if heartbeat is not None and heartbeat.lost.is_set():
+            raise lost
+        if heartbeat is not None and len(connection.atomic_blocks) > depth:
+            if total < 0 or done < 0 or (total and done > total):
+                raise ValueError(f"progress {done}/{total} is out of range")
+            heartbeat.pending = (done, total)
+        elif not Job.report_progress(job_id, done, total):
+            raise lost
 
     return report
 

@@ -24,6 +24,7 @@ class Job(models.Model):
         GENERATE = "generate_candidates", "Generate a round's candidates"
         EXPORT = "export_dataset", "Export a dataset"
         TRAIN = "train_round", "Train a round"
+        IMPORT = "import_archive", "Import an uploaded archive"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -118,10 +119,14 @@ class Job(models.Model):
         )
 
     @classmethod
-    def beat(cls, job_id: int, worker: str) -> bool:
-        """The worker running the job is alive; False when the job is no longer its own."""
+    def beat(cls, job_id: int, worker: str, progress: tuple[int, int] | None = None) -> bool:
+        """The worker running the job is alive (and, with `progress`, this far along); False
+        when the job is no longer its own."""
         rows = cls.objects.filter(pk=job_id, status=cls.Status.RUNNING, worker=worker[:255])
-        return rows.update(heartbeat_at=timezone.now()) == 1
+        fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+        if progress is not None:
+            fields["progress_done"], fields["progress_total"] = progress
+        return rows.update(**fields) == 1
 
     @classmethod
     def succeed(cls, job_id: int, result: dict[str, Any]) -> bool:

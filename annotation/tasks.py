@@ -19,11 +19,12 @@ from celery.signals import worker_ready
 from django.db import connection
 from django.utils import timezone
 
-from annotation import jobs
+from annotation import archives, jobs
 from annotation.deployment import serving_client
 from annotation.errors import Refused
 from annotation.exporters import Selection, count_labels, export
 from annotation.generation import generate_round
+from annotation.importers import ImportFailed
 from annotation.models import Job, TrainingRun
 from annotation.training import StepFailed, TrainingRefused, run_steps
 from models.registry import Registry
@@ -175,11 +176,41 @@ def train_round(
     return {"run": run.pk, "version": run.version, "deployed": run.deployed}
 
 
+@job_task(Job.Kind.IMPORT)
+def import_archive(
+    self: Task, job_id: int, params: dict[str, Any], progress: Callable[[int, int], None]
+) -> dict[str, Any]:
+    """Unpack and import an uploaded archive (annotation.archives), reporting progress over
+    its rows. All or nothing: a bad row fails the job with every row named, unless the
+    upload asked to skip bad rows; a cancel rolls the import back. The archive is removed
+    once the import has ended for good; a lost or cancelled job keeps it for a retry."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        result = archives.run_import(params, progress)
+    except ImportFailed as failed:
+        archives.discard(params)
+        rows = "; ".join(str(p) for p in failed.report.problems[:50])
+        more = len(failed.report.problems) - 50
+        raise JobFailed(
+            f"{failed}: {rows}{f'; and {more} more' if more > 0 else ''}. "
+            "Fix these rows, or upload it again with 'skip bad rows'."
+        ) from failed
+    except (ValidationError, ValueError, OSError) as error:
+        archives.discard(params)
+        message = "; ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+        raise JobFailed(message) from error
+    archives.discard(params)
+    return result
+
+
 @shared_task(name="annotation.sweep_jobs")
 def sweep_jobs() -> dict[str, Any]:
-    """Celery beat's sweep: jobs whose worker stopped its heartbeat are taken back."""
+    """Celery beat's sweep: jobs whose worker stopped its heartbeat are taken back, and
+    uploads no import needs any more are removed."""
     report = jobs.sweep()
-    return {"requeued": report.requeued, "failed": report.failed}
+    removed = archives.remove_stale_uploads()
+    return {"requeued": report.requeued, "failed": report.failed, "uploads_removed": removed}
 
 
 @worker_ready.connect

@@ -42,5 +42,6 @@ api_urlpatterns = [
     path("admin/rounds/<int:number>/quality/", admin_api.QualityApi.as_view(), name="api-admin-quality"),
     path("admin/training-runs/<int:run_id>/", admin_api.TrainingRunApi.as_view(), name="api-admin-training-run"),
     path("admin/exports/", admin_api.ExportApi.as_view(), name="api-admin-exports"),
+    path("admin/imports/", admin_api.ImportApi.as_view(), name="api-admin-imports"),
     path("admin/versions/<str:name>/deploy/", api.VersionDeployApi.as_view(), name="api-admin-version-deploy"),
 ]

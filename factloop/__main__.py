@@ -1,8 +1,9 @@
 """`python -m factloop`: a thin command line over the client, for shells and CI.
 
     python -m factloop --url URL --token TOKEN rounds
+    python -m factloop ... import FILE.zip [--kind prompts] [--skip-bad] [--wait]
     python -m factloop ... start-round --policy tiny-base --kinds correct --limit 50
-    python -m factloop ... freeze N | train N [--method ddpo] [--set KEY=VALUE ...]
+    python -m factloop ... open N | freeze N | train N [--method ddpo] [--set KEY=VALUE ...]
     python -m factloop ... job ID [--wait] | export FORMAT N [N ...] | download JOB FILE
     python -m factloop ... versions | deploy NAME [--reason TEXT] | quality N
 
@@ -27,12 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("FACTLOOP_TOKEN"), help="an admin's API token")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("rounds", help="every round with its progress")
+    upload = commands.add_parser("import", help="upload a zip of prompts or labels to import as a job")
+    upload.add_argument("file")
+    upload.add_argument("--kind", default="prompts", choices=["prompts", "llava-rlhf", "rlhf-v"])
+    upload.add_argument("--skip-bad", action="store_true", help="import the good rows, report the bad ones")
+    upload.add_argument("--wait", action="store_true", help="until the import job has finished")
     start = commands.add_parser("start-round", help="start a round over the split's prompts")
     start.add_argument("--policy", required=True, help="a registered policy version")
     start.add_argument("--kinds", default="rank,correct", help="task kinds: rank, correct or both")
     start.add_argument("--limit", type=int, help="at most this many prompts")
     start.add_argument("--ai-labeller", default="", help='"policy", a registered version, or none')
-    for name in ("freeze", "quality"):
+    for name in ("open", "freeze", "quality"):
         commands.add_parser(name).add_argument("round", type=int)
     train = commands.add_parser("train", help="train a round as a job")
     train.add_argument("round", type=int)
@@ -73,6 +79,11 @@ def run(client: Client, args: argparse.Namespace) -> Any:
         if args.limit:
             settings["limit"] = args.limit
         return client.start_round(**settings)
+    if args.command == "import":
+        job = client.import_archive(args.file, args.kind, skip_bad=args.skip_bad)
+        return client.wait_job(job["id"]) if args.wait else job
+    if args.command == "open":
+        return client.open_round(args.round)
     if args.command == "freeze":
         return client.freeze_round(args.round)
     if args.command == "quality":

@@ -69,6 +69,21 @@ class Client:
             raise FactLoopError(response.status_code, _message(response))
         return response.json() if response.content else None
 
+    # Imports
+    def import_archive(self, path: str | Path, kind: str = "prompts", *, skip_bad: bool = False) -> dict[str, Any]:
+        """Upload a zip to import (kind prompts, llava-rlhf or rlhf-v), streamed; the import
+        job. Its result, once wait_job says it succeeded, counts what came in."""
+        source = Path(path)
+        with source.open("rb") as archive:
+            response = self._http.post(
+                "/api/admin/imports/",
+                data={"kind": kind, "skip_bad": "true" if skip_bad else "false"},
+                files={"archive": (source.name, archive, "application/zip")},
+            )
+        if response.status_code >= 400:
+            raise FactLoopError(response.status_code, _message(response))
+        return dict(response.json())
+
     # Rounds
     def rounds(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/admin/rounds/"))

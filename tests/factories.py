@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -42,6 +43,17 @@ def png_bytes(colour: tuple[int, int, int] = (200, 40, 40), size: int = 8) -> by
     buffer = io.BytesIO()
     PILImage.new("RGB", (size, size), colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def zip_of(members: dict[str, bytes], **options: Any) -> io.BytesIO:
+    """A zip archive in memory, named like an upload."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", **options) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    buffer.seek(0)
+    buffer.name = "upload.zip"
+    return buffer
 
 
 def make_image(colour: tuple[int, int, int] = (200, 40, 40)) -> Image:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,11 @@ from django.contrib.auth.models import User
 
 from annotation import queue, services
 from annotation.models import Job, Judgement, Prompt, Round, RoundPrompt, Task
-from annotation.tasks import export_dataset
+from annotation.tasks import export_dataset, import_archive
 from tests.annotation.test_pages import client_for
-from tests.factories import make_round, png_bytes
+from tests.factories import make_round, png_bytes, zip_of
 
 pytestmark = pytest.mark.django_db
-
-
-def _zip(files: dict[str, bytes]) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    buffer.seek(0)
-    buffer.name = "upload.zip"
-    return buffer
 
 
 def test_only_admins_reach_the_admin_pages(annotator: User) -> None:
@@ -86,26 +75,37 @@ def test_start_a_round_from_the_admin(
     assert Job.objects.get(kind=Job.Kind.GENERATE).params == {"round_id": round_.pk}
 
 
-def test_import_an_upload_and_refuse_a_bad_archive(admin_user: User) -> None:
+def test_import_an_upload_as_a_job_and_refuse_a_bad_archive(admin_user: User, settings: Any, tmp_path: Path) -> None:
+    settings.FACTLOOP_EXPORT_DIR = tmp_path / "exports"
     client = client_for(admin_user)
     manifest = b'{"image": "pics/a.png", "prompt": "Describe it."}\n{"image": "pics/gone.png", "prompt": "x"}\n'
-    upload = _zip({"data/prompts.jsonl": manifest, "data/pics/a.png": png_bytes()})
+    upload = zip_of({"data/prompts.jsonl": manifest, "data/pics/a.png": png_bytes()})
     page = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload})
-    text = page.content.decode()
-    assert page.status_code == 200 and "row 2: missing file" in text and not Prompt.objects.exists()
-    upload = _zip({"data/prompts.jsonl": manifest, "data/pics/a.png": png_bytes()})
-    done = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload, "skip_bad": "on"})
-    assert done.status_code == 302 and list(Prompt.objects.values_list("text", flat=True)) == ["Describe it."]
-    # An archive that writes outside its folder is refused before anything is unpacked.
-    evil = _zip({"../../escape.jsonl": b"{}", "prompts.jsonl": manifest})
+    job = Job.objects.get(kind=Job.Kind.IMPORT)
+    assert page.status_code == 302 and job.queue == "export" and job.status == Job.Status.QUEUED
+    assert not Prompt.objects.exists()  # the request only spooled it
+    import_archive.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "row 2: missing file" in job.error and not Prompt.objects.exists()
+    assert not list((tmp_path / "exports" / "uploads").iterdir())  # a content failure discards the upload
+    upload = zip_of({"data/prompts.jsonl": manifest, "data/pics/a.png": png_bytes()})
+    client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload, "skip_bad": "on"})
+    job = Job.objects.filter(kind=Job.Kind.IMPORT).latest("pk")
+    import_archive.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED and list(Prompt.objects.values_list("text", flat=True)) == [
+        "Describe it."
+    ]
+    assert (job.progress_done, job.progress_total) == (4, 4)  # two rows, each checked and written
+    # An archive that writes outside its folder, or no zip at all, is refused at upload: no job.
+    jobs_before = Job.objects.count()
+    evil = zip_of({"../../escape.jsonl": b"{}", "prompts.jsonl": manifest})
     refused = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": evil})
-    assert "outside the import folder" in refused.content.decode()
+    assert refused.status_code == 200 and "outside the import folder" in refused.content.decode()
     not_zip = io.BytesIO(b"plain text")
     not_zip.name = "x.zip"
-    assert (
-        "not a zip archive"
-        in client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": not_zip}).content.decode()
-    )
+    text = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": not_zip}).content.decode()
+    assert "not a zip archive" in text and Job.objects.count() == jobs_before
     # Labels in the llava-rlhf layout become a frozen round.
     entry = {
         "image": "a.png",
@@ -114,9 +114,14 @@ def test_import_an_upload_and_refuse_a_bad_archive(admin_user: User) -> None:
         "output_2": {"from": "llava", "value": "A <script>kite</script>."},
         "preference": 1,
     }
-    upload = _zip({"prefs.json": json.dumps([entry]).encode(), "a.png": png_bytes()})
+    upload = zip_of({"prefs.json": json.dumps([entry]).encode(), "a.png": png_bytes()})
     assert client.post("/admin/annotation/prompt/import/", {"kind": "llava-rlhf", "archive": upload}).status_code == 302
+    job = Job.objects.filter(kind=Job.Kind.IMPORT).latest("pk")
+    import_archive.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED and job.result["round"] == 1
     assert Judgement.objects.get().assignment.task.round.status == Round.Status.FROZEN
+    assert Judgement.objects.get().assignment.annotator.username == f"import-{admin_user.username}"
 
 
 def test_export_runs_as_a_job_with_progress(admin_user: User, annotator: User, settings: Any, tmp_path: Path) -> None:

@@ -17,10 +17,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
-from annotation.admin_views import unpack
+from annotation.archives import unpack
 from annotation.importers import ImportFailed, import_labels, import_prompts
-from annotation.models import Image, Prompt
-from tests.factories import png_bytes
+from annotation.models import Image, Job, Prompt
+from annotation.tasks import import_archive
+from tests.factories import png_bytes, zip_of
 
 pytestmark = pytest.mark.django_db
 
@@ -190,15 +191,6 @@ def test_label_imports_refuse_outside_paths_nul_and_oversized_responses(tmp_path
     assert number is not None and [p.row for p in report.problems] == [2, 3, 4]
 
 
-def zip_of(members: dict[str, bytes], **options: Any) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", **options) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    buffer.seek(0)
-    return buffer
-
-
 def test_unpacking_streams_each_member_under_its_cap(tmp_path: Path, settings: Any) -> None:
     """A 64 MB image of zeros compresses to ~64 KB: refused after the first megabytes
     over the cap, the headers' claimed size aside."""
@@ -237,20 +229,26 @@ def test_the_admin_upload_names_bad_rows_and_never_answers_500(admin_user: User,
         ]
     )
     upload = zip_of({"m.jsonl": manifest.encode(), "a.png": png_bytes()})
-    upload.name = "upload.zip"
     client = Client()
     client.force_login(admin_user)
     page = client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload})
-    assert page.status_code == 200
-    text = page.content.decode()
-    assert "row 2: image path &#x27;/etc/passwd&#x27; is outside the images folder" in text
-    assert "row 3: prompt contains a NUL character" in text and "row 4: not valid JSON" in text
-    assert "root:" not in text and not Prompt.objects.exists()
+    job = Job.objects.get(kind=Job.Kind.IMPORT)
+    assert page.status_code == 302 and page["Location"] == f"/admin/annotation/job/{job.pk}/change/"
+    import_archive.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert "row 2: image path '/etc/passwd' is outside the images folder" in job.error
+    assert "row 3: prompt contains a NUL character" in job.error and "row 4: not valid JSON" in job.error
+    assert "root:" not in job.error and not Prompt.objects.exists()
+    shown = client.get(page["Location"]).content.decode()
+    assert "row 2: image path &#x27;/etc/passwd&#x27; is outside the images folder" in shown
     upload.seek(0)
-    done = client.post(
-        "/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload, "skip_bad": "on"}, follow=True
-    )
-    assert "Imported 1 prompts" in done.content.decode() and Prompt.objects.count() == 1
+    client.post("/admin/annotation/prompt/import/", {"kind": "prompts", "archive": upload, "skip_bad": "on"})
+    job = Job.objects.filter(kind=Job.Kind.IMPORT).latest("pk")
+    import_archive.apply(args=(job.pk,))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED and Prompt.objects.count() == 1
+    assert (job.result["prompts"], job.result["skipped"]) == (1, 3) and len(job.result["problems"]) == 3
 
 
 def test_the_import_command_exits_cleanly_on_a_hostile_manifest(tmp_path: Path, images: Path) -> None:
