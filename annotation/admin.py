@@ -169,6 +169,7 @@ class RoundAdmin(admin.ModelAdmin):
                 view(partial(admin_views.round_quality, self)),
                 name="annotation_round_quality",
             ),
+            path("<int:number>/train/", view(partial(admin_views.train_round, self)), name="annotation_round_train"),
             path(
                 "<int:number>/adjudicate/",
                 view(partial(admin_views.adjudicate, self)),

@@ -14,7 +14,6 @@ from dataclasses import asdict
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -28,11 +27,10 @@ from annotation.ai_labels import SELECTIONS
 from annotation.dashboard import round_state
 from annotation.errors import Invalid, Refused
 from annotation.exporters import AGGREGATIONS, FORMATS
-from annotation.jobs import enqueue_job
-from annotation.models import Job, Prompt, Round, Task, TrainingRun
+from annotation.models import Prompt, Round, Task, TrainingRun
 from annotation.roles import IsAdmin
 from annotation.serializers import JobOutput
-from annotation.training import Options, TrainingRefused, begin
+from annotation.training import Options, TrainingRefused, queue_run
 from contract.methods import METHODS
 
 
@@ -191,10 +189,7 @@ class TrainApi(APIView):
             options = Options(
                 method=data["method"], config=data.get("config"), overrides=data["overrides"], force=data["force"]
             )
-            with transaction.atomic():
-                run = begin(round_, options, resume=data["resume"])
-                run.job = enqueue_job(Job.Kind.TRAIN, queue="train", params={"run_id": run.pk}, created_by=request.user)
-                run.save(update_fields=["job"])
+            run = queue_run(round_, options, resume=data["resume"], created_by=request.user)
         except TrainingRefused as error:
             raise Refused(str(error)) from None
         return Response(TrainingRunOutput(run).data, status=status.HTTP_201_CREATED)

@@ -24,7 +24,8 @@ from annotation.dashboard import HALLUCINATION_METRICS, figure, hallucination_ch
 from annotation.deployment import RegisterRefused, policy_choices, register_model
 from annotation.exporters import AGGREGATIONS, FORMATS
 from annotation.models import Candidate, Prompt, Round, Task, TaskCandidate
-from contract.methods import KL, REWARD
+from annotation.training import Options, TrainingRefused, queue_run
+from contract.methods import KL, METHODS, REWARD
 from models.registry import Registry
 
 
@@ -241,6 +242,44 @@ def export_rounds(admin: Any, request: HttpRequest) -> HttpResponse:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
+
+
+class TrainForm(forms.Form):
+    method = forms.ChoiceField(choices=[(m, m) for m in METHODS], initial="ddpo")
+    overrides = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Trainer settings, one KEY=VALUE a line (e.g. epochs=2).",
+    )
+    force = forms.BooleanField(required=False, help_text="Deploy even if the gate refuses.")
+    resume = forms.BooleanField(required=False, help_text="Finish the round's unfinished run instead.")
+
+
+def train_round(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
+    """Train the round as a job (what `manage.py train_round` does): freeze, export, train,
+    evaluate, gate, register, deploy, open the next round."""
+    _require(request, "annotation.change_round")
+    round_ = get_object_or_404(Round, number=number)
+    form = TrainForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        overrides = [line.strip() for line in data["overrides"].splitlines() if line.strip()]
+        try:
+            run = queue_run(
+                round_,
+                Options(method=data["method"], overrides=overrides, force=data["force"]),
+                resume=data["resume"],
+                created_by=request.user,
+            )
+        except TrainingRefused as error:
+            form.add_error(None, str(error))
+        else:
+            assert run.job is not None
+            messages.success(request, f"Training {round_} is job #{run.job.pk} (run #{run.pk}).")
+            return HttpResponseRedirect(reverse("admin:annotation_job_change", args=[run.job.pk]))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, f"Train {round_}", form=form)
+    )
 
 
 def round_quality(admin: Any, request: HttpRequest, number: int) -> HttpResponse:

@@ -86,24 +86,24 @@ def next_action(current: Round | None, state: dict[str, Any] | None, running: li
             "url": reverse("admin:annotation_job_changelist"),
             "label": "Watch the jobs",
         }
-    if current.status == Round.Status.OPEN:
-        assert state is not None
-        if state["capacity"] and state["labels"] >= state["capacity"]:
-            return {
-                "text": f"{current} is fully labelled: train it (`manage.py train_round`), which opens the next round.",
-                "url": reverse("admin:annotation_round_quality", args=[current.number]),
-                "label": "Check its quality first",
-            }
-        return {
-            "text": f"{current} is open for annotation; check its quality as labels come in.",
-            "url": reverse("admin:annotation_round_quality", args=[current.number]),
-            "label": "Quality report",
-        }
     if any(job.kind == Job.Kind.TRAIN for job in running):
         return {
             "text": f"{current} is being trained.",
             "url": reverse("admin:annotation_job_changelist"),
             "label": "Jobs",
+        }
+    if current.status == Round.Status.OPEN:
+        assert state is not None
+        if state["capacity"] and state["labels"] >= state["capacity"]:
+            return {
+                "text": f"{current} is fully labelled: train it, which opens the next round (check its quality first).",
+                "url": reverse("admin:annotation_round_train", args=[current.number]),
+                "label": "Train it",
+            }
+        return {
+            "text": f"{current} is open for annotation; check its quality as labels come in.",
+            "url": reverse("admin:annotation_round_quality", args=[current.number]),
+            "label": "Quality report",
         }
     return {"text": f"{current} is frozen: start the next round.", "url": start, "label": "Start a round"}
 

@@ -44,7 +44,8 @@ from annotation.deployment import deploy_version, vllm_urls
 from annotation.errors import Refused
 from annotation.evaluation import RlhfFailed, evaluate_version, export_heldout, run_rlhf
 from annotation.exporters import Selection, export
-from annotation.models import Correction, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
+from annotation.jobs import enqueue_job
+from annotation.models import Correction, Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.services import freeze_round, start_round
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.launch import ONE_PROCESS, Launch, LaunchError
@@ -210,6 +211,16 @@ def begin(round_: Round, options: Options, *, resume: bool) -> TrainingRun:
         run = TrainingRun.objects.create(round=round_, method=options.method, config=asdict(options), work_dir="")
         run.work_dir = str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-run-{run.pk}")
         run.save(update_fields=["work_dir"])
+    return run
+
+
+def queue_run(round_: Round, options: Options, *, resume: bool = False, created_by: Any = None) -> TrainingRun:
+    """`begin`, then the run as a job on the `train` queue (the admin's Train page and the
+    admin API); TrainingRefused with the reason, and nothing written, when it cannot start."""
+    with transaction.atomic():
+        run = begin(round_, options, resume=resume)
+        run.job = enqueue_job(Job.Kind.TRAIN, queue="train", params={"run_id": run.pk}, created_by=created_by)
+        run.save(update_fields=["job"])
     return run
 
 

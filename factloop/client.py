@@ -2,9 +2,10 @@
 
     from factloop import Client
     loop = Client("http://127.0.0.1:8000", username="admin", password="...")
+    loop.wait_job(loop.import_archive("prompts.zip")["id"])   # a manifest and its images
     started = loop.start_round(policy_version="tiny-base", task_kinds=["correct"], limit=50)
     loop.wait_job(started["job"]["id"])          # the candidates are in; the round opens
-    ...                                           # annotators label it
+    loop.wait_labelled(started["round"]["number"])   # annotators label it
     run = loop.train(started["round"]["number"], method="ddpo")
     loop.wait_job(run["job"])                     # train, evaluate, gate, deploy, next round
     loop.training_run(run["id"])["steps"]["gate"]["detail"]
@@ -96,6 +97,20 @@ class Client:
         overlap, gold_rate, split, only_new, limit, temperature, max_tokens, ai_labeller,
         selection, human_prompts): {"round": ..., "job": the generation job}."""
         return dict(self._call("POST", "/api/admin/rounds/", settings))
+
+    def wait_labelled(self, number: int, *, timeout: float = 24 * 3600.0, poll: float = 5.0) -> dict[str, Any]:
+        """Until every task of the round has its labels (labels == capacity); the round.
+        TimeoutError if it has not by `timeout` seconds, FactLoopError if it is no longer open."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.round(number)
+            if state["capacity"] and state["labels"] >= state["capacity"]:
+                return state
+            if state["status"] not in ("draft", "open"):
+                raise FactLoopError(409, f"round {number} is {state['status']} with {state['labels']} labels")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"round {number} has {state['labels']} of {state['capacity']} labels")
+            time.sleep(poll)
 
     def open_round(self, number: int) -> dict[str, Any]:
         return dict(self._call("POST", f"/api/admin/rounds/{number}/open/"))

@@ -12,10 +12,11 @@ import pytest
 from django.contrib.auth.models import User
 
 from annotation import queue, services
-from annotation.models import Job, Judgement, Prompt, Round, RoundPrompt, Task
+from annotation.models import Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.tasks import export_dataset, import_archive
+from models.registry import Registry
 from tests.annotation.test_pages import client_for
-from tests.factories import make_round, png_bytes, zip_of
+from tests.factories import make_image, make_round, png_bytes, zip_of
 
 pytestmark = pytest.mark.django_db
 
@@ -191,3 +192,20 @@ def test_metrics_page_draws_rounds_and_trained_versions(admin_user: User, settin
     assert "<td>r2</td>" in page and "<td>0.200</td>" in page  # to 3 decimals
     # Columns with a value somewhere: CHAIR_i, POPE F1 and KL; no CHAIR_s or reward.
     assert "<th>kl</th>" in page and "<th>reward</th>" not in page and "<th>chair_s</th>" not in page
+
+
+def test_the_train_page_queues_a_run_or_says_why_not(admin_user: User, settings: Any, tmp_path: Path) -> None:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    round_ = make_round(tasks=1)
+    Registry(settings.FACTLOOP_MODEL_DIR).register(round_.policy_version, base_model="base")
+    client = client_for(admin_user)
+    page = client.post(f"/admin/annotation/round/{round_.number}/train/", {"method": "dpo"})
+    assert page.status_code == 200 and "no held-out prompts to evaluate the new policy on" in page.content.decode()
+    assert not TrainingRun.objects.exists() and not Job.objects.exists()
+    services.add_prompt(make_image(), "Describe it.", split="heldout")
+    done = client.post(f"/admin/annotation/round/{round_.number}/train/", {"method": "dpo", "overrides": "epochs=1\n"})
+    run = TrainingRun.objects.get()
+    assert run.job is not None and done["Location"] == f"/admin/annotation/job/{run.job.pk}/change/"
+    assert (run.method, run.config["overrides"], run.job.queue) == ("dpo", ["epochs=1"], "train")
+    again = client.post(f"/admin/annotation/round/{round_.number}/train/", {"method": "dpo"})
+    assert "has an unfinished training run" in again.content.decode() and TrainingRun.objects.count() == 1

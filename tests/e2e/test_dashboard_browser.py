@@ -1,5 +1,6 @@
 """The loop dashboard in a real browser: an admin lands on it, follows its next action to
-start a round, and sees the round's labelling progress move as an annotator works."""
+start a round, sees the round's labelling progress move as an annotator works, and follows
+"Train it" to queue the round's training as a job."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
 from annotation import queue, services
+from annotation.models import Job, TrainingRun
+from models.registry import Registry
 from tests.e2e.test_login_browser import log_in
-from tests.factories import make_round
+from tests.factories import make_image, make_round
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -30,6 +33,8 @@ def test_the_dashboard_follows_a_round(
     expect(page.locator("h1")).to_contain_text("Start a round")
 
     round_ = make_round(tasks=2)  # a round whose candidates are in (as generation leaves it)
+    Registry(settings.FACTLOOP_MODEL_DIR).register(round_.policy_version, base_model="base")
+    services.add_prompt(make_image(), "Describe it.", split="heldout")  # what training evaluates on
     page.goto(f"{base}/admin/")
     expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is open for annotation")
     expect(page.get_by_test_id("labelled")).to_contain_text("0 / 2")
@@ -43,4 +48,13 @@ def test_the_dashboard_follows_a_round(
     expect(page.get_by_test_id("active")).to_have_text("1")
     expect(page.get_by_test_id("next-action")).to_contain_text("fully labelled: train it")
     page.get_by_test_id("next-action-link").click()
-    page.wait_for_url(f"{base}/admin/annotation/round/{round_.number}/quality/")
+    page.wait_for_url(f"{base}/admin/annotation/round/{round_.number}/train/")
+    page.get_by_label("Method").select_option("dpo")
+    page.get_by_label("Overrides").fill("epochs=1\nbeta=0.2")
+    page.locator("input[type=submit]").click()
+    page.wait_for_url(lambda url: "/admin/annotation/job/" in url)
+    run = TrainingRun.objects.get(round=round_)
+    assert (run.method, run.config["overrides"], run.job.kind) == ("dpo", ["epochs=1", "beta=0.2"], Job.Kind.TRAIN)
+    page.goto(f"{base}/admin/")
+    expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is being trained")
+    expect(page.get_by_test_id("dashboard")).to_contain_text(f"#{run.job.pk}")

