@@ -54,6 +54,7 @@ def test_the_dashboard_follows_a_round(
     page.locator("input[type=submit]").click()
     page.wait_for_url(lambda url: "/admin/annotation/job/" in url)
     run = TrainingRun.objects.get(round=round_)
+    assert run.job is not None
     assert (run.method, run.config["overrides"], run.job.kind) == ("dpo", ["epochs=1", "beta=0.2"], Job.Kind.TRAIN)
     page.goto(f"{base}/admin/")
     expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is being trained")

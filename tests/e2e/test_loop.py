@@ -87,7 +87,8 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
         login = re.search(r"^\s+admin\s+(\S+) / (\S+)$", output, flags=re.M)
         assert login is not None, output[-3000:]
         services.freeze_round(second)  # the example's round is then the only work for the annotators
-        run_the_readme_client_example(f"http://127.0.0.1:{port}", *login.groups(), env, tmp_path / "client")
+        username, password = login.group(1), login.group(2)
+        run_the_readme_client_example(f"http://127.0.0.1:{port}", username, password, env, tmp_path / "client")
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
