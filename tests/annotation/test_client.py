@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -118,3 +119,23 @@ def test_the_command_line(live_server: Any, admin_user: User) -> None:
         [*command, "freeze", "7"], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 1 and "HTTP 404" in refused.stderr
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_client_installs_alone(tmp_path: Path) -> None:
+    """`pip install <checkout>` puts the factloop package (and only it) where a notebook imports it."""
+    source = tmp_path / "checkout"
+    source.mkdir()
+    shutil.copy(REPO / "pyproject.toml", source)
+    shutil.copytree(REPO / "factloop", source / "factloop", ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "site"
+    pip = [PYTHON, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "--target", str(target), "."]
+    done = subprocess.run(pip, cwd=source, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["factloop"]
+    probe = "import factloop, sys; print(factloop.__file__); print('django' in sys.modules)"
+    shown = subprocess.run(
+        [PYTHON, "-c", probe], cwd=tmp_path, env=clean_env(PYTHONPATH=str(target)), capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == [str(target / "factloop" / "__init__.py"), "False"]

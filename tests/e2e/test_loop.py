@@ -134,8 +134,13 @@ def run_the_readme_client_example(url: str, username: str, password: str, env: d
     assert 'Client("http://127.0.0.1:8000", username="admin", password="...")' in code
     code = code.replace("http://127.0.0.1:8000", url).replace('username="admin"', f"username={username!r}")
     code = code.replace('password="..."', f"password={password!r}")
-    example = subprocess.Popen(
-        [PYTHON, "-c", code], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    example = subprocess.Popen(  # the client as `pip install` puts it on the path (README, "REST API")
+        [PYTHON, "-c", code],
+        cwd=folder,
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     simulate = [PYTHON, "manage.py", "simulate_annotators", "--url", url, "--n", "4", "--noise", "0"]
     while example.poll() is None:
@@ -145,9 +150,9 @@ def run_the_readme_client_example(url: str, username: str, password: str, env: d
     (folder / "example-output.txt").write_text(printed)
     assert example.returncode == 0, printed[-5000:]
     assert printed.startswith("succeeded {"), printed[:2000]
-    imported = Round.objects.order_by("-number").first()
-    assert imported is not None and imported.number == 3 and imported.status == Round.Status.FROZEN
-    run = TrainingRun.objects.get(round=imported)
+    labelled = Round.objects.get(number=3)  # the demo made rounds 1 and 2
+    assert labelled.status == Round.Status.FROZEN and labelled.policy_version == "tiny-base"
+    run = TrainingRun.objects.get(round=labelled)
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
     assert zipfile.ZipFile(folder / "round.zip").namelist()  # the export, downloaded
     assert Registry(env["FACTLOOP_MODEL_DIR"]).status("tiny-base") == "serving"  # rolled back
