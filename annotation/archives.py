@@ -27,9 +27,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from annotation import audit
 from annotation.importers import LABEL_FORMATS, import_labels, import_prompts, is_hf_dataset
 from annotation.jobs import enqueue_job
-from annotation.models import Job
+from annotation.models import AuditEvent, Job
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,10 @@ def queue_import(upload: Any, kind: str, *, skip_bad: bool = False, created_by: 
             "skip_bad": bool(skip_bad),
             "annotator": f"import-{username}"[:150],
         }
-        return enqueue_job(Job.Kind.IMPORT, queue="export", params=params, created_by=created_by)
+        with transaction.atomic():
+            job = enqueue_job(Job.Kind.IMPORT, queue="export", params=params, created_by=created_by)
+            audit.record(AuditEvent.Action.IMPORT, f"job {job.pk}", by=created_by, **params)
+        return job
     except BaseException:
         partial.unlink(missing_ok=True)
         (folder / name).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from annotation import archives, jobs
-from annotation.models import Job, Prompt, Round
+from annotation.models import AuditEvent, Job, Prompt, Round
 from annotation.tasks import import_archive
 from tests.factories import make_job, png_bytes, zip_of
 
@@ -108,6 +108,8 @@ def test_an_upload_is_imported_by_a_job_with_progress(admin_api: APIClient) -> N
     job = Job.objects.get(pk=answer.json()["id"])
     assert (job.kind, job.queue, job.status) == (Job.Kind.IMPORT, "export", Job.Status.QUEUED)
     assert not Prompt.objects.exists() and uploads() == [job.params["archive"]]
+    event = AuditEvent.objects.get(action=AuditEvent.Action.IMPORT)
+    assert (event.target, event.actor_name, event.detail["kind"]) == (f"job {job.pk}", "ada", "prompts")
     import_archive.apply(args=(job.pk,))
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
