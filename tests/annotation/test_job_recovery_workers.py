@@ -134,3 +134,54 @@ def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_train
 
 def _processes() -> str:
     return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout  # whole lines
+
+
+def test_an_import_shows_progress_while_it_writes_and_a_killed_one_is_retried_whole(
+    worker: Worker, admin_user: User
+) -> None:
+    """The import writes in one transaction; its progress still moves (the heartbeat writes
+    it) while nothing is visible yet. Killed there, it rolls back whole and is not resumed
+    (a rerun of a committed label import would add a second round): it fails with the
+    reason, keeps its upload, and a retry imports every row once."""
+    import io
+    import json
+    import zipfile
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from annotation import archives
+    from annotation.models import Prompt
+    from tests.factories import png_bytes
+
+    rows = 1500
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        lines = []
+        for n in range(rows):
+            archive.writestr(f"images/{n}.png", png_bytes((n % 256, n // 256, 7)))
+            lines.append(json.dumps({"image": f"images/{n}.png", "prompt": f"Describe picture {n}."}))
+        archive.writestr("prompts.jsonl", "\n".join(lines))
+    worker.env["FACTLOOP_JOB_HEARTBEAT_SECONDS"] = "1"
+    upload = SimpleUploadedFile("prompts.zip", buffer.getvalue(), content_type="application/zip")
+    job = archives.queue_import(upload, "prompts", created_by=admin_user)
+    worker.start()
+    writing = lambda: rows < Job.objects.get(pk=job.pk).progress_done < 2 * rows  # noqa: E731
+    wait_until(writing, 300, "no progress while writing", worker.log)
+    assert Prompt.objects.count() == 0  # its transaction is still open
+    worker.kill()
+    worker.start()  # its start-up sweep takes back what the dead process held
+    lost = lambda: Job.objects.get(pk=job.pk).status == Job.Status.FAILED  # noqa: E731
+    wait_until(lost, 120, "the lost import was not failed", worker.log)
+    assert "retry it from the admin" in Job.objects.get(pk=job.pk).error
+    assert Prompt.objects.count() == 0 and len(list(archives.upload_dir().iterdir())) == 1
+    jobs.retry(job.pk)
+    done = lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED  # noqa: E731
+    wait_until(done, 300, "the retried import did not finish", worker.log)
+    row = Job.objects.get(pk=job.pk)
+    assert row.status == Job.Status.SUCCEEDED, row.error
+    assert [e["event"] for e in row.history] == ["failed", "retried"]
+    assert row.result["prompts"] == rows == Prompt.objects.count() and (row.progress_done, row.progress_total) == (
+        2 * rows,
+        2 * rows,
+    )
+    assert not list(archives.upload_dir().iterdir())
