@@ -145,7 +145,6 @@ class RoundAdmin(admin.ModelAdmin):
         "progress",
         "quality_link",
         "created_at",
-        "frozen_at",
     ]
     list_filter = ["status"]
     readonly_fields = ["number", "created_at", "frozen_at"]
@@ -236,7 +235,7 @@ class RoundAdmin(admin.ModelAdmin):
             )
         )
 
-    @admin.display(description="candidates: prompts done / all (failed)")
+    @admin.display(description="candidates (prompts done)")
     def generation(self, round_: Any) -> str:
         if not round_.prompts_all:
             return "-"
@@ -254,7 +253,7 @@ class RoundAdmin(admin.ModelAdmin):
     def task_count(self, round_: Any) -> int:
         return int(round_.n_tasks)
 
-    @admin.display(description="judgements / needed")
+    @admin.display(description="labels / needed")
     def progress(self, round_: Any) -> str:
         if not round_.slots:
             return "-"

@@ -59,3 +59,23 @@ def test_the_dashboard_follows_a_round(
     page.goto(f"{base}/admin/")
     expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is being trained")
     expect(page.get_by_test_id("dashboard")).to_contain_text(f"#{run.job.pk}")
+
+
+def test_the_rounds_and_metrics_tables_fit_a_1400_px_window(
+    page: Any, live_server: Any, admin_user: User, settings: Any, tmp_path: Any
+) -> None:
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    registry.register("tiny-base", base_model="base")
+    registry.record_evaluation("tiny-base", {"metrics": {"chair_i": 0.0861244019, "chair_s": 0.3, "pope_f1": 1.0}})
+    round_ = make_round(tasks=3)
+    round_.policy_version = "round-12-ddpo-run-345"
+    round_.save(update_fields=["policy_version"])
+    page.set_viewport_size({"width": 1400, "height": 900})
+    log_in(page, live_server.url, admin_user.username)
+    page.wait_for_url(lambda url: "/accounts/login/" not in url)
+    for path, table in (("/admin/annotation/round/", "#result_list"), ("/admin/annotation/round/metrics/", "table")):
+        page.goto(f"{live_server.url}{path}")
+        right = page.locator(table).first.evaluate("element => element.getBoundingClientRect().right")
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert right <= 1400 and overflow <= 0, (path, right, overflow)
