@@ -101,8 +101,8 @@ class Heartbeat:
         self.worker = worker
         self.every = float(every if every is not None else settings.FACTLOOP_JOB_HEARTBEAT_SECONDS)
         self.lost = threading.Event()
-        # Progress that work inside its own transaction cannot write (see `reporter`): the
-        # next beat writes it.
+        # The newest progress (see `reporter`): each beat writes it, which is how work inside
+        # a transaction of its own shows its progress.
         self.pending: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-job-{job_id}", daemon=True)
@@ -141,11 +141,12 @@ def reporter(job_id: int, heartbeat: Heartbeat | None = None) -> Callable[[int, 
         lost = JobLost(f"job {job_id} is no longer running on this worker")
         if heartbeat is not None and heartbeat.lost.is_set():
             raise lost
-        if heartbeat is not None and len(connection.atomic_blocks) > depth:
-            if total < 0 or done < 0 or (total and done > total):
-                raise ValueError(f"progress {done}/{total} is out of range")
-            heartbeat.pending = (done, total)
-        elif not Job.report_progress(job_id, done, total):
+        Job.check_progress(done, total)
+        if heartbeat is not None:
+            heartbeat.pending = (done, total)  # a beat only ever writes the newest figures
+            if len(connection.atomic_blocks) > depth:
+                return
+        if not Job.report_progress(job_id, done, total):
             raise lost
 
     return report

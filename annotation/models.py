@@ -105,12 +105,16 @@ class Job(models.Model):
         )
         return updated == 1
 
+    @staticmethod
+    def check_progress(done: int, total: int) -> None:
+        if total < 0 or done < 0 or (total and done > total):
+            raise ValueError(f"progress {done}/{total} is out of range")
+
     @classmethod
     def report_progress(cls, job_id: int, done: int, total: int) -> bool:
         """Record progress; False when the job is no longer running (cancelled, or taken
         back from a worker presumed dead), which tells the caller to stop."""
-        if total < 0 or done < 0 or (total and done > total):
-            raise ValueError(f"progress {done}/{total} is out of range")
+        cls.check_progress(done, total)
         return (
             cls.objects.filter(pk=job_id, status=cls.Status.RUNNING).update(
                 progress_done=done, progress_total=total, heartbeat_at=timezone.now()
