@@ -246,6 +246,9 @@ def _pct(value: float | None) -> str:
 
 class TrainForm(forms.Form):
     method = forms.ChoiceField(choices=[(m, m) for m in METHODS], initial="ddpo")
+    config = forms.CharField(
+        required=False, max_length=1000, help_text="A trainer settings file (YAML) on the server; empty: the defaults."
+    )
     overrides = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 3}),
@@ -267,7 +270,7 @@ def train_round(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
         try:
             run = queue_run(
                 round_,
-                Options(method=data["method"], overrides=overrides, force=data["force"]),
+                Options(method=data["method"], config=data["config"] or None, overrides=overrides, force=data["force"]),
                 resume=data["resume"],
                 created_by=request.user,
             )

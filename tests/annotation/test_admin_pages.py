@@ -203,6 +203,12 @@ def test_the_train_page_queues_a_run_or_says_why_not(admin_user: User, settings:
     assert page.status_code == 200 and "no held-out prompts to evaluate the new policy on" in page.content.decode()
     assert not TrainingRun.objects.exists() and not Job.objects.exists()
     services.add_prompt(make_image(), "Describe it.", split="heldout")
+    for bad, reason in (
+        ({"config": "/no/such.yaml"}, "no config file /no/such.yaml"),
+        ({"overrides": "epochs"}, "KEY=VALUE"),
+    ):
+        page = client.post(f"/admin/annotation/round/{round_.number}/train/", {"method": "dpo", **bad})
+        assert reason in page.content.decode() and not TrainingRun.objects.exists()
     done = client.post(f"/admin/annotation/round/{round_.number}/train/", {"method": "dpo", "overrides": "epochs=1\n"})
     run = TrainingRun.objects.get()
     assert run.job is not None and done["Location"] == f"/admin/annotation/job/{run.job.pk}/change/"
