@@ -23,6 +23,7 @@ from annotation import archives, plots, quality, selectors, services
 from annotation.dashboard import HALLUCINATION_METRICS, figure, hallucination_chart, version_rows
 from annotation.deployment import RegisterRefused, policy_choices, register_model
 from annotation.exporters import AGGREGATIONS, FORMATS
+from annotation.importers import LABEL_FORMATS
 from annotation.models import Candidate, Prompt, Round, Task, TaskCandidate
 from annotation.training import Options, TrainingRefused, queue_run
 from contract.methods import KL, METHODS, REWARD
@@ -156,7 +157,7 @@ def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
 class ImportForm(forms.Form):
     kind = forms.ChoiceField(
         choices=[("prompts", "Prompts (JSONL or CSV manifest with images, or a datasets directory)")]
-        + [(fmt, f"Labels: {fmt} JSON with images") for fmt in archives.KINDS[1:]]
+        + [(fmt, f"Labels: {fmt} JSON with images") for fmt in LABEL_FORMATS]
     )
     archive = forms.FileField(help_text="A .zip holding the manifest (or JSON, or datasets directory) and its images.")
     skip_bad = forms.BooleanField(required=False, help_text="Import the good rows and report the bad ones.")

@@ -31,6 +31,7 @@ from annotation import audit
 from annotation.importers import LABEL_FORMATS, import_labels, import_prompts, is_hf_dataset
 from annotation.jobs import enqueue_job
 from annotation.models import AuditEvent, Job
+from annotation.released import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 KINDS = ("prompts", *LABEL_FORMATS)
 # An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
 MAX_UNPACKED_FILES = 200_000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 SUPPORTED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 # An upload no queued or running import names is removed after this long (the job sweep).
 STALE_UPLOAD_SECONDS = 24 * 3600

@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("give --token or set FACTLOOP_TOKEN")
+    if args.command == "import" and not os.path.isfile(args.file):
+        parser.error(f"no file {args.file}")
     try:
         with Client(args.url, token=args.token) as client:
             result = run(client, args)

@@ -64,8 +64,9 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = self._http.request(method, path, json=body)
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, **multipart: Any) -> Any:
+        """The answer's JSON; `multipart` (data=, files=) sends a form instead of `body`."""
+        response = self._http.request(method, path, json=body, **multipart)
         if response.status_code >= 400:
             raise FactLoopError(response.status_code, _message(response))
         return response.json() if response.content else None
@@ -76,14 +77,14 @@ class Client:
         job. Its result, once wait_job says it succeeded, counts what came in."""
         source = Path(path)
         with source.open("rb") as archive:
-            response = self._http.post(
-                "/api/admin/imports/",
-                data={"kind": kind, "skip_bad": "true" if skip_bad else "false"},
-                files={"archive": (source.name, archive, "application/zip")},
+            return dict(
+                self._call(
+                    "POST",
+                    "/api/admin/imports/",
+                    data={"kind": kind, "skip_bad": "true" if skip_bad else "false"},
+                    files={"archive": (source.name, archive, "application/zip")},
+                )
             )
-        if response.status_code >= 400:
-            raise FactLoopError(response.status_code, _message(response))
-        return dict(response.json())
 
     # Rounds
     def rounds(self) -> list[dict[str, Any]]:

@@ -74,6 +74,7 @@ def test_an_admin_drives_rounds_exports_and_versions(
 
 def test_bad_input_is_refused_with_a_reason_and_writes_nothing(loop: Client, settings: Any, tmp_path: Path) -> None:
     settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    settings.FACTLOOP_EXPORT_DIR = str(tmp_path / "exports")
     cases: list[tuple[dict[str, Any], int, str]] = [
         ({"policy_version": "base", "task_kinds": ["dance"]}, 400, "task_kinds"),
         ({"policy_version": "base", "task_kinds": ["correct"]}, 400, "at least one prompt"),
@@ -93,6 +94,11 @@ def test_bad_input_is_refused_with_a_reason_and_writes_nothing(loop: Client, set
     with pytest.raises(FactLoopError) as refused:
         loop.train(9)
     assert refused.value.status == 404
+    not_zip = tmp_path / "prompts.zip"
+    not_zip.write_text("plain text")
+    with pytest.raises(FactLoopError) as refused:
+        loop.import_archive(not_zip)
+    assert refused.value.status == 400 and "not a zip archive" in refused.value.message
     assert not Round.objects.exists() and not Job.objects.exists()
 
 
@@ -119,6 +125,10 @@ def test_the_command_line(live_server: Any, admin_user: User) -> None:
         [*command, "freeze", "7"], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 1 and "HTTP 404" in refused.stderr
+    missing = subprocess.run(
+        [*command, "import", "no-such.zip"], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 2 and "no file no-such.zip" in missing.stderr and not Job.objects.exists()
 
 
 @pytest.mark.django_db(transaction=False)
