@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # What an archive can hold: prompts (a manifest with its images, or a datasets directory),
 # or labels in one of the released layouts.
 KINDS = ("prompts", *LABEL_FORMATS)
+# Members read whole into memory (each bounded by FACTLOOP_MAX_MANIFEST_BYTES); datasets'
+# arrow and parquet files are memory-mapped, and images have their own cap.
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
 # An uploaded archive may hold at most this many members (FACTLOOP_MAX_IMPORT_BYTES bounds its bytes).
 MAX_UNPACKED_FILES = 200_000
 SUPPORTED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
@@ -85,7 +88,8 @@ def check_archive(archive: IO[bytes] | Path) -> None:
 
 def unpack(archive: IO[bytes] | Path, into: Path) -> None:
     """Extract a zip member by member, streamed, refusing what `_checked_members` refuses,
-    an image over FACTLOOP_MAX_IMAGE_BYTES, and more than FACTLOOP_MAX_IMPORT_BYTES in all.
+    an image over FACTLOOP_MAX_IMAGE_BYTES, a manifest or label file over
+    FACTLOOP_MAX_MANIFEST_BYTES, and more than FACTLOOP_MAX_IMPORT_BYTES in all.
     Sizes are counted as the bytes come out (the headers can lie), so neither disk nor
     memory goes past the limits."""
     total_limit, image_limit = settings.FACTLOOP_MAX_IMPORT_BYTES, settings.FACTLOOP_MAX_IMAGE_BYTES
@@ -97,7 +101,14 @@ def unpack(archive: IO[bytes] | Path, into: Path) -> None:
                 if member.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                limit = image_limit if target.suffix.lower() in IMAGE_SUFFIXES else total_limit
+                suffix = target.suffix.lower()
+                limit = (
+                    image_limit
+                    if suffix in IMAGE_SUFFIXES
+                    else settings.FACTLOOP_MAX_MANIFEST_BYTES
+                    if suffix in TEXT_SUFFIXES
+                    else total_limit
+                )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 size = 0
                 with zipped.open(member) as source, open(target, "wb") as out:

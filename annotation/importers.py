@@ -221,8 +221,18 @@ def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
         return
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"{path}: a manifest is a .jsonl or a .csv file")
+    limit = _line_limit()
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
+        number = 0
+        # Read a line at most `limit` characters at a time: a line with no end must not be
+        # held whole (a few hundred bytes of zip unpack to gigabytes of one line).
+        while line := handle.readline(limit + 1):
+            number += 1
+            if len(line) > limit and not line.endswith("\n"):
+                while (rest := handle.readline(1 << 20)) and not rest.endswith("\n"):
+                    pass
+                yield number, f"the line is longer than {limit} characters"
+                continue
             if not line.strip():
                 continue
             try:
@@ -233,15 +243,25 @@ def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             yield number, value if isinstance(value, dict) else "not a JSON object"
 
 
+def _texts() -> tuple[int, int, int]:
+    return settings.FACTLOOP_MAX_PROMPT_CHARS, settings.FACTLOOP_MAX_CONTEXT_CHARS, settings.FACTLOOP_MAX_FACTS_CHARS
+
+
 def _field_limit() -> int:
     """The longest CSV field worth reading: the largest text limit (as JSON, escapes and all)."""
-    texts = (settings.FACTLOOP_MAX_PROMPT_CHARS, settings.FACTLOOP_MAX_CONTEXT_CHARS, settings.FACTLOOP_MAX_FACTS_CHARS)
-    return 8 * max(texts)
+    return 8 * max(_texts())
+
+
+def _line_limit() -> int:
+    """The longest JSONL line worth reading: a row's texts together (as JSON, escapes and all),
+    with room for its other fields."""
+    return 8 * sum(_texts()) + 4096
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     csv.field_size_limit(_field_limit())
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise prefix the first column's name.
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         records = csv.DictReader(handle)
         number = 0
         while True:

@@ -55,7 +55,10 @@ def inspect_image(data: bytes, source: str = "upload") -> tuple[str, int, int]:
             image.load()
     except PILImage.DecompressionBombError as error:
         raise ValidationError(f"{source}: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except UnidentifiedImageError:
+        # Pillow's own message names the in-memory buffer ("<_io.BytesIO object at 0x...>").
+        raise ValidationError(f"{source}: not a readable image: not {', '.join(IMAGE_FORMATS)} data") from None
+    except (OSError, SyntaxError) as error:
         raise ValidationError(f"{source}: not a readable image: {error}") from None
     return kind, width, height
 

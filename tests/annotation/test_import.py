@@ -60,6 +60,8 @@ BAD = [
     ({"image": "b.png", "prompt": "x", "facts": ["ball"]}, "facts must be an object"),
     ({"image": "a.png", "prompt": "Describe the image."}, "duplicate of row 1"),
     ("{not json", "not valid JSON"),
+    # One line longer than any row can be is reported, never held whole.
+    ('{"prompt": "' + "a" * 900_000, "the line is longer than"),
 ]
 
 
@@ -103,6 +105,22 @@ def test_csv_manifests_with_json_columns(tmp_path: Path, images: Path) -> None:
     call_command("import_prompts", manifest, images=images, stdout=io.StringIO())
     assert Prompt.objects.get(text="Describe it.").image.facts == {"objects": ["ball"]}
     assert Prompt.objects.get(text="Count.").split == "train"
+
+
+def test_a_spreadsheet_s_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path, images: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,prompt\na.png,Describe it.\n", encoding="utf-8-sig")
+    call_command("import_prompts", manifest, images=images, stdout=io.StringIO())
+    assert Prompt.objects.get(text="Describe it.").image.sha256
+
+
+def test_an_unreadable_image_is_named_without_python_s_internals(tmp_path: Path, images: Path) -> None:
+    manifest = jsonl(tmp_path / "m.jsonl", [{"image": "notes.png", "prompt": "x"}])
+    errors = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("import_prompts", manifest, images=images, stderr=errors)
+    assert "not a readable image: not PNG, JPEG, WEBP, GIF data" in errors.getvalue()
+    assert "BytesIO" not in errors.getvalue() and "0x" not in errors.getvalue()
 
 
 def test_a_missing_manifest_or_folder_is_a_clear_error(tmp_path: Path, images: Path) -> None:

@@ -205,6 +205,17 @@ def test_unpacking_streams_each_member_under_its_cap(tmp_path: Path, settings: A
         unpack(zip_of({"data.jsonl": bytes(2 * 1024**2)}), tmp_path / "second")
 
 
+def test_a_manifest_member_is_held_under_its_own_cap(tmp_path: Path, settings: Any) -> None:
+    """Manifests and label files are parsed in memory: a 10 KB zip of one 64 MB line is refused
+    as it unpacks, while a datasets arrow file (memory-mapped) may be larger."""
+    settings.FACTLOOP_MAX_MANIFEST_BYTES = 2 * 1024**2
+    line = zip_of({"m.jsonl": b'{"prompt": "' + b"a" * (64 * 1024**2)}, compression=zipfile.ZIP_DEFLATED)
+    assert len(line.getvalue()) < 100 * 1024
+    with pytest.raises(ValidationError, match=r"'m.jsonl' unpacks to more than 2097152 bytes"):
+        unpack(line, tmp_path / "first")
+    unpack(zip_of({"data/data-00000-of-00001.arrow": bytes(3 * 1024**2)}), tmp_path / "second")
+
+
 def test_encrypted_and_unsupported_members_are_named(tmp_path: Path) -> None:
     archive = zip_of({"m.jsonl": b"{}\n"})
     data = bytearray(archive.getvalue())
