@@ -96,9 +96,9 @@ class Heartbeat:
     database connection of its own (closed when it stops). `lost` turns true when the row
     is no longer this worker's running job."""
 
-    def __init__(self, job_id: int, worker: str, every: float | None = None) -> None:
+    def __init__(self, job_id: int, claim: str, every: float | None = None) -> None:
         self.job_id = job_id
-        self.worker = worker
+        self.claim = claim
         self.every = float(every if every is not None else settings.FACTLOOP_JOB_HEARTBEAT_SECONDS)
         self.lost = threading.Event()
         # The newest progress (see `reporter`): each beat writes it, which is how work inside
@@ -119,7 +119,7 @@ class Heartbeat:
         try:
             while not self._stop.wait(self.every):
                 try:
-                    if not Job.beat(self.job_id, self.worker, progress=self.pending):
+                    if not Job.beat(self.job_id, self.claim, progress=self.pending):
                         self.lost.set()
                 except DatabaseError as error:  # a database restart: try again next beat
                     log.warning("job %s: heartbeat failed: %s", self.job_id, error)
@@ -128,7 +128,7 @@ class Heartbeat:
             connection.close()
 
 
-def reporter(job_id: int, heartbeat: Heartbeat | None = None) -> Callable[[int, int], None]:
+def reporter(job_id: int, claim: str, heartbeat: Heartbeat | None = None) -> Callable[[int, int], None]:
     """A progress callback that raises JobLost once the job is no longer running here.
 
     Called inside a transaction the work opened (an import writes everything in one), it
@@ -146,7 +146,7 @@ def reporter(job_id: int, heartbeat: Heartbeat | None = None) -> Callable[[int, 
             heartbeat.pending = (done, total)  # a beat only ever writes the newest figures
             if len(connection.atomic_blocks) > depth:
                 return
-        if not Job.report_progress(job_id, done, total):
+        if not Job.report_progress(job_id, claim, done, total):
             raise lost
 
     return report
@@ -185,9 +185,10 @@ def sweep(*, worker: str | None = None, stale_after: float | None = None) -> Swe
         for job in rows:
             holder = f"{why} (worker {job.worker or 'unknown'}, last heartbeat {job.heartbeat_at or job.started_at})"
             if job.kind in RESUMABLE and job.attempts < settings.FACTLOOP_JOB_MAX_ATTEMPTS:
-                job.status, job.worker, job.started_at, job.heartbeat_at = Job.Status.QUEUED, "", None, None
+                job.status, job.worker, job.claim_token = Job.Status.QUEUED, "", ""
+                job.started_at, job.heartbeat_at = None, None
                 job.history = [*job.history, _event("requeued", holder)]
-                job.save(update_fields=["status", "worker", "started_at", "heartbeat_at", "history"])
+                job.save(update_fields=["status", "worker", "claim_token", "started_at", "heartbeat_at", "history"])
                 _send_on_commit(job.pk, job.kind, job.queue)
                 report.requeued.append(job.pk)
             else:
@@ -197,7 +198,11 @@ def sweep(*, worker: str | None = None, stale_after: float | None = None) -> Swe
                 job.history = [*job.history, _event("failed", job.error)]
                 job.save(update_fields=["status", "finished_at", "error", "history"])
                 report.failed.append(job.pk)
-    report.staging_removed = [str(p) for p in remove_dead(Path(settings.FACTLOOP_EXPORT_DIR))]
+    # Another host's staging folder (a pod gone from a shared volume) once untouched for a day.
+    stale_elsewhere = float(24 * 3600)
+    report.staging_removed = [
+        str(p) for p in remove_dead(Path(settings.FACTLOOP_EXPORT_DIR), other_hosts_after=stale_elsewhere)
+    ]
     if report.requeued or report.failed or report.staging_removed:
         log.warning(
             "job sweep: requeued %s, failed %s, removed %s", report.requeued, report.failed, report.staging_removed
@@ -212,7 +217,7 @@ def retry(job_id: int, *, by: Any = None) -> Job:
         if job.status not in (Job.Status.FAILED, Job.Status.CANCELLED):
             raise JobStateError(f"job {job_id} is {job.status}: only a failed or cancelled job can be retried")
         job.status, job.finished_at, job.error, job.attempts = Job.Status.QUEUED, None, "", 0
-        job.worker, job.started_at, job.heartbeat_at = "", None, None
+        job.worker, job.claim_token, job.started_at, job.heartbeat_at = "", "", None, None
         job.history = [*job.history, _event("retried", "retried by hand", by)]
         job.save()
         _send_on_commit(job.pk, job.kind, job.queue)

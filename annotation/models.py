@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -44,6 +45,13 @@ class Job(models.Model):
     progress_done = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=255, blank=True, help_text="Host name of the worker that ran it.")
+    claim_token = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The token of the running claim: only the process holding it may beat, report or finish.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -92,18 +100,31 @@ class Job(models.Model):
     # the same job cannot both win, and the return value says whether this one did.
 
     @classmethod
-    def claim(cls, job_id: int, worker: str, kind: str | None = None) -> bool:
-        """queued -> running. True only for the caller whose UPDATE changed the row. With
-        `kind`, only a job of that kind is claimed: a stale message (from another database,
-        or a row id reused) never starts work of another kind."""
+    def claim(cls, job_id: int, worker: str, kind: str | None = None) -> str | None:
+        """queued -> running. The claim's token for the caller whose UPDATE changed the row,
+        else None. With `kind`, only a job of that kind is claimed: a stale message (from
+        another database, or a row id reused) never starts work of another kind.
+
+        The token, not the worker's name, says whose run it is: a job taken back and claimed
+        again (by a sibling process of the same worker, or after a restart) has a new one, so
+        the first process's next beat, report or finish finds the job lost to it."""
         rows = cls.objects.filter(pk=job_id, status=cls.Status.QUEUED)
         if kind is not None:
             rows = rows.filter(kind=kind)
-        now = timezone.now()
+        now, token = timezone.now(), uuid.uuid4().hex
         updated = rows.update(
-            status=cls.Status.RUNNING, worker=worker[:255], started_at=now, heartbeat_at=now, attempts=F("attempts") + 1
+            status=cls.Status.RUNNING,
+            worker=worker[:255],
+            claim_token=token,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
         )
-        return updated == 1
+        return token if updated == 1 else None
+
+    @classmethod
+    def _held(cls, job_id: int, claim: str) -> models.QuerySet[Job]:
+        return cls.objects.filter(pk=job_id, status=cls.Status.RUNNING, claim_token=claim)
 
     @staticmethod
     def check_progress(done: int, total: int) -> None:
@@ -111,44 +132,38 @@ class Job(models.Model):
             raise ValueError(f"progress {done}/{total} is out of range")
 
     @classmethod
-    def report_progress(cls, job_id: int, done: int, total: int) -> bool:
-        """Record progress; False when the job is no longer running (cancelled, or taken
-        back from a worker presumed dead), which tells the caller to stop."""
+    def report_progress(cls, job_id: int, claim: str, done: int, total: int) -> bool:
+        """Record progress; False when the job is no longer running under this claim
+        (cancelled, or taken back from a worker presumed dead), which tells the caller to stop."""
         cls.check_progress(done, total)
         return (
-            cls.objects.filter(pk=job_id, status=cls.Status.RUNNING).update(
-                progress_done=done, progress_total=total, heartbeat_at=timezone.now()
-            )
-            == 1
+            cls._held(job_id, claim).update(progress_done=done, progress_total=total, heartbeat_at=timezone.now()) == 1
         )
 
     @classmethod
-    def beat(cls, job_id: int, worker: str, progress: tuple[int, int] | None = None) -> bool:
-        """The worker running the job is alive (and, with `progress`, this far along); False
+    def beat(cls, job_id: int, claim: str, progress: tuple[int, int] | None = None) -> bool:
+        """The process running the job is alive (and, with `progress`, this far along); False
         when the job is no longer its own."""
-        rows = cls.objects.filter(pk=job_id, status=cls.Status.RUNNING, worker=worker[:255])
         fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
         if progress is not None:
             fields["progress_done"], fields["progress_total"] = progress
-        return rows.update(**fields) == 1
+        return cls._held(job_id, claim).update(**fields) == 1
 
     @classmethod
-    def succeed(cls, job_id: int, result: dict[str, Any]) -> bool:
+    def succeed(cls, job_id: int, claim: str, result: dict[str, Any]) -> bool:
         return (
-            cls.objects.filter(pk=job_id, status=cls.Status.RUNNING).update(
-                status=cls.Status.SUCCEEDED, result=result, finished_at=timezone.now()
-            )
-            == 1
+            cls._held(job_id, claim).update(status=cls.Status.SUCCEEDED, result=result, finished_at=timezone.now()) == 1
         )
 
     @classmethod
-    def fail(cls, job_id: int, error: str) -> bool:
-        return (
-            cls.objects.filter(pk=job_id, status__in=[cls.Status.QUEUED, cls.Status.RUNNING]).update(
-                status=cls.Status.FAILED, error=error[:10_000], finished_at=timezone.now()
-            )
-            == 1
+    def fail(cls, job_id: int, error: str, claim: str | None = None) -> bool:
+        """queued or running -> failed; with `claim`, only the run holding that claim."""
+        rows = (
+            cls._held(job_id, claim)
+            if claim is not None
+            else cls.objects.filter(pk=job_id, status__in=[cls.Status.QUEUED, cls.Status.RUNNING])
         )
+        return rows.update(status=cls.Status.FAILED, error=error[:10_000], finished_at=timezone.now()) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,6 +353,10 @@ class Task(models.Model):
     # Submissions are not counted on the row: that would add a write, and a lock on the task,
     # to every submission; the admin and exports count them.
     taken = models.PositiveSmallIntegerField(default=0, help_text="Live leases plus submissions.")
+    # A copy of "its round is open", kept by services.open_round and freeze_round, so that the
+    # queue's index holds only tasks it may hand out: tasks left unfinished in frozen rounds
+    # would otherwise be walked past by every claim, forever.
+    in_open_round = models.BooleanField(default=False, db_default=False, help_text="Whether the task's round is open.")
     is_gold = models.BooleanField(default=False, help_text="A task with a known answer, for quality control.")
     # The known answer, by position (so it survives copying the task into a later round):
     # rank {"best_positions": [0]}; correct {"no_hallucination": false}. Set on gold tasks,
@@ -361,9 +380,11 @@ class Task(models.Model):
             models.CheckConstraint(condition=Q(taken__lte=F("overlap")), name="task_taken_within_overlap"),
         ]
         indexes = [
-            # The queue walks the tasks with a free slot, oldest first, and stops at the first
-            # one this annotator may take: an ordered scan of this small index, no sort.
-            models.Index(fields=["id"], condition=Q(taken__lt=F("overlap")), name="task_free_slots"),
+            # The queue walks the open rounds' tasks with a free slot, oldest first, and stops at
+            # the first one this annotator may take: an ordered scan of this small index, no sort.
+            models.Index(
+                fields=["id"], condition=Q(taken__lt=F("overlap"), in_open_round=True), name="task_open_free_slots"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -97,7 +97,10 @@ def current_assignment(annotator: Any) -> Assignment | None:
 def _free_task_ids(annotator: Any) -> QuerySet[Task]:
     open_rounds = Round.objects.filter(status=Round.Status.OPEN).values("pk")
     seen = Assignment.objects.filter(task=OuterRef("pk"), annotator=annotator)
-    return Task.objects.filter(round__in=open_rounds, taken__lt=F("overlap")).exclude(Exists(seen)).order_by("id")
+    # in_open_round picks the index (see Task); the round's own status stays the rule, for a
+    # task whose copy of it was set in the instant before its round froze.
+    free = Task.objects.filter(in_open_round=True, round__in=open_rounds, taken__lt=F("overlap"))
+    return free.exclude(Exists(seen)).order_by("id")
 
 
 def _claim(annotator: Any, now: datetime) -> Assignment | None:

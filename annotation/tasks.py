@@ -47,20 +47,22 @@ def job_task(kind: Job.Kind) -> Callable[[Body], Task]:
     def register(body: Body) -> Task:
         def run(self: Task, job_id: int) -> None:
             worker = self.request.hostname or socket.gethostname()
-            if not Job.claim(job_id, worker, kind):
+            claim = Job.claim(job_id, worker, kind)
+            if claim is None:
                 log.info("%s job %s: not queued (already run, gone or cancelled); skipping", kind, job_id)
                 return
             params = Job.objects.values_list("params", flat=True).get(pk=job_id)
-            with jobs.Heartbeat(job_id, worker) as heartbeat:
+            with jobs.Heartbeat(job_id, claim) as heartbeat:
                 try:
-                    result = body(self, job_id, params, jobs.reporter(job_id, heartbeat))
+                    result = body(self, job_id, params, jobs.reporter(job_id, claim, heartbeat))
                 except JobFailed as error:
-                    Job.fail(job_id, str(error))
+                    Job.fail(job_id, str(error), claim)
                     return
                 except jobs.JobLost as lost:
                     log.warning("%s job %s: %s; stopping", kind, job_id, lost)
                     return
-            Job.succeed(job_id, result)
+            if not Job.succeed(job_id, claim, result):
+                log.warning("%s job %s: no longer this run's (cancelled or taken back); result dropped", kind, job_id)
 
         run.__name__ = run.__qualname__ = body.__name__
         run.__doc__ = body.__doc__

@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,17 +41,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_dead(parent: Path, name_prefix: str = "") -> list[Path]:
+def _untouched_for(folder: Path, seconds: float) -> bool:
+    """Nothing in `folder` (itself included) was modified in the last `seconds`."""
+    cutoff = time.time() - seconds
+    for root, dirs, files in os.walk(folder):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            try:
+                if os.lstat(name).st_mtime >= cutoff:
+                    return False
+            except FileNotFoundError:
+                continue
+    return True
+
+
+def remove_dead(parent: Path, name_prefix: str = "", *, other_hosts_after: float | None = None) -> list[Path]:
     """Remove the staging folders under `parent` whose writer (a process of this host) is
-    gone; returns them. Folders written by other hosts are left alone."""
+    gone; returns them. A folder written by another host (a pod on a shared volume) cannot
+    be asked about its writer: with `other_hosts_after`, it is removed once nothing in it
+    has changed for that many seconds, else left alone."""
     removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
         match = _PATTERN.match(entry.name)
-        if not match or not match["name"].startswith(name_prefix) or match["host"] != _host():
+        if not match or not match["name"].startswith(name_prefix):
             continue
-        if int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+        if match["host"] != _host():
+            dead = other_hosts_after is not None and _untouched_for(entry, other_hosts_after)
+        else:
+            dead = int(match["pid"]) != os.getpid() and not _alive(int(match["pid"]))
+        if dead:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

@@ -31,13 +31,23 @@ app.autodiscover_tasks(["annotation"])
 
 
 def worker_command(
-    python: str, queues: tuple[str, ...] = QUEUES, *, beat_schedule: Path | None = None, loglevel: str = "INFO"
+    python: str,
+    queues: tuple[str, ...] = QUEUES,
+    *,
+    beat_schedule: Path | None = None,
+    loglevel: str = "INFO",
+    name: str | None = None,
 ) -> list[str]:
     """The command line of one worker process (the solo pool: one job at a time) consuming
     `queues`. With `beat_schedule`, the worker also runs Celery beat (the job sweeper's
     timer), keeping beat's state in that file: right for a single-worker deployment such
-    as the demo; larger ones run `celery -A webapp beat` once, beside the workers."""
-    command = [python, "-m", "celery", "-A", "webapp", "worker", "-Q", ",".join(queues), "--pool", "solo"]
+    as the demo; larger ones run `celery -A webapp beat` once, beside the workers.
+
+    Every worker on a host needs a name of its own (`name`, by default its queues, then
+    @ and the host): a worker starting up takes back the running jobs recorded under its
+    name, as its dead predecessor's (annotation.jobs.sweep)."""
+    node = f"{name or '-'.join(queues)}@%h"
+    command = [python, "-m", "celery", "-A", "webapp", "worker", "-n", node, "-Q", ",".join(queues), "--pool", "solo"]
     command += ["--without-gossip", "--without-mingle", "--loglevel", loglevel]
     if beat_schedule is not None:
         command += ["--beat", "--schedule", str(beat_schedule)]

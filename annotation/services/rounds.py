@@ -135,7 +135,12 @@ def _gold_copies(round_: Round, kind: str, size: int, wanted: int) -> list[tuple
             )
             next_index[original.prompt_id] += 1
         task = Task(
-            round=round_, prompt_id=original.prompt_id, kind=kind, is_gold=True, gold_answer=original.gold_answer
+            round=round_,
+            prompt_id=original.prompt_id,
+            kind=kind,
+            is_gold=True,
+            gold_answer=original.gold_answer,
+            in_open_round=round_.status == Round.Status.OPEN,
         )
         copies.append((task, candidates))
     return copies
@@ -177,8 +182,12 @@ def create_tasks(
     by_prompt: dict[int, list[Candidate]] = defaultdict(list)
     for candidate in free:
         by_prompt[candidate.prompt_id].append(candidate)
+    is_open = round_.status == Round.Status.OPEN
     regular = [
-        (Task(round=round_, prompt_id=prompt_id, kind=kind, overlap=overlap), group[i : i + size])
+        (
+            Task(round=round_, prompt_id=prompt_id, kind=kind, overlap=overlap, in_open_round=is_open),
+            group[i : i + size],
+        )
         for prompt_id, group in by_prompt.items()
         for i in range(0, len(group) - size + 1, size)
     ]
@@ -309,12 +318,14 @@ def freeze_round(round_: Round) -> Round:
     """open or draft -> frozen: no more labels; its labels are final. Leases still out are
     ended when their holder next asks (annotation.queue)."""
     now = timezone.now()
-    if (
-        not Round.objects.filter(pk=round_.pk)
-        .exclude(status=Round.Status.FROZEN)
-        .update(status=Round.Status.FROZEN, frozen_at=now)
-    ):
-        raise ValidationError(f"{round_} is already frozen")
+    with transaction.atomic():
+        if (
+            not Round.objects.filter(pk=round_.pk)
+            .exclude(status=Round.Status.FROZEN)
+            .update(status=Round.Status.FROZEN, frozen_at=now)
+        ):
+            raise ValidationError(f"{round_} is already frozen")
+        Task.objects.filter(round=round_, in_open_round=True).update(in_open_round=False)
     round_.status, round_.frozen_at = Round.Status.FROZEN, now
     audit.record(AuditEvent.Action.ROUND, round_, change="frozen")
     return round_
@@ -372,9 +383,11 @@ def queue_export(
 
 def open_round(round_: Round) -> Round:
     """draft -> open: its tasks are handed out from now on."""
-    if not Round.objects.filter(pk=round_.pk, status=Round.Status.DRAFT).update(status=Round.Status.OPEN):
-        round_.refresh_from_db()
-        raise ValidationError(f"{round_} is {round_.status}; only a draft round can be opened")
+    with transaction.atomic():
+        if not Round.objects.filter(pk=round_.pk, status=Round.Status.DRAFT).update(status=Round.Status.OPEN):
+            round_.refresh_from_db()
+            raise ValidationError(f"{round_} is {round_.status}; only a draft round can be opened")
+        Task.objects.filter(round=round_).update(in_open_round=True)
     round_.status = Round.Status.OPEN
     audit.record(AuditEvent.Action.ROUND, round_, change="opened")
     return round_

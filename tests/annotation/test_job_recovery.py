@@ -28,7 +28,7 @@ CaptureCallbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]
 
 def running(kind: Job.Kind = Job.Kind.EXPORT, *, worker: str = "celery@a", age: float = 0, attempts: int = 1) -> Job:
     job = make_job(kind=kind, queue="export")
-    assert Job.claim(job.pk, worker)
+    assert Job.claim(job.pk, worker) is not None
     stamp = timezone.now() - timedelta(seconds=age)
     Job.objects.filter(pk=job.pk).update(heartbeat_at=stamp, started_at=stamp, attempts=attempts)
     job.refresh_from_db()
@@ -38,11 +38,12 @@ def running(kind: Job.Kind = Job.Kind.EXPORT, *, worker: str = "celery@a", age: 
 @pytest.mark.django_db
 def test_a_claim_counts_the_attempt_and_stamps_the_heartbeat() -> None:
     job = make_job()
-    assert Job.claim(job.pk, "celery@a")
+    claim = Job.claim(job.pk, "celery@a")
+    assert claim is not None
     job.refresh_from_db()
     assert job.attempts == 1 and job.heartbeat_at is not None
-    assert Job.beat(job.pk, "celery@a") is True
-    assert Job.beat(job.pk, "celery@b") is False  # not its job
+    assert Job.beat(job.pk, claim) is True
+    assert Job.beat(job.pk, "another claim") is False  # not its job
 
 
 @pytest.mark.django_db
@@ -62,7 +63,7 @@ def test_the_sweeper_queues_again_a_resumable_job_whose_heartbeat_stopped(
     alive.refresh_from_db()
     assert alive.status == Job.Status.RUNNING
     # The requeued job is claimed afresh; the old message, redelivered later, finds it taken.
-    assert Job.claim(silent.pk, "celery@b") and not Job.claim(silent.pk, "celery@a")
+    assert Job.claim(silent.pk, "celery@b") is not None and Job.claim(silent.pk, "celery@a") is None
 
 
 @pytest.mark.django_db
@@ -92,6 +93,46 @@ def test_a_worker_starting_up_takes_back_its_own_jobs_only() -> None:
 
 
 @pytest.mark.django_db
+def test_a_job_claimed_again_is_no_longer_the_first_run_s() -> None:
+    """A sibling process (or a restarted worker) that claims a requeued job holds it alone:
+    the first run's beats, reports and finish find it lost, even under the same worker name."""
+    job = running(Job.Kind.EXPORT, worker="export@host", age=600)
+    first = job.claim_token
+    jobs.sweep()  # its heartbeat looked stale: queued again
+    second = Job.claim(job.pk, "export@host")
+    assert second is not None and second != first
+    assert Job.beat(job.pk, first) is False
+    with pytest.raises(jobs.JobLost):
+        jobs.reporter(job.pk, first)(1, 2)
+    assert Job.succeed(job.pk, first, {"stale": True}) is False and Job.fail(job.pk, "stale", first) is False
+    assert Job.beat(job.pk, second, progress=(1, 2)) and Job.succeed(job.pk, second, {"ok": True})
+    job.refresh_from_db()
+    assert (job.status, job.result, job.progress_done) == ("succeeded", {"ok": True}, 1)
+
+
+def test_every_shipped_worker_command_names_its_worker() -> None:
+    """The start-up sweep takes back the jobs recorded under the worker's own name, so two
+    workers on one host must never share one (Celery's default is celery@host for all)."""
+    import re
+
+    from tests.conftest import REPO
+    from webapp.celery import worker_command
+
+    commands = [" ".join(worker_command("python", (queue,))) for queue in ("generate", "export")]
+    for path in ("README.md", "docs/deploy.md", "deploy/compose.yaml", "deploy/k8s/workers.yaml"):
+        text = (REPO / path).read_text()
+        lines = [line for line in text.splitlines() if re.search(r"celery\W+(-A\W+webapp\W+)?worker", line)]
+        commands += lines
+        assert lines, f"{path} starts no worker"
+    names = []
+    for command in commands:
+        found = re.search(r"""(?:-n|--hostname)\W+([^\s"',\]]+)""", command)
+        assert found, f"a worker command without -n: {command.strip()}"
+        names.append(found.group(1))
+    assert len(set(names)) >= 3 and all(name.endswith("@%h") for name in names), names
+
+
+@pytest.mark.django_db
 def test_retry_and_cancel_follow_the_lifecycle(
     admin_user: User, django_capture_on_commit_callbacks: CaptureCallbacks
 ) -> None:
@@ -101,7 +142,7 @@ def test_retry_and_cancel_follow_the_lifecycle(
     jobs.cancel(job.pk, by=admin_user)
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED and job.error == "cancelled by ada" and job.finished_at
-    assert not Job.claim(job.pk, "celery@a")  # a cancelled job never starts
+    assert Job.claim(job.pk, "celery@a") is None  # a cancelled job never starts
     with pytest.raises(jobs.JobStateError, match="only a queued or running job can be cancelled"):
         jobs.cancel(job.pk)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -111,7 +152,8 @@ def test_retry_and_cancel_follow_the_lifecycle(
     assert (job.status, job.error, job.finished_at, job.attempts) == ("queued", "", None, 0)
     assert [event["event"] for event in job.history] == ["cancelled", "retried"]
     assert job.history[-1]["by"] == "ada"
-    assert Job.claim(job.pk, "celery@a") and Job.succeed(job.pk, {})
+    claim = Job.claim(job.pk, "celery@a")
+    assert claim is not None and Job.succeed(job.pk, claim, {})
     with pytest.raises(jobs.JobStateError):
         jobs.retry(job.pk)  # a job that succeeded stays done
 
@@ -119,12 +161,12 @@ def test_retry_and_cancel_follow_the_lifecycle(
 @pytest.mark.django_db
 def test_a_running_task_stops_at_its_next_progress_report_once_cancelled() -> None:
     job = running(Job.Kind.EXPORT)
-    report = jobs.reporter(job.pk)
+    report = jobs.reporter(job.pk, job.claim_token)
     report(1, 10)
     jobs.cancel(job.pk)
     with pytest.raises(jobs.JobLost):
         report(2, 10)
-    assert Job.succeed(job.pk, {"late": True}) is False  # what it would have written is dropped
+    assert Job.succeed(job.pk, job.claim_token, {"late": True}) is False  # what it would have written is dropped
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED and job.progress_done == 1
 
@@ -138,7 +180,7 @@ def test_the_heartbeat_stamps_the_row_and_notices_a_lost_job() -> None:
     def stamp() -> Any:
         return Job.objects.get(pk=job.pk).heartbeat_at
 
-    with jobs.Heartbeat(job.pk, "celery@a", every=0.05) as heartbeat:
+    with jobs.Heartbeat(job.pk, job.claim_token, every=0.05) as heartbeat:
         deadline = time.monotonic() + 10
         while stamp() == before and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -168,8 +210,7 @@ def test_the_job_admin_retries_and_cancels_by_action(admin_user: User) -> None:
 
     done = make_job()
     waiting = make_job(kind=Job.Kind.EXPORT, queue="export")
-    Job.claim(done.pk, "w")
-    Job.succeed(done.pk, {})
+    Job.succeed(done.pk, Job.claim(done.pk, "w") or "", {})
     client = Client()
     client.force_login(admin_user)
     page = client.post(
@@ -196,6 +237,22 @@ def test_staging_folders_of_dead_writers_are_removed_and_live_ones_kept(tmp_path
         (folder / "labels").mkdir(parents=True)
     assert remove_dead(tmp_path) == [theirs]
     assert mine.exists() and elsewhere.exists() and not theirs.exists()
+
+
+def test_another_host_s_staging_folder_goes_once_untouched_for_long(tmp_path: Path) -> None:
+    """A pod that died on a shared volume cannot be asked about its writer: its folder goes
+    once nothing in it changed for the given time; a live writer elsewhere keeps its own."""
+    old = tmp_path / ".job-8-trl.partial-gone_pod-41-0123abcd"
+    live = tmp_path / ".job-9-trl.partial-busy_pod-42-89abcdef"
+    for folder in (old, live):
+        (folder / "labels").mkdir(parents=True)
+        (folder / "labels" / "part.jsonl").write_text("{}")
+    long_ago = time.time() - 3 * 24 * 3600
+    for path in (old, old / "labels", old / "labels" / "part.jsonl", live, live / "labels"):
+        os.utime(path, (long_ago, long_ago))  # live's file stays fresh: its writer is at work
+    assert remove_dead(tmp_path) == []  # without a time, other hosts' folders are left alone
+    assert remove_dead(tmp_path, other_hosts_after=24 * 3600) == [old]
+    assert live.exists() and not old.exists()
 
 
 def test_a_staged_write_appears_whole_or_not_at_all(tmp_path: Path) -> None:

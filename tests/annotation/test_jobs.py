@@ -23,11 +23,12 @@ CaptureCallbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]
 @pytest.mark.django_db
 def test_only_one_claim_wins() -> None:
     job = make_job()
-    assert Job.claim(job.pk, "worker-a") is True
-    assert Job.claim(job.pk, "worker-b") is False
+    claim = Job.claim(job.pk, "worker-a")
+    assert claim is not None
+    assert Job.claim(job.pk, "worker-b") is None
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING
-    assert job.worker == "worker-a"
+    assert (job.worker, job.claim_token) == ("worker-a", claim)
     assert job.started_at is not None
 
 
@@ -37,24 +38,25 @@ def test_a_message_of_another_kind_claims_nothing() -> None:
     from annotation.tasks import generate_candidates
 
     job = make_job(kind=Job.Kind.HEALTHCHECK, queue="generate")
-    assert Job.claim(job.pk, "w", Job.Kind.GENERATE) is False
+    assert Job.claim(job.pk, "w", Job.Kind.GENERATE) is None
     generate_candidates.apply(args=(job.pk,))
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED
-    assert Job.claim(job.pk, "w", Job.Kind.HEALTHCHECK) is True
+    assert Job.claim(job.pk, "w", Job.Kind.HEALTHCHECK) is not None
 
 
 @pytest.mark.django_db
 def test_state_changes_follow_the_lifecycle() -> None:
     job = make_job()
-    assert Job.succeed(job.pk, {}) is False  # not running yet
-    Job.claim(job.pk, "w")
-    Job.report_progress(job.pk, 3, 10)
+    assert Job.succeed(job.pk, "", {}) is False  # not running yet
+    claim = Job.claim(job.pk, "w")
+    assert claim is not None
+    Job.report_progress(job.pk, claim, 3, 10)
     job.refresh_from_db()
     assert (job.progress_done, job.progress_total, job.progress_percent) == (3, 10, 30.0)
     with pytest.raises(ValueError, match="out of range"):
-        Job.report_progress(job.pk, 11, 10)
-    assert Job.succeed(job.pk, {"ok": True}) is True
+        Job.report_progress(job.pk, claim, 11, 10)
+    assert Job.succeed(job.pk, claim, {"ok": True}) is True
     assert Job.fail(job.pk, "late failure") is False  # a finished job stays finished
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED

@@ -9,6 +9,7 @@ default (SQLite + the filesystem broker) entirely in child processes, as `make d
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ def test_on_commit_task_runs_in_the_worker_and_writes_the_row(worker: subprocess
     assert row.result["database"] == connection.vendor
     assert row.result["broker"] == settings.CELERY_BROKER_URL.split(":", 1)[0]
     assert row.result["pid"] == worker.pid
-    assert row.worker.startswith("celery@")
+    assert row.worker == f"{'-'.join(QUEUES)}@{socket.gethostname()}"  # worker_command names it
 
 
 def test_rolled_back_transaction_sends_nothing(worker: subprocess.Popen[bytes]) -> None:
