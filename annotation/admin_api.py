@@ -71,7 +71,12 @@ class StartRoundInput(serializers.Serializer):
     gold_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.0)
     split = serializers.ChoiceField(choices=Prompt.Split.choices, default=Prompt.Split.TRAIN)
     only_new = serializers.BooleanField(default=True, help_text="Only prompts no earlier round used.")
-    limit = serializers.IntegerField(min_value=1, required=False, help_text="At most this many prompts, oldest first.")
+    limit = serializers.IntegerField(
+        min_value=1,
+        max_value=selectors.MAX_ROUND_PROMPTS,
+        required=False,
+        help_text="At most this many prompts, oldest first.",
+    )
     temperature = serializers.FloatField(min_value=0, max_value=2, default=0.7)
     max_tokens = serializers.IntegerField(min_value=1, max_value=4096, default=128)
     ai_labeller = serializers.CharField(max_length=255, default="", allow_blank=True)

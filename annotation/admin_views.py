@@ -58,7 +58,10 @@ class StartRoundForm(forms.Form):
     split = forms.ChoiceField(choices=Prompt.Split.choices, initial=Prompt.Split.TRAIN)
     only_new = forms.BooleanField(required=False, initial=True, label="Only prompts no earlier round used")
     limit = forms.IntegerField(
-        min_value=1, max_value=10_000_000, required=False, help_text="At most this many prompts (oldest first)."
+        min_value=1,
+        max_value=selectors.MAX_ROUND_PROMPTS,
+        required=False,
+        help_text="At most this many prompts (oldest first).",
     )
     temperature = forms.FloatField(min_value=0, max_value=2, initial=0.7)
     max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)

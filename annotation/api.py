@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth import authenticate
@@ -10,7 +11,9 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser
 from rest_framework.permissions import AllowAny
@@ -20,7 +23,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotation import downloads, jobs, queue, selectors, services
-from annotation.authentication import issue_token, lockout_message, token_expires_at
+from annotation.authentication import issue_token, lockout_message, revoke_tokens_on_logout, token_expires_at
 from annotation.deployment import DeployRefused, deploy_version
 from annotation.errors import Busy, Invalid, Refused
 from annotation.models import Assignment, Job
@@ -86,6 +89,7 @@ class TokenApi(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
     parser_classes = [BoundedJSONParser, FormParser]
+    throttle_scope = "expensive"  # a PBKDF2 per try
 
     @extend_schema(request=TokenInput, responses={200: TokenOutput, 400: None, 429: None}, auth=[])
     def post(self, request: Request) -> Response:
@@ -100,12 +104,58 @@ class TokenApi(APIView):
         return Response(TokenOutput({"token": token.key, "expires_at": token_expires_at(token.created)}).data)
 
 
+class LogoutApi(APIView):
+    """Sign out of the API: the caller's token stops working at once (signing in again issues
+    a new one)."""
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request: Request) -> Response:
+        revoke_tokens_on_logout(None, request=request._request, user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SchemaApi(SpectacularAPIView):
+    """The OpenAPI schema, built once per process and version, then served from memory.
+
+    drf-spectacular builds it on every request (a core's worth at 28 requests a second),
+    and its first builds, run at once by a fresh process's threads, race on loading
+    classes and answer 500; so the first build holds a lock and the rest reuse it. Its
+    `_get_schema_response` is overridden: the version is pinned in requirements.txt."""
+
+    throttle_scope = "expensive"
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _built: ClassVar[dict[str | None, Any]] = {}
+
+    def _get_schema_response(self, request: Request) -> Response:
+        version = self.api_version or request.version or self._get_version_parameter(request)
+        with self._lock:
+            if version not in self._built:
+                generator = self.generator_class(urlconf=self.urlconf, api_version=version, patterns=self.patterns)
+                self._built[version] = generator.get_schema(request=request, public=self.serve_public)
+        disposition = f'inline; filename="{self._get_filename(request, version)}"'
+        return Response(data=self._built[version], headers={"Content-Disposition": disposition})
+
+
 class MeApi(APIView):
     """Who the caller is and which role they have."""
 
     @extend_schema(responses=MeOutput)
     def get(self, request: Request) -> Response:
         return Response(MeOutput({"username": request.user.get_username(), "role": role_name(request.user)}).data)
+
+
+class BoundedPagination(LimitOffsetPagination):
+    """Pages of at most 1,000 rows, from an offset PostgreSQL can take (a larger number is a
+    400, never a database error)."""
+
+    max_limit = 1000
+    MAX_OFFSET = 2**31 - 1
+
+    def get_offset(self, request: Request) -> int:
+        offset = super().get_offset(request)
+        if offset > self.MAX_OFFSET:
+            raise ValidationError({"offset": f"at most {self.MAX_OFFSET}"})
+        return offset
 
 
 class JobListApi(APIView):
@@ -123,7 +173,7 @@ class JobListApi(APIView):
     def get(self, request: Request) -> Response:
         filters = JobFilterInput(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = LimitOffsetPagination()
+        paginator = BoundedPagination()
         page = paginator.paginate_queryset(selectors.jobs(**filters.validated_data), request, view=self)
         return paginator.get_paginated_response(JobOutput(page, many=True).data)
 

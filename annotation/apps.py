@@ -9,14 +9,16 @@ class AnnotationConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
+        from django.contrib.auth.signals import user_logged_out
         from django.db.models.signals import m2m_changed, pre_save
 
         from annotation.audit import record_group_changes, record_role_fields
-        from annotation.authentication import revoke_tokens_on_credential_change
+        from annotation.authentication import revoke_tokens_on_credential_change, revoke_tokens_on_logout
         from webapp.celery import ensure_broker_folders
 
         user_model = get_user_model()
         pre_save.connect(revoke_tokens_on_credential_change, sender=user_model, dispatch_uid="factloop-tokens")
+        user_logged_out.connect(revoke_tokens_on_logout, dispatch_uid="factloop-tokens-logout")
         pre_save.connect(record_role_fields, sender=user_model, dispatch_uid="factloop-audit-roles")
         m2m_changed.connect(
             record_group_changes, sender=user_model.groups.through, dispatch_uid="factloop-audit-groups"

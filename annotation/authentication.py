@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -16,8 +16,13 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
+from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle, UserRateThrottle
 
 from annotation.roles import ANNOTATORS_GROUP
+
+if TYPE_CHECKING:  # DRF loads this module (its settings name it) while rest_framework.views is imported
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
 
 
 @cache
@@ -68,13 +73,89 @@ def token_expired(created: datetime) -> bool:
 
 
 def issue_token(user: Any) -> Token:
-    """The user's API token: the live one, or (none, or expired) a new one in its place."""
+    """A new API token for the user, in place of any earlier one: every sign-in rotates it,
+    so a token that leaked dies with the owner's next sign-in (or sign-out)."""
+    with transaction.atomic():
+        Token.objects.filter(user=user).delete()
+        return Token.objects.create(user=user)
+
+
+def live_token(user: Any) -> Token:
+    """The user's live API token, or a new one (for the simulation's annotators, which share a
+    user across processes and must not rotate each other's token away)."""
     with transaction.atomic():
         token = Token.objects.select_for_update().filter(user=user).first()
         if token is not None and not token_expired(token.created):
             return token
         Token.objects.filter(user=user).delete()
         return Token.objects.create(user=user)
+
+
+def revoke_tokens_on_logout(sender: Any, request: HttpRequest | None = None, user: Any = None, **_: Any) -> None:
+    """user_logged_out: signing out of the site ends the API token too."""
+    if user is not None and user.pk is not None:
+        Token.objects.filter(user_id=user.pk).delete()
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address: REMOTE_ADDR, or behind FACTLOOP_TRUSTED_PROXIES proxies the
+    address the outermost one saw (X-Forwarded-For lists each hop's client, so it is the
+    N-th from the end; earlier entries are whatever the client claimed, never trusted).
+    django-axes (AXES_CLIENT_IP_CALLABLE) and the API's throttles both ask here."""
+    remote = str(request.META.get("REMOTE_ADDR") or "")
+    trusted = settings.FACTLOOP_TRUSTED_PROXIES
+    if not trusted:
+        return remote
+    hops = [hop.strip() for hop in str(request.META.get("HTTP_X_FORWARDED_FOR") or "").split(",") if hop.strip()]
+    return hops[-trusted] if len(hops) >= trusted else (hops[0] if hops else remote)
+
+
+class _Rates(SimpleRateThrottle):
+    """A DRF throttle whose rate is a FactLoop setting (read per request, so a changed
+    setting applies at once) and whose client address is `client_address`."""
+
+    setting = ""
+
+    def get_rate(self) -> str:
+        return str(getattr(settings, self.setting))
+
+    def get_ident(self, request: Request) -> str:
+        return client_address(request._request)
+
+
+class AnonymousThrottle(_Rates):
+    scope, setting = "anonymous", "FACTLOOP_THROTTLE_ANONYMOUS"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        if request.user is not None and request.user.is_authenticated:
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class UserThrottle(_Rates, UserRateThrottle):
+    scope, setting = "user", "FACTLOOP_THROTTLE_USER"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        if request.user is None or not request.user.is_authenticated:
+            return None  # AnonymousThrottle's
+        return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
+
+
+class ExpensiveThrottle(_Rates, ScopedRateThrottle):
+    """For views with `throttle_scope = "expensive"`, per client address whoever asks."""
+
+    setting = "FACTLOOP_THROTTLE_EXPENSIVE"
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        if getattr(view, "throttle_scope", None) != "expensive":
+            return True
+        self.scope = "expensive"
+        self.rate = self.get_rate()
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        return SimpleRateThrottle.allow_request(self, request, view)
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
 def revoke_tokens_on_credential_change(sender: Any, instance: Any, **_: Any) -> None:

@@ -65,6 +65,13 @@ FACTLOOP_VARS = (
     "TIME_ZONE",
     "LOG_LEVEL",
     "DATA_UPLOAD_MAX_MEMORY_SIZE",
+    "FACTLOOP_MAX_ANONYMOUS_BODY_BYTES",
+    "FACTLOOP_MAX_MANIFEST_BYTES",
+    "FACTLOOP_TRUSTED_PROXIES",
+    "FACTLOOP_THROTTLE_ANONYMOUS",
+    "FACTLOOP_THROTTLE_USER",
+    "FACTLOOP_THROTTLE_EXPENSIVE",
+    "CACHE_URL",
     "SECURE_COOKIES",
     "DJANGO_SETTINGS_MODULE",
 )
@@ -133,6 +140,14 @@ def collected_static() -> None:
 def media_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Images the tests store go to a temporary folder, never to the checkout's var/."""
     settings.MEDIA_ROOT = str(tmp_path_factory.getbasetemp() / "media")
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttles() -> None:
+    """Throttle and lockout counts in the cache start empty in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -40,7 +40,7 @@ def test_the_compose_file_validates_and_defines_every_service() -> None:
     rendered = _compose("config", env=clean_env(**COMPOSE_ENV))
     assert rendered.returncode == 0, rendered.stderr
     services: dict[str, Any] = yaml.safe_load(rendered.stdout)["services"]
-    assert set(services) == LONG_RUNNING | {"migrate", "beat", "flower"}
+    assert set(services) == LONG_RUNNING | {"migrate", "beat", "flower", "proxy"}
     for name in LONG_RUNNING:
         assert "healthcheck" in services[name], name
     queues = {s["command"][s["command"].index("-Q") + 1] for s in services.values() if "-Q" in (s.get("command") or [])}
@@ -57,7 +57,7 @@ def test_the_compose_file_validates_and_defines_every_service() -> None:
     assert mounts("web")["media"] == mounts("worker-generate")["media"]
     for service in services.values():
         unknown = set(service.get("environment") or {}) - variables_read_by_settings()
-        assert not unknown or service["image"].startswith(("postgres", "vllm/")), unknown
+        assert not unknown or service["image"].startswith(("postgres", "vllm/", "nginx")), unknown
 
 
 def _manifests() -> list[tuple[str, dict[str, Any]]]:
@@ -108,6 +108,39 @@ def test_a_broken_manifest_is_caught() -> None:
     broken = {**deployment, "spec": {k: v for k, v in deployment["spec"].items() if k != "selector"}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+
+
+def test_the_web_app_sits_behind_a_buffering_proxy_everywhere_it_ships() -> None:
+    """gunicorn's threads are held by slow clients: compose and Kubernetes put nginx in front
+    (its template bounds headers' and bodies' time and size, and lets only the import routes
+    stream large bodies), gunicorn runs threads, and the app counts the proxy as trusted."""
+    from django.urls import reverse
+
+    from webapp.middleware import IMPORT_ROUTES
+
+    template = (K8S / "proxy" / "default.conf.template").read_text()
+    for directive in ("client_header_timeout", "client_body_timeout", "client_max_body_size 1m"):
+        assert directive in template
+    imports = re.search(r"location ~ \^/\((.+)\)\$", template)
+    assert imports, "no location for the import routes"
+    paths = [reverse(f"admin:{route}" if route.startswith("annotation_") else route) for route in IMPORT_ROUTES]
+    assert sorted(imports.group(1).split("|")) == sorted(p.lstrip("/") for p in paths)  # the app's two import routes
+
+    rendered = yaml.safe_load(_compose("config", env=clean_env(**COMPOSE_ENV)).stdout)["services"]
+    assert "ports" not in rendered["web"] and rendered["proxy"]["ports"]  # only the proxy is published
+    assert "gthread" in rendered["web"]["command"]
+    assert rendered["web"]["environment"]["FACTLOOP_TRUSTED_PROXIES"] == "1"
+
+    kinds = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in _manifests()}
+    pod = kinds[("Deployment", "factloop-web")]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert "127.0.0.1:8000" in containers["web"]["command"] and "gthread" in containers["web"]["command"]
+    assert containers["proxy"]["ports"][0]["containerPort"] == 8080
+    assert kinds[("Service", "web")]["spec"]["ports"][0]["targetPort"] == 8080
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["configMapGenerator"][0]["files"] == ["proxy/default.conf.template"]
+    assert kinds[("ConfigMap", "factloop-settings")]["data"]["FACTLOOP_TRUSTED_PROXIES"] == "1"
+    assert "gthread" in (DEPLOY / "docker" / "app.Dockerfile").read_text()
 
 
 def test_the_dockerfiles_copy_what_they_install_from_and_the_images_are_named_alike() -> None:

@@ -18,6 +18,17 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+# The example secrets that deploy/ ships (and DEBUG's key): public, so never a production
+# value. tests/webapp/test_env.py reads every secret in deploy/ and checks it is refused.
+PLACEHOLDER_PREFIXES = ("change-me", "changeme", "replace-me", "replace-with", "factloop-insecure")
+PLACEHOLDER_WORDS = frozenset({"secret", "password", "postgres", "factloop"})
+
+
+def is_placeholder(value: str) -> bool:
+    lowered = value.strip().lower()
+    return lowered in PLACEHOLDER_WORDS or lowered.startswith(PLACEHOLDER_PREFIXES)
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -103,6 +114,14 @@ class Env:
         if "\x00" in value:
             raise ConfigError(name, "contains a NUL byte")
         return path if path.is_absolute() else (base / path)
+
+    def rate(self, name: str, default: str) -> str:
+        """A request rate, "N/second", "N/minute", "N/hour" or "N/day" (DRF's throttle rates)."""
+        value = self._raw(name) or default
+        count, _, period = value.partition("/")
+        if not count.isdigit() or int(count) < 1 or period not in ("second", "minute", "hour", "day"):
+            raise ConfigError(name, f"expected N/second, N/minute, N/hour or N/day with N at least 1, got {value!r}")
+        return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self._raw(name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from contract.launch import LAUNCHERS
 from contract.methods import CHAIR_I, GATE_METRICS
-from webapp.env import ConfigError, Env, parse_broker_url, parse_database_url
+from webapp.env import ConfigError, Env, is_placeholder, parse_broker_url, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = Env(os.environ)
@@ -31,9 +31,9 @@ else:
     SECRET_KEY = env.text("SECRET_KEY", required=True)
     if len(SECRET_KEY) < 32:
         raise ConfigError("SECRET_KEY", "must be at least 32 characters long when DEBUG is off")
-    # The placeholders of deploy/.env.example and of DEBUG: public, so never a production key.
-    if SECRET_KEY.startswith(("change-me", "factloop-insecure")):
-        raise ConfigError("SECRET_KEY", "is the example value; set a long random one")
+    # The placeholders of deploy/ and of DEBUG: public, so never a production key.
+    if is_placeholder(SECRET_KEY):
+        raise ConfigError("SECRET_KEY", "is an example value from deploy/; set a long random one")
 
 ALLOWED_HOSTS = env.csv("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 if not DEBUG and not ALLOWED_HOSTS:
@@ -64,6 +64,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After authentication (who sends a body decides its cap); runs before any view or
+    # CsrfViewMiddleware's process_view reads the body.
+    "webapp.middleware.BodyLimitMiddleware",
     "annotation.audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -98,6 +101,8 @@ DATABASES = {
         "DATABASE_URL", env.text("DATABASE_URL", f"sqlite:///{VAR_DIR / 'factloop.sqlite3'}"), base=BASE_DIR
     )
 }
+if not DEBUG and DATABASES["default"].get("PASSWORD") and is_placeholder(DATABASES["default"]["PASSWORD"]):
+    raise ConfigError("DATABASE_URL", "its password is an example value from deploy/; set the database's real one")
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # SQLite creates the file but not its folder (var/ on a fresh clone).
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +123,14 @@ FACTLOOP_LOGIN_FAILURE_LIMIT = env.integer("FACTLOOP_LOGIN_FAILURE_LIMIT", 10, m
 FACTLOOP_LOGIN_COOLOFF_MINUTES = env.integer("FACTLOOP_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60)
 AXES_FAILURE_LIMIT = FACTLOOP_LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=FACTLOOP_LOGIN_COOLOFF_MINUTES)
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Keyed by (name, address), so a guesser elsewhere never locks the account out for its owner,
+# and by address alone, so one address spraying a password over many names is stopped too.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
+# The client's address, for the lockout and the API's throttles alike: REMOTE_ADDR, or behind
+# FACTLOOP_TRUSTED_PROXIES proxies (an ingress, a load balancer) the address the outermost
+# of them saw, from X-Forwarded-For. Unset behind a proxy, every client shares its address.
+FACTLOOP_TRUSTED_PROXIES = env.integer("FACTLOOP_TRUSTED_PROXIES", 0, minimum=0, maximum=16)
+AXES_CLIENT_IP_CALLABLE = "annotation.authentication.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_CALLABLE = "annotation.authentication.lockout_response"
@@ -205,8 +217,38 @@ FACTLOOP_MAX_IMAGE_BYTES = env.integer("FACTLOOP_MAX_IMAGE_BYTES", 20 * 1024**2,
 # An uploaded import archive may unpack to at most this many bytes.
 FACTLOOP_MAX_IMPORT_BYTES = env.integer("FACTLOOP_MAX_IMPORT_BYTES", 2 * 1024**3, minimum=1024**2)
 
-# Request bodies: annotation submissions are small; imports go through uploads.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", 1_048_576, minimum=1024)
+# Request bodies, bounded by their Content-Length before anything reads them
+# (webapp.middleware.BodyLimitMiddleware): a request from nobody signed in may send
+# FACTLOOP_MAX_ANONYMOUS_BODY_BYTES (a sign-in form), a signed-in one
+# DATA_UPLOAD_MAX_MEMORY_SIZE (annotation submissions are small), and only an admin's upload
+# to the two import routes up to FACTLOOP_MAX_IMPORT_BYTES. Both caps stay under Django's
+# FILE_UPLOAD_MAX_MEMORY_SIZE, so a refused or small body never reaches the disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", 1_048_576, minimum=1024, maximum=2_000_000)
+FACTLOOP_MAX_ANONYMOUS_BODY_BYTES = env.integer(
+    "FACTLOOP_MAX_ANONYMOUS_BODY_BYTES", 65_536, minimum=1024, maximum=DATA_UPLOAD_MAX_MEMORY_SIZE
+)
+# The text members of an uploaded archive (.jsonl and .csv manifests, .json label files) are
+# parsed in memory: each may unpack to at most this many bytes (the released LLaVA-RLHF and
+# RLHF-V label files are about 10 and 20 MB).
+FACTLOOP_MAX_MANIFEST_BYTES = env.integer(
+    "FACTLOOP_MAX_MANIFEST_BYTES", 64 * 1024**2, minimum=1024**2, maximum=FACTLOOP_MAX_IMPORT_BYTES
+)
+
+# API throttles (DRF), per client address for anonymous requests and per user otherwise; the
+# "expensive" scope (signing in: a PBKDF2 each; the OpenAPI schema) per address. Rates are
+# N/second, N/minute, N/hour or N/day.
+FACTLOOP_THROTTLE_ANONYMOUS = env.rate("FACTLOOP_THROTTLE_ANONYMOUS", "60/minute")
+FACTLOOP_THROTTLE_USER = env.rate("FACTLOOP_THROTTLE_USER", "300/second")
+FACTLOOP_THROTTLE_EXPENSIVE = env.rate("FACTLOOP_THROTTLE_EXPENSIVE", "20/minute")
+# Throttle counts live in the cache: CACHE_URL (redis://...) shares them between processes
+# and hosts; the default keeps them per process.
+CACHE_URL = env.text("CACHE_URL", "locmem://")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+elif CACHE_URL == "locmem://":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ConfigError("CACHE_URL", f"expected redis://HOST:PORT/DB or locmem://, got {CACHE_URL!r}")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -214,6 +256,11 @@ REST_FRAMEWORK = {
         "annotation.authentication.RoleTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "annotation.authentication.AnonymousThrottle",
+        "annotation.authentication.UserThrottle",
+        "annotation.authentication.ExpensiveThrottle",
+    ],
     # JSON only; a body over DATA_UPLOAD_MAX_MEMORY_SIZE gets 413 (annotation.api.exception_handler).
     "DEFAULT_PARSER_CLASSES": ["annotation.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "annotation.api.exception_handler",

@@ -1,14 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerSplitView
 
-from annotation.api import TokenApi
+from annotation.api import LogoutApi, SchemaApi, TokenApi
 from annotation.roles import IsAdmin
 from annotation.urls import api_urlpatterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/schema/", SchemaApi.as_view(), name="api-schema"),
     # Readable docs of the schema for admins: Swagger UI (its script a separate file, as the
     # Content-Security-Policy allows no inline script) and Redoc.
     path(
@@ -22,6 +22,7 @@ urlpatterns = [
         name="api-redoc",
     ),
     path("api/auth/token/", TokenApi.as_view(), name="api-token"),
+    path("api/auth/logout/", LogoutApi.as_view(), name="api-logout"),
     path("api/", include(api_urlpatterns)),
     path("", include("annotation.urls")),
 ]

@@ -31,5 +31,6 @@ RUN DEBUG=1 python manage.py collectstatic --noinput
 
 USER factloop
 EXPOSE 8000
-# The web app; the workers override the command (deploy/compose.yaml, deploy/k8s/).
-CMD ["gunicorn", "webapp.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "120", "--access-logfile", "-"]
+# The web app, behind a buffering proxy (deploy/k8s/proxy/); the workers override the command
+# (deploy/compose.yaml, deploy/k8s/).
+CMD ["gunicorn", "webapp.wsgi", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "2", "--threads", "16", "--timeout", "120", "--access-logfile", "-"]

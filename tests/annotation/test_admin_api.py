@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def test_authorisation_matrix(method: str, path: str, annotator: User, outsider:
 def admin_api(admin_user: User, settings: Any, tmp_path: Path) -> APIClient:
     settings.FACTLOOP_EXPORT_DIR = tmp_path / "exports"
     api = APIClient()
-    api.force_authenticate(admin_user)
+    api.force_login(admin_user)  # a session: the body's cap is decided from it before DRF runs
     return api
 
 
@@ -175,9 +176,14 @@ def _zip_with_link() -> io.BytesIO:
 
 def test_an_upload_over_the_limit_is_refused(admin_api: APIClient, settings: Any) -> None:
     settings.FACTLOOP_MAX_IMPORT_BYTES = 1024**2
-    big = zip_of({"prompts.jsonl": os.urandom(2 * 1024**2)})
+    # A small upload that unpacks past the limit: its directory says so.
+    packed = zip_of({"prompts.jsonl": b"0" * (2 * 1024**2)}, compression=zipfile.ZIP_DEFLATED)
+    answer = admin_api.post("/api/admin/imports/", {"kind": "prompts", "archive": packed})
+    assert answer.status_code == 400 and "unpacks to more than 1048576 bytes" in answer.json()["detail"]
+    # An upload larger than the limit itself: refused from its length, before it is read.
+    big = zip_of({"prompts.jsonl": os.urandom(3 * 1024**2)})
     answer = admin_api.post("/api/admin/imports/", {"kind": "prompts", "archive": big})
-    assert answer.status_code == 400 and "over 1048576 bytes" in answer.json()["detail"]
+    assert answer.status_code == 413 and "the limit for this request is 2097152" in answer.json()["detail"]
     assert not Job.objects.exists() and uploads() == []
 
 
@@ -214,16 +220,25 @@ def test_the_sweep_removes_stale_uploads_no_live_import_names(admin_api: APIClie
 def test_progress_inside_the_work_s_transaction_is_left_to_the_heartbeat(admin_user: User) -> None:
     """An UPDATE of the job row from inside the import's transaction would lock the row until
     commit; the reporter hands the numbers to the heartbeat thread instead."""
-    job = make_job(kind=Job.Kind.IMPORT, queue="export", status=Job.Status.RUNNING, worker="w")
-    heartbeat = jobs.Heartbeat(job.pk, "w", every=3600)
-    report = jobs.reporter(job.pk, heartbeat)
+    job = make_job(kind=Job.Kind.IMPORT, queue="export")
+    claim = Job.claim(job.pk, "w")
+    assert claim is not None
+    heartbeat = jobs.Heartbeat(job.pk, claim, every=3600)
+    report = jobs.reporter(job.pk, claim, heartbeat)
     report(1, 10)  # outside: written now (and the beats write the same)
     assert Job.objects.get(pk=job.pk).progress_done == 1 and heartbeat.pending == (1, 10)
     with transaction.atomic():
         report(5, 10)
     assert heartbeat.pending == (5, 10) and Job.objects.get(pk=job.pk).progress_done == 1
-    assert Job.beat(job.pk, "w", progress=heartbeat.pending)
+    assert Job.beat(job.pk, claim, progress=heartbeat.pending)
     assert (Job.objects.get(pk=job.pk).progress_done, Job.objects.get(pk=job.pk).progress_total) == (5, 10)
     heartbeat.lost.set()
     with pytest.raises(jobs.JobLost), transaction.atomic():
         report(6, 10)
+
+
+def test_numbers_too_large_for_the_database_are_a_400(admin_api: APIClient) -> None:
+    assert admin_api.get("/api/admin/jobs/?limit=99999999999999999999").status_code == 200  # capped at 1,000
+    assert admin_api.get("/api/admin/jobs/?offset=99999999999999999999").status_code == 400
+    answer = admin_api.post("/api/admin/rounds/", {"policy": "tiny-base", "limit": 2**70}, format="json")
+    assert answer.status_code == 400 and "limit" in answer.json()

@@ -6,7 +6,7 @@ import re
 
 from tests.conftest import FACTLOOP_VARS, REPO
 
-READ = re.compile(r'env\.(?:text|flag|integer|csv|path|choice)\(\s*"([A-Z_]+)"')
+READ = re.compile(r'env\.(?:text|flag|integer|csv|path|choice|rate)\(\s*"([A-Z_]+)"')
 
 
 def variables_read_by_settings() -> set[str]:

@@ -23,7 +23,23 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({}, "SECRET_KEY", "is required but not set"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY", "at least 32 characters"),
         ({"SECRET_KEY": "k" * 40}, "ALLOWED_HOSTS", "is required when DEBUG is off"),
-        ({"SECRET_KEY": "change-me-to-a-long-random-string-of-50-characters"}, "SECRET_KEY", "is the example value"),
+        ({"SECRET_KEY": "change-me-to-a-long-random-string-of-50-characters"}, "SECRET_KEY", "is an example value"),
+        (
+            {"SECRET_KEY": "replace-with-50-random-characters-replace-with-50-random"},
+            "SECRET_KEY",
+            "is an example value",
+        ),
+        (
+            {
+                "SECRET_KEY": "k" * 40,
+                "ALLOWED_HOSTS": "x",
+                "DATABASE_URL": "postgres://factloop:replace-me@db/factloop",
+            },
+            "DATABASE_URL",
+            "its password is an example value",
+        ),
+        ({"DEBUG": "1", "FACTLOOP_THROTTLE_USER": "lots/minute"}, "FACTLOOP_THROTTLE_USER", "expected N/second"),
+        ({"DEBUG": "1", "CACHE_URL": "memcached://x"}, "CACHE_URL", "expected redis://"),
         (
             {"DEBUG": "1", "FACTLOOP_JOB_STALE_SECONDS": "20", "FACTLOOP_JOB_HEARTBEAT_SECONDS": "15"},
             "FACTLOOP_JOB_STALE_SECONDS",

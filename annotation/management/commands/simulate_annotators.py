@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.authentication import issue_token
+from annotation.authentication import live_token
 from annotation.demo.simulation import oracle_submission
 from annotation.models import Assignment
 from annotation.services import ensure_user
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         tokens = []
         for i in range(1, options["n"] + 1):
             user = ensure_user(f"sim-{i}", role="annotator").user
-            tokens.append(issue_token(user).key)  # a live token (an expired one is replaced)
+            tokens.append(live_token(user).key)  # a live token (an expired one is replaced)
         tallies = [Tally() for _ in tokens]
         bar = tqdm(desc="labels", unit="label", disable=options["verbosity"] < 1)
         lock = threading.Lock()
