@@ -220,6 +220,7 @@ def run_import(params: dict[str, Any], progress: Callable[[int, int], None]) -> 
         "rows": report.rows,
         "prompts": report.prompts,
         "images": report.images,
+        "already": report.already,
         "round": number,
         "skipped": len(report.problems),
         "problems": [str(p) for p in report.problems[:100]],

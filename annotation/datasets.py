@@ -61,6 +61,8 @@ def coco_rows(
 ) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(row number, row or the reason it is bad) per image of the instances file, in its
     order: the image's file name, the prompt, and facts {classes, captions, vocabulary}."""
+    if limit is not None and limit < 1:
+        raise DatasetError(f"--limit must be at least 1 (got {limit}); leave it out for every image")
     data = _json(instances, "instances")
     if not isinstance(data.get("categories"), list):
         raise DatasetError(f"{instances} is not a COCO instances file: no 'categories' list")
@@ -89,7 +91,7 @@ def coco_rows(
         for annotation in _json(captions, "captions")["annotations"]:
             if isinstance(annotation, dict) and isinstance(annotation.get("caption"), str):
                 texts.setdefault(annotation.get("image_id"), []).append(annotation["caption"].strip())
-    images = data["images"][:limit] if limit else data["images"]
+    images = data["images"][:limit] if limit is not None else data["images"]
     for number, image in enumerate(images, start=1):
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str) or "id" not in image:
             yield number, "an image entry needs an id and a file_name"

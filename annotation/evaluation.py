@@ -25,13 +25,14 @@ from typing import Any
 
 from django.conf import settings
 
-from annotation.deployment import vllm_urls
+from annotation.deployment import serving_client, vllm_urls
 from annotation.errors import Invalid, Refused
 from annotation.models import Prompt
 from contract.heldout import Item, Kind, image_name, write_heldout
 from contract.launch import ONE_PROCESS, Launch
 from models.registry import Registry, RegistryError
-from models.server import BASE_NAME
+from models.server import BASE_NAME, check_served_base
+from models.serving import ServingError
 from models.staging import staged
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +126,16 @@ def evaluate_version(
         if version.kind != "policy":
             raise Invalid(f"version {name!r} is a {version.kind} model, not a policy")
         adapter = registry.adapter_path(name)
+        registered = True
+    else:
+        registered = False  # a candidate adapter on the served base, named `name` for its label
     if not out.is_file():
+        if registered:
+            try:
+                with serving_client(timeout=30.0) as client:
+                    check_served_base(client, registry, name)
+            except (RegistryError, ServingError) as error:
+                raise Invalid(str(error)) from None
         args = ["evaluate", "--data", str(heldout), "--server", ",".join(vllm_urls()), "--served", BASE_NAME]
         args += ["--label", name, "--out", str(out)]
         if adapter is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
 from annotation import limits, released, services
-from annotation.models import Correction, Prompt
+from annotation.models import Correction, Image, Prompt
 from annotation.services import add_image, add_prompt, inspect_image
 
 
@@ -59,6 +60,7 @@ class ImportReport:
     prompts: int = 0
     images: int = 0
     problems: list[Problem] = field(default_factory=list)
+    already: int = 0  # rows imported before, with the same facts: nothing to do (a re-run adds what is new)
 
 
 class ImportFailed(Exception):
@@ -344,6 +346,39 @@ def _check(number: int, row: dict[str, Any], folder: Path | None) -> _Good | str
     return _Good(number, load, sha256, row["prompt"], split, facts, context, row.get("source") or row["image"], meta)
 
 
+def _stored_facts(hashes: set[str]) -> dict[str, dict[str, Any]]:
+    """The facts of the images already stored among `hashes` (asked a thousand at a time)."""
+    ordered, found = sorted(hashes), dict[str, dict[str, Any]]()
+    for start in range(0, len(ordered), 1000):
+        found.update(Image.objects.filter(sha256__in=ordered[start : start + 1000]).values_list("sha256", "facts"))
+    return found
+
+
+def _new_rows(good: list[_Good], existing: set[tuple[str, str]], report: ImportReport) -> list[_Good]:
+    """The rows with something to import. A row imported before (same image and prompt) is
+    counted in `report.already`, so that running an import again adds only what is new. A
+    row whose image is stored with other facts is a bad row: an image's facts score every
+    evaluation made on it, so an import never changes them, and never keeps the old ones
+    silently while saying "imported" either. A row without facts takes the stored ones."""
+    stored = _stored_facts({item.sha256 for item in good})
+    new = []
+    for item in good:
+        facts = stored.get(item.sha256)
+        if facts is not None and item.facts and item.facts != facts:
+            shown = json.dumps(facts, ensure_ascii=False)
+            shown = shown if len(shown) <= 200 else shown[:200] + "..."
+            report.problems.append(
+                Problem(
+                    item.row, f"the image is already imported with other facts ({shown}); an import never changes them"
+                )
+            )
+        elif (item.sha256, item.prompt) in existing:
+            report.already += 1
+        else:
+            new.append(item)
+    return new
+
+
 def import_prompts(
     manifest: Path,
     images: Path | None = None,
@@ -386,11 +421,9 @@ def import_rows(
         if key in seen:
             report.problems.append(Problem(number, f"duplicate of row {seen[key]} (same image and prompt)"))
             continue
-        if key in existing:
-            report.problems.append(Problem(number, "already imported (same image and prompt)"))
-            continue
         seen[key] = number
         good.append(checked)
+    good = _new_rows(good, existing, report)
     if report.problems and not skip_bad:
         raise ImportFailed(report)
     step(report.rows - len(good))  # the bad rows: nothing to write

@@ -158,6 +158,19 @@ def _fresh(database_url: str, var_dir: Path, extra_code: str = "print('{}')", **
 
 def part_cost(database_url: str, var_dir: Path, repeats: int) -> dict[str, Any]:
     _fresh(database_url, var_dir)
+    rows: dict[str, Any] = {"throttles": "raised out of the way: every body reaches the parser"}
+    os.environ.update(FACTLOOP_THROTTLE_ANONYMOUS="1000000/minute", FACTLOOP_THROTTLE_EXPENSIVE="1000000/minute")
+    try:
+        cpu = _cost(database_url, var_dir, repeats)
+    finally:
+        for name in ("FACTLOOP_THROTTLE_ANONYMOUS", "FACTLOOP_THROTTLE_EXPENSIVE"):
+            os.environ.pop(name, None)
+    rows.update(cpu)
+    rows["ratio_32KB_to_8KB"] = rows["32KB"]["cpu_ms_per_request"] / max(rows["8KB"]["cpu_ms_per_request"], 1e-9)
+    return rows
+
+
+def _cost(database_url: str, var_dir: Path, repeats: int) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     with serve(database_url, var_dir, workers=1, threads=1) as (_, port):
         pids = _server_pids(port)
@@ -169,7 +182,6 @@ def part_cost(database_url: str, var_dir: Path, repeats: int) -> dict[str, Any]:
                 statuses.append(_request(port, "POST", "/api/auth/token/", body, {"Content-Type": "application/json"}))
             spent = _cpu_seconds(pids) - before
             rows[f"{kb}KB"] = {"cpu_ms_per_request": 1000 * spent / repeats, "statuses": sorted(set(statuses))}
-    rows["ratio_32KB_to_8KB"] = rows["32KB"]["cpu_ms_per_request"] / max(rows["8KB"]["cpu_ms_per_request"], 1e-9)
     return rows
 
 

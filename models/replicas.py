@@ -203,6 +203,15 @@ class ReplicaPool:
         first = ready[0].client.models()
         return [name for name in first if all(name in names for names in served)]
 
+    def served_root(self, name: str) -> str | None:
+        """The model every replica in service answers as `name` (ServingClient.served_root);
+        replicas that disagree are an error: a round would mix two models' answers."""
+        roots = {replica.url: replica.client.served_root(name) for replica in self._ready_or_raise()}
+        if len(set(roots.values())) > 1:
+            found = ", ".join(f"{url}: {root}" for url, root in roots.items())
+            raise ServingError(f"the replicas serve different models as {name!r} ({found})")
+        return next(iter(roots.values()))
+
     def health(self) -> bool:
         """True when at least one replica is in service."""
         return bool(self.healthy())

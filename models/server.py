@@ -21,7 +21,7 @@ from pathlib import Path
 
 from models.registry import Registry, RegistryError
 from models.replicas import ReplicaPool, Serving
-from models.serving import ServingClient
+from models.serving import ServerUnavailable, ServingClient
 
 BASE_NAME = "base"  # the served name of the base model (`model=` in requests)
 
@@ -183,6 +183,31 @@ def _group_alive(group: int) -> bool:
     return True
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Two names of one checkpoint: equal, or local paths to the same folder."""
+    if a == b:
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
+def check_served_base(client: Serving, registry: Registry, name: str) -> None:
+    """Refuse (RegistryError, both names given) to use version `name` on a server whose base
+    model is another checkpoint than the one the version was registered on: its answers,
+    labels and evaluation would be another model's. A server that does not say what it
+    serves is taken at its word."""
+    version = registry.get(name)
+    try:
+        served = client.served_root(BASE_NAME)
+    except ServerUnavailable:
+        return  # nothing answers: the requests that follow fail, each with its reason
+    if served is not None and not _same_model(served, version.base_model):
+        raise RegistryError(
+            f"the server serves {served!r} as its base, but version {name!r} is built on {version.base_model!r}; "
+            "start the server on that model or register the version on the served one"
+        )
+
+
 def serve_version(client: Serving, registry: Registry, name: str) -> str:
     """The `model=` name under which the server answers as registered version `name`: the
     base name for a base version, else the version's own name, its LoRA adapter loaded at
@@ -191,6 +216,7 @@ def serve_version(client: Serving, registry: Registry, name: str) -> str:
     version = registry.get(name)
     if version.kind != "policy":
         raise RegistryError(f"version {name!r} is a {version.kind} model, not a policy to serve")
+    check_served_base(client, registry, name)
     if version.adapter is None:
         return BASE_NAME
     path = str(registry.adapter_path(name))

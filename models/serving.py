@@ -178,6 +178,15 @@ class ServingClient:
     def models(self) -> list[str]:
         return [entry["id"] for entry in self._request("GET", "/v1/models").json()["data"]]
 
+    def served_root(self, name: str) -> str | None:
+        """The model the server answers as `name`: vLLM lists the checkpoint it was started
+        with (`--model`) as that entry's `root` in /v1/models. None when it does not say."""
+        for entry in self._request("GET", "/v1/models").json()["data"]:
+            if entry.get("id") == name:
+                root = entry.get("root")
+                return str(root) if root else None
+        return None
+
     def chat(
         self,
         *,

@@ -79,12 +79,12 @@ def test_the_database_evaluator_gives_the_toy_evaluators_figures(
 @pytest.mark.slow
 @pytest.mark.serving
 def test_an_adapter_is_evaluated_under_a_temporary_name_and_unloaded(
-    registry: Registry, adapters: dict[str, Path], vllm_server: Any, settings: Any
+    registry: Registry, adapters: dict[str, Path], vllm_server: Any, settings: Any, base_policy: Path
 ) -> None:
     from models.serving import ServingClient
 
     settings.FACTLOOP_VLLM_URL = vllm_server.url
-    registry.register("tiny-a", base_model="tiny", adapter_dir=adapters["a"], parent="tiny-base")
+    registry.register("tiny-a", base_model=str(base_policy), adapter_dir=adapters["a"], parent="tiny-base")
     call_command("import_toyworld", scenes=8, stdout=io.StringIO())
     with ServingClient(vllm_server.url) as client:
         before = set(client.models())
@@ -95,6 +95,24 @@ def test_an_adapter_is_evaluated_under_a_temporary_name_and_unloaded(
     assert adapted["heldout_digest"] == base["heldout_digest"]
     # The random adapter changes what the model says: the adapter was in use.
     assert [e["response"] for e in adapted["examples"]] != [e["response"] for e in base["examples"]]
+
+    # A version built on another base is refused by evaluation, deployment and generation
+    # alike, with both names, before anything is asked of the server.
+    from annotation.deployment import DeployRefused, deploy_version
+    from annotation.errors import Invalid
+    from annotation.generation import served_model
+    from tests.factories import make_generation_round
+
+    registry.register("elsewhere", base_model="someone/another-model", adapter_dir=adapters["b"])
+    both = rf"serves '{base_policy}' as its base, but version 'elsewhere' is built on 'someone/another-model'"
+    with pytest.raises(CommandError, match=both):
+        call_command("evaluate", version="elsewhere", stdout=io.StringIO(), stderr=io.StringIO())
+    with pytest.raises(DeployRefused, match=both):
+        deploy_version("elsewhere", registry=registry)
+    round_ = make_generation_round("elsewhere", prompts=1)
+    with pytest.raises(Invalid, match=both), ServingClient(vllm_server.url) as client:
+        served_model(round_, registry, client)
+    assert registry.evaluations("elsewhere") == [] and "elsewhere" not in set(ServingClient(vllm_server.url).models())
 
 
 def test_bad_requests_to_evaluate_are_refused(registry: Registry, settings: Any) -> None:
@@ -148,6 +166,15 @@ def test_coco_annotations_become_prompts_with_facts(tmp_path: Path) -> None:
     first = heldout.items[0]
     assert (first.kind, first.objects, list(first.captions)) == ("describe", ("dog", "person"), facts["captions"])
     assert heldout.image_bytes(first) == prompts[0].image.file.open("rb").read()
+
+    # Run again: nothing new, said so, exit 0; a limit below 1 is refused, never "everything".
+    again = io.StringIO()
+    call_command("import_coco", **files, stdout=again)
+    assert "imported 0 prompts" in again.getvalue() and "2 already imported" in again.getvalue()
+    for limit in (0, -5):
+        with pytest.raises(CommandError, match="--limit must be at least 1"):
+            call_command("import_coco", **files, limit=limit, stdout=io.StringIO())
+    assert Prompt.objects.count() == 2
 
 
 @pytest.mark.parametrize(

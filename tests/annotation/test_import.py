@@ -74,8 +74,21 @@ def test_good_rows_import_with_their_fields(tmp_path: Path, images: Path) -> Non
     assert described.image.facts == {"objects": ["ball"]} and described.image.source == "a.png"
     assert Prompt.objects.get(text="How many balls?").split == "heldout"
     assert Prompt.objects.get(text="What colour is it?").context == [{"role": "user", "content": "Hi"}]
-    with pytest.raises(CommandError, match="1 bad row"):  # the same rows again: already imported
-        call_command("import_prompts", jsonl(tmp_path / "again.jsonl", GOOD[:1]), images=images)
+    # The same rows again, and one new: only the new one is imported, the rest counted.
+    again, more = io.StringIO(), {"image": "b.png", "prompt": "Is there a kite?", "facts": {}}
+    call_command("import_prompts", jsonl(tmp_path / "again.jsonl", [*GOOD, more]), images=images, stdout=again)
+    assert "imported 1 prompts on 1 images from 4 rows; 3 already imported" in again.getvalue()
+    assert Prompt.objects.count() == 4
+
+
+def test_an_image_s_facts_are_never_changed_or_kept_silently(tmp_path: Path, images: Path) -> None:
+    call_command("import_prompts", jsonl(tmp_path / "m.jsonl", GOOD[:1]), images=images, stdout=io.StringIO())
+    changed = {"image": "a.png", "prompt": "Another question?", "facts": {"objects": ["kite"]}}
+    errors = io.StringIO()
+    with pytest.raises(CommandError, match="1 bad row"):
+        call_command("import_prompts", jsonl(tmp_path / "c.jsonl", [changed]), images=images, stderr=errors)
+    assert 'already imported with other facts ({"objects": ["ball"]})' in errors.getvalue()
+    assert Image.objects.get().facts == {"objects": ["ball"]} and Prompt.objects.count() == 1
 
 
 @pytest.mark.parametrize(("row", "reason"), BAD, ids=[reason for _, reason in BAD])
