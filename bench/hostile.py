@@ -354,20 +354,26 @@ rows = {{}}
 new = selectors.prompts_query("train", only_new=True)
 old = Prompt.objects.filter(split="train").order_by("pk").exclude(
     pk__in=RoundPrompt.objects.values("prompt_id")).exclude(pk__in=Candidate.objects.values("prompt_id"))
-for name, query in (("not_exists", new), ("not_in", old)):
-    sql, params = query.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + sql, params)
-        plan = "\\n".join(row[0] for row in cursor.fetchall())
-        began = time.perf_counter()
-        try:
-            cursor.execute("SELECT count(*) FROM (" + sql + ") q", params)
-            count, seconds = cursor.fetchone()[0], time.perf_counter() - began
-        except Exception as error:
-            connection.rollback() if not connection.get_autocommit() else None
-            count, seconds = None, None
-        rows[name] = {{"seconds": seconds, "prompts_found": count, "timed_out_after": None if seconds else {timeout},
-                      "anti_join": "Anti Join" in plan, "subplan": "SubPlan" in plan}}
+# PostgreSQL hashes NOT IN's subquery only while it fits in work_mem (4 MB by default); a
+# larger subquery (more history, or a smaller work_mem) makes it a subplan run per prompt.
+for work_mem in ("4MB", "256kB"):
+    for name, query in (("not_exists", new), ("not_in", old)):
+        sql, params = query.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET work_mem = '{{work_mem}}'")
+            cursor.execute("EXPLAIN " + sql, params)
+            plan = "\\n".join(row[0] for row in cursor.fetchall())
+            began = time.perf_counter()
+            try:
+                cursor.execute("SELECT count(*) FROM (" + sql + ") q", params)
+                count, seconds = cursor.fetchone()[0], time.perf_counter() - began
+            except Exception:
+                count, seconds = None, None
+            rows[f"{{name}}_work_mem_{{work_mem}}"] = {{
+                "seconds": seconds, "prompts_found": count, "timed_out_after": None if seconds else {timeout},
+                "anti_join": "Anti Join" in plan, "subplan": "SubPlan" in plan,
+                "hashed_subplan": "hashed SubPlan" in plan,
+            }}
 began = time.perf_counter()
 chosen = selectors.prompts_for_a_round("train", only_new=True, limit=1000)
 rows["not_exists_first_1000_seconds"] = time.perf_counter() - began
@@ -482,7 +488,7 @@ def _print(measured: dict[str, Any]) -> None:
             )
     if "round_start" in measured:
         r = measured["round_start"]
-        for name in ("not_exists", "not_in"):
+        for name in sorted(k for k in r if isinstance(r[k], dict)):
             row = r[name]
             took = (
                 f"{row['seconds']:.2f} s" if row["seconds"] is not None else f"> {row['timed_out_after']} s (cut off)"
