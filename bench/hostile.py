@@ -32,6 +32,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -270,6 +271,10 @@ def part_workers(database_url: str, var_dir: Path, judgements: int) -> dict[str,
             f"cur = connection.cursor(); insert_judgements(cur, add_image(png_bytes()).pk, "
             f"User.objects.get(username='ada').pk, {judgements}); print('{{}}')",
         )
+        # A fresh export folder and broker: an earlier run's files and messages name rows of
+        # a database recreated since.
+        for stale in (var_dir / f"exports-{naming}", var_dir / "broker"):
+            shutil.rmtree(stale, ignore_errors=True)
         env = server_env(database_url, var_dir) | {"FACTLOOP_EXPORT_DIR": str(var_dir / f"exports-{naming}")}
         names = (
             {"generate": "generate", "export": "export"}
