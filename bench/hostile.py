@@ -19,7 +19,8 @@ stack (gunicorn gthread on PostgreSQL, Celery workers), each part side by side i
   earlier rounds), the NOT EXISTS query FactLoop runs against the NOT IN it ran before, with
   PostgreSQL's plan of each (the old one is cut off at --statement-timeout).
 - claims: one annotator's labels per second over HTTP with none and with 10,000 unfinished
-  tasks of frozen rounds older than the open round's, and the ratio.
+  tasks of frozen rounds older than the open round's (the arms alternate, median of three
+  runs each), and the ratio.
 
 Raw rows go to bench/results/hostile.json (bench/results.py). Nothing here is a test; the
 tests check each behaviour (tests/webapp/test_request_costs.py, tests/annotation/
@@ -33,6 +34,7 @@ import http.client
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -419,15 +421,21 @@ print(json.dumps({{"tokens": [Token.objects.create(user=user).key]}}))
 """
 
 
-def part_claims(database_url: str, var_dir: Path, leftovers: int, cycles: int) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    for count in (0, leftovers):
-        prepared = _fresh(database_url, var_dir, CLAIMS_PREPARE.format(leftovers=count, scenes=cycles // 6 + 20))
-        with serve(database_url, var_dir, workers=1, threads=4) as (host, port):
-            drive(host, port, prepared["tokens"], 20)  # warm up: connections, caches
-            result = drive(host, port, prepared["tokens"], cycles)
-        labels = len(result.acknowledged)
-        rows[f"leftovers_{count}"] = {"labels": labels, "labels_per_second": labels / result.seconds}
+def part_claims(database_url: str, var_dir: Path, leftovers: int, cycles: int, repeats: int) -> dict[str, Any]:
+    """The two arms alternate `repeats` times (a run lasts half a minute, and the machine's
+    other work drifts over minutes); each arm's figure is its median run."""
+    runs: dict[int, list[float]] = {0: [], leftovers: []}
+    for _ in range(repeats):
+        for count in runs:
+            prepared = _fresh(database_url, var_dir, CLAIMS_PREPARE.format(leftovers=count, scenes=cycles // 6 + 20))
+            with serve(database_url, var_dir, workers=1, threads=4) as (host, port):
+                drive(host, port, prepared["tokens"], 20)  # warm up: connections, caches
+                result = drive(host, port, prepared["tokens"], cycles)
+            runs[count].append(len(result.acknowledged) / result.seconds)
+    rows: dict[str, Any] = {
+        f"leftovers_{count}": {"labels_per_second_runs": rates, "labels_per_second": statistics.median(rates)}
+        for count, rates in runs.items()
+    }
     rows["ratio"] = rows[f"leftovers_{leftovers}"]["labels_per_second"] / rows["leftovers_0"]["labels_per_second"]
     return rows
 
@@ -442,7 +450,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=150_000, help="prompts in the database (round_start)")
     parser.add_argument("--statement-timeout", type=int, default=120, help="seconds before a query is cut off")
     parser.add_argument("--leftovers", type=int, default=10_000, help="unfinished tasks of frozen rounds (claims)")
-    parser.add_argument("--cycles", type=int, default=600, help="labels the annotator gives (claims)")
+    parser.add_argument("--cycles", type=int, default=600, help="labels the annotator gives per run (claims)")
+    parser.add_argument("--claim-runs", type=int, default=3, help="runs of each arm, alternating (claims)")
     parser.add_argument("--var-dir", type=Path, default=REPO / "var" / "bench-hostile")
     parser.add_argument("--json", type=Path, default=results.default_path("hostile"))
     args = parser.parse_args()
@@ -456,7 +465,7 @@ def main() -> None:
         "accounts": lambda: part_accounts(args.database_url, args.var_dir),
         "workers": lambda: part_workers(args.database_url, args.var_dir, args.judgements),
         "round_start": lambda: part_round_start(args.database_url, args.var_dir, args.prompts, args.statement_timeout),
-        "claims": lambda: part_claims(args.database_url, args.var_dir, args.leftovers, args.cycles),
+        "claims": lambda: part_claims(args.database_url, args.var_dir, args.leftovers, args.cycles, args.claim_runs),
     }
     measured: dict[str, Any] = {}
     for part in parts:
