@@ -49,7 +49,9 @@ def test_no_generated_request_makes_a_server_error(
             "--header",
             f"Authorization: Token {token}",
             operations,
-            "^/api/admin/",
+            # The annotator fuzzes everything but the admin API, and not signing out: the
+            # fuzz's own token would die with it (tests/webapp/test_request_costs.py tests it).
+            "^/api/admin/" if role == "admin" else "^/api/(admin/|auth/logout/)",
             "--checks",
             "not_a_server_error,response_schema_conformance",
             "--phases",
