@@ -42,6 +42,7 @@ class RoundOutput(serializers.Serializer):
     ai_labeller = serializers.CharField()
     selection = serializers.CharField()
     human_prompts = serializers.IntegerField(allow_null=True)
+    heldout = serializers.CharField(help_text="The held-out dataset its training is evaluated on (empty: none yet).")
     prompts = serializers.IntegerField(help_text="Prompts in the round.")
     generated = serializers.IntegerField(help_text="Prompts whose candidates are in.")
     labels = serializers.IntegerField(help_text="Judgements and corrections given.")
@@ -59,6 +60,7 @@ def round_output(round_: Round) -> dict[str, Any]:
         "ai_labeller": round_.ai_labeller,
         "selection": round_.selection,
         "human_prompts": round_.human_prompts,
+        "heldout": round_.heldout.name if round_.heldout_id is not None and round_.heldout else "",
         **{key: state[key] for key in ("prompts", "generated", "labels", "capacity", "active_annotators")},
     }
 
@@ -82,6 +84,12 @@ class StartRoundInput(serializers.Serializer):
     ai_labeller = serializers.CharField(max_length=255, default="", allow_blank=True)
     selection = serializers.ChoiceField(choices=list(SELECTIONS), default="all")
     human_prompts = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    heldout = serializers.SlugField(
+        max_length=64,
+        default="",
+        allow_blank=True,
+        help_text="The held-out dataset its training is evaluated on; empty: the previous round's, else the only one.",
+    )
 
 
 class StartedOutput(serializers.Serializer):
@@ -117,6 +125,7 @@ class RoundListApi(APIView):
                 ai_labeller=data["ai_labeller"],
                 selection=data["selection"],
                 human_prompts=data.get("human_prompts"),
+                heldout=data["heldout"],
                 created_by=request.user,
             )
         except ValidationError as error:
@@ -160,6 +169,12 @@ class TrainInput(serializers.Serializer):
     overrides = serializers.ListField(
         child=serializers.CharField(max_length=500), default=list, help_text="KEY=VALUE trainer settings."
     )
+    dataset = serializers.SlugField(
+        max_length=64,
+        default="",
+        allow_blank=True,
+        help_text="The held-out dataset to evaluate on; empty: the one the round recorded when it started.",
+    )
     force = serializers.BooleanField(default=False, help_text="Deploy even if the gate refuses.")
     resume = serializers.BooleanField(default=False, help_text="Finish the round's unfinished run.")
 
@@ -192,7 +207,11 @@ class TrainApi(APIView):
         round_ = get_object_or_404(Round, number=number)
         try:
             options = Options(
-                method=data["method"], config=data.get("config"), overrides=data["overrides"], force=data["force"]
+                method=data["method"],
+                config=data.get("config"),
+                overrides=data["overrides"],
+                force=data["force"],
+                dataset=data["dataset"],
             )
             run = queue_run(round_, options, resume=data["resume"], created_by=request.user)
         except TrainingRefused as error:
@@ -248,6 +267,13 @@ class ImportInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=list(archives.KINDS), help_text="prompts, or a label layout.")
     archive = serializers.FileField(help_text="A .zip: a manifest (or datasets directory) and its images, or labels.")
     skip_bad = serializers.BooleanField(default=False, help_text="Import the good rows and report the bad ones.")
+    dataset = serializers.SlugField(
+        max_length=64,
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text="The held-out dataset its held-out rows join (default heldout; created when new).",
+    )
 
 
 class ImportApi(APIView):
@@ -266,7 +292,11 @@ class ImportApi(APIView):
         data = payload.validated_data
         try:
             job = archives.queue_import(
-                data["archive"], data["kind"], skip_bad=data["skip_bad"], created_by=request.user
+                data["archive"],
+                data["kind"],
+                skip_bad=data["skip_bad"],
+                dataset=data["dataset"],
+                created_by=request.user,
             )
         except ValidationError as error:
             raise Invalid("; ".join(error.messages)) from None

@@ -80,6 +80,11 @@ class StartRoundForm(forms.Form):
     human_prompts = forms.IntegerField(
         min_value=1, required=False, help_text="The human budget in prompts, for random or disagreement selection."
     )
+    heldout = forms.SlugField(
+        max_length=64,
+        required=False,
+        help_text="The held-out dataset its training is evaluated on; empty: the previous round's, else the only one.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -137,6 +142,7 @@ def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
                 ai_labeller=data["ai_labeller"].strip(),
                 selection=data["selection"] or "all",
                 human_prompts=data["human_prompts"],
+                heldout=data["heldout"],
                 created_by=request.user,
             )
         except ValidationError as error:
@@ -164,6 +170,11 @@ class ImportForm(forms.Form):
     )
     archive = forms.FileField(help_text="A .zip holding the manifest (or JSON, or datasets directory) and its images.")
     skip_bad = forms.BooleanField(required=False, help_text="Import the good rows and report the bad ones.")
+    dataset = forms.SlugField(
+        max_length=64,
+        required=False,
+        help_text="The held-out dataset its held-out rows join (default heldout; created when new).",
+    )
 
 
 def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
@@ -177,6 +188,7 @@ def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
                 form.cleaned_data["archive"],
                 form.cleaned_data["kind"],
                 skip_bad=form.cleaned_data["skip_bad"],
+                dataset=form.cleaned_data["dataset"],
                 created_by=request.user,
             )
         except ValidationError as error:
@@ -258,6 +270,11 @@ class TrainForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Trainer settings, one KEY=VALUE a line (e.g. epochs=2).",
     )
+    dataset = forms.SlugField(
+        max_length=64,
+        required=False,
+        help_text="The held-out dataset to evaluate on; empty: the one the round recorded when it started.",
+    )
     force = forms.BooleanField(required=False, help_text="Deploy even if the gate refuses.")
     resume = forms.BooleanField(required=False, help_text="Finish the round's unfinished run instead.")
 
@@ -274,7 +291,13 @@ def train_round(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
         try:
             run = queue_run(
                 round_,
-                Options(method=data["method"], config=data["config"] or None, overrides=overrides, force=data["force"]),
+                Options(
+                    method=data["method"],
+                    config=data["config"] or None,
+                    overrides=overrides,
+                    force=data["force"],
+                    dataset=data["dataset"],
+                ),
                 resume=data["resume"],
                 created_by=request.user,
             )

@@ -157,7 +157,7 @@ def find_source(folder: Path, kind: str) -> Path:
 # Upload, then a job
 
 
-def queue_import(upload: Any, kind: str, *, skip_bad: bool = False, created_by: Any = None) -> Job:
+def queue_import(upload: Any, kind: str, *, skip_bad: bool = False, dataset: str = "", created_by: Any = None) -> Job:
     """Check an uploaded zip (a Django UploadedFile), spool it and queue its import on the
     `export` queue. Refused (ValidationError, nothing kept) when the kind is unknown, the
     upload is over FACTLOOP_MAX_IMPORT_BYTES, or its directory shows a problem."""
@@ -184,6 +184,7 @@ def queue_import(upload: Any, kind: str, *, skip_bad: bool = False, created_by: 
             "filename": str(getattr(upload, "name", "") or "upload.zip")[:255],
             "kind": kind,
             "skip_bad": bool(skip_bad),
+            "dataset": dataset,
             "annotator": f"import-{username}"[:150],
         }
         with transaction.atomic():
@@ -210,7 +211,13 @@ def run_import(params: dict[str, Any], progress: Callable[[int, int], None]) -> 
         number: int | None = None
         if kind == "prompts":
             images = None if source.is_dir() else source.parent
-            report = import_prompts(source, images, skip_bad=bool(params["skip_bad"]), progress=progress)
+            report = import_prompts(
+                source,
+                images,
+                skip_bad=bool(params["skip_bad"]),
+                progress=progress,
+                dataset=str(params.get("dataset") or ""),
+            )
         else:
             report, number = import_labels(
                 source, kind, annotator=params["annotator"], skip_bad=bool(params["skip_bad"]), progress=progress
@@ -221,6 +228,7 @@ def run_import(params: dict[str, Any], progress: Callable[[int, int], None]) -> 
         "prompts": report.prompts,
         "images": report.images,
         "already": report.already,
+        "dataset": report.dataset,
         "round": number,
         "skipped": len(report.problems),
         "problems": [str(p) for p in report.problems[:100]],

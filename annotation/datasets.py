@@ -23,8 +23,10 @@ from typing import Any
 
 from annotation import services
 from annotation.demo.synthetic import png_of_scene
+from annotation.errors import Refused
 from annotation.importers import ImportReport, Problem, import_rows
-from annotation.models import Prompt
+from annotation.models import Dataset, Prompt
+from annotation.services.datasets import dataset_for_import
 from contract.heldout import COCO_CLASSES
 from models.toyworld import Question, Scene, heldout_scenes
 from models.toyworld.world import NUMBER_WORDS, make_question
@@ -119,15 +121,16 @@ def import_coco(
     prompt: str = DESCRIBE_PROMPT,
     limit: int | None = None,
     skip_bad: bool = False,
+    dataset: str = "coco",
 ) -> ImportReport:
-    """Import COCO images as prompts with facts; all or nothing unless `skip_bad`
-    (importers.ImportFailed names the bad rows)."""
+    """Import COCO images as prompts with facts (held-out ones into `dataset`, in the "coco"
+    vocabulary); all or nothing unless `skip_bad` (importers.ImportFailed names the bad rows)."""
     if not Path(images).is_dir():
         raise DatasetError(f"{images} is not a folder")
     if not prompt.strip():
         raise DatasetError("the prompt is empty")
     rows = list(coco_rows(instances, captions, split=split, prompt=prompt, limit=limit))
-    return import_rows(rows, Path(images), skip_bad=skip_bad)
+    return import_rows(rows, Path(images), skip_bad=skip_bad, dataset=dataset, vocabulary="coco")
 
 
 def short_answer(scene: Scene, question: Question) -> str:
@@ -143,14 +146,30 @@ def short_answer(scene: Scene, question: Question) -> str:
 
 
 def import_toyworld(
-    scenes: int, *, split: str = Prompt.Split.HELDOUT, image_size: int = 96, questions: bool = False
+    scenes: int,
+    *,
+    split: str = Prompt.Split.HELDOUT,
+    image_size: int = 96,
+    questions: bool = False,
+    dataset: str = "toyworld",
 ) -> ImportReport:
     """The first `scenes` held-out scenes of the synthetic world (their images rendered at
     `image_size`) as description prompts, in scene order; with `questions`, a question with
-    its known answer per scene too. Prompts already there are kept, not duplicated."""
+    its known answer per scene too. Prompts already there are kept, not duplicated (a
+    re-run adds the scenes it did not have). Held-out prompts join `dataset` (ValueError when
+    it exists in another vocabulary than "toyworld")."""
     report = ImportReport()
     rng = random.Random(0)
+    held: Dataset | None = None
+    if split == Prompt.Split.HELDOUT:
+        try:
+            held, _ = dataset_for_import(dataset, "toyworld")
+        except Refused as error:
+            raise ValueError(error.message) from None
+        report.dataset = held.name
     with services.atomic_with_files():
+        if held is not None and held.pk is None:
+            held.save()
         for scene in heldout_scenes(scenes):
             report.rows += 1
             facts = {**scene.facts(), "vocabulary": "toyworld"}
@@ -161,12 +180,17 @@ def import_toyworld(
                 if question is not None:
                     texts.append((question.text, {"kind": "question", "answer": short_answer(scene, question)}))
             for text, meta in texts:
-                if not Prompt.objects.filter(image=image, text=text).exists():
-                    services.add_prompt(image, text, split=split, meta=meta)
+                there = Prompt.objects.filter(image=image, text=text).first()
+                if there is None:
+                    services.add_prompt(image, text, split=split, meta=meta, dataset=held)
                     report.prompts += 1
                 elif image.source != scene.scene_id:  # the tiny world repeats a scene now and then
                     report.problems.append(
                         Problem(report.rows, f"{scene.scene_id} is the same image as {image.source}")
                     )
+                elif there.dataset_id != (held.pk if held is not None else None):
+                    report.problems.append(Problem(report.rows, f"{scene.scene_id} is already in another dataset"))
+                else:
+                    report.already += 1
             report.images += 1
     return report

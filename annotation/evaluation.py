@@ -1,7 +1,9 @@
-"""Evaluation on the database's held-out prompts, through the vLLM server.
+"""Evaluation on a held-out dataset of the database, through the vLLM server.
 
-`export_heldout` writes the held-out prompts (their images, texts and the images' known
-facts) as a held-out folder (contract/heldout.py); `evaluate_version` has the trainer's
+`export_heldout` writes one named dataset's prompts (their images, texts and the images'
+known facts; services/datasets.py) as a held-out folder (contract/heldout.py), with its
+name, item count and digest in the manifest and, for a vocabulary of the user's own, its
+classes; `evaluate_version` has the trainer's
 command line (`python -m rlhf.cli evaluate`, in a child process: the web app never loads
 torch) answer it through the server as a registered version, the version's adapter loaded
 under a temporary name and unloaded after (the newest registered reward model, if any,
@@ -11,23 +13,25 @@ scores the answers too), and records the result on the version
 What an item is scored as comes from the database: the prompt's `meta.kind` ("describe" or
 "question"; a prompt whose meta holds an `answer` is a question, any other a description),
 `meta.answer`, and the image's `facts`: `classes` (or `objects`, when it is a list of
-names) for the objects in it, `captions` for its reference captions, `vocabulary` for the
-names they are spelled in ("coco" when absent; rlhf/vocabularies.py).
+names) for the objects in it, `captions` for its reference captions; the dataset names
+the vocabulary they are spelled in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 
 from annotation.deployment import serving_client, vllm_urls
-from annotation.errors import Invalid, Refused
-from annotation.models import Prompt
+from annotation.errors import Invalid
+from annotation.models import Dataset, Prompt
+from annotation.services.datasets import DEFAULT_VOCABULARY, scorable, vocabulary_table
 from contract.heldout import Item, Kind, image_name, write_heldout
 from contract.launch import ONE_PROCESS, Launch
 from models.registry import Registry, RegistryError
@@ -36,8 +40,6 @@ from models.serving import ServingError
 from models.staging import staged
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_VOCABULARY = "coco"
-SPLITS = (Prompt.Split.HELDOUT, Prompt.Split.TRAIN)
 
 
 def _objects(facts: dict[str, Any]) -> list[str]:
@@ -70,38 +72,40 @@ def _item(prompt: Prompt) -> tuple[Item, bytes]:
     return item, data
 
 
-def heldout_prompts(split: str = Prompt.Split.HELDOUT, limit: int | None = None) -> list[Prompt]:
-    if split not in SPLITS:
-        raise Invalid(f"prompts must be one of {', '.join(SPLITS)}, got {split!r}")
-    prompts = Prompt.objects.filter(split=split).select_related("image").order_by("pk")
+def heldout_prompts(dataset: Dataset, limit: int | None = None) -> list[Prompt]:
+    """The dataset's prompts, oldest first (the first `limit`)."""
+    prompts = Prompt.objects.filter(dataset=dataset).select_related("image").order_by("pk")
     return list(prompts[:limit] if limit else prompts)
 
 
 def vocabulary_of(prompts: list[Prompt]) -> str:
-    found = {(p.image.facts or {}).get("vocabulary", DEFAULT_VOCABULARY) for p in prompts}
+    found = {(p.image.facts or {}).get("vocabulary", DEFAULT_VOCABULARY) for p in prompts}  # AI labels
     if len(found) > 1:
         raise Invalid(f"the prompts' images name objects in more than one vocabulary ({', '.join(sorted(found))})")
     return found.pop() if found else DEFAULT_VOCABULARY
 
 
-def export_heldout(out: Path, *, split: str = Prompt.Split.HELDOUT, limit: int | None = None) -> dict[str, Any]:
-    """Write the split's prompts (the first `limit`, oldest first) as a held-out folder at
-    `out`, whole or not at all; returns its manifest. Refused when there are none."""
-    prompts = heldout_prompts(split, limit)
-    if not prompts:
-        raise Refused(
-            f"no {split} prompts to evaluate on: import some (import_prompts with split {split}, import_coco, "
-            "import_toyworld)"
-        )
-    vocabulary = vocabulary_of(prompts)
+def export_heldout(out: Path, dataset: Dataset, *, limit: int | None = None) -> dict[str, Any]:
+    """Write the dataset's prompts (the first `limit`, oldest first) as a held-out folder at
+    `out`, whole or not at all; returns its manifest. Refused when it cannot be scored
+    (services.datasets.scorable)."""
+    scorable(dataset, limit)
+    prompts = heldout_prompts(dataset, limit)
+    classes = vocabulary_table(dataset.vocabulary)
 
     def items() -> Iterator[tuple[Item, bytes]]:
         for prompt in prompts:
             yield _item(prompt)
 
     with staged(Path(out), replace=True) as folder:
-        manifest = write_heldout(folder, vocabulary, items())
+        manifest = write_heldout(folder, dataset.vocabulary, items(), dataset=dataset.name, classes=classes)
     return manifest
+
+
+def described(manifest: dict[str, Any]) -> str:
+    """A held-out folder's manifest in words: its dataset, item count and digest."""
+    name = manifest.get("dataset") or "(unnamed)"
+    return f"dataset {name} ({manifest['items']} items, digest {manifest['digest'][:12]})"
 
 
 def evaluate_version(
@@ -113,10 +117,12 @@ def evaluate_version(
     registry: Registry | None = None,
     adapter: Path | None = None,
     parent_pid: int | None = None,
+    echo: Writer | None = None,
 ) -> dict[str, Any]:
     """Evaluate registered version `name` (or, with `adapter`, that adapter on the served
     base: a candidate not registered yet) on the held-out folder through the vLLM server;
-    the result (contract.heldout.Evaluation) is written to `out`. Returns it as a dict."""
+    the result (contract.heldout.Evaluation) is written to `out`. Returns it as a dict.
+    The evaluator's output (its progress) goes to `log`, and to `echo` too when given."""
     registry = registry or Registry(settings.FACTLOOP_MODEL_DIR)
     if adapter is None:
         try:
@@ -143,12 +149,17 @@ def evaluate_version(
         rewards = [v for v in registry if v.kind == "reward"]
         if rewards:  # the newest registered reward model scores the answers too
             args += ["--reward-model", str(registry.path_of(rewards[-1].name))]
-        run_rlhf(args, log, parent_pid=parent_pid)
+        run_rlhf(args, log, parent_pid=parent_pid, echo=echo)
     return json.loads(out.read_text())
 
 
 def record(registry: Registry, name: str, evaluation: Path) -> None:
     registry.record_evaluation(name, json.loads(evaluation.read_text()))
+
+
+class Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
 
 
 class RlhfFailed(Exception):
@@ -159,16 +170,36 @@ class RlhfFailed(Exception):
         self.returncode = returncode
 
 
-def run_rlhf(args: list[str], log: Path, *, parent_pid: int | None = None, launch: Launch = ONE_PROCESS) -> None:
+def run_rlhf(
+    args: list[str],
+    log: Path,
+    *,
+    parent_pid: int | None = None,
+    launch: Launch = ONE_PROCESS,
+    echo: Writer | None = None,
+) -> None:
     """`python -m rlhf.cli ARGS` in a child process (or, with an accelerate `launch`, in
-    several), its output appended to `log`; the children die with `parent_pid` (a worker)
-    when one is named."""
+    several), its output appended to `log` (and copied to `echo` as it comes, progress bars
+    included, when given); the children die with `parent_pid` (a worker) when one is named.
+    RlhfFailed, naming the log, when it fails."""
     command = launch.command(args, parent_pid=parent_pid)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as output:
-        output.write(f"\n$ {' '.join(command)}\n")
+    with open(log, "ab") as output:
+        output.write(f"\n$ {' '.join(command)}\n".encode())
         output.flush()
-        finished = subprocess.run(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, check=False)
-    if finished.returncode != 0:
+        if echo is None:
+            returncode = subprocess.run(
+                command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, check=False
+            ).returncode
+        else:
+            with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
+                assert child.stdout is not None
+                while chunk := os.read(child.stdout.fileno(), 65536):  # as it comes: tqdm writes "\r", not lines
+                    output.write(chunk)
+                    output.flush()
+                    echo.write(chunk.decode(errors="replace"))
+                    echo.flush()
+            returncode = child.returncode
+    if returncode != 0:
         tail = log.read_text(errors="replace")[-2000:]
-        raise RlhfFailed(f"rlhf.cli {args[0]} exited with {finished.returncode}:\n{tail}", finished.returncode)
+        raise RlhfFailed(f"rlhf.cli {args[0]} exited with {returncode} (its log: {log}):\n{tail}", returncode)

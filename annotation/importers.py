@@ -10,6 +10,11 @@ string), `context` (earlier turns, a list of {"role", "content"}; in CSV a JSON 
 `meta` (an object: `kind` "describe" or "question", and a question's known `answer`; the
 evaluator reads them, annotation/evaluation.py).
 
+Held-out rows join one named dataset (the import's `dataset`, "heldout" when it names
+none; services/datasets.py), created by the import when new, in the import's `vocabulary`,
+else the one its rows' facts name, else "coco". Each held-out row's classes must be in
+that vocabulary, and a prompt already in another dataset is a bad row.
+
 Every row is checked before anything is written: missing fields, a path outside the folder,
 a missing file, an unreadable or truncated image, a decompression bomb, an unsupported
 format, a bad split or context, and duplicates (the same image and prompt twice in the
@@ -31,7 +36,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +46,10 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
 from annotation import limits, released, services
-from annotation.models import Correction, Image, Prompt
+from annotation.errors import Refused
+from annotation.models import Correction, Dataset, Image, Prompt
 from annotation.services import add_image, add_prompt, inspect_image
+from annotation.services.datasets import DEFAULT_DATASET, class_names, dataset_for_import, facts_problem
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class ImportReport:
     images: int = 0
     problems: list[Problem] = field(default_factory=list)
     already: int = 0  # rows imported before, with the same facts: nothing to do (a re-run adds what is new)
+    dataset: str = ""  # the held-out dataset its held-out rows joined ("" when it had none)
 
 
 class ImportFailed(Exception):
@@ -354,7 +362,7 @@ def _stored_facts(hashes: set[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _new_rows(good: list[_Good], existing: set[tuple[str, str]], report: ImportReport) -> list[_Good]:
+def _new_rows(good: list[_Good], existing: Mapping[tuple[str, str], int | None], report: ImportReport) -> list[_Good]:
     """The rows with something to import. A row imported before (same image and prompt) is
     counted in `report.already`, so that running an import again adds only what is new. A
     row whose image is stored with other facts is a bad row: an image's facts score every
@@ -385,14 +393,18 @@ def import_prompts(
     *,
     skip_bad: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    dataset: str = "",
+    vocabulary: str = "",
 ) -> ImportReport:
     """Import the manifest's rows (a JSONL/CSV file with `images`, its images folder, or a
     datasets directory); raises ImportFailed (nothing written) on a bad row unless `skip_bad`.
-    `progress(done, total)` follows both passes (Progress)."""
+    `progress(done, total)` follows both passes (Progress). Held-out rows join `dataset`
+    (in `vocabulary`; the module's docstring)."""
     if not is_hf_dataset(manifest) and (images is None or not images.is_dir()):
         raise ValueError(f"{images} is not a folder" if images else "a JSONL or CSV manifest needs its images folder")
     counted = Progress(progress, count_rows(manifest)) if progress is not None else None
-    return import_rows(read_manifest(manifest), images, skip_bad=skip_bad, progress=counted)
+    rows = read_manifest(manifest)
+    return import_rows(rows, images, skip_bad=skip_bad, progress=counted, dataset=dataset, vocabulary=vocabulary)
 
 
 def import_rows(
@@ -401,15 +413,19 @@ def import_rows(
     *,
     skip_bad: bool = False,
     progress: Progress | None = None,
+    dataset: str = "",
+    vocabulary: str = "",
 ) -> ImportReport:
     """Import prompt rows (import_prompts' fields; a string is a row already found bad),
     every row checked first; raises ImportFailed (nothing written) on a bad row unless
-    `skip_bad`."""
+    `skip_bad`, ValueError when the dataset cannot take held-out rows. Held-out rows join
+    `dataset` (in `vocabulary`; the module's docstring)."""
     step = progress.step if progress is not None else (lambda n=1: None)
     report = ImportReport()
     good: list[_Good] = []
     seen: dict[tuple[str, str], int] = {}
-    existing = set(Prompt.objects.values_list("image__sha256", "text"))
+    existing = {(sha, text): pk for sha, text, pk in Prompt.objects.values_list("image__sha256", "text", "dataset_id")}
+    target: HeldoutTarget | None = None
     for number, row in rows:
         report.rows += 1
         step()
@@ -417,6 +433,12 @@ def import_rows(
         if isinstance(checked, str):
             report.problems.append(Problem(number, checked))
             continue
+        if checked.split == Prompt.Split.HELDOUT:
+            if target is None:  # the first held-out row decides a new dataset's vocabulary
+                target = HeldoutTarget(dataset or DEFAULT_DATASET, vocabulary or checked.facts.get("vocabulary"))
+            if problem := target.problem(checked, existing):
+                report.problems.append(Problem(number, problem))
+                continue
         key = (checked.sha256, checked.prompt)
         if key in seen:
             report.problems.append(Problem(number, f"duplicate of row {seen[key]} (same image and prompt)"))
@@ -429,6 +451,10 @@ def import_rows(
     step(report.rows - len(good))  # the bad rows: nothing to write
     images_before: set[int] = set()
     with services.atomic_with_files():
+        if target is not None:
+            report.dataset = target.dataset.name
+            if target.new and any(item.split == Prompt.Split.HELDOUT for item in good):
+                target.dataset.save()
         for item in good:
             data = item.load()
             if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != item.sha256:
@@ -437,13 +463,34 @@ def import_rows(
                 )
             image = add_image(data, facts=item.facts, source=item.source)
             images_before.add(image.pk)
-            add_prompt(image, item.prompt, split=item.split, context=item.context, meta=item.meta)
+            held = target.dataset if target is not None and item.split == Prompt.Split.HELDOUT else None
+            add_prompt(image, item.prompt, split=item.split, context=item.context, meta=item.meta, dataset=held)
             report.prompts += 1
             step()
     report.images = len(images_before)
     if progress is not None:
         progress.finish()
     return report
+
+
+class HeldoutTarget:
+    """The dataset an import's held-out rows join, and the check of each row against it."""
+
+    def __init__(self, name: str, vocabulary: str | None) -> None:
+        try:
+            self.dataset, self.new = dataset_for_import(name, vocabulary if isinstance(vocabulary, str) else None)
+            self.names = class_names(self.dataset.vocabulary)
+        except Refused as error:
+            raise ValueError(error.message) from None
+
+    def problem(self, row: _Good, existing: Mapping[tuple[str, str], int | None]) -> str | None:
+        key = (row.sha256, row.prompt)
+        if key in existing and (self.new or existing[key] != self.dataset.pk):
+            there = existing[key]
+            other = Dataset.objects.filter(pk=there).values_list("name", flat=True).first() if there else None
+            where = f"held-out dataset {other!r}" if other else "another split"
+            return f"the prompt is already imported in {where}, not {self.dataset.name!r}"
+        return facts_problem(row.facts, self.dataset.vocabulary, self.names)
 
 
 # ---------------------------------------------------------------------------------------

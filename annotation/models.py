@@ -195,6 +195,36 @@ class Image(models.Model):
         return self.source or self.sha256[:12]
 
 
+class Vocabulary(models.Model):
+    """An object vocabulary of the user's own (register_vocabulary): its classes in order,
+    each with the synonyms a text may name it by. CHAIR, Object HalBench, POPE and object
+    coverage read answers through it. "coco" and "toyworld" are built in and not stored."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    classes = models.JSONField(help_text='The classes in order: [["cat", ["kitten", "kitty"]], ["dog", []], ...].')
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "vocabularies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Dataset(models.Model):
+    """A named held-out set: the prompts an evaluation scores, their images' objects named
+    in one vocabulary. An import names the dataset its held-out rows join."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    vocabulary = models.CharField(
+        max_length=64, help_text='The object vocabulary its facts are named in: "coco", "toyworld" or a registered one.'
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Prompt(models.Model):
     class Split(models.TextChoices):
         TRAIN = "train", "Train"
@@ -208,10 +238,25 @@ class Prompt(models.Model):
         help_text='The conversation before it: a list of {"role": "user"|"assistant", "content": "..."}.',
     )
     split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN, db_index=True)
+    dataset = models.ForeignKey(
+        Dataset,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="prompts",
+        help_text="The held-out dataset it belongs to (held-out prompts only; evaluations score one dataset).",
+    )
     meta = models.JSONField(
         default=dict, blank=True, help_text="Anything known about the prompt (question kind, answer)."
     )
     created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(dataset__isnull=True) | Q(split="heldout"), name="prompt_dataset_heldout_only"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.text[:60]
@@ -269,6 +314,14 @@ class Round(models.Model):
     )
     human_prompts = models.PositiveIntegerField(
         null=True, blank=True, help_text="The human budget in prompts when selection is not 'all'."
+    )
+    heldout = models.ForeignKey(
+        Dataset,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="rounds",
+        help_text="The held-out dataset its training is evaluated on, recorded when the round starts.",
     )
     created_at = models.DateTimeField(default=timezone.now)
     frozen_at = models.DateTimeField(null=True, blank=True)

@@ -47,6 +47,7 @@ from annotation.exporters import Selection, export
 from annotation.jobs import enqueue_job
 from annotation.models import Correction, Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.services import freeze_round, start_round
+from annotation.services.datasets import choose_dataset, scorable
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.launch import ONE_PROCESS, Launch, LaunchError
 from contract.methods import (
@@ -88,6 +89,7 @@ class Options:
     gate_metric: str = ""
     gate_margin: float | None = None  # how much worse the new policy may be (FACTLOOP_GATE_MARGIN)
     eval_items: int = 0
+    dataset: str = ""  # the held-out dataset evaluated on (default: the round's; recorded when the run begins)
     next_prompts: int | None = None  # prompts of the next round (default: as many as this one)
     # How the trainers run (contract/launch.py): one process, or accelerate launch with
     # num_processes processes and an accelerate config (a file, or ddp/fsdp2/zero2/zero3).
@@ -165,12 +167,10 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
         current = _registry().get(round_.policy_version)
     except RegistryError as error:
         raise TrainingRefused(str(error)) from None
-    heldout = Prompt.objects.filter(split=Prompt.Split.HELDOUT).count()
-    if not heldout:  # refused before any training: the evaluate step would fail after it
-        raise TrainingRefused(
-            "no held-out prompts to evaluate the new policy on: import some (import_prompts with split heldout, "
-            "import_coco, import_toyworld)"
-        )
+    try:  # refused before any training when the evaluate step could not score it after
+        heldout = scorable(choose_dataset(options.dataset, round_), options.eval_items)
+    except Refused as error:
+        raise TrainingRefused(f"the held-out set: {error.message}") from None
     steps = [s for s in STEPS if s != "reward_model" or options.method in RL_METHODS]
     return {
         "round": round_.number,
@@ -186,7 +186,7 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
             "accelerate_config": options.accelerate_config,
             "num_processes": options.num_processes,
         },
-        "heldout_prompts": min(heldout, options.eval_items),
+        "heldout": heldout,
         "work_dir": str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-<run>"),
     }
 
@@ -207,7 +207,7 @@ def begin(round_: Round, options: Options, *, resume: bool) -> TrainingRun:
         done = round_.training_runs.filter(status=TrainingRun.Status.SUCCEEDED).first()
         if done is not None:
             raise TrainingRefused(f"{round_} was trained already (run #{done.pk}, version {done.version or 'none'})")
-        plan(round_, options)
+        options.dataset = plan(round_, options)["heldout"]["dataset"]
         run = TrainingRun.objects.create(round=round_, method=options.method, config=asdict(options), work_dir="")
         run.work_dir = str(Path(settings.FACTLOOP_TRAIN_DIR) / f"round-{round_.number}-run-{run.pk}")
         run.save(update_fields=["work_dir"])
@@ -384,7 +384,7 @@ def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, 
     heldout = work / "heldout"
     if not (heldout / HELDOUT_MANIFEST).is_file():
         try:
-            export_heldout(heldout, limit=options.eval_items)
+            export_heldout(heldout, choose_dataset(options.dataset, run.round), limit=options.eval_items)
         except Refused as error:
             raise StepFailed(error.message) from None
     log, current = work / "evaluate.log", _current(run)
@@ -401,7 +401,8 @@ def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, 
             raise StepFailed(str(error)) from None
         measured[key] = {k: result["metrics"][k] for k in KEPT_METRICS if k in result["metrics"]}
     manifest = json.loads((heldout / HELDOUT_MANIFEST).read_text())
-    return {**measured, "heldout": {"items": manifest["items"], "vocabulary": manifest["vocabulary"]}}
+    keep = ("dataset", "items", "digest", "vocabulary")
+    return {**measured, "heldout": {key: manifest.get(key, "") for key in keep}}
 
 
 def _step_gate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 
 Layout of a folder:
 
-    manifest.json   {"format": "factloop-heldout", "schema": 1, "vocabulary": NAME,
-                     "items": N, "images": M, "digest": SHA-256 of items.jsonl}
+    manifest.json   {"format": "factloop-heldout", "schema": 1, "dataset": NAME,
+                     "vocabulary": NAME, "items": N, "images": M,
+                     "digest": SHA-256 of items.jsonl}
     items.jsonl     one item a line (below), in a fixed order
     images/         the images, named by the SHA-256 of their bytes
+    vocabulary.json only for a vocabulary of the user's own: {"name": NAME, "classes":
+                    [[CLASS, [SYNONYM, ...]], ...]}, the classes in their order
 
 An item: `id` (the prompt's id), `image` (a path under the folder), `prompt`, `context`
 (earlier turns), `kind` ("describe": scored by CHAIR and Object HalBench, and its image
@@ -14,8 +17,9 @@ probed by POPE; "question": scored by accuracy against `answer`), `answer` ("" w
 `objects` (the object classes known to be in the image, in the vocabulary's canonical
 names) and `captions` (reference captions; CHAIR reads their objects as present too).
 
-`vocabulary` names the object vocabulary the objects are spelled in (rlhf/vocabularies.py:
-"coco", "toyworld").
+`vocabulary` names the object vocabulary the objects are spelled in: "coco" and
+"toyworld" are built into the evaluator (rlhf/vocabularies.py); any other is defined by the
+folder's vocabulary.json. `dataset` names the set ("" in folders written before names).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -31,6 +35,8 @@ FORMAT: Final = "factloop-heldout"
 SCHEMA: Final = 1
 MANIFEST: Final = "manifest.json"
 ITEMS: Final = "items.jsonl"
+VOCABULARY_FILE: Final = "vocabulary.json"
+BUILT_IN_VOCABULARIES: Final = ("coco", "toyworld")
 KINDS: Final = ("describe", "question")
 Kind = Literal["describe", "question"]
 EVALUATION_FILE: Final = "evaluation.json"
@@ -70,12 +76,44 @@ class Item:
         return {**data, "objects": list(self.objects), "captions": list(self.captions), "context": list(self.context)}
 
 
+Classes = tuple[tuple[str, tuple[str, ...]], ...]  # a vocabulary's classes in order, each with its synonyms
+
+
+def parse_vocabulary(data: Any) -> Classes:
+    """A vocabulary's classes from JSON: an object {CLASS: [SYNONYM, ...]} (in its order) or
+    a list of CLASS or [CLASS, [SYNONYM, ...]]. Refused (HeldoutError) when empty, when a
+    name is not text, or when one surface form (case aside) names two classes."""
+    if isinstance(data, dict):
+        rows = list(data.items())
+    elif isinstance(data, list):
+        rows = [(row, []) if isinstance(row, str) else tuple(row) if isinstance(row, list) else (row,) for row in data]
+    else:
+        raise HeldoutError('a vocabulary is {"CLASS": ["SYNONYM", ...], ...} or a list of classes')
+    classes, forms = [], dict[str, str]()
+    for row in rows:
+        if len(row) != 2 or not isinstance(row[0], str) or not isinstance(row[1], list):
+            raise HeldoutError(f"not a class with its synonyms: {str(row)[:100]}")
+        name, synonyms = row[0].strip(), row[1]
+        if not name or any(not isinstance(s, str) or not s.strip() for s in synonyms):
+            raise HeldoutError(f"class {name!r}: a class and each synonym must be non-empty text")
+        for form in (name, *synonyms):
+            form = " ".join(form.lower().split())
+            if forms.setdefault(form, name) != name:
+                raise HeldoutError(f"{form!r} names both {forms[form]!r} and {name!r}")
+        classes.append((name, tuple(s.strip() for s in synonyms)))
+    if not classes:
+        raise HeldoutError("a vocabulary needs at least one class")
+    return tuple(classes)
+
+
 @dataclass(frozen=True)
 class Heldout:
     folder: Path
     vocabulary: str
     items: tuple[Item, ...]
     digest: str
+    dataset: str = ""
+    classes: Classes | None = None  # a user vocabulary's classes (None: a built-in vocabulary)
 
     def image_bytes(self, item: Item) -> bytes:
         return (self.folder / item.image).read_bytes()
@@ -84,13 +122,23 @@ class Heldout:
         """The first `limit` items (all with None)."""
         if limit is None or limit >= len(self.items):
             return self
-        return Heldout(self.folder, self.vocabulary, self.items[:limit], f"{self.digest}:{limit}")
+        return replace(self, items=self.items[:limit], digest=f"{self.digest}:{limit}")
 
 
-def write_heldout(folder: Path, vocabulary: str, items: Iterable[tuple[Item, bytes]]) -> dict[str, Any]:
+def write_heldout(
+    folder: Path,
+    vocabulary: str,
+    items: Iterable[tuple[Item, bytes]],
+    *,
+    dataset: str = "",
+    classes: Classes | None = None,
+) -> dict[str, Any]:
     """Write `items` (each with its image's bytes) into `folder`, which must be empty or new;
-    returns the manifest. Images are stored once per content."""
+    returns the manifest. Images are stored once per content. A vocabulary that is not
+    built in needs its `classes`."""
     folder = Path(folder)
+    if (classes is None) != (vocabulary in BUILT_IN_VOCABULARIES):
+        raise HeldoutError(f"vocabulary {vocabulary!r}: classes are given for a vocabulary not built in, and only then")
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines, images = [], set()
     for item, data in items:
@@ -103,9 +151,13 @@ def write_heldout(folder: Path, vocabulary: str, items: Iterable[tuple[Item, byt
         lines.append(json.dumps(item.as_json(), sort_keys=True))
     text = "".join(line + "\n" for line in lines)
     (folder / ITEMS).write_text(text, encoding="utf-8")
+    if classes is not None:
+        table = {"name": vocabulary, "classes": [[name, list(synonyms)] for name, synonyms in classes]}
+        (folder / VOCABULARY_FILE).write_text(json.dumps(table, indent=1) + "\n")
     manifest = {
         "format": FORMAT,
         "schema": SCHEMA,
+        "dataset": dataset,
         "vocabulary": vocabulary,
         "items": len(lines),
         "images": len(images),
@@ -154,7 +206,15 @@ def read_heldout(folder: Path) -> Heldout:
         items.append(item)
     if not items:
         raise HeldoutError(f"{folder}: no items")
-    return Heldout(folder, str(manifest["vocabulary"]), tuple(items), str(manifest["digest"]))
+    vocabulary, classes = str(manifest["vocabulary"]), None
+    if vocabulary not in BUILT_IN_VOCABULARIES:
+        try:
+            table = json.loads((folder / VOCABULARY_FILE).read_text())
+        except (OSError, ValueError) as error:
+            raise HeldoutError(f"{folder}: vocabulary {vocabulary!r} is not built in and {error}") from None
+        classes = parse_vocabulary(table.get("classes") if isinstance(table, dict) else None)
+    dataset = str(manifest.get("dataset") or "")
+    return Heldout(folder, vocabulary, tuple(items), str(manifest["digest"]), dataset, classes)
 
 
 @dataclass(frozen=True)
@@ -174,6 +234,8 @@ class Evaluation:
     examples: list[dict[str, str]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    dataset: str = ""  # the held-out dataset's name
+    items: int = 0  # how many of its items were scored
 
     def write(self, path: Path) -> None:
         """Written whole: a temporary file renamed."""

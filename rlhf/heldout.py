@@ -177,7 +177,10 @@ def evaluate(
 ) -> Evaluation:
     """Answers of `responder` to every item and POPE probe, scored, with intervals."""
     began = time.perf_counter()
-    vocab = vocabulary(heldout.vocabulary)
+    try:
+        vocab = vocabulary(heldout.vocabulary, heldout.classes)
+    except ValueError as error:  # a user vocabulary whose forms collide once plurals are read
+        raise HeldoutError(str(error)) from None
     describe = [item for item in heldout.items if item.kind == "describe"]
     questions = [item for item in heldout.items if item.kind == "question"]
     truths = [_truth(item, vocab) for item in describe]
@@ -231,6 +234,8 @@ def evaluate(
         examples=examples,
         settings={"pope_per_image": pope_per_image, "seed": seed, "bootstrap": bootstrap, "items": len(heldout.items)},
         seconds=round(time.perf_counter() - began, 2),
+        dataset=heldout.dataset,
+        items=len(heldout.items),
     )
 
 

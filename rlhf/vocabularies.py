@@ -6,7 +6,9 @@ splits break ties by it):
 
 - "coco": COCO's 80 classes read as standard CHAIR reads them (rlhf/coco.py), in COCO's
   category order;
-- "toyworld": the synthetic world's classes and synonyms (models/toyworld), in its order.
+- "toyworld": the synthetic world's classes and synonyms (models/toyworld), in its order;
+- any other name: a vocabulary of the user's own, its classes and synonyms given with it
+  (a held-out folder's vocabulary.json, contract/heldout.py), read as "toyworld" is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from contract.heldout import Classes
 from rlhf.metrics import ObjectReader, SynonymTable
 
 
@@ -40,7 +43,11 @@ def _toyworld() -> Vocabulary:
 VOCABULARIES: dict[str, Callable[[], Vocabulary]] = {"coco": _coco, "toyworld": _toyworld}
 
 
-def vocabulary(name: str) -> Vocabulary:
+def vocabulary(name: str, classes: Classes | None = None) -> Vocabulary:
+    """A built-in vocabulary by name, or with `classes` one of the user's own. ValueError
+    for an unknown name, or for classes whose surface forms collide (with plurals)."""
+    if classes is not None:
+        return Vocabulary(name, SynonymTable(dict(classes)), tuple(cls for cls, _ in classes))
     try:
         return VOCABULARIES[name]()
     except KeyError:

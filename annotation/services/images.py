@@ -15,6 +15,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from annotation.models import (
+    Dataset,
     Image,
     Prompt,
     image_path,
@@ -115,12 +116,18 @@ def add_prompt(
     split: str = Prompt.Split.TRAIN,
     context: Sequence[dict[str, str]] = (),
     meta: dict[str, Any] | None = None,
+    dataset: Dataset | None = None,
 ) -> Prompt:
+    """A prompt on `image`; a held-out prompt may belong to a held-out `dataset`."""
     if not text.strip():
         raise ValidationError("a prompt needs text")
     if split not in Prompt.Split.values:
         raise ValidationError(f"unknown split {split!r}; expected one of {', '.join(Prompt.Split.values)}")
+    if dataset is not None and split != Prompt.Split.HELDOUT:
+        raise ValidationError("only a held-out prompt belongs to a held-out dataset")
     for turn in context:
         if set(turn) != {"role", "content"} or turn["role"] not in ("user", "assistant"):
             raise ValidationError('each context turn is {"role": "user"|"assistant", "content": "..."}')
-    return Prompt.objects.create(image=image, text=text, split=split, context=list(context), meta=meta or {})
+    return Prompt.objects.create(
+        image=image, text=text, split=split, context=list(context), meta=meta or {}, dataset=dataset
+    )

@@ -15,12 +15,13 @@ from django.utils import timezone
 
 from annotation import audit
 from annotation.ai_labels import check_settings, selected_prompts
-from annotation.errors import Invalid
+from annotation.errors import Invalid, Refused
 from annotation.exporters import Selection, check_format
 from annotation.jobs import enqueue_job
 from annotation.models import (
     AuditEvent,
     Candidate,
+    Dataset,
     Job,
     Prompt,
     Round,
@@ -28,15 +29,19 @@ from annotation.models import (
     Task,
     TaskCandidate,
 )
+from annotation.services.datasets import choose_dataset, default_heldout
 
 Role = Literal["annotator", "admin"]
 
 
-def create_round(*, policy_version: str = "") -> Round:
-    """A new draft round numbered after the last one."""
+def create_round(*, policy_version: str = "", heldout: Dataset | None = None) -> Round:
+    """A new draft round numbered after the last one. It records the held-out dataset its
+    training will be evaluated on: `heldout`, else the previous round's, else the only one."""
     with transaction.atomic():
         last = Round.objects.select_for_update().aggregate(last=Max("number"))["last"] or 0
-        return Round.objects.create(number=last + 1, policy_version=policy_version)
+        previous = Round.objects.filter(number=last).first()
+        heldout = heldout or default_heldout(previous)
+        return Round.objects.create(number=last + 1, policy_version=policy_version, heldout=heldout)
 
 
 def create_imported_round(source: str, kinds: Sequence[str], candidates: int = 2) -> Round:
@@ -272,6 +277,7 @@ def start_round(
     ai_labeller: str = "",
     selection: str = "all",
     human_prompts: int | None = None,
+    heldout: str = "",
     created_by: Any = None,
 ) -> tuple[Round, Job]:
     """A new round over `prompts`: a draft with these settings whose candidate generation is
@@ -290,8 +296,12 @@ def start_round(
         check_settings(ai_labeller, selection, human_prompts)
     except Invalid as error:
         raise ValidationError(error.message) from None
+    try:
+        dataset = choose_dataset(heldout) if heldout else None
+    except Refused as error:
+        raise ValidationError(error.message) from None
     with transaction.atomic():
-        round_ = create_round(policy_version=policy_version)
+        round_ = create_round(policy_version=policy_version, heldout=dataset)
         round_.task_kinds = list(dict.fromkeys(task_kinds))
         round_.candidates_per_prompt = candidates_per_prompt
         round_.overlap = overlap

@@ -8,4 +8,4 @@ echo "ensure-compose: installing Debian's docker-compose"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 as_root apt-get update -qq
 DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker-compose >/dev/null
-docker-compose version | head -1
+docker-compose version | sed -n 1p  # sed reads it all: head would end the pipe early (SIGPIPE, exit 141)

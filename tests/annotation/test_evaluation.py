@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from annotation.evaluation import export_heldout
-from annotation.models import Image, Prompt
+from annotation.models import Dataset, Image, Prompt
 from contract.heldout import read_heldout
 from models.registry import Registry
 from tests.factories import png_bytes
@@ -49,10 +49,18 @@ def test_the_database_evaluator_gives_the_toy_evaluators_figures(
     call_command("import_toyworld", scenes=SCENES, stdout=io.StringIO())  # again: nothing duplicated
     assert Prompt.objects.filter(split="heldout").count() == SCENES
     out = tmp_path / "evaluation.json"
-    stdout = io.StringIO()
-    call_command("evaluate", version="tiny-base", out=out, stdout=stdout, stderr=io.StringIO())
+    stdout, stderr = io.StringIO(), io.StringIO()
+    call_command("evaluate", version="tiny-base", out=out, stdout=stdout, stderr=stderr)
     served = json.loads(out.read_text())
-    assert json.loads(stdout.getvalue())["metrics"] == served["metrics"]
+    summary = json.loads(stdout.getvalue())
+    assert summary["metrics"] == served["metrics"]
+    # The summary and the result name the dataset, its item count and digest; the
+    # evaluator's progress came through as it ran.
+    assert summary["heldout"]["dataset"] == served["dataset"] == "toyworld"
+    assert summary["heldout"]["items"] == served["items"] == SCENES
+    assert summary["heldout"]["digest"] == served["heldout_digest"]
+    assert f"dataset toyworld ({SCENES} items, digest {served['heldout_digest'][:12]})" in stderr.getvalue()
+    assert "answers from" in stderr.getvalue()
 
     model, processor = load_policy(str(base_policy))
     local = evaluate_toyworld(model, processor, heldout_scenes(SCENES))
@@ -118,7 +126,7 @@ def test_an_adapter_is_evaluated_under_a_temporary_name_and_unloaded(
 def test_bad_requests_to_evaluate_are_refused(registry: Registry, settings: Any) -> None:
     with pytest.raises(CommandError, match="no model version 'nope'"):
         call_command("evaluate", version="nope")
-    with pytest.raises(CommandError, match="no heldout prompts to evaluate on"):
+    with pytest.raises(CommandError, match="no held-out prompts to evaluate on"):
         call_command("evaluate", version="tiny-base")
     with pytest.raises(CommandError, match="--limit must be at least 1"):
         call_command("evaluate", version="tiny-base", limit=0)
@@ -161,8 +169,10 @@ def test_coco_annotations_become_prompts_with_facts(tmp_path: Path) -> None:
     assert facts["classes"] == ["dog", "person"] and facts["vocabulary"] == "coco"
     assert facts["captions"] == ["A man walks his dog past a bench."]
 
-    heldout = read_heldout(tmp_path / "out") if export_heldout(tmp_path / "out") else None
+    dataset = Dataset.objects.get(name="coco")
+    heldout = read_heldout(tmp_path / "out") if export_heldout(tmp_path / "out", dataset) else None
     assert heldout is not None and heldout.vocabulary == "coco" and len(heldout.items) == 2
+    assert heldout.dataset == "coco" and all(p.dataset == dataset for p in prompts)
     first = heldout.items[0]
     assert (first.kind, first.objects, list(first.captions)) == ("describe", ("dog", "person"), facts["captions"])
     assert heldout.image_bytes(first) == prompts[0].image.file.open("rb").read()
@@ -214,7 +224,8 @@ def test_a_coco_category_outside_cocos_80_and_unreadable_files_are_refused(tmp_p
 
 def test_held_out_questions_with_answers_are_exported_as_questions(tmp_path: Path) -> None:
     call_command("import_toyworld", scenes=6, questions=True, stdout=io.StringIO())
-    heldout = read_heldout(tmp_path / "h") if export_heldout(tmp_path / "h") else None
+    dataset = Dataset.objects.get(name="toyworld")
+    heldout = read_heldout(tmp_path / "h") if export_heldout(tmp_path / "h", dataset) else None
     assert heldout is not None
     kinds = [item.kind for item in heldout.items]
     assert kinds.count("describe") == 6 and kinds.count("question") >= 4

@@ -25,6 +25,7 @@ def run_import(command: BaseCommand, job: Callable[[], ImportReport]) -> ImportR
     command.stdout.write(
         f"imported {report.prompts} prompts on {report.images} images from {report.rows} rows"
         + (f"; {report.already} already imported" if report.already else "")
+        + (f"; held-out prompts in dataset {report.dataset!r}" if report.dataset else "")
         + (f"; skipped {len(report.problems)}" if report.problems else "")
     )
     return report

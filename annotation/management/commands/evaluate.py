@@ -1,26 +1,28 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from argparse import ArgumentParser
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
+from django.utils import timezone
 
 from annotation.errors import Refused
-from annotation.evaluation import RlhfFailed, evaluate_version, export_heldout
-from annotation.models import Prompt
+from annotation.evaluation import RlhfFailed, described, evaluate_version, export_heldout
+from annotation.services.datasets import choose_dataset
 from models.registry import Registry, RegistryError
 
 
 class Command(BaseCommand):
     help = (
-        "Evaluate a registered policy version on the database's held-out prompts through the vLLM server "
-        "(FACTLOOP_VLLM_URL; the version's adapter is loaded under a temporary name and unloaded after): CHAIR, "
-        "Object HalBench, POPE, question accuracy, length, each with a bootstrap interval. The result is kept "
-        "on the version (the admin's per-round plots draw it) and printed as JSON."
+        "Evaluate a registered policy version on a held-out dataset through the vLLM server (FACTLOOP_VLLM_URL; "
+        "the version's adapter is loaded under a temporary name and unloaded after): CHAIR, Object HalBench, POPE, "
+        "question accuracy, length, each with a bootstrap interval. The result, which names the dataset, its item "
+        "count and digest, is kept on the version (the admin's per-round plots draw it) and printed as JSON."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> Any:
@@ -30,8 +32,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--version", required=True, help="a registered policy version")
-        parser.add_argument("--prompts", default=Prompt.Split.HELDOUT, choices=Prompt.Split.values)
-        parser.add_argument("--limit", type=int, help="only the first N prompts (oldest first)")
+        parser.add_argument("--dataset", help="the held-out dataset to score (needed when there are several)")
+        parser.add_argument("--limit", type=int, help="only the dataset's first N prompts (oldest first)")
         parser.add_argument("--out", type=Path, help="also write the whole result (per-item records too) here")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -43,17 +45,24 @@ class Command(BaseCommand):
             registry.get(name)
         except RegistryError as error:
             raise CommandError(str(error)) from None
+        # The evaluator's log outlives a failure (the error names it); a success removes it.
+        stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
+        log = Path(settings.FACTLOOP_TRAIN_DIR) / "evaluations" / f"{name}-{stamp}-{os.getpid()}.log"
         with tempfile.TemporaryDirectory(prefix="factloop-evaluate-") as scratch:
             work = Path(scratch)
             try:
-                export_heldout(work / "heldout", split=options["prompts"], limit=options["limit"])
-                self.stderr.write(f"evaluating {name} through {settings.FACTLOOP_VLLM_URL} ...")
-                result = evaluate_version(name, work / "heldout", work / "evaluation.json", log=work / "evaluate.log")
+                dataset = choose_dataset(options["dataset"])
+                manifest = export_heldout(work / "heldout", dataset, limit=options["limit"])
+                self.stderr.write(f"evaluating {name} on {described(manifest)} through {settings.FACTLOOP_VLLM_URL}")
+                result = evaluate_version(
+                    name, work / "heldout", work / "evaluation.json", log=log, echo=_Echo(self.stderr)
+                )
             except Refused as error:
                 raise CommandError(error.message) from None
             except RlhfFailed as error:
                 raise CommandError(str(error)) from None
             registry.record_evaluation(name, result)
+            log.unlink(missing_ok=True)
             if options["out"]:
                 options["out"].write_text(json.dumps(result, indent=1) + "\n")
         intervals = result["intervals"]
@@ -61,4 +70,19 @@ class Command(BaseCommand):
             low, high = intervals.get(key, (value, value))
             self.stderr.write(f"  {key:<28} {value:8.4f}  [{low:.4f}, {high:.4f}]")
         summary = {k: result[k] for k in ("policy", "metrics", "intervals", "seconds")}
+        summary["heldout"] = {"dataset": manifest["dataset"], "items": manifest["items"], "digest": manifest["digest"]}
         self.stdout.write(json.dumps(summary))
+
+
+class _Echo:
+    """The evaluator's output, as it comes, onto the command's stderr (no line endings added)."""
+
+    def __init__(self, stream: OutputWrapper) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text, ending="")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()

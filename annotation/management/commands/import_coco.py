@@ -27,6 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--prompt", default=DESCRIBE_PROMPT, help=f"the prompt text (default {DESCRIBE_PROMPT!r})")
         parser.add_argument("--limit", type=int, help="only the first N images of the instances file")
         parser.add_argument("--skip-bad", action="store_true", help="import the good rows, report the bad ones")
+        parser.add_argument("--dataset", default="coco", help="the held-out dataset to import into (default coco)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         run_import(
@@ -39,5 +40,6 @@ class Command(BaseCommand):
                 prompt=options["prompt"],
                 limit=options["limit"],
                 skip_bad=options["skip_bad"],
+                dataset=options["dataset"],
             ),
         )

@@ -22,6 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--split", default=Prompt.Split.HELDOUT, choices=Prompt.Split.values)
         parser.add_argument("--image-size", type=int, default=96, help="rendered image side in pixels (default 96)")
         parser.add_argument("--questions", action="store_true", help="also a question with a known answer per scene")
+        parser.add_argument(
+            "--dataset", default="toyworld", help="the held-out dataset to import into (default toyworld)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["scenes"] < 1 or options["image_size"] < 16:
@@ -33,5 +36,6 @@ class Command(BaseCommand):
                 split=options["split"],
                 image_size=options["image_size"],
                 questions=options["questions"],
+                dataset=options["dataset"],
             ),
         )

@@ -16,9 +16,9 @@ from contract.launch import LAUNCHERS
 class Command(BaseCommand):
     help = (
         "One alignment iteration: freeze the round's labels, export them, train (DDPO, DPO, or a reward model and "
-        "PPO/GRPO/RLOO), evaluate hallucination on held-out scenes, register the new version if it is not worse "
-        "than the current one, hot-load it into vLLM, and open the next round with its candidates queued. Runs as "
-        "a job on the `train` queue unless --inline."
+        "PPO/GRPO/RLOO), evaluate hallucination on the round's held-out dataset (refused before training when it "
+        "cannot be scored), register the new version if it is not worse than the current one, hot-load it into "
+        "vLLM, and open the next round with its candidates queued. Runs as a job on the `train` queue unless --inline."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -38,6 +38,11 @@ class Command(BaseCommand):
             type=int,
             default=0,
             help="held-out prompts to evaluate on, the first N (FACTLOOP_EVAL_ITEMS)",
+        )
+        parser.add_argument(
+            "--dataset",
+            default="",
+            help="the held-out dataset to evaluate on (default: the one the round recorded when it started)",
         )
         parser.add_argument("--next-prompts", type=int, help="prompts of the next round (default: as many as this)")
         parser.add_argument(
@@ -75,6 +80,7 @@ class Command(BaseCommand):
                 gate_metric=options["gate_metric"],
                 gate_margin=options["gate_margin"],
                 eval_items=options["eval_items"],
+                dataset=options["dataset"],
                 next_prompts=options["next_prompts"],
                 launcher=options["launcher"],
                 accelerate_config=options["accelerate_config"],
