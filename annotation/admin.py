@@ -16,6 +16,7 @@ from annotation.models import (
     Assignment,
     AuditEvent,
     Correction,
+    Dataset,
     Image,
     Job,
     Judgement,
@@ -24,6 +25,7 @@ from annotation.models import (
     RoundPrompt,
     Task,
     TrainingRun,
+    Vocabulary,
 )
 from annotation.services import freeze_round, queue_generation
 from annotation.training import STEPS
@@ -117,11 +119,40 @@ class ImageAdmin(ReadOnlyAdmin):
         return format_html('<a href="{}">{}</a>', reverse("image-file", args=[image.sha256]), image.sha256[:12])
 
 
+@admin.register(Dataset)
+class DatasetAdmin(ReadOnlyAdmin):
+    """Held-out datasets (made by imports): what each holds and the vocabulary it is in."""
+
+    list_display = ["name", "vocabulary", "prompt_count", "created_at"]
+    fields = ("name", "vocabulary", "prompt_count", "created_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).annotate(n=Count("prompts"))
+
+    @admin.display(description="prompts", ordering="n")
+    def prompt_count(self, dataset: Any) -> int:
+        return int(dataset.n)
+
+
+@admin.register(Vocabulary)
+class VocabularyAdmin(ReadOnlyAdmin):
+    """Object vocabularies registered with `register_vocabulary` (coco and toyworld are built in)."""
+
+    list_display = ["name", "class_count", "created_at"]
+    fields = ("name", "classes", "created_at")
+    readonly_fields = fields
+
+    @admin.display(description="classes")
+    def class_count(self, vocabulary: Vocabulary) -> int:
+        return len(vocabulary.classes)
+
+
 @admin.register(Prompt)
 class PromptAdmin(ReadOnlyAdmin):
-    list_display = ["id", "text", "split", "image", "created_at"]
-    list_filter = ["split"]
-    list_select_related = ["image"]
+    list_display = ["id", "text", "split", "dataset", "image", "created_at"]
+    list_filter = ["split", "dataset"]
+    list_select_related = ["image", "dataset"]
     search_fields = ["text"]
     change_list_template = "admin/annotation/prompt/change_list.html"
 
@@ -140,6 +171,7 @@ class RoundAdmin(admin.ModelAdmin):
         "number",
         "status",
         "policy_version",
+        "heldout",
         "generation",
         "task_count",
         "progress",

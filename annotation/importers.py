@@ -435,7 +435,7 @@ def import_rows(
             continue
         if checked.split == Prompt.Split.HELDOUT:
             if target is None:  # the first held-out row decides a new dataset's vocabulary
-                target = HeldoutTarget(dataset or DEFAULT_DATASET, vocabulary or checked.facts.get("vocabulary"))
+                target = HeldoutTarget(dataset or DEFAULT_DATASET, vocabulary, checked.facts.get("vocabulary"))
             if problem := target.problem(checked, existing):
                 report.problems.append(Problem(number, problem))
                 continue
@@ -476,9 +476,9 @@ def import_rows(
 class HeldoutTarget:
     """The dataset an import's held-out rows join, and the check of each row against it."""
 
-    def __init__(self, name: str, vocabulary: str | None) -> None:
+    def __init__(self, name: str, vocabulary: str, rows_name: Any) -> None:
         try:
-            self.dataset, self.new = dataset_for_import(name, vocabulary if isinstance(vocabulary, str) else None)
+            self.dataset, self.new = dataset_for_import(name, vocabulary or None, rows_name=rows_name)
             self.names = class_names(self.dataset.vocabulary)
         except Refused as error:
             raise ValueError(error.message) from None

@@ -157,10 +157,11 @@ def scorable(dataset: Dataset, limit: int | None = None) -> dict[str, Any]:
     return {"dataset": dataset.name, "vocabulary": dataset.vocabulary, "items": count}
 
 
-def dataset_for_import(name: str, vocabulary: str | None) -> tuple[Dataset, bool]:
+def dataset_for_import(name: str, vocabulary: str | None, *, rows_name: Any = None) -> tuple[Dataset, bool]:
     """The dataset an import's held-out rows join (and whether it is new: created when the
-    rows are written, `vocabulary` or "coco" its vocabulary). Invalid when the name is
-    not a slug, the vocabulary is unknown, or an existing dataset has another vocabulary."""
+    rows are written, in `vocabulary`, else the one its rows name, else "coco"). Invalid
+    when the name is not a slug, the vocabulary is unknown, or an existing dataset has
+    another vocabulary than the one asked for."""
     try:
         Dataset._meta.get_field("name").run_validators(name)
     except ValidationError as error:
@@ -170,7 +171,7 @@ def dataset_for_import(name: str, vocabulary: str | None) -> tuple[Dataset, bool
         if vocabulary and vocabulary != existing.vocabulary:
             raise Invalid(f"dataset {name!r} names its objects in {existing.vocabulary!r}, not {vocabulary!r}")
         return existing, False
-    vocabulary = vocabulary or DEFAULT_VOCABULARY
+    vocabulary = vocabulary or (rows_name if isinstance(rows_name, str) and rows_name else DEFAULT_VOCABULARY)
     class_names(vocabulary)  # Invalid when unknown
     return Dataset(name=name, vocabulary=vocabulary), True
 

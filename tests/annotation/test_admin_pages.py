@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from annotation import queue, services
-from annotation.models import Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
+from annotation.models import Dataset, Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.tasks import export_dataset, import_archive
 from models.registry import Registry
 from tests.annotation.test_pages import client_for
@@ -200,9 +200,10 @@ def test_the_train_page_queues_a_run_or_says_why_not(admin_user: User, settings:
     Registry(settings.FACTLOOP_MODEL_DIR).register(round_.policy_version, base_model="base")
     client = client_for(admin_user)
     page = client.post(f"/admin/annotation/round/{round_.number}/train/", {"method": "dpo"})
-    assert page.status_code == 200 and "no held-out prompts to evaluate the new policy on" in page.content.decode()
+    assert page.status_code == 200 and "no held-out prompts to evaluate on" in page.content.decode()
     assert not TrainingRun.objects.exists() and not Job.objects.exists()
-    services.add_prompt(make_image(), "Describe it.", split="heldout")
+    held = Dataset.objects.create(name="mine", vocabulary="coco")
+    services.add_prompt(make_image(), "Describe it.", split="heldout", dataset=held)
     for bad, reason in (
         ({"config": "/no/such.yaml"}, "no config file /no/such.yaml"),
         ({"overrides": "epochs"}, "KEY=VALUE"),
@@ -213,5 +214,6 @@ def test_the_train_page_queues_a_run_or_says_why_not(admin_user: User, settings:
     run = TrainingRun.objects.get()
     assert run.job is not None and done["Location"] == f"/admin/annotation/job/{run.job.pk}/change/"
     assert (run.method, run.config["overrides"], run.job.queue) == ("dpo", ["epochs=1"], "train")
+    assert run.config["dataset"] == "mine"  # the held-out set is fixed when the run begins
     again = client.post(f"/admin/annotation/round/{round_.number}/train/", {"method": "dpo"})
     assert "has an unfinished training run" in again.content.decode() and TrainingRun.objects.count() == 1

@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from annotation import services
 from annotation.datasets import import_toyworld
 from annotation.demo import TOY_DDPO, TOY_PPO
 from annotation.demo.simulation import label_round
 from annotation.demo.synthetic import build_synthetic_round
-from annotation.models import Candidate, Job, Round, TrainingRun
+from annotation.models import Candidate, Dataset, Image, Job, Prompt, Round, TrainingRun
 from annotation.tasks import generate_candidates
 from models.registry import Registry
 from models.serving import ServingClient
 from tests.conftest import PYTHON, REPO, clean_env, database_url
-from tests.factories import make_round
+from tests.factories import make_image, make_round
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -187,7 +188,13 @@ def test_the_gate_keeps_a_worse_policy_out(
     assert (gate["new"], gate["current"]) == (measured["new"]["chair_i"], measured["current"]["chair_i"])
     low, high = gate["worse_by_interval"]
     assert low <= gate["worse_by"] <= high and low > -0.5  # not half a point better, with 95% confidence
-    assert measured["heldout"] == {"items": 24, "vocabulary": "toyworld"}
+    manifest = json.loads((Path(run.work_dir) / "heldout" / "manifest.json").read_text())
+    assert measured["heldout"] == {
+        "dataset": "toyworld",
+        "items": 24,
+        "digest": manifest["digest"],
+        "vocabulary": "toyworld",
+    }
     assert [e["metrics"] for e in loop.evaluations("tiny-base")] == [
         json.loads((Path(run.work_dir) / "eval-current.json").read_text())["metrics"]
     ]
@@ -215,6 +222,25 @@ def test_bad_requests_are_refused(loop: Registry, base_policy: Path) -> None:
     round_ = make_round()
     with pytest.raises(CommandError, match="no held-out prompts to evaluate"):
         call_command("train_round", "--inline")
+    # A held-out set it could not score is refused before training, naming the prompt.
+    import_toyworld(3)
+    unscorable = Prompt.objects.filter(dataset__name="toyworld").order_by("pk").last()
+    assert unscorable is not None
+    Image.objects.filter(pk=unscorable.image_id).update(facts={"classes": ["unicorn"]})
+    with pytest.raises(
+        CommandError, match=rf"prompt {unscorable.pk}: classes outside the toyworld vocabulary: 'unicorn'"
+    ):
+        call_command("train_round", "--inline")
+    # Two datasets and none named: which one is asked for, with the choices.
+    Image.objects.filter(pk=unscorable.image_id).update(facts={"classes": ["ball"]})
+    other = Dataset.objects.create(name="toy-small", vocabulary="toyworld")
+    for colour in ((1, 2, 3), (4, 5, 6)):
+        services.add_prompt(make_image(colour), "Describe the image.", split="heldout", dataset=other)
+    Round.objects.filter(pk=round_.pk).update(heldout=None)
+    with pytest.raises(CommandError, match=r"name one \(datasets: toy-small \(2 prompts\), toyworld \(3 prompts\)\)"):
+        call_command("train_round", "--inline")
+    with pytest.raises(CommandError, match="no held-out dataset 'nope'"):
+        call_command("train_round", "--inline", "--dataset", "nope")
     assert not TrainingRun.objects.exists() and Round.objects.get(pk=round_.pk).status == Round.Status.OPEN
 
 
