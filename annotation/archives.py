@@ -32,6 +32,7 @@ from annotation.importers import LABEL_FORMATS, import_labels, import_prompts, i
 from annotation.jobs import enqueue_job
 from annotation.models import AuditEvent, Job
 from annotation.released import IMAGE_SUFFIXES
+from models.staging import ABANDONED_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
 MAX_UNPACKED_FILES = 200_000
 SUPPORTED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 # An upload no queued or running import names is removed after this long (the job sweep).
-STALE_UPLOAD_SECONDS = 24 * 3600
+STALE_UPLOAD_SECONDS = ABANDONED_AFTER_SECONDS
 
 
 def upload_dir() -> Path:

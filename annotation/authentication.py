@@ -122,6 +122,9 @@ class _Rates(SimpleRateThrottle):
     def get_ident(self, request: Request) -> str:
         return client_address(request._request)
 
+    def per_address(self, request: Request) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
 
 class AnonymousThrottle(_Rates):
     scope, setting = "anonymous", "FACTLOOP_THROTTLE_ANONYMOUS"
@@ -129,7 +132,7 @@ class AnonymousThrottle(_Rates):
     def get_cache_key(self, request: Request, view: APIView) -> str | None:
         if request.user is not None and request.user.is_authenticated:
             return None
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+        return self.per_address(request)
 
 
 class UserThrottle(_Rates, UserRateThrottle):
@@ -155,7 +158,7 @@ class ExpensiveThrottle(_Rates, ScopedRateThrottle):
         return SimpleRateThrottle.allow_request(self, request, view)
 
     def get_cache_key(self, request: Request, view: APIView) -> str | None:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+        return self.per_address(request)
 
 
 def revoke_tokens_on_credential_change(sender: Any, instance: Any, **_: Any) -> None:

@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from annotation import audit
 from annotation.models import AuditEvent, Job
-from models.staging import remove_dead
+from models.staging import ABANDONED_AFTER_SECONDS, remove_dead
 from webapp.celery import QUEUES
 from webapp.celery import app as celery_app
 
@@ -199,10 +199,8 @@ def sweep(*, worker: str | None = None, stale_after: float | None = None) -> Swe
                 job.save(update_fields=["status", "finished_at", "error", "history"])
                 report.failed.append(job.pk)
     # Another host's staging folder (a pod gone from a shared volume) once untouched for a day.
-    stale_elsewhere = float(24 * 3600)
-    report.staging_removed = [
-        str(p) for p in remove_dead(Path(settings.FACTLOOP_EXPORT_DIR), other_hosts_after=stale_elsewhere)
-    ]
+    export_dir = Path(settings.FACTLOOP_EXPORT_DIR)
+    report.staging_removed = [str(p) for p in remove_dead(export_dir, other_hosts_after=ABANDONED_AFTER_SECONDS)]
     if report.requeued or report.failed or report.staging_removed:
         log.warning(
             "job sweep: requeued %s, failed %s, removed %s", report.requeued, report.failed, report.staging_removed

@@ -198,10 +198,8 @@ class ReplicaPool:
 
     def models(self) -> list[str]:
         """The names every replica in service answers to (a name some lack is missing)."""
-        ready = self._ready_or_raise()
-        served = [set(replica.client.models()) for replica in ready]
-        first = ready[0].client.models()
-        return [name for name in first if all(name in names for names in served)]
+        first, *others = [replica.client.models() for replica in self._ready_or_raise()]
+        return [name for name in first if all(name in names for names in others)]
 
     def served_root(self, name: str) -> str | None:
         """The model every replica in service answers as `name` (ServingClient.served_root);

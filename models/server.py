@@ -196,11 +196,15 @@ def check_served_base(client: Serving, registry: Registry, name: str) -> None:
     model is another checkpoint than the one the version was registered on: its answers,
     labels and evaluation would be another model's. A server that does not say what it
     serves is taken at its word."""
-    version = registry.get(name)
     try:
         served = client.served_root(BASE_NAME)
     except ServerUnavailable:
         return  # nothing answers: the requests that follow fail, each with its reason
+    _check_root(served, registry, name)
+
+
+def _check_root(served: str | None, registry: Registry, name: str) -> None:
+    version = registry.get(name)
     if served is not None and not _same_model(served, version.base_model):
         raise RegistryError(
             f"the server serves {served!r} as its base, but version {name!r} is built on {version.base_model!r}; "
@@ -216,14 +220,23 @@ def serve_version(client: Serving, registry: Registry, name: str) -> str:
     version = registry.get(name)
     if version.kind != "policy":
         raise RegistryError(f"version {name!r} is a {version.kind} model, not a policy to serve")
-    check_served_base(client, registry, name)
-    if version.adapter is None:
-        return BASE_NAME
-    path = str(registry.adapter_path(name))
     if isinstance(client, ReplicaPool):
+        check_served_base(client, registry, name)
+        if version.adapter is None:
+            return BASE_NAME
         # Loaded on each replica that lacks it, and remembered: a replica restarted later
         # gets it on its first request for it.
-        client.load_adapter(name, path, replace=False)
-    elif name not in client.models():
-        client.load_adapter(name, path, replace=False)
+        client.load_adapter(name, str(registry.adapter_path(name)), replace=False)
+        return name
+    try:  # one request tells both what the base is and which adapters are loaded
+        listing = client.listing()
+    except ServerUnavailable:
+        if version.adapter is None:
+            return BASE_NAME  # nothing answers: the requests that follow fail, each with its reason
+        raise
+    _check_root(listing.get(BASE_NAME), registry, name)
+    if version.adapter is None:
+        return BASE_NAME
+    if name not in listing:
+        client.load_adapter(name, str(registry.adapter_path(name)), replace=False)
     return name

@@ -175,17 +175,19 @@ class ServingClient:
         except httpx.HTTPError:
             return False
 
+    def listing(self) -> dict[str, str | None]:
+        """Every name the server answers to (the base and the adapters loaded), in its order,
+        with the model behind it: vLLM lists the checkpoint it was started with (`--model`)
+        as an entry's `root` in /v1/models (None when it does not say). One request."""
+        entries = self._request("GET", "/v1/models").json()["data"]
+        return {str(entry["id"]): (str(entry["root"]) if entry.get("root") else None) for entry in entries}
+
     def models(self) -> list[str]:
-        return [entry["id"] for entry in self._request("GET", "/v1/models").json()["data"]]
+        return list(self.listing())
 
     def served_root(self, name: str) -> str | None:
-        """The model the server answers as `name`: vLLM lists the checkpoint it was started
-        with (`--model`) as that entry's `root` in /v1/models. None when it does not say."""
-        for entry in self._request("GET", "/v1/models").json()["data"]:
-            if entry.get("id") == name:
-                root = entry.get("root")
-                return str(root) if root else None
-        return None
+        """The model the server answers as `name` (`listing`); None when it does not say."""
+        return self.listing().get(name)
 
     def chat(
         self,

@@ -122,6 +122,22 @@ def test_an_adapter_is_evaluated_under_a_temporary_name_and_unloaded(
         served_model(round_, registry, client)
     assert registry.evaluations("elsewhere") == [] and "elsewhere" not in set(ServingClient(vllm_server.url).models())
 
+    # Serving an adapter version asks the server what it serves once: the base's checkpoint
+    # and the adapters loaded come from one /v1/models.
+    from models.server import serve_version
+
+    class Counting(ServingClient):
+        def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            asked.append(f"{method} {path}")
+            return super()._request(method, path, body)
+
+    with Counting(vllm_server.url) as client:
+        for loaded in (False, True):
+            asked: list[str] = []
+            assert serve_version(client, registry, "tiny-a") == "tiny-a"
+            assert asked == ["GET /v1/models"] + ([] if loaded else ["POST /v1/load_lora_adapter"])
+        client.unload_adapter("tiny-a")
+
 
 def test_bad_requests_to_evaluate_are_refused(registry: Registry, settings: Any) -> None:
     with pytest.raises(CommandError, match="no model version 'nope'"):
