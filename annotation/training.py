@@ -48,7 +48,9 @@ from annotation.jobs import enqueue_job
 from annotation.models import Correction, Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.services import freeze_round, start_round
 from annotation.services.datasets import choose_dataset, scorable
+from contract.comparison import compare
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
+from contract.heldout import Evaluation
 from contract.launch import ONE_PROCESS, Launch, LaunchError
 from contract.methods import (
     CHAIR_I,
@@ -406,13 +408,18 @@ def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, 
 
 
 def _step_gate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+    """The paired comparison of the two evaluations (contract.comparison.compare), here in
+    the worker: it is pure Python over their per-item records."""
     out = work / "gate.json"
     if not out.is_file():
-        args = ["compare", "--new", str(work / "eval-new.json"), "--current", str(work / "eval-current.json")]
-        _rlhf(
-            [*args, "--metric", options.gate_metric, "--margin", str(options.gate_margin), "--out", str(out)],
-            work / "evaluate.log",
-        )
+        try:
+            new, current = (Evaluation.read(work / f"eval-{key}.json") for key in ("new", "current"))
+            decision = compare(new, current, options.gate_metric, margin=float(options.gate_margin or 0.0))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise StepFailed(f"the gate cannot compare the evaluations: {error}") from None
+        partial = out.with_suffix(".partial")
+        partial.write_text(json.dumps(decision) + "\n")
+        partial.replace(out)
     decision = json.loads(out.read_text())
     return {
         **decision,

@@ -223,7 +223,7 @@ class Evaluation:
 
     `metrics` holds the point estimates under contract.methods' keys (and more),
     `intervals` a bootstrap interval for each, `records` the per-item figures a paired
-    comparison resamples (rlhf.heldout.compare)."""
+    comparison resamples (contract.comparison.compare)."""
 
     policy: str
     heldout_digest: str

@@ -43,6 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from contract.comparison import compare
 from contract.heldout import Evaluation, HeldoutError, read_heldout
 from contract.launch import LAUNCHER_PID, die_with_parent
 from models.registry import Registry, RegistryError
@@ -52,7 +53,7 @@ from rlhf.data import DataError
 from rlhf.distributed import finish, is_main, launched
 from rlhf.evaluate import evaluate_toyworld, heldout_scenes
 from rlhf.families import CELLS, markdown, run_row, write_pairs
-from rlhf.heldout import LocalResponder, ServedResponder, compare
+from rlhf.heldout import LocalResponder, ServedResponder
 from rlhf.heldout import evaluate as evaluate_heldout
 from rlhf.reward import RewardConfig, train_reward_model
 from rlhf.scoring import RewardModel, locate_reward_model

@@ -38,6 +38,7 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "contract",
         "contract.export",
         "contract.heldout",
+        "contract.comparison",
         "contract.methods",
         "contract.results",
         "contract.spans",

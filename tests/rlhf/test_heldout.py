@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from contract.comparison import compare
 from contract.heldout import COCO_CLASSES, Evaluation, HeldoutError, Item, image_name, read_heldout, write_heldout
 from rlhf.cli import main
 from rlhf.coco import CocoObjects
-from rlhf.heldout import Request, compare, evaluate
+from rlhf.heldout import Request, evaluate
 from tests.factories import png_bytes
 
 
