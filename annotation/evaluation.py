@@ -32,6 +32,7 @@ from annotation.deployment import serving_client, vllm_urls
 from annotation.errors import Invalid
 from annotation.models import Dataset, Prompt
 from annotation.services.datasets import DEFAULT_VOCABULARY, scorable, vocabulary_table
+from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.heldout import Item, Kind, image_name, write_heldout
 from contract.launch import ONE_PROCESS, Launch
 from models.registry import Registry, RegistryError
@@ -118,11 +119,15 @@ def evaluate_version(
     adapter: Path | None = None,
     parent_pid: int | None = None,
     echo: Writer | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Evaluate registered version `name` (or, with `adapter`, that adapter on the served
     base: a candidate not registered yet) on the held-out folder through the vLLM server;
-    the result (contract.heldout.Evaluation) is written to `out`. Returns it as a dict.
-    The evaluator's output (its progress) goes to `log`, and to `echo` too when given."""
+    the result (contract.heldout.Evaluation, with the `request` that made it) is written to
+    `out`. Returns it as a dict. The evaluator's output (its progress) goes to `log`, and to
+    `echo` too when given. With `reuse`, a registered version's evaluation recorded on the
+    same held-out set (its digest) for the same request is taken instead of asking the
+    server again (`reused` says so)."""
     registry = registry or Registry(settings.FACTLOOP_MODEL_DIR)
     if adapter is None:
         try:
@@ -135,6 +140,12 @@ def evaluate_version(
         registered = True
     else:
         registered = False  # a candidate adapter on the served base, named `name` for its label
+    request = evaluation_request(registry, name, adapter)
+    if not out.is_file() and registered and reuse:
+        kept = recorded(registry, name, json.loads((heldout / HELDOUT_MANIFEST).read_text())["digest"], request)
+        if kept is not None:
+            write_json(out, {k: v for k, v in kept.items() if k != "recorded_at"} | {"reused": True})
+    reward = request["reward_model"]
     if not out.is_file():
         if registered:
             try:
@@ -142,15 +153,42 @@ def evaluate_version(
                     check_served_base(client, registry, name)
             except (RegistryError, ServingError) as error:
                 raise Invalid(str(error)) from None
+        answers = out.with_name(f"{out.stem}.answers.json")
         args = ["evaluate", "--data", str(heldout), "--server", ",".join(vllm_urls()), "--served", BASE_NAME]
-        args += ["--label", name, "--out", str(out)]
+        args += ["--label", name, "--out", str(answers)]
         if adapter is not None:
             args += ["--adapter", str(adapter)]
-        rewards = [v for v in registry if v.kind == "reward"]
-        if rewards:  # the newest registered reward model scores the answers too
-            args += ["--reward-model", str(registry.path_of(rewards[-1].name))]
+        if reward:
+            args += ["--reward-model", reward]
         run_rlhf(args, log, parent_pid=parent_pid, echo=echo)
+        write_json(out, json.loads(answers.read_text()) | {"request": request, "reused": False})
+        answers.unlink()
     return json.loads(out.read_text())
+
+
+def evaluation_request(registry: Registry, name: str, adapter: Path | None) -> dict[str, str]:
+    """What, besides the held-out set, decides an evaluation's result: the model (a
+    registered version's files never change) and the reward model that scores the answers
+    (the newest registered one, if any)."""
+    rewards = [v for v in registry if v.kind == "reward"]
+    reward = str(registry.path_of(rewards[-1].name)) if rewards else ""
+    return {"version": name, "adapter": str(adapter) if adapter is not None else "", "reward_model": reward}
+
+
+def recorded(registry: Registry, name: str, digest: str, request: dict[str, str]) -> dict[str, Any] | None:
+    """The newest evaluation of version `name` recorded on the held-out set `digest` for the
+    same request, or None."""
+    for kept in reversed(registry.evaluations(name)):
+        if kept.get("heldout_digest") == digest and kept.get("request") == request:
+            return kept
+    return None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written whole: a temporary file renamed."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    partial.replace(path)
 
 
 def record(registry: Registry, name: str, evaluation: Path) -> None:

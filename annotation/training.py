@@ -390,18 +390,25 @@ def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, 
         except Refused as error:
             raise StepFailed(error.message) from None
     log, current = work / "evaluate.log", _current(run)
-    measured = {}
+    measured: dict[str, Any] = {}
     for key, name, adapter in (
         ("new", _version_name(run), work / "train" / "adapter"),
         ("current", current.name, None),
     ):
-        try:
+        try:  # the current policy's evaluation on this set, recorded already, is reused
             result = evaluate_version(
-                name, heldout, work / f"eval-{key}.json", log=log, adapter=adapter, parent_pid=os.getpid()
+                name,
+                heldout,
+                work / f"eval-{key}.json",
+                log=log,
+                adapter=adapter,
+                parent_pid=os.getpid(),
+                reuse=key == "current",
             )
         except RlhfFailed as error:
             raise StepFailed(str(error)) from None
         measured[key] = {k: result["metrics"][k] for k in KEPT_METRICS if k in result["metrics"]}
+    measured["current_reused"] = bool(result.get("reused"))
     manifest = json.loads((heldout / HELDOUT_MANIFEST).read_text())
     keep = ("dataset", "items", "digest", "vocabulary")
     return {**measured, "heldout": {key: manifest.get(key, "") for key in keep}}

@@ -226,3 +226,27 @@ def test_held_out_prompts_made_before_datasets_had_names_join_one_dataset_per_vo
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_a_versions_evaluation_recorded_on_the_same_set_and_request_is_reused(tmp_path: Path, settings: Any) -> None:
+    from annotation.evaluation import evaluate_version, evaluation_request, recorded
+    from models.registry import Registry
+
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    settings.FACTLOOP_VLLM_URL = "http://127.0.0.1:9"  # nothing answers there: a reuse asks nothing
+    registry = Registry(settings.FACTLOOP_MODEL_DIR)
+    registry.register("base-v", base_model="some/base")
+    call_command("import_toyworld", scenes=3, stdout=io.StringIO())
+    toyworld = Dataset.objects.get(name="toyworld")
+    whole = export_heldout(tmp_path / "whole", toyworld)
+    fewer = export_heldout(tmp_path / "fewer", toyworld, limit=2)
+    request = evaluation_request(registry, "base-v", None)
+    kept = {"policy": "base-v", "heldout_digest": whole["digest"], "metrics": {"chair_i": 0.25}, "request": request}
+    registry.record_evaluation("base-v", kept)
+
+    result = evaluate_version("base-v", tmp_path / "whole", tmp_path / "eval.json", log=tmp_path / "log", reuse=True)
+    assert result["metrics"] == {"chair_i": 0.25} and result["reused"] is True and not (tmp_path / "log").exists()
+    # Another held-out set, or answers a newer reward model would score: measured again.
+    assert recorded(registry, "base-v", fewer["digest"], request) is None
+    registry.register("rm-1", base_model="some/base", kind="reward")
+    assert recorded(registry, "base-v", whole["digest"], evaluation_request(registry, "base-v", None)) is None

@@ -172,6 +172,9 @@ def test_the_gate_keeps_a_worse_policy_out(
     settings.FACTLOOP_JOB_HEARTBEAT_SECONDS = 3600
     loop.register("tiny-base", base_model=str(base_policy))
     round_ = labelled_round(annotator, "tiny-base", scenes=12)
+    # The current policy measured on the round's held-out set before: the run reuses it.
+    before = io.StringIO()
+    call_command("evaluate", version="tiny-base", stdout=before, stderr=io.StringIO())
     call_command("train_round", *TRAIN_ARGS, "--gate-margin", "-0.5")
     queued = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     job = Job.objects.get(pk=queued["job"])
@@ -198,6 +201,8 @@ def test_the_gate_keeps_a_worse_policy_out(
     assert [e["metrics"] for e in loop.evaluations("tiny-base")] == [
         json.loads((Path(run.work_dir) / "eval-current.json").read_text())["metrics"]
     ]
+    assert measured["current_reused"] is True
+    assert measured["current"]["chair_i"] == json.loads(before.getvalue())["metrics"]["chair_i"]
     assert not run.deployed and loop.status(run.version) == "rejected"
     assert run.steps["deploy"]["detail"]["deployed"] is False
     assert run.next_round is not None and run.next_round.policy_version == "tiny-base"
