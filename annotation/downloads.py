@@ -17,6 +17,7 @@ from django.conf import settings
 
 from annotation.errors import Refused
 from annotation.models import Job
+from contract.export import MANIFEST
 
 CHUNK = 1 << 20
 DEFLATED_SUFFIXES = (".json", ".jsonl", ".csv", ".txt", ".md")
@@ -29,7 +30,7 @@ def export_folder(job: Job) -> Path:
     if job.status != Job.Status.SUCCEEDED:
         raise Refused(f"export job {job.pk} is {job.status}; its files can be downloaded once it has succeeded")
     folder = Path(settings.FACTLOOP_EXPORT_DIR) / f"job-{job.pk}-{job.params.get('format', '')}"
-    if not (folder / "manifest.json").is_file():
+    if not (folder / MANIFEST).is_file():
         raise Refused(f"export job {job.pk}'s files are no longer in {settings.FACTLOOP_EXPORT_DIR}")
     return folder
 

@@ -49,6 +49,7 @@ from annotation.models import Correction, Job, Judgement, Prompt, Round, RoundPr
 from annotation.services import freeze_round, start_round
 from annotation.services.datasets import choose_dataset, scorable
 from contract.comparison import compare
+from contract.export import MANIFEST as EXPORT_MANIFEST
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.heldout import Evaluation
 from contract.launch import ONE_PROCESS, Launch, LaunchError
@@ -67,6 +68,7 @@ from contract.methods import (
     RL_METHODS,
 )
 from contract.results import RewardResult, RunResult
+from contract.run import POLICIES, Policy, RunFolder
 from models.registry import Registry, RegistryError, UnknownVersion
 
 STEPS = ("freeze", "export", "reward_model", "train", "evaluate", "gate", "register", "deploy", "open_next")
@@ -236,8 +238,8 @@ Progress = Callable[[str, int, int], None]
 def run_steps(run: TrainingRun, *, progress: Progress | None = None) -> TrainingRun:
     """Run the run's unfinished steps in order; raises StepFailed (the run marked failed)."""
     options = Options(**run.config)
-    work = Path(run.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    work = RunFolder(Path(run.work_dir))
+    work.root.mkdir(parents=True, exist_ok=True)
     steps = [s for s in STEPS if s != "reward_model" or run.method in RL_METHODS]
     for index, name in enumerate(steps):
         if run.steps.get(name, {}).get("status") == "done":
@@ -287,7 +289,7 @@ def _current(run: TrainingRun) -> Any:
     return _registry().get(run.round.policy_version)
 
 
-def _step_freeze(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+def _step_freeze(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
 
     round_ = run.round
     round_.refresh_from_db()
@@ -296,14 +298,14 @@ def _step_freeze(run: TrainingRun, options: Options, work: Path) -> dict[str, An
     return label_counts(round_)
 
 
-def _step_export(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+def _step_export(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
 
-    out = work / "export"
-    if not (out / "manifest.json").is_file():
+    out = work.export
+    if not (out / EXPORT_MANIFEST).is_file():
         # A round with an AI labeller trains on its pairs too (source "ai"), at the config's
         # ai_weight (1 unless set; 0 leaves them out).
         export("trl", Selection((run.round.number,), ai_pairs=bool(run.round.ai_labeller)), out)
-    counts = json.loads((out / "manifest.json").read_text()).get("counts", {})
+    counts = json.loads((out / EXPORT_MANIFEST).read_text()).get("counts", {})
     if not counts.get("pairs"):
         raise StepFailed(f"{run.round} has no preference pairs to train on (labels: {label_counts(run.round)})")
     return dict(counts)
@@ -341,20 +343,20 @@ def _rollout_settings(options: Options) -> list[str]:
     return [f"rollout_server={','.join(vllm_urls())}"]
 
 
-def _step_reward_model(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    out = work / "reward"
+def _step_reward_model(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
+    out = work.reward
     if not RewardResult.exists(out):
         args = ["reward", *_config_args(options.reward_config, [])]
-        args += ["--set", f"model={_current(run).base_model}", "--set", f"data={work / 'export'}"]
+        args += ["--set", f"model={_current(run).base_model}", "--set", f"data={work.export}"]
         if any(out.glob("checkpoint-*")):  # a run killed mid-way continues from its checkpoint
             args.append("--resume")
-        _rlhf([*args, "--set", f"output_dir={out}"], work / "train.log", options.launch())
+        _rlhf([*args, "--set", f"output_dir={out}"], work.train_log, options.launch())
     result = RewardResult.read(out)
     return {"heldout_accuracy": result.heldout_accuracy, "train_pairs": result.train_pairs}
 
 
-def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    out = work / "train"
+def _step_train(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
+    out = work.train
     if not RunResult.exists(out):
         if run.method in DPO_METHODS:
             args = ["dpo", *_config_args(options.config, [f"method={run.method}", *options.overrides])]
@@ -363,9 +365,9 @@ def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any
         else:
             settings_ = [f"method={run.method}", *_rollout_settings(options), *options.overrides]
             args = ["rl", *_config_args(options.config, settings_)]
-            args += ["--set", f"reward_model={work / 'reward'}"]
-        args += [*_model_settings(run), "--set", f"data={work / 'export'}", "--set", f"output_dir={out}"]
-        _rlhf(args, work / "train.log", options.launch())
+            args += ["--set", f"reward_model={work.reward}"]
+        args += [*_model_settings(run), "--set", f"data={work.export}", "--set", f"output_dir={out}"]
+        _rlhf(args, work.train_log, options.launch())
     result = RunResult.read(out)
     keep = (
         "pairs",
@@ -382,24 +384,25 @@ def _step_train(run: TrainingRun, options: Options, work: Path) -> dict[str, Any
     return {k: getattr(result, k) for k in keep if getattr(result, k) is not None}
 
 
-def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
-    heldout = work / "heldout"
+def _step_evaluate(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
+    heldout = work.heldout
     if not (heldout / HELDOUT_MANIFEST).is_file():
         try:
             export_heldout(heldout, choose_dataset(options.dataset, run.round), limit=options.eval_items)
         except Refused as error:
             raise StepFailed(error.message) from None
-    log, current = work / "evaluate.log", _current(run)
+    log, current = work.evaluate_log, _current(run)
     measured: dict[str, Any] = {}
-    for key, name, adapter in (
-        ("new", _version_name(run), work / "train" / "adapter"),
+    policies: tuple[tuple[Policy, str, Path | None], ...] = (
+        ("new", _version_name(run), work.adapter),
         ("current", current.name, None),
-    ):
+    )
+    for key, name, adapter in policies:
         try:  # the current policy's evaluation on this set, recorded already, is reused
             result = evaluate_version(
                 name,
                 heldout,
-                work / f"eval-{key}.json",
+                work.evaluation(key),
                 log=log,
                 adapter=adapter,
                 parent_pid=os.getpid(),
@@ -414,13 +417,13 @@ def _step_evaluate(run: TrainingRun, options: Options, work: Path) -> dict[str, 
     return {**measured, "heldout": {key: manifest.get(key, "") for key in keep}}
 
 
-def _step_gate(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+def _step_gate(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
     """The paired comparison of the two evaluations (contract.comparison.compare), here in
     the worker: it is pure Python over their per-item records."""
-    out = work / "gate.json"
+    out = work.gate
     if not out.is_file():
         try:
-            new, current = (Evaluation.read(work / f"eval-{key}.json") for key in ("new", "current"))
+            new, current = (Evaluation.read(work.evaluation(key)) for key in POLICIES)
             decision = compare(new, current, options.gate_metric, margin=float(options.gate_margin or 0.0))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise StepFailed(f"the gate cannot compare the evaluations: {error}") from None
@@ -439,37 +442,38 @@ def _version_name(run: TrainingRun) -> str:
     return f"round-{run.round.number}-{run.method}-run-{run.pk}"
 
 
-def _step_register(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+def _step_register(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
 
     registry = _registry()
     name = _version_name(run)
     gate = run.steps["gate"]["detail"]
+    evaluations = {key: json.loads(work.evaluation(key).read_text()) for key in POLICIES}
     try:
         registry.get(name)  # registered before a crash: the name is this run's alone
     except UnknownVersion:
         current = _current(run)
-        metrics: dict[str, Any] = json.loads((work / "eval-new.json").read_text())["metrics"]
-        metrics.update(RunResult.read(work / "train").registry_metrics())
+        metrics: dict[str, Any] = dict(evaluations["new"]["metrics"])
+        metrics.update(RunResult.read(work.train).registry_metrics())
         if "reward_model" in run.steps:
-            metrics[REWARD_MODEL_ACCURACY] = RewardResult.read(work / "reward").heldout_accuracy
+            metrics[REWARD_MODEL_ACCURACY] = RewardResult.read(work.reward).heldout_accuracy
         metrics["method"] = run.method
         registry.register(
             name,
             base_model=current.base_model,
-            adapter_dir=work / "train" / "adapter",
+            adapter_dir=work.adapter,
             parent=current.name,
             round=run.round.number,
             metrics=metrics,
             status="ready" if gate["passed"] else "rejected",
         )
-    for version, key in ((name, "new"), (run.round.policy_version, "current")):
-        registry.record_evaluation(version, json.loads((work / f"eval-{key}.json").read_text()))
+    registry.record_evaluation(name, evaluations["new"])
+    registry.record_evaluation(run.round.policy_version, evaluations["current"])
     TrainingRun.objects.filter(pk=run.pk).update(version=name)
     run.version = name
     return {"version": name, "status": registry.status(name)}
 
 
-def _step_deploy(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+def _step_deploy(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
 
     if not run.steps["gate"]["detail"]["passed"]:
         return {"deployed": False, "why": "the gate kept the current policy"}
@@ -489,7 +493,7 @@ def next_prompts(round_: Round, limit: int | None) -> list[Prompt]:
     return list(Prompt.objects.filter(pk__in=RoundPrompt.objects.filter(round=round_).values("prompt_id")))
 
 
-def _step_open_next(run: TrainingRun, options: Options, work: Path) -> dict[str, Any]:
+def _step_open_next(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
 
     with transaction.atomic():
         locked = TrainingRun.objects.select_for_update().get(pk=run.pk)
@@ -521,7 +525,7 @@ def _step_open_next(run: TrainingRun, options: Options, work: Path) -> dict[str,
     return {"round": next_round.number, "policy": next_round.policy_version}
 
 
-STEP_FUNCTIONS: dict[str, Callable[[TrainingRun, Options, Path], dict[str, Any]]] = {
+STEP_FUNCTIONS: dict[str, Callable[[TrainingRun, Options, RunFolder], dict[str, Any]]] = {
     "freeze": _step_freeze,
     "export": _step_export,
     "reward_model": _step_reward_model,

@@ -46,6 +46,7 @@ from typing import Any
 from contract.comparison import compare
 from contract.heldout import Evaluation, HeldoutError, read_heldout
 from contract.launch import LAUNCHER_PID, die_with_parent
+from contract.run import ADAPTER
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
@@ -206,7 +207,7 @@ def _reward(args: argparse.Namespace) -> int:
             Registry(args.registry).register(
                 args.register,
                 base_model=config.model,
-                adapter_dir=Path(result.output_dir) / "adapter",
+                adapter_dir=Path(result.output_dir) / ADAPTER,
                 metrics={"heldout_accuracy": result.heldout_accuracy, "facts": config.facts_mode()},
                 kind="reward",
             )

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.export import EXPORT_FORMAT, EXPORT_SCHEMA
+from contract.export import EXPORT_FORMAT, EXPORT_SCHEMA, MANIFEST
 from contract.spans import released_changes
 
 
@@ -41,7 +41,7 @@ def load_pairs(folders: Sequence[str | Path], *, sources: Sequence[str], max_pai
 
     parts = []
     for folder in map(Path, folders):
-        manifest_path = folder / "manifest.json"
+        manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
             raise DataError(f"{folder}: no manifest.json; expected an export of format {EXPORT_FORMAT!r}")
         manifest = json.loads(manifest_path.read_text())

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RewardResult
+from contract.run import ADAPTER
 from rlhf.common import last_checkpoint, mean_over_ranks, prepare_torch, write_log
 from rlhf.config import DTYPES, ConfigError, LoraSettings, normalise_run_inputs
 from rlhf.data import load_pairs
@@ -418,17 +419,17 @@ def train_reward_model(
     model, processor = trainer.model, trainer.processor
     held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.facts_mode())
     # Every rank takes part in the save (a sharded model is gathered first); rank 0 writes.
-    trainer.save_model(str(out / "adapter"))
+    trainer.save_model(str(out / ADAPTER))
     if trainer.is_world_process_zero():
-        (out / "adapter" / "training_args.bin").unlink(missing_ok=True)
-        processor.save_pretrained(str(out / "adapter"))
+        (out / ADAPTER / "training_args.bin").unlink(missing_ok=True)
+        processor.save_pretrained(str(out / ADAPTER))
         info = {
             "format": REWARD_FORMAT,
             "base_model": config.model,
             "facts": config.facts_mode(),
             "heldout_accuracy": held,
         }
-        (out / "adapter" / REWARD_INFO).write_text(json.dumps(info, indent=2))
+        (out / ADAPTER / REWARD_INFO).write_text(json.dumps(info, indent=2))
     losses = mean_over_ranks(trainer.accelerator, trainer.losses) or [float("nan")]
     window = max(1, len(losses) // 10)
     result = RewardResult(

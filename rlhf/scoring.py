@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.export import assistant_turn
+from contract.run import ADAPTER
 from rlhf.config import ConfigError
 from rlhf.reward import REWARD_FORMAT, REWARD_INFO, encode_conversations, load_backbone, scores
 
@@ -147,7 +148,7 @@ def locate_reward_model(path: str | Path) -> RewardModelFiles:
     """A reward model's base and adapter from a reward run's folder (`adapter/`), its
     registered version folder (manifest.json + adapter/) or the adapter folder itself."""
     folder = Path(path)
-    adapter = folder / "adapter" if (folder / "adapter" / "adapter_config.json").is_file() else folder
+    adapter = folder / ADAPTER if (folder / ADAPTER / "adapter_config.json").is_file() else folder
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"reward_model {str(path)!r} holds no reward-model adapter")
     info_path = adapter / REWARD_INFO

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.results import RunResult
+from contract.run import ADAPTER
 from rlhf.common import (
     REFERENCE_ADAPTER,
     common_trainer_arguments,
@@ -38,7 +39,7 @@ from rlhf.config import DPOTrainConfig, dump
 from rlhf.data import DataError, load_pairs, make_collator, pair_severity, weigh_source
 from rlhf.distributed import is_main
 
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = ADAPTER  # contract/run.py: where a trainer leaves its adapter
 # Methods whose loss is rlhf/objectives.py's (objective_loss), not trl's.
 OBJECTIVE_METHODS = ("sft", "mdpo", "hsa_dpo", "halva")
 CONFIG_FILE = "config.yaml"

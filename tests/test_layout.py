@@ -39,6 +39,7 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "contract.export",
         "contract.heldout",
         "contract.comparison",
+        "contract.run",
         "contract.methods",
         "contract.results",
         "contract.spans",
