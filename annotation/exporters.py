@@ -10,7 +10,7 @@ database state gives byte-identical files; each export folder holds a `manifest.
   conversation, the image first in the first user turn), `chosen`, `rejected` (assistant
   turns), `images`, plus `chosen_spans` / `rejected_spans` (changed segments as character
   offsets in each text, so DDPO can weight the tokens of any tokenizer) and provenance.
-  Preference pairs follow METHODS.md section 1: a ranking of k candidates gives its
+  Preference pairs follow docs/methods.md section 1: a ranking of k candidates gives its
   k(k-1)/2 ordered pairs (a Q1 tie still gives the Q2, helpfulness, order); a correction
   gives chosen = corrected, rejected = original; "no hallucination" gives no pair.
 - `llava-rlhf`: `llava_rlhf.json`, which LLaVA-RLHF's reward-model loader reads, and
@@ -216,7 +216,7 @@ def _tier_of(row: dict[str, Any]) -> dict[int, int]:
 
 
 def preference_pairs(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The preference pairs of one factloop row (METHODS.md section 1), in TRL's
+    """The preference pairs of one factloop row (docs/methods.md section 1), in TRL's
     conversational preference format plus provenance, and under `extra` what the released
     layouts carry as extras."""
     prompt = user_turns(_prompt_turns(row))

@@ -35,7 +35,7 @@ from models.serving import Sampling, ServingError
 log = logging.getLogger(__name__)
 
 STORE_EVERY_SECONDS = 1.0
-# LLaVA-RLHF sampled its candidates at temperature 0.7 (METHODS.md 1a).
+# LLaVA-RLHF sampled its candidates at temperature 0.7 (docs/methods.md 1a).
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 128}
 
 

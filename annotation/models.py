@@ -281,7 +281,7 @@ class Round(models.Model):
         Prompt, through="RoundPrompt", related_name="rounds", blank=True
     )
     candidates_per_prompt = models.PositiveSmallIntegerField(default=2, help_text="K: candidates sampled per prompt.")
-    # LLaVA-RLHF sampled its candidates at temperature 0.7 (METHODS.md 1a).
+    # LLaVA-RLHF sampled its candidates at temperature 0.7 (docs/methods.md 1a).
     sampling = models.JSONField(
         default=dict, blank=True, help_text='Sampling for candidates: {"temperature", "top_p", "max_tokens", "seed"}.'
     )
@@ -531,7 +531,7 @@ class Correction(models.Model):
     """A span correction (RLHF-V): chosen = corrected, rejected = original."""
 
     class Category(models.TextChoices):
-        # RLHF-V's error types, with their share in its released data (METHODS.md section 1b).
+        # RLHF-V's error types, with their share in its released data (docs/methods.md section 1b).
         OBJECTS = "objects", "Objects"
         POSITIONS = "positions", "Positions"
         NUMBERS = "numbers", "Numbers"

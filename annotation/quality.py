@@ -3,7 +3,7 @@
 Every submitted label is reduced to one categorical value per (task, annotator), the thing
 peers and gold answers can agree on:
 - a ranking task: the position (A = 0, B = 1, ...) of the candidate ranked first, i.e. the
-  answer to LLaVA-RLHF's question "which response hallucinates less" (METHODS.md 1a);
+  answer to LLaVA-RLHF's question "which response hallucinates less" (docs/methods.md 1a);
 - a correction task: whether the response needed a correction ("fix") or not ("ok").
 
 The statistics are pure functions of those values (`krippendorff_alpha`, `cohen_kappa`,

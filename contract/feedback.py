@@ -1,6 +1,6 @@
 """AI feedback on a response: its claims, the labeller's verdict on each, the response's score.
 
-rlhf/ai_feedback.py makes it (RLAIF-V's recipe, arXiv:2405.17220 section 3; METHODS.md's
+rlhf/ai_feedback.py makes it (RLAIF-V's recipe, arXiv:2405.17220 section 3; docs/methods.md's
 table: split a response into atomic claims, ask a labeller model a question about the image
 per claim, score = -(claims judged false)); the web app stores it on a candidate and shows it
 to annotators as machine suggestions (suspected spans, a proposed order), and the labeller's

@@ -3,7 +3,7 @@
 The annotator rewrites only the hallucinated segments; the server, never the client,
 derives which segments changed, by diffing the two texts. The result is a list of spans
 with character offsets in both texts, so that any tokenizer can later weight the tokens
-that fall inside them (DDPO, ../shared/reference/METHODS.md section 2c).
+that fall inside them (DDPO, docs/methods.md section 2c).
 
 How the diff works:
 - Both texts are split into tokens: runs of word characters, and single other non-space
@@ -16,10 +16,10 @@ How the diff works:
   match at either end of the text is kept as a match.
 - Insertions in the corrected text and deletions from the original are spans too (with an
   empty side), unlike the released code, which gives weight only to replaced tokens
-  (METHODS.md section 2c); exporters say so, and training keeps a switch for that behaviour.
+  (docs/methods.md section 2c); exporters say so, and training keeps a switch for that behaviour.
 
 FactLoop's spans against RLHF-V's released weighting (`released_changes`, which training's
-`released_weighting: true` applies to token ids; ../shared/reference/METHODS.md sections 1b
+`released_weighting: true` applies to token ids; docs/methods.md sections 1b
 and 2c; the README tabulates the same):
 - What is diffed: the released code diffs the tokenizer's ids; FactLoop diffs words and
   punctuation, because spans are made when the annotator submits, are shown to them, and
@@ -144,7 +144,7 @@ def released_changes(
 ) -> tuple[set[int], set[int]]:
     """The positions RLHF-V's released weighting counts as changed, in each sequence.
 
-    The released rules (METHODS.md 1b and 2c; the issue that asked for them restates them):
+    The released rules (docs/methods.md 1b and 2c; the issue that asked for them restates them):
     difflib's SequenceMatcher with its defaults (autojunk on) matches `original` against
     `corrected`; every matching block shorter than RELEASED_MIN_MATCH is dropped, wherever it
     sits; the stretches between the remaining blocks are the changes, and only those changed

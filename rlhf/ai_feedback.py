@@ -3,7 +3,7 @@
 RLAIF-V (section 3.1, "divide-and-conquer") splits a response into atomic claims, turns
 each claim into a yes/no question about the image, asks an open model, and scores the
 response by the claims judged false: score = -(number of rejected claims); two responses of
-one prompt whose scores differ by at least 1 are a preference pair (METHODS.md's table).
+one prompt whose scores differ by at least 1 are a preference pair (docs/methods.md's table).
 
 Here:
 - **Claims** come from a rule-based splitter over the dataset's object vocabulary

@@ -24,7 +24,7 @@ def load_policy(
 
     For use (`trainable` false) the adapter is merged in and the model is in eval mode. For
     training it stays a trainable adapter, and a frozen copy named "ref" is loaded beside
-    it: the reference of a round that continues the previous round's policy (METHODS.md 2:
+    it: the reference of a round that continues the previous round's policy (docs/methods.md 2:
     pi_ref is the policy at the start of the round). `reference` false leaves that copy to
     the trainer: trl's DPOTrainer makes it itself from a PEFT model's "default" adapter, under
     the same name, and refuses a model that has one already."""

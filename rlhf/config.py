@@ -2,7 +2,7 @@
 command-line overrides, cross-checked in `__post_init__` (a bad value stops before any
 model is loaded, with a message naming the field).
 
-Defaults follow ../shared/reference/METHODS.md 2c: DDPO with gamma 5, beta 0.5 and
+Defaults follow docs/methods.md 2c: DDPO with gamma 5, beta 0.5 and
 normalisation on (RLHF-V paper, arXiv:2312.00849, section 3.2 and appendix); DPO is its
 gamma = 1, unnormalised case.
 """
@@ -170,7 +170,7 @@ class DPOTrainConfig:
     method: str = "ddpo"
     """`ddpo` (RLHF-V's token-weighted DPO), `dpo` (its gamma = 1, unnormalised case), `sft`
     (the chosen responses' likelihood), `mdpo`, `hsa_dpo` or `halva` (rlhf/objectives.py;
-    METHODS.md 2d). All but ddpo weigh every token 1."""
+    docs/methods.md 2d). All but ddpo weigh every token 1."""
     gamma: float | None = None
     """Weight of the corrected tokens in both responses; default 5 for ddpo (RLHF-V paper),
     1 for dpo. Pairs without spans (rankings) always train with weight 1."""
@@ -331,7 +331,7 @@ class DPOTrainConfig:
 class RLTrainConfig:
     """One online RL run against a reward model: PPO (ours), or trl's GRPO or RLOO.
 
-    Defaults follow LLaVA-RLHF (arXiv:2309.14525, section 3 and appendix; METHODS.md 2b):
+    Defaults follow LLaVA-RLHF (arXiv:2309.14525, section 3 and appendix; docs/methods.md 2b):
     KL coefficient 0.1 with the clamped k1 estimator, clip 0.2, value-loss coefficient 0.1,
     gamma = lambda = 1, 2 PPO epochs per rollout batch, lr 3e-5, temperature 1.0.
     """

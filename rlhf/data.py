@@ -5,7 +5,7 @@ manifest). Each pair carries the changed segments of its two responses as charac
 offsets (`chosen_spans`, `rejected_spans`), so the weights can be computed for any
 tokenizer: `WeightedPreferenceCollator` tokenizes each response as trl's vision collator
 does and gives the tokens that overlap a changed segment the weight gamma, the others 1
-(RLHF-V, arXiv:2312.00849, eq. 3; ../shared/reference/METHODS.md 2c), in both chosen and
+(RLHF-V, arXiv:2312.00849, eq. 3; docs/methods.md 2c), in both chosen and
 rejected. The collator's `token_scale` is what the trainer multiplies the per-token
 log-probabilities by before they are summed; with normalisation it already holds
 w_t / (|U| + gamma |C|).
@@ -282,7 +282,7 @@ def make_collator(
                 weights += [1.0] * (len(positions) - len(weights))
                 values = torch.tensor(weights, dtype=torch.float32)
                 if self.normalize and has_spans:
-                    values = values / values.sum()  # N = |U| + gamma |C| (METHODS.md 2c)
+                    values = values / values.sum()  # N = |U| + gamma |C| (docs/methods.md 2c)
                 scale[row, positions] = values
             batch["token_scale"] = scale
             batch["changed_mask"] = changed

@@ -5,7 +5,7 @@ A `Responder` answers (image, prompt) requests: `ServedResponder` asks the vLLM 
 (OpenAI-compatible API, concurrent requests so the server batches them; greedy decoding,
 a fixed seed), `LocalResponder` runs transformers' `generate` in this process (the bench's
 comparison, and machines without a server). The answers are scored from the items' facts
-(METHODS.md section 3):
+(docs/methods.md section 3):
 
 - "describe" items: CHAIR_i and CHAIR_s (Rohrbach et al., 2018) and Object HalBench's
   response rate (Yu et al., 2024, RLHF-V), the ground truth being the item's objects plus

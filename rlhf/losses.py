@@ -8,7 +8,7 @@ Algorithms", eq. 7); generalised advantage estimation (Schulman et al., 2016, "H
 Dimensional Continuous Control Using Generalized Advantage Estimation", eq. 16); the KL
 penalty to a reference folded into the per-token reward and the clipped value loss as in
 RLHF for language models (Ziegler et al., 2019; Ouyang et al., 2022); LLaVA-RLHF's
-settings (arXiv:2309.14525; ../shared/reference/METHODS.md 2b): KL coefficient 0.1 with the
+settings (arXiv:2309.14525; docs/methods.md 2b): KL coefficient 0.1 with the
 k1 estimator clamped at >= 0, clip 0.2, gamma = lambda = 1.
 """
 

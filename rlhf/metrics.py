@@ -3,7 +3,7 @@
 Nothing here knows the toy world: CHAIR takes a synonym table (COCO's 80 classes by
 default, or any other), POPE reads and writes the standard question/answer JSONL layout,
 and the MMHal-style grade is a rule over object mentions. Definitions follow
-../shared/reference/METHODS.md section 3:
+docs/methods.md section 3:
 
 - CHAIR (Rohrbach et al., 2018, "Object Hallucination in Image Captioning"):
   CHAIR_i = hallucinated object mentions / all object mentions,

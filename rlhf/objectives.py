@@ -2,7 +2,7 @@
 
 Each takes per-sequence (or per-token) log-probabilities that rlhf/train_dpo.py computes with
 the model, and returns the loss to minimise plus its parts for the log. Sources, and what
-each differs in from DPO, are in ../shared/reference/METHODS.md 2d:
+each differs in from DPO, are in docs/methods.md 2d:
 
 - SFT on the corrected responses: the negative log-likelihood of the chosen tokens (LLaVA-RLHF
   initialises its policy with SFT, arXiv:2309.14525 section 2.3; STIC runs SFT after its DPO
@@ -16,7 +16,7 @@ each differs in from DPO, are in ../shared/reference/METHODS.md 2d:
   phrase and the substituted hallucinated one, -log pi(p+) / (pi(p+) + pi(p-)), plus alpha
   times a token-level KL to the reference on the correct response.
 
-Notation as METHODS.md: pi the policy, ref the frozen reference, beta the DPO temperature,
+Notation as docs/methods.md: pi the policy, ref the frozen reference, beta the DPO temperature,
 sigma the logistic function. Per-sequence log-probabilities are sums over response tokens.
 """
 
@@ -85,7 +85,7 @@ def hsa_dpo_loss(
     *,
     beta: float,
 ) -> Tensor:
-    """HSA-DPO (arXiv:2404.14233, section 3.3; METHODS.md 2d: the rejected side weighted by a
+    """HSA-DPO (arXiv:2404.14233, section 3.3; docs/methods.md 2d: the rejected side weighted by a
     hallucination severity score): mean of -log sigma(beta (pi_w - ref_w) - h beta (pi_l - ref_l))
     with h the pair's severity weight. h = 1 everywhere is DPO."""
     import torch.nn.functional as F

@@ -1,5 +1,5 @@
 """Pairs from ratings, as Silkie built them from VLFeedback (arXiv:2312.10665, section 3;
-METHODS.md 2d): every response to a prompt is rated on several aspects (VLFeedback's
+docs/methods.md 2d): every response to a prompt is rated on several aspects (VLFeedback's
 helpfulness, visual faithfulness and ethical considerations, 1-5 each); any two responses to
 the same prompt whose mean ratings differ form a pair, the higher-rated one chosen; ties are
 dropped. The pairs train with plain DPO (no changed segments).

@@ -1,6 +1,6 @@
 """A fact-augmented Bradley-Terry reward model for image-text-to-text models.
 
-LLaVA-RLHF (arXiv:2309.14525, section 2.3; ../shared/reference/METHODS.md 2a): the VLM
+LLaVA-RLHF (arXiv:2309.14525, section 2.3; docs/methods.md 2a): the VLM
 backbone with a scalar head on the hidden state of the last response token, trained on
 ranking pairs with the loss -log sigma(r(x, y_w) - r(x, y_l)). Fact-RLHF adds what is known
 about the image (captions, object lists) to the reward model's input under a fixed
@@ -38,7 +38,7 @@ REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring need
 REWARD_FORMAT = 2
 LOG_FILE = "log.jsonl"  # the Trainer's log history, one entry a line
 
-# LLaVA-RLHF's instruction for the facts (paraphrased; METHODS.md 2a).
+# LLaVA-RLHF's instruction for the facts (paraphrased; docs/methods.md 2a).
 FACT_INSTRUCTION = "The response should be fully supported by the following facts about the image:"
 TIES = ("use", "drop")
 FACT_FORMATS = ("captions", "objects")
@@ -284,7 +284,7 @@ def scores(model: Any, inputs: dict[str, Any]) -> Any:
 
 
 def bradley_terry_loss(chosen: Any, rejected: Any) -> Any:
-    """-log sigma(r_w - r_l), averaged (LLaVA-RLHF's reward-model loss; METHODS.md 2a)."""
+    """-log sigma(r_w - r_l), averaged (LLaVA-RLHF's reward-model loss; docs/methods.md 2a)."""
     import torch.nn.functional as F
 
     return -F.logsigmoid(chosen - rejected).mean()

@@ -1,6 +1,6 @@
 """The reward of a response in online RL: the reward model's score plus symbolic terms.
 
-LLaVA-RLHF (arXiv:2309.14525, section 3; ../shared/reference/METHODS.md 2b) adds to the
+LLaVA-RLHF (arXiv:2309.14525, section 3; docs/methods.md 2b) adds to the
 reward model's score a length penalty, a penalty for a response that never emits the stop
 token, and, for questions whose answer is known, a bonus for the right answer. FactLoop
 knows the answer of a yes/no question when the image's facts say so: an explicit

@@ -1,5 +1,5 @@
 """Synthetic rejected responses: preference pairs made without an annotator, mixed with the
-human pairs at a set ratio (METHODS.md 2d: POVID, BPO, STIC).
+human pairs at a set ratio (docs/methods.md 2d: POVID, BPO, STIC).
 
 Each synthetic pair keeps a human pair's image, prompt and chosen (the good, often corrected,
 answer) and gets a new rejected response:

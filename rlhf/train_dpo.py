@@ -1,6 +1,6 @@
 """DDPO (RLHF-V's token-weighted DPO) and DPO for image-text-to-text models, on trl.
 
-RLHF-V (arXiv:2312.00849, eq. 3-4; ../shared/reference/METHODS.md 2c) replaces DPO's
+RLHF-V (arXiv:2312.00849, eq. 3-4; docs/methods.md 2c) replaces DPO's
 sequence log-likelihood with a weighted one, s(y|x) = sum_U log p + gamma sum_C log p
 (optionally over |U| + gamma |C|), in both the policy's and the reference's terms. trl's
 DPOTrainer sums per-token log-probabilities inside its private `_compute_loss`

@@ -2,7 +2,7 @@
 GRPO and RLOO with the same reward function.
 
 PPO (Schulman et al., 2017) as LLaVA-RLHF ran it (arXiv:2309.14525, section 3;
-../shared/reference/METHODS.md 2b), written here because trl ships no PPO for images
+docs/methods.md 2b), written here because trl ships no PPO for images
 (STACK-FACTS.md). One step:
 
 1. Rollouts: the policy samples a response per prompt (image included) at `temperature`.

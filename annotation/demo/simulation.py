@@ -2,7 +2,7 @@
 
 `oracle_submission` turns a task (its kind, the scene's facts, the candidates shown) into
 what an annotator following the protocol would submit: a LLaVA-RLHF ranking (fewer
-hallucinations first, then more correct claims; METHODS.md 1a) or an RLHF-V correction of
+hallucinations first, then more correct claims; docs/methods.md 1a) or an RLHF-V correction of
 the hallucinated segments (1b). With `noise`, a share of rankings are random and a share of
 hallucinated segments are left uncorrected. `label_round` answers a round's tasks through
 the services (tests); `manage.py simulate_annotators` drives the HTTP API with it.

@@ -7,7 +7,7 @@ import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
@@ -20,9 +20,6 @@ from annotation.models import (
     Prompt,
     image_path,
 )
-
-Role = Literal["annotator", "admin"]
-
 
 # ---------------------------------------------------------------------------------------
 # Data: images, prompts, rounds, candidates, tasks

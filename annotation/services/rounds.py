@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -30,8 +30,6 @@ from annotation.models import (
     TaskCandidate,
 )
 from annotation.services.datasets import choose_dataset, default_heldout
-
-Role = Literal["annotator", "admin"]
 
 
 def create_round(*, policy_version: str = "", heldout: Dataset | None = None) -> Round:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -25,9 +25,6 @@ from annotation.queue import check_live, own_assignment
 from annotation.services.rounds import add_candidates
 from contract import spans as span_diff
 from contract.feedback import Feedback
-
-Role = Literal["annotator", "admin"]
-
 
 # ---------------------------------------------------------------------------------------
 # Submissions. Each runs in one transaction with the assignment row locked (PostgreSQL) or
@@ -110,7 +107,7 @@ def submit_judgement(
     rationale: str = "",
     time_spent_ms: int = 0,
 ) -> tuple[Judgement, bool]:
-    """Store a ranking of the task's candidates, best first (LLaVA-RLHF, METHODS.md 1a):
+    """Store a ranking of the task's candidates, best first (LLaVA-RLHF, docs/methods.md 1a):
     ordered by fewer hallucinations, or, when that was a tie, by helpfulness. `tiers` is Q1's
     answer for k candidates: groups by hallucination, fewest first, a group of several being
     a tie that Q2 (helpfulness) ordered; without it, `hallucination_tie` says whether all the
@@ -170,7 +167,7 @@ def submit_correction(
     suggestions: dict[str, list[int]] | None = None,
     time_spent_ms: int = 0,
 ) -> tuple[Correction, bool]:
-    """Store an RLHF-V correction (METHODS.md 1b): chosen = corrected, rejected = original.
+    """Store an RLHF-V correction (docs/methods.md 1b): chosen = corrected, rejected = original.
 
     The changed spans are computed here from the two texts; `span_categories`, when given,
     has one error category (or None) per span, in order. `suggestions` records which of the
