@@ -128,19 +128,63 @@ def submit_judgement(
         unknown = set(hallucinated) - set(shown)
         if unknown:
             raise Invalid(f"flagged candidates {sorted(unknown)} are not part of this task")
-        judgement = Judgement.objects.create(
-            assignment_id=assignment_id,
-            ranking=list(ranking),
-            preferred_id=ranking[0],
-            rejected_id=ranking[-1],
-            hallucination_tie=hallucination_tie,
-            tiers=[list(t) for t in tiers] if tiers is not None else default_tiers(ranking, hallucination_tie),
-            hallucinated=sorted(set(hallucinated)),
-            rejected_hallucinates=ranking[-1] in set(hallucinated),
-            rationale=rationale,
-            time_spent_ms=time_spent_ms,
+        groups = tiers if tiers is not None else default_tiers(ranking, hallucination_tie)
+        judgement = _judgement(
+            assignment_id, ranking, groups, hallucinated, rationale=rationale, time_spent_ms=time_spent_ms
         )
     return judgement, True
+
+
+def _judgement(
+    assignment_id: int,
+    ranking: Sequence[int],
+    tiers: Sequence[Sequence[int]],
+    hallucinated: Sequence[int],
+    *,
+    rationale: str = "",
+    time_spent_ms: int = 0,
+) -> Judgement:
+    """The one builder of a Judgement row, live or imported: best and worst from the
+    ranking, the tie from Q1's groups, the flag of the rejected from the flagged ones."""
+    flagged = sorted(set(hallucinated))
+    return Judgement.objects.create(
+        assignment_id=assignment_id,
+        ranking=list(ranking),
+        preferred_id=ranking[0],
+        rejected_id=ranking[-1],
+        hallucination_tie=any(len(tier) > 1 for tier in tiers),
+        tiers=[list(tier) for tier in tiers],
+        hallucinated=flagged,
+        rejected_hallucinates=ranking[-1] in flagged,
+        rationale=rationale,
+        time_spent_ms=time_spent_ms,
+    )
+
+
+def _correction(
+    assignment_id: int,
+    candidate_id: int,
+    original: str,
+    corrected: str,
+    spans: Sequence[span_diff.Span],
+    categories: Sequence[str | None],
+    *,
+    no_hallucination: bool = False,
+    suggestions: dict[str, list[int]] | None = None,
+    time_spent_ms: int = 0,
+) -> Correction:
+    """The one builder of a Correction row, live or imported: the candidate's text is the
+    original, each changed span carries its category (or None)."""
+    return Correction.objects.create(
+        assignment_id=assignment_id,
+        candidate_id=candidate_id,
+        original=original,
+        corrected=corrected,
+        no_hallucination=no_hallucination,
+        spans=[span.as_dict() | {"category": category} for span, category in zip(spans, categories, strict=True)],
+        suggestions=suggestions or {},
+        time_spent_ms=time_spent_ms,
+    )
 
 
 def preview_spans(annotator: Any, assignment_id: int, corrected: str) -> list[dict[str, Any]]:
@@ -199,13 +243,14 @@ def submit_correction(
             if category is not None and category not in Correction.Category.values:
                 raise Invalid(f"unknown category {category!r}")
         answered = _suggestion_answers(candidate.candidate_id, suggestions or {})
-        correction = Correction.objects.create(
-            assignment_id=assignment_id,
-            candidate_id=candidate.candidate_id,
-            original=original,
-            corrected=corrected,
+        correction = _correction(
+            assignment_id,
+            candidate.candidate_id,
+            original,
+            corrected,
+            changed,
+            categories,
             no_hallucination=no_hallucination,
-            spans=[span.as_dict() | {"category": category} for span, category in zip(changed, categories, strict=True)],
             suggestions=answered,
             time_spent_ms=time_spent_ms,
         )
@@ -250,28 +295,11 @@ def record_imported_label(round_: Round, prompt: Prompt, label: Any, *, annotato
     if kind == Task.Kind.RANK:
         ranking = [ids[i] for i in label.ranking]
         tiers = [[ids[i] for i in tier] for tier in label.tiers] or default_tiers(ranking, False)
-        hallucinated = sorted(ids[i] for i in label.hallucinated)
-        Judgement.objects.create(
-            assignment=assignment,
-            ranking=ranking,
-            preferred_id=ranking[0],
-            rejected_id=ranking[-1],
-            hallucination_tie=any(len(tier) > 1 for tier in tiers),
-            tiers=tiers,
-            hallucinated=hallucinated,
-            rejected_hallucinates=ranking[-1] in hallucinated,
-        )
+        _judgement(assignment.pk, ranking, tiers, [ids[i] for i in label.hallucinated])
     else:
         original, corrected = candidates
         changed = span_diff.changed_spans(original.text, corrected.text)
-        categories = label.categories if label.categories and len(label.categories) == len(changed) else None
-        Correction.objects.create(
-            assignment=assignment,
-            candidate=original,
-            original=original.text,
-            corrected=corrected.text,
-            spans=[
-                span.as_dict() | {"category": categories[i] if categories else None} for i, span in enumerate(changed)
-            ],
-        )
+        fits = label.categories and len(label.categories) == len(changed)
+        categories = label.categories if fits else [None] * len(changed)
+        _correction(assignment.pk, original.pk, original.text, corrected.text, changed, categories)
     return assignment

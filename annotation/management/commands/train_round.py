@@ -7,9 +7,17 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.jobs import enqueue_job
-from annotation.models import Job
-from annotation.training import METHODS, Options, StepFailed, TrainingRefused, begin, plan, run_steps, target_round
+from annotation.training import (
+    METHODS,
+    Options,
+    StepFailed,
+    TrainingRefused,
+    begin,
+    plan,
+    queue_run,
+    run_steps,
+    target_round,
+)
 from contract.launch import LAUNCHERS
 
 
@@ -90,15 +98,15 @@ class Command(BaseCommand):
             if options["dry_run"]:
                 self.stdout.write(json.dumps(plan(round_, settings_), indent=2))
                 return
+            if not options["inline"]:  # the run and its job in one transaction, as the admin's Train page
+                run = queue_run(round_, settings_, resume=options["resume"])
+                assert run.job is not None
+                summary = {"run": run.pk, "job": run.job.pk, "queue": "train", "work_dir": run.work_dir}
+                self.stdout.write(json.dumps(summary))
+                return
             run = begin(round_, settings_, resume=options["resume"])
         except TrainingRefused as error:
             raise CommandError(str(error)) from None
-        if not options["inline"]:
-            job = enqueue_job(Job.Kind.TRAIN, queue="train", params={"run_id": run.pk})
-            run.job = job
-            run.save(update_fields=["job"])
-            self.stdout.write(json.dumps({"run": run.pk, "job": job.pk, "queue": "train", "work_dir": run.work_dir}))
-            return
         with tqdm(total=len(run.steps) or 1, desc="train_round", unit="step", disable=options["verbosity"] < 1) as bar:
 
             def progress(step: str, done: int, total: int) -> None:
