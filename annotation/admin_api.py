@@ -105,7 +105,7 @@ class RoundListApi(APIView):
 
     @extend_schema(responses=RoundOutput(many=True))
     def get(self, request: Request) -> Response:
-        return Response([round_output(r) for r in Round.objects.order_by("-number")])
+        return Response([round_output(r) for r in Round.objects.select_related("heldout").order_by("-number")])
 
     @extend_schema(request=StartRoundInput, responses={201: StartedOutput})
     def post(self, request: Request) -> Response:

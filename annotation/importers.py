@@ -454,7 +454,7 @@ def import_rows(
         if target is not None:
             report.dataset = target.dataset.name
             if target.new and any(item.split == Prompt.Split.HELDOUT for item in good):
-                target.dataset.save()
+                target.create()
         for item in good:
             data = item.load()
             if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != item.sha256:
@@ -483,12 +483,26 @@ class HeldoutTarget:
         except Refused as error:
             raise ValueError(error.message) from None
 
+    def create(self) -> None:
+        """Make the new dataset, or take the one a concurrent import made under its name
+        (ValueError when that one is in another vocabulary)."""
+        made, _ = Dataset.objects.get_or_create(
+            name=self.dataset.name, defaults={"vocabulary": self.dataset.vocabulary}
+        )
+        if made.vocabulary != self.dataset.vocabulary:
+            raise ValueError(
+                f"dataset {made.name!r} names its objects in {made.vocabulary!r}, not {self.dataset.vocabulary!r}"
+            )
+        self.dataset = made
+
     def problem(self, row: _Good, existing: Mapping[tuple[str, str], int | None]) -> str | None:
         key = (row.sha256, row.prompt)
         if key in existing and (self.new or existing[key] != self.dataset.pk):
             there = existing[key]
             other = Dataset.objects.filter(pk=there).values_list("name", flat=True).first() if there else None
-            where = f"held-out dataset {other!r}" if other else "another split"
+            where = (
+                f"held-out dataset {other!r}" if other else "no held-out dataset (a training prompt, or from labels)"
+            )
             return f"the prompt is already imported in {where}, not {self.dataset.name!r}"
         return facts_problem(row.facts, self.dataset.vocabulary, self.names)
 

@@ -40,7 +40,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.deployment import deploy_version, vllm_urls
+from annotation.deployment import deploy_version, serving_client, vllm_urls
 from annotation.errors import Refused
 from annotation.evaluation import RlhfFailed, evaluate_version, export_heldout, run_rlhf
 from annotation.exporters import Selection, export
@@ -70,6 +70,8 @@ from contract.methods import (
 from contract.results import RewardResult, RunResult
 from contract.run import POLICIES, Policy, RunFolder
 from models.registry import Registry, RegistryError, UnknownVersion
+from models.server import check_served_base
+from models.serving import ServingError
 
 STEPS = ("freeze", "export", "reward_model", "train", "evaluate", "gate", "register", "deploy", "open_next")
 KEPT_METRICS = (CHAIR_I, CHAIR_S, OBJECT_HALBENCH, POPE_F1, QA_ACCURACY, MEAN_WORDS, EMPTY_SHARE)
@@ -392,6 +394,14 @@ def _step_evaluate(run: TrainingRun, options: Options, work: RunFolder) -> dict[
         except Refused as error:
             raise StepFailed(error.message) from None
     log, current = work.evaluate_log, _current(run)
+    # The new adapter is evaluated on the served base, and the current policy's evaluation
+    # may be a recorded one: the server must serve the base the round trains on, asked
+    # here whether or not anything else asks it.
+    try:
+        with serving_client(timeout=30.0) as client:
+            check_served_base(client, _registry(), current.name)
+    except (RegistryError, ServingError) as error:
+        raise StepFailed(str(error)) from None
     measured: dict[str, Any] = {}
     policies: tuple[tuple[Policy, str, Path | None], ...] = (
         ("new", _version_name(run), work.adapter),

@@ -72,16 +72,19 @@ class Client:
         return response.json() if response.content else None
 
     # Imports
-    def import_archive(self, path: str | Path, kind: str = "prompts", *, skip_bad: bool = False) -> dict[str, Any]:
+    def import_archive(
+        self, path: str | Path, kind: str = "prompts", *, skip_bad: bool = False, dataset: str = ""
+    ) -> dict[str, Any]:
         """Upload a zip to import (kind prompts, llava-rlhf or rlhf-v), streamed; the import
-        job. Its result, once wait_job says it succeeded, counts what came in."""
+        job. Its result, once wait_job says it succeeded, counts what came in. Held-out rows
+        join the held-out dataset `dataset` (default "heldout")."""
         source = Path(path)
         with source.open("rb") as archive:
             return dict(
                 self._call(
                     "POST",
                     "/api/admin/imports/",
-                    data={"kind": kind, "skip_bad": "true" if skip_bad else "false"},
+                    data={"kind": kind, "skip_bad": "true" if skip_bad else "false", "dataset": dataset},
                     files={"archive": (source.name, archive, "application/zip")},
                 )
             )
@@ -96,7 +99,7 @@ class Client:
     def start_round(self, **settings: Any) -> dict[str, Any]:
         """Start a round (policy_version, task_kinds, and optionally candidates_per_prompt,
         overlap, gold_rate, split, only_new, limit, temperature, max_tokens, ai_labeller,
-        selection, human_prompts): {"round": ..., "job": the generation job}."""
+        selection, human_prompts, heldout): {"round": ..., "job": the generation job}."""
         return dict(self._call("POST", "/api/admin/rounds/", settings))
 
     def wait_labelled(self, number: int, *, timeout: float = 24 * 3600.0, poll: float = 5.0) -> dict[str, Any]:

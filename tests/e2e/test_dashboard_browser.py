@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
 from annotation import queue, services
-from annotation.models import Job, TrainingRun
+from annotation.models import Dataset, Job, TrainingRun
 from models.registry import Registry
 from tests.e2e.test_login_browser import log_in
 from tests.factories import make_image, make_round
@@ -34,7 +34,8 @@ def test_the_dashboard_follows_a_round(
 
     round_ = make_round(tasks=2)  # a round whose candidates are in (as generation leaves it)
     Registry(settings.FACTLOOP_MODEL_DIR).register(round_.policy_version, base_model="base")
-    services.add_prompt(make_image(), "Describe it.", split="heldout")  # what training evaluates on
+    held = Dataset.objects.create(name="checks", vocabulary="coco")  # what training evaluates on
+    services.add_prompt(make_image(), "Describe it.", split="heldout", dataset=held)
     page.goto(f"{base}/admin/")
     expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is open for annotation")
     expect(page.get_by_test_id("labelled")).to_contain_text("0 / 2")
