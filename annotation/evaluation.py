@@ -31,7 +31,7 @@ from django.conf import settings
 from annotation.deployment import serving_client, vllm_urls
 from annotation.errors import Invalid
 from annotation.models import Dataset, Prompt
-from annotation.services.datasets import DEFAULT_VOCABULARY, scorable, vocabulary_table
+from annotation.services.datasets import DEFAULT_VOCABULARY, object_classes, scorable, vocabulary_table
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.heldout import Item, Kind, image_name, write_heldout
 from contract.launch import ONE_PROCESS, Launch
@@ -41,13 +41,6 @@ from models.serving import ServingError
 from models.staging import staged
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _objects(facts: dict[str, Any]) -> list[str]:
-    named = facts.get("classes")
-    if named is None and all(isinstance(o, str) for o in facts.get("objects") or []):
-        named = facts.get("objects")
-    return [str(name) for name in named or []]
 
 
 def _item(prompt: Prompt) -> tuple[Item, bytes]:
@@ -66,7 +59,7 @@ def _item(prompt: Prompt) -> tuple[Item, bytes]:
         prompt=prompt.text,
         kind=kind,
         answer="" if answer is None else str(answer),
-        objects=tuple(_objects(facts)),
+        objects=tuple(object_classes(facts)),
         captions=tuple(str(c) for c in facts.get("captions") or [] if isinstance(c, str)),
         context=tuple(prompt.context or ()),
     )

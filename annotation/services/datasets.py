@@ -77,12 +77,17 @@ def register_vocabulary(name: str, data: Any, *, replace: bool = False) -> Vocab
         return existing
 
 
-def unknown_classes(facts: dict[str, Any], names: frozenset[str]) -> list[str]:
-    """The facts' object classes (`classes`, or `objects` when it lists names) outside `names`."""
+def object_classes(facts: dict[str, Any]) -> list[str]:
+    """The object classes an image's facts name: `classes`, or `objects` when it lists names."""
     listed = facts.get("classes")
     if listed is None and all(isinstance(o, str) for o in facts.get("objects") or []):
         listed = facts.get("objects")
-    return sorted({str(c) for c in listed or []} - names)
+    return [str(name) for name in listed or []]
+
+
+def unknown_classes(facts: dict[str, Any], names: frozenset[str]) -> list[str]:
+    """The facts' object classes outside `names`."""
+    return sorted(set(object_classes(facts)) - names)
 
 
 def facts_problem(facts: dict[str, Any], vocabulary: str, names: frozenset[str]) -> str | None:
@@ -94,10 +99,6 @@ def facts_problem(facts: dict[str, Any], vocabulary: str, names: frozenset[str])
         shown = ", ".join(repr(c) for c in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         return f"classes outside the {vocabulary} vocabulary: {shown}"
     return None
-
-
-def dataset_summary(dataset: Dataset) -> dict[str, Any]:
-    return {"name": dataset.name, "vocabulary": dataset.vocabulary, "prompts": dataset.prompts.count()}
 
 
 def datasets_with_counts() -> list[tuple[str, int]]:
