@@ -52,7 +52,7 @@ compose:
 demo: install serving
 	DEBUG=$${DEBUG:-1} $(PY) manage.py demo --loop --host $(HOST) --port $(PORT)
 
-# The tiny test model ships with the repository (models/tiny-base): the suite, the demo and
+# The tiny test model ships with the repository (testbed/tiny-base): the suite, the demo and
 # the benchmarks load it. `make tiny` rebuilds it from its spec (about 10 minutes, one
 # thread), choosing the checkpoint on validation scenes; commit the result.
 tiny: install

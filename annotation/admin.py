@@ -11,7 +11,11 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from annotation import admin_views, jobs
+from annotation.administration import admin_pages as admin_views
+from annotation.jobs import lifecycle as jobs
+from annotation.labeling.rounds import freeze_round
+from annotation.loop.generation import queue_generation
+from annotation.loop.training import STEPS
 from annotation.models import (
     Assignment,
     AuditEvent,
@@ -27,8 +31,6 @@ from annotation.models import (
     TrainingRun,
     Vocabulary,
 )
-from annotation.services import freeze_round, queue_generation
-from annotation.training import STEPS
 
 
 @admin.register(Job)
@@ -335,7 +337,7 @@ class CorrectionAdmin(ReadOnlyAdmin):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(ReadOnlyAdmin):
-    """`train_round` runs: each step's status, time and outcome (annotation.training)."""
+    """`train_round` runs: each step's status, time and outcome (annotation.loop.training)."""
 
     list_display = [
         "id",

@@ -12,8 +12,8 @@ class AnnotationConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_out
         from django.db.models.signals import m2m_changed, pre_save
 
-        from annotation.audit import record_group_changes, record_role_fields
-        from annotation.authentication import revoke_tokens_on_credential_change, revoke_tokens_on_logout
+        from annotation.rules.audit import record_group_changes, record_role_fields
+        from annotation.web.authentication import revoke_tokens_on_credential_change, revoke_tokens_on_logout
         from webapp.celery import ensure_broker_folders
 
         user_model = get_user_model()
@@ -33,4 +33,4 @@ class FactLoopAdminConfig(admin_apps.AdminConfig):
     """Django's admin with FactLoop's site: the loop dashboard as its landing page."""
 
     default = False  # AnnotationConfig is this module's app; this one is named in settings
-    default_site = "annotation.admin_site.FactLoopAdminSite"
+    default_site = "annotation.administration.site.FactLoopAdminSite"

@@ -297,7 +297,7 @@ class Round(models.Model):
     open_when_ready = models.BooleanField(
         default=False, help_text="Open the round for annotation as soon as every prompt has its candidates."
     )
-    # AI feedback (annotation/ai_labels.py; RLAIF-V): who labels the candidates once they
+    # AI feedback (annotation/loop/ai_labels.py; RLAIF-V): who labels the candidates once they
     # are in, shown to annotators as suggestions and exportable as pairs of its own.
     ai_labeller = models.CharField(
         max_length=255,
@@ -559,13 +559,13 @@ class Correction(models.Model):
 
 
 # ---------------------------------------------------------------------------------------
-# Training: one alignment iteration per round (annotation/training.py runs the steps)
+# Training: one alignment iteration per round (annotation/loop/training.py runs the steps)
 
 
 class TrainingRun(models.Model):
     """`train_round` for one round: its settings, and each step's status, timing and outcome.
 
-    The steps (annotation.training.STEPS) run in order; each records itself in `steps` when it
+    The steps (annotation.loop.training.STEPS) run in order; each records itself in `steps` when it
     starts and when it ends, and each can run again after a crash without duplicating what
     it made (the export, checkpoint and version folders are written whole or not at all; the
     next round is created in the transaction that records it). At most one unfinished run
@@ -606,7 +606,7 @@ class TrainingRun(models.Model):
 
 class AuditEvent(models.Model):
     """Who did what to the loop: exports, round changes, role changes, deployments and
-    rollbacks, job retries and cancellations (annotation/audit.py writes them; append-only)."""
+    rollbacks, job retries and cancellations (annotation/rules/audit.py writes them; append-only)."""
 
     class Action(models.TextChoices):
         EXPORT = "export", "Export"

@@ -1,7 +1,9 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from annotation import admin_api, api, views
+from annotation.administration import admin_api
+from annotation.web import annotator_api as api
+from annotation.web import pages as views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -25,13 +27,13 @@ api_urlpatterns = [
     path("assignments/<int:assignment_id>/correction/", api.CorrectionApi.as_view(), name="api-correction"),
     path("assignments/<int:assignment_id>/diff/", api.DiffApi.as_view(), name="api-diff"),
     path("assignments/<int:assignment_id>/skip/", api.SkipApi.as_view(), name="api-skip"),
-    path("admin/jobs/", api.JobListApi.as_view(), name="api-admin-jobs"),
-    path("admin/jobs/healthcheck/", api.HealthcheckApi.as_view(), name="api-admin-healthcheck"),
-    path("admin/jobs/<int:job_id>/", api.JobDetailApi.as_view(), name="api-admin-job"),
-    path("admin/jobs/<int:job_id>/retry/", api.JobRetryApi.as_view(), name="api-admin-job-retry"),
-    path("admin/jobs/<int:job_id>/cancel/", api.JobCancelApi.as_view(), name="api-admin-job-cancel"),
-    path("admin/jobs/<int:job_id>/download/", api.JobDownloadApi.as_view(), name="api-admin-job-download"),
-    path("admin/versions/", api.VersionListApi.as_view(), name="api-admin-versions"),
+    path("admin/jobs/", admin_api.JobListApi.as_view(), name="api-admin-jobs"),
+    path("admin/jobs/healthcheck/", admin_api.HealthcheckApi.as_view(), name="api-admin-healthcheck"),
+    path("admin/jobs/<int:job_id>/", admin_api.JobDetailApi.as_view(), name="api-admin-job"),
+    path("admin/jobs/<int:job_id>/retry/", admin_api.JobRetryApi.as_view(), name="api-admin-job-retry"),
+    path("admin/jobs/<int:job_id>/cancel/", admin_api.JobCancelApi.as_view(), name="api-admin-job-cancel"),
+    path("admin/jobs/<int:job_id>/download/", admin_api.JobDownloadApi.as_view(), name="api-admin-job-download"),
+    path("admin/versions/", admin_api.VersionListApi.as_view(), name="api-admin-versions"),
     path("admin/rounds/", admin_api.RoundListApi.as_view(), name="api-admin-rounds"),
     path("admin/rounds/<int:number>/", admin_api.RoundDetailApi.as_view(), name="api-admin-round"),
     path("admin/rounds/<int:number>/open/", admin_api.RoundChangeApi.as_view(change="open"), name="api-admin-open"),
@@ -43,5 +45,5 @@ api_urlpatterns = [
     path("admin/training-runs/<int:run_id>/", admin_api.TrainingRunApi.as_view(), name="api-admin-training-run"),
     path("admin/exports/", admin_api.ExportApi.as_view(), name="api-admin-exports"),
     path("admin/imports/", admin_api.ImportApi.as_view(), name="api-admin-imports"),
-    path("admin/versions/<str:name>/deploy/", api.VersionDeployApi.as_view(), name="api-admin-version-deploy"),
+    path("admin/versions/<str:name>/deploy/", admin_api.VersionDeployApi.as_view(), name="api-admin-version-deploy"),
 ]

@@ -1,7 +1,7 @@
 """Alignment on the test bed: every method FactLoop trains, from the same oracle labels,
 measured on the same held-out scenes.
 
-Labels (the oracle is the simulated annotator; models/toyworld/oracle.py):
+Labels (the oracle is the simulated annotator; testbed/toyworld/oracle.py):
 - corrections (RLHF-V's protocol): the base policy answers a description and a question per
   training scene (temperature 0.7, as LLaVA-RLHF sampled candidates); the oracle corrects the
   hallucinated segments; a response with nothing wrong gives no pair. DDPO, DPO, SFT, mDPO,
@@ -12,7 +12,7 @@ Labels (the oracle is the simulated annotator; models/toyworld/oracle.py):
   unequal mean ratings are a pair (rlhf/ratings.py); plain DPO.
 - rankings (LLaVA-RLHF's protocol): two sampled answers per prompt (temperature 1.0), ranked
   by the oracle; a fact-augmented reward model learns them (bench/reward_model.py's
-  settings), and PPO, GRPO and RLOO train against it (annotation/demo/configs/toy-ppo.yaml).
+  settings), and PPO, GRPO and RLOO train against it (testbed/demo/configs/toy-ppo.yaml).
 
 The label budget is about the same for each kind (`--scenes`, `--rating-scenes` and
 `--rm-scenes` set it): about 430 corrections, 500 rated responses, 500 rankings. A row's
@@ -52,9 +52,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from annotation.demo import TOY_DDPO, TOY_PPO
 from bench import results
 from rlhf.config import RLTrainConfig, load_config, load_run_config
+from testbed.demo import TOY_DDPO, TOY_PPO
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "object_recall", "empt
 
 def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, Any]:
     from rlhf.common import load_policy
-    from rlhf.evaluate import evaluate_toyworld, heldout_scenes
+    from rlhf.scene_eval import evaluate_toyworld, heldout_scenes
 
     model, processor = load_policy(model_path, adapter=adapter)
     return evaluate_toyworld(model, processor, heldout_scenes(scenes))
@@ -112,7 +112,7 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/tiny-base", help="the base policy (folder or hub id)")
+    parser.add_argument("--model", default="testbed/tiny-base", help="the base policy (folder or hub id)")
     parser.add_argument(
         "--scenes", type=int, default=390, help="training scenes for corrections (default 390: ~430 corrections)"
     )
@@ -183,11 +183,11 @@ def make_labels(
     import json
 
     from bench.reward_model import ranking_export, reward_config
-    from models.tiny import image_size_of
     from rlhf import toy_pairs
     from rlhf.common import load_policy
     from rlhf.ratings import write_rating_export
     from rlhf.reward import train_reward_model
+    from testbed.tiny import image_size_of
 
     model, processor = load_policy(args.model)
     size = image_size_of(processor)

@@ -132,8 +132,8 @@ def _prepare_main(args: argparse.Namespace) -> None:
     from django.core.management import call_command
     from rest_framework.authtoken.models import Token
 
-    from annotation.demo.synthetic import build_synthetic_round
-    from annotation.roles import ANNOTATORS_GROUP
+    from annotation.rules.roles import ANNOTATORS_GROUP
+    from testbed.demo.toy_rounds import build_synthetic_round
 
     call_command("migrate", verbosity=0)
     build_synthetic_round(scenes=args.scenes, overlap=args.overlap, seed=7)

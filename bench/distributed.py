@@ -1,6 +1,6 @@
 """Loss curves of 1 and 2 training processes at the same global batch, side by side.
 
-    .venv/bin/python bench/distributed.py [--model models/tiny-base] [--epochs 4]
+    .venv/bin/python bench/distributed.py [--model testbed/tiny-base] [--epochs 4]
 
 DDPO and the reward model run on the synthetic world's oracle pairs twice each: as one
 process at batch 4, and under `accelerate launch` (deploy/accelerate/ddp.yaml) as two
@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=results.default_path("distributed"))
     args = parser.parse_args()
 
-    from rlhf.families import write_pairs
+    from rlhf.family_matrix import write_pairs
 
     work = Path(tempfile.mkdtemp(prefix="factloop-distributed-"))
     pairs = write_pairs(work / "pairs", scenes=24)

@@ -1,13 +1,13 @@
 """Held-out evaluation speed: through vLLM (what `manage.py evaluate` and `train_round` do)
 against transformers in this process, on the same held-out set, side by side in one run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/evaluate.py [--model models/tiny-base]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/evaluate.py [--model testbed/tiny-base]
         [--scenes 100] [--workers 32] [--server-url URL]
 
 The held-out set is the synthetic world's first `--scenes` held-out scenes written as a
 held-out folder (contract/heldout.py) exactly as `import_toyworld` + the database export
 make it; both runs answer every description and POPE probe of it greedily and are scored
-by the same evaluator (rlhf/heldout.py). Prints held-out prompts per second for each, the
+by the same evaluator (rlhf/hallucination.py). Prints held-out prompts per second for each, the
 ratio vLLM / in-process, and how far their CHAIR_i, CHAIR_s and POPE F1 lie apart.
 
 Without `--server-url` a vLLM server is started from the serving venv (`make serving`) on
@@ -39,7 +39,7 @@ def prompts_of(evaluation: Any) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "models/tiny-base"), help="the model folder")
+    parser.add_argument("--model", default=str(REPO / "testbed/tiny-base"), help="the model folder")
     parser.add_argument("--scenes", type=int, default=100, help="held-out toy scenes (default 100)")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -55,11 +55,12 @@ def main() -> None:
     from contract.heldout import read_heldout
     from models.serving import ServingClient
     from rlhf.common import load_policy
-    from rlhf.heldout import LocalResponder, Request, ServedResponder, evaluate, write_toyworld_set
+    from rlhf.hallucination import LocalResponder, Request, ServedResponder, evaluate
+    from testbed.toyworld.render import write_heldout_set
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     heldout = read_heldout(
-        write_toyworld_set(Path(tempfile.mkdtemp(prefix="factloop-bench-eval-")), args.scenes, args.image_size)
+        write_heldout_set(Path(tempfile.mkdtemp(prefix="factloop-bench-eval-")), args.scenes, args.image_size)
     )
     server = serving.served(args.model, args.server_url, python=args.serving_python, max_num_seqs=args.max_num_seqs)
     with server as url, ServingClient(url, timeout=600) as client:

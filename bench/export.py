@@ -76,7 +76,7 @@ def fill(n: int) -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from annotation.services import add_image
+    from annotation.data.images import add_image
     from tests.factories import png_bytes
 
     call_command("migrate", verbosity=0)
@@ -98,7 +98,7 @@ def export_once(out: Path) -> tuple[int, float, int]:
     import django
 
     django.setup()
-    from annotation.exporters import export
+    from annotation.data.exporters import export
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     began = time.perf_counter()

@@ -3,7 +3,7 @@ tiny checkpoint of each image-text-to-text family, with each cell's time, in one
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/families.py [--no-vllm] [--family TYPE ...]
 
-Runs `python -m rlhf.cli families` (rlhf/families.py) and keeps its rows, with the command,
+Runs `python -m rlhf.cli families` (rlhf/family_matrix.py) and keeps its rows, with the command,
 revision, date and machine, in `bench/results/families.json`; prints the Markdown table the
 README shows. The vLLM cells need the serving venv (`make serving`).
 """

@@ -1,6 +1,6 @@
 """Candidate generation throughput: FactLoop's Celery path vs vLLM directly vs transformers.
 
-    .venv/bin/python bench/generation.py --model models/tiny-base [--prompts 256] [--k 4]
+    .venv/bin/python bench/generation.py --model testbed/tiny-base [--prompts 256] [--k 4]
         [--concurrency 8] [--server-url URL]
 
 One batch of requests (P prompts of the toy world x K candidates, sampled at temperature 0.7,
@@ -46,7 +46,7 @@ PROMPT = "Describe the image."
 
 
 def scenes_png(prompts: int) -> list[tuple[Any, bytes]]:
-    from models.toyworld import render, sample_scenes
+    from testbed.toyworld import render, sample_scenes
 
     out = []
     for scene in sample_scenes(99, prompts, prefix="bench"):
@@ -72,9 +72,9 @@ def direct(url: str, images: list[bytes], k: int, max_tokens: int, concurrency: 
 def in_process(model_dir: str, scenes: list[Any], k: int, max_tokens: int) -> tuple[int, float]:
     import torch
 
-    from models.tiny import generate
-    from models.toyworld import render
     from rlhf.common import load_policy
+    from testbed.tiny import generate
+    from testbed.toyworld import render
 
     torch.set_num_threads(2)
     model, processor = load_policy(model_dir)
@@ -165,9 +165,11 @@ def through_celery(
     django.setup()
     from django.core.management import call_command
 
+    from annotation.data.images import add_image, add_prompt
+    from annotation.labeling.rounds import add_prompts_to_round, create_round
+    from annotation.loop.generation import queue_generation
     from annotation.models import Job, Round
-    from annotation.selectors import wait_for_jobs
-    from annotation.services import add_image, add_prompt, add_prompts_to_round, create_round, queue_generation
+    from annotation.rules.selectors import wait_for_jobs
     from models.registry import Registry
     from webapp.celery import worker_command
 
@@ -215,7 +217,7 @@ def through_celery(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="the model folder (the shipped tiny model: models/tiny-base)")
+    parser.add_argument("--model", required=True, help="the model folder (the shipped tiny model: testbed/tiny-base)")
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--k", type=int, default=4, help="candidates per prompt")
     parser.add_argument("--max-tokens", type=int, default=64)

@@ -294,7 +294,8 @@ def part_workers(database_url: str, var_dir: Path, judgements: int) -> dict[str,
             job = _django(
                 database_url,
                 var_dir,
-                "from annotation import services\nprint(services.queue_export(fmt='factloop', rounds=[1]).pk)",
+                "from annotation.data.exporters import queue_export\n"
+                "print(queue_export(fmt='factloop', rounds=[1]).pk)",
                 FACTLOOP_EXPORT_DIR=env["FACTLOOP_EXPORT_DIR"],
             )
             status = _job_status(database_url, var_dir, job)
@@ -332,9 +333,9 @@ def _job_status(database_url: str, var_dir: Path, job_id: int) -> dict[str, Any]
 ROUND_START = """
 import json, time
 from django.db import connection
-from annotation import selectors
+from annotation.rules import selectors
 from annotation.models import Candidate, Prompt, Round, RoundPrompt
-from annotation.services import add_image
+from annotation.data.images import add_image
 from tests.factories import png_bytes
 N = {prompts}
 image = add_image(png_bytes())
@@ -400,9 +401,10 @@ import json
 from django.contrib.auth.models import Group, User
 from django.db import connection
 from rest_framework.authtoken.models import Token
-from annotation.demo.synthetic import build_synthetic_round
-from annotation.roles import ANNOTATORS_GROUP
-from annotation.services import add_candidates, add_prompt, create_round, freeze_round
+from testbed.demo.toy_rounds import build_synthetic_round
+from annotation.rules.roles import ANNOTATORS_GROUP
+from annotation.labeling.rounds import add_candidates, create_round, freeze_round
+from annotation.data.images import add_prompt
 from annotation.models import Task
 from tests.factories import make_image
 leftovers = {leftovers}

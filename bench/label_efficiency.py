@@ -6,7 +6,7 @@ samples K answers (temperature 0.7) to each prompt of the round's pool: a descri
 question per fresh training scene, the same scenes for every arm. Then:
 
 - (a) `random`: `--labels` prompts at random go to the humans (simulated: the world's
-  oracle, models/toyworld/oracle.py, missing each hallucinated segment with probability
+  oracle, testbed/toyworld/oracle.py, missing each hallucinated segment with probability
   `--noise`); each corrects the first sampled answer (RLHF-V's protocol; a right answer
   gives no pair but costs a label).
 - (b) `active`: the `--labels` prompts whose K answers disagree most (rlhf/selection.py).
@@ -22,7 +22,7 @@ question per fresh training scene, the same scenes for every arm. Then:
 - (e) `active+suggest+ai` (with --arms): (c), plus (d)'s pairs of the prompts the humans
   did not see, at `--ai-weight`.
 
-Each round trains DDPO (annotation/demo/configs/toy-ddpo.yaml) on that round's pairs only,
+Each round trains DDPO (testbed/demo/configs/toy-ddpo.yaml) on that round's pairs only,
 from the previous round's adapter, and is measured on the same held-out scenes: CHAIR_i,
 POPE F1 (mean of its three splits), mean words. The last table gives, per arm, the human
 labels it had used when its CHAIR_i first reached arm (a)'s final CHAIR_i.
@@ -49,8 +49,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from annotation.demo import TOY_DDPO
 from bench import results
+from testbed.demo import TOY_DDPO
 
 ARMS = ("random", "active", "active+suggest", "ai", "active+suggest+ai")
 SECONDS = {"read": 8.0, "fix": 12.0, "accept": 2.0, "reject": 3.0}  # the annotator time model
@@ -84,7 +84,7 @@ class Arm:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/tiny-base", help="the base policy (folder or hub id)")
+    parser.add_argument("--model", default="testbed/tiny-base", help="the base policy (folder or hub id)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--labels", type=int, default=80, help="human labels a round (default 80)")
     parser.add_argument("--pool", type=int, default=150, help="fresh training scenes a round (2 prompts each)")
@@ -109,7 +109,7 @@ def main() -> None:
 
     import torch
 
-    from rlhf.evaluate import heldout_scenes
+    from rlhf.scene_eval import heldout_scenes
     from rlhf.toy_pairs import training_scenes
 
     torch.set_num_threads(1)
@@ -169,7 +169,7 @@ def mean_rows(arms: list[Arm]) -> list[dict[str, Any]]:
 
 def measure(model_path: str, adapter: Path | None, scenes: Sequence[Any]) -> dict[str, Any]:
     from rlhf.common import load_policy
-    from rlhf.evaluate import evaluate_toyworld
+    from rlhf.scene_eval import evaluate_toyworld
 
     model, processor = load_policy(model_path, adapter=adapter)
     found = evaluate_toyworld(model, processor, scenes)
@@ -180,11 +180,11 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
     """One round of one arm: sample, select, label, train. Returns the round's label counts."""
     from contract.feedback import ai_pairs
     from contract.selection import select
-    from models.tiny import image_size_of
-    from models.toyworld import render
     from rlhf import toy_pairs
     from rlhf.ai_feedback import labeller_for, local_answerer
     from rlhf.common import load_policy
+    from testbed.tiny import image_size_of
+    from testbed.toyworld import render
 
     model, processor = load_policy(args.model, adapter=arm.adapter)
     size = image_size_of(processor)
@@ -260,8 +260,8 @@ def annotate(scene: Any, prompt: str, text: str, feedback: Any, *, noise: float,
     accepted, rejected). With `feedback`, suggestions overlapping a hallucinated claim are
     accepted and the rest rejected, before the annotator fixes what is left by hand."""
     from contract.feedback import apply_fixes
-    from models.toyworld.oracle import check, correct
     from rlhf.toy_pairs import correction_pair
+    from testbed.toyworld.oracle import check, correct
 
     wrong = [(c.start, c.end) for c in check(scene, text).claims if c.hallucinated]
     seconds = SECONDS["read"]

@@ -1,6 +1,6 @@
 """Generation throughput with one vLLM replica and with two (models/replicas.py).
 
-    .venv/bin/python bench/replicas.py --model models/tiny-base [--prompts 64] [--k 4]
+    .venv/bin/python bench/replicas.py --model testbed/tiny-base [--prompts 64] [--k 4]
         [--max-tokens 64] [--concurrency 8] [--repeats 2] [--pin]
 
 Two vLLM servers of the model are started from the serving venv (`make serving`). After one

@@ -22,7 +22,7 @@ def default_path(name: str) -> Path:
 
 def model_spec_hash(model: str) -> str | None:
     """The spec hash a tiny-model folder records (None for any other model)."""
-    from models.tiny import MANIFEST
+    from testbed.tiny import MANIFEST
 
     try:
         return str(json.loads((Path(model) / MANIFEST).read_text())["spec_hash"])

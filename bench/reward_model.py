@@ -35,8 +35,8 @@ BENCH_LORA = {
 def ranking_export(model: Any, processor: Any, scenes: int, out: Path, *, seed: int = 3) -> tuple[int, int]:
     """Oracle rankings of two sampled answers per prompt (a description and a question per
     training scene) as a `trl` export; returns (pairs, pairs ordered by helpfulness after a tie)."""
-    from models.tiny import image_size_of
     from rlhf import toy_pairs
+    from testbed.tiny import image_size_of
 
     responses = toy_pairs.sample_responses(
         model, processor, toy_pairs.training_scenes(scenes), per_prompt=2, temperature=1.0, seed=seed
@@ -80,7 +80,7 @@ def reward_config(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/tiny-base")
+    parser.add_argument("--model", default="testbed/tiny-base")
     parser.add_argument("--scenes", type=int, default=1500, help="training scenes (2 prompts, 2 answers each)")
     parser.add_argument("--epochs", type=float, default=6.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)

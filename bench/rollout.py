@@ -1,7 +1,7 @@
 """Online RL rollouts: the vLLM server (rlhf/rollouts.py) against transformers' generate, side
 by side in one run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/rollout.py --model models/tiny-base
+    OMP_NUM_THREADS=1 .venv/bin/python bench/rollout.py --model testbed/tiny-base
 
 Each round samples one rollout batch (`--batch` toy-world prompts with their images, one
 response each at temperature 1.0, at most `--max-tokens` tokens) both ways, alternating so
@@ -40,7 +40,7 @@ from bench import results, serving  # noqa: E402
 
 def toy_rows(count: int) -> list[dict[str, Any]]:
     """Rollout prompts as PPO reads them from an export: trl messages and the image."""
-    from models.toyworld import render, sample_scenes
+    from testbed.toyworld import render, sample_scenes
 
     question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
     return [{"prompt": question, "images": [render(scene)]} for scene in sample_scenes(77, count, prefix="rollout")]
@@ -69,7 +69,7 @@ def server_seconds(url: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/tiny-base")
+    parser.add_argument("--model", default="testbed/tiny-base")
     parser.add_argument("--batch", type=int, default=32, help="prompts per rollout batch")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per path")
     parser.add_argument("--max-tokens", type=int, default=64)

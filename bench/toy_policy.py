@@ -1,6 +1,6 @@
 """Hallucination of the tiny base policy against untrained references, side by side.
 
-    .venv/bin/python bench/toy_policy.py [--model models/tiny-base] [--scenes 200]
+    .venv/bin/python bench/toy_policy.py [--model testbed/tiny-base] [--scenes 200]
 
 Rows: the base policy; "blind" (the base policy with its projector re-initialised: it
 speaks the grammar but never learnt to look); "random init" (every weight untrained).
@@ -22,16 +22,16 @@ from bench import results
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/tiny-base")
+    parser.add_argument("--model", default="testbed/tiny-base")
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--json", type=Path, default=results.default_path("toy_policy"), help="raw rows (JSON)")
     args = parser.parse_args()
 
     import torch
 
-    from models.tiny import TinySpec, build_model, reset_projector
     from rlhf.common import load_policy
-    from rlhf.evaluate import evaluate_toyworld, heldout_scenes
+    from rlhf.scene_eval import evaluate_toyworld, heldout_scenes
+    from testbed.tiny import TinySpec, build_model, reset_projector
 
     torch.set_num_threads(2)
     scenes = heldout_scenes(args.scenes)

@@ -8,7 +8,7 @@ step. The methods alternate step by step so that drift in the machine's speed hi
 alike. Prints the median step time and pairs per second of each, the peak memory of a
 step, and the ratios to trl's DPO.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --model models/tiny-base
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --model testbed/tiny-base
     OMP_NUM_THREADS=1 .venv/bin/python bench/train_step.py --shape llava15 --json bench/results/train_step_llava15.json
 
 `--shape` picks the timed model; the pairs always come from the toy world, sampled by the
@@ -57,7 +57,7 @@ def shaped_model(shape: str, shipped: str, out: Path) -> str:
         return shipped
     from transformers import AutoProcessor
 
-    from models.tiny import TinySpec, build_model, build_processor, save_pretrained
+    from testbed.tiny import TinySpec, build_model, build_processor, save_pretrained
 
     sizes: dict[str, Any] = {"image_size": 336, "patch_size": 14, "max_positions": 1024}  # 24 x 24 = 576 tokens
     if shape == "llava15-1b":
@@ -165,7 +165,7 @@ def memory_child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/tiny-base", help="the tiny model that samples the pairs")
+    parser.add_argument("--model", default="testbed/tiny-base", help="the tiny model that samples the pairs")
     parser.add_argument("--shape", choices=("shipped", "llava15", "llava15-1b"), default="shipped")
     parser.add_argument("--pairs", type=int, default=160, help="oracle pairs to build")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
@@ -182,9 +182,9 @@ def main() -> None:
 
     import torch
 
-    from models.tiny import image_size_of
     from rlhf import toy_pairs
     from rlhf.common import load_policy
+    from testbed.tiny import image_size_of
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="factloop-train-step-"))

@@ -2,7 +2,7 @@
 makes the difference (contract/spans.py, README "DDPO").
 
 Corrections come from the synthetic world: a description of each scene, sampled with
-hallucinations (models/toyworld, `sampled_responses` at error rate 1), corrected by the
+hallucinations (testbed/toyworld, `sampled_responses` at error rate 1), corrected by the
 oracle (RLHF-V's protocol). `--sentences N` joins N scenes' corrected descriptions into
 one response, so that long responses (200+ tokens, where difflib's autojunk starts) are
 measured too. Both weightings then mark the changed tokens of the shipped tiny model's
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
 from contract.spans import changed_spans, released_changes
-from models.toyworld import oracle
-from models.toyworld.world import make_question, sample_scenes, sampled_responses
 from rlhf.data import token_weights, usable_spans
+from testbed.toyworld import oracle
+from testbed.toyworld.world import make_question, sample_scenes, sampled_responses
 
 TINY = Path(__file__).resolve().parent.parent / "models" / "tiny-base"
 

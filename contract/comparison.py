@@ -1,7 +1,7 @@
 """The statistics of a held-out evaluation (contract.heldout.Evaluation), from its per-item
 records: the metrics, their bootstrap intervals, and the gate's paired comparison of two
-policies. Pure Python: the evaluator (rlhf/heldout.py) and the web app's gate
-(annotation/training.py) call the same code, the gate without a child process.
+policies. Pure Python: the evaluator (rlhf/hallucination.py) and the web app's gate
+(annotation/loop/training.py) call the same code, the gate without a child process.
 
 Records: `describe` rows [objects mentioned, of them hallucinated, words], `qa` 0/1 per
 question, `pope` per split [label is yes, answer says yes] per probe, `reward` scores.

@@ -1,5 +1,5 @@
 """A held-out set on disk: what the web app exports from its database and the evaluator
-(rlhf/heldout.py) reads. Any dataset fits: COCO, the user's own, the synthetic world.
+(rlhf/hallucination.py) reads. Any dataset fits: COCO, the user's own, the synthetic world.
 
 Layout of a folder:
 

@@ -10,7 +10,7 @@ DPO_METHODS: Final = ("ddpo", "dpo", "sft", "mdpo", "hsa_dpo", "halva")
 RL_METHODS: Final = ("ppo", "grpo", "rloo")
 METHODS: Final = DPO_METHODS + RL_METHODS
 
-# Evaluation metrics (rlhf/heldout.py writes them; the gate and the plots read them).
+# Evaluation metrics (rlhf/hallucination.py writes them; the gate and the plots read them).
 CHAIR_I: Final = "chair_i"
 CHAIR_S: Final = "chair_s"
 POPE_F1: Final = "pope_f1"

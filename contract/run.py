@@ -1,5 +1,5 @@
 """The folder one training run works in (`train_round`'s FACTLOOP_TRAIN_DIR/round-N-run-M),
-named once: the web app writes and reads it (annotation/training.py), the trainers write
+named once: the web app writes and reads it (annotation/loop/training.py), the trainers write
 into it (rlhf/), and neither spells a file's name on its own.
 
     export/            the round's labels (contract/export.py's layout)

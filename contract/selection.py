@@ -8,7 +8,7 @@ committee members; here the committee is the policy's own K samples, and two ans
 disagree by the claims they make (rlhf/ai_feedback.py's splitter: which objects, counts,
 colours, relations), measured as 1 - Jaccard similarity of their claim sets, averaged over
 the sample pairs. `random` is the baseline it is measured against (bench/label_efficiency.py).
-The web app selects from the claims its AI labeller stored (annotation/ai_labels.py), the
+The web app selects from the claims its AI labeller stored (annotation/loop/ai_labels.py), the
 benches from rlhf/ai_feedback.py's splitter: both pass claim sets here.
 """
 

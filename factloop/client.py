@@ -1,4 +1,4 @@
-"""A client of FactLoop's admin REST API (annotation/admin_api.py, annotation/api.py).
+"""A client of FactLoop's admin REST API (annotation/administration/admin_api.py, annotation/web/annotator_api.py).
 
     from factloop import Client
     loop = Client("http://127.0.0.1:8000", username="admin", password="...")

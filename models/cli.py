@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.tiny import SHIPPED, OutOfBand, TinySpec, build_toy_model
-from rlhf.evaluate import evaluate_toyworld
+from rlhf.scene_eval import evaluate_toyworld
+from testbed.tiny import SHIPPED, OutOfBand, TinySpec, build_toy_model
 
 
 def build_tiny(out: Path = SHIPPED, *, force: bool = False, steps: int | None = None, seed: int = 0) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # What a process on another host left (its pid cannot be asked after) counts as abandoned
-# once untouched this long: staging folders here, spooled uploads in annotation.archives.
+# once untouched this long: staging folders here, spooled uploads in annotation.data.archives.
 ABANDONED_AFTER_SECONDS = 24 * 3600
 
 _PATTERN = re.compile(r"^\.(?P<name>.+)\.partial-(?P<host>[^/]+)-(?P<pid>\d+)-[0-9a-f]{8}$")

@@ -268,8 +268,8 @@ class Labeller:
 
 
 def local_answerer(model: Any, processor: Any, *, max_new_tokens: int = 24) -> Answerer:
-    """A transformers model answering greedily (models.tiny.generate works for any family)."""
-    from models.tiny import generate
+    """A transformers model answering greedily (testbed.tiny.generate works for any family)."""
+    from testbed.tiny import generate
 
     def answer(pairs: Sequence[tuple[Any, str]]) -> list[str]:
         images = [_pil(image) for image, _ in pairs]

@@ -2,7 +2,7 @@
 
 - `evaluate --data DIR (--server URL --served NAME | --model PATH) [--adapter DIR]`:
   hallucination metrics, with bootstrap intervals, on a held-out set exported from the
-  database (contract/heldout.py; rlhf/heldout.py): through the vLLM server (an adapter is
+  database (contract/heldout.py; rlhf/hallucination.py): through the vLLM server (an adapter is
   loaded under a temporary name and unloaded after) or in this process. Without `--data`,
   `--model` is scored on held-out scenes of the synthetic world, in process.
 - `compare --new FILE --current FILE --metric M [--margin X]`: the gate's decision between
@@ -25,7 +25,7 @@
   a file path, "response"}; out, one contract/feedback.py `Feedback` a line. Claims come
   from rules over the vocabulary, or with `--split-served NAME` from a served text model.
 - `families [--family T ...] [--cell C ...] [--vllm] [--out FILE.json]`: the family matrix
-  (rlhf/families.py): every trainer, vLLM and the evaluator on each family's tiny
+  (rlhf/family_matrix.py): every trainer, vLLM and the evaluator on each family's tiny
   checkpoint; prints the Markdown table (exit 1 when a cell fails).
 
 Exit status: 0 done, 2 bad input (config, data, model), 1 anything else.
@@ -52,11 +52,11 @@ from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
 from rlhf.data import DataError
 from rlhf.distributed import finish, is_main, launched
-from rlhf.evaluate import evaluate_toyworld, heldout_scenes
-from rlhf.families import CELLS, markdown, run_row, write_pairs
-from rlhf.heldout import LocalResponder, ServedResponder
-from rlhf.heldout import evaluate as evaluate_heldout
+from rlhf.family_matrix import CELLS, markdown, run_row, write_pairs
+from rlhf.hallucination import LocalResponder, ServedResponder
+from rlhf.hallucination import evaluate as evaluate_heldout
 from rlhf.reward import RewardConfig, train_reward_model
+from rlhf.scene_eval import evaluate_toyworld, heldout_scenes
 from rlhf.scoring import RewardModel, locate_reward_model
 from rlhf.train_dpo import train as train_dpo
 from rlhf.train_rl import train as train_rl
@@ -244,8 +244,8 @@ def _families(args: argparse.Namespace) -> int:
 
     import torch
 
-    from models.families import FAMILIES, family
-    from rlhf.heldout import write_toyworld_set
+    from testbed.family_checkpoints import FAMILIES, family
+    from testbed.toyworld.render import write_heldout_set
 
     try:
         names = [family(name).model_type for name in args.family or [f.model_type for f in FAMILIES]]
@@ -263,7 +263,7 @@ def _families(args: argparse.Namespace) -> int:
     pairs = work / "pairs" if (work / "pairs" / "manifest.json").is_file() else write_pairs(work / "pairs")
     heldout = work / "heldout"
     if not (heldout / "manifest.json").is_file():
-        write_toyworld_set(heldout, 3)
+        write_heldout_set(heldout, 3)
     rows = []
     for name in names:
         print(f"== {name}", file=sys.stderr)

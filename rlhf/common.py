@@ -75,8 +75,8 @@ def model_type_of(model: str | Path) -> str:
 
 def require(model: str | Path, capability: str) -> None:
     """Raise ConfigError with the documented reason when `capability` (a trainer's method,
-    "reward", "vllm"...) is a known gap of the checkpoint's family (contract/families.py)."""
-    from contract.families import REFUSALS
+    "reward", "vllm"...) is a known gap of the checkpoint's family (contract/family_gaps.py)."""
+    from contract.family_gaps import REFUSALS
     from rlhf.config import ConfigError
 
     model_type = model_type_of(model)

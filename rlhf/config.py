@@ -160,7 +160,7 @@ class DPOTrainConfig:
     model: str
     """The policy at the start of the round: a local checkpoint folder or a hub id."""
     data: list[str]
-    """`trl` export folders (annotation.exporters); their pairs are concatenated."""
+    """`trl` export folders (annotation.data.exporters); their pairs are concatenated."""
     output_dir: str
     """Where checkpoints, TensorBoard logs and the final adapter are written."""
     extra_data: list[str] = field(default_factory=list)

@@ -1,6 +1,6 @@
 """Training data from exported labels, and DDPO's token weights.
 
-`load_pairs` reads `trl` exports (annotation/exporters.py; a `datasets` directory with a
+`load_pairs` reads `trl` exports (annotation/data/exporters.py; a `datasets` directory with a
 manifest). Each pair carries the changed segments of its two responses as character
 offsets (`chosen_spans`, `rejected_spans`), so the weights can be computed for any
 tokenizer: `WeightedPreferenceCollator` tokenizes each response as trl's vision collator

@@ -1,6 +1,6 @@
 """Does vLLM serve a checkpoint with a hot-loaded LoRA adapter as transformers runs it?
 
-The family matrix's vLLM cell (rlhf/families.py): start vLLM on the checkpoint from the
+The family matrix's vLLM cell (rlhf/family_matrix.py): start vLLM on the checkpoint from the
 serving venv, load the adapter at runtime (`/v1/load_lora_adapter`, as a round's deploy
 does), answer held-out prompts greedily for `max_tokens` tokens (a stop token does not end
 an answer: a tiny random model often says little else), and compare the generated token
@@ -69,7 +69,7 @@ def local_ids(model: Any, processor: Any, image: bytes, prompt: str, max_tokens:
     import torch
     from PIL import Image
 
-    from models.tiny import prompt_text
+    from testbed.tiny import prompt_text
 
     picture = Image.open(io.BytesIO(image)).convert("RGB")
     inputs = processor(images=[[picture]], text=[prompt_text(processor, prompt)], return_tensors="pt")

@@ -138,7 +138,7 @@ def synthesize(
         elif len(row["prompt"]) == 1:  # single-turn: the policy answers it anew
             candidates.append((index, ""))
     if kind == "noised_image" and candidates:
-        from models.tiny import generate
+        from testbed.tiny import generate
 
         images = [noised(pairs[i]["images"][0], noise, rng) for i, _ in candidates]
         answers = generate(model, processor, images, [message_text(pairs[i]["prompt"]) for i, _ in candidates])

@@ -1,10 +1,10 @@
 """Oracle labels of the synthetic world, written as a `trl` export (the format
-annotation/exporters.py writes from human labels), for the tests and benchmarks.
+annotation/data/exporters.py writes from human labels), for the tests and benchmarks.
 
 The policy answers prompts about training scenes (sampled, like candidates in a round: per
 scene a description and, optionally, one question as synthetic rounds ask); the oracle
 corrects each response's hallucinated segments as an RLHF-V annotator would
-(models/toyworld/oracle.py) and the changed segments come from the same diff the server
+(testbed/toyworld/oracle.py) and the changed segments come from the same diff the server
 uses (contract/spans.py, pure Python). A response with nothing wrong gives no pair.
 """
 
@@ -21,13 +21,13 @@ from typing import Any
 
 from contract.export import single_turn_row, write_manifest, write_pairs
 from contract.spans import changed_spans
-from models.tiny import generate, image_size_of
-from models.toyworld import Scene, render, sample_scenes
-from models.toyworld.oracle import check, correct, prefer
-from models.toyworld.world import make_question
+from testbed.tiny import generate, image_size_of
+from testbed.toyworld import Scene, render, sample_scenes
+from testbed.toyworld.oracle import check, correct, prefer
+from testbed.toyworld.world import make_question
 
 DESCRIBE = "Describe the image."
-TRAIN_SEED = 1234  # the held-out scenes (rlhf.evaluate) use their own seed and id prefix
+TRAIN_SEED = 1234  # the held-out scenes (rlhf.scene_eval) use their own seed and id prefix
 
 
 @dataclass(frozen=True)

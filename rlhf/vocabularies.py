@@ -6,7 +6,7 @@ splits break ties by it):
 
 - "coco": COCO's 80 classes read as standard CHAIR reads them (rlhf/coco.py), in COCO's
   category order;
-- "toyworld": the synthetic world's classes and synonyms (models/toyworld), in its order;
+- "toyworld": the synthetic world's classes and synonyms (testbed/toyworld), in its order;
 - any other name: a vocabulary of the user's own, its classes and synonyms given with it
   (a held-out folder's vocabulary.json, contract/heldout.py), read as "toyworld" is.
 """
@@ -35,7 +35,7 @@ def _coco() -> Vocabulary:
 
 
 def _toyworld() -> Vocabulary:
-    from models.toyworld import CLASSES, SYNONYMS
+    from testbed.toyworld import CLASSES, SYNONYMS
 
     return Vocabulary("toyworld", SynonymTable({cls: SYNONYMS[cls] for cls in CLASSES}), tuple(CLASSES))
 

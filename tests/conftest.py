@@ -161,12 +161,12 @@ def fast_password_hashing(settings: Any) -> None:
 
 @pytest.fixture(scope="session")
 def base_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny LLaVA shipped with the repository (models/tiny-base), so that no
+    """A copy of the tiny LLaVA shipped with the repository (testbed/tiny-base), so that no
     test can change the shipped files. A shipped model that is not a build of the current
     spec fails the session: rebuild it with `make tiny`."""
     import shutil
 
-    from models.tiny import SHIPPED, TinySpec, problems
+    from testbed.tiny import SHIPPED, TinySpec, problems
 
     found = problems(SHIPPED, TinySpec())
     if found:

@@ -9,17 +9,10 @@ from typing import Any
 from django.contrib.auth.models import User
 from PIL import Image as PILImage
 
+from annotation.data.images import add_image, add_prompt
+from annotation.labeling.rounds import add_candidates, create_round, create_tasks, open_round
 from annotation.models import Image, Job, Round, Task
-from annotation.services import (
-    Role,
-    add_candidates,
-    add_image,
-    add_prompt,
-    create_round,
-    create_tasks,
-    ensure_user,
-    open_round,
-)
+from annotation.rules.accounts import Role, ensure_user
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -95,9 +88,9 @@ def make_generation_round(
     sampling: dict[str, Any] | None = None,
 ) -> Round:
     """A draft round of `prompts` toy-world descriptions for `version` to answer, K each."""
-    from annotation.demo.synthetic import png_of_scene
-    from annotation.services import add_prompts_to_round
-    from models.toyworld import sample_scenes
+    from annotation.labeling.rounds import add_prompts_to_round
+    from testbed.toyworld import sample_scenes
+    from testbed.toyworld.render import png_of_scene
 
     round_ = create_round(policy_version=version)
     Round.objects.filter(pk=round_.pk).update(
@@ -117,7 +110,7 @@ def machine_feedback(
 ) -> dict[str, Any]:
     """An AI labeller's stored feedback (contract/feedback.py) doubting the words `doubted`
     of `text` (default: its first word), proposing to replace them with `fix` ("" deletes
-    them; None proposes nothing), as annotation/ai_labels.py stores it on a candidate."""
+    them; None proposes nothing), as annotation/loop/ai_labels.py stores it on a candidate."""
     from contract.feedback import ClaimVerdict, Feedback
 
     words = doubted if doubted is not None else text.split()[0]

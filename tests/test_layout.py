@@ -51,16 +51,16 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf.train_dpo",
         "rlhf.toy_pairs",
         "rlhf.cli",
-        "rlhf.heldout",
+        "rlhf.hallucination",
         "rlhf.vocabularies",
         "rlhf.reward",
         "rlhf.losses",
         "rlhf.scoring",
         "rlhf.train_rl",
-        "rlhf.families",
+        "rlhf.family_matrix",
         "rlhf.serving_check",
-        "models.families",
-        "contract.families",
+        "testbed.family_checkpoints",
+        "contract.family_gaps",
         "contract.feedback",
         "contract.selection",
         "rlhf.ai_feedback",
@@ -73,7 +73,7 @@ def test_model_side_packages_load_neither_django_nor_torch(package: str) -> None
 
 
 def test_web_app_loads_no_torch() -> None:
-    setup = "import django; django.setup(); import webapp.urls, webapp.wsgi, annotation.tasks"
+    setup = "import django; django.setup(); import webapp.urls, webapp.wsgi, annotation.worker.tasks"
     loaded = loaded_after_import(["webapp"], ["torch", "transformers", "trl"], setup=setup)
     assert loaded == []
 

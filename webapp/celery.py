@@ -27,7 +27,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
 # A task that names no queue is a mistake: route it where it does least harm (short jobs).
 app.conf.task_default_queue = "generate"
-app.autodiscover_tasks(["annotation"])
+app.autodiscover_tasks(["annotation.worker"])
 
 
 def worker_command(
@@ -45,7 +45,7 @@ def worker_command(
 
     Every worker on a host needs a name of its own (`name`, by default its queues, then
     @ and the host): a worker starting up takes back the running jobs recorded under its
-    name, as its dead predecessor's (annotation.jobs.sweep)."""
+    name, as its dead predecessor's (annotation.jobs.lifecycle.sweep)."""
     node = f"{name or '-'.join(queues)}@%h"
     command = [python, "-m", "celery", "-A", "webapp", "worker", "-n", node, "-Q", ",".join(queues), "--pool", "solo"]
     command += ["--without-gossip", "--without-mingle", "--loglevel", loglevel]

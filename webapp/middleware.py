@@ -11,8 +11,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonR
 from django.urls import Resolver404, resolve
 from rest_framework.exceptions import AuthenticationFailed
 
-from annotation.authentication import RoleTokenAuthentication
-from annotation.roles import is_admin
+from annotation.rules.roles import is_admin
+from annotation.web.authentication import RoleTokenAuthentication
 
 # The two routes an admin uploads an import archive to (the admin's form and the API).
 IMPORT_ROUTES = frozenset({"annotation_prompt_import", "api-admin-imports"})

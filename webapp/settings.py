@@ -67,7 +67,7 @@ MIDDLEWARE = [
     # After authentication (who sends a body decides its cap); runs before any view or
     # CsrfViewMiddleware's process_view reads the body.
     "webapp.middleware.BodyLimitMiddleware",
-    "annotation.audit.AuditActorMiddleware",
+    "annotation.rules.audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "webapp.middleware.ContentSecurityPolicyMiddleware",
@@ -89,7 +89,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "annotation.roles.role_context",
+                "annotation.rules.roles.role_context",
             ],
         },
     },
@@ -130,10 +130,10 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 # FACTLOOP_TRUSTED_PROXIES proxies (an ingress, a load balancer) the address the outermost
 # of them saw, from X-Forwarded-For. Unset behind a proxy, every client shares its address.
 FACTLOOP_TRUSTED_PROXIES = env.integer("FACTLOOP_TRUSTED_PROXIES", 0, minimum=0, maximum=16)
-AXES_CLIENT_IP_CALLABLE = "annotation.authentication.client_address"
+AXES_CLIENT_IP_CALLABLE = "annotation.web.authentication.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
-AXES_LOCKOUT_CALLABLE = "annotation.authentication.lockout_response"
+AXES_LOCKOUT_CALLABLE = "annotation.web.authentication.lockout_response"
 AXES_VERBOSE = False
 # API tokens expire this many hours after they are issued (signing in again issues a new
 # one); a password change or a deactivation deletes them at once.
@@ -175,14 +175,14 @@ FACTLOOP_VLLM_URL = env.text("FACTLOOP_VLLM_URL", "http://127.0.0.1:8100")
 FACTLOOP_VLLM_URLS = env.csv("FACTLOOP_VLLM_URLS", [])
 FACTLOOP_SERVING_PYTHON = env.path("FACTLOOP_SERVING_PYTHON", BASE_DIR / ".venv-serving/bin/python", base=BASE_DIR)
 FACTLOOP_GENERATE_CONCURRENCY = env.integer("FACTLOOP_GENERATE_CONCURRENCY", 8, minimum=1, maximum=256)
-# AI feedback (annotation/ai_labels.py): a chat model served on the vLLM server that splits
+# AI feedback (annotation/loop/ai_labels.py): a chat model served on the vLLM server that splits
 # candidates into claims, as RLAIF-V does; empty: the rule-based splitter.
 FACTLOOP_AI_SPLITTER = env.text("FACTLOOP_AI_SPLITTER", "")
 
 # Annotation: how long an annotator holds a task before it goes back to the pool.
 FACTLOOP_LEASE_MINUTES = env.integer("FACTLOOP_LEASE_MINUTES", 15, minimum=1, maximum=24 * 60)
 
-# Quality control (annotation.quality): an annotator is flagged when their gold accuracy or
+# Quality control (annotation.labeling.quality): an annotator is flagged when their gold accuracy or
 # agreement with peers, each over at least FACTLOOP_QC_MIN_ITEMS labels, is under these.
 FACTLOOP_QC_MIN_GOLD_ACCURACY = env.fraction("FACTLOOP_QC_MIN_GOLD_ACCURACY", 0.8)
 FACTLOOP_QC_MIN_AGREEMENT = env.fraction("FACTLOOP_QC_MIN_AGREEMENT", 0.6)
@@ -207,7 +207,7 @@ FACTLOOP_TRAIN_LAUNCHER = env.choice("FACTLOOP_TRAIN_LAUNCHER", "none", LAUNCHER
 FACTLOOP_ACCELERATE_CONFIG = env.text("FACTLOOP_ACCELERATE_CONFIG", "")
 FACTLOOP_TRAIN_PROCESSES = env.integer("FACTLOOP_TRAIN_PROCESSES", 1, minimum=1, maximum=1024)
 
-# Input limits (annotation/limits.py): imports refuse a row over them, generation cuts a
+# Input limits (annotation/rules/limits.py): imports refuse a row over them, generation cuts a
 # candidate to the response limit, and an annotator's correction may be up to twice it.
 FACTLOOP_MAX_PROMPT_CHARS = env.integer("FACTLOOP_MAX_PROMPT_CHARS", 8000, minimum=16, maximum=10_000_000)
 FACTLOOP_MAX_CONTEXT_CHARS = env.integer("FACTLOOP_MAX_CONTEXT_CHARS", 32_000, minimum=0, maximum=10_000_000)
@@ -253,17 +253,17 @@ else:
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "annotation.authentication.RoleTokenAuthentication",
+        "annotation.web.authentication.RoleTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": [
-        "annotation.authentication.AnonymousThrottle",
-        "annotation.authentication.UserThrottle",
-        "annotation.authentication.ExpensiveThrottle",
+        "annotation.web.authentication.AnonymousThrottle",
+        "annotation.web.authentication.UserThrottle",
+        "annotation.web.authentication.ExpensiveThrottle",
     ],
-    # JSON only; a body over DATA_UPLOAD_MAX_MEMORY_SIZE gets 413 (annotation.api.exception_handler).
-    "DEFAULT_PARSER_CLASSES": ["annotation.parsers.BoundedJSONParser"],
-    "EXCEPTION_HANDLER": "annotation.api.exception_handler",
+    # JSON only; a body over DATA_UPLOAD_MAX_MEMORY_SIZE gets 413 (annotation.web.annotator_api.exception_handler).
+    "DEFAULT_PARSER_CLASSES": ["annotation.web.parsers.BoundedJSONParser"],
+    "EXCEPTION_HANDLER": "annotation.web.annotator_api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -307,7 +307,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 
-# Job recovery (annotation/jobs.py): a running job's worker stamps it every heartbeat; a job
+# Job recovery (annotation/jobs/lifecycle.py): a running job's worker stamps it every heartbeat; a job
 # whose stamp is older than the stale limit is taken back by the sweeper (Celery beat runs
 # it every FACTLOOP_JOB_SWEEP_SECONDS, and each worker sweeps its own jobs at start-up) and
 # queued again, up to FACTLOOP_JOB_MAX_ATTEMPTS claims.

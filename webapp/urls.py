@@ -2,9 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerSplitView
 
-from annotation.api import LogoutApi, SchemaApi, TokenApi
-from annotation.roles import IsAdmin
+from annotation.rules.roles import IsAdmin
 from annotation.urls import api_urlpatterns
+from annotation.web.annotator_api import LogoutApi, SchemaApi, TokenApi
 
 urlpatterns = [
     path("admin/", admin.site.urls),

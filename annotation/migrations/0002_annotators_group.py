@@ -2,7 +2,7 @@ from django.db import migrations
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 
-ANNOTATORS_GROUP = "annotators"  # annotation.roles.ANNOTATORS_GROUP, frozen at this migration
+ANNOTATORS_GROUP = "annotators"  # annotation.rules.roles.ANNOTATORS_GROUP, frozen at this migration
 
 
 def create_group(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 def fill_tiers(apps, schema_editor):
     """Judgements from before Q1 took ties among k: a tie grouped all candidates (2-way), no
-    tie ranked them one by one (annotation.services.submissions.default_tiers)."""
+    tie ranked them one by one (annotation.labeling.submissions.default_tiers)."""
     Judgement = apps.get_model("annotation", "Judgement")
     for judgement in Judgement.objects.filter(tiers=[]).iterator():
         ranking = judgement.ranking

@@ -17,9 +17,10 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
-from annotation import archives, jobs
+from annotation.data import archives
+from annotation.jobs import lifecycle as jobs
 from annotation.models import AuditEvent, Job, Prompt, Round
-from annotation.tasks import import_archive
+from annotation.worker.tasks import import_archive
 from tests.factories import make_job, png_bytes, zip_of
 
 pytestmark = pytest.mark.django_db

@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from annotation import queue, services
+from annotation.data.images import add_prompt
+from annotation.labeling import queue
+from annotation.labeling.rounds import mark_gold
+from annotation.labeling.submissions import submit_judgement
 from annotation.models import Dataset, Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
-from annotation.tasks import export_dataset, import_archive
+from annotation.worker.tasks import export_dataset, import_archive
 from models.registry import Registry
 from tests.annotation.test_pages import client_for
 from tests.factories import make_image, make_round, png_bytes, zip_of
@@ -42,7 +45,7 @@ def test_start_a_round_from_the_admin(
     Registry(settings.FACTLOOP_MODEL_DIR).register("base", base_model="llava-hf/llava-1.5-7b-hf")
     image = make_round(tasks=2).tasks.first().prompt.image  # type: ignore[union-attr]
     for n in range(3):
-        services.add_prompt(image, f"New prompt {n}.")
+        add_prompt(image, f"New prompt {n}.")
     client = client_for(admin_user)
     assert "Start a round" in client.get("/admin/annotation/round/start/").content.decode()
     form = {
@@ -130,7 +133,7 @@ def test_export_runs_as_a_job_with_progress(admin_user: User, annotator: User, s
     make_round(tasks=3)
     while (lease := queue.next_assignment_for(annotator)) is not None:
         ids = [slot.candidate_id for slot in lease.task.slots.all()]
-        services.submit_judgement(annotator, lease.pk, ranking=ids)
+        submit_judgement(annotator, lease.pk, ranking=ids)
     client = client_for(admin_user)
     assert 'value="1" selected' in client.get("/admin/annotation/round/export/?rounds=1").content.decode()
     bad = client.post("/admin/annotation/round/export/", {"format": "factloop", "rounds": [1], "aggregate": "majority"})
@@ -152,11 +155,11 @@ def test_export_runs_as_a_job_with_progress(admin_user: User, annotator: User, s
 def test_quality_page_flags_and_adjudication(admin_user: User, annotator: User, second_annotator: User) -> None:
     round_ = make_round(tasks=6, overlap=2, texts=["Fine <b>answer</b>.", "Other answer."])
     for task in round_.tasks.order_by("pk"):
-        services.mark_gold(task, {"best_positions": [0]})
+        mark_gold(task, {"best_positions": [0]})
     for user, pick in ((annotator, 0), (second_annotator, 1)):
         while (lease := queue.next_assignment_for(user)) is not None:
             ids = [slot.candidate_id for slot in lease.task.slots.all()]
-            services.submit_judgement(user, lease.pk, ranking=[ids[pick], ids[1 - pick]])
+            submit_judgement(user, lease.pk, ranking=[ids[pick], ids[1 - pick]])
     client = client_for(admin_user)
     page = client.get(f"/admin/annotation/round/{round_.number}/quality/").content.decode()
     assert "gold accuracy 0% &lt; 80%" in page and "data:image/svg+xml;base64," in page
@@ -203,7 +206,7 @@ def test_the_train_page_queues_a_run_or_says_why_not(admin_user: User, settings:
     assert page.status_code == 200 and "no held-out prompts to evaluate on" in page.content.decode()
     assert not TrainingRun.objects.exists() and not Job.objects.exists()
     held = Dataset.objects.create(name="mine", vocabulary="coco")
-    services.add_prompt(make_image(), "Describe it.", split="heldout", dataset=held)
+    add_prompt(make_image(), "Describe it.", split="heldout", dataset=held)
     for bad, reason in (
         ({"config": "/no/such.yaml"}, "no config file /no/such.yaml"),
         ({"overrides": "epochs"}, "KEY=VALUE"),

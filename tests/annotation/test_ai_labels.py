@@ -12,20 +12,15 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 
-from annotation import quality, queue
-from annotation.ai_labels import selected_prompts
-from annotation.errors import Invalid
-from annotation.exporters import Selection, check_format, export, select_pairs
+from annotation.data.exporters import Selection, check_format, export, select_pairs
+from annotation.data.images import add_prompt
+from annotation.labeling import quality, queue
+from annotation.labeling.rounds import add_candidates, create_round
+from annotation.labeling.submissions import submit_correction, submit_judgement
+from annotation.loop.ai_labels import selected_prompts
+from annotation.loop.generation import make_round_tasks, start_round
 from annotation.models import Candidate, Correction, Round, Task
-from annotation.services import (
-    add_candidates,
-    add_prompt,
-    create_round,
-    make_round_tasks,
-    start_round,
-    submit_correction,
-    submit_judgement,
-)
+from annotation.rules.errors import Invalid
 from tests.annotation.test_annotation_api import client_for, lease, post
 from tests.factories import machine_feedback, make_image, make_round
 

@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from annotation.models import Assignment, Correction, Judgement, Round, Task
-from annotation.serializers import max_corrected_chars
+from annotation.web.serializers import max_corrected_chars
 from tests.factories import PASSWORD, make_round
 
 pytestmark = pytest.mark.django_db
@@ -111,7 +111,7 @@ def test_next_and_submit_use_a_fixed_number_of_queries(annotator: User, django_a
     # is held off here so that the count does not hang on how long the tests before took.
     from django.utils import timezone
 
-    from annotation import queue as work_queue
+    from annotation.labeling import queue as work_queue
 
     for _ in range(3):
         work_queue._last_sweep["at"] = timezone.now()

@@ -15,9 +15,9 @@ from django.core.management.base import CommandError
 from django.test import Client
 from rest_framework.test import APIClient
 
-from annotation import services
+from annotation.labeling.rounds import freeze_round
 from annotation.models import AuditEvent, Job
-from annotation.roles import ANNOTATORS_GROUP
+from annotation.rules.roles import ANNOTATORS_GROUP
 from models.registry import Registry
 from tests.factories import make_job, make_round
 
@@ -105,7 +105,7 @@ def test_job_retries_and_cancellations_are_recorded(admin_user: User) -> None:
 def test_admins_read_the_log_and_nobody_edits_it(admin_user: User, annotator: User) -> None:
     round_ = make_round(tasks=1)
     mark = last_event()
-    services.freeze_round(round_)
+    freeze_round(round_)
     page = admin_client(admin_user).get("/admin/annotation/auditevent/")
     assert page.status_code == 200 and "Round change" in page.content.decode()
     [event] = events("round", mark)

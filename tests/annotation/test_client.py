@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from annotation import queue, services
-from annotation.authentication import issue_token
+from annotation.data.images import add_prompt
+from annotation.labeling import queue
+from annotation.labeling.submissions import submit_judgement
 from annotation.models import Job, Round
-from annotation.tasks import export_dataset
+from annotation.web.authentication import issue_token
+from annotation.worker.tasks import export_dataset
 from factloop import Client, FactLoopError
 from models.registry import Registry
 from tests.conftest import PYTHON, REPO, clean_env
@@ -41,13 +43,13 @@ def test_an_admin_drives_rounds_exports_and_versions(
     Registry(settings.FACTLOOP_MODEL_DIR).register("base", base_model="base")
     labelled = make_round(tasks=2)
     while (lease := queue.next_assignment_for(annotator)) is not None:
-        services.submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
+        submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
     [listed] = loop.rounds()
     assert (listed["number"], listed["status"], listed["labels"], listed["capacity"]) == (1, "open", 2, 2)
 
     image = make_image()
     for n in range(3):
-        services.add_prompt(image, f"Describe it ({n}).")
+        add_prompt(image, f"Describe it ({n}).")
     started = loop.start_round(policy_version="base", task_kinds=["correct"], limit=2)
     assert started["round"]["number"] == 2 and started["round"]["prompts"] == 2
     assert started["round"]["status"] == "draft" and started["job"]["kind"] == "generate_candidates"

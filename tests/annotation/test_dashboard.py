@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from annotation import queue, services
+from annotation.labeling import queue
+from annotation.labeling.rounds import freeze_round
+from annotation.labeling.submissions import submit_judgement
 from annotation.models import Job, TrainingRun
 from models.registry import Registry
 from tests.annotation.test_annotation_api import client_for
@@ -39,7 +41,7 @@ def test_an_open_round_its_progress_jobs_runs_and_metrics(
     registry.record_evaluation("tiny-base", {"metrics": {"chair_i": 0.08612440191387559, "pope_f1": 1.0}})
     registry.register("round-1-ddpo", base_model="base", parent="tiny-base", round=1, metrics={"chair_i": 0.0213})
     trained = make_round(tasks=1)
-    services.freeze_round(trained)
+    freeze_round(trained)
     TrainingRun.objects.create(
         round=trained,
         method="ddpo",
@@ -61,7 +63,7 @@ def test_an_open_round_its_progress_jobs_runs_and_metrics(
     current = make_round(tasks=3)
     lease = queue.next_assignment_for(annotator)
     assert lease is not None
-    services.submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
+    submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
     make_job(kind=Job.Kind.EXPORT, queue="export", status=Job.Status.RUNNING, progress_done=2, progress_total=5)
 
     page = page_of(admin_user)

@@ -10,10 +10,11 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from annotation.data.images import add_image, add_prompt
+from annotation.labeling.rounds import add_candidates, create_round, create_tasks, open_round
 from annotation.models import Candidate, Image, Prompt, Round, Task, TaskCandidate
-from annotation.services import add_candidates, add_image, add_prompt, create_round, create_tasks, open_round
-from models.toyworld import oracle
-from models.toyworld.world import Scene
+from testbed.toyworld import oracle
+from testbed.toyworld.world import Scene
 from tests.factories import make_image, png_bytes
 
 pytestmark = pytest.mark.django_db

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from annotation import queue, services
+from annotation.data.exporters import queue_export
+from annotation.labeling import queue
+from annotation.labeling.submissions import submit_judgement
 from annotation.models import Job
-from annotation.tasks import export_dataset
+from annotation.worker.tasks import export_dataset
 from tests.annotation.test_annotation_api import client_for
 from tests.factories import make_job, make_round
 
@@ -24,8 +26,8 @@ def finished_export(settings: Any, tmp_path: Path, annotator: User, fmt: str = "
     make_round(tasks=3)
     while (lease := queue.next_assignment_for(annotator)) is not None:
         ids = [slot.candidate_id for slot in lease.task.slots.all()]
-        services.submit_judgement(annotator, lease.pk, ranking=ids)
-    job = services.queue_export(fmt=fmt, rounds=[1])
+        submit_judgement(annotator, lease.pk, ranking=ids)
+    job = queue_export(fmt=fmt, rounds=[1])
     export_dataset.apply(args=(job.pk,))
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error

@@ -14,7 +14,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from annotation.evaluation import export_heldout
+from annotation.loop.evaluation import export_heldout
 from annotation.models import Dataset, Image, Prompt
 from contract.heldout import read_heldout
 from models.registry import Registry
@@ -42,7 +42,7 @@ def test_the_database_evaluator_gives_the_toy_evaluators_figures(
     figures are the in-process transformers evaluator's, up to the few answers in which
     the two runtimes' floating point picks another token."""
     from rlhf.common import load_policy
-    from rlhf.evaluate import evaluate_toyworld, heldout_scenes
+    from rlhf.scene_eval import evaluate_toyworld, heldout_scenes
 
     settings.FACTLOOP_VLLM_URL = vllm_server.url
     call_command("import_toyworld", scenes=SCENES, stdout=io.StringIO())
@@ -106,9 +106,9 @@ def test_an_adapter_is_evaluated_under_a_temporary_name_and_unloaded(
 
     # A version built on another base is refused by evaluation, deployment and generation
     # alike, with both names, before anything is asked of the server.
-    from annotation.deployment import DeployRefused, deploy_version
-    from annotation.errors import Invalid
-    from annotation.generation import served_model
+    from annotation.loop.deployment import DeployRefused, deploy_version
+    from annotation.loop.generation import served_model
+    from annotation.rules.errors import Invalid
     from tests.factories import make_generation_round
 
     registry.register("elsewhere", base_model="someone/another-model", adapter_dir=adapters["b"])

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
-from annotation import queue
-from annotation.exporters import export
+from annotation.data.exporters import export
+from annotation.labeling import queue
+from annotation.labeling.submissions import submit_correction, submit_judgement
 from annotation.models import Task
-from annotation.services import submit_correction, submit_judgement
 from tests.factories import make_round
 
 pytestmark = pytest.mark.django_db
@@ -107,7 +107,7 @@ def test_export_command_writes_and_refuses_bad_input(annotator: User, tmp_path: 
 
 
 def test_rows_stream_in_order_across_chunks(annotator: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from annotation import exporters
+    from annotation.data import exporters
 
     label_everything(annotator)
     whole = [json.dumps(row, sort_keys=True) for row in exporters.factloop_rows([1, 2])]

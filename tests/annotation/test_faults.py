@@ -75,9 +75,9 @@ def test_postgresql_restarted_under_32_annotators_loses_and_doubles_nothing(
 def test_a_full_disk_during_an_export_fails_it_cleanly(tmp_path: Path, settings: Any, admin_user: Any) -> None:
     """A 1 MiB tmpfs as the export folder: the export job fails with the reason, and no
     folder, whole or partial, is left."""
+    from annotation.data.exporters import queue_export
     from annotation.models import Job
-    from annotation.services import queue_export
-    from annotation.tasks import export_dataset
+    from annotation.worker.tasks import export_dataset
     from bench.export import insert_judgements
     from tests.factories import make_image
 
@@ -111,7 +111,7 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
     candidates."""
     from django.conf import settings as live
 
-    from annotation import services
+    from annotation.loop.generation import queue_generation
     from annotation.models import Candidate, Job
     from models.registry import Registry
     from models.server import ServerConfig, VLLMServer
@@ -135,7 +135,7 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
             "tiny-base", prompts=80, k=2, seed=41, prefix="fault", sampling={"max_tokens": 24}
         )
         worker.start()
-        job = services.queue_generation(round_)
+        job = queue_generation(round_)
         wait_until(lambda: Job.objects.get(pk=job.pk).progress_done > 0, 300, "no progress", worker.log)
         server.kill()  # the whole server at once: its API process, engine and worker
         server.stop()
@@ -146,7 +146,7 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
         server.start()
         server.wait_healthy(timeout=300)
         # The admin's "generate missing": a new job for the same round fills what failed.
-        again = services.queue_generation(round_)
+        again = queue_generation(round_)
         wait_until(lambda: Job.objects.get(pk=again.pk).status in Job.FINISHED, 600, "refill unfinished", worker.log)
         refill = Job.objects.get(pk=again.pk)
         assert refill.status == Job.Status.SUCCEEDED and refill.result["failed"] == 0, refill.result

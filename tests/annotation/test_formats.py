@@ -12,9 +12,11 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from annotation import queue, services
-from annotation.exporters import Selection, export
-from annotation.importers import ImportFailed, import_labels, import_prompts
+from annotation.data.exporters import Selection, export
+from annotation.data.importers import ImportFailed, import_labels, import_prompts
+from annotation.labeling import queue
+from annotation.labeling.rounds import add_candidates, create_round, create_tasks, mark_gold, open_round
+from annotation.labeling.submissions import submit_correction, submit_judgement
 from annotation.models import Correction, Judgement, Prompt, Round, Task
 from tests.annotation.test_export import ORIGINAL, label_everything
 from tests.factories import make_round, make_user, png_bytes
@@ -143,13 +145,13 @@ def test_majority_vote_and_gold_threshold(annotator: User, second_annotator: Use
     round_ = make_round(tasks=2, overlap=3, texts=["kind answer.", "wrong answer."])
     gold = round_.tasks.order_by("pk").first()
     assert gold is not None
-    services.mark_gold(gold, {"best_positions": [0]})
+    mark_gold(gold, {"best_positions": [0]})
     picks = {"ann": 0, "bea": 0, "cat": 1}  # two say A is better, one says B
     for user in (annotator, second_annotator, third):
         while (lease := queue.next_assignment_for(user)) is not None:
             ids = [slot.candidate_id for slot in lease.task.slots.all()]
             pick = picks[user.username]
-            services.submit_judgement(user, lease.pk, ranking=[ids[pick], ids[1 - pick]])
+            submit_judgement(user, lease.pk, ranking=[ids[pick], ids[1 - pick]])
     plain = export("trl", Selection((1,), include_gold=True), tmp_path / "plain")
     assert plain == {"pairs": 6}
     majority = export("trl", Selection((1,), aggregate="majority", include_gold=True), tmp_path / "majority")
@@ -200,20 +202,20 @@ def test_export_of_imported_and_annotated_data_feeds_trls_dpo_collator(
         + "\n"
     )
     import_prompts(manifest, folder)
-    round_ = services.create_round(policy_version="base")
+    round_ = create_round(policy_version="base")
     for prompt in Prompt.objects.order_by("pk"):
-        services.add_candidates(round_, prompt, ["There is a red ball.", "There is a red ball and a kite."])
-    services.create_tasks(round_, kind=Task.Kind.RANK)
-    services.create_tasks(round_, kind=Task.Kind.CORRECT)
-    services.open_round(round_)
+        add_candidates(round_, prompt, ["There is a red ball.", "There is a red ball and a kite."])
+    create_tasks(round_, kind=Task.Kind.RANK)
+    create_tasks(round_, kind=Task.Kind.CORRECT)
+    open_round(round_)
     while (lease := queue.next_assignment_for(annotator)) is not None:
         ids = [slot.candidate_id for slot in lease.task.slots.all()]
         if lease.task.kind == Task.Kind.RANK:
-            services.submit_judgement(annotator, lease.pk, ranking=ids)
+            submit_judgement(annotator, lease.pk, ranking=ids)
         elif "kite" in lease.task.slots.get().candidate.text:
-            services.submit_correction(annotator, lease.pk, corrected="There is a red ball and a box.")
+            submit_correction(annotator, lease.pk, corrected="There is a red ball and a box.")
         else:
-            services.submit_correction(annotator, lease.pk, corrected=None, no_hallucination=True)
+            submit_correction(annotator, lease.pk, corrected=None, no_hallucination=True)
     counts = export("trl", [round_.number], tmp_path / "trl")
     assert counts == {"pairs": 4}  # 2 rankings + 2 corrections of the kite answer
     dataset = load_from_disk(str(tmp_path / "trl"))

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
+from annotation.labeling.rounds import add_candidates
 from annotation.models import Candidate, Job, Round, RoundPrompt
-from annotation.services import add_candidates
-from annotation.tasks import generate_candidates
+from annotation.worker.tasks import generate_candidates
 from models.registry import Registry
 from tests.conftest import free_port
 from tests.factories import make_generation_round, make_job
@@ -106,7 +106,7 @@ def test_an_unknown_policy_version_fails_the_job_with_a_reason(settings: Any, re
 
 
 def test_a_frozen_round_takes_no_generation(registry: Registry) -> None:
-    from annotation.services import queue_generation
+    from annotation.loop.generation import queue_generation
 
     round_ = make_generation_round("tiny-base", prompts=1)
     Round.objects.filter(pk=round_.pk).update(status=Round.Status.FROZEN)
@@ -122,7 +122,7 @@ def test_the_policy_labels_its_own_candidates_and_humans_get_the_most_disagreein
     claim of every candidate (rlhf.cli ai-feedback in a child process), the feedback lands on
     the candidates, and with a human budget of 2 prompts only the 2 whose samples disagree
     most get tasks; the round opens."""
-    from annotation.ai_labels import claim_keys
+    from annotation.loop.ai_labels import claim_keys
     from annotation.models import Image, Task
     from contract.feedback import Feedback
     from contract.selection import disagreement

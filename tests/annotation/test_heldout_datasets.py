@@ -16,8 +16,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from annotation import services
-from annotation.evaluation import RlhfFailed, export_heldout, run_rlhf
+from annotation.data.images import add_prompt
+from annotation.labeling.rounds import create_round
+from annotation.loop.evaluation import RlhfFailed, export_heldout, run_rlhf
+from annotation.loop.generation import start_round
 from annotation.models import Dataset, Prompt, Vocabulary
 from contract.heldout import VOCABULARY_FILE, read_heldout
 from tests.factories import make_image, png_bytes
@@ -112,7 +114,7 @@ class Canned:
 
 
 def test_a_users_vocabulary_is_registered_checked_at_import_and_read_by_the_evaluator(tmp_path: Path) -> None:
-    from rlhf.heldout import evaluate
+    from rlhf.hallucination import evaluate
     from rlhf.vocabularies import vocabulary
 
     def register(name: str, data: Any, *options: str) -> str:
@@ -167,21 +169,21 @@ def test_a_users_vocabulary_is_registered_checked_at_import_and_read_by_the_eval
 
 
 def test_rounds_record_the_held_out_dataset_they_start_with() -> None:
-    first = services.create_round()
+    first = create_round()
     assert first.heldout is None  # nothing to evaluate on yet
     coco = Dataset.objects.create(name="coco-val", vocabulary="coco")
-    services.add_prompt(make_image(), "Describe it.", split="heldout", dataset=coco)
-    second = services.create_round()
+    add_prompt(make_image(), "Describe it.", split="heldout", dataset=coco)
+    second = create_round()
     assert second.heldout == coco  # the only one there is
     other = Dataset.objects.create(name="mine", vocabulary="coco")
-    services.add_prompt(make_image((9, 9, 9)), "Describe it.", split="heldout", dataset=other)
-    assert services.create_round().heldout == coco  # the previous round's
-    assert services.create_round(heldout=other).heldout == other
-    prompts = [services.add_prompt(make_image((7, 7, 7)), "Describe it.")]
+    add_prompt(make_image((9, 9, 9)), "Describe it.", split="heldout", dataset=other)
+    assert create_round().heldout == coco  # the previous round's
+    assert create_round(heldout=other).heldout == other
+    prompts = [add_prompt(make_image((7, 7, 7)), "Describe it.")]
     with pytest.raises(ValidationError, match=r"no held-out dataset 'nope'; datasets: coco-val \(1 prompts\), mine"):
-        services.start_round(policy_version="p", prompts=prompts, task_kinds=["rank"], heldout="nope")
+        start_round(policy_version="p", prompts=prompts, task_kinds=["rank"], heldout="nope")
     with pytest.raises(ValidationError, match="only a held-out prompt"):
-        services.add_prompt(make_image((8, 8, 8)), "Describe it.", split="train", dataset=coco)
+        add_prompt(make_image((8, 8, 8)), "Describe it.", split="train", dataset=coco)
 
 
 def test_the_evaluators_output_is_echoed_as_it_runs_and_its_log_kept_when_it_fails(tmp_path: Path) -> None:
@@ -229,7 +231,7 @@ def test_held_out_prompts_made_before_datasets_had_names_join_one_dataset_per_vo
 
 
 def test_a_versions_evaluation_recorded_on_the_same_set_and_request_is_reused(tmp_path: Path, settings: Any) -> None:
-    from annotation.evaluation import evaluate_version, evaluation_request, recorded
+    from annotation.loop.evaluation import evaluate_version, evaluation_request, recorded
     from models.registry import Registry
 
     settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")

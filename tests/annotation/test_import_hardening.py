@@ -17,10 +17,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
-from annotation.archives import unpack
-from annotation.importers import ImportFailed, import_labels, import_prompts
+from annotation.data.archives import unpack
+from annotation.data.importers import ImportFailed, import_labels, import_prompts
 from annotation.models import Image, Job, Prompt
-from annotation.tasks import import_archive
+from annotation.worker.tasks import import_archive
 from tests.factories import png_bytes, zip_of
 
 pytestmark = pytest.mark.django_db
@@ -151,7 +151,7 @@ def test_a_rolled_back_import_leaves_no_image_file(
 ) -> None:
     """The second row's image changes between its check and its import: the import rolls
     back, and the first row's newly stored file goes with it."""
-    from annotation import importers
+    from annotation.data import importers
 
     manifest = jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "prompt": "x"}, {"image": "b.png", "prompt": "y"}])
     real = importers._read_image

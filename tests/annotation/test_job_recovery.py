@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from annotation import jobs
+from annotation.jobs import lifecycle as jobs
 from annotation.models import Job
 from models.staging import remove_dead, staged, staging_path
 from tests.factories import make_job
@@ -270,7 +270,7 @@ def test_a_staged_write_appears_whole_or_not_at_all(tmp_path: Path) -> None:
 def test_celery_beat_runs_the_sweeper_and_the_demo_worker_runs_beat(tmp_path: Path) -> None:
     from django.conf import settings
 
-    import annotation.tasks  # noqa: F401  (registers the tasks)
+    import annotation.worker.tasks  # noqa: F401  (registers the tasks)
     from webapp.celery import app, worker_command
 
     entry = app.conf.beat_schedule["sweep-jobs"]

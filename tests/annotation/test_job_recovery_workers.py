@@ -17,7 +17,9 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models import Count
 
-from annotation import jobs, services
+from annotation.data.exporters import queue_export
+from annotation.jobs import lifecycle as jobs
+from annotation.loop.generation import queue_generation
 from annotation.models import Candidate, Job, Round, TrainingRun
 from models.registry import Registry
 from tests.factories import make_generation_round
@@ -53,7 +55,7 @@ def test_an_export_killed_mid_way_is_written_whole_after_a_restart(worker: Worke
     with connection.cursor() as cursor:
         insert_judgements(cursor, make_image().pk, admin_user.pk, 40_000)
     worker.start()
-    job = services.queue_export(fmt="factloop", rounds=[1])
+    job = queue_export(fmt="factloop", rounds=[1])
     exports = Path(worker.env["FACTLOOP_EXPORT_DIR"])
     kill_mid_job(worker, job)
     assert [p.name for p in exports.iterdir() if ".partial-" in p.name]  # the dead writer's staging folder
@@ -73,7 +75,7 @@ def test_a_generation_killed_mid_way_fills_the_round_once_after_a_restart(
     sampling = {"temperature": 1.0, "max_tokens": 24}
     round_ = make_generation_round("tiny-base", prompts=150, k=2, seed=31, prefix="kill", sampling=sampling)
     worker.start()
-    job = services.queue_generation(round_)
+    job = queue_generation(round_)
     kill_mid_job(worker, job)
     partial = Candidate.objects.filter(round=round_).count()
     assert 0 < partial < 300
@@ -92,7 +94,7 @@ def test_a_training_job_whose_worker_is_killed_resumes_at_its_step_and_its_train
     (rlhf.cli --parent-pid), so the resumed run never races an orphan. Under accelerate
     launch the launcher dies with the worker and every rank with the launcher
     (contract/launch.py), and the resumed run launches again the same way."""
-    from annotation.training import Options, begin
+    from annotation.loop.training import Options, begin
     from tests.annotation.test_train_round import TOY_CONFIG, labelled_round
 
     Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
@@ -149,7 +151,7 @@ def test_an_import_shows_progress_while_it_writes_and_a_killed_one_is_retried_wh
 
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from annotation import archives
+    from annotation.data import archives
     from annotation.models import Prompt
     from tests.factories import png_bytes
 

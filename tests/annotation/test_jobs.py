@@ -12,9 +12,9 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from rest_framework.test import APIClient
 
-from annotation import jobs
+from annotation.jobs import lifecycle as jobs
 from annotation.models import Job
-from annotation.tasks import run_healthcheck
+from annotation.worker.tasks import run_healthcheck
 from tests.factories import make_job
 
 CaptureCallbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
@@ -35,7 +35,7 @@ def test_only_one_claim_wins() -> None:
 @pytest.mark.django_db
 def test_a_message_of_another_kind_claims_nothing() -> None:
     """A stale generation message whose id names a health check leaves it queued."""
-    from annotation.tasks import generate_candidates
+    from annotation.worker.tasks import generate_candidates
 
     job = make_job(kind=Job.Kind.HEALTHCHECK, queue="generate")
     assert Job.claim(job.pk, "w", Job.Kind.GENERATE) is None

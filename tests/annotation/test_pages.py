@@ -11,9 +11,10 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework import serializers
 
-from annotation import queue, selectors
+from annotation.labeling import queue
 from annotation.models import Assignment, Task
-from annotation.serializers import AssignmentOutput
+from annotation.rules import selectors
+from annotation.web.serializers import AssignmentOutput
 from tests.factories import machine_feedback, make_round
 
 pytestmark = pytest.mark.django_db

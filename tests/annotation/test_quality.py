@@ -10,7 +10,11 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from annotation import quality, queue, services
+from annotation.data.images import add_prompt
+from annotation.labeling import quality, queue
+from annotation.labeling.rounds import add_candidates, adjudicate, create_tasks, freeze_round, mark_gold, open_round
+from annotation.labeling.submissions import submit_judgement
+from annotation.loop.generation import make_round_tasks, start_round
 from annotation.models import Round, Task
 from tests.annotation.test_jobs import CaptureCallbacks
 from tests.factories import make_round, make_user
@@ -95,14 +99,14 @@ def _rank_all(annotator: User, *, pick: int) -> None:
     while (lease := queue.next_assignment_for(annotator)) is not None:
         ids = [slot.candidate_id for slot in lease.task.slots.all()]
         order = [ids[pick], ids[1 - pick]]
-        services.submit_judgement(annotator, lease.pk, ranking=order, time_spent_ms=1500)
+        submit_judgement(annotator, lease.pk, ranking=order, time_spent_ms=1500)
 
 
 @pytest.mark.django_db
 def test_round_quality_reads_labels_and_finds_disagreements(annotator: User, second_annotator: User) -> None:
     round_ = make_round(tasks=4, overlap=2)
     for task in round_.tasks.order_by("pk")[:2]:
-        services.mark_gold(task, {"best_positions": [0]})
+        mark_gold(task, {"best_positions": [0]})
     _rank_all(annotator, pick=0)
     _rank_all(second_annotator, pick=1)
     report = quality.round_quality([round_.number])
@@ -128,33 +132,33 @@ def test_gold_answers_are_validated_and_adjudication_feeds_later_rounds(
     bad_answers: list[object] = [{"best_positions": [5]}, {"best_positions": []}, {"no_hallucination": True}, ["x"]]
     for bad in bad_answers:
         with pytest.raises(ValidationError):
-            services.adjudicate(task, bad, by=admin)  # type: ignore[arg-type]
+            adjudicate(task, bad, by=admin)  # type: ignore[arg-type]
     task.refresh_from_db()
     assert task.gold_answer == {} and task.adjudicated_at is None
     for t in first.tasks.order_by("pk"):
-        services.adjudicate(t, {"best_positions": [1]}, by=admin)
-    services.freeze_round(first)
+        adjudicate(t, {"best_positions": [1]}, by=admin)
+    freeze_round(first)
     assert Round.objects.get(pk=first.pk).status == Round.Status.FROZEN
     with pytest.raises(ValidationError, match="already frozen"):
-        services.freeze_round(first)
+        freeze_round(first)
 
     # A later round with a 1/3 gold rate over 6 regular tasks gets 3 gold copies, spread out.
     second = make_round(tasks=0, open_it=False)
     image = first.tasks.first().prompt.image  # type: ignore[union-attr]
     for n in range(6):
-        prompt = services.add_prompt(image, f"Second round prompt {n}.")
-        services.add_candidates(second, prompt, [f"one {n}.", f"two {n}."])
-    tasks = services.create_tasks(second, kind=Task.Kind.RANK, overlap=2, gold_rate=1 / 3)
+        prompt = add_prompt(image, f"Second round prompt {n}.")
+        add_candidates(second, prompt, [f"one {n}.", f"two {n}."])
+    tasks = create_tasks(second, kind=Task.Kind.RANK, overlap=2, gold_rate=1 / 3)
     assert len(tasks) == 9
     flags = [t.is_gold for t in tasks]
     assert sum(flags) == 3 and flags != [False] * 6 + [True] * 3  # mixed in, not appended
     gold = [t for t in tasks if t.is_gold]
     assert all(t.gold_answer == {"best_positions": [1]} and t.slots.count() == 2 for t in gold)
     # The gold copies' candidates are not turned into regular tasks by a second call.
-    assert services.create_tasks(second, kind=Task.Kind.RANK, overlap=2) == []
+    assert create_tasks(second, kind=Task.Kind.RANK, overlap=2) == []
 
     # Annotators see gold tasks as ordinary ones; choosing B on them is right.
-    services.open_round(second)
+    open_round(second)
     _rank_all(annotator, pick=1)
     stats = {s.annotator: s for s in quality.round_quality([second.number]).annotators}
     assert stats["ann"].gold_labels == 3 and stats["ann"].gold_accuracy == 1.0
@@ -167,13 +171,13 @@ def test_a_started_round_makes_its_tasks_and_opens_when_its_candidates_are_in(
     from annotation.models import RoundPrompt
 
     image = make_round(tasks=1).tasks.get().prompt.image
-    prompts = [services.add_prompt(image, f"Prompt {n}.") for n in range(3)]
+    prompts = [add_prompt(image, f"Prompt {n}.") for n in range(3)]
     with pytest.raises(ValidationError, match="task kinds"):
-        services.start_round(policy_version="base", prompts=prompts, task_kinds=["vote"])
+        start_round(policy_version="base", prompts=prompts, task_kinds=["vote"])
     with pytest.raises(ValidationError, match="gold rate"):
-        services.start_round(policy_version="base", prompts=prompts, task_kinds=["rank"], gold_rate=1.0)
+        start_round(policy_version="base", prompts=prompts, task_kinds=["rank"], gold_rate=1.0)
     with django_capture_on_commit_callbacks(execute=False):
-        round_, job = services.start_round(
+        round_, job = start_round(
             policy_version="base",
             prompts=prompts,
             task_kinds=["rank", "correct"],
@@ -184,10 +188,10 @@ def test_a_started_round_makes_its_tasks_and_opens_when_its_candidates_are_in(
     assert RoundPrompt.objects.filter(round=round_).count() == 3
     # What generation does once every prompt has its candidates:
     for prompt in prompts:
-        services.add_candidates(round_, prompt, ["a.", "b."])
+        add_candidates(round_, prompt, ["a.", "b."])
     RoundPrompt.objects.filter(round=round_).update(status=RoundPrompt.Status.DONE)
-    assert services.make_round_tasks(round_) == 3 + 6
+    assert make_round_tasks(round_) == 3 + 6
     round_.refresh_from_db()
     assert round_.status == Round.Status.OPEN
     assert set(round_.tasks.values_list("overlap", flat=True)) == {3}
-    assert services.make_round_tasks(round_) == 0  # again: nothing new
+    assert make_round_tasks(round_) == 0  # again: nothing new

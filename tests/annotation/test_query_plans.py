@@ -12,9 +12,11 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models import QuerySet
 
-from annotation import queue, selectors
+from annotation.data.images import add_prompt
+from annotation.labeling import queue
+from annotation.labeling.rounds import add_candidates, create_round, freeze_round
 from annotation.models import Candidate, Prompt, RoundPrompt, Task
-from annotation.services import add_candidates, add_prompt, create_round, freeze_round
+from annotation.rules import selectors
 from tests.factories import make_image, make_round
 
 pytestmark = pytest.mark.django_db

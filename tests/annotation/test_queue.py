@@ -9,9 +9,9 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError
 from django.utils import timezone
 
-from annotation import queue
+from annotation.labeling import queue
+from annotation.labeling.submissions import submit_judgement
 from annotation.models import Assignment, Round, Task
-from annotation.services import submit_judgement
 from tests.factories import make_round, make_user
 
 pytestmark = pytest.mark.django_db

@@ -60,7 +60,7 @@ def test_bad_input_is_refused_with_the_reason_and_nothing_is_written(
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
         (no_tokenizer / name).unlink(missing_ok=True)
     (tmp_path / "empty").mkdir()
-    unservable = tmp_path / "chameleon"  # a family vLLM cannot serve with images (contract/families.py)
+    unservable = tmp_path / "chameleon"  # a family vLLM cannot serve with images (contract/family_gaps.py)
     shutil.copytree(checkpoint, unservable)
     (unservable / "config.json").write_text(json.dumps({"model_type": "chameleon"}))
     cases: list[tuple[dict[str, Any], str]] = [
@@ -88,7 +88,7 @@ def test_the_admin_registers_a_model_and_starts_rounds_only_from_registered_vers
     registry: Registry, checkpoint: Path, admin_user: User, django_capture_on_commit_callbacks: Any
 ) -> None:
     image = make_round(tasks=1).tasks.get().prompt.image
-    from annotation.services import add_prompt
+    from annotation.data.images import add_prompt
 
     add_prompt(image, "A new prompt.")
     client = Client()

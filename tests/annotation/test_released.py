@@ -1,7 +1,7 @@
-"""The released layouts both ways (annotation/released.py): exports read by loaders that
+"""The released layouts both ways (annotation/data/released.py): exports read by loaders that
 mirror the authors' checks, their released files imported as released, every bad row named,
 and round trips that keep, field by field, what each layout carries (the table in
-annotation/released.py and the README)."""
+annotation/data/released.py and the README)."""
 
 from __future__ import annotations
 
@@ -14,21 +14,14 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from annotation import queue
-from annotation.exporters import export
-from annotation.importers import ImportFailed, import_labels
+from annotation.data.exporters import export
+from annotation.data.images import add_image, add_prompt
+from annotation.data.importers import ImportFailed, import_labels
+from annotation.data.released import RLHF_V_COLUMNS, rlhf_v_features
+from annotation.labeling import queue
+from annotation.labeling.rounds import add_candidates, create_round, create_tasks, open_round
+from annotation.labeling.submissions import submit_correction, submit_judgement
 from annotation.models import Correction, Image, Judgement, Prompt, Round, Task
-from annotation.released import RLHF_V_COLUMNS, rlhf_v_features
-from annotation.services import (
-    add_candidates,
-    add_image,
-    add_prompt,
-    create_round,
-    create_tasks,
-    open_round,
-    submit_correction,
-    submit_judgement,
-)
 from tests.factories import make_round, png_bytes
 
 pytestmark = pytest.mark.django_db
@@ -338,7 +331,7 @@ def _wipe() -> None:
 
 @pytest.mark.parametrize("fmt", ["llava-rlhf", "rlhf-v"])
 def test_a_round_trip_keeps_every_field_the_layout_carries(annotator: User, tmp_path: Path, fmt: str) -> None:
-    """Field by field (annotation/released.py's table): image bytes, name and facts; the
+    """Field by field (annotation/data/released.py's table): image bytes, name and facts; the
     prompt, earlier turns, split and meta (the reference answer); a 3-way ranking with its Q1
     tie and flags, regrouped from its three pairs; the correction with its error type.
     Dropped: the "no hallucination" label (no pair), rationale and timing."""

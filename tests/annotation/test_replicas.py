@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from annotation.models import Candidate, Job, RoundPrompt
-from annotation.tasks import generate_candidates
+from annotation.worker.tasks import generate_candidates
 from models.registry import Registry
 from models.replicas import ReplicaPool, connect
 from models.server import VLLMServer
@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db]
 def second_replica(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """Another vLLM server of the tiny model beside the session's, warmed up (one for the
     module: the test that kills it comes after the one that needs it alive)."""
-    from annotation.demo.synthetic import png_of_scene
-    from models.toyworld import sample_scenes
+    from testbed.toyworld import sample_scenes
+    from testbed.toyworld.render import png_of_scene
 
     with tiny_vllm_server(base_policy, tmp_path_factory.mktemp("replica-b")) as server:
         # A fresh server is slow on its first batches: warm it up with requests in parallel.
@@ -73,7 +73,7 @@ def test_a_replica_killed_mid_round_leaves_its_prompts_to_the_other(
     second_replica: VLLMServer,
     registry: Registry,  # noqa: F811
 ) -> None:
-    from annotation.generation import generate_round
+    from annotation.loop.generation import generate_round
 
     _without_adapter(vllm_server.url, "round-1")
     prompts, k = 48, 2

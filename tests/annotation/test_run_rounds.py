@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from annotation.services import freeze_round
+from annotation.labeling.rounds import freeze_round
 from tests.annotation.test_annotation_api import client_for
 from tests.factories import machine_feedback, make_round
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.demo.simulation import oracle_submission
-from annotation.demo.synthetic import build_synthetic_round
 from annotation.models import Candidate, Correction, Judgement, Task
-from models.toyworld import Scene
-from models.toyworld.oracle import check, correct
+from testbed.demo.simulation import oracle_submission
+from testbed.demo.toy_rounds import build_synthetic_round
+from testbed.toyworld import Scene
+from testbed.toyworld.oracle import check, correct
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,7 +45,7 @@ def test_simulated_annotators_label_every_task_as_the_oracle_would(
 def test_noise_makes_some_answers_wrong() -> None:
     import random
 
-    from models.toyworld import sample_scenes
+    from testbed.toyworld import sample_scenes
 
     scene = sample_scenes(3, 1)[0]
     facts = scene.facts()

@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation import services
-from annotation.datasets import import_toyworld
-from annotation.demo import TOY_DDPO, TOY_PPO
-from annotation.demo.simulation import label_round
-from annotation.demo.synthetic import build_synthetic_round
+from annotation.data.benchmark_sets import import_toyworld
+from annotation.data.images import add_prompt
 from annotation.models import Candidate, Dataset, Image, Job, Prompt, Round, TrainingRun
-from annotation.tasks import generate_candidates
+from annotation.worker.tasks import generate_candidates
 from models.registry import Registry
 from models.serving import ServingClient
+from testbed.demo import TOY_DDPO, TOY_PPO
+from testbed.demo.simulation import label_round
+from testbed.demo.toy_rounds import build_synthetic_round
 from tests.conftest import PYTHON, REPO, clean_env, database_url
 from tests.factories import make_image, make_round
 
@@ -164,7 +164,7 @@ def test_the_gate_keeps_a_worse_policy_out(
     demands that the new policy cut CHAIR_i by half a point, which one epoch on 12 scenes
     cannot, so the gate refuses it on measured figures. Also the job path: without
     --inline the run is queued on the `train` queue."""
-    from annotation.tasks import train_round
+    from annotation.worker.tasks import train_round
 
     settings.FACTLOOP_VLLM_URL = vllm_server.url
     # The job runs here, in the test's transaction, which the heartbeat thread's own
@@ -240,7 +240,7 @@ def test_bad_requests_are_refused(loop: Registry, base_policy: Path) -> None:
     Image.objects.filter(pk=unscorable.image_id).update(facts={"classes": ["ball"]})
     other = Dataset.objects.create(name="toy-small", vocabulary="toyworld")
     for colour in ((1, 2, 3), (4, 5, 6)):
-        services.add_prompt(make_image(colour), "Describe the image.", split="heldout", dataset=other)
+        add_prompt(make_image(colour), "Describe the image.", split="heldout", dataset=other)
     Round.objects.filter(pk=round_.pk).update(heldout=None)
     with pytest.raises(CommandError, match=r"name one \(datasets: toy-small \(2 prompts\), toyworld \(3 prompts\)\)"):
         call_command("train_round", "--inline")
@@ -311,7 +311,7 @@ def test_a_run_killed_while_training_resumes_without_duplicates(
 def test_the_launch_comes_from_the_run_or_the_settings_and_is_checked(settings: Any) -> None:
     """train_round's --launcher/--accelerate-config/--num-processes, else FACTLOOP_TRAIN_*;
     a launch that cannot work is refused before any run is made."""
-    from annotation.training import Options, TrainingRefused
+    from annotation.loop.training import Options, TrainingRefused
     from contract.launch import Launch
 
     assert Options().launch() == Launch()  # the defaults: one process

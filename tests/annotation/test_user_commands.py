@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from annotation.roles import ANNOTATORS_GROUP, is_admin, is_annotator
+from annotation.rules.roles import ANNOTATORS_GROUP, is_admin, is_annotator
 
 User = get_user_model()
 

@@ -80,7 +80,7 @@ def test_ranking_three_responses_hallucination_first_with_a_tie(
     """Q1 groups the three by hallucination (A and B tie, C worst); Q2, asked only then,
     orders the tie by helpfulness (B first). The ranking is B, A, C, and its pairs export
     with the tie on (B, A) only."""
-    from annotation.exporters import export
+    from annotation.data.exporters import export
 
     make_round(tasks=1, per_task=3, texts=["A red ball.", "A red ball at the top.", "A red ball and a kite."])
     base = live_server.url

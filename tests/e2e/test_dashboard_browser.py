@@ -10,7 +10,9 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
-from annotation import queue, services
+from annotation.data.images import add_prompt
+from annotation.labeling import queue
+from annotation.labeling.submissions import submit_judgement
 from annotation.models import Dataset, Job, TrainingRun
 from models.registry import Registry
 from tests.e2e.test_login_browser import log_in
@@ -35,14 +37,14 @@ def test_the_dashboard_follows_a_round(
     round_ = make_round(tasks=2)  # a round whose candidates are in (as generation leaves it)
     Registry(settings.FACTLOOP_MODEL_DIR).register(round_.policy_version, base_model="base")
     held = Dataset.objects.create(name="checks", vocabulary="coco")  # what training evaluates on
-    services.add_prompt(make_image(), "Describe it.", split="heldout", dataset=held)
+    add_prompt(make_image(), "Describe it.", split="heldout", dataset=held)
     page.goto(f"{base}/admin/")
     expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is open for annotation")
     expect(page.get_by_test_id("labelled")).to_contain_text("0 / 2")
     for _ in range(2):
         lease = queue.next_assignment_for(annotator)
         assert lease is not None
-        services.submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
+        submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
     page.reload()
     expect(page.get_by_test_id("labelled")).to_contain_text("2 / 2")
     expect(page.get_by_test_id("labelled")).to_contain_text("100%")

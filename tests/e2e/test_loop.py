@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db(trans
 def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: Path, tmp_path: Path) -> None:
     from django.db import connection
 
-    from annotation import services
+    from annotation.labeling.rounds import freeze_round
     from annotation.models import Candidate, Round, TrainingRun
     from models.registry import Registry
 
@@ -86,7 +86,7 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
         }
         login = re.search(r"^\s+admin\s+(\S+) / (\S+)$", output, flags=re.M)
         assert login is not None, output[-3000:]
-        services.freeze_round(second)  # the example's round is then the only work for the annotators
+        freeze_round(second)  # the example's round is then the only work for the annotators
         username, password = login.group(1), login.group(2)
         run_the_readme_client_example(f"http://127.0.0.1:{port}", username, password, env, tmp_path / "client")
     finally:
@@ -107,9 +107,9 @@ def readme_client_example() -> str:
 
 def prompts_zip(scenes: int) -> bytes:
     """Train-split toy scenes (not the held-out ones) as a JSONL manifest with its images."""
-    from annotation.datasets import TOY_DESCRIBE
-    from annotation.demo.synthetic import png_of_scene
-    from models.toyworld.world import sample_scenes
+    from annotation.data.benchmark_sets import TOY_DESCRIBE
+    from testbed.toyworld.render import png_of_scene
+    from testbed.toyworld.world import sample_scenes
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

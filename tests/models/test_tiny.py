@@ -17,7 +17,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from models.tiny import (
+from rlhf.common import load_policy
+from rlhf.scene_eval import evaluate_toyworld, heldout_scenes
+from testbed.tiny import (
     MANIFEST,
     SHIPPED,
     Band,
@@ -34,9 +36,7 @@ from models.tiny import (
     spec_hash,
     validation_scenes,
 )
-from models.toyworld import render, sample_scenes
-from rlhf.common import load_policy
-from rlhf.evaluate import evaluate_toyworld, heldout_scenes
+from testbed.toyworld import render, sample_scenes
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 
 def test_the_shipped_model_is_a_build_of_the_current_spec() -> None:
-    """The files in models/tiny-base are the ones its manifest lists, built from this spec,
+    """The files in testbed/tiny-base are the ones its manifest lists, built from this spec,
     and the checkpoint it kept was in band on the validation scenes."""
     spec = TinySpec()
     assert problems(SHIPPED, spec) == []

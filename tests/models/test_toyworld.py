@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from models.toyworld import CLASSES, Scene, SceneObject, cooccurrence, describe, render, sample_scenes, true_answer
-from models.toyworld.oracle import check, correct, prefer
-from models.toyworld.world import THEMES, Question, questions_for
+from testbed.toyworld import CLASSES, Scene, SceneObject, cooccurrence, describe, render, sample_scenes, true_answer
+from testbed.toyworld.oracle import check, correct, prefer
+from testbed.toyworld.world import THEMES, Question, questions_for
 
 SCENE = Scene(
     "s-1",

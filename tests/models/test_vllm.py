@@ -11,7 +11,7 @@ import pytest
 
 from models.server import BASE_NAME
 from models.serving import Sampling, ServingClient, ServingError
-from models.toyworld import render, sample_scenes
+from testbed.toyworld import render, sample_scenes
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -45,8 +45,8 @@ def test_greedy_answers_match_transformers_so_the_image_got_through(
 ) -> None:
     import torch
 
-    from models.tiny import generate
     from rlhf.common import load_policy
+    from testbed.tiny import generate
 
     torch.set_num_threads(1)
     served = answers(client, BASE_NAME, scenes)

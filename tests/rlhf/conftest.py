@@ -18,9 +18,9 @@ def rankings(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     question about each of 60 training scenes."""
     import torch
 
-    from models.tiny import image_size_of
     from rlhf import toy_pairs
     from rlhf.common import load_policy
+    from testbed.tiny import image_size_of
 
     torch.set_num_threads(1)
     model, processor = load_policy(str(base_policy))
@@ -69,9 +69,9 @@ def oracle_export(base_policy: Path, tmp_path_factory: pytest.TempPathFactory) -
     """Oracle corrections and rankings of the tiny base policy's descriptions, as a `trl` export."""
     import torch
 
-    from models.tiny import image_size_of
     from rlhf import toy_pairs
     from rlhf.common import load_policy
+    from testbed.tiny import image_size_of
 
     torch.set_num_threads(1)
     model, processor = load_policy(str(base_policy))

@@ -21,9 +21,9 @@ from contract.feedback import (
     write_feedback,
 )
 from contract.selection import disagreement, select
-from models.toyworld import CLASSES, SYNONYMS, sample_scenes
 from rlhf.ai_feedback import Labeller, RuleSplitter, labeller_for, read_number
 from rlhf.metrics import SynonymTable
+from testbed.toyworld import CLASSES, SYNONYMS, sample_scenes
 from tests.rlhf.conftest import dpo_config, rlhf_cli
 
 SPLIT = RuleSplitter(SynonymTable({cls: SYNONYMS[cls] for cls in CLASSES}))
@@ -179,10 +179,10 @@ def test_the_tiny_policy_as_its_own_labeller_flags_absent_objects(base_policy: P
     and the ones it has are not."""
     import torch
 
-    from models.tiny import image_size_of
-    from models.toyworld import render
     from rlhf.ai_feedback import local_answerer
     from rlhf.common import load_policy
+    from testbed.tiny import image_size_of
+    from testbed.toyworld import render
 
     torch.set_num_threads(1)
     model, processor = load_policy(str(base_policy))
@@ -199,8 +199,8 @@ def test_the_tiny_policy_as_its_own_labeller_flags_absent_objects(base_policy: P
 
 
 def test_the_cli_labels_items_and_refuses_bad_input(base_policy: Path, tmp_path: Path) -> None:
-    from models.toyworld import render
-    from models.toyworld.world import sample_scene
+    from testbed.toyworld import render
+    from testbed.toyworld.world import sample_scene
 
     scene = sample_scene(random.Random(5), "cli")
     image = tmp_path / "scene.png"

@@ -33,7 +33,7 @@ TWO = Launch("accelerate", "ddp", 2)
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """38 oracle pairs of the synthetic world (corrections and rankings); no model needed."""
-    from rlhf.families import write_pairs
+    from rlhf.family_matrix import write_pairs
 
     return write_pairs(tmp_path_factory.mktemp("distributed") / "pairs", scenes=24)
 

@@ -1,4 +1,4 @@
-"""The family matrix on the tiny checkpoints (models/families.py, rlhf/families.py): every
+"""The family matrix on the tiny checkpoints (testbed/family_checkpoints.py, rlhf/family_matrix.py): every
 cell of every family passes, or is refused with its documented reason, and each documented
 refusal is still needed (with it lifted, the library really fails). DDPO lowers its loss
 on every family it trains. vLLM's cell is tested apart (tests/models/test_vllm_families.py)."""
@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from contract.families import REFUSALS
-from models.families import FAMILIES
-from rlhf import families, prefix
+from contract.family_gaps import REFUSALS
+from rlhf import family_matrix as families
+from rlhf import prefix
+from testbed.family_checkpoints import FAMILIES
 
 CELLS = [cell for cell in families.CELLS if cell != "vllm"]
 
@@ -22,11 +23,11 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The oracle pairs and the held-out scenes every row uses."""
     import torch
 
-    from rlhf.heldout import write_toyworld_set
+    from testbed.toyworld.render import write_heldout_set
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("families")
-    return families.write_pairs(root / "pairs"), write_toyworld_set(root / "heldout", 3)
+    return families.write_pairs(root / "pairs"), write_heldout_set(root / "heldout", 3)
 
 
 @pytest.mark.parametrize("name", [f.model_type for f in FAMILIES])
@@ -67,7 +68,7 @@ def test_a_trainer_refuses_a_documented_gap_before_loading_anything(tmp_path: Pa
     import subprocess
     import sys
 
-    from models.families import build
+    from testbed.family_checkpoints import build
 
     checkpoint = build("blip-2", tmp_path / "blip2")
     config = tmp_path / "run.yaml"
@@ -120,10 +121,10 @@ def test_rollouts_carry_every_processor_output_and_score_what_was_sampled(
     list included) scores as it did in the batch."""
     import torch
 
-    from models.families import build
     from rlhf.config import RLTrainConfig
     from rlhf.data import load_prompts
     from rlhf.train_rl import gather_logprobs, load_trainable_policy, response_logits, sample, stop_ids
+    from testbed.family_checkpoints import build
 
     pairs, _ = shared
     config = RLTrainConfig(
@@ -198,11 +199,11 @@ def test_one_prefix_pass_per_pair_equals_the_plain_path(name: str, shared: tuple
     path, and the reward model's rewards and gradients the plain forward's, to float
     rounding, with the shared path taken (LLaVA's DDPO, and its tower run once, in
     tests/rlhf/test_ddpo.py)."""
-    from models.families import build
     from rlhf.config import load_config
     from rlhf.reward import RewardConfig
     from rlhf.reward import build_trainer as reward_trainer
     from rlhf.train_dpo import build_trainer as dpo_trainer
+    from testbed.family_checkpoints import build
 
     pairs, _ = shared
     checkpoint = build(name, tmp_path / "checkpoint")

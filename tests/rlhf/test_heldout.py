@@ -16,7 +16,7 @@ from contract.comparison import compare
 from contract.heldout import COCO_CLASSES, Evaluation, HeldoutError, Item, image_name, read_heldout, write_heldout
 from rlhf.cli import main
 from rlhf.coco import CocoObjects
-from rlhf.heldout import Request, evaluate
+from rlhf.hallucination import Request, evaluate
 from tests.factories import png_bytes
 
 

@@ -324,8 +324,8 @@ def test_rating_pairs_drop_ties_and_read_vlfeedbacks_shape(tmp_path: Path) -> No
 
 
 def _ratings_file(folder: Path) -> Path:
-    from models.toyworld import render
     from rlhf.toy_pairs import training_scenes
+    from testbed.toyworld import render
 
     lines = []
     for i, scene in enumerate(training_scenes(4)):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from annotation.authentication import issue_token
+from annotation.web.authentication import issue_token
 from tests.conftest import PYTHON, REPO
 from tests.factories import make_round
 

@@ -22,8 +22,9 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 from rest_framework.test import APIClient
 
-from annotation import jobs, selectors
+from annotation.jobs import lifecycle as jobs
 from annotation.models import Job
+from annotation.rules import selectors
 from tests.conftest import PYTHON, REPO, clean_env, database_url
 from webapp.celery import QUEUES, worker_command
 from webapp.celery import app as celery_app

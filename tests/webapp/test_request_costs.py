@@ -20,7 +20,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotation import limits
+from annotation.rules import limits
 from tests.conftest import REPO
 from tests.factories import PASSWORD
 from webapp.env import is_placeholder

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importers import ImportFailed, ImportReport
+from annotation.data.importers import ImportFailed, ImportReport
 
 
 def run_import(command: BaseCommand, job: Callable[[], ImportReport]) -> ImportReport:

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.services import Role, ensure_user
+from annotation.rules.accounts import Role, ensure_user
 
 
 class EnsureUserCommand(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from models.cli import build_tiny, summary
-from models.tiny import SHIPPED, OutOfBand
+from testbed.tiny import SHIPPED, OutOfBand
 
 
 class Command(BaseCommand):

@@ -5,8 +5,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation import jobs, selectors
+from annotation.jobs import lifecycle as jobs
 from annotation.models import Job
+from annotation.rules import selectors
 from webapp.celery import QUEUES
 
 

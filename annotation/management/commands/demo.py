@@ -5,8 +5,8 @@ process and the web app (gunicorn), waits until both answer, prints the URL and 
 and keeps running until Ctrl-C, when it stops its children.
 
 Without `--loop`, a fresh database gets a synthetic round of annotation work. With `--loop`
-(what `make demo` runs), the whole loop runs first (annotation/demo/loop.py): the tiny base
-policy (shipped in models/tiny-base) is served by vLLM on the CPU, round 1's candidates come from it,
+(what `make demo` runs), the whole loop runs first (testbed/demo/steps.py): the tiny base
+policy (shipped in testbed/tiny-base) is served by vLLM on the CPU, round 1's candidates come from it,
 simulated annotators label them over the HTTP API, `train_round` trains with DDPO and
 hot-loads the new policy, and round 2 opens on it for a person to annotate.
 """
@@ -33,12 +33,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.datasets import import_toyworld
-from annotation.demo.loop import BASE_VERSION, TOY_CONFIG, ensure_base_policy, toy_prompts, wait_open
-from annotation.demo.synthetic import build_synthetic_round
+from annotation.data.benchmark_sets import import_toyworld
+from annotation.loop.generation import start_round
 from annotation.models import Round, TrainingRun
-from annotation.services import ensure_user, start_round
+from annotation.rules.accounts import ensure_user
 from models.server import ServerConfig, VLLMServer
+from testbed.demo.steps import BASE_VERSION, TOY_CONFIG, ensure_base_policy, toy_prompts, wait_open
+from testbed.demo.toy_rounds import build_synthetic_round
 from webapp.celery import worker_command
 
 DEMO_LOGINS = (("admin", "admin"), ("annotator", "annotator"))

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.deployment import DeployRefused, deploy_version
+from annotation.loop.deployment import DeployRefused, deploy_version
 
 
 class Command(BaseCommand):

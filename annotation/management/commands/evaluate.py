@@ -11,9 +11,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.utils import timezone
 
-from annotation.errors import Refused
-from annotation.evaluation import RlhfFailed, described, evaluate_version, export_heldout
-from annotation.services.datasets import choose_dataset
+from annotation.loop.evaluation import RlhfFailed, described, evaluate_version, export_heldout
+from annotation.rules.datasets import choose_dataset
+from annotation.rules.errors import Refused
 from models.registry import Registry, RegistryError
 
 

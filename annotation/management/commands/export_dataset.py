@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.exporters import AGGREGATIONS, FORMATS, Selection, check_format, count_labels, export
+from annotation.data.exporters import AGGREGATIONS, FORMATS, Selection, check_format, count_labels, export
 from annotation.models import Round
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from annotation.datasets import DESCRIBE_PROMPT, import_coco
+from annotation.data.benchmark_sets import DESCRIBE_PROMPT, import_coco
 from annotation.management.commands._imports import run_import
 from annotation.models import Prompt
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importers import LABEL_FORMATS, ImportFailed, import_labels
+from annotation.data.importers import LABEL_FORMATS, ImportFailed, import_labels
 
 
 class Command(BaseCommand):

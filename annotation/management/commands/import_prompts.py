@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importers import import_prompts, is_hf_dataset
+from annotation.data.importers import import_prompts, is_hf_dataset
 from annotation.management.commands._imports import run_import
 
 

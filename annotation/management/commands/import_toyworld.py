@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.datasets import import_toyworld
+from annotation.data.benchmark_sets import import_toyworld
 from annotation.management.commands._imports import run_import
 from annotation.models import Prompt
 

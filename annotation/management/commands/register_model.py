@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.deployment import RegisterRefused, register_model
+from annotation.loop.deployment import RegisterRefused, register_model
 
 
 class Command(BaseCommand):

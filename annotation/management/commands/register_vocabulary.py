@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.errors import Refused
-from annotation.services.datasets import register_vocabulary, vocabulary_names
+from annotation.rules.datasets import register_vocabulary, vocabulary_names
+from annotation.rules.errors import Refused
 
 
 class Command(BaseCommand):

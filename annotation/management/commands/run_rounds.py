@@ -20,10 +20,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Sum
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.demo.loop import wait_open
+from annotation.loop.training import label_counts
 from annotation.models import Round, Task, TrainingRun
-from annotation.training import label_counts
 from contract.methods import METHODS
+from testbed.demo.steps import wait_open
 
 
 def labels_in(round_: Round) -> int:

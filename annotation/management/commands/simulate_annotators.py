@@ -13,10 +13,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.authentication import live_token
-from annotation.demo.simulation import oracle_submission
 from annotation.models import Assignment
-from annotation.services import ensure_user
+from annotation.rules.accounts import ensure_user
+from annotation.web.authentication import live_token
+from testbed.demo.simulation import oracle_submission
 
 
 @dataclass

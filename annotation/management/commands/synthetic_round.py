@@ -6,8 +6,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.demo.synthetic import build_synthetic_round
 from annotation.models import Task
+from testbed.demo.toy_rounds import build_synthetic_round
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from annotation.training import (
+from annotation.loop.training import (
     METHODS,
     Options,
     StepFailed,

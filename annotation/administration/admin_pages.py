@@ -1,0 +1,513 @@
+"""The admin's own pages: start a round, import an upload, export as a job, the quality
+report and adjudication of a round, and the metrics of every round as plots.
+
+Each view is wrapped by `admin_site.admin_view` (staff only) in admin.py and checks the
+permission the page needs. Text from annotators and models is escaped by the templates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from annotation.administration import plots
+from annotation.administration.dashboard import HALLUCINATION_METRICS, figure, hallucination_chart, version_rows
+from annotation.data import archives
+from annotation.data.exporters import AGGREGATIONS, FORMATS, queue_export
+from annotation.data.importers import LABEL_FORMATS
+from annotation.labeling import quality, rounds
+from annotation.loop import generation
+from annotation.loop.deployment import RegisterRefused, policy_choices, register_model
+from annotation.loop.training import Options, TrainingRefused, queue_run
+from annotation.models import Candidate, Prompt, Round, Task, TaskCandidate
+from annotation.rules import selectors
+from contract.methods import KL, METHODS, REWARD
+from models.registry import Registry
+
+
+def _context(admin: Any, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
+    return {**admin.admin_site.each_context(request), "opts": admin.model._meta, "title": title, **extra}
+
+
+def _require(request: HttpRequest, permission: str) -> None:
+    if not request.user.has_perm(permission):
+        raise PermissionDenied
+
+
+# ---------------------------------------------------------------------------------------
+# Start a round
+
+
+class StartRoundForm(forms.Form):
+    policy_version = forms.ChoiceField(
+        choices=[], help_text="The registered policy version whose candidates the round labels (see Register a model)."
+    )
+    task_kinds = forms.MultipleChoiceField(
+        choices=Task.Kind.choices, widget=forms.CheckboxSelectMultiple, initial=[Task.Kind.RANK]
+    )
+    candidates_per_prompt = forms.IntegerField(min_value=1, max_value=16, initial=2, label="K (candidates per prompt)")
+    overlap = forms.IntegerField(min_value=1, max_value=20, initial=1, label="Overlap k (annotators per task)")
+    gold_rate = forms.FloatField(
+        min_value=0, max_value=0.5, initial=0.0, help_text="Share of gold tasks (known answers) mixed in."
+    )
+    split = forms.ChoiceField(choices=Prompt.Split.choices, initial=Prompt.Split.TRAIN)
+    only_new = forms.BooleanField(required=False, initial=True, label="Only prompts no earlier round used")
+    limit = forms.IntegerField(
+        min_value=1,
+        max_value=selectors.MAX_ROUND_PROMPTS,
+        required=False,
+        help_text="At most this many prompts (oldest first).",
+    )
+    temperature = forms.FloatField(min_value=0, max_value=2, initial=0.7)
+    max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
+    ai_labeller = forms.CharField(
+        required=False,
+        max_length=255,
+        help_text='AI feedback (RLAIF-V): "policy" (the policy labels its own candidates), a registered version '
+        "(a judge), or empty for none. Annotators see its doubts as machine suggestions.",
+    )
+    selection = forms.ChoiceField(
+        choices=[("all", "all prompts"), ("random", "random"), ("disagreement", "most disagreeing samples")],
+        initial="all",
+        required=False,
+        help_text="Which prompts get human tasks; disagreement needs an AI labeller.",
+    )
+    human_prompts = forms.IntegerField(
+        min_value=1, required=False, help_text="The human budget in prompts, for random or disagreement selection."
+    )
+    heldout = forms.SlugField(
+        max_length=64,
+        required=False,
+        help_text="The held-out dataset its training is evaluated on; empty: the previous round's, else the only one.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Only what is registered, read when the form is made (the registry is on disk).
+        self.fields["policy_version"].choices = [(name, name) for name in policy_choices()]  # type: ignore[attr-defined]
+
+    def prompts(self) -> list[Prompt]:
+        data = self.cleaned_data
+        return selectors.prompts_for_a_round(data["split"], only_new=data["only_new"], limit=data["limit"])
+
+
+class RegisterModelForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="The version name (letters, digits, '.', '_', '-').")
+    model = forms.CharField(
+        max_length=1024, help_text="A checkpoint folder on the server, or a hub id (organisation/name)."
+    )
+    adapter = forms.CharField(
+        max_length=1024, required=False, help_text="Optionally, a LoRA adapter folder on the server."
+    )
+
+
+def register_model_page(admin: Any, request: HttpRequest) -> HttpResponse:
+    _require(request, "annotation.add_round")
+    form = RegisterModelForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            version = register_model(
+                data["name"], data["model"], adapter=Path(data["adapter"]) if data["adapter"] else None, by=request.user
+            )
+        except RegisterRefused as error:
+            form.add_error(None, str(error))
+        else:
+            messages.success(request, f"Registered {version.name} ({version.base_model}); a round can start from it.")
+            return HttpResponseRedirect(reverse("admin:annotation_round_start"))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, "Register a model", form=form)
+    )
+
+
+def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
+    _require(request, "annotation.add_round")
+    form = StartRoundForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            round_, job = generation.start_round(
+                policy_version=data["policy_version"],
+                prompts=form.prompts(),
+                task_kinds=data["task_kinds"],
+                candidates_per_prompt=data["candidates_per_prompt"],
+                overlap=data["overlap"],
+                gold_rate=data["gold_rate"],
+                sampling={"temperature": data["temperature"], "max_tokens": data["max_tokens"]},
+                ai_labeller=data["ai_labeller"].strip(),
+                selection=data["selection"] or "all",
+                human_prompts=data["human_prompts"],
+                heldout=data["heldout"],
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request,
+                f"{round_} started over {round_.round_prompts.count()} prompts; generation is job #{job.pk}. "
+                "It opens for annotation once every prompt has its candidates.",
+            )
+            return HttpResponseRedirect(reverse("admin:annotation_round_changelist"))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, "Start a round", form=form)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Import an upload
+
+
+class ImportForm(forms.Form):
+    kind = forms.ChoiceField(
+        choices=[("prompts", "Prompts (JSONL or CSV manifest with images, or a datasets directory)")]
+        + [(fmt, f"Labels: {fmt} JSON with images") for fmt in LABEL_FORMATS]
+    )
+    archive = forms.FileField(help_text="A .zip holding the manifest (or JSON, or datasets directory) and its images.")
+    skip_bad = forms.BooleanField(required=False, help_text="Import the good rows and report the bad ones.")
+    dataset = forms.SlugField(
+        max_length=64,
+        required=False,
+        help_text="The held-out dataset its held-out rows join (default heldout; created when new).",
+    )
+
+
+def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
+    """Check and spool the upload, then import it as a background job (annotation.data.archives):
+    the request unpacks nothing; the job's page shows its progress and any bad rows."""
+    _require(request, "annotation.add_round")
+    form = ImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = archives.queue_import(
+                form.cleaned_data["archive"],
+                form.cleaned_data["kind"],
+                skip_bad=form.cleaned_data["skip_bad"],
+                dataset=form.cleaned_data["dataset"],
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request, f"The import is job #{job.pk}: a worker unpacks and checks it; this page shows its progress."
+            )
+            return HttpResponseRedirect(reverse("admin:annotation_job_change", args=[job.pk]))
+    return TemplateResponse(
+        request,
+        "admin/annotation/form_page.html",
+        _context(admin, request, "Import prompts or labels", form=form, multipart=True),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Export as a job
+
+
+class ExportForm(forms.Form):
+    format = forms.ChoiceField(choices=[(f, f) for f in FORMATS])
+    rounds = forms.ModelMultipleChoiceField(queryset=Round.objects.order_by("number"), to_field_name="number")
+    aggregate = forms.ChoiceField(
+        choices=[(a, a) for a in AGGREGATIONS], help_text="Pair formats: merge a task's labels by majority vote."
+    )
+    min_gold_accuracy = forms.FloatField(
+        min_value=0, max_value=1, required=False, help_text="Keep only annotators whose gold accuracy passes this."
+    )
+    include_gold = forms.BooleanField(required=False, help_text="Pair formats: keep the gold tasks' labels.")
+    ai_pairs = forms.BooleanField(
+        required=False, help_text="trl: add the AI labeller's pairs (source ai), after the people's."
+    )
+
+
+def export_rounds(admin: Any, request: HttpRequest) -> HttpResponse:
+    _require(request, "annotation.view_round")
+    initial = {"rounds": request.GET.get("rounds", "").split(",")} if request.GET.get("rounds") else {}
+    form = ExportForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = queue_export(
+                fmt=data["format"],
+                rounds=[r.number for r in data["rounds"]],
+                aggregate=data["aggregate"],
+                min_gold_accuracy=data["min_gold_accuracy"],
+                include_gold=data["include_gold"],
+                ai_pairs=data["ai_pairs"],
+                created_by=request.user,
+            )
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request, f"Export queued as job #{job.pk}; it is written under {settings.FACTLOOP_EXPORT_DIR}."
+            )
+            return HttpResponseRedirect(reverse("admin:annotation_job_change", args=[job.pk]))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, "Export a dataset", form=form)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Quality and adjudication
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+class TrainForm(forms.Form):
+    method = forms.ChoiceField(choices=[(m, m) for m in METHODS], initial="ddpo")
+    config = forms.CharField(
+        required=False, max_length=1000, help_text="A trainer settings file (YAML) on the server; empty: the defaults."
+    )
+    overrides = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Trainer settings, one KEY=VALUE a line (e.g. epochs=2).",
+    )
+    dataset = forms.SlugField(
+        max_length=64,
+        required=False,
+        help_text="The held-out dataset to evaluate on; empty: the one the round recorded when it started.",
+    )
+    force = forms.BooleanField(required=False, help_text="Deploy even if the gate refuses.")
+    resume = forms.BooleanField(required=False, help_text="Finish the round's unfinished run instead.")
+
+
+def train_round(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
+    """Train the round as a job (what `manage.py train_round` does): freeze, export, train,
+    evaluate, gate, register, deploy, open the next round."""
+    _require(request, "annotation.change_round")
+    round_ = get_object_or_404(Round, number=number)
+    form = TrainForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        overrides = [line.strip() for line in data["overrides"].splitlines() if line.strip()]
+        try:
+            run = queue_run(
+                round_,
+                Options(
+                    method=data["method"],
+                    config=data["config"] or None,
+                    overrides=overrides,
+                    force=data["force"],
+                    dataset=data["dataset"],
+                ),
+                resume=data["resume"],
+                created_by=request.user,
+            )
+        except TrainingRefused as error:
+            form.add_error(None, str(error))
+        else:
+            assert run.job is not None
+            messages.success(request, f"Training {round_} is job #{run.job.pk} (run #{run.pk}).")
+            return HttpResponseRedirect(reverse("admin:annotation_job_change", args=[run.job.pk]))
+    return TemplateResponse(
+        request, "admin/annotation/form_page.html", _context(admin, request, f"Train {round_}", form=form)
+    )
+
+
+def round_quality(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
+    _require(request, "annotation.view_round")
+    round_ = get_object_or_404(Round, number=number)
+    report = quality.round_quality([number])
+    people = report.annotators
+    chart = plots.bars(
+        f"Round {number}: annotators",
+        [s.annotator for s in people],
+        {
+            "gold accuracy": [s.gold_accuracy for s in people],
+            "agreement with peers": [s.peer_agreement for s in people],
+        },
+    )
+    rows = [
+        {
+            "name": s.annotator,
+            "labels": s.labels,
+            "gold": f"{_pct(s.gold_accuracy)} of {s.gold_labels}" if s.gold_labels else "-",
+            "agreement": _pct(s.peer_agreement),
+            "per_hour": "-" if s.tasks_per_hour is None else f"{s.tasks_per_hour:.0f}",
+            "median": "-" if s.median_seconds is None else f"{s.median_seconds:.1f}",
+            "flags": "; ".join(s.flags),
+        }
+        for s in people
+    ]
+    kappa = [
+        {"kind": k, "a": a, "b": b, "n": n, "kappa": "-" if v is None else f"{v:.2f}"} for k, a, b, n, v in report.kappa
+    ]
+    alpha = {kind: "-" if v is None else f"{v:.2f}" for kind, v in report.alpha.items()}
+    context = _context(
+        admin,
+        request,
+        f"Quality of {round_}",
+        round=round_,
+        report=report,
+        rows=rows,
+        kappa=kappa,
+        alpha=alpha,
+        ai={key: _pct(getattr(report.ai, key)) for key in ("precision", "recall", "ranking_agreement")}
+        if report.ai
+        else None,
+        chart=chart,
+        thresholds={
+            "gold": settings.FACTLOOP_QC_MIN_GOLD_ACCURACY,
+            "agreement": settings.FACTLOOP_QC_MIN_AGREEMENT,
+            "items": settings.FACTLOOP_QC_MIN_ITEMS,
+        },
+    )
+    return TemplateResponse(request, "admin/annotation/round_quality.html", context)
+
+
+ADJUDICATE_PAGE = 50
+
+
+class AdjudicateForm(forms.Form):
+    task = forms.IntegerField(min_value=1, max_value=2**63 - 1)
+    answer = forms.CharField(required=False, max_length=8)
+
+
+def adjudicate(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
+    """Tasks whose annotators disagree, with every answer; an admin's answer is kept on the
+    task (and later rounds draw their gold tasks from such answers)."""
+    _require(request, "annotation.change_round")
+    round_ = get_object_or_404(Round, number=number)
+    if request.method == "POST":
+        form = AdjudicateForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "No task was named.")
+            return HttpResponseRedirect(request.path)
+        task = get_object_or_404(Task, pk=form.cleaned_data["task"], round=round_)
+        value = form.cleaned_data["answer"]
+        if task.kind == Task.Kind.RANK:
+            position = value if value.isascii() and value.isdecimal() else ""
+            answer: dict[str, Any] = {"best_positions": [int(position)] if position else []}
+        else:
+            answer = {"no_hallucination": value == "ok"} if value in ("ok", "fix") else {}
+        try:
+            rounds.adjudicate(task, answer, by=request.user)
+        except ValidationError as error:
+            messages.error(request, f"Task #{task.pk}: {' '.join(error.messages)}")
+        else:
+            messages.success(request, f"Task #{task.pk}: answer recorded; it joins the gold pool of later rounds.")
+        return HttpResponseRedirect(request.path)
+    labels = quality.read_labels([number])
+    by_task: dict[int, list[quality.Label]] = {}
+    for label in labels:
+        by_task.setdefault(label.task, []).append(label)
+    disputed = [t for t, group in by_task.items() if len({label.value for label in group}) > 1]
+    open_tasks = (
+        Task.objects.filter(pk__in=disputed, adjudicated_at__isnull=True, is_gold=False)
+        .select_related("prompt__image")
+        .order_by("pk")[:ADJUDICATE_PAGE]
+    )
+    slots: dict[int, list[str]] = {}
+    for slot in TaskCandidate.objects.filter(task__in=open_tasks).select_related("candidate").order_by("position"):
+        slots.setdefault(slot.task_id, []).append(slot.candidate.text)
+    items = []
+    for task in open_tasks:
+        letters = [chr(ord("A") + i) for i in range(len(slots.get(task.pk, [])))]
+        choices: list[tuple[str, str]] = (
+            [(str(i), letter) for i, letter in enumerate(letters)]
+            if task.kind == Task.Kind.RANK
+            else [("ok", "no hallucination"), ("fix", "needs a correction")]
+        )
+        answers = []
+        for label in by_task[task.pk]:
+            shown = letters[label.value] if isinstance(label.value, int) else label.value
+            answers.append({"annotator": label.annotator, "answer": shown})
+        items.append(
+            {
+                "task": task,
+                "image_url": reverse("image-file", args=[task.prompt.image.sha256]),
+                "candidates": list(zip(letters, slots.get(task.pk, []), strict=True)),
+                "answers": answers,
+                "choices": choices,
+            }
+        )
+    context = _context(
+        admin, request, f"Adjudicate {round_}", round=round_, items=items, disputed=len(disputed), page=ADJUDICATE_PAGE
+    )
+    return TemplateResponse(request, "admin/annotation/adjudicate.html", context)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics of every round
+
+TRAINING_METRICS = (REWARD, KL)  # RunResult.registry_metrics: what train_round registers
+MODEL_METRICS = HALLUCINATION_METRICS + TRAINING_METRICS
+
+
+def round_metrics(admin: Any, request: HttpRequest) -> HttpResponse:
+    """Per round: annotation quality from the database, and the metrics each trained model
+    version recorded in the registry (hallucination, reward, KL), as tables and plots."""
+
+    _require(request, "annotation.view_round")
+    numbers = list(Round.objects.order_by("number").values_list("number", flat=True))
+    annotation_rows: list[dict[str, Any]] = []
+    for number in numbers:
+        report = quality.round_quality([number])
+        graded = [s.gold_accuracy for s in report.annotators if s.gold_accuracy is not None]
+        annotation_rows.append(
+            {
+                "round": number,
+                "labels": report.labels,
+                "alpha_rank": report.alpha.get("rank"),
+                "alpha_correct": report.alpha.get("correct"),
+                "gold": sum(graded) / len(graded) if graded else None,
+                "flagged": sum(s.flagged for s in report.annotators),
+                "ai_labelled": Candidate.objects.filter(round__number=number, ai_feedback__isnull=False).count(),
+            }
+        )
+    rows = version_rows(Registry(settings.FACTLOOP_MODEL_DIR))
+    # Columns with at least one value (DDPO records no reward or KL), figures to 3 decimals:
+    # a held-out set of hundreds of items tells no more.
+    shown = [k for k in MODEL_METRICS if any(m.get(k) is not None for _, _, m in rows)] or list(HALLUCINATION_METRICS)
+    model_rows = [{"round": r, "name": name, "metrics": [figure(m.get(k)) for k in shown]} for r, name, m in rows]
+    charts = [
+        plots.lines(
+            "Agreement and gold accuracy per round",
+            numbers,
+            {
+                "Krippendorff's alpha (rank)": [r["alpha_rank"] for r in annotation_rows],
+                "Krippendorff's alpha (correct)": [r["alpha_correct"] for r in annotation_rows],
+                "mean gold accuracy": [r["gold"] for r in annotation_rows],
+            },
+        ),
+        plots.lines(
+            "Labels per round",
+            numbers,
+            {  # a round without labels yet is no point (nothing to draw before the first)
+                "human labels": [r["labels"] or None for r in annotation_rows],
+                "candidates the AI labeller labelled": [r["ai_labelled"] or None for r in annotation_rows],
+            },
+        ),
+        hallucination_chart(rows),
+        plots.lines(
+            "Reward and KL per round (trained versions)",
+            [r for r, _, _ in rows],
+            {name: [m.get(name) for _, _, m in rows] for name in TRAINING_METRICS},
+        ),
+    ]
+    for row in annotation_rows:
+        for key in ("alpha_rank", "alpha_correct"):
+            row[key] = "-" if row[key] is None else f"{row[key]:.2f}"
+        row["gold"] = _pct(row["gold"])
+    context = _context(
+        admin,
+        request,
+        "Metrics per round",
+        annotation_rows=annotation_rows,
+        model_rows=model_rows,
+        model_metrics=shown,
+        charts=[c for c in charts if c],
+    )
+    return TemplateResponse(request, "admin/annotation/round_metrics.html", context)

@@ -1,0 +1,196 @@
+"""Evaluation datasets into the database, as prompts with known facts.
+
+- `coco_rows` reads COCO-format annotations (an `instances_*.json`, optionally a
+  `captions_*.json`, and the images folder): one description prompt per image, its facts
+  the COCO classes of its object annotations and its reference captions, in the "coco"
+  vocabulary. Object HalBench and POPE are built from exactly these (RLHF-V evaluates
+  Object HalBench on COCO val2014 images with their instance and caption annotations; POPE
+  samples its probes from COCO's instance annotations). The rows go through
+  importers.import_rows, so each is checked as `import_prompts` checks its rows, and an
+  image whose annotation names an unknown category is a bad row.
+- `import_toyworld` stores the synthetic world's held-out scenes (the ones
+  rlhf.scene_eval.evaluate_toyworld renders) as description prompts in the "toyworld"
+  vocabulary: the same evaluator then scores the toy world as any other dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from annotation.data.images import add_image, add_prompt, atomic_with_files
+from annotation.data.importers import ImportReport, Problem, import_rows
+from annotation.models import Dataset, Prompt
+from annotation.rules.datasets import dataset_for_import
+from annotation.rules.errors import Refused
+from contract.heldout import COCO_CLASSES
+from testbed.toyworld import Question, Scene, heldout_scenes
+from testbed.toyworld.render import png_of_scene
+from testbed.toyworld.world import NUMBER_WORDS, make_question
+
+DESCRIBE_PROMPT = "Describe this image in detail."  # Object HalBench's kind of instruction
+TOY_DESCRIBE = "Describe the image."  # what evaluate_toyworld asks
+TOY_QUESTION_KINDS = ("count", "exist", "color")
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be read as the format it claims; the message says why."""
+
+
+def _json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DatasetError(f"cannot read {what} {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a COCO {what} file (a JSON object)")
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{path} is not a COCO {what} file: no {key!r} list")
+    return data
+
+
+def coco_rows(
+    instances: Path,
+    captions: Path | None,
+    *,
+    split: str = Prompt.Split.HELDOUT,
+    prompt: str = DESCRIBE_PROMPT,
+    limit: int | None = None,
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(row number, row or the reason it is bad) per image of the instances file, in its
+    order: the image's file name, the prompt, and facts {classes, captions, vocabulary}."""
+    if limit is not None and limit < 1:
+        raise DatasetError(f"--limit must be at least 1 (got {limit}); leave it out for every image")
+    data = _json(instances, "instances")
+    if not isinstance(data.get("categories"), list):
+        raise DatasetError(f"{instances} is not a COCO instances file: no 'categories' list")
+    categories: dict[int, str] = {}
+    for category in data["categories"]:
+        if not isinstance(category, dict) or not isinstance(category.get("id"), int):
+            raise DatasetError(f"{instances}: a category without an integer id: {str(category)[:200]}")
+        categories[category["id"]] = str(category.get("name", ""))
+    names: dict[Any, list[str]] = {}
+    bad: dict[Any, list[str]] = {}
+    for number, annotation in enumerate(data["annotations"], start=1):
+        if not isinstance(annotation, dict) or "image_id" not in annotation:
+            raise DatasetError(f"{instances}: annotation {number} has no image_id")
+        image_id, category_id = annotation["image_id"], annotation.get("category_id")
+        name = categories.get(category_id) if isinstance(category_id, int) else None
+        if name is None:
+            bad.setdefault(image_id, []).append(
+                f"annotation {annotation.get('id', number)}: unknown category id {category_id!r}"
+            )
+        elif name not in COCO_CLASSES:
+            bad.setdefault(image_id, []).append(f"category {category_id} ({name!r}) is not one of COCO's 80 classes")
+        else:
+            names.setdefault(image_id, []).append(name)
+    texts: dict[Any, list[str]] = {}
+    if captions is not None:
+        for annotation in _json(captions, "captions")["annotations"]:
+            if isinstance(annotation, dict) and isinstance(annotation.get("caption"), str):
+                texts.setdefault(annotation.get("image_id"), []).append(annotation["caption"].strip())
+    images = data["images"][:limit] if limit is not None else data["images"]
+    for number, image in enumerate(images, start=1):
+        if not isinstance(image, dict) or not isinstance(image.get("file_name"), str) or "id" not in image:
+            yield number, "an image entry needs an id and a file_name"
+            continue
+        image_id = image["id"]
+        if image_id in bad:
+            yield number, f"image {image_id}: " + "; ".join(bad[image_id][:3])
+            continue
+        facts = {
+            "classes": sorted(set(names.get(image_id, []))),
+            "captions": texts.get(image_id, []),
+            "vocabulary": "coco",
+            "coco_id": image_id,
+        }
+        row = {"image": image["file_name"], "prompt": prompt, "split": split, "facts": facts}
+        yield number, {**row, "meta": {"kind": "describe"}, "source": f"coco:{image_id}"}
+
+
+def import_coco(
+    instances: Path,
+    captions: Path | None,
+    images: Path,
+    *,
+    split: str = Prompt.Split.HELDOUT,
+    prompt: str = DESCRIBE_PROMPT,
+    limit: int | None = None,
+    skip_bad: bool = False,
+    dataset: str = "coco",
+) -> ImportReport:
+    """Import COCO images as prompts with facts (held-out ones into `dataset`, in the "coco"
+    vocabulary); all or nothing unless `skip_bad` (importers.ImportFailed names the bad rows)."""
+    if not Path(images).is_dir():
+        raise DatasetError(f"{images} is not a folder")
+    if not prompt.strip():
+        raise DatasetError("the prompt is empty")
+    rows = list(coco_rows(instances, captions, split=split, prompt=prompt, limit=limit))
+    return import_rows(rows, Path(images), skip_bad=skip_bad, dataset=dataset, vocabulary="coco")
+
+
+def short_answer(scene: Scene, question: Question) -> str:
+    """The answer a response must contain: yes or no (existence; "no" for a count of none),
+    the number word (count) or the colour (color)."""
+    if question.kind == "exist":
+        return "yes" if question.target in scene.classes else "no"
+    if question.kind == "count":
+        return NUMBER_WORDS[scene.count(question.target)]  # "no" for none
+    if question.kind == "color":
+        return scene.of_class(question.target)[0].colour
+    raise ValueError(f"no short answer for a {question.kind} question")
+
+
+def import_toyworld(
+    scenes: int,
+    *,
+    split: str = Prompt.Split.HELDOUT,
+    image_size: int = 96,
+    questions: bool = False,
+    dataset: str = "toyworld",
+) -> ImportReport:
+    """The first `scenes` held-out scenes of the synthetic world (their images rendered at
+    `image_size`) as description prompts, in scene order; with `questions`, a question with
+    its known answer per scene too. Prompts already there are kept, not duplicated (a
+    re-run adds the scenes it did not have). Held-out prompts join `dataset` (ValueError when
+    it exists in another vocabulary than "toyworld")."""
+    report = ImportReport()
+    rng = random.Random(0)
+    held: Dataset | None = None
+    if split == Prompt.Split.HELDOUT:
+        try:
+            held, _ = dataset_for_import(dataset, "toyworld")
+        except Refused as error:
+            raise ValueError(error.message) from None
+        report.dataset = held.name
+    with atomic_with_files():
+        if held is not None and held.pk is None:
+            held.save()
+        for scene in heldout_scenes(scenes):
+            report.rows += 1
+            facts = {**scene.facts(), "vocabulary": "toyworld"}
+            image = add_image(png_of_scene(scene, image_size), facts=facts, source=scene.scene_id)
+            texts = [(TOY_DESCRIBE, {"kind": "describe"})]
+            if questions:
+                question = make_question(rng, scene, rng.choice(TOY_QUESTION_KINDS))  # type: ignore[arg-type]
+                if question is not None:
+                    texts.append((question.text, {"kind": "question", "answer": short_answer(scene, question)}))
+            for text, meta in texts:
+                there = Prompt.objects.filter(image=image, text=text).first()
+                if there is None:
+                    add_prompt(image, text, split=split, meta=meta, dataset=held)
+                    report.prompts += 1
+                elif image.source != scene.scene_id:  # the tiny world repeats a scene now and then
+                    report.problems.append(
+                        Problem(report.rows, f"{scene.scene_id} is the same image as {image.source}")
+                    )
+                elif there.dataset_id != (held.pk if held is not None else None):
+                    report.problems.append(Problem(report.rows, f"{scene.scene_id} is already in another dataset"))
+                else:
+                    report.already += 1
+            report.images += 1
+    return report

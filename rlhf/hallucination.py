@@ -1,0 +1,234 @@
+"""Hallucination of a policy on a held-out set from the database (contract/heldout.py), any
+dataset, any model family.
+
+A `Responder` answers (image, prompt) requests: `ServedResponder` asks the vLLM server
+(OpenAI-compatible API, concurrent requests so the server batches them; greedy decoding,
+a fixed seed), `LocalResponder` runs transformers' `generate` in this process (the bench's
+comparison, and machines without a server). The answers are scored from the items' facts
+(docs/methods.md section 3):
+
+- "describe" items: CHAIR_i and CHAIR_s (Rohrbach et al., 2018) and Object HalBench's
+  response rate (Yu et al., 2024, RLHF-V), the ground truth being the item's objects plus
+  the objects its reference captions name (as standard CHAIR adds them); mean length in
+  words and the share of empty answers.
+- POPE (Li et al., 2023) from the same images: for each split (random, popular,
+  adversarial) `pope_per_image` present and as many absent objects per image, absent ones
+  by the set's own object frequencies and co-occurrences; `pope_f1` is the splits' mean F1.
+- "question" items: accuracy against the known answer (yes/no answers read by POPE's rule;
+  any other answer correct when the response contains it as whole words, case-insensitive).
+- with a reward model (rlhf.scoring.RewardModel): its mean score of the answers to the
+  items, the facts given to it as it was trained (`reward_mean`).
+
+Every metric carries a 95% percentile bootstrap interval over the items; the statistics
+and the gate's paired comparison are contract/comparison.py's, which the web app calls too.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from contract.comparison import POPE_SPLITS, draws, indices, interval, statistics
+from contract.heldout import Evaluation, Heldout, HeldoutError, Item
+from rlhf.metrics import PopeQuestion, build_pope, pope_says_yes
+from rlhf.vocabularies import Vocabulary, vocabulary
+
+
+@dataclass(frozen=True)
+class Request:
+    image: bytes
+    prompt: str
+    context: tuple[dict[str, str], ...] = ()
+
+
+class Responder(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def answer(self, requests: Sequence[Request]) -> list[str]: ...
+
+
+@dataclass
+class ServedResponder:
+    """Answers from an OpenAI-compatible server (models.serving.ServingClient) as `model`."""
+
+    client: Any
+    model: str
+    max_tokens: int = 256
+    workers: int = 32  # requests in flight: the server batches up to its max_num_seqs of them
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        from models.serving import Sampling
+
+        sampling = Sampling(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=self.seed)
+
+        def one(request: Request) -> str:
+            completion = self.client.chat(
+                model=self.model, prompt=request.prompt, image=request.image, context=request.context, sampling=sampling
+            )
+            return str(completion.texts[0])
+
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            answers = pool.map(one, requests)
+            return list(tqdm(answers, total=len(requests), desc=f"answers from {self.model}", mininterval=2))
+
+
+@dataclass
+class LocalResponder:
+    """Greedy answers from a transformers model in this process (single-turn prompts)."""
+
+    model: Any
+    processor: Any
+    name: str = "local"
+    max_tokens: int = 256
+    batch_size: int = 32
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        from PIL import Image
+
+        from testbed.tiny import generate
+
+        if any(request.context for request in requests):
+            raise HeldoutError("the in-process responder answers single-turn prompts only; serve the model")
+        images = [Image.open(io.BytesIO(request.image)).convert("RGB") for request in requests]
+        return generate(
+            self.model,
+            self.processor,
+            images,
+            [request.prompt for request in requests],
+            max_new_tokens=self.max_tokens,
+            batch_size=self.batch_size,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring
+
+
+def _truth(item: Item, vocab: Vocabulary) -> set[str]:
+    unknown = set(item.objects) - set(vocab.order)
+    if unknown:
+        raise HeldoutError(f"item {item.id}: objects outside the {vocab.name} vocabulary: {sorted(unknown)}")
+    named = {m.cls for caption in item.captions for m in vocab.reader.mentions(caption)}
+    return set(item.objects) | named
+
+
+def _correct(response: str, answer: str) -> bool:
+    expected = answer.strip().lower()
+    if expected in ("yes", "no"):
+        return pope_says_yes(response) == (expected == "yes")
+    words = r"\s+".join(re.escape(part) for part in expected.split())
+    return bool(words) and re.search(rf"(?<!\w){words}(?!\w)", response, flags=re.IGNORECASE) is not None
+
+
+def pope_probes(heldout: Heldout, vocab: Vocabulary, *, per_image: int, seed: int) -> dict[str, list[PopeQuestion]]:
+    """POPE's questions for each split, from the describe items' images (each once, in item
+    order) and their objects (or, where an item lists none, the objects its captions name)."""
+    images: dict[str, set[str]] = {}
+    for item in heldout.items:
+        if item.kind == "describe" and item.image not in images:
+            truth = set(item.objects) or {m.cls for c in item.captions for m in vocab.reader.mentions(c)}
+            images[item.image] = truth
+    pairs = [(image, sorted(truth)) for image, truth in images.items() if truth]
+    return {
+        split: build_pope(pairs, vocab.order, split, per_image=per_image, seed=seed)  # type: ignore[arg-type]
+        for split in POPE_SPLITS
+    }
+
+
+def evaluate(
+    heldout: Heldout,
+    responder: Responder,
+    *,
+    pope_per_image: int = 1,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    progress: Callable[[str, int, int], None] | None = None,
+    reward_model: Any = None,
+) -> Evaluation:
+    """Answers of `responder` to every item and POPE probe, scored, with intervals."""
+    began = time.perf_counter()
+    try:
+        vocab = vocabulary(heldout.vocabulary, heldout.classes)
+    except ValueError as error:  # a user vocabulary whose forms collide once plurals are read
+        raise HeldoutError(str(error)) from None
+    describe = [item for item in heldout.items if item.kind == "describe"]
+    questions = [item for item in heldout.items if item.kind == "question"]
+    truths = [_truth(item, vocab) for item in describe]
+    probes = pope_probes(heldout, vocab, per_image=pope_per_image, seed=seed)
+    images: dict[str, bytes] = {}
+
+    def image(name: str) -> bytes:
+        if name not in images:
+            images[name] = (heldout.folder / name).read_bytes()
+        return images[name]
+
+    requests = [Request(image(i.image), i.prompt, i.context) for i in [*describe, *questions]]
+    for split in POPE_SPLITS:
+        requests += [Request(image(q.image), q.text) for q in probes[split]]
+    if progress:
+        progress("answering", 0, len(requests))
+    answers = responder.answer(requests)
+    if progress:
+        progress("scoring", len(requests), len(requests))
+    descriptions, rest = answers[: len(describe)], answers[len(describe) :]
+    qa_answers, rest = rest[: len(questions)], rest[len(questions) :]
+
+    records: dict[str, Any] = {"describe": [], "qa": [], "pope": {}}
+    for text, truth in zip(descriptions, truths, strict=True):
+        mentioned = [m.cls for m in vocab.reader.mentions(text)]
+        hallucinated = sum(cls not in truth for cls in mentioned)
+        records["describe"].append([len(mentioned), hallucinated, len(text.split())])
+    records["qa"] = [int(_correct(text, item.answer)) for text, item in zip(qa_answers, questions, strict=True)]
+    if reward_model is not None:
+        records["reward"] = reward_scores(reward_model, heldout, [*describe, *questions], [*descriptions, *qa_answers])
+    for split in POPE_SPLITS:
+        split_answers, rest = rest[: len(probes[split])], rest[len(probes[split]) :]
+        records["pope"][split] = [
+            [int(q.label == "yes"), int(pope_says_yes(a))] for q, a in zip(probes[split], split_answers, strict=True)
+        ]
+    metrics = statistics(records, indices(records))
+    samples = [statistics(records, draw) for draw in draws(records, bootstrap, seed)]
+    intervals = {key: interval([s[key] for s in samples]) for key in metrics}
+    examples = [
+        {"id": item.id, "prompt": item.prompt, "response": text}
+        for item, text in list(zip(describe, descriptions, strict=True))[:5]
+    ]
+    return Evaluation(
+        policy=responder.name,
+        heldout_digest=heldout.digest,
+        vocabulary=heldout.vocabulary,
+        metrics=metrics,
+        intervals=intervals,
+        records=records,
+        examples=examples,
+        settings={"pope_per_image": pope_per_image, "seed": seed, "bootstrap": bootstrap, "items": len(heldout.items)},
+        seconds=round(time.perf_counter() - began, 2),
+        dataset=heldout.dataset,
+        items=len(heldout.items),
+    )
+
+
+def reward_scores(model: Any, heldout: Heldout, items: Sequence[Item], responses: Sequence[str]) -> list[float]:
+    """The reward model's score of each response to its item (the item's objects and
+    captions as the facts)."""
+    from PIL import Image
+
+    from contract.export import user_turns
+
+    prompts = [user_turns([*item.context, {"role": "user", "content": item.prompt}]) for item in items]
+    images = [Image.open(io.BytesIO(heldout.image_bytes(item))).convert("RGB") for item in items]
+    facts = [{"classes": list(item.objects), "captions": list(item.captions)} for item in items]
+    return [float(s) for s in model.score(prompts, list(responses), images, facts)]
