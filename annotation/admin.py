@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from annotation.administration import admin_pages as admin_views
+from annotation.administration import admin_pages
 from annotation.jobs import lifecycle as jobs
 from annotation.labeling.rounds import freeze_round
 from annotation.loop.generation import queue_generation
@@ -162,7 +162,7 @@ class PromptAdmin(ReadOnlyAdmin):
 
         view = self.admin_site.admin_view
         return [
-            path("import/", view(partial(admin_views.import_upload, self)), name="annotation_prompt_import"),
+            path("import/", view(partial(admin_pages.import_upload, self)), name="annotation_prompt_import"),
             *super().get_urls(),
         ]
 
@@ -189,23 +189,23 @@ class RoundAdmin(admin.ModelAdmin):
 
         view = self.admin_site.admin_view
         return [
-            path("start/", view(partial(admin_views.start_round, self)), name="annotation_round_start"),
+            path("start/", view(partial(admin_pages.start_round, self)), name="annotation_round_start"),
             path(
                 "register-model/",
-                view(partial(admin_views.register_model_page, self)),
+                view(partial(admin_pages.register_model_page, self)),
                 name="annotation_round_register_model",
             ),
-            path("export/", view(partial(admin_views.export_rounds, self)), name="annotation_round_export"),
-            path("metrics/", view(partial(admin_views.round_metrics, self)), name="annotation_round_metrics"),
+            path("export/", view(partial(admin_pages.export_rounds, self)), name="annotation_round_export"),
+            path("metrics/", view(partial(admin_pages.round_metrics, self)), name="annotation_round_metrics"),
             path(
                 "<int:number>/quality/",
-                view(partial(admin_views.round_quality, self)),
+                view(partial(admin_pages.round_quality, self)),
                 name="annotation_round_quality",
             ),
-            path("<int:number>/train/", view(partial(admin_views.train_round, self)), name="annotation_round_train"),
+            path("<int:number>/train/", view(partial(admin_pages.train_round, self)), name="annotation_round_train"),
             path(
                 "<int:number>/adjudicate/",
-                view(partial(admin_views.adjudicate, self)),
+                view(partial(admin_pages.adjudicate, self)),
                 name="annotation_round_adjudicate",
             ),
             *super().get_urls(),

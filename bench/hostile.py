@@ -268,7 +268,7 @@ def part_workers(database_url: str, var_dir: Path, judgements: int) -> dict[str,
             database_url,
             var_dir,
             "from django.db import connection\nfrom django.contrib.auth.models import User\n"
-            "from annotation.services import add_image\nfrom bench.export import insert_judgements\n"
+            "from annotation.data.images import add_image\nfrom bench.export import insert_judgements\n"
             "from tests.factories import png_bytes\n"
             f"cur = connection.cursor(); insert_judgements(cur, add_image(png_bytes()).pk, "
             f"User.objects.get(username='ada').pk, {judgements}); print('{{}}')",

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
 from contract.spans import changed_spans, released_changes
-from rlhf.data import token_weights, usable_spans
+from rlhf.training_data import token_weights, usable_spans
 from testbed.toyworld import oracle
 from testbed.toyworld.world import make_question, sample_scenes, sampled_responses
 

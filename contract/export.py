@@ -1,7 +1,7 @@
 """The `trl` export: the files that carry labels from the web app to training.
 
 annotation/data/exporters.py writes them from the database, rlhf/toy_pairs.py from the synthetic
-world's oracle; rlhf/data.py reads them. A `datasets` directory in TRL's conversational
+world's oracle; rlhf/training_data.py reads them. A `datasets` directory in TRL's conversational
 preference format (prompt, chosen, rejected as message lists; images) plus the changed
 segments and provenance, with a manifest (schema version, format, the SHA-256 of every
 file). `datasets` is imported only when a file is written.

@@ -50,7 +50,6 @@ from contract.run import ADAPTER
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
-from rlhf.data import DataError
 from rlhf.distributed import finish, is_main, launched
 from rlhf.family_matrix import CELLS, markdown, run_row, write_pairs
 from rlhf.hallucination import LocalResponder, ServedResponder
@@ -60,6 +59,7 @@ from rlhf.scene_eval import evaluate_toyworld, heldout_scenes
 from rlhf.scoring import RewardModel, locate_reward_model
 from rlhf.train_dpo import train as train_dpo
 from rlhf.train_rl import train as train_rl
+from rlhf.training_data import DataError
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -238,7 +238,7 @@ class DPOTrainConfig:
     """Steps whose gradients add up before an update."""
     max_length: int | None = None
     """Truncate prompt + response to this many tokens; None keeps everything (truncation can
-    cut image tokens: STACK-FACTS.md)."""
+    cut image tokens, and the model then finds fewer image tokens than features)."""
     warmup_ratio: float = 0.0
     """Share of steps with a linearly rising learning rate."""
     weight_decay: float = 0.0

@@ -10,7 +10,7 @@ The reward model is one class for every image-text-to-text family (`reward_model
 the checkpoint's own model as AutoModelForImageTextToText loads it, with a linear head on
 the last layer's hidden state (transformers ships sequence-classification heads for a few
 families only: Gemma 3's is GenericForSequenceClassification over its base model, which
-BLIP-2's nested outputs do not fit; STACK-FACTS.md). trl's RewardTrainer is text-only, so
+BLIP-2's nested outputs do not fit). trl's RewardTrainer is text-only, so
 it trains on transformers' Trainer with the Bradley-Terry loss (`trainer_class`): LoRA on
 the language model and the head trained in full (peft's modules_to_save), device
 placement, mixed precision, gradient checkpointing, checkpoints and resume, accelerate.
@@ -30,7 +30,7 @@ from contract.results import RewardResult
 from contract.run import ADAPTER
 from rlhf.common import last_checkpoint, mean_over_ranks, prepare_torch, write_log
 from rlhf.config import DTYPES, ConfigError, LoraSettings, normalise_run_inputs
-from rlhf.data import load_pairs
+from rlhf.training_data import load_pairs
 
 REWARD_INFO = "factloop_reward.json"  # in the adapter folder: what scoring needs besides the weights
 # 2: the head on any image-text-to-text backbone (ImageTextRewardModel); 1 (no "format"

@@ -9,7 +9,7 @@ there a cat in the image?") about an image whose object list is known.
 
 One `RewardFunction` serves FactLoop's PPO and trl's GRPO/RLOO trainers (trl calls it with
 the prompts, the completions and the dataset's other columns as keyword arguments, images
-and `image_facts` among them: STACK-FACTS.md).
+and `image_facts` among them: trl's GRPOTrainer docs, reward functions).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ serving venv, load the adapter at runtime (`/v1/load_lora_adapter`, as a round's
 does), answer held-out prompts greedily for `max_tokens` tokens (a stop token does not end
 an answer: a tiny random model often says little else), and compare the generated token
 ids with transformers' greedy ones with the same adapter merged (float32 on both sides;
-STACK-FACTS.md found vLLM's log-probs within 4 decimals of transformers' on the tiny
+vLLM's log-probs were found within 4 decimals of transformers' on the tiny
 LLaVA). Token ids, not text: a tiny random model says things that are not valid text (a
 partial UTF-8 byte decodes differently in the two detokenizers) or only white space.
 """

@@ -32,8 +32,8 @@ from typing import Any
 
 from contract.export import assistant_turn, write_manifest, write_pairs
 from contract.spans import changed_spans
-from rlhf.data import message_text
 from rlhf.metrics import plural
+from rlhf.training_data import message_text
 
 SYNTHETIC_SOURCE = "synthetic"
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")

@@ -4,7 +4,7 @@ RLHF-V (arXiv:2312.00849, eq. 3-4; docs/methods.md 2c) replaces DPO's
 sequence log-likelihood with a weighted one, s(y|x) = sum_U log p + gamma sum_C log p
 (optionally over |U| + gamma |C|), in both the policy's and the reference's terms. trl's
 DPOTrainer sums per-token log-probabilities inside its private `_compute_loss`
-(STACK-FACTS.md): `DDPOTrainer` weights them on their way out of the model, with a
+(trl, `DPOTrainer._compute_loss`): `DDPOTrainer` weights them on their way out of the model, with a
 forward hook on the policy (and a separate reference, if any) that multiplies the fused
 LM head's `log_probs` by the collator's `token_scale` for the duration of one loss
 computation. trl's own loss code then runs unchanged; with every weight 1 it is exactly
@@ -36,8 +36,8 @@ from rlhf.common import (
     write_log,
 )
 from rlhf.config import DPOTrainConfig, dump
-from rlhf.data import DataError, load_pairs, make_collator, pair_severity, weigh_source
 from rlhf.distributed import is_main
+from rlhf.training_data import DataError, load_pairs, make_collator, pair_severity, weigh_source
 
 ADAPTER_DIR = ADAPTER  # contract/run.py: where a trainer leaves its adapter
 # Methods whose loss is rlhf/objectives.py's (objective_loss), not trl's.
@@ -86,7 +86,7 @@ def trainer_class() -> type:
         # The run's config when its method is one of rlhf/objectives.py's (sft, mdpo,
         # hsa_dpo, halva); None for DDPO and DPO, which are trl's loss with token weights.
         objective: DPOTrainConfig | None = None
-        mean_severity = 1.0  # HSA-DPO: the training pairs' mean severity (rlhf/data.py)
+        mean_severity = 1.0  # HSA-DPO: the training pairs' mean severity (rlhf/training_data.py)
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
             from rlhf.prefix import wrap_forward

@@ -3,7 +3,7 @@ GRPO and RLOO with the same reward function.
 
 PPO (Schulman et al., 2017) as LLaVA-RLHF ran it (arXiv:2309.14525, section 3;
 docs/methods.md 2b), written here because trl ships no PPO for images
-(STACK-FACTS.md). One step:
+(trl 0.2x's PPOTrainer takes text only). One step:
 
 1. Rollouts: the policy samples a response per prompt (image included) at `temperature`.
 2. Scoring: reward = reward_scale * reward model score (with the image's facts when the
@@ -44,12 +44,12 @@ from contract.results import RunResult
 from rlhf import losses
 from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch, require, write_log
 from rlhf.config import ConfigError, RLTrainConfig, dump
-from rlhf.data import load_prompts
 from rlhf.distributed import is_main, world_size
 from rlhf.reward import load_backbone
 from rlhf.rollouts import RolloutMismatch, ServerRollouts, check_prompt, openai_messages
 from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms, locate_reward_model, parse_facts
 from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE, save_trained
+from rlhf.training_data import load_prompts
 
 LOG_FILE = "log.jsonl"
 

@@ -228,7 +228,7 @@ def build_processor(raw_tokenizer: Any, spec: TinySpec) -> LlavaProcessor:
         padding_side="left",
         model_max_length=spec.max_positions,
     )
-    # The Pillow backend: the CLIP processor's default backend needs torchvision (STACK-FACTS.md).
+    # The Pillow backend: the CLIP processor's default backend needs torchvision (transformers 5.19).
     # The mean is the scenes' background colour, so empty space normalises to zero and the
     # objects carry the signal (CLIP's photo statistics would leave the background dominant).
     image_processor = CLIPImageProcessorPil(
@@ -290,7 +290,7 @@ def build_model(spec: TinySpec, processor: LlavaProcessor) -> LlavaForConditiona
 
 
 def _vllm_key(key: str) -> str:
-    # STACK-FACTS.md: transformers 5.19 writes a LLaVA's CLIP tower as `vision_tower.embeddings.*`;
+    # transformers 5.19 writes a LLaVA's CLIP tower as `vision_tower.embeddings.*`;
     # vLLM's loader wants `vision_tower.vision_model.*`. transformers reads both.
     for prefix in ("model.vision_tower.", "vision_tower."):
         if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):

@@ -1,8 +1,10 @@
-"""Import boundaries: `contract`, `models` and `rlhf` load neither Django nor torch; the web
-app loads no torch; `annotation` and `rlhf` never import each other (they meet in
-`contract`); and no two of the project's modules import each other in a circle, not even
-through an import inside a function. The loading checks run in a fresh interpreter, so
-nothing imported by the test run leaks in; the import graph is read from the source."""
+"""Import boundaries: `contract`, `models`, `rlhf` and the test bed's world and models load
+neither Django nor torch; the web app loads no torch; `annotation` and `rlhf` never import
+each other (they meet in `contract`); `annotation`'s rooms import only the rooms below them
+(ROOMS); no two of the project's modules share a name; and no two modules import each other
+in a circle, not even through an import inside a function. The loading checks run in a
+fresh interpreter, so nothing imported by the test run leaks in; the import graph is read
+from the source."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf",
         "rlhf.common",
         "rlhf.config",
-        "rlhf.data",
+        "rlhf.training_data",
         "rlhf.train_dpo",
         "rlhf.toy_pairs",
         "rlhf.cli",
@@ -59,6 +61,9 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf.train_rl",
         "rlhf.family_matrix",
         "rlhf.serving_check",
+        "testbed",
+        "testbed.toyworld",
+        "testbed.tiny",
         "testbed.family_checkpoints",
         "contract.family_gaps",
         "contract.feedback",
@@ -78,7 +83,7 @@ def test_web_app_loads_no_torch() -> None:
     assert loaded == []
 
 
-PACKAGES = ("annotation", "bench", "contract", "factloop", "models", "rlhf", "webapp")
+PACKAGES = ("annotation", "bench", "contract", "factloop", "models", "rlhf", "testbed", "webapp")
 
 
 def test_the_client_stands_alone() -> None:
@@ -172,3 +177,107 @@ def test_the_web_app_and_training_meet_only_in_the_contract() -> None:
         or (source.startswith("contract") and not target.startswith("contract"))
     )
     assert crossing == []
+
+
+# annotation/'s rooms, from the bottom up: a room imports the models and the rooms before it,
+# never one after it. The app's own files (apps, models, admin registration, urls) sit
+# above every room.
+ROOMS = (
+    ("rules", "domain errors, input limits, roles and accounts, the audit log, read queries, held-out dataset rules"),
+    ("jobs", "background jobs: queued, claimed, heartbeat, swept"),
+    ("labeling", "rounds and their tasks and gold, the queue, submissions, annotator quality"),
+    ("data", "images and prompts, imports, exports, released formats, archives, downloads"),
+    ("loop", "a round started and generated, AI labels, evaluation, training and its gate, deployment"),
+    ("web", "the annotator's pages and API, serializers, parsers, authentication"),
+    ("administration", "the admin site, dashboard, plots, admin pages and the admin API"),
+    ("worker", "the Celery tasks"),
+    ("management", "the manage.py commands"),
+)
+APP_FILES = {"annotation", "annotation.apps", "annotation.models", "annotation.admin", "annotation.urls"}
+# What the rooms may take from the test bed: the synthetic world (its vocabulary is a
+# built-in one, and import_toyworld stores its held-out scenes). Its tiny models and its demo
+# are for the commands that run them (management), the tests and the benchmarks.
+TESTBED_FOR_ROOMS = "testbed.toyworld"
+
+
+def room_of(module: str) -> str | None:
+    """The room an annotation module lives in; None for the app's own files."""
+    if module in APP_FILES:
+        return None
+    parts = module.split(".")
+    assert parts[0] == "annotation" and parts[1] in {name for name, _ in ROOMS}, f"{module} is in no room"
+    return parts[1]
+
+
+def arrows_against_the_rooms(graph: dict[str, set[str]]) -> list[str]:
+    order = {name: rank for rank, (name, _) in enumerate(ROOMS)}
+    wrong = []
+    for source, targets in sorted(graph.items()):
+        if not source.startswith("annotation"):
+            continue
+        room = room_of(source)
+        for target in sorted(targets):
+            if target.startswith("annotation"):
+                if target in APP_FILES - {"annotation", "annotation.models"} and room is not None:
+                    wrong.append(f"{source} -> {target} (an app file)")
+                elif target not in APP_FILES and room is not None and order[room_of(target)] > order[room]:
+                    wrong.append(f"{source} -> {target} ({room} may not import {room_of(target)})")
+            elif target.startswith("testbed") and room != "management" and not target.startswith(TESTBED_FOR_ROOMS):
+                wrong.append(f"{source} -> {target} (the test bed)")
+    return wrong
+
+
+def test_annotation_holds_only_the_apps_files_at_its_top_level_and_every_module_is_in_a_room() -> None:
+    top = {path.stem for path in (REPO / "annotation").glob("*.py")}
+    assert top == {"__init__", "apps", "models", "admin", "urls"}
+    rooms = {path.name for path in (REPO / "annotation").iterdir() if (path / "__init__.py").exists()}
+    assert rooms == {name for name, _ in ROOMS} | {"migrations"}
+    for name in rooms - {"management", "migrations"}:
+        assert (REPO / "annotation" / name / "__init__.py").read_text().startswith('"""'), f"{name} says what it holds"
+
+
+def test_each_room_imports_only_the_rooms_below_it() -> None:
+    graph = import_graph()
+    assert {room_of(m) for m in graph if m.startswith("annotation")} >= {name for name, _ in ROOMS}
+    assert arrows_against_the_rooms(graph) == []
+
+
+def test_the_room_check_finds_an_arrow_the_other_way() -> None:
+    graph = {
+        "annotation.rules.errors": set(),
+        "annotation.labeling.queue": {"annotation.rules.errors"},
+        "annotation.rules.roles": {"annotation.labeling.queue"},
+        "annotation.loop.training": {"testbed.tiny", "testbed.toyworld.world"},
+        "annotation.management.commands.demo": {"testbed.demo.steps", "annotation.loop.training"},
+        "annotation.web.pages": {"annotation.urls"},
+    }
+    assert arrows_against_the_rooms(graph) == [
+        "annotation.loop.training -> testbed.tiny (the test bed)",
+        "annotation.rules.roles -> annotation.labeling.queue (rules may not import labeling)",
+        "annotation.web.pages -> annotation.urls (an app file)",
+    ]
+
+
+# Names that repeat by convention: Django's `urls` (the project's and the app's), and `cli`,
+# each package's command line (`python -m rlhf.cli`, `python -m models.cli`). A management
+# command's file is its public name, and a benchmark is named for what it measures: neither
+# is a module anything imports by name.
+SHARED_NAMES = {"__init__", "urls", "cli"}
+
+
+def repeated_names() -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for package in ("annotation", "contract", "factloop", "models", "rlhf", "testbed", "webapp"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).parts
+            if "migrations" in parts or "commands" in parts or path.stem in SHARED_NAMES:
+                continue
+            seen.setdefault(path.stem, []).append("/".join(parts))
+        for path in sorted((REPO / package).rglob("*/")):
+            if (path / "__init__.py").exists() and "migrations" not in path.parts:
+                seen.setdefault(path.name, []).append("/".join(path.relative_to(REPO).parts) + "/")
+    return {name: paths for name, paths in seen.items() if len(paths) > 1}
+
+
+def test_no_two_modules_share_a_name() -> None:
+    assert repeated_names() == {}

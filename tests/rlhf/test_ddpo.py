@@ -11,7 +11,7 @@ import pytest
 
 from contract.spans import changed_spans, released_changes
 from rlhf.config import ConfigError, load_config
-from rlhf.data import DataError, token_weights, usable_spans
+from rlhf.training_data import DataError, token_weights, usable_spans
 from tests.rlhf.conftest import dpo_config, hand_sequence_scores, pair_batch, randomise_adapter, rlhf_cli
 
 # ---------------------------------------------------------------------------------------

@@ -122,8 +122,8 @@ def test_rollouts_carry_every_processor_output_and_score_what_was_sampled(
     import torch
 
     from rlhf.config import RLTrainConfig
-    from rlhf.data import load_prompts
     from rlhf.train_rl import gather_logprobs, load_trainable_policy, response_logits, sample, stop_ids
+    from rlhf.training_data import load_prompts
     from testbed.family_checkpoints import build
 
     pairs, _ = shared

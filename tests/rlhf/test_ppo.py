@@ -46,8 +46,8 @@ def test_rollout_log_probs_are_those_generate_sampled_from(
     distribution generate() sampled each token from."""
     import torch
 
-    from rlhf.data import load_prompts
     from rlhf.train_rl import gather_logprobs, load_trainable_policy, response_logits, sample, stop_ids
+    from rlhf.training_data import load_prompts
 
     torch.set_num_threads(1)
     config = ppo_config(base_policy, reward_model, rankings, tmp_path, temperature=0.7)

@@ -58,8 +58,8 @@ def test_the_trainer_scores_what_the_server_sampled_with_the_adapter_it_loaded(
     import torch
 
     from models.serving import ServingClient
-    from rlhf.data import load_prompts
     from rlhf.train_rl import load_trainable_policy, sample_served, server_rollouts, stop_ids
+    from rlhf.training_data import load_prompts
 
     torch.set_num_threads(1)
     config = ppo_config(base_policy, reward_model, rankings, tmp_path, temperature=0.7, rollout_server=vllm_server.url)

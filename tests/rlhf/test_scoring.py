@@ -136,7 +136,7 @@ def test_the_length_anchor_charges_per_word_short_of_the_reference() -> None:
 def test_rollout_prompts_carry_their_reference_length(oracle_export: Path) -> None:
     """Each distinct prompt's reference length is the mean word count of both sides of its
     pairs, counted here by hand."""
-    from rlhf.data import load_pairs, load_prompts
+    from rlhf.training_data import load_pairs, load_prompts
 
     pairs = load_pairs([oracle_export], sources=["ranking", "correction"])
     prompts = load_prompts([oracle_export])

@@ -1,4 +1,4 @@
-// The ranking page (LLaVA-RLHF, METHODS.md 1a). Two responses: Q1 fewer hallucinations (A, B
+// The ranking page (LLaVA-RLHF, docs/methods.md 1a). Two responses: Q1 fewer hallucinations (A, B
 // or tie); Q2 more helpful, asked only on a tie. Keys: 1 / 2 answer the open question,
 // t = tie, Enter submits. Three or more: Q1 groups the responses by hallucination (1 =
 // fewest; the same number is a tie); Q2 then orders each tie by helpfulness. The ranking is
