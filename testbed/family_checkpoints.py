@@ -3,9 +3,9 @@ configs: no hub, no download.
 
 Each family's checkpoint is what a lab's real one is, shrunk: the family's own model class
 (`AutoModelForImageTextToText` loads it), the family's own processor class built from its
-parts (a Pillow image processor, since the app's venv has no torchvision and
-transformers' default fast image processors need it), and a byte-level BPE tokenizer trained here on the synthetic world's text
-(as the tiny LLaVA's is, testbed/tiny.py) with the family's special tokens. The weights are
+parts (a Pillow image processor: the app's venv has no torchvision, which transformers'
+default fast image processors need), and a byte-level BPE tokenizer trained here on the
+synthetic world's text (as the tiny LLaVA's is, testbed/tiny.py) with the family's special tokens. The weights are
 random: the family matrix (rlhf/family_matrix.py) checks that every code path runs on every
 family, not what a tiny random model says.
 

@@ -220,7 +220,7 @@ def arrows_against_the_rooms(graph: dict[str, set[str]]) -> list[str]:
             if target.startswith("annotation"):
                 if target in APP_FILES - {"annotation", "annotation.models"} and room is not None:
                     wrong.append(f"{source} -> {target} (an app file)")
-                elif target not in APP_FILES and room is not None and order[room_of(target)] > order[room]:
+                elif target not in APP_FILES and room is not None and order[str(room_of(target))] > order[room]:
                     wrong.append(f"{source} -> {target} ({room} may not import {room_of(target)})")
             elif target.startswith("testbed") and room != "management" and not target.startswith(TESTBED_FOR_ROOMS):
                 wrong.append(f"{source} -> {target} (the test bed)")
