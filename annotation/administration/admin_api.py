@@ -26,17 +26,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from annotation.administration import inputs
 from annotation.administration.dashboard import round_state
-from annotation.data import archives, downloads
-from annotation.data.exporters import AGGREGATIONS, FORMATS, queue_export
+from annotation.administration.inputs import ExportInput, ImportInput, StartRoundInput, TrainInput
+from annotation.data import downloads
 from annotation.jobs import lifecycle as jobs
 from annotation.labeling import quality
 from annotation.labeling.rounds import freeze_round, open_round
-from annotation.loop.ai_labels import SELECTIONS
 from annotation.loop.deployment import DeployRefused, deploy_version
-from annotation.loop.generation import start_round
-from annotation.loop.training import Options, TrainingRefused, queue_run
-from annotation.models import Job, Prompt, Round, Task, TrainingRun
+from annotation.loop.training import TrainingRefused
+from annotation.models import Job, Round, TrainingRun
 from annotation.rules import selectors
 from annotation.rules.errors import Invalid, Refused
 from annotation.rules.roles import IsAdmin
@@ -49,7 +48,6 @@ from annotation.web.serializers import (
     JobPageOutput,
     VersionOutput,
 )
-from contract.methods import METHODS
 from models.registry import Registry
 
 
@@ -84,33 +82,6 @@ def round_output(round_: Round) -> dict[str, Any]:
     }
 
 
-class StartRoundInput(serializers.Serializer):
-    policy_version = serializers.CharField(max_length=255)
-    task_kinds = serializers.ListField(child=serializers.ChoiceField(choices=Task.Kind.choices), min_length=1)
-    candidates_per_prompt = serializers.IntegerField(min_value=1, max_value=16, default=2)
-    overlap = serializers.IntegerField(min_value=1, max_value=20, default=1)
-    gold_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.0)
-    split = serializers.ChoiceField(choices=Prompt.Split.choices, default=Prompt.Split.TRAIN)
-    only_new = serializers.BooleanField(default=True, help_text="Only prompts no earlier round used.")
-    limit = serializers.IntegerField(
-        min_value=1,
-        max_value=selectors.MAX_ROUND_PROMPTS,
-        required=False,
-        help_text="At most this many prompts, oldest first.",
-    )
-    temperature = serializers.FloatField(min_value=0, max_value=2, default=0.7)
-    max_tokens = serializers.IntegerField(min_value=1, max_value=4096, default=128)
-    ai_labeller = serializers.CharField(max_length=255, default="", allow_blank=True)
-    selection = serializers.ChoiceField(choices=list(SELECTIONS), default="all")
-    human_prompts = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    heldout = serializers.SlugField(
-        max_length=64,
-        default="",
-        allow_blank=True,
-        help_text="The held-out dataset its training is evaluated on; empty: the previous round's, else the only one.",
-    )
-
-
 class StartedOutput(serializers.Serializer):
     round = RoundOutput()
     job = JobOutput(help_text="The candidate generation job.")
@@ -130,23 +101,8 @@ class RoundListApi(APIView):
     def post(self, request: Request) -> Response:
         payload = StartRoundInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        prompts = selectors.prompts_for_a_round(data["split"], only_new=data["only_new"], limit=data.get("limit"))
         try:
-            round_, job = start_round(
-                policy_version=data["policy_version"],
-                prompts=prompts,
-                task_kinds=data["task_kinds"],
-                candidates_per_prompt=data["candidates_per_prompt"],
-                overlap=data["overlap"],
-                gold_rate=data["gold_rate"],
-                sampling={"temperature": data["temperature"], "max_tokens": data["max_tokens"]},
-                ai_labeller=data["ai_labeller"],
-                selection=data["selection"],
-                human_prompts=data.get("human_prompts"),
-                heldout=data["heldout"],
-                created_by=request.user,
-            )
+            round_, job = inputs.start(payload.validated_data, by=request.user)
         except ValidationError as error:
             raise Invalid("; ".join(error.messages)) from None
         body = {"round": round_output(round_), "job": JobOutput(job).data}
@@ -182,22 +138,6 @@ class RoundChangeApi(APIView):
         return Response(round_output(round_))
 
 
-class TrainInput(serializers.Serializer):
-    method = serializers.ChoiceField(choices=list(METHODS), default="ddpo")
-    config = serializers.CharField(required=False, allow_null=True, help_text="A trainer settings file on the server.")
-    overrides = serializers.ListField(
-        child=serializers.CharField(max_length=500), default=list, help_text="KEY=VALUE trainer settings."
-    )
-    dataset = serializers.SlugField(
-        max_length=64,
-        default="",
-        allow_blank=True,
-        help_text="The held-out dataset to evaluate on; empty: the one the round recorded when it started.",
-    )
-    force = serializers.BooleanField(default=False, help_text="Deploy even if the gate refuses.")
-    resume = serializers.BooleanField(default=False, help_text="Finish the round's unfinished run.")
-
-
 class TrainingRunOutput(serializers.Serializer):
     id = serializers.IntegerField()
     round = serializers.IntegerField(source="round.number")
@@ -222,17 +162,9 @@ class TrainApi(APIView):
     def post(self, request: Request, number: int) -> Response:
         payload = TrainInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        data = payload.validated_data
         round_ = get_object_or_404(Round, number=number)
         try:
-            options = Options(
-                method=data["method"],
-                config=data.get("config"),
-                overrides=data["overrides"],
-                force=data["force"],
-                dataset=data["dataset"],
-            )
-            run = queue_run(round_, options, resume=data["resume"], created_by=request.user)
+            run = inputs.train(round_, payload.validated_data, by=request.user)
         except TrainingRefused as error:
             raise Refused(str(error)) from None
         return Response(TrainingRunOutput(run).data, status=status.HTTP_201_CREATED)
@@ -247,16 +179,6 @@ class TrainingRunApi(APIView):
         return Response(TrainingRunOutput(run).data)
 
 
-class ExportInput(serializers.Serializer):
-    format = serializers.ChoiceField(choices=list(FORMATS))
-    # A round number is a PositiveIntegerField: 2**31 - 1 at most on every database.
-    rounds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=2**31 - 1), min_length=1)
-    aggregate = serializers.ChoiceField(choices=list(AGGREGATIONS), default="none")
-    min_gold_accuracy = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
-    include_gold = serializers.BooleanField(default=False)
-    ai_pairs = serializers.BooleanField(default=False)
-
-
 class ExportApi(APIView):
     """Queue an export (a job on the `export` queue); download it when it has succeeded."""
 
@@ -266,33 +188,11 @@ class ExportApi(APIView):
     def post(self, request: Request) -> Response:
         payload = ExportInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        data = payload.validated_data
         try:
-            job = queue_export(
-                fmt=data["format"],
-                rounds=data["rounds"],
-                aggregate=data["aggregate"],
-                min_gold_accuracy=data.get("min_gold_accuracy"),
-                include_gold=data["include_gold"],
-                ai_pairs=data["ai_pairs"],
-                created_by=request.user,
-            )
+            job = inputs.export(payload.validated_data, by=request.user)
         except ValidationError as error:
             raise Invalid("; ".join(error.messages)) from None
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
-
-
-class ImportInput(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=list(archives.KINDS), help_text="prompts, or a label layout.")
-    archive = serializers.FileField(help_text="A .zip: a manifest (or datasets directory) and its images, or labels.")
-    skip_bad = serializers.BooleanField(default=False, help_text="Import the good rows and report the bad ones.")
-    dataset = serializers.SlugField(
-        max_length=64,
-        required=False,
-        default="",
-        allow_blank=True,
-        help_text="The held-out dataset its held-out rows join (default heldout; created when new).",
-    )
 
 
 class ImportApi(APIView):
@@ -308,15 +208,8 @@ class ImportApi(APIView):
     def post(self, request: Request) -> Response:
         payload = ImportInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        data = payload.validated_data
         try:
-            job = archives.queue_import(
-                data["archive"],
-                data["kind"],
-                skip_bad=data["skip_bad"],
-                dataset=data["dataset"],
-                created_by=request.user,
-            )
+            job = inputs.import_upload(payload.validated_data, by=request.user)
         except ValidationError as error:
             raise Invalid("; ".join(error.messages)) from None
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)

@@ -19,18 +19,13 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from annotation.administration import plots
+from annotation.administration import inputs, plots
 from annotation.administration.dashboard import HALLUCINATION_METRICS, figure, hallucination_chart, version_rows
-from annotation.data import archives
-from annotation.data.exporters import AGGREGATIONS, FORMATS, queue_export
-from annotation.data.importers import LABEL_FORMATS
 from annotation.labeling import quality, rounds
-from annotation.loop import generation
 from annotation.loop.deployment import RegisterRefused, policy_choices, register_model
-from annotation.loop.training import Options, TrainingRefused, queue_run
-from annotation.models import Candidate, Prompt, Round, Task, TaskCandidate
-from annotation.rules import selectors
-from contract.methods import KL, METHODS, REWARD
+from annotation.loop.training import TrainingRefused
+from annotation.models import Candidate, Round, Task, TaskCandidate
+from contract.methods import KL, REWARD
 from models.registry import Registry
 
 
@@ -47,57 +42,12 @@ def _require(request: HttpRequest, permission: str) -> None:
 # Start a round
 
 
-class StartRoundForm(forms.Form):
-    policy_version = forms.ChoiceField(
-        choices=[], help_text="The registered policy version whose candidates the round labels (see Register a model)."
-    )
-    task_kinds = forms.MultipleChoiceField(
-        choices=Task.Kind.choices, widget=forms.CheckboxSelectMultiple, initial=[Task.Kind.RANK]
-    )
-    candidates_per_prompt = forms.IntegerField(min_value=1, max_value=16, initial=2, label="K (candidates per prompt)")
-    overlap = forms.IntegerField(min_value=1, max_value=20, initial=1, label="Overlap k (annotators per task)")
-    gold_rate = forms.FloatField(
-        min_value=0, max_value=0.5, initial=0.0, help_text="Share of gold tasks (known answers) mixed in."
-    )
-    split = forms.ChoiceField(choices=Prompt.Split.choices, initial=Prompt.Split.TRAIN)
-    only_new = forms.BooleanField(required=False, initial=True, label="Only prompts no earlier round used")
-    limit = forms.IntegerField(
-        min_value=1,
-        max_value=selectors.MAX_ROUND_PROMPTS,
-        required=False,
-        help_text="At most this many prompts (oldest first).",
-    )
-    temperature = forms.FloatField(min_value=0, max_value=2, initial=0.7)
-    max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=128)
-    ai_labeller = forms.CharField(
-        required=False,
-        max_length=255,
-        help_text='AI feedback (RLAIF-V): "policy" (the policy labels its own candidates), a registered version '
-        "(a judge), or empty for none. Annotators see its doubts as machine suggestions.",
-    )
-    selection = forms.ChoiceField(
-        choices=[("all", "all prompts"), ("random", "random"), ("disagreement", "most disagreeing samples")],
-        initial="all",
-        required=False,
-        help_text="Which prompts get human tasks; disagreement needs an AI labeller.",
-    )
-    human_prompts = forms.IntegerField(
-        min_value=1, required=False, help_text="The human budget in prompts, for random or disagreement selection."
-    )
-    heldout = forms.SlugField(
-        max_length=64,
-        required=False,
-        help_text="The held-out dataset its training is evaluated on; empty: the previous round's, else the only one.",
-    )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Only what is registered, read when the form is made (the registry is on disk).
-        self.fields["policy_version"].choices = [(name, name) for name in policy_choices()]  # type: ignore[attr-defined]
-
-    def prompts(self) -> list[Prompt]:
-        data = self.cleaned_data
-        return selectors.prompts_for_a_round(data["split"], only_new=data["only_new"], limit=data["limit"])
+StartRoundForm = inputs.page_form(
+    inputs.StartRoundInput,
+    # Only what is registered, read when the form is drawn (the registry is on disk).
+    choices={"policy_version": lambda: [(name, name) for name in policy_choices()]},
+    initial={"task_kinds": [Task.Kind.RANK]},
+)
 
 
 class RegisterModelForm(forms.Form):
@@ -132,23 +82,11 @@ def register_model_page(admin: Any, request: HttpRequest) -> HttpResponse:
 def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
     _require(request, "annotation.add_round")
     form = StartRoundForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
+    if request.method == "POST" and (
+        data := inputs.validated(inputs.StartRoundInput, form, request.POST, request.FILES)
+    ):
         try:
-            round_, job = generation.start_round(
-                policy_version=data["policy_version"],
-                prompts=form.prompts(),
-                task_kinds=data["task_kinds"],
-                candidates_per_prompt=data["candidates_per_prompt"],
-                overlap=data["overlap"],
-                gold_rate=data["gold_rate"],
-                sampling={"temperature": data["temperature"], "max_tokens": data["max_tokens"]},
-                ai_labeller=data["ai_labeller"].strip(),
-                selection=data["selection"] or "all",
-                human_prompts=data["human_prompts"],
-                heldout=data["heldout"],
-                created_by=request.user,
-            )
+            round_, job = inputs.start(data, by=request.user)
         except ValidationError as error:
             form.add_error(None, error)
         else:
@@ -167,18 +105,7 @@ def start_round(admin: Any, request: HttpRequest) -> HttpResponse:
 # Import an upload
 
 
-class ImportForm(forms.Form):
-    kind = forms.ChoiceField(
-        choices=[("prompts", "Prompts (JSONL or CSV manifest with images, or a datasets directory)")]
-        + [(fmt, f"Labels: {fmt} JSON with images") for fmt in LABEL_FORMATS]
-    )
-    archive = forms.FileField(help_text="A .zip holding the manifest (or JSON, or datasets directory) and its images.")
-    skip_bad = forms.BooleanField(required=False, help_text="Import the good rows and report the bad ones.")
-    dataset = forms.SlugField(
-        max_length=64,
-        required=False,
-        help_text="The held-out dataset its held-out rows join (default heldout; created when new).",
-    )
+ImportForm = inputs.page_form(inputs.ImportInput)
 
 
 def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
@@ -186,15 +113,9 @@ def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
     the request unpacks nothing; the job's page shows its progress and any bad rows."""
     _require(request, "annotation.add_round")
     form = ImportForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and (data := inputs.validated(inputs.ImportInput, form, request.POST, request.FILES)):
         try:
-            job = archives.queue_import(
-                form.cleaned_data["archive"],
-                form.cleaned_data["kind"],
-                skip_bad=form.cleaned_data["skip_bad"],
-                dataset=form.cleaned_data["dataset"],
-                created_by=request.user,
-            )
+            job = inputs.import_upload(data, by=request.user)
         except ValidationError as error:
             form.add_error(None, error)
         else:
@@ -213,37 +134,21 @@ def import_upload(admin: Any, request: HttpRequest) -> HttpResponse:
 # Export as a job
 
 
-class ExportForm(forms.Form):
-    format = forms.ChoiceField(choices=[(f, f) for f in FORMATS])
-    rounds = forms.ModelMultipleChoiceField(queryset=Round.objects.order_by("number"), to_field_name="number")
-    aggregate = forms.ChoiceField(
-        choices=[(a, a) for a in AGGREGATIONS], help_text="Pair formats: merge a task's labels by majority vote."
-    )
-    min_gold_accuracy = forms.FloatField(
-        min_value=0, max_value=1, required=False, help_text="Keep only annotators whose gold accuracy passes this."
-    )
-    include_gold = forms.BooleanField(required=False, help_text="Pair formats: keep the gold tasks' labels.")
-    ai_pairs = forms.BooleanField(
-        required=False, help_text="trl: add the AI labeller's pairs (source ai), after the people's."
-    )
+ExportForm = inputs.page_form(
+    inputs.ExportInput,
+    choices={
+        "rounds": lambda: [(n, f"round {n}") for n in Round.objects.order_by("number").values_list("number", flat=True)]
+    },
+)
 
 
 def export_rounds(admin: Any, request: HttpRequest) -> HttpResponse:
     _require(request, "annotation.view_round")
     initial = {"rounds": request.GET.get("rounds", "").split(",")} if request.GET.get("rounds") else {}
     form = ExportForm(request.POST or None, initial=initial)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
+    if request.method == "POST" and (data := inputs.validated(inputs.ExportInput, form, request.POST, request.FILES)):
         try:
-            job = queue_export(
-                fmt=data["format"],
-                rounds=[r.number for r in data["rounds"]],
-                aggregate=data["aggregate"],
-                min_gold_accuracy=data["min_gold_accuracy"],
-                include_gold=data["include_gold"],
-                ai_pairs=data["ai_pairs"],
-                created_by=request.user,
-            )
+            job = inputs.export(data, by=request.user)
         except ValidationError as error:
             form.add_error(None, error)
         else:
@@ -264,23 +169,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-class TrainForm(forms.Form):
-    method = forms.ChoiceField(choices=[(m, m) for m in METHODS], initial="ddpo")
-    config = forms.CharField(
-        required=False, max_length=1000, help_text="A trainer settings file (YAML) on the server; empty: the defaults."
-    )
-    overrides = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="Trainer settings, one KEY=VALUE a line (e.g. epochs=2).",
-    )
-    dataset = forms.SlugField(
-        max_length=64,
-        required=False,
-        help_text="The held-out dataset to evaluate on; empty: the one the round recorded when it started.",
-    )
-    force = forms.BooleanField(required=False, help_text="Deploy even if the gate refuses.")
-    resume = forms.BooleanField(required=False, help_text="Finish the round's unfinished run instead.")
+TrainForm = inputs.page_form(inputs.TrainInput)
 
 
 def train_round(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
@@ -289,22 +178,9 @@ def train_round(admin: Any, request: HttpRequest, number: int) -> HttpResponse:
     _require(request, "annotation.change_round")
     round_ = get_object_or_404(Round, number=number)
     form = TrainForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        overrides = [line.strip() for line in data["overrides"].splitlines() if line.strip()]
+    if request.method == "POST" and (data := inputs.validated(inputs.TrainInput, form, request.POST, request.FILES)):
         try:
-            run = queue_run(
-                round_,
-                Options(
-                    method=data["method"],
-                    config=data["config"] or None,
-                    overrides=overrides,
-                    force=data["force"],
-                    dataset=data["dataset"],
-                ),
-                resume=data["resume"],
-                created_by=request.user,
-            )
+            run = inputs.train(round_, data, by=request.user)
         except TrainingRefused as error:
             form.add_error(None, str(error))
         else:
