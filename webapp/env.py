@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 # The example secrets that deploy/ ships (and DEBUG's key): public, so never a production
@@ -167,36 +168,60 @@ def _int_option(name: str, key: str, value: str) -> int:
 def parse_database_url(name: str, url: str, *, base: Path) -> dict[str, Any]:
     """Turn `sqlite:///PATH` or `postgres://USER:PASS@HOST:PORT/NAME?opts` into DATABASES['default'].
 
+    dj-database-url reads the URL (scheme, credentials, host, port, name, libpq options);
+    this adds FactLoop's rules around it, each refusal naming the variable:
+
     SQLite: a relative PATH is relative to `base` (`sqlite:///var/db.sqlite3`), an absolute
     one has four slashes (`sqlite:////srv/db.sqlite3`). The connection takes the write lock
     at BEGIN (`transaction_mode=IMMEDIATE`, Django 5.1+) and runs in WAL mode, so the web
     app and worker processes wait for each other instead of failing with "database is
-    locked" halfway through a transaction.
+    locked" halfway through a transaction. Option: `timeout` (seconds).
 
     PostgreSQL options: `conn_max_age` (seconds, persistent connections), `pool` (true to use
-    psycopg's connection pool, Django 5.1+; excludes conn_max_age), and any libpq option such
-    as `sslmode`, passed through.
+    psycopg's connection pool, Django 5.1+; excludes conn_max_age), `server_side_binding`,
+    and any libpq option such as `sslmode`, passed through.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     options = _query_options(name, parts.query)
-
+    if scheme not in {"sqlite", *_POSTGRES_SCHEMES}:
+        raise ConfigError(
+            name, f"unsupported scheme {parts.scheme!r}: use sqlite:///PATH or postgres://USER@HOST:PORT/NAME"
+        )
     if scheme == "sqlite":
         if parts.netloc:
             raise ConfigError(
                 name, "SQLite URLs have no host: write sqlite:///relative/path or sqlite:////absolute/path"
             )
-        raw_path = unquote(parts.path)
-        if raw_path in ("", "/"):
+        if unquote(parts.path) in ("", "/"):
             raise ConfigError(name, "SQLite URL names no file")
-        # urlsplit keeps the slash after the empty host: "/var/db" is relative, "//srv/db" absolute.
-        relative = raw_path[1:]
-        path = Path(relative) if relative.startswith("/") else base / relative
         timeout = _int_option(name, "timeout", options.pop("timeout", "20"))
         if options:
             raise ConfigError(name, f"unknown SQLite option(s): {', '.join(sorted(options))}")
+    else:
+        try:
+            _ = parts.port  # urlsplit reads the port only when asked
+        except ValueError:
+            raise ConfigError(name, "port is not a number") from None
+        pool = _bool_option(name, "pool", options.pop("pool")) if "pool" in options else False
+        conn_max_age = _int_option(name, "conn_max_age", options.pop("conn_max_age", "0"))
+        binding = options.pop("server_side_binding", None)
+        if pool and conn_max_age:
+            raise ConfigError(
+                name, "pool=true and conn_max_age cannot be combined (Django refuses persistent pooled connections)"
+            )
+    try:
+        # FactLoop's own options are read above; the rest are the driver's.
+        bare = f"sqlite://{parts.path}" if scheme == "sqlite" else urlunsplit(parts._replace(query=urlencode(options)))
+        config: dict[str, Any] = dict(dj_database_url.parse(bare))
+    except ValueError as error:  # dj-database-url's ParseError and UnknownSchemeError
+        raise ConfigError(name, str(error)) from None
+    config.pop("DISABLE_SERVER_SIDE_CURSORS", None)
+    if scheme == "sqlite":
+        path = Path(config["NAME"])
+        path = path if path.is_absolute() else base / path
         return {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": config["ENGINE"],
             "NAME": str(path),
             "OPTIONS": {
                 "timeout": timeout,
@@ -206,46 +231,19 @@ def parse_database_url(name: str, url: str, *, base: Path) -> dict[str, Any]:
             # A file, not ":memory:", so that worker processes started by tests see it too.
             "TEST": {"NAME": str(path.with_name(f"test_{path.name}"))},
         }
-
-    if scheme in _POSTGRES_SCHEMES:
-        db_name = unquote(parts.path.lstrip("/"))
-        if not db_name or "/" in db_name:
-            raise ConfigError(name, "PostgreSQL URL must name exactly one database: postgres://USER@HOST:PORT/NAME")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigError(name, "port is not a number") from None
-        config: dict[str, Any] = {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": db_name,
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": unquote(parts.hostname or ""),
-            "PORT": str(port or ""),
-            "OPTIONS": {},
-        }
-        pool = _bool_option(name, "pool", options.pop("pool")) if "pool" in options else False
-        conn_max_age = _int_option(name, "conn_max_age", options.pop("conn_max_age", "0"))
-        if pool and conn_max_age:
-            raise ConfigError(
-                name, "pool=true and conn_max_age cannot be combined (Django refuses persistent pooled connections)"
-            )
-        if pool:
-            config["OPTIONS"]["pool"] = True
-        if "server_side_binding" in options:
-            # psycopg binds parameters on the server and prepares statements it sees often,
-            # so PostgreSQL plans each hot query once per connection instead of every time.
-            config["OPTIONS"]["server_side_binding"] = _bool_option(
-                name, "server_side_binding", options.pop("server_side_binding")
-            )
-        config["CONN_MAX_AGE"] = conn_max_age
-        config["CONN_HEALTH_CHECKS"] = conn_max_age > 0
-        config["OPTIONS"].update(options)
-        return config
-
-    raise ConfigError(
-        name, f"unsupported scheme {parts.scheme!r}: use sqlite:///PATH or postgres://USER@HOST:PORT/NAME"
-    )
+    if not config["NAME"] or "/" in config["NAME"]:
+        raise ConfigError(name, "PostgreSQL URL must name exactly one database: postgres://USER@HOST:PORT/NAME")
+    config["PORT"] = str(config["PORT"] or "")
+    config["OPTIONS"] = dict(config.get("OPTIONS", {}))
+    if pool:
+        config["OPTIONS"]["pool"] = True
+    if binding is not None:
+        # psycopg binds parameters on the server and prepares statements it sees often,
+        # so PostgreSQL plans each hot query once per connection instead of every time.
+        config["OPTIONS"]["server_side_binding"] = _bool_option(name, "server_side_binding", binding)
+    config["CONN_MAX_AGE"] = conn_max_age
+    config["CONN_HEALTH_CHECKS"] = conn_max_age > 0
+    return config
 
 
 # ---------------------------------------------------------------------------------------
