@@ -34,8 +34,8 @@ halva+inject (HALVA on its own kind of data: substituted hallucinated phrases), 
 `length_debias`), grpo, rloo.
 
 Figures are measured side by side in one run; nothing here is asserted. The raw rows go to
-bench/results/alignment.json (--json), which the README's table and the base-figure test
-(tests/models/test_tiny.py) read.
+bench/results/alignment.json (--json), which docs/training.md's table and the base-figure test
+(tests/testbed/test_tiny.py) read.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from bench import results  # noqa: E402
 
 SECRET = "factloop-bench-secret-key-not-for-production-use"
-# Persistent connections and server-side binding: what README's "Production" recommends.
+# Persistent connections and server-side binding: what docs/deploy.md ("Production on one machine") recommends.
 DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/factloop_bench?conn_max_age=600&server_side_binding=true"
 
 

@@ -1,11 +1,11 @@
-"""The family matrix (README "Model families"): every trainer, vLLM and the evaluator on a
+"""The family matrix (docs/families.md): every trainer, vLLM and the evaluator on a
 tiny checkpoint of each image-text-to-text family, with each cell's time, in one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/families.py [--no-vllm] [--family TYPE ...]
 
 Runs `python -m rlhf.cli families` (rlhf/family_matrix.py) and keeps its rows, with the command,
 revision, date and machine, in `bench/results/families.json`; prints the Markdown table the
-README shows. The vLLM cells need the serving venv (`make serving`).
+docs/families.md shows. The vLLM cells need the serving venv (`make serving`).
 """
 
 from __future__ import annotations

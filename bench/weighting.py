@@ -1,5 +1,5 @@
 """How often FactLoop's token weighting differs from RLHF-V's released rules, and which rule
-makes the difference (contract/spans.py, README "DDPO").
+makes the difference (contract/spans.py, docs/training.md).
 
 Corrections come from the synthetic world: a description of each scene, sampled with
 hallucinations (testbed/toyworld, `sampled_responses` at error rate 1), corrected by the

@@ -20,7 +20,7 @@ How the diff works:
 
 FactLoop's spans against RLHF-V's released weighting (`released_changes`, which training's
 `released_weighting: true` applies to token ids; docs/methods.md sections 1b
-and 2c; the README tabulates the same):
+and 2c; docs/training.md tabulates the same):
 - What is diffed: the released code diffs the tokenizer's ids; FactLoop diffs words and
   punctuation, because spans are made when the annotator submits, are shown to them, and
   must fit any tokenizer.

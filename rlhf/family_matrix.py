@@ -16,7 +16,7 @@ A row is a family; a cell is one capability, run for real for a step or two:
 A cell passes, or is refused with its documented reason (contract/family_gaps.py: a gap in a
 library FactLoop builds on, stated where the user meets it: `rlhf.common.require` raises it
 before any model loads), or fails (a crash: what the tests catch). `python -m rlhf.cli families` prints the table
-the README shows.
+docs/families.md shows.
 """
 
 from __future__ import annotations

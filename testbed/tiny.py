@@ -111,7 +111,7 @@ class OutOfBand(RuntimeError):
 @dataclass(frozen=True)
 class TinySpec:
     """Sizes of the tiny LLaVA and of its base-policy training, and how the shipped
-    checkpoint is chosen. A build takes about 10 minutes on one core (README)."""
+    checkpoint is chosen. A build takes about 10 minutes on one core (docs/testbed.md)."""
 
     seed: int = 0
     image_size: int = 96
@@ -135,7 +135,7 @@ class TinySpec:
     # steps (POPE F1 0.58-0.67 on the validation scenes), on others it learnt to look at
     # some point after 2400 steps. At 7.5e-4, with the clean first stage and the existence
     # pairs below, builds of seeds 0 and 2 on that machine both read the image by step 3000
-    # (validation POPE F1 0.92 and 0.85) and stayed in band to the end (measured; README).
+    # (validation POPE F1 0.92 and 0.85) and stayed in band to the end (measured; docs/testbed.md).
     learning_rate: float = 7.5e-4
     # Learning-rate multiplier of the projector (and the vision tower when it trains); at
     # 10 the model never learnt to look (measured).

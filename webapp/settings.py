@@ -1,6 +1,6 @@
 """FactLoop settings: the only module that reads the process environment.
 
-Every variable is listed, with its default, in the README ("Settings") and in
+Every variable is listed, with its default, in docs/settings.md and in
 deploy/.env.example. A missing or malformed value stops start-up with a message that
 names the variable (webapp.env.ConfigError).
 """
@@ -273,7 +273,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Annotation and administration API of FactLoop.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The schema is for signed-in users (README, "REST API"); its Swagger UI and Redoc pages
+    # The schema is for signed-in users (docs/api.md); its Swagger UI and Redoc pages
     # (webapp/urls.py) for admins.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",

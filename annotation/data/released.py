@@ -23,7 +23,7 @@ origin_dataset, origin_split, idx, image_path, unknown keys) in its task's `orig
 export writes them back in place.
 
 What a round trip through each layout keeps and drops, field by field, is tabulated in the
-README ("Export formats") and checked by tests/annotation/test_released.py.
+docs/administering.md ("Export formats") and checked by tests/annotation/test_released.py.
 """
 
 from __future__ import annotations

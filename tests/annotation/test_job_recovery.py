@@ -119,7 +119,7 @@ def test_every_shipped_worker_command_names_its_worker() -> None:
     from webapp.celery import worker_command
 
     commands = [" ".join(worker_command("python", (queue,))) for queue in ("generate", "export")]
-    for path in ("README.md", "docs/deploy.md", "deploy/compose.yaml", "deploy/k8s/workers.yaml"):
+    for path in ("docs/deploy.md", "deploy/compose.yaml", "deploy/k8s/workers.yaml"):
         text = (REPO / path).read_text()
         lines = [line for line in text.splitlines() if re.search(r"celery\W+(-A\W+webapp\W+)?worker", line)]
         commands += lines

@@ -1,7 +1,7 @@
 """The released layouts both ways (annotation/data/released.py): exports read by loaders that
 mirror the authors' checks, their released files imported as released, every bad row named,
 and round trips that keep, field by field, what each layout carries (the table in
-annotation/data/released.py and the README)."""
+annotation/data/released.py and docs/administering.md)."""
 
 from __future__ import annotations
 

