@@ -24,6 +24,12 @@
   (rlhf/ai_feedback.py, RLAIF-V's claims and questions): one item a line, {"key", "image":
   a file path, "response"}; out, one contract/feedback.py `Feedback` a line. Claims come
   from rules over the vocabulary, or with `--split-served NAME` from a served text model.
+- `preflight --model M [--adapter DIR] --method METHOD --data EXPORT [--config FILE.yaml]
+  [--set ...] [--reward-config FILE.yaml] [--out FILE.json]`: what a round will do to the
+  model, once, on one batch of the export (rlhf/preflight.py): the family's documented gaps,
+  whether the pinned vLLM serves the architecture, the method's collator, forward and
+  backward (and for RL the reward model's step and one scored rollout). Prints each step
+  with its time; exit 1 naming the step, the library and the cause when one fails.
 - `families [--family T ...] [--cell C ...] [--vllm] [--out FILE.json]`: the family matrix
   (rlhf/family_matrix.py): every trainer, vLLM and the evaluator on each family's tiny
   checkpoint; prints the Markdown table (exit 1 when a cell fails).
@@ -46,6 +52,7 @@ from typing import Any
 from contract.comparison import compare
 from contract.heldout import Evaluation, HeldoutError, read_heldout
 from contract.launch import LAUNCHER_PID, die_with_parent
+from contract.methods import METHODS
 from contract.run import ADAPTER
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
@@ -283,6 +290,32 @@ def _families(args: argparse.Namespace) -> int:
     return 0 if all(c.status in ("ok", "refused", "skipped") for r in rows for c in r.cells.values()) else 1
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    from rlhf.preflight import preflight
+
+    if not (args.data / "manifest.json").is_file():
+        print(f"rlhf.cli preflight: {args.data} is not a trl export (no manifest.json)", file=sys.stderr)
+        return 2
+    serving = args.serving_python or str(Path(__file__).resolve().parent.parent / ".venv-serving/bin/python")
+    report = preflight(
+        args.model,
+        args.method,
+        args.data,
+        adapter=args.adapter,
+        config=args.config,
+        overrides=args.set,
+        reward_config=args.reward_config,
+        serving_python=serving,
+    )
+    for step in report.steps:
+        where = f" [{step.library}]" if step.library else ""
+        print(f"  {step.name:<8} {step.status:<8} {step.seconds:6.1f} s  {step.detail}{where}")
+    print(report.summary())
+    if args.out:
+        args.out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    return 0 if report.ok else 1
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a YAML file of settings (see rlhf/config.py)")
     parser.add_argument(
@@ -340,6 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--serving-python", help="the serving venv's python (default .venv-serving/bin/python)")
     matrix.add_argument("--work", type=Path, help="where checkpoints and runs go (default: a temporary folder)")
     matrix.add_argument("--out", type=Path, help="also write the rows as JSON to this file")
+    check = commands.add_parser("preflight", help="one batch of what a round does to a model, before the round")
+    check.add_argument("--model", required=True, help="the base checkpoint (a folder or a hub id)")
+    check.add_argument("--adapter", help="the current policy's LoRA adapter, which the round continues")
+    check.add_argument("--method", required=True, choices=METHODS, help="what the round trains with")
+    check.add_argument("--data", type=Path, required=True, help="a trl export (the round's labels)")
+    _add_config_options(check)
+    check.add_argument("--reward-config", type=Path, help="PPO/GRPO/RLOO: the reward model's settings file")
+    check.add_argument("--serving-python", help="the serving venv's python (default .venv-serving/bin/python)")
+    check.add_argument("--out", type=Path, help="also write the report as JSON to this file")
     rl = commands.add_parser("rl", help="PPO, GRPO or RLOO against a reward model")
     _add_config_options(rl)
     labels = commands.add_parser("ai-feedback", help="an AI labeller's claims, questions and verdicts (RLAIF-V)")
@@ -376,6 +418,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "preflight":
+        return _preflight(args)
     if args.command == "reward":
         return _reward(args)
     if args.command == "rl":

@@ -90,6 +90,8 @@ class RewardConfig:
     """Seed of the split, data order and head initialisation."""
     threads: int | None = None
     """torch CPU threads (None: torch's default)."""
+    max_pairs: int | None = None
+    """Train on at most this many pairs, the first of the split (None: all; a preflight takes one batch)."""
 
     def facts_mode(self) -> str | None:
         """The fact format the reward model reads, or None without augmentation."""
@@ -101,6 +103,8 @@ class RewardConfig:
             raise ConfigError(f"fact_format must be one of {', '.join(FACT_FORMATS)}, got {self.fact_format!r}")
         if self.ties not in TIES:
             raise ConfigError(f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ConfigError(f"max_pairs must be at least 1, got {self.max_pairs}")
         if not 0 < self.heldout_share < 1:
             raise ConfigError(f"heldout_share must be between 0 and 1, got {self.heldout_share}")
         if self.learning_rate <= 0 or self.epochs <= 0 or self.batch_size < 1:
@@ -298,7 +302,7 @@ def split_pairs(dataset: Any, config: RewardConfig) -> tuple[list[int], list[int
     held = set(images[: max(1, round(len(images) * config.heldout_share))])
     heldout = [i for i in keep if dataset[i]["image_sha256"] in held]
     train = [i for i in keep if dataset[i]["image_sha256"] not in held]
-    return train, heldout
+    return train[: config.max_pairs], heldout
 
 
 def _device_of(model: Any) -> Any:

@@ -61,6 +61,7 @@ def loaded_after_import(modules: list[str], forbidden: list[str], setup: str = "
         "rlhf.train_rl",
         "rlhf.family_matrix",
         "rlhf.serving_check",
+        "rlhf.preflight",
         "testbed",
         "testbed.toyworld",
         "testbed.tiny",

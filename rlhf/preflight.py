@@ -1,0 +1,320 @@
+"""A preflight: what a round will do to a model, done once on one batch of the round's own
+data, so that a family FactLoop never saw is refused in seconds, with the step, the
+library and the input named, before the round spends hours.
+
+Steps, in order (a step that fails or is refused stops the ones after it):
+
+- family: the checkpoint's config is read (its model type and architectures) and the
+  documented gaps of contract/family_gaps.py are applied (for the method, the reward model
+  an RL method needs, and serving);
+- vllm: the pinned vLLM serves the architecture: by a model of its own (its model
+  registry), or through its Transformers backend, which needs the processor to count an
+  image's tokens (`_get_num_multimodal_tokens`). Probed in the serving venv's interpreter,
+  never assumed from the model type; skipped without a serving venv;
+- train (DDPO, DPO, SFT, mDPO, HSA-DPO, HALVA): one optimiser step of the method on one
+  batch of the export: its collator, forward and backward;
+- reward, rollout (PPO, GRPO, RLOO): one step of the fact-augmented reward model on one
+  batch of ranking pairs (its forward and backward), then one rollout of the policy scored
+  by that reward model and one policy update.
+
+Each step's settings come from the run's own config file and overrides, with only what
+makes it one batch changed (how many pairs or prompts, one epoch or step, no checkpoints);
+every file goes to a temporary folder, removed afterwards. What a preflight cannot know:
+the memory and the speed of the full run (its batch is the run's, but one), and whether the
+loss falls over many steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contract.methods import DPO_METHODS, METHODS, RL_METHODS
+from rlhf.config import ConfigError
+
+STEPS = ("family", "vllm", "train", "reward", "rollout")
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # ok, refused, failed, skipped
+    seconds: float = 0.0
+    detail: str = ""
+    library: str = ""  # where a failure happened: transformers, trl, peft, torch, vllm, FactLoop
+
+
+@dataclass
+class Report:
+    model: str
+    method: str
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(step.status in ("ok", "skipped") for step in self.steps)
+
+    @property
+    def failed(self) -> Step | None:
+        return next((step for step in self.steps if step.status in ("refused", "failed")), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "method": self.method,
+            "ok": self.ok,
+            "seconds": round(sum(step.seconds for step in self.steps), 3),
+            "steps": [asdict(step) for step in self.steps],
+        }
+
+    def summary(self) -> str:
+        failed = self.failed
+        if failed is None:
+            took = sum(step.seconds for step in self.steps)
+            return f"preflight of {self.method} on {self.model}: passed in {took:.1f} s"
+        where = f" in {failed.library}" if failed.library else ""
+        return f"preflight of {self.method} on {self.model}: step {failed.name} {failed.status}{where}: {failed.detail}"
+
+
+class Refused(Exception):
+    """A step that cannot work, known before it runs (the reason is the message)."""
+
+
+def library_of(error: BaseException) -> str:
+    """The library in which `error` was raised: the package of the deepest frame of its
+    traceback that lies in an installed package, else FactLoop (with its file)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    for frame in reversed(frames):
+        parts = Path(frame.filename).parts
+        if "site-packages" in parts:
+            return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    if frames:
+        return f"FactLoop ({Path(frames[-1].filename).name}:{frames[-1].lineno})"
+    return "FactLoop"
+
+
+def _run(report: Report, name: str, action: Callable[[], str]) -> bool:
+    if report.failed is not None:
+        report.steps.append(Step(name, "skipped", detail=f"step {report.failed.name} did not pass"))
+        return False
+    began = time.perf_counter()
+    try:
+        detail = action()
+    except Skipped as skipped:
+        report.steps.append(Step(name, "skipped", time.perf_counter() - began, str(skipped)))
+        return True
+    except Refused as refused:
+        report.steps.append(Step(name, "refused", time.perf_counter() - began, str(refused)))
+        return False
+    except ConfigError as bad:  # the run's own settings refuse this (a trainer would too)
+        report.steps.append(Step(name, "refused", time.perf_counter() - began, f"settings: {bad}", "FactLoop"))
+        return False
+    except Exception as error:  # noqa: BLE001 - the step's failure is its result
+        text = f"{type(error).__name__}: {str(error).strip()[:500]}"
+        report.steps.append(Step(name, "failed", time.perf_counter() - began, text, library_of(error)))
+        return False
+    report.steps.append(Step(name, "ok", time.perf_counter() - began, detail))
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# family and vllm
+
+
+def read_config(model: str) -> dict[str, Any]:
+    """The checkpoint's config.json as transformers reads it (a folder or a hub id)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    return {"model_type": str(config.model_type), "architectures": list(getattr(config, "architectures", None) or [])}
+
+
+def family_step(model: str, method: str) -> str:
+    from contract.family_gaps import REFUSALS
+
+    config = read_config(model)
+    needs = [method, "reward"] if method in RL_METHODS else [method]
+    for capability in needs:
+        reason = REFUSALS.get((config["model_type"], capability))
+        if reason is not None:
+            raise Refused(f"{capability} is not available for {config['model_type']} models: {reason}")
+    return f"{config['model_type']} ({', '.join(config['architectures']) or 'no architectures listed'})"
+
+
+# Run in the serving venv: what the pinned vLLM makes of a checkpoint folder.
+VLLM_PROBE = """
+import json, sys
+from vllm.model_executor.models.registry import ModelRegistry
+import vllm
+with open(sys.argv[1] + "/config.json") as f:
+    names = json.load(f).get("architectures") or []
+supported = set(ModelRegistry.get_supported_archs())
+out = {"vllm": vllm.__version__, "architectures": names, "registered": [n for n in names if n in supported]}
+if not out["registered"]:
+    try:
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained(sys.argv[1])
+        out["processor"] = type(processor).__name__
+        out["counts_image_tokens"] = hasattr(processor, "_get_num_multimodal_tokens")
+    except Exception as error:
+        out["processor_error"] = f"{type(error).__name__}: {error}"[:400]
+print("PROBE " + json.dumps(out))
+"""
+
+
+def probe_vllm(model: str, python: str, timeout: float = 120.0) -> dict[str, Any]:
+    """What the serving venv's vLLM makes of the checkpoint folder `model`."""
+    done = subprocess.run(
+        [python, "-c", VLLM_PROBE, model], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the vLLM probe exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    found: dict[str, Any] = json.loads(lines[-1].removeprefix("PROBE "))
+    return found
+
+
+def vllm_step(model: str, python: str | None) -> str:
+    from contract.family_gaps import REFUSALS
+
+    config = read_config(model)
+    reason = REFUSALS.get((config["model_type"], "vllm"))
+    if reason is not None:
+        raise Refused(f"vllm is not available for {config['model_type']} models: {reason}")
+    if python is None or not Path(python).exists():
+        raise Skipped("no serving venv to probe (make serving)")
+    if not Path(model).is_dir():
+        raise Skipped("a hub id: the server that loads it checks it")
+    found = probe_vllm(model, python)
+    names = ", ".join(found["architectures"]) or "none listed"
+    if found["registered"]:
+        return f"vLLM {found['vllm']} serves {names} with a model of its own"
+    if "processor_error" in found:
+        raise Refused(
+            f"vLLM {found['vllm']} has no model for {names}, and its Transformers backend cannot load the "
+            f"checkpoint's processor: {found['processor_error']}"
+        )
+    if not found["counts_image_tokens"]:
+        raise Refused(
+            f"vLLM {found['vllm']} has no model for {names}, and its Transformers backend needs the processor's "
+            f"`_get_num_multimodal_tokens`, which {found['processor']} lacks"
+        )
+    return f"vLLM {found['vllm']} has no model for {names}; its Transformers backend can count the image tokens"
+
+
+class Skipped(Exception):
+    """A step this preflight cannot take here (the reason is the message)."""
+
+
+# ---------------------------------------------------------------------------------------
+# One batch of each trainer
+
+
+def _one_batch_of_pairs(
+    model: str, method: str, data: Path, work: Path, config: Path | None, overrides: Sequence[str], adapter: str | None
+) -> str:
+    from rlhf.config import load_config
+    from rlhf.train_dpo import train
+
+    settings = load_config(config, overrides, model=model, data=[str(data)], output_dir=str(work), method=method)
+    settings = dataclasses.replace(
+        settings,
+        model=model,
+        data=[str(data)],
+        method=method,
+        output_dir=str(work / "train"),
+        max_pairs=settings.batch_size * settings.gradient_accumulation_steps,
+        epochs=1.0,
+        save_steps=0,
+        logging_steps=1,
+        init_adapter=adapter or settings.init_adapter,
+    )
+    result = train(settings, report_to=[])
+    return f"{result.steps} step on {result.pairs} pairs, loss {result.first_loss:.4f}"
+
+
+def _one_batch_of_rankings(model: str, data: Path, work: Path, config: Path | None) -> str:
+    from rlhf.config import load_run_config
+    from rlhf.reward import RewardConfig, train_reward_model
+
+    settings = load_run_config(RewardConfig, config, (), model=model, data=[str(data)], output_dir=str(work))
+    settings = dataclasses.replace(
+        settings,
+        model=model,
+        data=[str(data)],
+        output_dir=str(work / "reward"),
+        epochs=1.0,
+        save_steps=0,
+        max_pairs=settings.batch_size * settings.gradient_accumulation_steps,
+    )
+    result = train_reward_model(settings, progress=False)
+    return f"{result.train_pairs} ranking pairs, loss {result.first_loss:.4f}"
+
+
+def _one_rollout(
+    model: str, method: str, data: Path, work: Path, config: Path | None, overrides: Sequence[str], adapter: str | None
+) -> str:
+    from rlhf.config import RLTrainConfig, load_run_config
+    from rlhf.train_rl import train
+
+    reward = str(work / "reward")
+    base = {"model": model, "data": [str(data)], "output_dir": str(work), "method": method, "reward_model": reward}
+    settings = load_run_config(RLTrainConfig, config, overrides, **base)
+    batch = settings.num_generations if method != "ppo" else min(settings.rollout_batch_size, 2)
+    settings = dataclasses.replace(
+        settings,
+        model=model,
+        data=[str(data)],
+        method=method,
+        reward_model=reward,
+        output_dir=str(work / "rl"),
+        steps=1,
+        rollout_batch_size=batch,
+        minibatch_size=min(settings.minibatch_size, batch),
+        max_prompts=batch,
+        ppo_epochs=1,
+        init_adapter=adapter or settings.init_adapter,
+    )
+    result = train(settings, report_to=[], progress=False)
+    first = f", reward {result.first_reward:.3f}" if result.first_reward is not None else ""
+    return f"1 rollout of {batch} prompts scored and 1 update{first}"
+
+
+def preflight(
+    model: str,
+    method: str,
+    data: Path,
+    *,
+    adapter: str | None = None,
+    config: Path | None = None,
+    overrides: Sequence[str] = (),
+    reward_config: Path | None = None,
+    serving_python: str | None = None,
+    work: Path | None = None,
+) -> Report:
+    """Every step of `method` on `model` (continuing `adapter`, the current policy's, when
+    given), once, on one batch of the export `data`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    report = Report(model, method)
+    folder = Path(tempfile.mkdtemp(prefix="factloop-preflight-", dir=work))
+    try:
+        _run(report, "family", lambda: family_step(model, method))
+        _run(report, "vllm", lambda: vllm_step(model, serving_python))
+        if method in DPO_METHODS:
+            _run(report, "train", lambda: _one_batch_of_pairs(model, method, data, folder, config, overrides, adapter))
+        else:
+            _run(report, "reward", lambda: _one_batch_of_rankings(model, data, folder, reward_config))
+            _run(report, "rollout", lambda: _one_rollout(model, method, data, folder, config, overrides, adapter))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return report

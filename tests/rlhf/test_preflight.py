@@ -1,0 +1,132 @@
+"""The preflight (rlhf/preflight.py): what a round will do to a model, once, on one batch of
+the round's data. A family that works passes every step of its method; a documented gap
+is refused before any model loads; vLLM is probed in the serving venv, not assumed from the
+model type; a step that fails names the library and the cause."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlhf import family_matrix, preflight
+from tests.conftest import PYTHON, REPO, clean_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return family_matrix.write_pairs(tmp_path_factory.mktemp("preflight") / "pairs")
+
+
+@pytest.fixture(scope="module")
+def kosmos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from testbed.family_checkpoints import build
+
+    return build("kosmos-2", tmp_path_factory.mktemp("kosmos") / "checkpoint")
+
+
+def run_preflight(*args: str, out: Path) -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run(
+        [PYTHON, "-m", "rlhf.cli", "preflight", *args, "--out", str(out)],
+        cwd=REPO,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = json.loads(out.read_text()) if out.exists() else {}
+    return done.returncode, report, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "steps"),
+    [
+        ("ddpo", "toy-ddpo.yaml", ["family", "vllm", "train"]),
+        ("ppo", "toy-ppo.yaml", ["family", "vllm", "reward", "rollout"]),
+    ],
+)
+def test_a_family_that_works_passes_every_step_of_its_method(
+    base_policy: Path, pairs: Path, tmp_path: Path, method: str, config: str, steps: list[str]
+) -> None:
+    configs = REPO / "testbed" / "demo" / "configs"
+    code, report, output = run_preflight(
+        "--model", str(base_policy), "--method", method, "--data", str(pairs),
+        "--config", str(configs / config), out=tmp_path / "report.json",
+    )  # fmt: skip
+    assert code == 0, output
+    assert [step["name"] for step in report["steps"]] == steps
+    assert report["ok"] and all(step["status"] in ("ok", "skipped") for step in report["steps"]), report
+    trained = report["steps"][-1]
+    assert trained["status"] == "ok" and ("loss" in trained["detail"] or "rollout" in trained["detail"]), trained
+    assert f"preflight of {method} on {base_policy}: passed" in output
+
+
+def test_a_documented_gap_is_refused_before_any_model_loads(kosmos: Path, pairs: Path, tmp_path: Path) -> None:
+    code, report, output = run_preflight(
+        "--model", str(kosmos), "--method", "ddpo", "--data", str(pairs), out=tmp_path / "report.json"
+    )
+    assert code == 1
+    statuses = {step["name"]: step["status"] for step in report["steps"]}
+    assert statuses == {"family": "refused", "vllm": "skipped", "train": "skipped"}
+    assert "ddpo is not available for kosmos-2 models" in report["steps"][0]["detail"]
+    assert "step family refused" in output and "image_embeds_position_mask" in output
+
+
+@pytest.mark.serving
+def test_vllm_is_probed_in_the_serving_venv_not_assumed_from_the_model_type(
+    base_policy: Path, kosmos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Kosmos-2's documented vLLM gap taken out of the table, the probe finds it by
+    itself: the pinned vLLM has no model for the architecture, and its Transformers backend
+    needs a method the processor lacks. The tiny LLaVA is served by a model of vLLM's own."""
+    from django.conf import settings
+
+    from contract import family_gaps
+
+    python = str(settings.FACTLOOP_SERVING_PYTHON)
+    assert "serves LlavaForConditionalGeneration with a model of its own" in preflight.vllm_step(
+        str(base_policy), python
+    )
+    monkeypatch.setattr(
+        family_gaps, "REFUSALS", {k: v for k, v in family_gaps.REFUSALS.items() if k != ("kosmos-2", "vllm")}
+    )
+    with pytest.raises(preflight.Refused) as refused:
+        preflight.vllm_step(str(kosmos), python)
+    message = str(refused.value)
+    assert "has no model for Kosmos2ForConditionalGeneration" in message
+    assert "`_get_num_multimodal_tokens`, which Kosmos2Processor lacks" in message
+
+
+def test_a_step_that_fails_names_the_library_and_the_cause(base_policy: Path, pairs: Path, tmp_path: Path) -> None:
+    """LoRA on modules the family does not have (a new family's layers are named otherwise):
+    the train step fails in peft, and the preflight says so."""
+    code, report, output = run_preflight(
+        "--model", str(base_policy), "--method", "dpo", "--data", str(pairs),
+        "--set", "lora.target_modules=[no_such_proj]", out=tmp_path / "report.json",
+    )  # fmt: skip
+    assert code == 1
+    train = report["steps"][-1]
+    assert (train["name"], train["status"], train["library"]) == ("train", "failed", "peft")
+    assert "no_such_proj" in train["detail"] and "not found in the base model" in train["detail"]
+    assert "step train failed in peft" in output
+
+
+def test_the_run_settings_refuse_what_a_trainer_would(base_policy: Path, pairs: Path, tmp_path: Path) -> None:
+    code, report, _ = run_preflight(
+        "--model", str(base_policy), "--method", "dpo", "--data", str(pairs), "--set", "max_length=8",
+        out=tmp_path / "report.json",
+    )  # fmt: skip
+    assert code == 1
+    assert report["steps"][-1]["status"] == "refused" and "max_length" in report["steps"][-1]["detail"]
+
+
+def test_a_folder_that_is_no_export_is_bad_input(base_policy: Path, tmp_path: Path) -> None:
+    code, report, output = run_preflight(
+        "--model", str(base_policy), "--method", "dpo", "--data", str(tmp_path), out=tmp_path / "report.json"
+    )
+    assert code == 2 and report == {} and "is not a trl export" in output
