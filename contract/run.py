@@ -34,6 +34,11 @@ class RunFolder:
         return self.root / "export"
 
     @property
+    def preflight(self) -> Path:
+        """The preflight's report (rlhf.cli preflight --out)."""
+        return self.root / "preflight.json"
+
+    @property
     def reward(self) -> Path:
         return self.root / "reward"
 

@@ -4,6 +4,10 @@ Steps, in order, each recorded on the TrainingRun with its status, timing and ou
 
 1. freeze: the round takes no more labels (assignments still out are refused at submission).
 2. export: the round's labels as a `trl` export (annotation.data.exporters; whole or absent).
+   preflight: the steps below once, on one batch of that export (`rlhf.cli preflight`: the
+   family's documented gaps, whether vLLM serves it, the method's collator, forward and
+   backward, for RL one reward-model step and one scored rollout), so that a family, method
+   or setting that cannot work stops the run in seconds with the step, library and cause.
 3. reward_model: PPO/GRPO/RLOO only: a fact-augmented reward model from the rankings.
 4. train: DDPO, DPO, PPO, GRPO or RLOO (`python -m rlhf.cli` in a child process: the web
    app and worker never load torch), continuing the round's policy adapter.
@@ -74,7 +78,18 @@ from models.registry import Registry, RegistryError, UnknownVersion
 from models.server import check_served_base
 from models.serving import ServingError
 
-STEPS = ("freeze", "export", "reward_model", "train", "evaluate", "gate", "register", "deploy", "open_next")
+STEPS = (
+    "freeze",
+    "export",
+    "preflight",
+    "reward_model",
+    "train",
+    "evaluate",
+    "gate",
+    "register",
+    "deploy",
+    "open_next",
+)
 KEPT_METRICS = (CHAIR_I, CHAIR_S, OBJECT_HALBENCH, POPE_F1, QA_ACCURACY, MEAN_WORDS, EMPTY_SHARE)
 
 
@@ -346,6 +361,34 @@ def _rollout_settings(options: Options) -> list[str]:
     return [f"rollout_server={','.join(vllm_urls())}"]
 
 
+def _step_preflight(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
+    """What the trainer steps will do, once on one batch of the export, with the run's own
+    settings: refused in seconds, naming the step, the library and the cause, before the
+    reward model and the policy train for hours (rlhf/preflight.py)."""
+    current = _current(run)
+    args = ["preflight", "--model", current.base_model, "--method", run.method, "--data", str(work.export)]
+    if (adapter := _registry().adapter_path(current.name)) is not None:
+        args += ["--adapter", str(adapter)]
+    overrides = [*(_rollout_settings(options) if run.method in RL_METHODS else []), *options.overrides]
+    args += _config_args(options.config, overrides)
+    if run.method in RL_METHODS and options.reward_config:
+        args += ["--reward-config", options.reward_config]
+    args += ["--serving-python", str(settings.FACTLOOP_SERVING_PYTHON), "--out", str(work.preflight)]
+    try:
+        run_rlhf(args, work.train_log, parent_pid=os.getpid())
+    except RlhfFailed as error:
+        if not work.preflight.is_file():
+            raise StepFailed(str(error)) from None
+        report = json.loads(work.preflight.read_text())
+        failed = next(s for s in report["steps"] if s["status"] in ("refused", "failed"))
+        where = f" in {failed['library']}" if failed["library"] else ""
+        raise StepFailed(
+            f"the preflight's {failed['name']} step {failed['status']}{where}: {failed['detail']}"
+        ) from None
+    report = json.loads(work.preflight.read_text())
+    return {"seconds": report["seconds"], "steps": {s["name"]: s["status"] for s in report["steps"]}}
+
+
 def _step_reward_model(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
     out = work.reward
     if not RewardResult.exists(out):
@@ -539,6 +582,7 @@ def _step_open_next(run: TrainingRun, options: Options, work: RunFolder) -> dict
 STEP_FUNCTIONS: dict[str, Callable[[TrainingRun, Options, RunFolder], dict[str, Any]]] = {
     "freeze": _step_freeze,
     "export": _step_export,
+    "preflight": _step_preflight,
     "reward_model": _step_reward_model,
     "train": _step_train,
     "evaluate": _step_evaluate,

@@ -103,6 +103,27 @@ def test_a_round_trains_deploys_and_opens_the_next_on_the_new_policy(
 
 
 @pytest.mark.django_db
+def test_a_run_that_cannot_train_stops_at_its_preflight_naming_the_library(
+    loop: Registry, base_policy: Path, annotator: Any
+) -> None:
+    """LoRA on modules the model does not have (a new family's layers are named otherwise):
+    the run stops at its preflight, one batch in, with the library and the cause; the
+    trainer never starts and nothing is registered."""
+    loop.register("tiny-base", base_model=str(base_policy))
+    labelled_round(annotator, "tiny-base")
+    bad = ["--set", "lora.target_modules=[no_such_proj]"]
+    with pytest.raises(CommandError, match=r"the preflight's train step failed in peft: .*no_such_proj"):
+        call_command("train_round", "--inline", *TRAIN_ARGS, *bad)
+    run = TrainingRun.objects.get()
+    assert run.status == TrainingRun.Status.FAILED and "not found in the base model" in run.error
+    assert set(run.steps) == {"freeze", "export", "preflight"}
+    assert run.steps["preflight"]["status"] == "failed" and not (Path(run.work_dir) / "train").exists()
+    report = json.loads((Path(run.work_dir) / "preflight.json").read_text())
+    assert [(s["name"], s["status"]) for s in report["steps"]][-1] == ("train", "failed")
+    assert [v.name for v in loop] == ["tiny-base"]
+
+
+@pytest.mark.django_db
 def test_an_rl_round_registers_its_reward_and_kl_and_the_admin_plots_them(
     loop: Registry, base_policy: Path, annotator: Any, admin_user: Any, vllm_server: Any, settings: Any
 ) -> None:
