@@ -12,6 +12,7 @@ GiB), the single-process executor, and runtime LoRA updating enabled.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -240,3 +241,69 @@ def serve_version(client: Serving, registry: Registry, name: str) -> str:
     if name not in listing:
         client.load_adapter(name, str(registry.adapter_path(name)), replace=False)
     return name
+
+
+# ---------------------------------------------------------------------------------------
+# Whether the pinned vLLM can serve a checkpoint, asked of the serving venv itself
+
+# Run by the serving venv's interpreter on a checkpoint folder: the architectures its
+# config names that vLLM's model registry holds; for none, what its Transformers backend
+# needs of the processor (vLLM asks it how many tokens an image takes).
+VLLM_PROBE = """
+import json, sys
+import vllm
+from vllm.model_executor.models.registry import ModelRegistry
+with open(sys.argv[1] + "/config.json") as f:
+    names = json.load(f).get("architectures") or []
+supported = set(ModelRegistry.get_supported_archs())
+out = {"vllm": vllm.__version__, "architectures": names, "registered": [n for n in names if n in supported]}
+if not out["registered"]:
+    try:
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained(sys.argv[1])
+        out["processor"] = type(processor).__name__
+        out["counts_image_tokens"] = hasattr(processor, "_get_num_multimodal_tokens")
+    except Exception as error:
+        out["processor_error"] = f"{type(error).__name__}: {error}"[:400]
+print("PROBE " + json.dumps(out))
+"""
+
+
+def probe_architecture(model: str | Path, python: str | Path, timeout: float = 180.0) -> dict[str, object]:
+    """What the serving venv's vLLM makes of the checkpoint folder `model` (a few seconds:
+    vLLM's registry is read, no model loads)."""
+    done = subprocess.run(
+        [str(python), "-c", VLLM_PROBE, str(model)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+    if done.returncode != 0 or not lines:
+        raise ServerError(f"the vLLM probe exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    found: dict[str, object] = json.loads(lines[-1].removeprefix("PROBE "))
+    return found
+
+
+def _names(found: dict[str, object]) -> str:
+    return ", ".join(map(str, found["architectures"])) or "no architecture named"  # type: ignore[call-overload]
+
+
+def unserved_reason(found: dict[str, object]) -> str | None:
+    """Why the probed vLLM cannot serve the checkpoint, or None when it can."""
+    if found["registered"]:
+        return None
+    if "processor_error" in found:
+        return (
+            f"vLLM {found['vllm']} has no model for {_names(found)}, and its Transformers backend cannot load "
+            f"the checkpoint's processor: {found['processor_error']}"
+        )
+    if not found["counts_image_tokens"]:
+        return (
+            f"vLLM {found['vllm']} has no model for {_names(found)}, and its Transformers backend needs the "
+            f"processor's `_get_num_multimodal_tokens`, which {found['processor']} lacks"
+        )
+    return None
+
+
+def served_how(found: dict[str, object]) -> str:
+    if found["registered"]:
+        return f"vLLM {found['vllm']} serves {_names(found)} with a model of its own"
+    return f"vLLM {found['vllm']} has no model for {_names(found)}; its Transformers backend counts the image tokens"

@@ -27,9 +27,7 @@ loss falls over many steps.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
-import subprocess
 import tempfile
 import time
 import traceback
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.methods import DPO_METHODS, METHODS, RL_METHODS
+from models.server import probe_architecture, served_how, unserved_reason
 from rlhf.config import ConfigError
 
 STEPS = ("family", "vllm", "train", "reward", "rollout")
@@ -150,39 +149,6 @@ def family_step(model: str, method: str) -> str:
     return f"{config['model_type']} ({', '.join(config['architectures']) or 'no architectures listed'})"
 
 
-# Run in the serving venv: what the pinned vLLM makes of a checkpoint folder.
-VLLM_PROBE = """
-import json, sys
-from vllm.model_executor.models.registry import ModelRegistry
-import vllm
-with open(sys.argv[1] + "/config.json") as f:
-    names = json.load(f).get("architectures") or []
-supported = set(ModelRegistry.get_supported_archs())
-out = {"vllm": vllm.__version__, "architectures": names, "registered": [n for n in names if n in supported]}
-if not out["registered"]:
-    try:
-        from transformers import AutoProcessor
-        processor = AutoProcessor.from_pretrained(sys.argv[1])
-        out["processor"] = type(processor).__name__
-        out["counts_image_tokens"] = hasattr(processor, "_get_num_multimodal_tokens")
-    except Exception as error:
-        out["processor_error"] = f"{type(error).__name__}: {error}"[:400]
-print("PROBE " + json.dumps(out))
-"""
-
-
-def probe_vllm(model: str, python: str, timeout: float = 120.0) -> dict[str, Any]:
-    """What the serving venv's vLLM makes of the checkpoint folder `model`."""
-    done = subprocess.run(
-        [python, "-c", VLLM_PROBE, model], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"the vLLM probe exited {done.returncode}: {done.stderr.strip()[-500:]}")
-    found: dict[str, Any] = json.loads(lines[-1].removeprefix("PROBE "))
-    return found
-
-
 def vllm_step(model: str, python: str | None) -> str:
     from contract.family_gaps import REFUSALS
 
@@ -194,21 +160,10 @@ def vllm_step(model: str, python: str | None) -> str:
         raise Skipped("no serving venv to probe (make serving)")
     if not Path(model).is_dir():
         raise Skipped("a hub id: the server that loads it checks it")
-    found = probe_vllm(model, python)
-    names = ", ".join(found["architectures"]) or "none listed"
-    if found["registered"]:
-        return f"vLLM {found['vllm']} serves {names} with a model of its own"
-    if "processor_error" in found:
-        raise Refused(
-            f"vLLM {found['vllm']} has no model for {names}, and its Transformers backend cannot load the "
-            f"checkpoint's processor: {found['processor_error']}"
-        )
-    if not found["counts_image_tokens"]:
-        raise Refused(
-            f"vLLM {found['vllm']} has no model for {names}, and its Transformers backend needs the processor's "
-            f"`_get_num_multimodal_tokens`, which {found['processor']} lacks"
-        )
-    return f"vLLM {found['vllm']} has no model for {names}; its Transformers backend can count the image tokens"
+    found = probe_architecture(model, python)
+    if reason := unserved_reason(found):
+        raise Refused(reason)
+    return served_how(found)
 
 
 class Skipped(Exception):

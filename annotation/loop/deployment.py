@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from annotation.rules import audit
 from contract.family_gaps import REFUSALS
 from models.registry import ModelVersion, Registry, RegistryError
 from models.replicas import ReplicaPool, connect
-from models.server import serve_version
+from models.server import ServerError, probe_architecture, serve_version, unserved_reason
 from models.serving import ServingClient, ServingError
 
 
@@ -62,10 +63,25 @@ def check_base_model(model: str) -> str:
             return f"{model} cannot be served: {reason}"
         if not any((path / name).is_file() for name in PROCESSOR_FILES):
             return f"{model} holds no processor or tokenizer ({', '.join(PROCESSOR_FILES)})"
-        return ""
+        return _unservable(path)
     if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
         return f"{model} is neither a checkpoint folder here nor a hub id (organisation/name)"
     return ""
+
+
+def _unservable(path: Path) -> str:
+    """Why the pinned vLLM cannot serve the checkpoint, asked of the serving venv itself (a
+    family the table of documented gaps does not list is probed, never assumed to work);
+    "" when it can, or when this machine has no serving venv to ask."""
+    python = Path(settings.FACTLOOP_SERVING_PYTHON)
+    if not python.exists():
+        return ""
+    try:
+        found = probe_architecture(path, python)
+    except (ServerError, subprocess.TimeoutExpired) as error:
+        return f"{path}: the serving venv could not say whether vLLM serves it: {error}"
+    reason = unserved_reason(found)
+    return f"{path} cannot be served: {reason}" if reason else ""
 
 
 def register_model(

@@ -113,3 +113,24 @@ def test_the_admin_registers_a_model_and_starts_rounds_only_from_registered_vers
     with django_capture_on_commit_callbacks(execute=False):
         started = client.post("/admin/annotation/round/start/", form | {"policy_version": "mine"})
     assert started.status_code == 302 and Round.objects.get(number=2).policy_version == "mine"
+
+
+@pytest.mark.serving
+def test_a_family_the_table_does_not_list_is_probed_in_the_serving_venv(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kosmos-2 with its documented gap taken out of the table: registering it asks the
+    serving venv's vLLM, which has no model for it and whose Transformers backend needs a
+    method Kosmos-2's processor lacks; refused with that reason, nothing written."""
+    from contract import family_gaps
+    from testbed.family_checkpoints import build
+
+    kosmos = build("kosmos-2", tmp_path / "kosmos")
+    monkeypatch.setattr(
+        "annotation.loop.deployment.REFUSALS",
+        {k: v for k, v in family_gaps.REFUSALS.items() if k != ("kosmos-2", "vllm")},
+    )
+    with pytest.raises(CommandError, match="has no model for Kosmos2ForConditionalGeneration") as refused:
+        call_command("register_model", "kosmos", model=str(kosmos))
+    assert "`_get_num_multimodal_tokens`, which Kosmos2Processor lacks" in str(refused.value)
+    assert list(registry) == [] and not AuditEvent.objects.filter(action="register").exists()
