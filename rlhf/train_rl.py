@@ -172,15 +172,35 @@ def select_rows(inputs: dict[str, Any], index: Any) -> dict[str, Any]:
     return out
 
 
-# Inputs that run along the token sequence besides input_ids and attention_mask, and what
-# a response token gets: not an image token (Gemma 3's token_type_ids, Qwen2/2.5-VL's
-# mm_token_type_ids); PaliGemma's token_type_ids mark the causal suffix (1) after the
-# bidirectional prefix (0), and a response is suffix.
-SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids", "image_embeds_position_mask")
+def along_the_sequence(inputs: dict[str, Any]) -> list[str]:
+    """The processor outputs besides input_ids and attention_mask that run along the token
+    sequence: by what they are (their first two dimensions are input_ids' batch and length),
+    not by which family sent them (Gemma 3's token_type_ids, Qwen2/2.5-VL's
+    mm_token_type_ids, Kosmos-2's image_embeds_position_mask, Mllama's cross_attention_mask
+    of batch x length x images x tiles)."""
+    shape = tuple(inputs["input_ids"].shape)
+    return [
+        key
+        for key, value in inputs.items()
+        if key not in ("input_ids", "attention_mask")
+        and hasattr(value, "shape")
+        and len(value.shape) >= 2
+        and tuple(value.shape[:2]) == shape
+    ]
 
 
-def response_fill(model: Any, key: str) -> int:
-    return 1 if (key == "token_type_ids" and model_type_of_policy(model) == "paligemma") else 0
+def response_part(model: Any, key: str, value: Any, length: int) -> Any:
+    """What a response token gets in a sequence-aligned input: what the prompt's last token
+    has (in a left-padded batch, a real text token: not an image token, attending to what
+    the prompt's text attends to, as transformers' generate() carries Mllama's
+    cross-attention mask on), repeated `length` times; PaliGemma's token_type_ids mark the
+    causal suffix (1) after the bidirectional prefix (0), and a response is suffix."""
+    import torch
+
+    if key == "token_type_ids" and model_type_of_policy(model) == "paligemma":
+        return torch.ones((value.shape[0], length, *value.shape[2:]), dtype=value.dtype, device=value.device)
+    last = value[:, -1:]
+    return last.expand(value.shape[0], length, *value.shape[2:]).clone()
 
 
 def takes_position_ids(model: Any, inputs: dict[str, Any]) -> bool:
@@ -326,10 +346,8 @@ def assemble(model: Any, processor: Any, prompt: dict[str, Any], response: Any, 
     inputs = dict(prompt)
     inputs["input_ids"] = torch.cat([prompt["input_ids"], response], dim=1)
     inputs["attention_mask"] = attention
-    for key in SEQUENCE_INPUTS:
-        if key in inputs:
-            fill = torch.full_like(response, response_fill(model, key), dtype=inputs[key].dtype)
-            inputs[key] = torch.cat([inputs[key], fill], dim=1)
+    for key in along_the_sequence(prompt):
+        inputs[key] = torch.cat([inputs[key], response_part(model, key, inputs[key], response.size(1))], dim=1)
     if takes_position_ids(model, inputs):
         inputs["position_ids"] = position_ids(attention)
     decoded = processor.tokenizer.batch_decode(response, skip_special_tokens=True)

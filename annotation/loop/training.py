@@ -140,7 +140,11 @@ class Options:
             self.gate_margin = settings.FACTLOOP_GATE_MARGIN
         self.eval_items = self.eval_items or settings.FACTLOOP_EVAL_ITEMS
         for path in (self.config, self.reward_config):
-            if path is not None and not Path(path).is_file():
+            try:
+                found = path is None or Path(path).is_file()
+            except OSError as error:  # a name too long for the file system, say
+                raise TrainingRefused(f"no config file {path[:200]}: {error.strerror}") from None
+            if not found:
                 raise TrainingRefused(f"no config file {path}")
         if any("=" not in item for item in self.overrides):
             raise TrainingRefused("overrides are KEY=VALUE")

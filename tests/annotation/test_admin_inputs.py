@@ -87,3 +87,15 @@ def test_a_page_reads_lines_checkboxes_and_blanks_as_the_api_reads_json(admin_us
     form = admin_pages.TrainForm(post)
     assert inputs.validated(inputs.TrainInput, form, post, MultiValueDict()) is None
     assert "Ensure this field has no more than 500 characters." in str(form.errors)
+
+
+def test_a_config_name_too_long_for_the_file_system_is_a_refusal_not_a_server_error(admin_user: User) -> None:
+    """The API fuzz's boundary case: a config path of the longest length the input allows."""
+    make_round(tasks=1)
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    answer = api.post("/api/admin/rounds/1/train/", {"method": "ddpo", "config": "0" * 1000}, format="json")
+    assert answer.status_code == 409 and "File name too long" in answer.json()["detail"]
+    page = client_for(admin_user).post("/admin/annotation/round/1/train/", {"method": "ddpo", "config": "0" * 1000})
+    assert page.status_code == 200 and "File name too long" in page.content.decode()
+    assert not Job.objects.exists()

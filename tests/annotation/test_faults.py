@@ -101,6 +101,9 @@ def test_a_full_disk_during_an_export_fails_it_cleanly(tmp_path: Path, settings:
         subprocess.run(["umount", str(small)], check=False)
 
 
+PROMPTS = 240
+
+
 @pytest.mark.serving
 @pytest.mark.django_db(transaction=True)
 def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
@@ -131,8 +134,10 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
         server.wait_healthy(timeout=300)
         Registry(worker.env["FACTLOOP_MODEL_DIR"]).register("tiny-base", base_model=str(base_policy))
         worker.env["FACTLOOP_VLLM_URL"] = server.url
+        # Enough work that the kill lands mid-job: on a fast run, 80 prompts were all
+        # generated between the first progress report and the kill.
         round_ = make_generation_round(
-            "tiny-base", prompts=80, k=2, seed=41, prefix="fault", sampling={"max_tokens": 24}
+            "tiny-base", prompts=PROMPTS, k=2, seed=41, prefix="fault", sampling={"max_tokens": 24}
         )
         worker.start()
         job = queue_generation(round_)
@@ -151,6 +156,6 @@ def test_vllm_killed_mid_generation_then_restarted_fills_the_round_once(
         refill = Job.objects.get(pk=again.pk)
         assert refill.status == Job.Status.SUCCEEDED and refill.result["failed"] == 0, refill.result
         per_prompt = Candidate.objects.filter(round=round_).values("prompt_id").annotate(n=Count("pk"))
-        assert len(per_prompt) == 80 and {row["n"] for row in per_prompt} == {2}
+        assert len(per_prompt) == PROMPTS and {row["n"] for row in per_prompt} == {2}
     finally:
         server.stop()

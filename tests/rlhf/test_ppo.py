@@ -229,3 +229,40 @@ def test_the_rl_command_refuses_bad_input(tmp_path: Path, capsys: pytest.Capture
     assert cli.main(args) == 2
     assert "no reward-model adapter" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_inputs_along_the_sequence_are_found_by_their_shape_and_carried_over_the_response() -> None:
+    """Whatever a processor returns whose first two dimensions are input_ids' runs along the
+    sequence and is extended over the response (the last prompt token's value repeated),
+    whatever its name: token types, and a cross-attention mask of batch x length x images x
+    tiles as Mllama's processor returns. Images and flat patch lists are left alone."""
+    import torch
+
+    from rlhf.train_rl import along_the_sequence, response_part
+
+    class Model:
+        class config:
+            model_type = "some-new-family"
+
+    cross = torch.zeros(2, 5, 1, 4, dtype=torch.long)
+    cross[:, -1, 0, :2] = 1  # the last prompt token attends to the image's first two tiles
+    inputs = {
+        "input_ids": torch.ones(2, 5, dtype=torch.long),
+        "attention_mask": torch.ones(2, 5, dtype=torch.long),
+        "token_type_ids": torch.tensor([[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]),
+        "cross_attention_mask": cross,
+        "pixel_values": torch.zeros(2, 3, 8, 8),
+        "flat_patches": torch.zeros(7, 12),
+        "image_sizes": torch.tensor([[8, 8], [8, 8]]),
+    }
+    assert along_the_sequence(inputs) == ["token_type_ids", "cross_attention_mask"]
+    types = response_part(Model(), "token_type_ids", inputs["token_type_ids"], 3)
+    assert types.tolist() == [[0, 0, 0], [0, 0, 0]]
+    carried = response_part(Model(), "cross_attention_mask", cross, 3)
+    assert carried.shape == (2, 3, 1, 4) and carried[:, :, 0, :].tolist() == [[[1, 1, 0, 0]] * 3] * 2
+
+    class PaliGemma:
+        class config:
+            model_type = "paligemma"
+
+    assert response_part(PaliGemma(), "token_type_ids", inputs["token_type_ids"], 2).tolist() == [[1, 1], [1, 1]]
