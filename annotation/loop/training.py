@@ -143,7 +143,7 @@ class Options:
             try:
                 found = path is None or Path(path).is_file()
             except OSError as error:  # a name too long for the file system, say
-                raise TrainingRefused(f"no config file {path[:200]}: {error.strerror}") from None
+                raise TrainingRefused(f"no config file {str(path)[:200]}: {error.strerror}") from None
             if not found:
                 raise TrainingRefused(f"no config file {path}")
         if any("=" not in item for item in self.overrides):
