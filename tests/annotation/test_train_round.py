@@ -203,7 +203,8 @@ def test_the_gate_keeps_a_worse_policy_out(
     train_round.apply(args=(job.pk,))
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
-    assert (job.progress_done, job.progress_total) == (8, 8) and job.result["deployed"] is False
+    # Nine steps: every step but reward_model, which a DDPO run has not.
+    assert (job.progress_done, job.progress_total) == (9, 9) and job.result["deployed"] is False
     run = TrainingRun.objects.get()
     assert run.job == job
     gate = run.steps["gate"]["detail"]
