@@ -54,7 +54,10 @@ def main() -> int:
                     print(done.stderr[-2000:], file=sys.stderr)
                     return 1
                 report = json.loads(out.read_text())
-                rows.append({"family": family.name, "model_type": family.model_type, "seconds": seconds, **report})
+                # The report's own "seconds" are its steps'; "command_seconds" the whole process.
+                rows.append(
+                    {"family": family.name, "model_type": family.model_type, **report, "command_seconds": seconds}
+                )
                 failed = next((s for s in report["steps"] if s["status"] in ("refused", "failed")), None)
                 verdict = "passed" if failed is None else f"{failed['name']} {failed['status']}"
                 print(f"{family.name:<16} {method:<5} {verdict:<20} {seconds:6.1f} s", flush=True)
