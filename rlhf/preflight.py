@@ -50,6 +50,7 @@ class Step:
     seconds: float = 0.0
     detail: str = ""
     library: str = ""  # where a failure happened: transformers, trl, peft, torch, vllm, FactLoop
+    input: str = ""  # what the step was given
 
 
 @dataclass
@@ -81,7 +82,10 @@ class Report:
             took = sum(step.seconds for step in self.steps)
             return f"preflight of {self.method} on {self.model}: passed in {took:.1f} s"
         where = f" in {failed.library}" if failed.library else ""
-        return f"preflight of {self.method} on {self.model}: step {failed.name} {failed.status}{where}: {failed.detail}"
+        return (
+            f"preflight of {self.method} on {self.model}: step {failed.name} {failed.status}{where}: "
+            f"{failed.detail} (input: {failed.input})"
+        )
 
 
 class Refused(Exception):
@@ -101,27 +105,28 @@ def library_of(error: BaseException) -> str:
     return "FactLoop"
 
 
-def _run(report: Report, name: str, action: Callable[[], str]) -> bool:
+def _run(report: Report, name: str, action: Callable[[], str], given: str) -> bool:
     if report.failed is not None:
-        report.steps.append(Step(name, "skipped", detail=f"step {report.failed.name} did not pass"))
+        report.steps.append(Step(name, "skipped", detail=f"step {report.failed.name} did not pass", input=given))
         return False
     began = time.perf_counter()
     try:
         detail = action()
     except Skipped as skipped:
-        report.steps.append(Step(name, "skipped", time.perf_counter() - began, str(skipped)))
+        report.steps.append(Step(name, "skipped", time.perf_counter() - began, str(skipped), input=given))
         return True
     except Refused as refused:
-        report.steps.append(Step(name, "refused", time.perf_counter() - began, str(refused)))
+        report.steps.append(Step(name, "refused", time.perf_counter() - began, str(refused), input=given))
         return False
     except ConfigError as bad:  # the run's own settings refuse this (a trainer would too)
-        report.steps.append(Step(name, "refused", time.perf_counter() - began, f"settings: {bad}", "FactLoop"))
+        seconds = time.perf_counter() - began
+        report.steps.append(Step(name, "refused", seconds, f"settings: {bad}", "FactLoop", given))
         return False
     except Exception as error:  # noqa: BLE001 - the step's failure is its result
         text = f"{type(error).__name__}: {str(error).strip()[:500]}"
-        report.steps.append(Step(name, "failed", time.perf_counter() - began, text, library_of(error)))
+        report.steps.append(Step(name, "failed", time.perf_counter() - began, text, library_of(error), given))
         return False
-    report.steps.append(Step(name, "ok", time.perf_counter() - began, detail))
+    report.steps.append(Step(name, "ok", time.perf_counter() - began, detail, input=given))
     return True
 
 
@@ -263,13 +268,17 @@ def preflight(
     report = Report(model, method)
     folder = Path(tempfile.mkdtemp(prefix="factloop-preflight-", dir=work))
     try:
-        _run(report, "family", lambda: family_step(model, method))
-        _run(report, "vllm", lambda: vllm_step(model, serving_python))
+        checkpoint = f"{model}'s config"
+        batch = f"one batch of {data}" + (f", continuing {adapter}" if adapter else "")
+        _run(report, "family", lambda: family_step(model, method), checkpoint)
+        _run(report, "vllm", lambda: vllm_step(model, serving_python), checkpoint)
         if method in DPO_METHODS:
-            _run(report, "train", lambda: _one_batch_of_pairs(model, method, data, folder, config, overrides, adapter))
+            train = lambda: _one_batch_of_pairs(model, method, data, folder, config, overrides, adapter)  # noqa: E731
+            _run(report, "train", train, f"{method} on {batch}")
         else:
-            _run(report, "reward", lambda: _one_batch_of_rankings(model, data, folder, reward_config))
-            _run(report, "rollout", lambda: _one_rollout(model, method, data, folder, config, overrides, adapter))
+            _run(report, "reward", lambda: _one_batch_of_rankings(model, data, folder, reward_config), batch)
+            roll = lambda: _one_rollout(model, method, data, folder, config, overrides, adapter)  # noqa: E731
+            _run(report, "rollout", roll, f"{method} rollouts of {batch} scored by that reward model")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return report

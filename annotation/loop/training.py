@@ -386,9 +386,8 @@ def _step_preflight(run: TrainingRun, options: Options, work: RunFolder) -> dict
         report = json.loads(work.preflight.read_text())
         failed = next(s for s in report["steps"] if s["status"] in ("refused", "failed"))
         where = f" in {failed['library']}" if failed["library"] else ""
-        raise StepFailed(
-            f"the preflight's {failed['name']} step {failed['status']}{where}: {failed['detail']}"
-        ) from None
+        message = f"the preflight's {failed['name']} step {failed['status']}{where}: {failed['detail']}"
+        raise StepFailed(f"{message} (input: {failed['input']})") from None
     report = json.loads(work.preflight.read_text())
     return {"seconds": report["seconds"], "steps": {s["name"]: s["status"] for s in report["steps"]}}
 

@@ -116,6 +116,7 @@ def test_a_run_that_cannot_train_stops_at_its_preflight_naming_the_library(
         call_command("train_round", "--inline", *TRAIN_ARGS, *bad)
     run = TrainingRun.objects.get()
     assert run.status == TrainingRun.Status.FAILED and "not found in the base model" in run.error
+    assert "(input: ddpo on one batch of " in run.error
     assert set(run.steps) == {"freeze", "export", "preflight"}
     assert run.steps["preflight"]["status"] == "failed" and not (Path(run.work_dir) / "train").exists()
     report = json.loads((Path(run.work_dir) / "preflight.json").read_text())

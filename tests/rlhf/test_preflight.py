@@ -113,7 +113,7 @@ def test_a_step_that_fails_names_the_library_and_the_cause(base_policy: Path, pa
     train = report["steps"][-1]
     assert (train["name"], train["status"], train["library"]) == ("train", "failed", "peft")
     assert "no_such_proj" in train["detail"] and "not found in the base model" in train["detail"]
-    assert "step train failed in peft" in output
+    assert "step train failed in peft" in output and f"(input: dpo on one batch of {pairs})" in output
 
 
 def test_the_run_settings_refuse_what_a_trainer_would(base_policy: Path, pairs: Path, tmp_path: Path) -> None:
