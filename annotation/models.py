@@ -1,4 +1,4 @@
-"""FactLoop's data model. Rules about one row live here; workflows live in services/."""
+"""FactLoop's data model. Rules about one row live here; workflows live in the rooms (labeling, data, loop)."""
 
 from __future__ import annotations
 
@@ -285,7 +285,7 @@ class Round(models.Model):
     sampling = models.JSONField(
         default=dict, blank=True, help_text='Sampling for candidates: {"temperature", "top_p", "max_tokens", "seed"}.'
     )
-    # What the round becomes once its candidates are in (services.make_round_tasks): empty
+    # What the round becomes once its candidates are in (annotation.loop.generation.make_round_tasks): empty
     # task_kinds means tasks are made by hand (synthetic rounds, tests).
     task_kinds = models.JSONField(
         default=list, blank=True, help_text='Task kinds made from the candidates: ["rank"], ["correct"] or both.'
@@ -406,7 +406,7 @@ class Task(models.Model):
     # Submissions are not counted on the row: that would add a write, and a lock on the task,
     # to every submission; the admin and exports count them.
     taken = models.PositiveSmallIntegerField(default=0, help_text="Live leases plus submissions.")
-    # A copy of "its round is open", kept by services.open_round and freeze_round, so that the
+    # A copy of "its round is open", kept by annotation.labeling.rounds.open_round and freeze_round, so that the
     # queue's index holds only tasks it may hand out: tasks left unfinished in frozen rounds
     # would otherwise be walked past by every claim, forever.
     in_open_round = models.BooleanField(default=False, db_default=False, help_text="Whether the task's round is open.")

@@ -9,7 +9,7 @@ question per fresh training scene, the same scenes for every arm. Then:
   oracle, testbed/toyworld/oracle.py, missing each hallucinated segment with probability
   `--noise`); each corrects the first sampled answer (RLHF-V's protocol; a right answer
   gives no pair but costs a label).
-- (b) `active`: the `--labels` prompts whose K answers disagree most (rlhf/selection.py).
+- (b) `active`: the `--labels` prompts whose K answers disagree most (contract/selection.py).
 - (c) `active+suggest`: as (b), and the annotator sees the AI labeller's suggestions
   (rlhf/ai_feedback.py; the labeller is the arm's current policy, self-feedback, asked its
   yes/no, count and colour questions greedily). The annotator model: a suggestion that

@@ -11,7 +11,7 @@ string), `context` (earlier turns, a list of {"role", "content"}; in CSV a JSON 
 evaluator reads them, annotation/loop/evaluation.py).
 
 Held-out rows join one named dataset (the import's `dataset`, "heldout" when it names
-none; services/datasets.py), created by the import when new, in the import's `vocabulary`,
+none; annotation/rules/datasets.py), created by the import when new, in the import's `vocabulary`,
 else the one its rows' facts name, else "coco". Each held-out row's classes must be in
 that vocabulary, and a prompt already in another dataset is a bad row.
 

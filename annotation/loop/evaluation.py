@@ -1,7 +1,7 @@
 """Evaluation on a held-out dataset of the database, through the vLLM server.
 
 `export_heldout` writes one named dataset's prompts (their images, texts and the images'
-known facts; services/datasets.py) as a held-out folder (contract/heldout.py), with its
+known facts; annotation/rules/datasets.py) as a held-out folder (contract/heldout.py), with its
 name, item count and digest in the manifest and, for a vocabulary of the user's own, its
 classes; `evaluate_version` has the trainer's
 command line (`python -m rlhf.cli evaluate`, in a child process: the web app never loads
