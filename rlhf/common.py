@@ -73,16 +73,22 @@ def model_type_of(model: str | Path) -> str:
     return str(AutoConfig.from_pretrained(str(model)).model_type)
 
 
-def require(model: str | Path, capability: str) -> None:
-    """Raise ConfigError with the documented reason when `capability` (a trainer's method,
-    "reward", "vllm"...) is a known gap of the checkpoint's family (contract/family_gaps.py)."""
+def documented_gap(model_type: str, capability: str) -> str | None:
+    """Why `capability` (a trainer's method, "reward", "vllm"...) is a known gap of the
+    family `model_type` (contract/family_gaps.py), as the user reads it; None when it is not."""
     from contract.family_gaps import REFUSALS
+
+    reason = REFUSALS.get((model_type, capability))
+    return None if reason is None else f"{capability} is not available for {model_type} models: {reason}"
+
+
+def require(model: str | Path, capability: str) -> None:
+    """Raise ConfigError with the documented reason when `capability` is a known gap of the
+    checkpoint's family (`documented_gap`)."""
     from rlhf.config import ConfigError
 
-    model_type = model_type_of(model)
-    reason = REFUSALS.get((model_type, capability))
-    if reason is not None:
-        raise ConfigError(f"{capability} is not available for {model_type} models: {reason}")
+    if (gap := documented_gap(model_type_of(model), capability)) is not None:
+        raise ConfigError(gap)
 
 
 def last_checkpoint(output_dir: Path) -> str | None:

@@ -38,9 +38,8 @@ from typing import Any
 
 from contract.methods import DPO_METHODS, METHODS, RL_METHODS
 from models.server import probe_architecture, served_how, unserved_reason
+from rlhf.common import documented_gap
 from rlhf.config import ConfigError
-
-STEPS = ("family", "vllm", "train", "reward", "rollout")
 
 
 @dataclass
@@ -105,29 +104,28 @@ def library_of(error: BaseException) -> str:
     return "FactLoop"
 
 
-def _run(report: Report, name: str, action: Callable[[], str], given: str) -> bool:
+def _run(report: Report, name: str, action: Callable[[], str], given: str) -> None:
     if report.failed is not None:
         report.steps.append(Step(name, "skipped", detail=f"step {report.failed.name} did not pass", input=given))
-        return False
+        return
     began = time.perf_counter()
     try:
         detail = action()
     except Skipped as skipped:
         report.steps.append(Step(name, "skipped", time.perf_counter() - began, str(skipped), input=given))
-        return True
+        return
     except Refused as refused:
         report.steps.append(Step(name, "refused", time.perf_counter() - began, str(refused), input=given))
-        return False
+        return
     except ConfigError as bad:  # the run's own settings refuse this (a trainer would too)
         seconds = time.perf_counter() - began
         report.steps.append(Step(name, "refused", seconds, f"settings: {bad}", "FactLoop", given))
-        return False
+        return
     except Exception as error:  # noqa: BLE001 - the step's failure is its result
         text = f"{type(error).__name__}: {str(error).strip()[:500]}"
         report.steps.append(Step(name, "failed", time.perf_counter() - began, text, library_of(error), given))
-        return False
+        return
     report.steps.append(Step(name, "ok", time.perf_counter() - began, detail, input=given))
-    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,25 +140,17 @@ def read_config(model: str) -> dict[str, Any]:
     return {"model_type": str(config.model_type), "architectures": list(getattr(config, "architectures", None) or [])}
 
 
-def family_step(model: str, method: str) -> str:
-    from contract.family_gaps import REFUSALS
-
-    config = read_config(model)
-    needs = [method, "reward"] if method in RL_METHODS else [method]
-    for capability in needs:
-        reason = REFUSALS.get((config["model_type"], capability))
-        if reason is not None:
-            raise Refused(f"{capability} is not available for {config['model_type']} models: {reason}")
+def family_step(config: dict[str, Any], method: str) -> str:
+    """The family's documented gaps for the method (and the reward model an RL method needs)."""
+    for capability in [method, "reward"] if method in RL_METHODS else [method]:
+        if (gap := documented_gap(config["model_type"], capability)) is not None:
+            raise Refused(gap)
     return f"{config['model_type']} ({', '.join(config['architectures']) or 'no architectures listed'})"
 
 
-def vllm_step(model: str, python: str | None) -> str:
-    from contract.family_gaps import REFUSALS
-
-    config = read_config(model)
-    reason = REFUSALS.get((config["model_type"], "vllm"))
-    if reason is not None:
-        raise Refused(f"vllm is not available for {config['model_type']} models: {reason}")
+def vllm_step(model: str, config: dict[str, Any], python: str | None) -> str:
+    if (gap := documented_gap(config["model_type"], "vllm")) is not None:
+        raise Refused(gap)
     if python is None or not Path(python).exists():
         raise Skipped("no serving venv to probe (make serving)")
     if not Path(model).is_dir():
@@ -270,8 +260,14 @@ def preflight(
     try:
         checkpoint = f"{model}'s config"
         batch = f"one batch of {data}" + (f", continuing {adapter}" if adapter else "")
-        _run(report, "family", lambda: family_step(model, method), checkpoint)
-        _run(report, "vllm", lambda: vllm_step(model, serving_python), checkpoint)
+        checkpoint_config: dict[str, Any] = {}  # read once, by the family step; the vllm step runs only after it
+
+        def family() -> str:
+            checkpoint_config.update(read_config(model))
+            return family_step(checkpoint_config, method)
+
+        _run(report, "family", family, checkpoint)
+        _run(report, "vllm", lambda: vllm_step(model, checkpoint_config, serving_python), checkpoint)
         if method in DPO_METHODS:
             train = lambda: _one_batch_of_pairs(model, method, data, folder, config, overrides, adapter)  # noqa: E731
             _run(report, "train", train, f"{method} on {batch}")

@@ -365,6 +365,13 @@ def _rollout_settings(options: Options) -> list[str]:
     return [f"rollout_server={','.join(vllm_urls())}"]
 
 
+def _trainer_settings(run: TrainingRun, options: Options) -> list[str]:
+    """The policy trainer's config file and overrides, as the train step and the preflight
+    both pass them: the method, for PPO/GRPO/RLOO the rollout server, then the run's own."""
+    rollouts = _rollout_settings(options) if run.method in RL_METHODS else []
+    return _config_args(options.config, [f"method={run.method}", *rollouts, *options.overrides])
+
+
 def _step_preflight(run: TrainingRun, options: Options, work: RunFolder) -> dict[str, Any]:
     """What the trainer steps will do, once on one batch of the export, with the run's own
     settings: refused in seconds, naming the step, the library and the cause, before the
@@ -373,8 +380,7 @@ def _step_preflight(run: TrainingRun, options: Options, work: RunFolder) -> dict
     args = ["preflight", "--model", current.base_model, "--method", run.method, "--data", str(work.export)]
     if (adapter := _registry().adapter_path(current.name)) is not None:
         args += ["--adapter", str(adapter)]
-    overrides = [*(_rollout_settings(options) if run.method in RL_METHODS else []), *options.overrides]
-    args += _config_args(options.config, overrides)
+    args += _trainer_settings(run, options)
     if run.method in RL_METHODS and options.reward_config:
         args += ["--reward-config", options.reward_config]
     args += ["--serving-python", str(settings.FACTLOOP_SERVING_PYTHON), "--out", str(work.preflight)]
@@ -408,13 +414,11 @@ def _step_train(run: TrainingRun, options: Options, work: RunFolder) -> dict[str
     out = work.train
     if not RunResult.exists(out):
         if run.method in DPO_METHODS:
-            args = ["dpo", *_config_args(options.config, [f"method={run.method}", *options.overrides])]
+            args = ["dpo", *_trainer_settings(run, options)]
             if any(out.glob("checkpoint-*")):
                 args.append("--resume")
         else:
-            settings_ = [f"method={run.method}", *_rollout_settings(options), *options.overrides]
-            args = ["rl", *_config_args(options.config, settings_)]
-            args += ["--set", f"reward_model={work.reward}"]
+            args = ["rl", *_trainer_settings(run, options), "--set", f"reward_model={work.reward}"]
         args += [*_model_settings(run), "--set", f"data={work.export}", "--set", f"output_dir={out}"]
         _rlhf(args, work.train_log, options.launch())
     result = RunResult.read(out)

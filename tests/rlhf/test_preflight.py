@@ -90,13 +90,13 @@ def test_vllm_is_probed_in_the_serving_venv_not_assumed_from_the_model_type(
 
     python = str(settings.FACTLOOP_SERVING_PYTHON)
     assert "serves LlavaForConditionalGeneration with a model of its own" in preflight.vllm_step(
-        str(base_policy), python
+        str(base_policy), preflight.read_config(str(base_policy)), python
     )
     monkeypatch.setattr(
         family_gaps, "REFUSALS", {k: v for k, v in family_gaps.REFUSALS.items() if k != ("kosmos-2", "vllm")}
     )
     with pytest.raises(preflight.Refused) as refused:
-        preflight.vllm_step(str(kosmos), python)
+        preflight.vllm_step(str(kosmos), preflight.read_config(str(kosmos)), python)
     message = str(refused.value)
     assert "has no model for Kosmos2ForConditionalGeneration" in message
     assert "`_get_num_multimodal_tokens`, which Kosmos2Processor lacks" in message
@@ -130,3 +130,17 @@ def test_a_folder_that_is_no_export_is_bad_input(base_policy: Path, tmp_path: Pa
         "--model", str(base_policy), "--method", "dpo", "--data", str(tmp_path), out=tmp_path / "report.json"
     )
     assert code == 2 and report == {} and "is not a trl export" in output
+
+
+def test_a_model_that_is_no_checkpoint_fails_at_its_first_step_and_nothing_runs(pairs: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-checkpoint"
+    code, report, output = run_preflight(
+        "--model", str(missing), "--method", "ddpo", "--data", str(pairs), out=tmp_path / "report.json"
+    )
+    assert code == 1
+    assert [(s["name"], s["status"]) for s in report["steps"]] == [
+        ("family", "failed"), ("vllm", "skipped"), ("train", "skipped"),
+    ]  # fmt: skip
+    family = report["steps"][0]
+    assert family["library"] == "transformers" and family["input"] == f"{missing}'s config"
+    assert "step family failed in transformers" in output and not missing.exists()
