@@ -34,6 +34,11 @@ _KOSMOS_DPO = (
     "trl 1.16's vision preference collator appends the completions to `input_ids` but not to Kosmos-2's "
     "`image_embeds_position_mask`, so the model's shapes disagree"
 )
+_CHAMELEON_RL = (
+    "trl 1.16's GRPO and RLOO tokenize a step's prompts as one unpadded batch, and transformers 5.19's "
+    "ChameleonProcessor returns tensors by default, which cannot hold prompts of different lengths (a step "
+    "with one distinct prompt runs, a round's steps do not); FactLoop's PPO runs on it"
+)
 _KOSMOS_RL = "trl 1.16's GRPO and RLOO trainers read `config.image_token_id`, which Kosmos-2's config does not have"
 _VLLM_BACKEND = (
     "vLLM 0.32 has no {family} model of its own, and its Transformers backend needs the processor's "
@@ -57,4 +62,5 @@ REFUSALS: dict[tuple[str, str], str] = {
     **{("paligemma", method): _PALIGEMMA_RL for method in ("grpo", "rloo")},
     **{("kosmos-2", method): _KOSMOS_DPO for method in DPO_METHODS},
     **{("kosmos-2", method): _KOSMOS_RL for method in ("grpo", "rloo")},
+    **{("chameleon", method): _CHAMELEON_RL for method in ("grpo", "rloo")},
 }

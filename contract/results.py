@@ -81,5 +81,9 @@ class RewardResult(_Record):
     last_loss: float
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
+    # Pairwise accuracy on (up to 256 of) its training pairs before and after training: the
+    # model learned what it was shown (None before, on a resumed run).
+    train_accuracy_before: float | None = None
+    train_accuracy: float | None = None
     steps: int = 0  # optimiser updates in all
     resumed_at: int = 0  # the checkpoint's step this run resumed from (0: a fresh run)

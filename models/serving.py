@@ -54,6 +54,9 @@ class Sampling:
     # prompt's token ids (image placeholders expanded) and each choice's.
     top_k: int | None = None
     return_token_ids: bool = False
+    # Token ids never to sample (image placeholders): OpenAI's logit_bias at its floor, -100,
+    # which vLLM adds to their logits.
+    suppress: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -222,6 +225,8 @@ class ServingClient:
             body["top_k"] = sampling.top_k
         if sampling.return_token_ids:
             body["return_token_ids"] = True
+        if sampling.suppress:
+            body["logit_bias"] = {str(token): -100 for token in sampling.suppress}
         data = self._request("POST", "/v1/chat/completions", body).json()
         choices = [
             Choice(

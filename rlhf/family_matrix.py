@@ -4,10 +4,15 @@ of every image-text-to-text family FactLoop covers (testbed/family_checkpoints.p
 A row is a family; a cell is one capability, run for real for a step or two:
 
 - loads: the policy loads through transformers' auto classes and answers one prompt;
-- ddpo, dpo, mdpo, halva: DDPO, DPO, mDPO (corrupted images through the family's processor) and HALVA
-  (full next-token distributions) steps on oracle pairs (rlhf/train_dpo.py);
-- reward: the fact-augmented Bradley-Terry reward model (rlhf/reward.py);
-- ppo, grpo, rloo: one online step against that reward model (rlhf/train_rl.py);
+- ddpo, dpo, sft, mdpo, halva: DDPO, DPO, SFT, mDPO (corrupted images through the family's
+  processor) and HALVA (full next-token distributions) over the same two oracle pairs for a few
+  steps (rlhf/train_dpo.py): the training loss falls;
+- reward: the fact-augmented Bradley-Terry reward model (rlhf/reward.py) for a few epochs on eight
+  pairs: its loss falls and its accuracy on those pairs rises;
+- ppo, grpo, rloo: a few online steps (rlhf/train_rl.py) scored by a reward a tiny random policy
+  can learn in that time (`OpensWithALetter`; the reward model's score of random text carries too
+  little signal to learn from in a few steps), with PPO's critic started from the reward cell's
+  model: the mean reward of responses sampled with a fixed seed rises;
 - vllm: vLLM serves the checkpoint, hot-loads the DDPO adapter (a random one where DDPO is
   refused), and its greedy token ids equal transformers' with the adapter merged
   (rlhf/serving_check.py; only with a serving venv: `--vllm`);
@@ -31,7 +36,31 @@ from typing import Any
 from rlhf.common import require
 from rlhf.config import ConfigError
 
-CELLS = ("loads", "ddpo", "dpo", "mdpo", "halva", "reward", "ppo", "grpo", "rloo", "vllm", "evaluation")
+CELLS = ("loads", "ddpo", "dpo", "sft", "mdpo", "halva", "reward", "ppo", "grpo", "rloo", "vllm", "evaluation")
+
+# What each cell asserts of its figures (tests/rlhf/test_families.py checks them on every row;
+# docs/families.md prints them): a pair method's loss falls, the reward model's loss falls and
+# its accuracy on its training pairs rises, an RL method's yardstick reward rises.
+PAIR_CELLS = ("ddpo", "dpo", "sft", "mdpo", "halva")
+RL_CELLS = ("ppo", "grpo", "rloo")
+
+
+def learned(cell: str, figures: dict[str, float]) -> str | None:
+    """Why a passing cell's figures show no learning, or None when they show it."""
+    needed = {"steps", "first_loss", "last_loss"} if cell in PAIR_CELLS else set()
+    needed |= {"first_loss", "last_loss", "accuracy_before", "accuracy"} if cell == "reward" else set()
+    needed |= {"reward_before", "reward"} if cell in RL_CELLS else set()
+    if missing := sorted(needed - set(figures)):
+        return f"no figures to show it learned ({', '.join(missing)})"
+    if cell in PAIR_CELLS and not (figures["steps"] >= 3 and figures["last_loss"] < figures["first_loss"]):
+        return f"the loss did not fall over its steps: {figures}"
+    if cell == "reward" and not (
+        figures["last_loss"] < figures["first_loss"] and figures["accuracy"] > figures["accuracy_before"]
+    ):
+        return f"the reward model did not learn its pairs: {figures}"
+    if cell in RL_CELLS and not figures["reward"] > figures["reward_before"]:
+        return f"the sampled reward did not rise: {figures}"
+    return None
 
 
 @dataclass
@@ -140,7 +169,7 @@ def _dpo(bench: Bench, method: str, epochs: float) -> tuple[Any, tuple[str, dict
     )
     result = train(config, report_to=[])
     figures = {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss}
-    return result, (f"{result.steps} steps, loss {result.first_loss:.3f} -> {result.last_loss:.3f}", figures)
+    return result, (f"{result.steps} steps, loss {result.first_loss:.3g} -> {result.last_loss:.3g}", figures)
 
 
 def cell_ddpo(bench: Bench) -> Outcome:
@@ -150,20 +179,25 @@ def cell_ddpo(bench: Bench) -> Outcome:
 
 
 def cell_dpo(bench: Bench) -> Outcome:
-    return _dpo(bench, "dpo", epochs=2)[1]
+    return _dpo(bench, "dpo", epochs=3)[1]
+
+
+def cell_sft(bench: Bench) -> Outcome:
+    """SFT on the corrected responses (trl's fused head, as DPO)."""
+    return _dpo(bench, "sft", epochs=3)[1]
 
 
 def cell_mdpo(bench: Bench) -> Outcome:
     """mDPO: its corrupted images go through the family's own processor."""
-    return _dpo(bench, "mdpo", epochs=2)[1]
+    return _dpo(bench, "mdpo", epochs=3)[1]
 
 
 def cell_halva(bench: Bench) -> Outcome:
     """HALVA: full next-token distributions (the logits) for its KL term."""
-    return _dpo(bench, "halva", epochs=2)[1]
+    return _dpo(bench, "halva", epochs=3)[1]
 
 
-def cell_reward(bench: Bench) -> str:
+def cell_reward(bench: Bench) -> Outcome:
     from rlhf.reward import RewardConfig, train_reward_model
 
     out = bench.work / "reward"
@@ -172,18 +206,79 @@ def cell_reward(bench: Bench) -> str:
         data=[str(bench.pairs)],
         output_dir=str(out),
         lora=_lora(),  # type: ignore[arg-type]
-        learning_rate=1e-3,
+        learning_rate=1e-2,
+        epochs=4,
         batch_size=4,
+        max_pairs=8,  # the same eight pairs every epoch: the model must learn them
         heldout_share=0.25,
         logging_steps=1,
         threads=1,
     )
     result = train_reward_model(config, progress=False)
     bench.reward_model = out
-    return f"{result.train_pairs} pairs, loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
+    figures = {
+        "steps": result.steps,
+        "first_loss": result.first_loss,
+        "last_loss": result.last_loss,
+        "accuracy_before": result.train_accuracy_before or 0.0,
+        "accuracy": result.train_accuracy or 0.0,
+    }
+    detail = (
+        f"{result.train_pairs} pairs, {result.steps} steps, loss {result.first_loss:.3f} -> {result.last_loss:.3f}, "
+        f"accuracy {figures['accuracy_before']:.2f} -> {figures['accuracy']:.2f}"
+    )
+    return detail, figures
 
 
-def _rl(bench: Bench, method: str) -> str:
+class OpensWithALetter:
+    """A reward a tiny random policy can learn in a few steps: 1 when a response opens with
+    an ASCII letter (a word), else 0. A tiny random model's vocabulary is mostly single bytes
+    that decode to no letter, and every response's first token follows the same context
+    ("ASSISTANT:"), so a few policy-gradient steps move its first token's distribution
+    consistently; the reward model's score of a random policy's text, or a share over all
+    its tokens, gives too noisy a signal for eight steps."""
+
+    processor: Any = None  # the policy's (RewardFunction's interface); the text is enough
+
+    def score(
+        self,
+        prompts: Sequence[list[dict[str, Any]]],
+        responses: Sequence[str],
+        images: Sequence[Any],
+        facts: Sequence[dict[str, Any]],
+    ) -> list[float]:
+        return [float(bool(text) and text[0].isascii() and text[0].isalpha()) for text in responses]
+
+
+def learnable_reward(processor: Any) -> Any:
+    from rlhf.scoring import RewardFunction, SymbolicTerms
+
+    scorer = OpensWithALetter()
+    scorer.processor = processor
+    # Scaled well above the noise of PPO's critic, which starts from an unrelated reward model.
+    return RewardFunction(scorer, SymbolicTerms(0.0, 0, 0.0, 0.0, 0.0), reward_scale=RL_REWARD_SCALE)
+
+
+def yardstick(bench: Bench, config: Any, adapter: Path | None) -> float:
+    """The mean OpensWithALetter reward of the policy (with `adapter`) on the run's prompts,
+    sixteen responses each, sampled with a fixed seed: the same draw before and after."""
+    import torch
+
+    from rlhf.common import load_policy
+    from rlhf.train_rl import sample, stop_ids
+    from rlhf.training_data import load_prompts
+
+    model, processor = load_policy(str(bench.model), adapter=adapter)
+    rows = load_prompts(config.data, max_prompts=config.max_prompts)
+    rows = [row for row in rows for _ in range(16)]
+    torch.manual_seed(0)
+    rollout = sample(model, processor, rows, config, stop_ids(model, processor), "cpu")
+    scores = OpensWithALetter().score([], rollout.texts, [], [])
+    return sum(scores) / len(scores)
+
+
+def _rl(bench: Bench, method: str) -> Outcome:
+    from rlhf.common import load_processor
     from rlhf.config import RLTrainConfig
     from rlhf.train_rl import train
 
@@ -195,29 +290,48 @@ def _rl(bench: Bench, method: str) -> str:
         data=[str(bench.pairs)],
         output_dir=str(bench.work / method),
         method=method,
-        lora=_lora(),  # type: ignore[arg-type]
-        steps=1,
-        rollout_batch_size=2,
-        minibatch_size=2,
-        ppo_epochs=1,
-        num_generations=2,
-        max_new_tokens=6,
+        # A tiny random model's LM head (initialised at std 0.02) keeps its outputs near
+        # uniform whatever its adapters do to its features: it trains too, as a user may
+        # ask (`lora.modules_to_save`), so the policy can move what it says.
+        lora=_lora() | {"modules_to_save": ["lm_head"]},  # type: ignore[arg-type]
+        learning_rate=RL_LEARNING_RATE,
+        kl_coef=0.01,
+        steps=RL_STEPS,
+        rollout_batch_size=8,
+        minibatch_size=8,
+        ppo_epochs=2,
+        num_generations=RL_GENERATIONS,
+        # A tiny random model's next-token distribution is near uniform over its vocabulary:
+        # sampled cooler, a few tokens lead in each context, so eight steps' samples cover
+        # them and learn which to prefer.
+        temperature=RL_TEMPERATURE,
+        max_new_tokens=8,
         max_prompts=4,
         threads=1,
     )
-    result = train(config, report_to=[], progress=False)
-    return f"reward {result.first_reward:.3f}" if result.first_reward is not None else "stepped"
+    before = yardstick(bench, config, None)
+    result = train(config, report_to=[], progress=False, reward=learnable_reward(load_processor(str(bench.model))))
+    after = yardstick(bench, config, Path(result.adapter_dir or ""))
+    figures = {"steps": float(result.steps), "reward_before": before, "reward": after}
+    return f"{result.steps} steps, reward {before:.3f} -> {after:.3f}", figures
 
 
-def cell_ppo(bench: Bench) -> str:
+RL_STEPS = 8
+RL_TEMPERATURE = 0.25
+RL_REWARD_SCALE = 5.0
+RL_GENERATIONS = 4
+RL_LEARNING_RATE = 1e-2
+
+
+def cell_ppo(bench: Bench) -> Outcome:
     return _rl(bench, "ppo")
 
 
-def cell_grpo(bench: Bench) -> str:
+def cell_grpo(bench: Bench) -> Outcome:
     return _rl(bench, "grpo")
 
 
-def cell_rloo(bench: Bench) -> str:
+def cell_rloo(bench: Bench) -> Outcome:
     return _rl(bench, "rloo")
 
 
@@ -249,6 +363,7 @@ CELL_RUNNERS: dict[str, Callable[[Bench], Outcome]] = {
     "loads": cell_loads,
     "ddpo": cell_ddpo,
     "dpo": cell_dpo,
+    "sft": cell_sft,
     "mdpo": cell_mdpo,
     "halva": cell_halva,
     "reward": cell_reward,
@@ -274,7 +389,12 @@ def run_cell(name: str, bench: Bench, model_type: str) -> Cell:
         where = f"{Path(last.filename).name}:{last.lineno}"
         return Cell("failed", f"{type(error).__name__}: {str(error)[:300]} ({where})", time.perf_counter() - began)
     detail, figures = outcome if isinstance(outcome, tuple) else (outcome, {})
-    return Cell("ok", detail, time.perf_counter() - began, figures)
+    seconds = time.perf_counter() - began
+    # A "yes" means the step did what it exists for, not only that it ran.
+    unlearned = learned(name, figures)
+    if unlearned is not None:
+        return Cell("failed", f"{detail}; {unlearned}", seconds, figures)
+    return Cell("ok", detail, seconds, figures)
 
 
 def run_row(

@@ -105,6 +105,28 @@ def token_kl(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+def parting_tokens(ids: Tensor, mask: Tensor) -> Tensor:
+    """For rows [chosen; rejected] of n pairs: a mask of each row's first response token
+    where its pair's two responses part (their response tokens, read in order, differ there;
+    a response that ends first parts at its end token). Both sides' marked tokens follow
+    the same context: the two continuations a contrast can compare. A pair whose responses
+    are equal has none."""
+    import torch
+
+    n = ids.size(0) // 2
+    out = torch.zeros_like(mask)
+    for i in range(n):
+        where = [mask[row].nonzero().flatten() for row in (i, n + i)]
+        tokens = [ids[row, at] for row, at in zip((i, n + i), where, strict=True)]
+        common = min(len(t) for t in tokens)
+        differ = (tokens[0][:common] != tokens[1][:common]).nonzero().flatten()
+        part = int(differ[0]) if len(differ) else common
+        for row, at in zip((i, n + i), where, strict=True):
+            if part < len(at):
+                out[row, at[part]] = 1
+    return out
+
+
 def halva_loss(
     positive_phrase: Tensor, negative_phrase: Tensor, kl: Tensor, *, alpha: float
 ) -> tuple[Tensor, dict[str, Tensor]]:

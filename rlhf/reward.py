@@ -406,6 +406,9 @@ def build_trainer(config: RewardConfig, *, report_to: list[str] | None = None) -
     return trainer, dataset, heldout_ids
 
 
+TRAIN_ACCURACY_PAIRS = 256  # training pairs scored before and after training
+
+
 def train_reward_model(
     config: RewardConfig, *, resume: bool = False, report_to: list[str] | None = None, progress: bool = True
 ) -> RewardResult:
@@ -419,8 +422,10 @@ def train_reward_model(
     if not progress:
         trainer.remove_callback(_progress_callback())
     checkpoint = last_checkpoint(out) if resume else None
-    trainer.train(resume_from_checkpoint=checkpoint)
+    shown = [trainer.train_dataset[i] for i in range(min(TRAIN_ACCURACY_PAIRS, len(trainer.train_dataset)))]
     model, processor = trainer.model, trainer.processor
+    before = None if checkpoint else accuracy(model, processor, shown, config.facts_mode())
+    trainer.train(resume_from_checkpoint=checkpoint)
     held = accuracy(model, processor, [dataset[i] for i in heldout_ids], config.facts_mode())
     # Every rank takes part in the save (a sharded model is gathered first); rank 0 writes.
     trainer.save_model(str(out / ADAPTER))
@@ -445,6 +450,8 @@ def train_reward_model(
         last_loss=sum(losses[-window:]) / window,
         seconds=time.perf_counter() - began,
         config=asdict(config),
+        train_accuracy_before=before,
+        train_accuracy=accuracy(model, processor, shown, config.facts_mode()),
         steps=trainer.state.global_step,
         resumed_at=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0,
     )

@@ -152,10 +152,12 @@ class ServerRollouts:
         temperature: float,
         max_tokens: int,
         seed: int | None = None,
+        suppress: Sequence[int] = (),
     ) -> list[Served]:
         """One response per conversation (OpenAI messages), sampled with the loaded adapter
-        at `temperature`; requests run concurrently and the server batches them. Seeds are
-        `seed + i` for the i-th conversation when a seed is given."""
+        at `temperature`, never one of the `suppress` token ids; requests run concurrently and
+        the server batches them. Seeds are `seed + i` for the i-th conversation when a seed is
+        given."""
         from models.serving import Sampling
 
         if self.loaded is None:
@@ -172,6 +174,7 @@ class ServerRollouts:
                 logprobs=0,
                 token_ids=True,
                 return_token_ids=True,
+                suppress=tuple(suppress),
             )
             completion = self.serving.chat(model=self.name, messages=conversations[i], sampling=sampling)
             choice = completion.choices[0]

@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from contract.export import assistant_turn
 from contract.run import ADAPTER
@@ -225,6 +225,21 @@ def remove_length_trend(scores: Sequence[float], lengths: Sequence[int]) -> list
     return [s - slope * (x - mean_l) for x, s in zip(lengths, scores, strict=True)]
 
 
+class Scorer(Protocol):
+    """What scores responses in place of a reward model (the family matrix's learnable
+    reward): the policy's processor, and a score per response."""
+
+    processor: Any
+
+    def score(
+        self,
+        prompts: Sequence[list[dict[str, Any]]],
+        responses: Sequence[str],
+        images: Sequence[Any],
+        facts: Sequence[dict[str, Any]],
+    ) -> list[float]: ...
+
+
 class RewardFunction:
     """reward = reward_scale * reward model score + symbolic terms, for a batch of rollouts.
 
@@ -233,8 +248,14 @@ class RewardFunction:
 
     __name__ = "factloop_reward"  # trl logs rewards under their function's name
 
-    def __init__(  # type: ignore[no-untyped-def]
-        self, model: RewardModel, terms: SymbolicTerms, *, reward_scale: float = 1.0, stop_ids=(), length_debias=False
+    def __init__(
+        self,
+        model: RewardModel | Scorer,
+        terms: SymbolicTerms,
+        *,
+        reward_scale: float = 1.0,
+        stop_ids: Sequence[int] = (),
+        length_debias: bool = False,
     ) -> None:
         self.model = model
         self.terms = terms

@@ -152,6 +152,8 @@ def _token_logps(trainer: Any, model: Any, inputs: dict[str, Any], *, reference:
 def objective_loss(trainer: Any, model: Any, inputs: dict[str, Any], extras: dict[str, Any]) -> Any:
     """The loss of a method of rlhf/objectives.py on one collated batch ([chosen; rejected]
     rows), with its parts logged under `objective/`."""
+    import torch
+
     from rlhf import objectives
 
     config = trainer.objective
@@ -162,12 +164,16 @@ def objective_loss(trainer: Any, model: Any, inputs: dict[str, Any], extras: dic
         policy, policy_logits = _token_logps(trainer, model, inputs, reference=False, logits=True)
         _, ref_logits = _token_logps(trainer, model, inputs, reference=True, logits=True)
         phrase = extras["changed_mask"][:, 1:] * mask
-        # A pair without changed segments (a ranking's) contrasts its whole responses. A
-        # correction that only deleted (or only inserted) has an empty phrase on one side,
-        # whose log-probability is 0: the contrast then pushes the other phrase alone.
-        bare = (phrase[:n].sum(dim=1) == 0) & (phrase[n:].sum(dim=1) == 0)
-        phrase = phrase.clone()
-        phrase[:n][bare], phrase[n:][bare] = mask[:n][bare], mask[n:][bare]
+        # HALVA contrasts a correct phrase with the hallucinated one that replaced it, in the
+        # same context. A correction that only deleted (or only inserted) has an empty phrase
+        # on one side: its log-probability 0 against a whole sentence's saturates the
+        # contrast (loss ~1e-27, no gradient), and a ranking's pair has no phrases. Such a
+        # pair contrasts the two tokens where its responses part instead: after a deletion,
+        # the corrected response's next token (often its end) against the first token of
+        # the deleted text.
+        one_sided = (phrase[:n].sum(dim=1) == 0) | (phrase[n:].sum(dim=1) == 0)
+        parting = objectives.parting_tokens(inputs["input_ids"][:, 1:], mask)
+        phrase = torch.where(torch.cat([one_sided, one_sided])[:, None], parting, phrase)
         sums = (policy * phrase).sum(dim=1)
         kl = objectives.token_kl(policy_logits[:n], ref_logits[:n], mask[:n])
         loss, parts = objectives.halva_loss(sums[:n], sums[n:], kl, alpha=config.halva_alpha)

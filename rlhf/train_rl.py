@@ -34,7 +34,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +140,7 @@ class Rollout:
     mask: Any
     texts: list[str]
     stopped: list[bool]
+    suppressed: tuple[int, ...] = ()  # token ids never sampled (`placeholder_ids`): scored as never sampled
     sampled_logprobs: Any = None  # what generate() sampled from, when asked to keep it
     served_logprobs: Any = None  # the server's log-probs of the sampled tokens (before temperature)
     logprobs: Any = None
@@ -221,6 +222,33 @@ def takes_position_ids(model: Any, inputs: dict[str, Any]) -> bool:
 SELF_POSITIONED = {"kosmos-2"}
 
 
+def placeholder_ids(processor: Any, prompt_ids: Iterable[int], stops: list[int]) -> tuple[int, ...]:
+    """The token ids a response must never hold: the tokenizer's special tokens that the
+    processor put in the prompt (image placeholders and their markers, the padding, the
+    chat's turn markers), except the stop tokens. Found by what they are, not by family: a
+    sampled image placeholder makes the next forward pass count one image token more than
+    the images' features (Qwen2-VL's `<|image_pad|>`, Idefics3's `<image>`)."""
+    tokenizer = processor.tokenizer
+    special = set(tokenizer.all_special_ids) | {
+        i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special
+    }
+    present = {int(i) for i in prompt_ids}
+    return tuple(sorted((special & present) - set(stops)))
+
+
+def suppress(logits: Any, ids: tuple[int, ...]) -> Any:
+    """The logits with `ids` made impossible (what generate's `suppress_tokens` does), so a
+    forward pass scores the distribution that was sampled from."""
+    if not ids:
+        return logits
+    logits = logits.clone()
+    logits[..., list(ids)] = SUPPRESSED
+    return logits
+
+
+SUPPRESSED = -1e9  # finite: a suppressed token's probability is 0 and its entropy term 0, not NaN
+
+
 def stop_ids(model: Any, processor: Any) -> list[int]:
     ids = {processor.tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -267,6 +295,7 @@ def sample(
 
     prompt = encode_prompts(processor, rows, device)
     width = prompt["input_ids"].shape[1]
+    suppressed = placeholder_ids(processor, prompt["input_ids"].flatten().tolist(), stops)
     settings = {
         "do_sample": True,
         "temperature": config.temperature,
@@ -277,6 +306,7 @@ def sample(
         "eos_token_id": stops,
         "output_scores": keep_scores,
         "return_dict_in_generate": True,
+        **({"suppress_tokens": list(suppressed)} if suppressed else {}),
     }
     model.eval()
     with torch.no_grad():
@@ -288,6 +318,7 @@ def sample(
             response = output.sequences[:, width:]
             step_scores = torch.stack(output.scores, dim=1) if keep_scores else None
     rollout = assemble(model, processor, prompt, response, stops)
+    rollout.suppressed = suppressed
     if keep_scores:
         rollout.sampled_logprobs = gather_logprobs(step_scores.float(), rollout.response_ids) * rollout.mask
     return rollout
@@ -310,11 +341,13 @@ def sample_served(
     import torch
 
     prompt = encode_prompts(processor, rows, device)
+    suppressed = placeholder_ids(processor, prompt["input_ids"].flatten().tolist(), stops)
     served = server.sample(
         [openai_messages(row["prompt"], row["images"][:1]) for row in rows],
         temperature=config.temperature,
         max_tokens=config.max_new_tokens,
         seed=seed,
+        suppress=suppressed,
     )
     for r, answer in enumerate(served):
         check_prompt(answer.prompt_ids, prompt["input_ids"][r][prompt["attention_mask"][r].bool()].tolist())
@@ -322,6 +355,7 @@ def sample_served(
     length = max(1, max(len(a.token_ids) for a in served))
     response = torch.tensor([a.token_ids + [pad] * (length - len(a.token_ids)) for a in served], device=device)
     rollout = assemble(model, processor, prompt, response, stops)
+    rollout.suppressed = suppressed
     logprobs = torch.tensor([a.logprobs + [0.0] * (length - len(a.logprobs)) for a in served], device=device)
     rollout.served_logprobs = logprobs * rollout.mask
     return rollout
@@ -389,10 +423,13 @@ def _sample_row_by_row(
     return response, torch.stack([torch.nn.functional.pad(s, (0, 0, 0, length - len(s))) for s in scores])
 
 
-def response_logits(model: Any, inputs: dict[str, Any], width: int, temperature: float) -> Any:
-    """Next-token logits at the response positions, divided by the sampling temperature."""
+def response_logits(
+    model: Any, inputs: dict[str, Any], width: int, temperature: float, suppressed: tuple[int, ...] = ()
+) -> Any:
+    """Next-token logits at the response positions, divided by the sampling temperature,
+    with the `suppressed` tokens impossible (as they were when sampling)."""
     logits = model(**inputs).logits
-    return logits[:, width - 1 : -1].float() / temperature
+    return suppress(logits[:, width - 1 : -1].float() / temperature, suppressed)
 
 
 def gather_logprobs(logits: Any, tokens: Any) -> Any:
@@ -413,7 +450,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 class PPOTrainer:
     """FactLoop's PPO for image-text-to-text policies (see the module's text)."""
 
-    def __init__(self, config: RLTrainConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: RLTrainConfig, *, progress: bool = True, reward: RewardFunction | None = None) -> None:
         import torch
         from accelerate import Accelerator  # type: ignore[import-untyped]
 
@@ -433,7 +470,7 @@ class PPOTrainer:
         self.policy, self.processor = load_trainable_policy(config)
         self.policy.to(self.device)
         self.stops = stop_ids(self.policy, self.processor)
-        self.reward = reward_function(config, self.stops, self.device)
+        self.reward = reward or reward_function(config, self.stops, self.device)
         same_tokenizer(self.processor, self.reward.model.processor)
         self.critic = load_critic(config.reward_model, config.dtype).to(self.device)
         self.critic.eval()  # no dropout: values and ratios must be deterministic
@@ -475,13 +512,14 @@ class PPOTrainer:
             for part in chunks(len(rows), c.minibatch_size):
                 inputs = rollout.rows(part)
                 tokens = rollout.response_ids[part]
-                logits = response_logits(self.policy, inputs, width, c.temperature)
+                unsuppressed = response_logits(self.policy, inputs, width, c.temperature)
+                logits = suppress(unsuppressed, rollout.suppressed)
                 logprobs.append(gather_logprobs(logits, tokens))
-                if rollout.served_logprobs is not None:  # the server reports them before temperature
-                    raw.append(gather_logprobs(logits * c.temperature, tokens))
+                if rollout.served_logprobs is not None:  # the server reports them raw: before temperature and bias
+                    raw.append(gather_logprobs(unsuppressed * c.temperature, tokens))
                 entropies.append(losses.entropy(logits, rollout.mask[part]) * rollout.mask[part].sum())
                 with reference(self.policy):
-                    ref_logits = response_logits(self.policy, inputs, width, c.temperature)
+                    ref_logits = response_logits(self.policy, inputs, width, c.temperature, rollout.suppressed)
                 ref_logprobs.append(gather_logprobs(ref_logits, tokens))
                 values.append(token_values(self.critic, inputs)[:, width - 1 : -1])
         mask = rollout.mask
@@ -534,7 +572,9 @@ class PPOTrainer:
                 index = order[part].to(rollout.mask.device)
                 inputs = rollout.rows(index)
                 mask = rollout.mask[index]
-                logits = response_logits(self.policy_train, inputs, rollout.prompt_width, c.temperature)
+                logits = response_logits(
+                    self.policy_train, inputs, rollout.prompt_width, c.temperature, rollout.suppressed
+                )
                 logprobs = gather_logprobs(logits, rollout.response_ids[index])
                 pg_loss, clip_fraction = losses.policy_loss(
                     logprobs, rollout.logprobs[index], rollout.advantages[index], mask, clip=c.clip
@@ -690,7 +730,9 @@ def _tensorboard(out: Path) -> Any:
 # GRPO and RLOO through trl
 
 
-def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) -> Any:
+def trl_trainer(
+    config: RLTrainConfig, *, report_to: list[str] | None = None, reward: RewardFunction | None = None
+) -> Any:
     """trl's GRPOTrainer or RLOOTrainer on the export's prompts, rewarded by the same
     function as PPO (trl passes the images and `image_facts` to it as keyword arguments)."""
 
@@ -706,7 +748,12 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     prepare_torch(config)
     prompts = load_prompts(config.data, max_prompts=config.max_prompts)
     model, processor = load_trainable_policy(config)
-    reward = reward_function(config, stop_ids(model, processor))
+    stops = stop_ids(model, processor)
+    reward = reward or reward_function(config, stops)
+    # The placeholders of the first prompts' encoding, never sampled (`placeholder_ids`;
+    # trl's GRPOConfig docs name `suppress_tokens` among its generation_kwargs).
+    first = encode_prompts(processor, [prompts[i] for i in range(min(4, len(prompts)))], "cpu")
+    suppressed = placeholder_ids(processor, first["input_ids"].flatten().tolist(), stops)
     processes = world_size()  # rollout_batch_size is over all processes
     check_shares(config, processes)
     args = ArgsClass(
@@ -714,6 +761,7 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
         num_generations=config.num_generations,
         max_completion_length=config.max_new_tokens,
         temperature=config.temperature,
+        generation_kwargs={"suppress_tokens": list(suppressed)} if suppressed else None,
         top_k=0,
         top_p=1.0,
         beta=config.kl_coef,
@@ -727,7 +775,7 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     )
     server = server_rollouts(config)
     if server is not None:
-        TrainerClass = served_trainer(TrainerClass, config)  # type: ignore[assignment, misc]
+        TrainerClass = served_trainer(TrainerClass, config, suppressed)  # type: ignore[assignment, misc]
     trainer: Any = TrainerClass(
         model=model,
         reward_funcs=[reward],
@@ -743,7 +791,7 @@ def trl_trainer(config: RLTrainConfig, *, report_to: list[str] | None = None) ->
     return trainer
 
 
-def served_trainer(base: type, config: RLTrainConfig) -> type:
+def served_trainer(base: type, config: RLTrainConfig, suppressed: tuple[int, ...] = ()) -> type:
     """trl's GRPO or RLOO trainer sampling through the vLLM server (rlhf/rollouts.py). It
     overrides two private methods of trl 1.16 (pinned, requirements.txt): `_tokenize_prompts`
     keeps the batch's conversations, and `_generate_single_turn` (which trl's own vLLM
@@ -785,6 +833,7 @@ def served_trainer(base: type, config: RLTrainConfig) -> type:
                 temperature=config.temperature,
                 max_tokens=config.max_new_tokens,
                 seed=random.Random(where).randrange(2**31),
+                suppress=suppressed,
             )
             for answer, own in zip(served, prompt_ids, strict=True):
                 check_prompt(answer.prompt_ids, own)
@@ -805,10 +854,18 @@ def check_shares(config: RLTrainConfig, processes: int) -> None:
         raise ConfigError(f"{' and '.join(uneven)} must be a multiple of the {processes} processes sharing it")
 
 
-def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress: bool = True) -> RunResult:
+def train(
+    config: RLTrainConfig,
+    *,
+    report_to: list[str] | None = None,
+    progress: bool = True,
+    reward: RewardFunction | None = None,
+) -> RunResult:
     """Run PPO, GRPO or RLOO and write, under output_dir: `adapter/` (the policy's LoRA
     adapter), `config.yaml`, `log.jsonl` (PPO: one line of statistics per step) and
-    `result.json`."""
+    `result.json`. `reward` replaces the config's reward model and symbolic terms as what
+    the rollouts are scored by (the family matrix's checks; PPO's critic still starts from
+    the reward model)."""
     check_shares(config, world_size())  # before anything is written
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -817,7 +874,7 @@ def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress
     began = time.perf_counter()
     adapter = out / ADAPTER_DIR
     if config.method == "ppo":
-        trainer = PPOTrainer(config, progress=progress)
+        trainer = PPOTrainer(config, progress=progress, reward=reward)
         history = trainer.train()
         if is_main():
             trainer.save(adapter)
@@ -825,7 +882,7 @@ def train(config: RLTrainConfig, *, report_to: list[str] | None = None, progress
         rewards = [h["reward"] for h in history]
         kls = [h["kl"] for h in history]
     else:
-        trl = trl_trainer(config, report_to=report_to)
+        trl = trl_trainer(config, report_to=report_to, reward=reward)
         with closing_server(trl.factloop_server, is_main()):
             trl.train()
         save_trained(trl, adapter)

@@ -304,6 +304,9 @@ def idefics3() -> tuple[Any, Any]:
 
 
 def smolvlm() -> tuple[Any, Any]:
+    """SmolVLM's own shape, not Idefics3's: images split into tiles plus a global view (its
+    processor's default), each 128 px image read as 8 x 8 patches and pixel-shuffled by 4
+    (SmolVLM's scale factor) into 4 image tokens."""
     from transformers import (
         SmolVLMConfig,
         SmolVLMForConditionalGeneration,
@@ -312,8 +315,27 @@ def smolvlm() -> tuple[Any, Any]:
         SmolVLMVideoProcessor,
     )
 
-    processor = _idefics_parts(SmolVLMProcessor, SmolVLMImageProcessorPil, video_processor=SmolVLMVideoProcessor())
-    return SmolVLMForConditionalGeneration(_idefics_config(SmolVLMConfig, processor.tokenizer)), processor
+    tok = tokenizer(IDEFICS_TOKENS, named={"image_token": "<image>"})
+    # Resized to 256 px on the longest edge, then cut into 128 px tiles (2 x 2 for a square
+    # image) and a global view: 5 images of 4 tokens each, with SmolVLM's row/column markers.
+    image_processor = SmolVLMImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 256}, max_image_size={"longest_edge": 128}
+    )
+    processor = SmolVLMProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=4,
+        chat_template=chat_template("<image>"),
+        video_processor=SmolVLMVideoProcessor(),
+    )
+    config = SmolVLMConfig(
+        text_config={"model_type": "llama", **text_config(tok)},
+        vision_config=vision(image_size=128, patch_size=16),
+        scale_factor=4,
+        image_token_id=_id(tok, "<image>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    return SmolVLMForConditionalGeneration(config), processor
 
 
 def gemma3() -> tuple[Any, Any]:

@@ -101,7 +101,15 @@ def _expected(method: str, trainer: Any, batch: dict[str, Any], beta: float) -> 
             _, ref_logits = _hand_token_logps(model, batch)
         phrase = batch["changed_mask"][:, 1:] * mask
         assert phrase[:n].sum(dim=1).gt(0).sum() == 2 and phrase[n - 1].sum() == 0  # the ranking has no spans
-        phrase[n - 1], phrase[2 * n - 1] = mask[n - 1], mask[2 * n - 1]  # its whole responses are the phrases
+        # The ranking's pair contrasts the tokens where its responses part: the first
+        # response tokens that differ, found here by hand from the two texts' tokens.
+        for row in (n - 1, 2 * n - 1):
+            phrase[row] = 0
+        chosen = batch["input_ids"][n - 1, 1:][mask[n - 1].bool()].tolist()
+        rejected = batch["input_ids"][2 * n - 1, 1:][mask[2 * n - 1].bool()].tolist()
+        part = next(i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b)
+        phrase[n - 1, mask[n - 1].nonzero().flatten()[part]] = 1
+        phrase[2 * n - 1, mask[2 * n - 1].nonzero().flatten()[part]] = 1
         sums = (token * phrase).sum(dim=1)
         kl = objectives.token_kl(logits[:n], ref_logits[:n], mask[:n])
         return objectives.halva_loss(sums[:n], sums[n:], kl, alpha=1.0)[0]
@@ -141,9 +149,14 @@ def test_the_trainers_loss_matches_the_hand_computation(
     assert abs(float(expected) - 0.6931) > 1e-3  # not the untrained DPO value: a real check
 
 
-def test_halva_pushes_a_deleted_phrase_down_on_its_own(base_policy: Path, oracle_export: Path, tmp_path: Path) -> None:
-    """A correction that only deleted a sentence: the chosen side's phrase is empty
-    (log-probability 0), so HALVA's contrast is -log sigma(-log pi(deleted sentence))."""
+def test_halva_contrasts_a_deletion_where_the_responses_part(
+    base_policy: Path, oracle_export: Path, tmp_path: Path
+) -> None:
+    """A correction that only deleted a sentence: the chosen side's phrase is empty. Its
+    log-probability 0 against a whole sentence's would saturate the contrast (no gradient);
+    HALVA's contrast is instead between the two tokens where the responses part: the
+    corrected response's end against the first token of the deleted sentence, in the same
+    context."""
     import torch
 
     from contract.export import assistant_turn
@@ -168,11 +181,18 @@ def test_halva_pushes_a_deleted_phrase_down_on_its_own(base_policy: Path, oracle
         _, ref_logits = _hand_token_logps(trainer.model, batch)
     phrase = batch["changed_mask"][:, 1:]
     assert phrase[0].sum() == 0 and phrase[1].sum() > 0
-    deleted = (token[1] * phrase[1]).sum()
-    mask = batch["completion_mask"][:1, 1:].float()
-    kl = objectives.token_kl(logits[:1], ref_logits[:1], mask)
-    expected = objectives.halva_loss(torch.zeros(1), deleted.reshape(1), kl, alpha=1.0)[0]
+    mask = batch["completion_mask"][:, 1:].float()
+    ids = batch["input_ids"][:, 1:]
+    chosen_at, rejected_at = (mask[row].nonzero().flatten() for row in (0, 1))
+    part = len(chosen_at) - 1  # the corrected response's last token: its end
+    assert torch.equal(ids[0, chosen_at[:part]], ids[1, rejected_at[:part]])  # the same text until then
+    assert ids[0, chosen_at[part]] != ids[1, rejected_at[part]]
+    kl = objectives.token_kl(logits[:1], ref_logits[:1], mask[:1])
+    expected = objectives.halva_loss(
+        token[0, chosen_at[part]].reshape(1), token[1, rejected_at[part]].reshape(1), kl, alpha=1.0
+    )[0]
     assert torch.isclose(loss.detach(), expected.to(loss.dtype), atol=1e-5), (float(loss), float(expected))
+    assert float(expected) > 0.05  # not saturated: the contrast has a gradient
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_rollout_log_probs_are_those_generate_sampled_from(
     rollout = sample(model, processor, rows, config, stop_ids(model, processor), "cpu", keep_scores=True)
     assert rollout.mask.sum() > 0 and rollout.mask[:, 0].all()
     with torch.no_grad():
-        logits = response_logits(model, rollout.inputs, rollout.prompt_width, config.temperature)
+        logits = response_logits(model, rollout.inputs, rollout.prompt_width, config.temperature, rollout.suppressed)
     forward = gather_logprobs(logits, rollout.response_ids) * rollout.mask
     assert torch.allclose(forward, rollout.sampled_logprobs, atol=1e-4), (
         (forward - rollout.sampled_logprobs).abs().max()
