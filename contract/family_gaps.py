@@ -30,9 +30,13 @@ _QFORMER_RL = (
     "trl 1.16's GRPO and RLOO trainers pass every processor output to their log-prob function, which does "
     "not take InstructBLIP's `qformer_input_ids`; FactLoop's PPO runs on it"
 )
-_KOSMOS_DPO = (
-    "trl 1.16's vision preference collator appends the completions to `input_ids` but not to Kosmos-2's "
-    "`image_embeds_position_mask`, so the model's shapes disagree"
+_MLLAMA_GRPO = (
+    "trl 1.16's GRPO trainer passes its log-prob function the images' pixels without Mllama's "
+    "`aspect_ratio_ids` and `aspect_ratio_mask`, which Mllama's forward requires; FactLoop's PPO runs on it"
+)
+_MLLAMA_RLOO = (
+    "trl 1.16's RLOO trainer passes every processor output to its log-prob function, which does not take "
+    "Mllama's `cross_attention_mask`; FactLoop's PPO runs on it"
 )
 _CHAMELEON_RL = (
     "trl 1.16's GRPO and RLOO tokenize a step's prompts as one unpadded batch, and transformers 5.19's "
@@ -53,14 +57,35 @@ REFUSALS: dict[tuple[str, str], str] = {
     ("kosmos-2", "vllm"): _VLLM_BACKEND.format(family="Kosmos-2", processor="Kosmos2Processor"),
     **{
         (model_type, method): _FUSED_HEAD.format(family=family)
-        for model_type, family in (("blip-2", "BLIP-2"), ("instructblip", "InstructBLIP"))
+        for model_type, family in (("blip-2", "BLIP-2"), ("instructblip", "InstructBLIP"), ("kosmos-2", "Kosmos-2"))
         for method in _FUSED_PAIR_METHODS
     },
     **{("blip-2", method): _FUSED_HEAD.format(family="BLIP-2") for method in ("grpo", "rloo")},
     **{("instructblip", method): _QFORMER_RL for method in ("grpo", "rloo")},
     **{("paligemma", method): _PALIGEMMA_DPO for method in DPO_METHODS},
     **{("paligemma", method): _PALIGEMMA_RL for method in ("grpo", "rloo")},
-    **{("kosmos-2", method): _KOSMOS_DPO for method in DPO_METHODS},
     **{("kosmos-2", method): _KOSMOS_RL for method in ("grpo", "rloo")},
     **{("chameleon", method): _CHAMELEON_RL for method in ("grpo", "rloo")},
+    ("mllama", "grpo"): _MLLAMA_GRPO,
+    ("mllama", "rloo"): _MLLAMA_RLOO,
 }
+
+
+def gap(model_type: str, capability: str) -> str | None:
+    """Why `capability` (a trainer's method, "reward", "vllm"...) is a documented gap of the
+    family `model_type`, as the user reads it; None when it is not one."""
+    reason = REFUSALS.get((model_type, capability))
+    return None if reason is None else f"{capability} is not available for {model_type} models: {reason}"
+
+
+def checkpoint_gap(folder: str, capability: str) -> str | None:
+    """`gap` for a local checkpoint folder's family (its config.json's model_type); None for
+    a hub id or a folder without one (the trainer's own check reads it when it loads)."""
+    import json
+    from pathlib import Path
+
+    try:
+        model_type = json.loads((Path(folder).expanduser() / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return gap(model_type, capability) if isinstance(model_type, str) else None

@@ -76,10 +76,9 @@ def model_type_of(model: str | Path) -> str:
 def documented_gap(model_type: str, capability: str) -> str | None:
     """Why `capability` (a trainer's method, "reward", "vllm"...) is a known gap of the
     family `model_type` (contract/family_gaps.py), as the user reads it; None when it is not."""
-    from contract.family_gaps import REFUSALS
+    from contract.family_gaps import gap
 
-    reason = REFUSALS.get((model_type, capability))
-    return None if reason is None else f"{capability} is not available for {model_type} models: {reason}"
+    return gap(model_type, capability)
 
 
 def require(model: str | Path, capability: str) -> None:
@@ -89,6 +88,17 @@ def require(model: str | Path, capability: str) -> None:
 
     if (gap := documented_gap(model_type_of(model), capability)) is not None:
         raise ConfigError(gap)
+
+
+def carried_on(value: Any, length: int) -> Any:
+    """A sequence-aligned input (batch x tokens x ...) extended by `length` tokens that get
+    what its last token has: in a left-padded prompt, a real text token (not an image
+    token, attending to what the prompt's text attends to), as transformers' generate()
+    carries Mllama's cross-attention mask on and Kosmos-2's image position mask holds 0."""
+    import torch
+
+    last = value[:, -1:]
+    return torch.cat([value, last.expand(value.shape[0], length, *value.shape[2:])], dim=1)
 
 
 def last_checkpoint(output_dir: Path) -> str | None:

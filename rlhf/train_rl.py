@@ -42,7 +42,15 @@ from typing import Any
 
 from contract.results import RunResult
 from rlhf import losses
-from rlhf.common import common_trainer_arguments, git_revision, load_policy, prepare_torch, require, write_log
+from rlhf.common import (
+    carried_on,
+    common_trainer_arguments,
+    git_revision,
+    load_policy,
+    prepare_torch,
+    require,
+    write_log,
+)
 from rlhf.config import ConfigError, RLTrainConfig, dump
 from rlhf.distributed import is_main, world_size
 from rlhf.reward import load_backbone
@@ -141,6 +149,7 @@ class Rollout:
     texts: list[str]
     stopped: list[bool]
     suppressed: tuple[int, ...] = ()  # token ids never sampled (`placeholder_ids`): scored as never sampled
+    image_token: int | None = None  # the id a row's image features replace (`image_token_of`)
     sampled_logprobs: Any = None  # what generate() sampled from, when asked to keep it
     served_logprobs: Any = None  # the server's log-probs of the sampled tokens (before temperature)
     logprobs: Any = None
@@ -151,26 +160,52 @@ class Rollout:
     returns: Any = None
 
     def rows(self, index: Any) -> dict[str, Any]:
-        return select_rows(self.inputs, index)
+        return select_rows(self.inputs, index, self.image_token)
 
 
-def select_rows(inputs: dict[str, Any], index: Any) -> dict[str, Any]:
+def select_rows(inputs: dict[str, Any], index: Any, image_token: int | None = None) -> dict[str, Any]:
     """The model inputs of some rows (a slice or a tensor of row numbers). Every tensor is
-    indexed by row, except a flat patch list (Qwen2/2.5-VL's `pixel_values`, all images'
-    patches concatenated): its rows' patches are gathered by `image_grid_thw` (one image per
-    row)."""
+    indexed by row, except a flat list of all the batch's images' parts (Qwen2/2.5-VL's
+    patches, InternVL's tiles: `pixel_values` whose first dimension is not the batch's):
+    each row's share of it is in proportion to its image tokens, found by what they are
+    (`image_token`), not by which family sent them."""
     import torch
 
-    rows = list(range(inputs["input_ids"].size(0)))[index] if isinstance(index, slice) else index.tolist()
+    batch = inputs["input_ids"].size(0)
+    rows = list(range(batch))[index] if isinstance(index, slice) else index.tolist()
     out = {}
     for key, value in inputs.items():
-        if key == "pixel_values" and "image_grid_thw" in inputs:
-            sizes = inputs["image_grid_thw"].prod(-1).tolist()
+        if key == "pixel_values" and value.shape[0] != batch:
+            sizes = flat_shares(inputs["input_ids"], value.shape[0], image_token)
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
             out[key] = torch.cat([value[starts[r] : starts[r] + sizes[r]] for r in rows])
         else:
             out[key] = value[index]
     return out
+
+
+def flat_shares(input_ids: Any, parts: int, image_token: int | None) -> list[int]:
+    """How many of a flat list's `parts` belong to each row: in proportion to the row's image
+    tokens (every image's parts give it the same number of tokens each)."""
+    if image_token is None:
+        raise ValueError("a flat list of image parts, and no image token to split it between rows by")
+    tokens = (input_ids == image_token).sum(dim=1).tolist()
+    total = sum(tokens)
+    if total == 0 or any(count * parts % total for count in tokens):
+        raise ValueError(f"{parts} image parts do not divide between rows holding {tokens} image tokens")
+    return [count * parts // total for count in tokens]
+
+
+def image_token_of(model: Any, processor: Any) -> int | None:
+    """The token id whose positions a family's image features replace: the processor's, or
+    else its model config's."""
+    found = getattr(processor, "image_token_id", None)
+    if found is None and isinstance(getattr(processor, "image_token", None), str):
+        found = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    if found is None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        found = getattr(base.config, "image_token_id", None) or getattr(base.config, "image_token_index", None)
+    return int(found) if isinstance(found, int) else None
 
 
 def along_the_sequence(inputs: dict[str, Any]) -> list[str]:
@@ -200,8 +235,7 @@ def response_part(model: Any, key: str, value: Any, length: int) -> Any:
 
     if key == "token_type_ids" and model_type_of_policy(model) == "paligemma":
         return torch.ones((value.shape[0], length, *value.shape[2:]), dtype=value.dtype, device=value.device)
-    last = value[:, -1:]
-    return last.expand(value.shape[0], length, *value.shape[2:]).clone()
+    return carried_on(value, length)[:, -length:]
 
 
 def takes_position_ids(model: Any, inputs: dict[str, Any]) -> bool:
@@ -385,7 +419,9 @@ def assemble(model: Any, processor: Any, prompt: dict[str, Any], response: Any, 
     if takes_position_ids(model, inputs):
         inputs["position_ids"] = position_ids(attention)
     decoded = processor.tokenizer.batch_decode(response, skip_special_tokens=True)
-    return Rollout(inputs, width, response, mask, [t.strip() for t in decoded], [bool(s) for s in stopped])
+    rollout = Rollout(inputs, width, response, mask, [t.strip() for t in decoded], [bool(s) for s in stopped])
+    rollout.image_token = image_token_of(model, processor)
+    return rollout
 
 
 # Families whose generate() positions the new tokens of a left-padded batch differently from

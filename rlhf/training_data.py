@@ -178,6 +178,9 @@ def _collator_base() -> type:
     return DataCollatorForVisionPreference
 
 
+PROCESSOR_LEAD = 3  # the most tokens a processor is looked for to have put before a completion
+
+
 def make_collator(
     processor: Any,
     *,
@@ -208,10 +211,11 @@ def make_collator(
             side: str,
             example: dict[str, Any],
             rendered: dict[str, str],
-        ) -> tuple[Any, int, str, int]:
+        ) -> tuple[Any, int, str, int, int]:
             """Where one row's response sits among the tokens trl collated: the completion's
             encoding (with offsets), the response's character offset in it, the response,
-            and how many of the collated completion tokens the encoding accounts for."""
+            how many of the collated completion tokens the encoding accounts for, and how
+            many tokens the processor put before it."""
             response = message_text(example[side])
             positions = mask[row].nonzero().flatten()
             collated = batch["input_ids"][row, positions].tolist()
@@ -220,14 +224,45 @@ def make_collator(
             for completion in dict.fromkeys((rendered[side], rendered[side].lstrip())):
                 offset = completion.find(response)
                 encoded = self.processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-                # A processor may append tokens of its own after the rendered completion
-                # (Chameleon's separator); they are unchanged tokens (weight 1).
-                count = min(len(positions), len(encoded["input_ids"]))
-                if collated[:count] == list(encoded["input_ids"][:count]):
-                    if offset < 0 and _has_spans(example):
-                        raise DataError("the chat template changed the response text; its spans cannot be placed")
-                    return encoded, offset, response, count
-            raise DataError("the response tokenized differently from trl's collator; cannot weight it")
+                own = list(encoded["input_ids"])
+                # A processor may add tokens of its own around the rendered completion: after
+                # it (Chameleon's separator), or before it (Mllama's BOS on every text). They
+                # are found by comparing the two encodings, and are unchanged tokens (weight 1).
+                for lead in range(min(PROCESSOR_LEAD, len(collated)) + 1):
+                    count = min(len(positions) - lead, len(own))
+                    if collated[lead : lead + count] == own[:count]:
+                        if offset < 0 and _has_spans(example):
+                            raise DataError("the chat template changed the response text; its spans cannot be placed")
+                        return encoded, offset, response, count, lead
+            raise DataError(
+                f"the processor encoded a {side} completion as {collated[:8]}... where its tokenizer gives "
+                f"{own[:8]}...: the processor changed the completion's own tokens (not only added some before or "
+                "after them), so its changed spans cannot be placed on trl's collated tokens"
+            )
+
+        def _along(self, batch: Any) -> Any:
+            """trl's collator appends the completions to `input_ids` alone, then flushes
+            each row left: every other processor output that runs along the (left-padded)
+            prompts, by its shape (Mllama's cross-attention mask, Kosmos-2's image position
+            mask), is laid out the same way and carried on over the completion."""
+            import torch
+
+            from rlhf.common import carried_on
+
+            ids, mask = batch["input_ids"], batch["completion_mask"]
+            starts = mask.float().argmax(dim=1).tolist()  # where each row's completion begins
+            width = max(starts)  # the prompts' padded width: the longest prompt has no padding
+            for key, value in list(batch.items()):
+                if key in ("input_ids", "attention_mask", "completion_mask") or not hasattr(value, "shape"):
+                    continue
+                if len(value.shape) < 2 or tuple(value.shape[:2]) != (ids.shape[0], width) or width >= ids.shape[1]:
+                    continue
+                rows = []
+                for row, start in enumerate(starts):
+                    prompt = value[row : row + 1, width - start : width]
+                    rows.append(carried_on(prompt, ids.shape[1] - start))
+                batch[key] = torch.cat(rows)
+            return batch
 
         def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
             import torch
@@ -245,7 +280,7 @@ def make_collator(
                 example["rejected"] = prepare_multimodal_messages(example["rejected"])
                 rendered.append(apply_chat_template(example, self.processor))
             corrupted = self._corrupted(trimmed, examples) if self.corrupt_keep is not None else None
-            batch = super().torch_call(trimmed)
+            batch = self._along(super().torch_call(trimmed))
             mask = batch["completion_mask"]
             scale = torch.zeros(mask.shape, dtype=torch.float32)
             changed = torch.zeros(mask.shape, dtype=torch.float32)
@@ -257,14 +292,14 @@ def make_collator(
             # RLHF-V's released rules on each pair's two responses' token ids, once per pair
             # (contract/spans.py): (rejected positions, chosen positions) that changed.
             released = {
-                i: released_changes(_response_ids(*placed[i + n]), _response_ids(*placed[i]))
+                i: released_changes(_response_ids(*placed[i + n][:4]), _response_ids(*placed[i][:4]))
                 for i, example in enumerate(examples)
                 if self.released_weighting and _has_spans(example)
             }
             for row in range(2 * n):
                 example, side = examples[row % n], ("chosen" if row < n else "rejected")
                 has_spans = _has_spans(example)
-                encoded, offset, response, count = placed[row]
+                encoded, offset, response, count, lead = placed[row]
                 # The tokens of the stored changed segments (what HALVA contrasts; DDPO's weights).
                 spans = usable_spans(response, example.get(f"{side}_spans") or [])
                 shifted = [(s + offset, e + offset) for s, e in spans]
@@ -272,14 +307,14 @@ def make_collator(
                 if self.released_weighting:
                     weights = [1.0] * count
                     if has_spans:
-                        mine = _response_positions(*placed[row])
+                        mine = _response_positions(*placed[row][:4])
                         for index in released[row % n][0 if side == "rejected" else 1]:
                             weights[mine[index]] = self.gamma
                 else:
                     weights = [self.gamma if flag else 1.0 for flag in marked]
                 positions = mask[row].nonzero().flatten()
-                changed[row, positions[:count]] = torch.tensor(marked, dtype=torch.float32)
-                weights += [1.0] * (len(positions) - len(weights))
+                changed[row, positions[lead : lead + count]] = torch.tensor(marked, dtype=torch.float32)
+                weights = [1.0] * lead + weights + [1.0] * (len(positions) - lead - len(weights))
                 values = torch.tensor(weights, dtype=torch.float32)
                 if self.normalize and has_spans:
                     values = values / values.sum()  # N = |U| + gamma |C| (docs/methods.md 2c)
@@ -304,7 +339,7 @@ def make_collator(
                 crops = [corrupted_image(image, self.corrupt_keep, rng) for image in images]
                 example[key] = crops if key == "images" else crops[0]
                 out.append(example)
-            return dict(super().torch_call(out))
+            return self._along(dict(super().torch_call(out)))
 
     return WeightedPreferenceCollator(
         processor=processor,

@@ -338,6 +338,95 @@ def smolvlm() -> tuple[Any, Any]:
     return SmolVLMForConditionalGeneration(config), processor
 
 
+INTERNVL_NAMES = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+
+
+def internvl() -> tuple[Any, Any]:
+    """InternVL3 (its transformers-native format): a Qwen2 decoder, and images cut into 32 px
+    tiles plus a thumbnail that its processor returns as one flat list of tiles for the
+    whole batch (what a row's share of `pixel_values` must be found from)."""
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    tok = tokenizer(list(INTERNVL_NAMES.values()), named=INTERNVL_NAMES)
+    # Up to 4 tiles of 32 px and a thumbnail per image; each tile is 4 x 4 patches of 8 px,
+    # pixel-shuffled by 0.5 into 4 image tokens.
+    image_processor = GotOcr2ImageProcessorPil(
+        crop_to_patches=True, min_patches=1, max_patches=4, size={"height": 32, "width": 32}
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=InternVLVideoProcessor(),
+        image_seq_length=4,
+        chat_template=chat_template("<IMG_CONTEXT>\n"),
+    )
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": 2 * HIDDEN,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": [32, 32],
+            "patch_size": [8, 8],
+        },
+        text_config={"model_type": "qwen2", **text_config(tok)},
+        image_token_id=_id(tok, "<IMG_CONTEXT>"),
+        image_seq_length=4,
+        downsample_ratio=0.5,
+        tie_word_embeddings=False,
+    )
+    return InternVLForConditionalGeneration(config), processor
+
+
+def mllama() -> tuple[Any, Any]:
+    """Llama 3.2 Vision: images read by cross-attention (a mask of batch x tokens x images x
+    tiles runs along the sequence) in 32 px tiles, and a processor that puts the BOS token
+    before every text it encodes, a completion's too."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    tok = tokenizer(["<|image|>", "<|python_tag|>"], named={"image_token": "<|image|>"})
+    processor = MllamaProcessor(
+        image_processor=MllamaImageProcessorPil(size={"height": 32, "width": 32}, max_image_tiles=4),
+        tokenizer=tok,
+        chat_template=chat_template("<|image|>"),
+    )
+    config = MllamaConfig(
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": 2 * HIDDEN,
+            "num_hidden_layers": 2,
+            "num_global_layers": 1,
+            "attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+            "max_num_tiles": 4,
+            "intermediate_layers_indices": [0],
+            "vision_output_dim": 2 * HIDDEN,  # the last layer's features and one intermediate layer's
+        },
+        # Mllama's cross-attention layers replace self-attention (as every fifth layer of the
+        # real model does): one between two self-attention layers, so text still reads text.
+        text_config={
+            **text_config(tok),
+            "num_hidden_layers": 3,
+            "cross_attention_layers": [1],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        image_token_index=_id(tok, "<|image|>"),
+    )
+    return MllamaForConditionalGeneration(config), processor
+
+
 def gemma3() -> tuple[Any, Any]:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
@@ -529,6 +618,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("Qwen2.5-VL", "qwen2_5_vl", qwen2_5_vl),
     Family("Idefics3", "idefics3", idefics3),
     Family("SmolVLM", "smolvlm", smolvlm),
+    Family("InternVL3", "internvl", internvl),
+    Family("Llama 3.2 Vision", "mllama", mllama),
     Family("Gemma 3", "gemma3", gemma3),
     Family("PaliGemma", "paligemma", paligemma),
     Family("BLIP-2", "blip-2", blip_2),

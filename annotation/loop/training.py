@@ -55,6 +55,7 @@ from annotation.rules.datasets import choose_dataset, scorable
 from annotation.rules.errors import Refused
 from contract.comparison import compare
 from contract.export import MANIFEST as EXPORT_MANIFEST
+from contract.family_gaps import checkpoint_gap
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.heldout import Evaluation
 from contract.launch import ONE_PROCESS, Launch, LaunchError
@@ -193,6 +194,10 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
         current = _registry().get(round_.policy_version)
     except RegistryError as error:
         raise TrainingRefused(str(error)) from None
+    # A documented gap of the base model's family refuses the method here, before a run is
+    # written or queued (the admin's Train form and API, train_round), not in the worker.
+    if reason := checkpoint_gap(current.base_model, options.method):
+        raise TrainingRefused(f"{current.base_model}: {reason}")
     try:  # refused before any training when the evaluate step could not score it after
         heldout = scorable(choose_dataset(options.dataset, round_), options.eval_items)
     except Refused as error:

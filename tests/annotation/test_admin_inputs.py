@@ -99,3 +99,27 @@ def test_a_config_name_too_long_for_the_file_system_is_a_refusal_not_a_server_er
     page = client_for(admin_user).post("/admin/annotation/round/1/train/", {"method": "ddpo", "config": "0" * 1000})
     assert page.status_code == 200 and "File name too long" in page.content.decode()
     assert not Job.objects.exists()
+
+
+def test_a_method_the_base_models_family_cannot_train_is_refused_before_anything_is_queued(
+    admin_user: User, settings: Any, tmp_path: Any
+) -> None:
+    """GRPO on a PaliGemma base model is a documented gap of the libraries: the admin's Train
+    form and API refuse it with the reason, before a run is written or a job queued (not
+    minutes later in the worker)."""
+    from annotation.models import TrainingRun
+    from testbed.family_checkpoints import build
+
+    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
+    Registry(settings.FACTLOOP_MODEL_DIR).register("pali", base_model=str(build("paligemma", tmp_path / "pali")))
+    round_ = make_round(tasks=1)
+    Round.objects.filter(pk=round_.pk).update(policy_version="pali")
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    answer = api.post(f"/api/admin/rounds/{round_.number}/train/", {"method": "grpo"}, format="json")
+    assert answer.status_code == 409, answer.content
+    detail = answer.json()["detail"]
+    assert "grpo is not available for paligemma models: PaliGemma's processor returns `labels`" in detail
+    page = client_for(admin_user).post(f"/admin/annotation/round/{round_.number}/train/", {"method": "grpo"})
+    assert page.status_code == 200 and "grpo is not available for paligemma models" in page.content.decode()
+    assert not Job.objects.exists() and not TrainingRun.objects.exists()
