@@ -74,7 +74,7 @@ def test_a_documented_gap_is_refused_before_any_model_loads(kosmos: Path, pairs:
     statuses = {step["name"]: step["status"] for step in report["steps"]}
     assert statuses == {"family": "refused", "vllm": "skipped", "train": "skipped"}
     assert "ddpo is not available for kosmos-2 models" in report["steps"][0]["detail"]
-    assert "step family refused" in output and "image_embeds_position_mask" in output
+    assert "step family refused" in output and "last_hidden_state" in report["steps"][0]["detail"]
 
 
 @pytest.mark.serving
