@@ -306,6 +306,7 @@ def _preflight(args: argparse.Namespace) -> int:
         overrides=args.set,
         reward_config=args.reward_config,
         serving_python=serving,
+        server=args.server,
     )
     for step in report.steps:
         where = f" [{step.library}]" if step.library else ""
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_options(check)
     check.add_argument("--reward-config", type=Path, help="PPO/GRPO/RLOO: the reward model's settings file")
     check.add_argument("--serving-python", help="the serving venv's python (default .venv-serving/bin/python)")
+    check.add_argument("--server", help="a vLLM server's URL: one request there with the adapter, when it answers")
     check.add_argument("--out", type=Path, help="also write the report as JSON to this file")
     rl = commands.add_parser("rl", help="PPO, GRPO or RLOO against a reward model")
     _add_config_options(rl)

@@ -11,6 +11,10 @@ Steps, in order (a step that fails or is refused stops the ones after it):
   registry), or through its Transformers backend, which needs the processor to count an
   image's tokens (`_get_num_multimodal_tokens`). Probed in the serving venv's interpreter,
   never assumed from the model type; skipped without a serving venv;
+- serve: where a vLLM server is named and answers (`--server`), the current policy's
+  adapter is loaded there under a name of the preflight's own and one request with an image
+  of the export is answered through it (the base model's, without an adapter); the
+  adapter is unloaded afterwards. Skipped when no server answers;
 - train (DDPO, DPO, SFT, mDPO, HSA-DPO, HALVA): one optimiser step of the method on one
   batch of the export: its collator, forward and backward;
 - reward, rollout (PPO, GRPO, RLOO): one step of the fact-augmented reward model on one
@@ -26,6 +30,7 @@ loss falls over many steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -161,6 +166,40 @@ def vllm_step(model: str, config: dict[str, Any], python: str | None) -> str:
     return served_how(found)
 
 
+def serve_step(server: str | None, adapter: str | None, data: Path) -> str:
+    """One request with an image of the export through the server, with the adapter loaded."""
+    import os
+
+    from models.server import BASE_NAME
+    from models.serving import Sampling, ServingClient, ServingError
+    from rlhf.rollouts import openai_messages
+    from rlhf.training_data import load_prompts
+
+    if not server:
+        raise Skipped("no server named (--server)")
+    row = load_prompts([str(data)], max_prompts=1)[0]
+    messages = openai_messages(row["prompt"], row["images"][:1])
+    name = f"factloop-preflight-{os.getpid()}"
+    with ServingClient(server, timeout=120.0) as client:
+        if not client.health():
+            raise Skipped(f"no server answers at {server}")
+        try:
+            if adapter:
+                client.load_adapter(name, str(Path(adapter).resolve()))
+            try:
+                sampling = Sampling(temperature=0.0, max_tokens=4)
+                answer = client.chat(model=name if adapter else BASE_NAME, messages=messages, sampling=sampling)
+            finally:
+                if adapter:
+                    with contextlib.suppress(ServingError):
+                        client.unload_adapter(name)
+        except ServingError as error:
+            what = f"with the adapter {adapter}" if adapter else "on its base model"
+            raise Refused(f"the vLLM server at {server} could not answer {what}: {error}") from None
+    with_what = "through the adapter" if adapter else "on its base model"
+    return f"{server} answered one request with an image {with_what} ({answer.completion_tokens} tokens)"
+
+
 class Skipped(Exception):
     """A step this preflight cannot take here (the reason is the message)."""
 
@@ -249,6 +288,7 @@ def preflight(
     overrides: Sequence[str] = (),
     reward_config: Path | None = None,
     serving_python: str | None = None,
+    server: str | None = None,
     work: Path | None = None,
 ) -> Report:
     """Every step of `method` on `model` (continuing `adapter`, the current policy's, when
@@ -268,6 +308,8 @@ def preflight(
 
         _run(report, "family", family, checkpoint)
         _run(report, "vllm", lambda: vllm_step(model, checkpoint_config, serving_python), checkpoint)
+        served = f"one request with an image of {data}" + (f" through {adapter}" if adapter else "")
+        _run(report, "serve", lambda: serve_step(server, adapter, data), served)
         if method in DPO_METHODS:
             train = lambda: _one_batch_of_pairs(model, method, data, folder, config, overrides, adapter)  # noqa: E731
             _run(report, "train", train, f"{method} on {batch}")

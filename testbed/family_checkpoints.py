@@ -372,14 +372,7 @@ def internvl() -> tuple[Any, Any]:
         chat_template=chat_template("<IMG_CONTEXT>\n"),
     )
     config = InternVLConfig(
-        vision_config={
-            "hidden_size": HIDDEN,
-            "intermediate_size": 2 * HIDDEN,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": [32, 32],
-            "patch_size": [8, 8],
-        },
+        vision_config=vision(image_size=[32, 32], patch_size=[8, 8]),
         text_config={"model_type": "qwen2", **text_config(tok)},
         image_token_id=_id(tok, "<IMG_CONTEXT>"),
         image_seq_length=4,

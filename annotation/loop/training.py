@@ -389,6 +389,7 @@ def _step_preflight(run: TrainingRun, options: Options, work: RunFolder) -> dict
     if run.method in RL_METHODS and options.reward_config:
         args += ["--reward-config", options.reward_config]
     args += ["--serving-python", str(settings.FACTLOOP_SERVING_PYTHON), "--out", str(work.preflight)]
+    args += ["--server", vllm_urls()[0]]  # one request there with the current adapter, when it answers
     try:
         run_rlhf(args, work.train_log, parent_pid=os.getpid())
     except RlhfFailed as error:

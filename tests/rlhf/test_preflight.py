@@ -6,6 +6,7 @@ model type; a step that fails names the library and the cause."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ def run_preflight(*args: str, out: Path) -> tuple[int, dict[str, Any], str]:
 @pytest.mark.parametrize(
     ("method", "config", "steps"),
     [
-        ("ddpo", "toy-ddpo.yaml", ["family", "vllm", "train"]),
-        ("ppo", "toy-ppo.yaml", ["family", "vllm", "reward", "rollout"]),
+        ("ddpo", "toy-ddpo.yaml", ["family", "vllm", "serve", "train"]),
+        ("ppo", "toy-ppo.yaml", ["family", "vllm", "serve", "reward", "rollout"]),
     ],
 )
 def test_a_family_that_works_passes_every_step_of_its_method(
@@ -72,7 +73,7 @@ def test_a_documented_gap_is_refused_before_any_model_loads(kosmos: Path, pairs:
     )
     assert code == 1
     statuses = {step["name"]: step["status"] for step in report["steps"]}
-    assert statuses == {"family": "refused", "vllm": "skipped", "train": "skipped"}
+    assert statuses == {"family": "refused", "vllm": "skipped", "serve": "skipped", "train": "skipped"}
     assert "ddpo is not available for kosmos-2 models" in report["steps"][0]["detail"]
     assert "step family refused" in output and "last_hidden_state" in report["steps"][0]["detail"]
 
@@ -139,8 +140,33 @@ def test_a_model_that_is_no_checkpoint_fails_at_its_first_step_and_nothing_runs(
     )
     assert code == 1
     assert [(s["name"], s["status"]) for s in report["steps"]] == [
-        ("family", "failed"), ("vllm", "skipped"), ("train", "skipped"),
+        ("family", "failed"), ("vllm", "skipped"), ("serve", "skipped"), ("train", "skipped"),
     ]  # fmt: skip
     family = report["steps"][0]
     assert family["library"] == "transformers" and family["input"] == f"{missing}'s config"
     assert "step family failed in transformers" in output and not missing.exists()
+
+
+@pytest.mark.serving
+def test_a_reachable_server_answers_one_request_through_the_adapter(
+    vllm_server: Any, base_policy: Path, pairs: Path, tmp_path: Path
+) -> None:
+    """With a server named, the serve step loads the adapter there under a name of its own,
+    answers one request with an image of the export through it and unloads it; an adapter
+    vLLM cannot load is refused naming the server; no server answering is a skip."""
+    from models.serving import ServingClient
+    from rlhf.serving_check import random_adapter
+
+    adapter = random_adapter(base_policy, tmp_path / "adapter", seed=3)
+    ok = preflight.serve_step(vllm_server.url, str(adapter), pairs)
+    assert "answered one request with an image through the adapter" in ok
+    with ServingClient(vllm_server.url) as client:
+        assert not [name for name in client.models() if name.startswith("factloop-preflight-")]  # unloaded
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{}")
+    refused = re.escape(f"the vLLM server at {vllm_server.url} could not answer with the adapter")
+    with pytest.raises(preflight.Refused, match=refused):
+        preflight.serve_step(vllm_server.url, str(broken), pairs)
+    with pytest.raises(preflight.Skipped, match=re.escape("no server answers at http://127.0.0.1:9")):
+        preflight.serve_step("http://127.0.0.1:9", str(adapter), pairs)
