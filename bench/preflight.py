@@ -7,7 +7,7 @@ For every family of testbed/family_checkpoints.py and every method asked (defaul
 ppo), it runs `python -m rlhf.cli preflight` as a separate process (as train_round does),
 timing the whole command (interpreter start and imports included) and keeping each step's
 status, time, library and detail, in `bench/results/preflight.json`. It prints a table of
-the verdicts and times.
+the verdicts and times; `--table FILE.json` prints a kept result as docs/families.md's table.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ def main() -> int:
     parser.add_argument("--family", action="append", default=[], help="only this family (model type; repeatable)")
     parser.add_argument("--method", action="append", default=[], help="methods to check (default: ddpo and ppo)")
     parser.add_argument("--json", type=Path, default=results.default_path("preflight"))
+    parser.add_argument("--table", type=Path, help="print this kept result as a Markdown table, and run nothing")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
 
     from rlhf.family_matrix import write_pairs
     from testbed.family_checkpoints import FAMILIES, build
@@ -63,6 +67,21 @@ def main() -> int:
                 print(f"{family.name:<16} {method:<5} {verdict:<20} {seconds:6.1f} s", flush=True)
     results.write(args.json, {"methods": methods, "rows": rows})
     return 0
+
+
+def table(payload: dict) -> str:
+    """A row per family, a column per method: the verdict (the step that did not pass), the
+    whole command's time and the time in its steps."""
+    methods = payload["methods"]
+    cells: dict[str, dict[str, str]] = {}
+    for row in payload["rows"]:
+        failed = next((s for s in row["steps"] if s["status"] in ("refused", "failed")), None)
+        verdict = "passed" if failed is None else f"{failed['name']} step {failed['status']}"
+        timing = f"{row['command_seconds']:.1f} s ({row['seconds']:.1f} s in its steps)"
+        cells.setdefault(row["family"], {})[row["method"]] = f"{verdict}: {timing}"
+    lines = ["| family | " + " | ".join(m.upper() for m in methods) + " |", "| --- |" + " --- |" * len(methods)]
+    lines += [f"| {family} | " + " | ".join(row.get(m, "-") for m in methods) + " |" for family, row in cells.items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
