@@ -315,6 +315,20 @@ class Round(models.Model):
     human_prompts = models.PositiveIntegerField(
         null=True, blank=True, help_text="The human budget in prompts when selection is not 'all'."
     )
+    # A ranking of identical responses is a tie by construction: generation asks again for a
+    # candidate that repeats another of its prompt's (FACTLOOP_DISTINCT_TRIES); a ranking task
+    # still without two distinct candidates is made a correction task of its prompt, or left out.
+    identical_rankings = models.CharField(
+        max_length=8,
+        choices=[("convert", "Make a correction task of it"), ("drop", "Leave it out")],
+        default="convert",
+        help_text="A ranking task whose candidates are still identical after generation asked again.",
+    )
+    task_report = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What making the round's tasks found: identical rankings converted or left out.",
+    )
     heldout = models.ForeignKey(
         Dataset,
         on_delete=models.PROTECT,

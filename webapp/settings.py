@@ -213,6 +213,8 @@ FACTLOOP_MAX_PROMPT_CHARS = env.integer("FACTLOOP_MAX_PROMPT_CHARS", 8000, minim
 FACTLOOP_MAX_CONTEXT_CHARS = env.integer("FACTLOOP_MAX_CONTEXT_CHARS", 32_000, minimum=0, maximum=10_000_000)
 FACTLOOP_MAX_FACTS_CHARS = env.integer("FACTLOOP_MAX_FACTS_CHARS", 65_536, minimum=2, maximum=10_000_000)
 FACTLOOP_MAX_RESPONSE_CHARS = env.integer("FACTLOOP_MAX_RESPONSE_CHARS", 16_000, minimum=16, maximum=1_000_000)
+# Times generation asks again, with a new seed, for a candidate that repeats another of its prompt's.
+FACTLOOP_DISTINCT_TRIES = env.integer("FACTLOOP_DISTINCT_TRIES", 3, minimum=0, maximum=20)
 FACTLOOP_MAX_IMAGE_BYTES = env.integer("FACTLOOP_MAX_IMAGE_BYTES", 20 * 1024**2, minimum=1024)
 # An uploaded import archive may unpack to at most this many bytes.
 FACTLOOP_MAX_IMPORT_BYTES = env.integer("FACTLOOP_MAX_IMPORT_BYTES", 2 * 1024**3, minimum=1024**2)

@@ -65,6 +65,11 @@ class RoundOutput(serializers.Serializer):
     labels = serializers.IntegerField(help_text="Judgements and corrections given.")
     capacity = serializers.IntegerField(help_text="Labels its tasks can take (each task its overlap).")
     active_annotators = serializers.IntegerField(help_text="Annotators who submitted in the last hour.")
+    identical_rankings = serializers.CharField(help_text="convert or drop: a ranking of identical candidates.")
+    identical_candidates = serializers.DictField(
+        help_text="prompts (with several candidates), repeated (still holding identical ones), share, redraws "
+        "(candidates generation drew again), rankings_converted, rankings_dropped."
+    )
 
 
 def round_output(round_: Round) -> dict[str, Any]:
@@ -79,6 +84,8 @@ def round_output(round_: Round) -> dict[str, Any]:
         "human_prompts": round_.human_prompts,
         "heldout": round_.heldout.name if round_.heldout_id is not None and round_.heldout else "",
         **{key: state[key] for key in ("prompts", "generated", "labels", "capacity", "active_annotators")},
+        "identical_rankings": round_.identical_rankings,
+        "identical_candidates": {k: v for k, v in state["candidates"].items() if k != "percent"},
     }
 
 

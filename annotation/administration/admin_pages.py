@@ -20,7 +20,13 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from annotation.administration import inputs, plots
-from annotation.administration.dashboard import HALLUCINATION_METRICS, figure, hallucination_chart, version_rows
+from annotation.administration.dashboard import (
+    HALLUCINATION_METRICS,
+    candidate_repeats,
+    figure,
+    hallucination_chart,
+    version_rows,
+)
 from annotation.labeling import quality, rounds
 from annotation.loop.deployment import RegisterRefused, policy_choices, register_model
 from annotation.loop.training import TrainingRefused
@@ -234,6 +240,7 @@ def round_quality(admin: Any, request: HttpRequest, number: int) -> HttpResponse
         if report.ai
         else None,
         chart=chart,
+        candidates=candidate_repeats(round_),
         thresholds={
             "gold": settings.FACTLOOP_QC_MIN_GOLD_ACCURACY,
             "agreement": settings.FACTLOOP_QC_MIN_AGREEMENT,

@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotation.administration import plots
+from annotation.labeling.rounds import identical_ranking_counts, repeated_candidates
 from annotation.models import Assignment, Correction, Job, Judgement, Round, RoundPrompt, Task, TrainingRun
 from contract.methods import CHAIR_I, CHAIR_S, POPE_F1
 from models.registry import Registry
@@ -56,6 +57,19 @@ def round_state(round_: Round) -> dict[str, Any]:
         "labelled_percent": _percent(labels, capacity),
         "active_annotators": active,
         "ai_labeller": round_.ai_labeller,
+        "candidates": candidate_repeats(round_),
+    }
+
+
+def candidate_repeats(round_: Round) -> dict[str, Any]:
+    """Identical candidates, per round (the dashboard and the quality report): the share of
+    prompts whose candidates still repeat one another, the candidates drawn again to avoid
+    it, and the ranking tasks with identical candidates made correction tasks or left out."""
+    repeated = repeated_candidates(round_)
+    return {
+        **repeated,
+        "percent": f"{100 * repeated['share']:.0f}%",
+        **{f"rankings_{key}": value for key, value in identical_ranking_counts(round_).items()},
     }
 
 

@@ -73,6 +73,12 @@ class StartRoundInput(serializers.Serializer):
         help_text="The human budget in prompts, for random or disagreement selection.",
     )
     heldout = serializers.SlugField(max_length=64, default="", allow_blank=True, help_text=HELDOUT_HELP)
+    identical_rankings = serializers.ChoiceField(
+        choices=[("convert", "Make a correction task of it"), ("drop", "Leave it out")],
+        default="convert",
+        help_text="A ranking task whose candidates are still the same answer after generation asked again "
+        "(FACTLOOP_DISTINCT_TRIES times).",
+    )
 
 
 class TrainInput(serializers.Serializer):
@@ -268,6 +274,7 @@ def start(data: Mapping[str, Any], *, by: Any) -> tuple[Round, Job]:
         ai_labeller=data["ai_labeller"],
         selection=data["selection"],
         human_prompts=data.get("human_prompts"),
+        identical_rankings=data["identical_rankings"],
         heldout=data["heldout"],
         created_by=by,
     )

@@ -156,8 +156,10 @@ def create_tasks(
 ) -> list[Task]:
     """Tasks over the round's candidates that no task of this kind covers yet (so it can be
     called again after more candidates arrive): a rank task per `per_task` candidates of a
-    prompt, a correct task per candidate; with `prompts`, only over those prompts' candidates
-    (active selection: the rest are left to the AI labeller).
+    prompt (a group whose candidates are all the same answer gets none: see
+    `_identical_rankings`, whose correction tasks are returned too), a correct task per
+    candidate; with `prompts`, only over those prompts' candidates (active selection: the
+    rest are left to the AI labeller).
 
     With `gold_rate`, copies of tasks with known answers from earlier rounds are mixed in,
     spread evenly through the queue (it hands out tasks oldest first), so that they make up
@@ -190,7 +192,13 @@ def create_tasks(
         for prompt_id, group in by_prompt.items()
         for i in range(0, len(group) - size + 1, size)
     ]
+    identical: list[list[Candidate]] = []
+    if kind == Task.Kind.RANK:
+        # A ranking of identical responses is a tie by construction: no ranking task.
+        identical = [group for task, group in regular if len({distinct_key(c.text) for c in group}) < 2]
+        regular = [(task, group) for task, group in regular if len({distinct_key(c.text) for c in group}) >= 2]
     with transaction.atomic():
+        converted = _identical_rankings(round_, identical, overlap) if identical else []
         gold = _gold_copies(round_, kind, size, gold_count(len(regular), gold_rate))
         Candidate.objects.bulk_create([c for _, candidates in gold for c in candidates])
         for task, _ in gold:
@@ -210,7 +218,79 @@ def create_tasks(
             for task, (_, group) in zip(tasks, merged, strict=True)
             for position, candidate in enumerate(group)
         )
-    return tasks
+    return tasks + converted
+
+
+def distinct_key(text: str) -> str:
+    """What makes two responses the same answer: their words, whitespace and case aside."""
+    return " ".join(text.split()).casefold()
+
+
+def _identical_rankings(round_: Round, groups: list[list[Candidate]], overlap: int) -> list[Task]:
+    """Ranking groups whose candidates are all the same answer: with the round's "convert", a
+    correction task of the group's first candidate (unless one covers it already, or the
+    round makes correction tasks of every candidate anyway), else left out; which candidates
+    went which way is kept in the round's task report (each once, so making the tasks again
+    counts nothing twice)."""
+    corrected = set(
+        TaskCandidate.objects.filter(task__round=round_, task__kind=Task.Kind.CORRECT).values_list(
+            "candidate_id", flat=True
+        )
+    )
+    report = Round.objects.select_for_update().get(pk=round_.pk).task_report or {}
+    seen = report.get("identical_rankings", {"converted": [], "dropped": []})
+    handled = set(seen["converted"]) | set(seen["dropped"])
+    is_open = round_.status == Round.Status.OPEN
+    made = []
+    for group in groups:
+        first = group[0]
+        if first.pk in handled:
+            continue
+        # A round that makes correction tasks too gives the candidate its own (made next).
+        also_corrected = Task.Kind.CORRECT in (round_.task_kinds or [])
+        if round_.identical_rankings == "convert" and first.pk not in corrected and not also_corrected:
+            task = Task.objects.create(
+                round=round_, prompt_id=first.prompt_id, kind=Task.Kind.CORRECT, overlap=overlap, in_open_round=is_open
+            )
+            TaskCandidate.objects.create(task=task, candidate=first, position=0)
+            seen["converted"].append(first.pk)
+            made.append(task)
+        else:
+            seen["dropped"].append(first.pk)
+    report["identical_rankings"] = seen
+    Round.objects.filter(pk=round_.pk).update(task_report=report)
+    round_.task_report = report
+    return made
+
+
+def repeated_candidates(round_: Round) -> dict[str, float]:
+    """The round's candidates that repeat another of their prompt's (whitespace and case
+    aside), after generation asked again: prompts with several candidates, how many of them
+    still hold a repeat and the share, and the candidates generation drew again."""
+    by_prompt: dict[int, list[str]] = defaultdict(list)
+    redraws = 0
+    for prompt_id, text, params in (
+        Candidate.objects.filter(round=round_)
+        .exclude(params__has_key="gold_of")
+        .values_list("prompt_id", "text", "params")
+    ):
+        by_prompt[prompt_id].append(distinct_key(text))
+        redraws += int((params or {}).get("redraws", 0))
+    several = [keys for keys in by_prompt.values() if len(keys) > 1]
+    repeated = sum(1 for keys in several if len(set(keys)) < len(keys))
+    return {
+        "prompts": len(several),
+        "repeated": repeated,
+        "share": repeated / len(several) if several else 0.0,
+        "redraws": redraws,
+    }
+
+
+def identical_ranking_counts(round_: Round) -> dict[str, int]:
+    """How many ranking tasks with identical candidates became correction tasks, and how many
+    were left out (a candidate a correction task already covered counts as left out)."""
+    seen = (round_.task_report or {}).get("identical_rankings", {})
+    return {"converted": len(seen.get("converted", [])), "dropped": len(seen.get("dropped", []))}
 
 
 def mark_gold(task: Task, answer: dict[str, Any]) -> Task:

@@ -13,9 +13,10 @@ refuses duplicates even from two runs at once.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,14 @@ from django.db.models import Count, F
 from django.utils import timezone
 
 from annotation.jobs.lifecycle import enqueue_job
-from annotation.labeling.rounds import add_prompts_to_round, create_round, create_tasks, gold_count, open_round
+from annotation.labeling.rounds import (
+    add_prompts_to_round,
+    create_round,
+    create_tasks,
+    distinct_key,
+    gold_count,
+    open_round,
+)
 from annotation.loop.ai_labels import check_settings, label_round, selected_prompts
 from annotation.loop.deployment import vllm_urls
 from annotation.models import AuditEvent, Candidate, Job, Prompt, Round, RoundPrompt, Task
@@ -52,6 +60,7 @@ class GenerationReport:
     failed: int = 0
     candidates_created: int = 0
     completion_tokens: int = 0
+    redrawn: int = 0  # candidates asked for again for repeating another of their prompt's
     tasks_created: int = 0
     ai_labelled: int = 0  # candidates the round's AI labeller labelled
     errors: dict[int, str] = field(default_factory=dict)  # prompt id -> error
@@ -64,6 +73,7 @@ class GenerationReport:
             "failed": self.failed,
             "candidates_created": self.candidates_created,
             "completion_tokens": self.completion_tokens,
+            "redrawn": self.redrawn,
             "tasks_created": self.tasks_created,
             "ai_labelled": self.ai_labelled,
             "errors": {str(k): v for k, v in list(self.errors.items())[:20]},
@@ -93,7 +103,10 @@ def _sampling(round_: Round, n: int) -> Sampling:
     )
 
 
-def _store(round_: Round, finished: list[tuple[RoundPrompt, list[str]]], model: str, sampling: Sampling) -> int:
+Answers = tuple[list[str], list[int]]  # a prompt's new texts, and how often each was drawn again
+
+
+def _store(round_: Round, finished: list[tuple[RoundPrompt, Answers]], model: str, sampling: Sampling) -> int:
     """Store the candidates of finished prompts (up to each prompt's missing number) and mark
     them done, all in one transaction; the number of candidates created.
 
@@ -112,7 +125,7 @@ def _store(round_: Round, finished: list[tuple[RoundPrompt, list[str]]], model: 
         ):
             existing[prompt_id].append(index)
         rows = []
-        for round_prompt, texts in finished:
+        for round_prompt, (texts, redraws) in finished:
             have = existing[round_prompt.prompt_id]
             room = max(0, round_.candidates_per_prompt - len(have))
             first = max(have, default=-1) + 1
@@ -123,7 +136,9 @@ def _store(round_: Round, finished: list[tuple[RoundPrompt, list[str]]], model: 
                     index=first + offset,
                     text=text[:limit],
                     model_version=round_.policy_version,
-                    params=params | ({"clipped_from": len(text)} if len(text) > limit else {}),
+                    params=params
+                    | ({"clipped_from": len(text)} if len(text) > limit else {})
+                    | ({"redraws": redraws[offset]} if redraws[offset] else {}),
                 )
                 for offset, text in enumerate(texts[:room])
             ]
@@ -167,17 +182,43 @@ def generate_round(
     if progress is not None:
         progress(already, report.prompts)
 
-    def ask(round_prompt: RoundPrompt, n: int) -> tuple[list[str], int]:
+    # A round with ranking tasks asks again for a candidate that repeats another of its
+    # prompt's (a ranking of identical answers teaches nothing), with a new seed each time.
+    tries = settings.FACTLOOP_DISTINCT_TRIES if Task.Kind.RANK in round_.task_kinds else 0
+    stored: dict[int, list[str]] = defaultdict(list)
+    for prompt_id, text in Candidate.objects.filter(
+        round=round_, prompt_id__in=[rp.prompt_id for rp in todo]
+    ).values_list("prompt_id", "text"):
+        stored[prompt_id].append(text)
+
+    def ask(round_prompt: RoundPrompt, n: int) -> tuple[Answers, int]:
         prompt = round_prompt.prompt
         image = Path(prompt.image.file.path).read_bytes()
-        completion = client.chat(
-            model=model, prompt=prompt.text, image=image, context=prompt.context, sampling=_sampling(round_, n)
-        )
-        # vLLM hands back the text after the prompt, often with its leading space.
-        # Model output is untrusted text; PostgreSQL text cannot hold NUL, which an untrained
-        # adapter can emit, so it becomes U+FFFD (the replacement character).
-        texts = [text.replace("\x00", "\ufffd").strip() for text in completion.texts]
-        return texts, completion.completion_tokens
+
+        def draw(count: int, attempt: int) -> tuple[list[str], int]:
+            sampling = _sampling(round_, count)
+            if attempt and sampling.seed is not None:
+                sampling = replace(sampling, seed=sampling.seed + attempt * REDRAW_SEED_STEP)
+            completion = client.chat(
+                model=model, prompt=prompt.text, image=image, context=prompt.context, sampling=sampling
+            )
+            # vLLM hands back the text after the prompt, often with its leading space.
+            # Model output is untrusted text; PostgreSQL text cannot hold NUL, which an untrained
+            # adapter can emit, so it becomes U+FFFD (the replacement character).
+            return [text.replace("\x00", "\ufffd").strip() for text in completion.texts], completion.completion_tokens
+
+        texts, tokens = draw(n, 0)
+        redraws = [0] * len(texts)
+        for attempt in range(1, tries + 1):
+            again = repeats(stored.get(round_prompt.prompt_id, []), texts)
+            if not again:
+                break
+            fresh, spent = draw(len(again), attempt)
+            tokens += spent
+            for index, text in zip(again, fresh, strict=False):
+                texts[index] = text
+                redraws[index] += 1
+        return (texts, redraws), tokens
 
     sampling = _sampling(round_, 1)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate") as pool:
@@ -198,11 +239,27 @@ def generate_round(
     return report
 
 
+def repeats(stored: Sequence[str], texts: Sequence[str]) -> list[int]:
+    """The indices of `texts` that repeat (`distinct_key`) a stored candidate or an earlier text."""
+    seen = {distinct_key(text) for text in stored}
+    out = []
+    for index, text in enumerate(texts):
+        key = distinct_key(text)
+        if key in seen:
+            out.append(index)
+        seen.add(key)
+    return out
+
+
+IDENTICAL_RANKINGS = ("convert", "drop")  # Round.identical_rankings' choices
+REDRAW_SEED_STEP = 7919  # a round with a fixed seed asks again with seed + attempt * this
+
+
 def _collect(
     round_: Round,
     todo: list[RoundPrompt],
     have: dict[int, int],
-    ask: Callable[[RoundPrompt, int], tuple[list[str], int]],
+    ask: Callable[[RoundPrompt, int], tuple[Answers, int]],
     pool: ThreadPoolExecutor,
     model: str,
     sampling: Sampling,
@@ -210,12 +267,12 @@ def _collect(
     progress: Callable[[int, int], None] | None,
 ) -> None:
     """Send the missing requests to the pool and store their answers as they come."""
-    futures: dict[Future[tuple[list[str], int]], RoundPrompt] = {}
-    complete: list[tuple[RoundPrompt, list[str]]] = []
+    futures: dict[Future[tuple[Answers, int]], RoundPrompt] = {}
+    complete: list[tuple[RoundPrompt, Answers]] = []
     for round_prompt in todo:
         missing = round_.candidates_per_prompt - have.get(round_prompt.prompt_id, 0)
         if missing <= 0:
-            complete.append((round_prompt, []))
+            complete.append((round_prompt, ([], [])))
         else:
             futures[pool.submit(ask, round_prompt, missing)] = round_prompt
     if complete:
@@ -231,14 +288,15 @@ def _collect(
         for future in finished:
             round_prompt = futures[future]
             try:
-                texts, tokens = future.result()
+                answers, tokens = future.result()
             except (ServingError, OSError) as error:
                 report.errors[round_prompt.prompt_id] = _fail(round_prompt, error)
                 report.failed += 1
                 log.warning("round %s prompt %s: %s", round_.number, round_prompt.prompt_id, error)
                 continue
-            batch.append((round_prompt, texts))
+            batch.append((round_prompt, answers))
             report.completion_tokens += tokens
+            report.redrawn += sum(answers[1])
         if batch:
             try:
                 report.candidates_created += _store(round_, batch, model, sampling)
@@ -286,6 +344,7 @@ def start_round(
     selection: str = "all",
     human_prompts: int | None = None,
     heldout: str = "",
+    identical_rankings: str = "convert",
     created_by: Any = None,
 ) -> tuple[Round, Job]:
     """A new round over `prompts`: a draft with these settings whose candidate generation is
@@ -298,6 +357,8 @@ def start_round(
     if candidates_per_prompt < 1 or overlap < 1:
         raise ValidationError("K and the overlap must be at least 1")
     gold_count(0, gold_rate)
+    if identical_rankings not in IDENTICAL_RANKINGS:
+        raise ValidationError(f"identical_rankings is one of {', '.join(IDENTICAL_RANKINGS)}")
     if not prompts:
         raise ValidationError("a round needs at least one prompt")
     try:
@@ -317,6 +378,7 @@ def start_round(
         round_.open_when_ready = True
         round_.sampling = sampling or {}
         round_.ai_labeller, round_.selection, round_.human_prompts = ai_labeller, selection, human_prompts
+        round_.identical_rankings = identical_rankings
         round_.save()
         add_prompts_to_round(round_, prompts)
         job = queue_generation(round_, created_by=created_by)

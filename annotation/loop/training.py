@@ -582,6 +582,7 @@ def _step_open_next(run: TrainingRun, options: Options, work: RunFolder) -> dict
                 ai_labeller=round_.ai_labeller,
                 selection=round_.selection,
                 human_prompts=round_.human_prompts,
+                identical_rankings=round_.identical_rankings,
             )
             locked.next_round = new_round
             locked.save(update_fields=["next_round"])

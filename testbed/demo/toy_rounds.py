@@ -65,6 +65,8 @@ def build_synthetic_round(
     counts = {"prompts": 0, "candidates": 0}
     with transaction.atomic():
         round_ = create_round(policy_version=SYNTHETIC_POLICY)
+        Round.objects.filter(pk=round_.pk).update(task_kinds=list(kinds))
+        round_.task_kinds = list(kinds)
         for scene in sample_scenes(seed, scenes, prefix=f"synthetic-{seed}"):
             image = add_image(png_of_scene(scene, image_size), facts=scene.facts(), source=scene.scene_id)
             for kind in ("describe", rng.choice(("count", "exist", "color", "spatial"))):
