@@ -41,6 +41,8 @@ def test_the_dashboard_follows_a_round(
     page.goto(f"{base}/admin/")
     expect(page.get_by_test_id("next-action")).to_contain_text(f"{round_} is open for annotation")
     expect(page.get_by_test_id("labelled")).to_contain_text("0 / 2")
+    # make_round's two prompts have different answers: no repeats, nothing converted.
+    expect(page.get_by_test_id("identical")).to_contain_text("0 of 2 prompts (0%) after 0 drawn again")
     for _ in range(2):
         lease = queue.next_assignment_for(annotator)
         assert lease is not None
