@@ -32,7 +32,7 @@ from annotation.administration.inputs import ExportInput, ImportInput, StartRoun
 from annotation.data import downloads
 from annotation.jobs import lifecycle as jobs
 from annotation.labeling import quality
-from annotation.labeling.rounds import freeze_round, open_round
+from annotation.labeling.rounds import freeze_round, identical_ranking_counts, open_round
 from annotation.loop.deployment import DeployRefused, deploy_version
 from annotation.loop.training import TrainingRefused
 from annotation.models import Job, Round, TrainingRun
@@ -66,9 +66,8 @@ class RoundOutput(serializers.Serializer):
     capacity = serializers.IntegerField(help_text="Labels its tasks can take (each task its overlap).")
     active_annotators = serializers.IntegerField(help_text="Annotators who submitted in the last hour.")
     identical_rankings = serializers.CharField(help_text="convert or drop: a ranking of identical candidates.")
-    identical_candidates = serializers.DictField(
-        help_text="prompts (with several candidates), repeated (still holding identical ones), share, redraws "
-        "(candidates generation drew again), rankings_converted, rankings_dropped."
+    identical_rankings_done = serializers.DictField(
+        help_text="converted (rankings of identical candidates made correction tasks), dropped (left out)."
     )
 
 
@@ -85,7 +84,7 @@ def round_output(round_: Round) -> dict[str, Any]:
         "heldout": round_.heldout.name if round_.heldout_id is not None and round_.heldout else "",
         **{key: state[key] for key in ("prompts", "generated", "labels", "capacity", "active_annotators")},
         "identical_rankings": round_.identical_rankings,
-        "identical_candidates": {k: v for k, v in state["candidates"].items() if k != "percent"},
+        "identical_rankings_done": identical_ranking_counts(round_),
     }
 
 

@@ -57,7 +57,6 @@ def round_state(round_: Round) -> dict[str, Any]:
         "labelled_percent": _percent(labels, capacity),
         "active_annotators": active,
         "ai_labeller": round_.ai_labeller,
-        "candidates": candidate_repeats(round_),
     }
 
 
@@ -124,7 +123,9 @@ def next_action(current: Round | None, state: dict[str, Any] | None, running: li
 
 def dashboard_context() -> dict[str, Any]:
     current = Round.objects.order_by("-number").first()
-    state = round_state(current) if current is not None else None
+    # The current round's identical candidates: read from its candidates' texts, so only for
+    # the one round the dashboard shows (the rounds API lists every round without them).
+    state = round_state(current) | {"candidates": candidate_repeats(current)} if current is not None else None
     running = list(Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).order_by("-created_at")[:10])
     runs = [run_state(run) for run in TrainingRun.objects.select_related("round").order_by("-created_at")[:RECENT_RUNS]]
     rows = version_rows(Registry(settings.FACTLOOP_MODEL_DIR))
