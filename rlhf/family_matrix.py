@@ -236,7 +236,7 @@ class OpensWithALetter:
     that decode to no letter, and every response's first token follows the same context
     ("ASSISTANT:"), so a few policy-gradient steps move its first token's distribution
     consistently; the reward model's score of a random policy's text, or a share over all
-    its tokens, gives too noisy a signal for eight steps."""
+    its tokens, gives too noisy a signal for a dozen steps."""
 
     processor: Any = None  # the policy's (RewardFunction's interface); the text is enough
 
@@ -305,7 +305,7 @@ def _rl(bench: Bench, method: str) -> Outcome:
         ppo_epochs=2,
         num_generations=RL_GENERATIONS,
         # A tiny random model's next-token distribution is near uniform over its vocabulary:
-        # sampled cooler, a few tokens lead in each context, so eight steps' samples cover
+        # sampled cooler, a few tokens lead in each context, so a dozen steps' samples cover
         # them and learn which to prefer.
         temperature=RL_TEMPERATURE,
         max_new_tokens=8,
