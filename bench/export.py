@@ -34,8 +34,8 @@ FILL = """
 INSERT INTO annotation_prompt (image_id, text, context, split, meta, created_at)
 SELECT %(image)s, 'Describe the image. (' || g || ')', '[]', 'train', '{}', now() FROM generate_series(1, %(n)s) g;
 INSERT INTO annotation_round (number, status, policy_version, candidates_per_prompt, sampling, task_kinds, overlap,
-  gold_rate, open_when_ready, ai_labeller, selection, created_at)
-VALUES (1, 'open', 'bench', 2, '{}', '["rank"]', 1, 0, false, '', 'all', now());
+  gold_rate, open_when_ready, ai_labeller, selection, identical_rankings, task_report, created_at)
+VALUES (1, 'open', 'bench', 2, '{}', '["rank"]', 1, 0, false, '', 'all', 'convert', '{}', now());
 INSERT INTO annotation_task (round_id, prompt_id, kind, overlap, taken, is_gold, gold_answer, origin, created_at,
   in_open_round)
 SELECT r.id, p.id, 'rank', 1, 1, false, '{}', '{}', now(), true FROM annotation_round r, annotation_prompt p;

@@ -5,18 +5,14 @@ dashboard and the quality report count both."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from annotation.administration.dashboard import candidate_repeats
 from annotation.data.images import add_prompt
 from annotation.labeling.rounds import add_candidates, create_round, create_tasks, distinct_key
 from annotation.loop.generation import repeats
-from annotation.models import Candidate, Job, Round, Task
-from models.registry import Registry
-from tests.factories import make_generation_round, make_image, make_job
+from annotation.models import Round, Task
+from tests.factories import make_image
 
 
 def test_repeats_are_found_whitespace_and_case_aside() -> None:
@@ -59,55 +55,3 @@ def test_a_ranking_of_identical_candidates_is_made_a_correction_or_left_out(choi
     assert create_tasks(round_, kind=Task.Kind.RANK, per_task=2) == []
     assert candidate_repeats(Round.objects.get(pk=round_.pk)) == counts
     assert Task.objects.filter(round=round_).count() == 1 + (2 if choice == "convert" else 0)
-
-
-@pytest.fixture
-def registry(settings: Any, tmp_path: Path, base_policy: Path) -> Registry:
-    settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
-    registry = Registry(settings.FACTLOOP_MODEL_DIR)
-    registry.register("tiny-base", base_model=str(base_policy))
-    return registry
-
-
-def _generate(round_: Round) -> Job:
-    from annotation.worker.tasks import generate_candidates
-
-    job = make_job(kind=Job.Kind.GENERATE, queue="generate", params={"round_id": round_.pk})
-    generate_candidates.apply(args=(job.pk,))
-    job.refresh_from_db()
-    return job
-
-
-@pytest.mark.slow
-@pytest.mark.serving
-@pytest.mark.django_db
-def test_generation_draws_a_repeated_candidate_again_and_ranks_only_distinct_ones(
-    settings: Any, vllm_server: Any, registry: Registry
-) -> None:
-    """The tiny model's short answers mostly differ in one word ("small" or "large"), so two
-    candidates often repeat each other. With no second tries (the control) 9 of 16 prompts
-    keep two identical candidates; with FACTLOOP_DISTINCT_TRIES the same seeded requests and
-    new draws leave fewer (none, measured), the draws are counted, and no ranking task holds
-    two identical answers (those left became correction tasks)."""
-    settings.FACTLOOP_VLLM_URL = vllm_server.url
-    sampling = {"temperature": 0.3, "seed": 15845, "max_tokens": 4}
-    found = {}
-    for tries in (0, 3):
-        settings.FACTLOOP_DISTINCT_TRIES = tries
-        round_ = make_generation_round("tiny-base", prompts=16, k=2, sampling=sampling, prefix=f"distinct-{tries}")
-        Round.objects.filter(pk=round_.pk).update(task_kinds=["rank"])
-        job = _generate(round_)
-        assert job.status == Job.Status.SUCCEEDED, job.error
-        round_.refresh_from_db()
-        found[tries] = candidate_repeats(round_) | {"redrawn": job.result["redrawn"]}
-        for task in Task.objects.filter(round=round_, kind=Task.Kind.RANK):
-            keys = [distinct_key(c.text) for c in task.candidates.all()]
-            assert len(set(keys)) == len(keys), keys
-        assert Task.objects.filter(round=round_, kind=Task.Kind.CORRECT).count() == found[tries]["rankings_converted"]
-    control, treated = found[0], found[3]
-    assert control["repeated"] >= 2 and control["redraws"] == control["redrawn"] == 0, control
-    assert treated["redrawn"] > 0 and treated["redraws"] == treated["redrawn"], treated
-    assert treated["repeated"] < control["repeated"], (control, treated)
-    assert treated["rankings_converted"] == treated["repeated"]
-    drawn = Candidate.objects.filter(round__number=max(Round.objects.values_list("number", flat=True)))
-    assert sum(int(c.params.get("redraws", 0)) for c in drawn) == treated["redrawn"]

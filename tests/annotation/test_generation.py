@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
-from annotation.labeling.rounds import add_candidates
-from annotation.models import Candidate, Job, Round, RoundPrompt
+from annotation.administration.dashboard import candidate_repeats
+from annotation.labeling.rounds import add_candidates, distinct_key
+from annotation.models import Candidate, Job, Round, RoundPrompt, Task
 from annotation.worker.tasks import generate_candidates
 from models.registry import Registry
 from tests.conftest import free_port
@@ -163,3 +164,35 @@ def test_the_policy_labels_its_own_candidates_and_humans_get_the_most_disagreein
     assert min(spread[p] for p in chosen) >= max(spread[p] for p in spread if p not in chosen)
     round_.refresh_from_db()
     assert round_.status == Round.Status.OPEN
+
+
+def test_generation_draws_a_repeated_candidate_again_and_ranks_only_distinct_ones(
+    settings: Any, vllm_server: Any, registry: Registry
+) -> None:
+    """The tiny model's short answers mostly differ in one word ("small" or "large"), so two
+    candidates often repeat each other. With no second tries (the control) 9 of 16 prompts
+    keep two identical candidates; with FACTLOOP_DISTINCT_TRIES the same seeded requests and
+    new draws leave fewer (none, measured), the draws are counted, and no ranking task holds
+    two identical answers (those left became correction tasks)."""
+    settings.FACTLOOP_VLLM_URL = vllm_server.url
+    sampling = {"temperature": 0.3, "seed": 15845, "max_tokens": 4}
+    found = {}
+    for tries in (0, 3):
+        settings.FACTLOOP_DISTINCT_TRIES = tries
+        round_ = make_generation_round("tiny-base", prompts=16, k=2, sampling=sampling, prefix=f"distinct-{tries}")
+        Round.objects.filter(pk=round_.pk).update(task_kinds=["rank"])
+        job = run_job(round_)
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        round_.refresh_from_db()
+        found[tries] = candidate_repeats(round_) | {"redrawn": job.result["redrawn"]}
+        for task in Task.objects.filter(round=round_, kind=Task.Kind.RANK):
+            keys = [distinct_key(c.text) for c in task.candidates.all()]
+            assert len(set(keys)) == len(keys), keys
+        assert Task.objects.filter(round=round_, kind=Task.Kind.CORRECT).count() == found[tries]["rankings_converted"]
+    control, treated = found[0], found[3]
+    assert control["repeated"] >= 2 and control["redraws"] == control["redrawn"] == 0, control
+    assert treated["redrawn"] > 0 and treated["redraws"] == treated["redrawn"], treated
+    assert treated["repeated"] < control["repeated"], (control, treated)
+    assert treated["rankings_converted"] == treated["repeated"]
+    drawn = Candidate.objects.filter(round__number=max(Round.objects.values_list("number", flat=True)))
+    assert sum(int(c.params.get("redraws", 0)) for c in drawn) == treated["redrawn"]
