@@ -74,7 +74,7 @@ class StartRoundInput(serializers.Serializer):
     )
     heldout = serializers.SlugField(max_length=64, default="", allow_blank=True, help_text=HELDOUT_HELP)
     identical_rankings = serializers.ChoiceField(
-        choices=[("convert", "Make a correction task of it"), ("drop", "Leave it out")],
+        choices=list(Round._meta.get_field("identical_rankings").choices or ()),
         default="convert",
         help_text="A ranking task whose candidates are still the same answer after generation asked again "
         "(FACTLOOP_DISTINCT_TRIES times).",

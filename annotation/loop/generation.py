@@ -251,7 +251,7 @@ def repeats(stored: Sequence[str], texts: Sequence[str]) -> list[int]:
     return out
 
 
-IDENTICAL_RANKINGS = ("convert", "drop")  # Round.identical_rankings' choices
+IDENTICAL_RANKINGS = tuple(value for value, _ in Round._meta.get_field("identical_rankings").choices or ())
 REDRAW_SEED_STEP = 7919  # a round with a fixed seed asks again with seed + attempt * this
 
 
