@@ -195,8 +195,9 @@ def create_tasks(
     identical: list[list[Candidate]] = []
     if kind == Task.Kind.RANK:
         # A ranking of identical responses is a tie by construction: no ranking task.
-        identical = [group for task, group in regular if len({distinct_key(c.text) for c in group}) < 2]
-        regular = [(task, group) for task, group in regular if len({distinct_key(c.text) for c in group}) >= 2]
+        distinct = [len({distinct_key(c.text) for c in group}) >= 2 for _, group in regular]
+        identical = [group for (_, group), ok in zip(regular, distinct, strict=True) if not ok]
+        regular = [item for item, ok in zip(regular, distinct, strict=True) if ok]
     with transaction.atomic():
         converted = _identical_rankings(round_, identical, overlap) if identical else []
         gold = _gold_copies(round_, kind, size, gold_count(len(regular), gold_rate))
