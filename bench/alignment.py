@@ -6,7 +6,10 @@ Labels (the oracle is the simulated annotator; testbed/toyworld/oracle.py):
   training scene (temperature 0.7, as LLaVA-RLHF sampled candidates); the oracle corrects the
   hallucinated segments; a response with nothing wrong gives no pair. DDPO, DPO, SFT, mDPO,
   HSA-DPO and HALVA train on these pairs, and the synthetic rows add their own generated
-  pairs (rlhf/synthetic.py) at `--synthetic-ratio` per human pair.
+  pairs (rlhf/synthetic.py) at `--synthetic-ratio` per human pair. The plain rows' oracle
+  deletes a sentence about an absent object (correction style "delete"); the `+replace`
+  rows' oracle rewrites it into one about an object the answer does not name yet, deleting
+  only where none is left ("replace", RLHF-V's minimal editing), on the same sampled answers.
 - ratings (Silkie's, VLFeedback's shape): four sampled answers per prompt, each rated by the
   oracle on faithfulness and helpfulness (rlhf/toy_pairs.py, `oracle_rating`); any two with
   unequal mean ratings are a pair (rlhf/ratings.py); plain DPO.
@@ -20,9 +23,10 @@ The label budget is about the same for each kind (`--scenes`, `--rating-scenes` 
 itself. Rows named in `--seeded` train once per seed of `--seeds` (data order, adapter
 initialisation, sampling); the table shows the mean and, with several seeds, the standard
 deviation, so the noise shows. Each row: CHAIR_i, CHAIR_s, POPE F1 (mean of the random,
-popular and adversarial splits), mean response length in words, object recall (the share of
-a scene's object classes its description names: a shorter answer that drops only the
-hallucinated objects keeps it), share of empty responses, training seconds.
+popular and adversarial splits), mean response length in words, coverage (AMBER's "Cover",
+arXiv:2311.07397: the share of a scene's object classes its description names; a shorter
+answer that drops only the hallucinated objects keeps it), share of empty responses,
+training seconds.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/alignment.py
 
@@ -61,7 +65,7 @@ from testbed.demo import TOY_DDPO, TOY_PPO
 class Row:
     """A row of the table: which trainer, on which labels, with which settings."""
 
-    labels: str  # corrections, ratings or rankings
+    labels: str  # corrections (deleted absent objects), replacements (rewritten), ratings or rankings
     settings: tuple[str, ...]
     ties: str = "drop"  # rankings: the reward model's `ties` (use: learn the helpfulness order after a tie)
 
@@ -86,7 +90,11 @@ ROWS: dict[str, Row] = {
     "grpo": Row("rankings", ("method=grpo",)),
     "rloo": Row("rankings", ("method=rloo",)),
 }
-METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "object_recall", "empty_share", "seconds")
+# The correction rows again, on corrections that replace rather than delete.
+CORRECTION_STYLE = {"corrections": "delete", "replacements": "replace"}
+for _name in ("ddpo", "dpo", "sft", "mdpo", "hsa_dpo", "halva", "ddpo+inject"):
+    ROWS[f"{_name}+replace"] = Row("replacements", ROWS[_name].settings)
+METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "coverage", "empty_share", "seconds")
 
 
 def evaluate(model_path: str, adapter: Path | None, scenes: int) -> dict[str, Any]:
@@ -191,19 +199,21 @@ def make_labels(
 
     model, processor = load_policy(args.model)
     size = image_size_of(processor)
-    data = {kind: work / kind for kind in ("corrections", "ratings", "rankings")}
+    data = {kind: work / kind for kind in ("corrections", "replacements", "ratings", "rankings")}
     record = work / "labels.json"
     counts: dict[str, int] = json.loads(record.read_text()) if record.is_file() else {}
     began = time.perf_counter()
-    if "corrections" in needed and "corrections" not in counts:
+    styles = [kind for kind in CORRECTION_STYLE if kind in needed and kind not in counts]
+    if styles:
         responses = toy_pairs.sample_responses(
             model, processor, toy_pairs.training_scenes(args.scenes), temperature=0.7, seed=1
         )
-        pairs = toy_pairs.oracle_pairs(responses)
-        shutil.rmtree(data["corrections"], ignore_errors=True)
-        toy_pairs.write_export(pairs, data["corrections"], image_size=size)
-        counts["corrections"] = len(pairs)
-        print(f"{len(responses)} responses, {len(pairs)} corrected", file=sys.stderr)
+        for kind in styles:
+            pairs = toy_pairs.oracle_pairs(responses, style=CORRECTION_STYLE[kind])  # type: ignore[arg-type]
+            shutil.rmtree(data[kind], ignore_errors=True)
+            toy_pairs.write_export(pairs, data[kind], image_size=size)
+            counts[kind] = len(pairs)
+            print(f"{len(responses)} responses, {len(pairs)} corrected ({CORRECTION_STYLE[kind]})", file=sys.stderr)
     if "ratings" in needed and "ratings" not in counts:
         # Other scenes than the corrections' (the training scenes' tail), four answers per prompt.
         scenes = toy_pairs.training_scenes(args.scenes + args.rating_scenes)[args.scenes :]
@@ -282,7 +292,7 @@ def print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     )
     print(
         f"{'method':<18} {'labels':>6} {'gen':>4} {'seeds':>5} {'CHAIR_i':>13} {'CHAIR_s':>8} {'POPE F1':>8} "
-        f"{'words':>6} {'recall':>6} {'empty':>6} {'train s':>8} {'CHAIR_i vs base':>16} {'words vs base':>14}"
+        f"{'words':>6} {'cover':>6} {'empty':>6} {'train s':>8} {'CHAIR_i vs base':>16} {'words vs base':>14}"
     )
     for row in rows:
         chair = f"{row['chair_i']:.3f}" + (f" ±{row['chair_i_sd']:.3f}" if "chair_i_sd" in row else "")
@@ -290,7 +300,7 @@ def print_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         words = (row["mean_words"] - base["mean_words"]) / base["mean_words"] if base["mean_words"] else 0.0
         print(
             f"{row['method']:<18} {row['labels']:>6} {row['generated']:>4} {len(row['seeds']):>5} {chair:>13} "
-            f"{row['chair_s']:>8.3f} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['object_recall']:>6.3f} "
+            f"{row['chair_s']:>8.3f} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['coverage']:>6.3f} "
             f"{row['empty_share']:>6.2f} "
             f"{row['seconds']:>8.0f} {change:>+15.1%} {words:>+13.1%}"
         )

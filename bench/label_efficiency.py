@@ -60,10 +60,16 @@ SECONDS = {"read": 8.0, "fix": 12.0, "accept": 2.0, "reject": 3.0}  # the annota
 class Arm:
     name: str
     seed: int = 0
+    style: str = "replace"  # how the humans (and the suggestions) correct an absent object
     adapter: Path | None = None
     human_labels: int = 0
     seconds: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The arm and, where humans correct, its correction style: "active+suggest:replace"."""
+        return f"{self.name}:{self.style}" if self.humans else self.name
 
     @property
     def selection(self) -> str:
@@ -90,6 +96,12 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=150, help="fresh training scenes a round (2 prompts each)")
     parser.add_argument("--samples", type=int, default=4, help="answers sampled per prompt, K (default 4)")
     parser.add_argument("--noise", type=float, default=0.2, help="share of hallucinated segments a human misses")
+    parser.add_argument(
+        "--correction-styles",
+        default="replace",
+        help="how the humans' arms correct an absent object, comma-separated: replace (rewrite it into an "
+        "unnamed object of the scene, delete where none is left), delete; each human arm runs once per style",
+    )
     parser.add_argument("--ai-weight", type=float, default=0.5, help="arm active+suggest+ai: AI pairs' weight")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes to evaluate on")
@@ -104,6 +116,9 @@ def main() -> None:
     unknown = [a for a in names if a not in ARMS]
     if unknown or not names:
         parser.error(f"unknown arms {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    styles = [s.strip() for s in args.correction_styles.split(",") if s.strip()]
+    if not styles or any(s not in ("replace", "delete") for s in styles):
+        parser.error("--correction-styles: replace, delete or both")
     if args.rounds < 1 or args.labels < 1 or args.pool < 1 or args.samples < 2:
         parser.error("--rounds, --labels and --pool must be at least 1, --samples at least 2")
 
@@ -119,9 +134,9 @@ def main() -> None:
     base = measure(args.model, None, heldout)
     pools = training_scenes(args.pool * args.rounds)
     began = time.perf_counter()
-    runs: dict[str, list[Arm]] = {name: [] for name in names}
+    runs: dict[str, list[Arm]] = {}
     for seed in seeds:
-        arms = [Arm(name, seed) for name in names]
+        arms = [Arm(name, seed, style) for name in names for style in (styles if Arm(name).humans else styles[:1])]
         for number in range(1, args.rounds + 1):
             pool = pools[(number - 1) * args.pool : number * args.pool]
             for arm in arms:
@@ -129,13 +144,13 @@ def main() -> None:
                 row.update(measure(args.model, arm.adapter, heldout))
                 arm.rows.append(row)
                 print(
-                    f"seed {seed} round {number} {arm.name}: {row['pairs']} pairs ({row['human_labels']} human "
+                    f"seed {seed} round {number} {arm.label}: {row['pairs']} pairs ({row['human_labels']} human "
                     f"labels), CHAIR_i {row['chair_i']:.3f}, {row['mean_words']:.1f} words "
                     f"[{time.perf_counter() - began:.0f} s]",
                     file=sys.stderr,
                 )
         for arm in arms:
-            runs[arm.name].append(arm)
+            runs.setdefault(arm.label, []).append(arm)
     shutil.rmtree(work, ignore_errors=True)
     means = {name: mean_rows(found) for name, found in runs.items()}
     summary = print_tables(args, base, means, len(seeds))
@@ -144,13 +159,13 @@ def main() -> None:
         "annotator_seconds": SECONDS,
         "base": base,
         "arms": means,
-        "runs": {name: {str(arm.seed): arm.rows for arm in found} for name, found in runs.items()},
+        "runs": {label: {str(arm.seed): arm.rows for arm in found} for label, found in runs.items()},
         "summary": summary,
     }
     results.write(args.json, payload, model=args.model)
 
 
-MEANS = ("chair_i", "chair_s", "pope_f1", "mean_words", "object_recall", "pairs", "human_pairs", "ai_pairs")
+MEANS = ("chair_i", "chair_s", "pope_f1", "mean_words", "coverage", "pairs", "human_pairs", "ai_pairs")
 
 
 def mean_rows(arms: list[Arm]) -> list[dict[str, Any]]:
@@ -173,7 +188,7 @@ def measure(model_path: str, adapter: Path | None, scenes: Sequence[Any]) -> dic
 
     model, processor = load_policy(model_path, adapter=adapter)
     found = evaluate_toyworld(model, processor, scenes)
-    return {key: found[key] for key in ("chair_i", "chair_s", "pope_f1", "mean_words", "object_recall")}
+    return {key: found[key] for key in ("chair_i", "chair_s", "pope_f1", "mean_words", "coverage")}
 
 
 def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool: Sequence[Any]) -> dict[str, Any]:
@@ -197,6 +212,7 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
         groups.setdefault((scene.scene_id, prompt), []).append(text)
         scenes[scene.scene_id] = scene
     labeller = labeller_for("toyworld", local_answerer(model, processor), f"ai:{arm.name}-round-{number - 1}")
+    labeller.rewrite = arm.style == "replace"  # its suggestions correct as the humans do
     images = {scene_id: render(scene, size) for scene_id, scene in scenes.items()}
     rng = random.Random(f"{arm.seed}-{arm.name}-{number}")
 
@@ -211,7 +227,9 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
         if arm.suggestions:
             feedback = labeller.label([(str(i), key[0], images[key[0]], text) for i, (key, text) in enumerate(shown)])
         for (key, text), item in zip(shown, feedback, strict=True):
-            pair, spent, took, turned = annotate(scenes[key[0]], key[1], text, item, noise=args.noise, rng=rng)
+            pair, spent, took, turned = annotate(
+                scenes[key[0]], key[1], text, item, noise=args.noise, rng=rng, style=arm.style
+            )
             seconds += spent
             accepted += took
             rejected += turned
@@ -234,13 +252,13 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
 
     data = []
     if human:
-        data.append(work / arm.name / f"round-{number}-human")
+        data.append(work / arm.label / f"round-{number}-human")
         toy_pairs.write_export(human, data[-1], image_size=size)
     if machine:
-        data.append(work / arm.name / f"round-{number}-ai")
+        data.append(work / arm.label / f"round-{number}-ai")
         toy_pairs.write_export(machine, data[-1], image_size=size, annotator=labeller.name)
     if data:
-        arm.adapter = train(args, work / arm.name / f"round-{number}", data, arm, seed=arm.seed * 100 + number)
+        arm.adapter = train(args, work / arm.label / f"round-{number}", data, arm, seed=arm.seed * 100 + number)
     return {
         "round": number,
         "pool_prompts": len(groups),
@@ -255,7 +273,9 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
     }
 
 
-def annotate(scene: Any, prompt: str, text: str, feedback: Any, *, noise: float, rng: random.Random) -> Any:
+def annotate(
+    scene: Any, prompt: str, text: str, feedback: Any, *, noise: float, rng: random.Random, style: str = "replace"
+) -> Any:
     """A simulated annotator's correction of `text`: (pair or None, seconds, suggestions
     accepted, rejected). With `feedback`, suggestions overlapping a hallucinated claim are
     accepted and the rest rejected, before the annotator fixes what is left by hand."""
@@ -276,7 +296,7 @@ def annotate(scene: Any, prompt: str, text: str, feedback: Any, *, noise: float,
                 turned += 1
         start_from = apply_fixes(text, fixes)
         seconds += took * SECONDS["accept"] + turned * SECONDS["reject"]
-    fixed = correct(scene, start_from, noise=noise, rng=rng)
+    fixed = correct(scene, start_from, noise=noise, rng=rng, style=style)  # type: ignore[arg-type]
     seconds += SECONDS["fix"] * max(0, check(scene, start_from).hallucinations - check(scene, fixed).hallucinations)
     return correction_pair(scene, prompt, text, fixed), seconds, took, turned
 
@@ -302,32 +322,49 @@ def print_tables(
         f"{base['chair_i']:.3f}, POPE F1 {base['pope_f1']:.3f}, {base['mean_words']:.1f} words"
     )
     print(
-        f"{'arm':<18} {'round':>5} {'human':>6} {'pairs':>6} {'CHAIR_i':>13} {'vs base':>8} {'POPE F1':>8} "
-        f"{'words':>6} {'minutes':>8}"
+        f"{'arm':<24} {'round':>5} {'human':>6} {'pairs':>6} {'CHAIR_i':>13} {'vs base':>8} {'POPE F1':>8} "
+        f"{'words':>6} {'cover':>13} {'minutes':>8}"
     )
     for name, rows in arms.items():
         for row in rows:
             change = (row["chair_i"] - base["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
             chair = f"{row['chair_i']:.3f}" + (f" ±{row['chair_i_sd']:.3f}" if "chair_i_sd" in row else "")
+            cover = f"{row['coverage']:.3f}" + (f" ±{row['coverage_sd']:.3f}" if "coverage_sd" in row else "")
             print(
-                f"{name:<18} {row['round']:>5} {row['human_labels']:>6} {row['pairs']:>6.0f} {chair:>13} "
-                f"{change:>+8.1%} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {row['annotator_minutes']:>8.1f}"
+                f"{name:<24} {row['round']:>5} {row['human_labels']:>6} {row['pairs']:>6.0f} {chair:>13} "
+                f"{change:>+8.1%} {row['pope_f1']:>8.3f} {row['mean_words']:>6.1f} {cover:>13} "
+                f"{row['annotator_minutes']:>8.1f}"
             )
     summary: dict[str, Any] = {}
-    if "random" in arms:
-        target = arms["random"][-1]["chair_i"]
-        print(f"human labels to reach arm random's final CHAIR_i ({target:.3f}):")
+    random_arms = [name for name in arms if name.split(":")[0] == "random"]
+    if random_arms:
+        target = arms[random_arms[0]][-1]["chair_i"]
+        print(f"human labels to reach arm {random_arms[0]}'s final CHAIR_i ({target:.3f}):")
         for name, rows in arms.items():
             reached = next((row for row in rows if row["chair_i"] <= target), None)
             labels = reached["human_labels"] if reached else None
             summary[name] = {"labels_to_target": labels, "round": reached["round"] if reached else None}
             said = f"{labels} (round {reached['round']})" if reached else "not reached"
-            print(f"  {name:<18} {said}")
+            print(f"  {name:<24} {said}")
         summary["target_chair_i"] = target
-    best = min(arms, key=lambda name: arms[name][-1]["chair_i"])
-    drop = (base["chair_i"] - arms[best][-1]["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
-    summary["best_arm"] = {"name": best, "chair_i_drop": drop}
-    print(f"best arm: {best}, CHAIR_i {drop:.1%} below the base after {args.rounds} rounds")
+
+    def best_of(names: list[str]) -> dict[str, Any]:
+        best = min(names, key=lambda name: arms[name][-1]["chair_i"])
+        last = arms[best][-1]
+        drop = (base["chair_i"] - last["chair_i"]) / base["chair_i"] if base["chair_i"] else 0.0
+        return {"name": best, "chair_i_drop": drop, "coverage": last["coverage"], "pope_f1": last["pope_f1"]}
+
+    summary["best_arm"] = best_of(list(arms))
+    human = [name for name in arms if ":" in name]  # the arms with humans (named with their style)
+    if human:
+        summary["best_human_arm"] = best_of(human)
+    for key in ("best_arm", "best_human_arm"):
+        if key in summary:
+            found = summary[key]
+            print(
+                f"{key.replace('_', ' ')}: {found['name']}, CHAIR_i {found['chair_i_drop']:.1%} below the base after "
+                f"{args.rounds} rounds, coverage {found['coverage']:.3f} (base {base['coverage']:.3f})"
+            )
     return summary
 
 

@@ -3,13 +3,17 @@ records: the metrics, their bootstrap intervals, and the gate's paired compariso
 policies. Pure Python: the evaluator (rlhf/hallucination.py) and the web app's gate
 (annotation/loop/training.py) call the same code, the gate without a child process.
 
-Records: `describe` rows [objects mentioned, of them hallucinated, words], `qa` 0/1 per
-question, `pope` per split [label is yes, answer says yes] per probe, `reward` scores.
+Records: `describe` rows [objects mentioned, of them hallucinated, words, the image's
+annotated object classes, of them named] (evaluations before coverage have the first three),
+`qa` 0/1 per question, `pope` per split [label is yes, answer says yes] per probe, `reward` scores.
 
 - CHAIR_i and CHAIR_s (Rohrbach et al., 2018, "Object Hallucination in Image Captioning"):
   hallucinated mentions over all mentions, and the share of descriptions with any;
   Object HalBench's response rate (Yu et al., 2024, RLHF-V): that share among descriptions
   that mention an object at all.
+- Coverage: AMBER's "Cover" (Wang et al., 2023, arXiv:2311.07397), the mean over
+  descriptions of images with annotated objects of the share of those object classes the
+  description names; reported beside CHAIR because a policy can cut CHAIR by saying less.
 - POPE (Li et al., 2023, "Evaluating Object Hallucination in Large Vision-Language
   Models"): F1, accuracy and yes-ratio per split; `pope_f1` is the splits' mean F1.
 - Intervals: 95% percentile bootstrap (Efron and Tibshirani, 1993, "An Introduction to the
@@ -28,9 +32,11 @@ from contract.heldout import Evaluation, HeldoutError
 from contract.methods import (
     CHAIR_I,
     CHAIR_S,
+    COVERAGE,
     EMPTY_SHARE,
     GATE_METRICS,
     MEAN_WORDS,
+    METRIC_NAMES,
     OBJECT_HALBENCH,
     POPE_F1,
     QA_ACCURACY,
@@ -85,6 +91,9 @@ def statistics(records: dict[str, Any], draw: Indices) -> dict[str, float]:
         out[OBJECT_HALBENCH] = sum(r[1] > 0 for r in answering) / len(answering) if answering else 0.0
         out[MEAN_WORDS] = sum(r[2] for r in rows) / len(rows)
         out[EMPTY_SHARE] = sum(r[2] == 0 for r in rows) / len(rows)
+        annotated = [r for r in rows if len(r) >= 5 and r[3]]
+        if annotated:
+            out[COVERAGE] = sum(r[4] / r[3] for r in annotated) / len(annotated)
     f1s = []
     for split in POPE_SPLITS:
         pairs = [records["pope"][split][i] for i in draw.get(f"pope:{split}", [])]
@@ -152,3 +161,78 @@ def compare(
         "passed": low <= margin,
         "samples": samples,
     }
+
+
+Criteria = list[tuple[str, float]]
+
+
+def parse_gate(spec: str, *, margin: float = 0.0) -> Criteria:
+    """The gate's criteria from "metric[:margin],...": each metric a GATE_METRICS key, each
+    margin how much worse the new policy may be on it (`margin` where none is given)."""
+    criteria: Criteria = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        metric, _, given = part.partition(":")
+        metric = metric.strip()
+        if metric not in GATE_METRICS:
+            raise ValueError(f"gate metric {metric!r}: expected one of {', '.join(GATE_METRICS)}")
+        if any(metric == known for known, _ in criteria):
+            raise ValueError(f"gate metric {metric!r} is named twice")
+        try:
+            criteria.append((metric, float(given) if given.strip() else margin))
+        except ValueError:
+            raise ValueError(f"gate margin {given!r} of {metric}: expected a number") from None
+    if not criteria:
+        raise ValueError(f"the gate needs at least one metric, of {', '.join(GATE_METRICS)}")
+    return criteria
+
+
+def gate(
+    new: Evaluation, current: Evaluation, criteria: Criteria, *, samples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """The gate over several metrics: `compare` on each (the same paired draws), passed only
+    when new is not measurably worse than its margin on every one; `summary` says it in words."""
+    checks = [compare(new, current, metric, margin=margin, samples=samples, seed=seed) for metric, margin in criteria]
+    decision = {"criteria": checks, "passed": all(check["passed"] for check in checks)}
+    return {**decision, "summary": summary(decision)}
+
+
+def criteria_of(decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """A decision's per-metric comparisons (one made before the gate took several metrics
+    is its own single comparison)."""
+    if "criteria" in decision:
+        return list(decision["criteria"])
+    return [decision] if "metric" in decision else []
+
+
+def verdict(check: dict[str, Any]) -> str:
+    """One metric's comparison as a person says it: "better on CHAIR_i by 0.060 (95% 0.042
+    to 0.080)", "coverage not measurably worse (...)", "worse on coverage by ..."."""
+    metric = check["metric"]
+    name = METRIC_NAMES.get(metric, metric)
+    worse, margin = float(check["worse_by"]), float(check.get("margin", 0.0))
+    low, high = (float(value) for value in check["worse_by_interval"])
+    if not check["passed"]:
+        if margin < 0:
+            return (
+                f"not better on {name} by the required {-margin:.3f} (better by {-worse:.3f}, "
+                f"95% {-high:.3f} to {-low:.3f})"
+            )
+        beyond = f", beyond the margin {margin:.3f}" if margin else ""
+        return f"worse on {name} by {worse:.3f} (95% {low:.3f} to {high:.3f}){beyond}"
+    if high < 0:
+        return f"better on {name} by {-worse:.3f} (95% {-high:.3f} to {-low:.3f})"
+    sign = 1.0 if check.get("direction", GATE_METRICS.get(metric)) == "lower" else -1.0
+    change = sorted((sign * low, sign * high))
+    return (
+        f"{name} not measurably worse ({float(check['current']):.3f} to {float(check['new']):.3f}; "
+        f"change 95% {change[0]:+.3f} to {change[1]:+.3f})"
+    )
+
+
+def summary(decision: dict[str, Any]) -> str:
+    """ "passed: ..." or "refused: ..." with every metric's verdict."""
+    checks = criteria_of(decision)
+    verdicts = "; ".join(verdict(check) for check in checks) or "no comparison"
+    return f"{'passed' if decision.get('passed') else 'refused'}: {verdicts}"

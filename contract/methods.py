@@ -17,6 +17,7 @@ POPE_F1: Final = "pope_f1"
 MEAN_WORDS: Final = "mean_words"
 EMPTY_SHARE: Final = "empty_share"
 OBJECT_HALBENCH: Final = "object_halbench_response"
+COVERAGE: Final = "coverage"  # AMBER's "Cover" (arXiv:2311.07397): the share of an image's objects named
 QA_ACCURACY: Final = "qa_accuracy"
 REWARD_MEAN: Final = "reward_mean"  # a registered reward model's mean score of the answers
 # Training metrics a registered version carries (RunResult.registry_metrics).
@@ -26,4 +27,13 @@ REWARD_MODEL_ACCURACY: Final = "reward_model_accuracy"
 
 Direction = Literal["lower", "higher"]
 # The metrics a gate may compare, and which way is better.
-GATE_METRICS: Final[dict[str, Direction]] = {CHAIR_I: "lower", CHAIR_S: "lower", POPE_F1: "higher"}
+GATE_METRICS: Final[dict[str, Direction]] = {
+    CHAIR_I: "lower",
+    CHAIR_S: "lower",
+    POPE_F1: "higher",
+    COVERAGE: "higher",
+}
+# How a person reads them.
+METRIC_NAMES: Final[dict[str, str]] = {CHAIR_I: "CHAIR_i", CHAIR_S: "CHAIR_s", POPE_F1: "POPE F1", COVERAGE: "coverage"}
+# The gate's default: fewer hallucinated objects must not come from naming fewer objects.
+DEFAULT_GATE: Final = f"{CHAIR_I},{COVERAGE}"

@@ -22,6 +22,10 @@ Here:
   RLAIF-V's iterative rounds use it), a separate judge version, or a local transformers
   model (`local_answerer`, for the benches). Identical questions about one image are asked once.
 - **Pairs**: contract/feedback.py's `ai_pairs` (per prompt, a score gap of at least 1).
+- **Suggested fixes** (shown to annotators): the answered number or colour replaces a wrong
+  one; a sentence about an object judged absent is rewritten into "There is a Y." about an
+  object the existence answers confirmed for the same image and the response does not name
+  (`replace_absent`), and deleted only where none is left.
 """
 
 from __future__ import annotations
@@ -250,6 +254,9 @@ class Labeller:
     split: ClaimSplitter
     answer: Answerer
     name: str
+    # Suggest rewriting a sentence about an absent object into one about a confirmed, unnamed
+    # object (`replace_absent`); False keeps every suggested fix of an absent object a deletion.
+    rewrite: bool = True
 
     def label(self, items: Sequence[tuple[str, Hashable, Any, str]]) -> list[Feedback]:
         """Feedback on (key, image key, image, response) items; one question about one image
@@ -261,10 +268,64 @@ class Labeller:
                 questions.setdefault((image_key, claim.question), image)
         asked = list(questions)
         answers = dict(zip(asked, self.answer([(questions[q], q[1]) for q in asked]), strict=True)) if asked else {}
-        return [
-            Feedback(key, self.name, tuple(verdict(claim, answers[(image_key, claim.question)]) for claim in found))
-            for (key, image_key, _, _), found in zip(items, claims, strict=True)
+        judged = [
+            [verdict(claim, answers[(image_key, claim.question)]) for claim in found]
+            for (_, image_key, _, _), found in zip(items, claims, strict=True)
         ]
+        present: dict[Hashable, list[str]] = {}
+        for (_, image_key, _, _), found in zip(items, judged, strict=True):
+            for cls in confirmed_present(found):
+                if cls not in present.setdefault(image_key, []):
+                    present[image_key].append(cls)
+        if self.rewrite:
+            judged = [
+                replace_absent(text, found, present.get(image_key, []), self.named(text))
+                for (_, image_key, _, text), found in zip(items, judged, strict=True)
+            ]
+        return [Feedback(key, self.name, tuple(found)) for (key, _, _, _), found in zip(items, judged, strict=True)]
+
+    def named(self, text: str) -> set[str]:
+        """The classes a response names (by the splitter's reader, where it has one)."""
+        reader = getattr(self.split, "reader", None)
+        return {m.cls for m in reader.mentions(text)} if reader is not None else set()
+
+
+def confirmed_present(claims: Sequence[ClaimVerdict]) -> list[str]:
+    """Classes the labeller's existence answers say the image shows ("yes" to "Is there a
+    X?"), in the order they were asked."""
+    found: list[str] = []
+    for claim in claims:
+        says_present = claim.supported is not None and (claim.value == "yes") == claim.supported
+        if claim.kind == "exist" and says_present and claim.subject not in found:
+            found.append(claim.subject)
+    return found
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
+def replace_absent(
+    text: str, claims: Sequence[ClaimVerdict], present: Sequence[str], named: set[str]
+) -> list[ClaimVerdict]:
+    """Suggest rewriting, not deleting, a sentence about an object the labeller says is
+    absent: into "There is a Y." about a class its existence answers confirmed for the same
+    image (asked about any response to it) that this response does not name, each such class
+    once; the deletion stays where none is left. RLHF-V's annotators edit a hallucinated
+    segment into what the image shows (Yu et al., 2024, arXiv:2312.00849, section 3.1); a
+    deletion alone teaches a policy to say less."""
+    spare = [cls for cls in present if cls not in named]
+    rewrites: dict[tuple[int, int, str], tuple[int, int, str]] = {}
+    for claim in sorted(claims, key=lambda c: c.start):
+        absent = claim.kind == "exist" and claim.value == "yes" and claim.supported is False
+        if not (absent and spare and claim.fix is not None and claim.fix[2] == "" and claim.fix not in rewrites):
+            continue
+        sentence = next(((a, b) for a, b in sentences(text) if a <= claim.start < b), None)
+        if sentence is None:
+            continue
+        cls = spare.pop(0)
+        rewrites[claim.fix] = (*sentence, f"There is {_article(cls)} {cls}.")
+    return [replace(c, fix=rewrites[c.fix]) if c.fix in rewrites else c for c in claims]
 
 
 def local_answerer(model: Any, processor: Any, *, max_new_tokens: int = 24) -> Answerer:

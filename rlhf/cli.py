@@ -5,7 +5,7 @@
   database (contract/heldout.py; rlhf/hallucination.py): through the vLLM server (an adapter is
   loaded under a temporary name and unloaded after) or in this process. Without `--data`,
   `--model` is scored on held-out scenes of the synthetic world, in process.
-- `compare --new FILE --current FILE --metric M [--margin X]`: the gate's decision between
+- `compare --new FILE --current FILE [--metric M[:X],...] [--margin X]`: the gate's decision between
   two evaluations of the same held-out set (paired bootstrap).
 - `dpo --config FILE.yaml [--set KEY=VALUE ...] [--resume]`: DDPO, DPO, SFT, mDPO,
   HSA-DPO or HALVA (`method`), optionally with synthetic rejected responses mixed in
@@ -49,10 +49,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from contract.comparison import compare
+from contract.comparison import gate as gate_decision
+from contract.comparison import parse_gate
 from contract.heldout import Evaluation, HeldoutError, read_heldout
 from contract.launch import LAUNCHER_PID, die_with_parent
-from contract.methods import METHODS
+from contract.methods import DEFAULT_GATE, METHODS
 from contract.run import ADAPTER
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
@@ -159,9 +160,8 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     try:
-        decision = compare(
-            Evaluation.read(args.new), Evaluation.read(args.current), args.metric, margin=args.margin, seed=args.seed
-        )
+        criteria = parse_gate(args.metric, margin=args.margin)
+        decision = gate_decision(Evaluation.read(args.new), Evaluation.read(args.current), criteria, seed=args.seed)
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"rlhf.cli compare: {error}", file=sys.stderr)
         return 2
@@ -355,8 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     gate = commands.add_parser("compare", help="the gate: is a new policy not worse than the current one")
     gate.add_argument("--new", type=Path, required=True, help="the new policy's evaluation (evaluate --out)")
     gate.add_argument("--current", type=Path, required=True, help="the current policy's, on the same held-out set")
-    gate.add_argument("--metric", required=True, help="chair_i, chair_s or pope_f1")
-    gate.add_argument("--margin", type=float, default=0.0, help="how much worse new may be (default 0)")
+    gate.add_argument(
+        "--metric",
+        default=DEFAULT_GATE,
+        help="metric[:margin],... of chair_i, chair_s, pope_f1, coverage (default %(default)s)",
+    )
+    gate.add_argument("--margin", type=float, default=0.0, help="how much worse new may be where no margin is given")
     gate.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
     gate.add_argument("--out", type=Path, help="also write the decision to this JSON file")
     dpo = commands.add_parser("dpo", help="train with DDPO (RLHF-V) or DPO from exported labels")

@@ -10,7 +10,9 @@ comparison, and machines without a server). The answers are scored from the item
 - "describe" items: CHAIR_i and CHAIR_s (Rohrbach et al., 2018) and Object HalBench's
   response rate (Yu et al., 2024, RLHF-V), the ground truth being the item's objects plus
   the objects its reference captions name (as standard CHAIR adds them); mean length in
-  words and the share of empty answers.
+  words and the share of empty answers; coverage, AMBER's "Cover" (Wang et al., 2023,
+  arXiv:2311.07397): the share of the item's annotated object classes (a COCO image's
+  instance classes; where an item lists none, the classes its captions name) the answer names.
 - POPE (Li et al., 2023) from the same images: for each split (random, popular,
   adversarial) `pope_per_image` present and as many absent objects per image, absent ones
   by the set's own object frequencies and co-occurrences; `pope_f1` is the splits' mean F1.
@@ -125,6 +127,11 @@ def _truth(item: Item, vocab: Vocabulary) -> set[str]:
     return set(item.objects) | named
 
 
+def _annotated(item: Item, vocab: Vocabulary) -> set[str]:
+    """The object classes coverage counts: the item's own, else those its captions name."""
+    return set(item.objects) or {m.cls for caption in item.captions for m in vocab.reader.mentions(caption)}
+
+
 def _correct(response: str, answer: str) -> bool:
     expected = answer.strip().lower()
     if expected in ("yes", "no"):
@@ -139,8 +146,7 @@ def pope_probes(heldout: Heldout, vocab: Vocabulary, *, per_image: int, seed: in
     images: dict[str, set[str]] = {}
     for item in heldout.items:
         if item.kind == "describe" and item.image not in images:
-            truth = set(item.objects) or {m.cls for c in item.captions for m in vocab.reader.mentions(c)}
-            images[item.image] = truth
+            images[item.image] = _annotated(item, vocab)
     pairs = [(image, sorted(truth)) for image, truth in images.items() if truth]
     return {
         split: build_pope(pairs, vocab.order, split, per_image=per_image, seed=seed)  # type: ignore[arg-type]
@@ -167,6 +173,7 @@ def evaluate(
     describe = [item for item in heldout.items if item.kind == "describe"]
     questions = [item for item in heldout.items if item.kind == "question"]
     truths = [_truth(item, vocab) for item in describe]
+    annotated = [_annotated(item, vocab) for item in describe]
     probes = pope_probes(heldout, vocab, per_image=pope_per_image, seed=seed)
     images: dict[str, bytes] = {}
 
@@ -187,10 +194,11 @@ def evaluate(
     qa_answers, rest = rest[: len(questions)], rest[len(questions) :]
 
     records: dict[str, Any] = {"describe": [], "qa": [], "pope": {}}
-    for text, truth in zip(descriptions, truths, strict=True):
+    for text, truth, objects in zip(descriptions, truths, annotated, strict=True):
         mentioned = [m.cls for m in vocab.reader.mentions(text)]
         hallucinated = sum(cls not in truth for cls in mentioned)
-        records["describe"].append([len(mentioned), hallucinated, len(text.split())])
+        covered = len(objects & set(mentioned))
+        records["describe"].append([len(mentioned), hallucinated, len(text.split()), len(objects), covered])
     records["qa"] = [int(_correct(text, item.answer)) for text, item in zip(qa_answers, questions, strict=True)]
     if reward_model is not None:
         records["reward"] = reward_scores(reward_model, heldout, [*describe, *questions], [*descriptions, *qa_answers])

@@ -164,11 +164,13 @@ def chair(responses: Sequence[str], truths: Sequence[Iterable[str]], table: Obje
     )
 
 
-def object_recall(responses: Sequence[str], truths: Sequence[Iterable[str]], table: ObjectReader) -> float:
-    """Mean over responses (whose image has objects) of the share of the image's object
-    classes the response names. Where a policy over-describes (hallucinated extra objects), a
-    shorter answer can be the right one; recall tells that apart from an answer cut short of
-    what is there."""
+def coverage(responses: Sequence[str], truths: Sequence[Iterable[str]], table: ObjectReader) -> float:
+    """AMBER's "Cover" (Wang et al., 2023, "AMBER: An LLM-free Multi-dimensional Benchmark for
+    MLLMs Hallucination Evaluation", arXiv:2311.07397): the mean over responses (whose image
+    has annotated objects) of the share of the image's object classes the response names.
+    AMBER reports it beside CHAIR because a policy can cut CHAIR by saying less; where a
+    policy over-describes, a shorter answer can be the right one, and coverage tells that
+    apart from an answer cut short of what is there."""
     _check_lengths(responses, truths)
     shares = []
     for response, truth in zip(responses, truths, strict=True):

@@ -1,6 +1,7 @@
 """Hallucination of a policy on held-out scenes of the synthetic world.
 
-The model answers "Describe the image." (CHAIR, Object HalBench, MMHal-style grade, length)
+The model answers "Describe the image." (CHAIR, Object HalBench, MMHal-style grade, length,
+AMBER's coverage)
 and POPE's yes/no probes (random, popular and adversarial splits); the known scenes score
 every answer exactly. The model and processor are any transformers image-text-to-text pair;
 torch is imported only when this runs.
@@ -16,10 +17,10 @@ from rlhf.metrics import (
     SynonymTable,
     build_pope,
     chair,
+    coverage,
     mmhal_grade,
     mmhal_summary,
     object_halbench,
-    object_recall,
     pope_scores,
 )
 from testbed.tiny import generate, image_size_of
@@ -57,7 +58,7 @@ def evaluate_toyworld(
         "mmhal": mmhal_summary(grades),
         "mean_words": sum(words) / len(words) if words else 0.0,
         "empty_share": sum(w == 0 for w in words) / len(words) if words else 0.0,
-        "object_recall": object_recall(descriptions, truths, TOY_TABLE),
+        "coverage": coverage(descriptions, truths, TOY_TABLE),
         "truth_words": sum(len(describe(s).split()) for s in scenes) / len(scenes) if scenes else 0.0,
         "pope": {},
         "examples": [{"scene": s.scene_id, "response": t} for s, t in list(zip(scenes, descriptions, strict=True))[:5]],

@@ -23,7 +23,7 @@ from contract.export import single_turn_row, write_manifest, write_pairs
 from contract.spans import changed_spans
 from testbed.tiny import generate, image_size_of
 from testbed.toyworld import Scene, render, sample_scenes
-from testbed.toyworld.oracle import check, correct, prefer
+from testbed.toyworld.oracle import CorrectionStyle, check, correct, prefer
 from testbed.toyworld.world import make_question
 
 DESCRIBE = "Describe the image."
@@ -48,13 +48,15 @@ class OraclePair:
 Response = tuple[Scene, str, str]  # scene, prompt, response
 
 
-def oracle_pairs(responses: Sequence[Response], *, noise: float = 0.0, seed: int = 0) -> list[OraclePair]:
+def oracle_pairs(
+    responses: Sequence[Response], *, noise: float = 0.0, seed: int = 0, style: CorrectionStyle = "replace"
+) -> list[OraclePair]:
     """Corrections of (scene, prompt, response) triples; those with nothing wrong are dropped."""
 
     rng = random.Random(seed)
     pairs = []
     for scene, prompt, original in responses:
-        pair = correction_pair(scene, prompt, original, correct(scene, original, noise=noise, rng=rng))
+        pair = correction_pair(scene, prompt, original, correct(scene, original, noise=noise, rng=rng, style=style))
         if pair is not None:
             pairs.append(pair)
     return pairs

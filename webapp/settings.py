@@ -11,8 +11,9 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+from contract.comparison import parse_gate
 from contract.launch import LAUNCHERS
-from contract.methods import CHAIR_I, GATE_METRICS
+from contract.methods import DEFAULT_GATE
 from webapp.env import ConfigError, Env, is_placeholder, parse_broker_url, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -193,11 +194,18 @@ FACTLOOP_EXPORT_DIR = env.path("FACTLOOP_EXPORT_DIR", VAR_DIR / "exports", base=
 
 # Training (manage.py train_round): each run's files (export, checkpoints, evaluation) go in
 # a folder under FACTLOOP_TRAIN_DIR; a new version is deployed only if it is not worse than
-# the serving one on FACTLOOP_GATE_METRIC beyond FACTLOOP_GATE_MARGIN (and the paired bootstrap
-# interval), both measured through the server on the first FACTLOOP_EVAL_ITEMS held-out prompts.
+# the serving one on any of FACTLOOP_GATE_METRICS ("metric[:margin],...", each beyond its margin,
+# FACTLOOP_GATE_MARGIN where none is given, and the paired bootstrap interval), both measured
+# through the server on the first FACTLOOP_EVAL_ITEMS held-out prompts.
 FACTLOOP_TRAIN_DIR = env.path("FACTLOOP_TRAIN_DIR", VAR_DIR / "training", base=BASE_DIR)
-FACTLOOP_GATE_METRIC = env.choice("FACTLOOP_GATE_METRIC", CHAIR_I, tuple(GATE_METRICS))
+if os.environ.get("FACTLOOP_GATE_METRIC"):  # the single-metric setting it replaced: refused, not ignored
+    raise ConfigError("FACTLOOP_GATE_METRIC", "is now FACTLOOP_GATE_METRICS, a list (default chair_i,coverage)")
+FACTLOOP_GATE_METRICS = env.text("FACTLOOP_GATE_METRICS", DEFAULT_GATE)
 FACTLOOP_GATE_MARGIN = env.number("FACTLOOP_GATE_MARGIN", 0.0, minimum=-1.0, maximum=1.0)
+try:
+    parse_gate(FACTLOOP_GATE_METRICS, margin=FACTLOOP_GATE_MARGIN)
+except ValueError as error:
+    raise ConfigError("FACTLOOP_GATE_METRICS", str(error)) from None
 FACTLOOP_EVAL_ITEMS = env.integer("FACTLOOP_EVAL_ITEMS", 500, minimum=1, maximum=1_000_000)
 # How train_round's trainers run unless a run says otherwise (contract/launch.py): one
 # process ("none"), or `accelerate launch` ("accelerate") with FACTLOOP_TRAIN_PROCESSES

@@ -20,11 +20,13 @@ from django.utils import timezone
 from annotation.administration import plots
 from annotation.labeling.rounds import identical_ranking_counts, repeated_candidates
 from annotation.models import Assignment, Correction, Job, Judgement, Round, RoundPrompt, Task, TrainingRun
-from contract.methods import CHAIR_I, CHAIR_S, POPE_F1
+from contract.comparison import criteria_of
+from contract.comparison import summary as gate_summary
+from contract.methods import CHAIR_I, CHAIR_S, COVERAGE, POPE_F1
 from models.registry import Registry
 
 RECENT_RUNS = 3
-HALLUCINATION_METRICS = (CHAIR_I, CHAIR_S, POPE_F1)
+HALLUCINATION_METRICS = (CHAIR_I, CHAIR_S, POPE_F1, COVERAGE)
 
 
 def _percent(done: int, total: int) -> int | None:
@@ -73,19 +75,14 @@ def candidate_repeats(round_: Round) -> dict[str, Any]:
 
 
 def run_state(run: TrainingRun) -> dict[str, Any]:
+    """A training run as the dashboard lists it, with its gate's decision in words."""
     gate = (run.steps.get("gate") or {}).get("detail") or {}
-    interval = gate.get("worse_by_interval") or [None, None]
-    return {
-        "run": run,
-        "gate_metric": gate.get("metric"),
-        "gate_passed": gate.get("passed"),
-        "worse_by": _rate(gate.get("worse_by")),
-        "interval": [_rate(value) for value in interval],
-    }
-
-
-def _rate(value: Any) -> str | None:
-    return None if value is None else f"{float(value):+.3f}"
+    decided = bool(criteria_of(gate))
+    # The summary written when the gate decided (before `force`); a run from before it had one is said anew.
+    text = (gate.get("summary") or gate_summary(gate)) if decided else None
+    if decided and gate.get("forced"):
+        text = f"{text} (deployed anyway: forced)"
+    return {"run": run, "gate_passed": gate.get("passed"), "gate": text}
 
 
 def next_action(current: Round | None, state: dict[str, Any] | None, running: list[Job]) -> dict[str, str]:
@@ -133,7 +130,7 @@ def dashboard_context() -> dict[str, Any]:
         {
             "round": r,
             "name": name,
-            **{k: figure(m.get(k)) for k in ("chair_i", "chair_s", "pope_f1")},
+            **{k: figure(m.get(k)) for k in HALLUCINATION_METRICS},
             "mean_words": "-" if m.get("mean_words") is None else f"{float(m['mean_words']):.1f}",
         }
         for r, name, m in rows

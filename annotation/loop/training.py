@@ -14,9 +14,9 @@ Steps, in order, each recorded on the TrainingRun with its status, timing and ou
 5. evaluate: the new and the current policy answer the database's held-out prompts (the
    first FACTLOOP_EVAL_ITEMS) through the vLLM server, scored with bootstrap intervals
    (annotation/loop/evaluation.py, the same code as `manage.py evaluate`).
-6. gate: the new policy must not be worse than the current one on the gate metric
-   (FACTLOOP_GATE_METRIC) beyond the paired bootstrap interval and FACTLOOP_GATE_MARGIN
-   (`rlhf.cli compare`; `force` overrides).
+6. gate: the new policy must not be worse than the current one on any gate metric
+   (FACTLOOP_GATE_METRICS, default CHAIR_i and coverage) beyond the paired bootstrap
+   interval and its margin (contract.comparison.gate; `force` overrides).
 7. register: the new version in the model registry (status "rejected" if the gate failed).
 8. deploy: hot-load the adapter into the running vLLM server (skipped if the gate failed).
 9. open_next: the next round, on the deployed policy (else the current one), with its
@@ -53,7 +53,8 @@ from annotation.loop.generation import start_round
 from annotation.models import Correction, Job, Judgement, Prompt, Round, RoundPrompt, Task, TrainingRun
 from annotation.rules.datasets import choose_dataset, scorable
 from annotation.rules.errors import Refused
-from contract.comparison import compare
+from contract.comparison import gate as gate_decision
+from contract.comparison import parse_gate
 from contract.export import MANIFEST as EXPORT_MANIFEST
 from contract.family_gaps import checkpoint_gap
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
@@ -62,9 +63,9 @@ from contract.launch import ONE_PROCESS, Launch, LaunchError
 from contract.methods import (
     CHAIR_I,
     CHAIR_S,
+    COVERAGE,
     DPO_METHODS,
     EMPTY_SHARE,
-    GATE_METRICS,
     MEAN_WORDS,
     METHODS,
     OBJECT_HALBENCH,
@@ -91,7 +92,7 @@ STEPS = (
     "deploy",
     "open_next",
 )
-KEPT_METRICS = (CHAIR_I, CHAIR_S, OBJECT_HALBENCH, POPE_F1, QA_ACCURACY, MEAN_WORDS, EMPTY_SHARE)
+KEPT_METRICS = (CHAIR_I, CHAIR_S, OBJECT_HALBENCH, POPE_F1, COVERAGE, QA_ACCURACY, MEAN_WORDS, EMPTY_SHARE)
 
 
 class TrainingRefused(Exception):
@@ -109,6 +110,7 @@ class Options:
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE for the trainer
     reward_config: str | None = None  # a YAML file for the reward model (PPO/GRPO/RLOO)
     force: bool = False
+    # "metric[:margin],..." (FACTLOOP_GATE_METRICS); a metric without a margin gets gate_margin
     gate_metric: str = ""
     gate_margin: float | None = None  # how much worse the new policy may be (FACTLOOP_GATE_MARGIN)
     eval_items: int = 0
@@ -134,11 +136,13 @@ class Options:
             raise TrainingRefused(str(error)) from None
         if self.method not in METHODS:
             raise TrainingRefused(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        self.gate_metric = self.gate_metric or settings.FACTLOOP_GATE_METRIC
-        if self.gate_metric not in GATE_METRICS:
-            raise TrainingRefused(f"gate metric must be one of {', '.join(GATE_METRICS)}")
+        self.gate_metric = self.gate_metric or settings.FACTLOOP_GATE_METRICS
         if self.gate_margin is None:
             self.gate_margin = settings.FACTLOOP_GATE_MARGIN
+        try:
+            self.gate_criteria()
+        except ValueError as error:
+            raise TrainingRefused(str(error)) from None
         self.eval_items = self.eval_items or settings.FACTLOOP_EVAL_ITEMS
         for path in (self.config, self.reward_config):
             try:
@@ -149,6 +153,9 @@ class Options:
                 raise TrainingRefused(f"no config file {path}")
         if any("=" not in item for item in self.overrides):
             raise TrainingRefused("overrides are KEY=VALUE")
+
+    def gate_criteria(self) -> list[tuple[str, float]]:
+        return parse_gate(self.gate_metric, margin=float(self.gate_margin or 0.0))
 
     def launch(self) -> Launch:
         return Launch(self.launcher, self.accelerate_config, self.num_processes)
@@ -491,7 +498,7 @@ def _step_gate(run: TrainingRun, options: Options, work: RunFolder) -> dict[str,
     if not out.is_file():
         try:
             new, current = (Evaluation.read(work.evaluation(key)) for key in POLICIES)
-            decision = compare(new, current, options.gate_metric, margin=float(options.gate_margin or 0.0))
+            decision = gate_decision(new, current, options.gate_criteria())
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise StepFailed(f"the gate cannot compare the evaluations: {error}") from None
         partial = out.with_suffix(".partial")

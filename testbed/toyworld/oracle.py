@@ -3,8 +3,10 @@
 Given a scene and a response it finds the claims the response makes (objects with size,
 colour and position; counts; yes/no answers; colours; spatial relations), marks the
 hallucinated ones, writes the correction an RLHF-V annotator would write (only the wrong
-segments change: a wrong word is replaced, a sentence about an absent object is deleted)
-and chooses between two responses as a LLaVA-RLHF annotator would (fewer hallucinations
+segments change: a wrong word is replaced; a sentence about an absent object is rewritten
+into one about an object of the scene the response does not name yet, or deleted when every
+object is named: `style` "replace"; "delete" always deletes it, the earlier protocol kept
+for comparison) and chooses between two responses as a LLaVA-RLHF annotator would (fewer hallucinations
 first, then the more helpful one).
 
 `noise` makes it imperfect: each hallucinated claim is missed with that probability when
@@ -32,6 +34,8 @@ from testbed.toyworld.world import (
     count_answer,
     exist_answer,
     neighbour,
+    object_sentence,
+    reading_order,
     spatial_answer,
 )
 
@@ -264,15 +268,51 @@ def apply_fixes(text: str, fixes: list[tuple[int, int, str]]) -> str:
     return out
 
 
-def correct(scene: Scene, response: str, *, noise: float = 0.0, rng: random.Random | None = None) -> str:
+CorrectionStyle = Literal["replace", "delete"]
+CORRECTION_STYLES: tuple[CorrectionStyle, ...] = ("replace", "delete")
+
+
+def unnamed_objects(scene: Scene, report: Report) -> list[SceneObject]:
+    """The scene's objects of classes the response names nowhere, in reading order: what a
+    rewrite can name instead of an absent object (coverage counts classes)."""
+    named = {cls for claim in report.claims for cls in claim.classes}
+    return [obj for obj in reading_order(scene.objects) if obj.cls not in named]
+
+
+def _deletes(claim: Claim) -> bool:
+    return bool(claim.fixes) and all(new == "" for _, _, new in claim.fixes)
+
+
+def correct(
+    scene: Scene,
+    response: str,
+    *,
+    noise: float = 0.0,
+    rng: random.Random | None = None,
+    style: CorrectionStyle = "replace",
+) -> str:
     """The response with its hallucinated segments rewritten (RLHF-V's annotation).
 
+    `style` "replace" rewrites a sentence about an absent object into one about an object
+    the scene has and the response does not name yet (each such object used once, in
+    reading order), RLHF-V's minimal editing (Yu et al., 2024, arXiv:2312.00849, section
+    3.1: annotators correct the hallucinated segment into what the image shows); it deletes
+    the sentence only when no such object is left. "delete" always deletes it. Each
+    hallucinated claim is missed with probability `noise`, the same draws in either style.
     A response with nothing wrong comes back unchanged ("no hallucination").
     """
+    if style not in CORRECTION_STYLES:
+        raise ValueError(f"correction style {style!r}: expected one of {', '.join(CORRECTION_STYLES)}")
     rng = rng or random.Random(0)
+    report = check(scene, response)
+    spare = unnamed_objects(scene, report) if style == "replace" else []
     fixes: list[tuple[int, int, str]] = []
-    for claim in check(scene, response).claims:
-        if claim.hallucinated and not (noise and rng.random() < noise):
+    for claim in report.claims:
+        if not claim.hallucinated or (noise and rng.random() < noise):
+            continue
+        if spare and _deletes(claim):
+            fixes.append((claim.start, claim.end, object_sentence(spare.pop(0))))
+        else:
             fixes.extend(claim.fixes)
     return apply_fixes(response, fixes).strip()
 

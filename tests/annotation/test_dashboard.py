@@ -71,7 +71,8 @@ def test_an_open_round_its_progress_jobs_runs_and_metrics(
     assert 'data-testid="labelled">1 / 3' in page and "33%" in page
     assert 'data-testid="active">1<' in page
     assert '<progress max="5" value="2"></progress> 2 / 5' in page
-    assert "passed: worse on chair_i by -0.065 (95% -0.090 to -0.040)" in page
+    # A decision from before the gate took several metrics, said as a person would.
+    assert "passed: better on CHAIR_i by 0.065 (95% 0.040 to 0.090)" in page
     run = TrainingRun.objects.get()
     assert f'href="/admin/annotation/trainingrun/{run.pk}/change/"' in page  # each run links to its steps
     assert "<td>0.086</td>" in page and "<td>0.021</td>" in page  # base at round 0, rounded

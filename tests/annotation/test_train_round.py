@@ -208,12 +208,17 @@ def test_the_gate_keeps_a_worse_policy_out(
     assert (job.progress_done, job.progress_total) == (9, 9) and job.result["deployed"] is False
     run = TrainingRun.objects.get()
     assert run.job == job
-    gate = run.steps["gate"]["detail"]
-    assert gate["passed"] is False and gate["margin"] == -0.5 and gate["metric"] == "chair_i"
+    decision = run.steps["gate"]["detail"]
+    # The default metrics, CHAIR_i and coverage, each asked for a gain of half a point.
+    assert decision["passed"] is False and [c["metric"] for c in decision["criteria"]] == ["chair_i", "coverage"]
+    gate = decision["criteria"][0]
+    assert gate["passed"] is False and gate["margin"] == -0.5
     measured = run.steps["evaluate"]["detail"]
     assert (gate["new"], gate["current"]) == (measured["new"]["chair_i"], measured["current"]["chair_i"])
+    assert decision["criteria"][1]["new"] == measured["new"]["coverage"]
     low, high = gate["worse_by_interval"]
     assert low <= gate["worse_by"] <= high and low > -0.5  # not half a point better, with 95% confidence
+    assert decision["summary"].startswith("refused: not better on CHAIR_i by the required 0.500")
     manifest = json.loads((Path(run.work_dir) / "heldout" / "manifest.json").read_text())
     assert measured["heldout"] == {
         "dataset": "toyworld",
@@ -244,8 +249,10 @@ def test_bad_requests_are_refused(loop: Registry, base_policy: Path) -> None:
         call_command("train_round", "--inline", "--round", "9")
     with pytest.raises(CommandError, match="no config file"):
         call_command("train_round", "--inline", "--config", "/nonexistent.yaml")
-    with pytest.raises(CommandError, match="gate metric"):
-        call_command("train_round", "--inline", "--gate-metric", "bleu")
+    with pytest.raises(CommandError, match="gate metric 'bleu'"):
+        call_command("train_round", "--inline", "--gate-metric", "chair_i,bleu")
+    with pytest.raises(CommandError, match="gate margin 'x' of coverage"):
+        call_command("train_round", "--inline", "--gate-metric", "coverage:x")
     loop.register("test-policy", base_model=str(base_policy))
     round_ = make_round()
     with pytest.raises(CommandError, match="no held-out prompts to evaluate"):

@@ -102,6 +102,25 @@ def test_verdicts_score_and_the_suggested_correction() -> None:
     assert [c.supported for c in unread.claims if c.kind == "count"] == [None]
 
 
+def test_a_sentence_about_an_absent_object_is_rewritten_into_a_confirmed_unnamed_one() -> None:
+    """The existence answers about one image (asked for any response to it) supply the
+    object a rewrite names; a response that names every confirmed object keeps the deletion."""
+    labeller = Labeller(SPLIT, truthful({"ball": (1, "red"), "box": (1, "blue"), "star": (1, "yellow")}), "ai:test")
+    first = "A red ball is at the top. The star is left of the tent. A kite is at the bottom."
+    second = "A red ball is at the top. A blue box is at the left."
+    third = "A blue box is at the left. A kite is at the right."
+    found = labeller.label([("a", "img-1", None, first), ("b", "img-1", None, second), ("c", "img-2", None, third)])
+    # First: the tent's sentence (its relation and its object, one edit) becomes the box the
+    # second response's answers confirmed; the kite's has no confirmed object left: deleted.
+    assert suggested_correction(first, found[0]) == "A red ball is at the top. There is a box."
+    assert {c.fix for c in found[0].suspected if c.subject == "tent" or c.kind == "relation"} == {
+        (first.index("The star"), first.index("tent.") + len("tent."), "There is a box.")
+    }
+    # Nothing wrong in the second; the third's image had no other object confirmed.
+    assert found[1].suspected == []
+    assert suggested_correction(third, found[2]) == "A blue box is at the left."
+
+
 def test_one_question_about_one_image_is_asked_once() -> None:
     asked: list[str] = []
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from contract.comparison import compare
+from contract.comparison import compare, gate, parse_gate
 from contract.heldout import COCO_CLASSES, Evaluation, HeldoutError, Item, image_name, read_heldout, write_heldout
+from contract.methods import DEFAULT_GATE
 from rlhf.cli import main
 from rlhf.coco import CocoObjects
 from rlhf.hallucination import Request, evaluate
@@ -100,6 +101,67 @@ def test_the_gate_passes_an_equal_policy_and_refuses_a_clearly_worse_one(tmp_pat
     other = dataclasses.replace(good, heldout_digest="other")
     with pytest.raises(HeldoutError, match="different held-out sets"):
         compare(good, other, "chair_i")
+
+
+def test_coverage_is_the_share_of_an_images_objects_a_description_names(tmp_path: Path) -> None:
+    """AMBER's Cover on COCO-style items: the item's classes are the annotated objects."""
+    heldout = read_heldout(make_set(tmp_path / "set", 20))
+    full = evaluate(heldout, Scripted(lambda r: "A cat, a dog and a person." if r.prompt.startswith("Desc") else "no"))
+    brief = evaluate(heldout, Scripted(lambda r: "A dog." if r.prompt.startswith("Desc") else "no"))
+    # Full: every object named (the cat is a hallucination on the dog images).
+    assert full.metrics["coverage"] == 1.0
+    # Brief: nothing on the cat images, one of two on the dog-and-person images.
+    assert brief.metrics["coverage"] == pytest.approx((10 * 0 + 10 * 0.5) / 20)
+    low, high = brief.intervals["coverage"]
+    assert low <= 0.25 <= high
+    # An item without objects counts the classes its captions name.
+    data = png_bytes()
+    item = Item("1", image_name(data, "png"), "Describe.", captions=("A man with his dog.",))
+    write_heldout(tmp_path / "captions", "coco", [(item, data)])
+    captioned = evaluate(
+        read_heldout(tmp_path / "captions"), Scripted(lambda r: "A dog." if r.prompt == "Describe." else "no")
+    )
+    assert captioned.metrics["coverage"] == 0.5
+
+
+def test_the_default_gate_refuses_a_policy_that_says_less_and_says_so_in_words(tmp_path: Path) -> None:
+    heldout = read_heldout(make_set(tmp_path / "set", 40))
+
+    by_image = {(tmp_path / "set" / item.image).read_bytes(): item.objects for item in heldout.items}
+
+    def policy(describe: Callable[[tuple[str, ...]], str]) -> Evaluation:
+        def answer(request: Request) -> str:
+            return describe(by_image[request.image]) if request.prompt == "Describe this image." else "No."
+
+        return evaluate(heldout, Scripted(answer))
+
+    current = policy(lambda objects: "A giraffe and " + " and ".join(f"a {o}" for o in objects) + ".")
+    faithful = policy(lambda objects: " and ".join(f"a {o}" for o in objects).capitalize() + ".")
+    terse = policy(lambda objects: f"A {objects[0]}.")
+    criteria = parse_gate(DEFAULT_GATE)
+    assert criteria == [("chair_i", 0.0), ("coverage", 0.0)]
+    better = gate(faithful, current, criteria)
+    assert better["passed"] and better["summary"].startswith("passed: better on CHAIR_i by 0.")
+    assert "; coverage not measurably worse (1.000 to 1.000; change 95% +0.000 to +0.000)" in better["summary"]
+    # Saying less also cuts CHAIR_i; coverage catches it.
+    shorter = gate(terse, current, criteria)
+    assert not shorter["passed"]
+    assert shorter["summary"].startswith("refused: better on CHAIR_i by ")
+    assert "; worse on coverage by 0.250 (95% " in shorter["summary"]
+    assert [c["passed"] for c in shorter["criteria"]] == [True, False]
+    # CHAIR_i alone lets it through; a margin on coverage does too.
+    assert gate(terse, current, parse_gate("chair_i"))["passed"]
+    assert gate(terse, current, parse_gate("chair_i,coverage:0.3"))["passed"]
+    demanding = gate(faithful, current, parse_gate("chair_i", margin=-0.9))
+    assert demanding["summary"].startswith("refused: not better on CHAIR_i by the required 0.900")
+    for spec, problem in (
+        ("bleu", "gate metric 'bleu'"),
+        ("chair_i:much", "gate margin 'much'"),
+        ("chair_i,chair_i", "named twice"),
+        (" , ", "at least one metric"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            parse_gate(spec)
 
 
 def test_a_broken_folder_or_an_object_outside_the_vocabulary_is_refused(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from rlhf.metrics import (
     SynonymTable,
     build_pope,
     chair,
+    coverage,
     mmhal_grade,
     mmhal_summary,
     object_halbench,
-    object_recall,
     plural,
     pope_says_yes,
     pope_scores,
@@ -69,13 +69,13 @@ def test_chair_by_hand() -> None:
     assert halbench["responses_with_objects"] == 3
 
 
-def test_object_recall_by_hand() -> None:
+def test_coverage_by_hand() -> None:
     responses = ["A cat sits on a couch next to a dog.", "A dog.", "Nothing here.", "A car."]
     truths = [{"cat", "couch", "tv"}, {"cat"}, set(), {"car", "person"}]
     # 2 of 3, 0 of 1, no objects (not counted), 1 of 2: a hallucinated dog adds nothing.
-    assert object_recall(responses, truths, COCO) == pytest.approx((2 / 3 + 0 + 1 / 2) / 3)
+    assert coverage(responses, truths, COCO) == pytest.approx((2 / 3 + 0 + 1 / 2) / 3)
     with pytest.raises(ValueError, match="2 responses but 1"):
-        object_recall(["a", "b"], [{"cat"}], COCO)
+        coverage(["a", "b"], [{"cat"}], COCO)
 
 
 def test_chair_rejects_mismatched_inputs() -> None:

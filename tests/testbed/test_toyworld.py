@@ -8,7 +8,7 @@ import random
 import pytest
 
 from testbed.toyworld import CLASSES, Scene, SceneObject, cooccurrence, describe, render, sample_scenes, true_answer
-from testbed.toyworld.oracle import check, correct, prefer
+from testbed.toyworld.oracle import check, correct, prefer, unnamed_objects
 from testbed.toyworld.world import THEMES, Question, questions_for
 
 SCENE = Scene(
@@ -101,13 +101,58 @@ def test_correction_changes_only_the_injected_errors() -> None:
     assert correct(SCENE, response) == describe(SCENE)
 
 
-def test_absent_object_is_deleted_and_position_fixed() -> None:
+def test_absent_object_is_replaced_by_an_unnamed_one_or_deleted_and_position_fixed() -> None:
     response = (
         "A large red ball is at the top left. A small blue tent is at the bottom. A small blue box is in the center."
     )
     report = check(SCENE, response)
     assert report.hallucinated_objects == ["tent"]
-    assert correct(SCENE, response) == "A large red ball is at the top left. A small blue box is at the top right."
+    # The kite is there and named nowhere: the tent's sentence becomes one about it.
+    assert unnamed_objects(SCENE, report) == [SCENE.objects[2]]
+    assert correct(SCENE, response) == (
+        "A large red ball is at the top left. A small green kite is in the center. "
+        "A small blue box is at the top right."
+    )
+    assert correct(SCENE, response, style="delete") == (
+        "A large red ball is at the top left. A small blue box is at the top right."
+    )
+    with pytest.raises(ValueError, match="correction style 'rewrite'"):
+        correct(SCENE, response, style="rewrite")  # type: ignore[arg-type]
+
+
+def test_replacements_name_each_unnamed_object_once_then_delete() -> None:
+    # Three ghosts, two unnamed objects (the box and the kite; the second ball's class is
+    # named already): two rewrites in reading order, then a deletion.
+    response = (
+        "A large red ball is at the top left. A small red tent is at the top. "
+        "A large green moon is at the left. A small blue ring is at the right."
+    )
+    fixed = correct(SCENE, response)
+    assert fixed == (
+        "A large red ball is at the top left. A small blue box is at the top right. "
+        "A small green kite is in the center."
+    )
+    assert check(SCENE, fixed).hallucinations == 0
+    # The same claims are missed in either style (the same draws of the noise).
+    for seed in range(20):
+        replaced = correct(SCENE, response, noise=0.5, rng=random.Random(seed))
+        deleted = correct(SCENE, response, noise=0.5, rng=random.Random(seed), style="delete")
+        assert check(SCENE, replaced).hallucinations == check(SCENE, deleted).hallucinations
+
+
+def test_a_replacement_is_a_changed_span_on_both_sides() -> None:
+    """DDPO's weights fall on the rewritten tokens of the chosen response too; a deletion
+    leaves the chosen side without a changed span."""
+    from rlhf.toy_pairs import correction_pair
+
+    response = "A large red ball is at the top left. A small blue tent is at the bottom."
+    replaced = correction_pair(SCENE, "Describe the image.", response, correct(SCENE, response))
+    deleted = correction_pair(SCENE, "Describe the image.", response, correct(SCENE, response, style="delete"))
+    assert replaced is not None and deleted is not None
+    assert replaced.corrected.endswith("A small blue box is at the top right.")  # the first unnamed object
+    assert any("box" in replaced.corrected[a:b] for a, b in replaced.chosen_spans)
+    assert any("tent" in response[a:b] for a, b in replaced.rejected_spans)
+    assert all(a == b for a, b in deleted.chosen_spans)
 
 
 @pytest.mark.parametrize(
@@ -120,12 +165,16 @@ def test_absent_object_is_deleted_and_position_fixed() -> None:
         ("The box is red.", "The box is blue."),
         ("A yellow ball is left of the box.", "A red ball is left of the box."),
         ("Nothing is left of the box.", "A red ball is left of the box."),
-        ("I see a tent and a ball.", ""),
+        ("I see a tent and a ball.", "A small blue box is at the top right."),  # rewritten, not deleted
         ("I see a ball.", "I see a ball."),
     ],
 )
 def test_short_answers_are_fixed(response: str, fixed: str) -> None:
     assert correct(SCENE, response) == fixed
+
+
+def test_a_sentence_outside_the_grammar_is_deleted_in_the_delete_style() -> None:
+    assert correct(SCENE, "I see a tent and a ball.", style="delete") == ""
 
 
 def test_noise_misses_errors() -> None:

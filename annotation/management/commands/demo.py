@@ -220,21 +220,17 @@ class Command(BaseCommand):
         second = wait_open(run.next_round, 900, check=self._check_children_alive)
         measured = run.steps["evaluate"]["detail"]
         self.stdout.write("")
-        self.stdout.write("round  policy                      CHAIR_i  CHAIR_s  POPE F1  words")
+        self.stdout.write("round  policy                      CHAIR_i  CHAIR_s  POPE F1  coverage  words")
         for number, policy, metrics in (
             (first.number, first.policy_version, measured["current"]),
             (second.number, second.policy_version, measured["new"] if run.deployed else measured["current"]),
         ):
             self.stdout.write(
                 f"{number:>5}  {policy:<26}  {metrics['chair_i']:>7.3f}  {metrics['chair_s']:>7.3f}  "
-                f"{metrics['pope_f1']:>7.3f}  {metrics['mean_words']:>5.1f}"
+                f"{metrics['pope_f1']:>7.3f}  {metrics.get('coverage', float('nan')):>8.3f}  "
+                f"{metrics['mean_words']:>5.1f}"
             )
-        gate = run.steps["gate"]["detail"]
-        low, high = gate["worse_by_interval"]
-        self.stdout.write(
-            f"gate on {gate['metric']}: the new policy is worse by {gate['worse_by']:+.3f} (95% interval "
-            f"{low:+.3f} to {high:+.3f}, margin {gate['margin']:+.3f}): {'passed' if gate['passed'] else 'refused'}"
-        )
+        self.stdout.write(f"gate {run.steps['gate']['detail']['summary']}")
         self.stdout.write(f"The loop took {time.monotonic() - began:.0f} s; round {second.number} is open for you.")
 
     def _ensure_logins(self, path: Path) -> dict[str, tuple[str, str]]:

@@ -24,6 +24,7 @@ from annotation.loop.training import label_counts
 from annotation.models import Round, Task, TrainingRun
 from contract.methods import METHODS
 from testbed.demo.steps import wait_open
+from testbed.toyworld.oracle import CORRECTION_STYLES
 
 
 def labels_in(round_: Round) -> int:
@@ -52,6 +53,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="the web app, for --simulate")
         parser.add_argument("--noise", type=float, default=0.1, help="--simulate: the annotators' noise (0-1)")
+        parser.add_argument(
+            "--correction-style",
+            choices=CORRECTION_STYLES,
+            default="replace",
+            help="--simulate: rewrite a sentence about an absent object into one about an unnamed object (replace) "
+            "or delete it (delete)",
+        )
         parser.add_argument("--method", choices=METHODS, default="ddpo", help="train_round's method")
         parser.add_argument("--config", help="train_round's settings file")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a trainer setting")
@@ -119,6 +127,7 @@ class Command(BaseCommand):
                 "simulate_annotators",
                 n=annotators,
                 noise=options["noise"],
+                correction_style=options["correction_style"],
                 url=options["url"],
                 limit=None if options["labels_per_round"] is None else math.ceil((target - have) / annotators),
                 seed=round_.number - 1,

@@ -17,6 +17,7 @@ from annotation.models import Assignment
 from annotation.rules.accounts import ensure_user
 from annotation.web.authentication import live_token
 from testbed.demo.simulation import oracle_submission
+from testbed.toyworld.oracle import CORRECTION_STYLES
 
 
 @dataclass
@@ -39,6 +40,13 @@ class Command(BaseCommand):
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="the web app (default %(default)s)")
         parser.add_argument("--limit", type=int, help="at most this many submissions per annotator")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--correction-style",
+            choices=CORRECTION_STYLES,
+            default="replace",
+            help="how a sentence about an absent object is corrected: rewritten into one about an object the "
+            "response does not name yet, deleted where none is left (replace, the default), or always deleted",
+        )
         parser.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -104,7 +112,9 @@ def annotate(url: str, token: str, options: dict[str, Any], rng: random.Random, 
                     Assignment.objects.select_related("task__prompt__image").get(pk=work["id"]).task.prompt.image.facts
                 )
                 shown = [(c["id"], c["text"]) for c in work["candidates"]]
-                body = oracle_submission(work["kind"], facts, shown, noise=options["noise"], rng=rng)
+                body = oracle_submission(
+                    work["kind"], facts, shown, noise=options["noise"], rng=rng, style=options["correction_style"]
+                )
                 action = "judgement" if work["kind"] == "rank" else "correction"
                 body["time_spent_ms"] = 1000
                 sent = client.post(f"/api/assignments/{work['id']}/{action}/", json=body)

@@ -37,9 +37,16 @@ class Command(BaseCommand):
             "--set", action="append", default=[], metavar="KEY=VALUE", help="override a trainer setting (repeatable)"
         )
         parser.add_argument("--reward-config", help="a YAML file of reward-model settings (PPO, GRPO, RLOO)")
-        parser.add_argument("--gate-metric", default="", help="chair_i, chair_s or pope_f1 (FACTLOOP_GATE_METRIC)")
         parser.add_argument(
-            "--gate-margin", type=float, help="how much worse the new policy may be on it (FACTLOOP_GATE_MARGIN)"
+            "--gate-metric",
+            default="",
+            help="metric[:margin],... of chair_i, chair_s, pope_f1, coverage: the new policy must not be measurably "
+            "worse on any (FACTLOOP_GATE_METRICS, default chair_i,coverage)",
+        )
+        parser.add_argument(
+            "--gate-margin",
+            type=float,
+            help="how much worse the new policy may be on a metric given without a margin (FACTLOOP_GATE_MARGIN)",
         )
         parser.add_argument(
             "--eval-items",
