@@ -187,14 +187,17 @@ def test_metrics_page_draws_rounds_and_trained_versions(admin_user: User, settin
     settings.FACTLOOP_MODEL_DIR = tmp_path / "models"
     registry = Registry(settings.FACTLOOP_MODEL_DIR)
     registry.register(name="r1", base_model="base", round=1, metrics={"chair_i": 0.3, "pope_f1": 0.8, "kl": 0.1})
-    registry.register(name="r2", base_model="base", parent="r1", round=2, metrics={"chair_i": 0.2, "pope_f1": 0.82})
+    registry.register(
+        name="r2", base_model="base", parent="r1", round=2, metrics={"chair_i": 0.2, "pope_f1": 0.82, "coverage": 0.87}
+    )
     make_round(tasks=1)
     page = client_for(admin_user).get("/admin/annotation/round/metrics/").content.decode()
     # Hallucination and reward/KL plots; the round has no labels yet, so no agreement plot.
     assert page.count("data:image/svg+xml;base64,") == 2
     assert "<td>r2</td>" in page and "<td>0.200</td>" in page  # to 3 decimals
-    # Columns with a value somewhere: CHAIR_i, POPE F1 and KL; no CHAIR_s or reward.
+    # Columns with a value somewhere: CHAIR_i, POPE F1, coverage and KL; no CHAIR_s or reward.
     assert "<th>kl</th>" in page and "<th>reward</th>" not in page and "<th>chair_s</th>" not in page
+    assert "<th>coverage</th>" in page and "<td>0.870</td>" in page
 
 
 def test_the_train_page_queues_a_run_or_says_why_not(admin_user: User, settings: Any, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from annotation.labeling import queue
 from annotation.labeling.rounds import freeze_round
 from annotation.labeling.submissions import submit_judgement
 from annotation.models import Job, TrainingRun
+from contract.comparison import summary
 from models.registry import Registry
 from tests.annotation.test_annotation_api import client_for
 from tests.factories import make_job, make_round
@@ -38,7 +39,9 @@ def test_an_open_round_its_progress_jobs_runs_and_metrics(
     settings.FACTLOOP_MODEL_DIR = str(tmp_path / "models")
     registry = Registry(settings.FACTLOOP_MODEL_DIR)
     registry.register("tiny-base", base_model="base")
-    registry.record_evaluation("tiny-base", {"metrics": {"chair_i": 0.08612440191387559, "pope_f1": 1.0}})
+    registry.record_evaluation(
+        "tiny-base", {"metrics": {"chair_i": 0.08612440191387559, "pope_f1": 1.0, "coverage": 0.8911}}
+    )
     registry.register("round-1-ddpo", base_model="base", parent="tiny-base", round=1, metrics={"chair_i": 0.0213})
     trained = make_round(tasks=1)
     freeze_round(trained)
@@ -61,6 +64,24 @@ def test_an_open_round_its_progress_jobs_runs_and_metrics(
         },
     )
     current = make_round(tasks=3)
+    refused = {
+        "metric": "coverage",
+        "direction": "higher",
+        "new": 0.8,
+        "current": 0.89,
+        "worse_by": 0.09,
+        "worse_by_interval": [0.05, 0.13],
+        "margin": 0.0,
+        "passed": False,
+    }
+    decision = {"criteria": [refused], "passed": False}
+    TrainingRun.objects.create(
+        round=current,
+        method="dpo",
+        work_dir=str(tmp_path),
+        status=TrainingRun.Status.SUCCEEDED,
+        steps={"gate": {"detail": {**decision, "summary": summary(decision), "passed": True, "forced": True}}},
+    )
     lease = queue.next_assignment_for(annotator)
     assert lease is not None
     submit_judgement(annotator, lease.pk, ranking=[s.candidate_id for s in lease.task.slots.all()])
@@ -73,7 +94,10 @@ def test_an_open_round_its_progress_jobs_runs_and_metrics(
     assert '<progress max="5" value="2"></progress> 2 / 5' in page
     # A decision from before the gate took several metrics, said as a person would.
     assert "passed: better on CHAIR_i by 0.065 (95% 0.040 to 0.090)" in page
-    run = TrainingRun.objects.get()
+    # A refusal says what was worse; a forced deployment says so.
+    assert "refused: worse on coverage by 0.090 (95% 0.050 to 0.130) (deployed anyway: forced)" in page
+    assert "<td>0.891</td>" in page  # the base's coverage
+    run = TrainingRun.objects.get(version="round-1-ddpo")
     assert f'href="/admin/annotation/trainingrun/{run.pk}/change/"' in page  # each run links to its steps
     assert "<td>0.086</td>" in page and "<td>0.021</td>" in page  # base at round 0, rounded
     assert "0.08612440191387559" not in page

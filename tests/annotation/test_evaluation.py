@@ -66,7 +66,8 @@ def test_the_database_evaluator_gives_the_toy_evaluators_figures(
     local = evaluate_toyworld(model, processor, heldout_scenes(SCENES))
     assert served["settings"]["items"] == SCENES and served["vocabulary"] == "toyworld"
     assert len(served["records"]["pope"]["random"]) == local["pope"]["random"]["questions"]
-    for key in ("chair_i", "chair_s", "pope_f1"):
+    # Coverage too: the database's held-out images carry the scenes' classes as their objects.
+    for key in ("chair_i", "chair_s", "pope_f1", "coverage"):
         assert served["metrics"][key] == pytest.approx(local[key], abs=0.03), (key, served["metrics"], local)
         low, high = served["intervals"][key]
         assert low <= served["metrics"][key] <= high

@@ -138,6 +138,10 @@ def test_correction_with_a_live_diff_and_a_category(page: Any, live_server: Any,
     assignment = assignment_on(page)
     assert page.input_value("#editor") == ORIGINAL
     assert page.get_by_test_id("original").text_content() == ORIGINAL
+    # The guideline asks for a rewrite into what is there, not a deletion.
+    expect(page.get_by_test_id("guideline")).to_be_visible()
+    guideline = " ".join((page.get_by_test_id("guideline").text_content() or "").split())
+    assert "that the response does not name yet" in guideline and "Delete it only when" in guideline
 
     page.fill("#editor", ORIGINAL.replace("red ball", "red box").replace("small blue", "large blue"))
     # A locator wait, not wait_for_function: the page's Content-Security-Policy forbids eval.

@@ -110,7 +110,7 @@ class Command(BaseCommand):
                     "version": run.version,
                     "deployed": run.deployed,
                     "next_round": run.next_round.number if run.next_round else None,
-                    **{key: metrics.get(key) for key in ("chair_i", "chair_s", "pope_f1", "mean_words")},
+                    **{key: metrics.get(key) for key in ("chair_i", "chair_s", "pope_f1", "coverage", "mean_words")},
                 }
             )
             self.stdout.write(json.dumps(summary[-1]))
