@@ -248,3 +248,19 @@ def test_held_out_questions_with_answers_are_exported_as_questions(tmp_path: Pat
     assert kinds.count("describe") == 6 and kinds.count("question") >= 4
     assert all(item.answer for item in heldout.items if item.kind == "question")
     assert all(set(item.objects) and item.captions for item in heldout.items)
+
+
+def test_an_evaluation_recorded_before_coverage_is_measured_again(registry: Registry) -> None:
+    """The gate compares coverage on the same items, so a current policy's evaluation whose
+    descriptions lack coverage's counts is not reused."""
+    from annotation.loop.evaluation import evaluation_request, recorded
+
+    registry.register("old", base_model="base")
+    request = evaluation_request(registry, "old", registry.adapter_path("old"))
+    kept = {"heldout_digest": "d1", "request": request, "metrics": {"chair_i": 0.1}}
+    registry.record_evaluation("old", kept | {"records": {"describe": [[2, 1, 10]]}})
+    assert recorded(registry, "old", "d1", request) is None
+    registry.record_evaluation("old", kept | {"records": {"describe": [[2, 1, 10, 3, 1]]}})
+    found = recorded(registry, "old", "d1", request)
+    assert found is not None and found["records"]["describe"] == [[2, 1, 10, 3, 1]]
+    assert recorded(registry, "old", "other", request) is None

@@ -201,3 +201,14 @@ def test_noisy_preferences_flip_sometimes() -> None:
     picks = [prefer(SCENE, truth, ghost, noise=0.4, rng=random.Random(k)).preferred for k in range(500)]
     wrong = picks.count(2) / len(picks)
     assert 0.1 < wrong < 0.3  # a coin flip 40% of the time is wrong half of those
+
+
+def test_the_simulated_annotator_corrects_in_either_style() -> None:
+    from testbed.demo.simulation import oracle_submission
+
+    response = "A large red ball is at the top left. A small blue tent is at the bottom."
+    shown = [(7, response)]
+    replaced = oracle_submission("correct", SCENE.facts(), shown, noise=0.0, rng=random.Random(0))
+    deleted = oracle_submission("correct", SCENE.facts(), shown, noise=0.0, rng=random.Random(0), style="delete")
+    assert replaced == {"corrected": "A large red ball is at the top left. A small blue box is at the top right."}
+    assert deleted == {"corrected": "A large red ball is at the top left."}
