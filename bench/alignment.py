@@ -139,7 +139,9 @@ def main() -> None:
     parser.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE", help="override an RL setting")
     parser.add_argument("--json", type=Path, default=results.default_path("alignment"), help="raw rows (JSON)")
     parser.add_argument("--keep", type=Path, help="keep the labels and adapters in this folder (and reuse them)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ROWS]
     if unknown:
@@ -154,7 +156,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     needed = {ROWS[m].labels for m in methods}
     ties = {ROWS[m].ties for m in methods if ROWS[m].labels == "rankings"}
-    data, counts, reward_models = make_labels(args, work, needed, ties)
+    data, counts, reward_models, reused = make_labels(args, work, needed, ties)
 
     rows, runs = [], []
     base = evaluate(args.model, None, args.heldout)
@@ -179,15 +181,16 @@ def main() -> None:
             f"ties {mode}": {"rankings": counts["rankings"], "heldout_accuracy": accuracy}
             for mode, (_, accuracy) in reward_models.items()
         }
-    results.write(args.json, payload, model=args.model)
+    results.write(args.json, payload, model=args.model, reused=reused)
 
 
 def make_labels(
     args: argparse.Namespace, work: Path, needed: set[str], ties: set[str]
-) -> tuple[dict[str, Path], dict[str, int], dict[str, tuple[Path, float]]]:
+) -> tuple[dict[str, Path], dict[str, int], dict[str, tuple[Path, float]], dict[str, Any]]:
     """The oracle's labels of each kind the rows need, as `trl` exports under `work` (reused
-    when --keep names a folder that has them), their counts, and a reward model (folder,
-    held-out accuracy) per `ties` mode the rows need."""
+    when --keep names a folder that has them), their counts, a reward model (folder,
+    held-out accuracy) per `ties` mode the rows need, and the provenance of what was reused
+    (the run that made it, as `bench.results.stamp` recorded it in the folder)."""
     import json
 
     from bench.reward_model import ranking_export, reward_config
@@ -201,7 +204,11 @@ def make_labels(
     size = image_size_of(processor)
     data = {kind: work / kind for kind in ("corrections", "replacements", "ratings", "rankings")}
     record = work / "labels.json"
-    counts: dict[str, int] = json.loads(record.read_text()) if record.is_file() else {}
+    stored = json.loads(record.read_text()) if record.is_file() else {}
+    # {"counts", "made"}; a folder from before provenance was kept holds the counts alone.
+    counts: dict[str, int] = stored.get("counts", stored)
+    made: dict[str, Any] = stored.get("made", {})
+    fresh: set[str] = set()
     began = time.perf_counter()
     styles = [kind for kind in CORRECTION_STYLE if kind in needed and kind not in counts]
     if styles:
@@ -213,36 +220,46 @@ def make_labels(
             shutil.rmtree(data[kind], ignore_errors=True)
             toy_pairs.write_export(pairs, data[kind], image_size=size)
             counts[kind] = len(pairs)
+            fresh.add(kind)
             print(f"{len(responses)} responses, {len(pairs)} corrected ({CORRECTION_STYLE[kind]})", file=sys.stderr)
     if "ratings" in needed and "ratings" not in counts:
         # Other scenes than the corrections' (the training scenes' tail), four answers per prompt.
         scenes = toy_pairs.training_scenes(args.scenes + args.rating_scenes)[args.scenes :]
         responses = toy_pairs.sample_responses(model, processor, scenes, per_prompt=4, temperature=1.0, seed=2)
         shutil.rmtree(data["ratings"], ignore_errors=True)
-        made = write_rating_export(toy_pairs.oracle_rated_prompts(responses, image_size=size), data["ratings"])
+        rated = write_rating_export(toy_pairs.oracle_rated_prompts(responses, image_size=size), data["ratings"])
         counts["ratings"] = len(responses)
-        print(f"{len(responses)} rated responses, {made['pairs']} pairs", file=sys.stderr)
+        fresh.add("ratings")
+        print(f"{len(responses)} rated responses, {rated['pairs']} pairs", file=sys.stderr)
     reward_models = {}
     if ties:
         if "rankings" not in counts:
             counts["rankings"], counts["ranking_ties"] = ranking_export(
                 model, processor, args.rm_scenes, data["rankings"]
             )
+            fresh.add("rankings")
         for mode in sorted(ties):
             out = work / f"reward-model-ties-{mode}"
             if not (out / "result.json").is_file():
                 accuracy = train_reward_model(
                     reward_config(args.model, data["rankings"], out, ties=mode)
                 ).heldout_accuracy
+                fresh.add(out.name)
             else:
                 accuracy = json.loads((out / "result.json").read_text())["heldout_accuracy"]
             reward_models[mode] = (out, float(accuracy))
             print(
                 f"reward model (ties {mode}): {counts['rankings']} rankings, accuracy {accuracy:.3f}", file=sys.stderr
             )
-    record.write_text(json.dumps(counts))
+    used = {kind for kind in ("corrections", "replacements", "ratings") if kind in needed}
+    if ties:
+        used |= {"rankings", *(f"reward-model-ties-{mode}" for mode in ties)}
+    made.update({kind: results.stamp() for kind in fresh})
+    record.write_text(json.dumps({"counts": counts, "made": made}))
+    unknown = "made before --keep folders recorded their provenance"
+    reused = {kind: made.get(kind, unknown) for kind in sorted(used - fresh)}
     print(f"labels ready in {time.perf_counter() - began:.0f} s", file=sys.stderr)
-    return data, counts, reward_models
+    return data, counts, reward_models, reused
 
 
 def train_row(

@@ -439,7 +439,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
     parser.add_argument("--var-dir", type=Path, default=REPO / "var" / "bench-annotate")
     parser.add_argument("--json", type=Path, default=results.default_path("annotate"), help="raw rows (JSON)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     counts = [int(n) for n in args.annotators.split(",")]
     styles = args.styles.split(",")
     if not set(styles) <= {"one", "two"}:

@@ -46,11 +46,13 @@ def _curve(out: Path) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "models" / "tiny-base"))
+    parser.add_argument("--model", default=str(REPO / "testbed" / "tiny-base"))
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=results.default_path("distributed"))
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     from rlhf.family_matrix import write_pairs
 

@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--serving-python", type=Path, default=REPO / ".venv-serving/bin/python")
     parser.add_argument("--max-num-seqs", type=int, default=32, help="vLLM's batch size, when started here")
     parser.add_argument("--json", type=Path, default=results.default_path("evaluate"), help="raw results (JSON)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     import torch
 

@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,1000000")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE)
     parser.add_argument("--json", type=Path, default=bench_results.default_path("export"), help="raw rows (JSON)")
+    bench_results.add_arguments(parser)
     args = parser.parse_args()
+    bench_results.begin(args)
     results = []
     for n in (int(x) for x in args.rows.split(",")):
         var = Path(tempfile.mkdtemp(prefix="factloop-bench-export-"))

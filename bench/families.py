@@ -27,7 +27,9 @@ def main() -> int:
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM cells")
     parser.add_argument("--family", action="append", default=[], help="only this family (model type; repeatable)")
     parser.add_argument("--json", type=Path, default=results.default_path("families"))
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     from rlhf.cli import main as rlhf_cli
 

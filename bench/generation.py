@@ -230,7 +230,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--json", type=Path, default=results.default_path("generation"), help="raw rates (JSON)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     images = scenes_png(args.prompts)
     server = serving.served(args.model, args.server_url, python=args.serving_python, max_num_seqs=args.max_num_seqs)

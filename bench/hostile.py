@@ -456,7 +456,9 @@ def main() -> None:
     parser.add_argument("--claim-runs", type=int, default=3, help="runs of each arm, alternating (claims)")
     parser.add_argument("--var-dir", type=Path, default=REPO / "var" / "bench-hostile")
     parser.add_argument("--json", type=Path, default=results.default_path("hostile"))
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     parts = args.parts.split(",")
     if unknown := set(parts) - set(PARTS):
         parser.error(f"unknown parts {', '.join(sorted(unknown))}")

@@ -111,7 +111,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=TOY_DDPO, help="DDPO settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     parser.add_argument("--json", type=Path, default=results.default_path("label_efficiency"))
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     names = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in names if a not in ARMS]
     if unknown or not names:

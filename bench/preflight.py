@@ -32,7 +32,9 @@ def main() -> int:
     parser.add_argument("--method", action="append", default=[], help="methods to check (default: ddpo and ppo)")
     parser.add_argument("--json", type=Path, default=results.default_path("preflight"))
     parser.add_argument("--table", type=Path, help="print this kept result as a Markdown table, and run nothing")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return 0

@@ -57,7 +57,7 @@ def run(urls: list[str], images: list[bytes], k: int, max_tokens: int, concurren
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "models" / "tiny-base"))
+    parser.add_argument("--model", default=str(REPO / "testbed" / "tiny-base"))
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -66,7 +66,9 @@ def main() -> int:
     parser.add_argument("--pin", action="store_true", help="bind each server to a core of its own")
     parser.add_argument("--serving-python", type=Path, default=REPO / ".venv-serving" / "bin" / "python")
     parser.add_argument("--out", type=Path, default=results.default_path("replicas"))
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     images = [png for _, png in scenes_png(args.prompts)]
     with ExitStack() as stack:

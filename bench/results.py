@@ -1,19 +1,52 @@
-"""Where a benchmark's raw output goes: `bench/results/NAME.json`, with what produced it
-(command line, git revision, date, machine, and for a model folder its spec hash), so that
-every README figure can be checked against the run that measured it."""
+"""Where a benchmark's raw output goes, `bench/results/NAME.json`, and what produced it, so
+that every published figure can be traced to the code and command that measured it.
+
+A bench calls `add_arguments(parser)` and, once its arguments are parsed, `begin(args)`:
+that takes the git revision as the run starts and refuses a working tree with uncommitted
+changes (outside `bench/results/`, which only holds outputs) unless `--allow-dirty` is
+given, in which case the changed paths and a hash of the diff are recorded. `write` is the
+one writer of result files; each records the command line, its arguments (seeds
+included), the revision (and the dirty state), the start and end times, the machine (CPU
+model, cores, GPUs), for a model folder its tiny-model spec hash, and what the caller
+reports it reused (`reused`) or read (`inputs`), each with its own provenance.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parent.parent
+OUTPUTS = "bench/results/"  # changes here are outputs, not code: they do not make a tree dirty
+
+
+class DirtyTree(SystemExit):
+    """The working tree has uncommitted changes and --allow-dirty was not given."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """The code a run starts on: its revision and, for a dirty tree, what differs."""
+
+    revision: str
+    started: str
+    dirty: list[str] = field(default_factory=list)  # changed or untracked paths
+    diff_sha256: str | None = None  # of `git diff HEAD` and the untracked files' contents
+
+
+_started: Start | None = None
+_arguments: dict[str, Any] = {}
 
 
 def default_path(name: str) -> Path:
@@ -30,28 +63,123 @@ def model_spec_hash(model: str) -> str | None:
         return None
 
 
-def _revision() -> str:
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def start(repo: Path = REPO, *, allow_dirty: bool = False) -> Start:
+    """The revision `repo` is at now, with its uncommitted changes (outside bench/results/)
+    recorded, or refused (DirtyTree) unless `allow_dirty`."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=RESULTS.parent, capture_output=True, text=True, check=True, timeout=10
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=RESULTS.parent, capture_output=True, text=True)
-        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+        revision = _git(repo, "rev-parse", "HEAD").strip()
+        listed = _git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return Start("unknown", _now())
+    paths = sorted({line[3:].split(" -> ")[-1] for line in listed if not line[3:].startswith(OUTPUTS)})
+    if not paths:
+        return Start(revision, _now())
+    if not allow_dirty:
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        raise DirtyTree(
+            f"{Path(sys.argv[0]).name}: the working tree has uncommitted changes ({shown}); commit them so the "
+            "results name the code that ran, or pass --allow-dirty to record the changed paths and the diff's hash"
+        )
+    digest = hashlib.sha256(_git(repo, "diff", "HEAD", "--binary", "--", ".", f":(exclude){OUTPUTS}").encode())
+    for path in paths:
+        if (repo / path).is_file():
+            digest.update(path.encode() + b"\0" + (repo / path).read_bytes())
+    return Start(revision, _now(), paths, digest.hexdigest())
 
 
-def write(path: Path, payload: dict[str, Any], *, model: str | None = None) -> None:
-    """Write the payload with its provenance, whole (a temporary file renamed into place)."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run on a working tree with uncommitted changes (the results record the changed paths and the diff's "
+        "hash)",
+    )
+
+
+def begin(args: argparse.Namespace) -> Start:
+    """Called once the arguments are parsed: the run's code, taken now (see `start`)."""
+    global _started, _arguments
+    _started = start(allow_dirty=bool(getattr(args, "allow_dirty", False)))
+    _arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    return _started
+
+
+def stamp() -> dict[str, Any]:
+    """This run's provenance in brief, for what a bench keeps to reuse later (its `reused`)."""
+    if _started is None:
+        raise RuntimeError("bench.results.begin(args) was not called")
+    return {"revision": _started.revision, "started": _started.started, "command": _command(), "dirty": _started.dirty}
+
+
+def _command() -> str:
+    return " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, and the GPUs nvidia-smi lists (none without it)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus: list[str] = []
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"cpus": os.cpu_count(), "processor": cpu, "gpus": gpus}
+
+
+def write(
+    path: Path,
+    payload: dict[str, Any],
+    *,
+    model: str | None = None,
+    inputs: dict[str, Any] | None = None,
+    reused: dict[str, Any] | None = None,
+) -> None:
+    """Write the payload with its provenance, whole (a temporary file renamed into place).
+    `inputs` names the data read (a digest each); `reused`, what an earlier run made and
+    this one took, each with that run's `stamp()`."""
+    if _started is None:
+        raise RuntimeError("bench.results.begin(args) was not called: the revision must be taken as the run starts")
+    finished = _now()
     record: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "revision": _revision(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "command": _command(),
+        "arguments": _arguments,
+        "revision": _started.revision + ("+changes" if _started.dirty else ""),
+        "started": _started.started,
+        "finished": finished,
+        "date": finished,
+        "machine": machine(),
     }
+    if _started.dirty:
+        record["dirty"] = {key: value for key, value in asdict(_started).items() if key in ("dirty", "diff_sha256")}
     if model is not None:
         record["model"] = model
         record["model_spec_hash"] = model_spec_hash(model)
+    if inputs:
+        record["inputs"] = inputs
+    if reused:
+        record["reused"] = reused
     record.update(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".partial")

@@ -90,7 +90,9 @@ def main() -> None:
     parser.add_argument("--fact-format", choices=("captions", "objects"), default="captions", help="what the facts say")
     parser.add_argument("--keep", type=Path, help="keep the pairs and models in this folder")
     parser.add_argument("--json", type=Path, default=results.default_path("reward_model"), help="raw rows (JSON)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     import torch
 

@@ -78,7 +78,9 @@ def main() -> None:
     parser.add_argument("--server-cpus", default=None, help="cores the started server is bound to, e.g. 1")
     parser.add_argument("--python", type=Path, default=REPO / ".venv-serving/bin/python")
     parser.add_argument("--json", type=Path, default=results.default_path("rollout"), help="raw timings (JSON)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     import torch
 

@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--var-dir", type=Path, default=REPO / "var" / "bench-soak")
     parser.add_argument("--json", type=Path, default=results.default_path("soak"), help="raw figures (JSON)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     args.var_dir.mkdir(parents=True, exist_ok=True)
 
     seconds = args.minutes * 60

@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--model", default="testbed/tiny-base")
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--json", type=Path, default=results.default_path("toy_policy"), help="raw rows (JSON)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
 
     import torch
 

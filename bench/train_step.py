@@ -175,7 +175,9 @@ def main() -> None:
     parser.add_argument("--memory-child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--timed-model", help=argparse.SUPPRESS)
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     if args.memory_child:
         memory_child(args)
         return

@@ -36,7 +36,7 @@ from rlhf.training_data import token_weights, usable_spans
 from testbed.toyworld import oracle
 from testbed.toyworld.world import make_question, sample_scenes, sampled_responses
 
-TINY = Path(__file__).resolve().parent.parent / "models" / "tiny-base"
+TINY = Path(__file__).resolve().parent.parent / "testbed" / "tiny-base"
 
 
 def _factloop_tokens(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> set[int]:
@@ -95,7 +95,9 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, nargs="+", default=[1, 8], help="scenes per response (one run each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=results.default_path("weighting"))
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.begin(args)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(TINY))

@@ -1,0 +1,74 @@
+"""Benchmark provenance (bench/results.py): the revision taken as a run starts, a dirty tree
+refused unless allowed (and then described), and every result file stamped by one writer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import results
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "config", "user.email", "bench@example.com")
+    git(tmp_path, "config", "user.name", "bench")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    git(tmp_path, "add", "code.py")
+    git(tmp_path, "commit", "-qm", "first")
+    return tmp_path
+
+
+def test_a_clean_tree_is_its_revision_and_outputs_do_not_dirty_it(repo: Path) -> None:
+    (repo / "bench" / "results" / "old.json").write_text("{}")  # an earlier bench's output
+    found = results.start(repo)
+    assert found.revision == git(repo, "rev-parse", "HEAD") and found.dirty == [] and found.diff_sha256 is None
+
+
+def test_a_dirty_tree_is_refused_unless_allowed_and_then_described(repo: Path) -> None:
+    (repo / "code.py").write_text("x = 2\n")
+    (repo / "new.py").write_text("y = 1\n")
+    with pytest.raises(results.DirtyTree, match=r"uncommitted changes \(code.py, new.py\).*--allow-dirty"):
+        results.start(repo)
+    allowed = results.start(repo, allow_dirty=True)
+    assert allowed.dirty == ["code.py", "new.py"] and allowed.diff_sha256 is not None
+    # The hash is of the changes: another edit gives another hash.
+    (repo / "new.py").write_text("y = 2\n")
+    assert results.start(repo, allow_dirty=True).diff_sha256 != allowed.diff_sha256
+
+
+def test_a_result_records_its_start_arguments_machine_and_what_it_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "_started", None)
+    with pytest.raises(RuntimeError, match="begin"):
+        results.write(tmp_path / "r.json", {"rows": []})
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--out", type=Path, default=tmp_path)
+    results.add_arguments(parser)
+    monkeypatch.setattr(results, "start", lambda **_: results.Start("abc123", "2026-12-06T00:00:00+00:00"))
+    results.begin(parser.parse_args(["--seeds", "3"]))
+    results.write(
+        tmp_path / "r.json",
+        {"rows": [1]},
+        inputs={"heldout": "sha256:1"},
+        reused={"rankings": results.stamp()},
+    )
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["revision"] == "abc123" and record["started"] == "2026-12-06T00:00:00+00:00"
+    assert record["finished"] >= record["started"] and "dirty" not in record
+    assert record["arguments"] == {"seeds": "3", "out": str(tmp_path), "allow_dirty": False}
+    assert record["machine"]["cpus"] >= 1 and isinstance(record["machine"]["gpus"], list)
+    assert record["inputs"] == {"heldout": "sha256:1"} and record["reused"]["rankings"]["revision"] == "abc123"
+    assert record["rows"] == [1]
