@@ -15,7 +15,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 SERVING_VENV ?= .venv-serving
 SERVING_FLAVOUR ?= auto
 
-.PHONY: demo test lint install install-dev serving services chromium compose tiny clean
+.PHONY: demo test lint install install-dev serving services chromium compose tiny clean bench-status
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,3 +73,7 @@ lint: install-dev
 
 clean:
 	rm -rf $(VENV) $(SERVING_VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# The result files in bench/results/ older than the code their bench measures (bench/status.py).
+bench-status: install
+	.venv/bin/python bench/status.py

@@ -60,6 +60,15 @@ from bench import results
 from rlhf.config import RLTrainConfig, load_config, load_run_config
 from testbed.demo import TOY_DDPO, TOY_PPO
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "rlhf",
+    "testbed",
+    "contract",
+    "bench/alignment.py",
+    "bench/reward_model.py",
+)
+
 
 @dataclass(frozen=True)
 class Row:

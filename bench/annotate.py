@@ -41,6 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "annotation",
+    "webapp",
+    "bench/annotate.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

@@ -21,6 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "rlhf",
+    "contract",
+    "deploy/accelerate",
+    "bench/distributed.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

@@ -24,6 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "rlhf/hallucination.py",
+    "rlhf/metrics.py",
+    "rlhf/scene_eval.py",
+    "contract/comparison.py",
+    "contract/heldout.py",
+    "models",
+    "bench/evaluate.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

@@ -37,6 +37,14 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # (a dependency of accelerate and vLLM; pinned in constraints.txt)
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "annotation/labeling",
+    "annotation/worker",
+    "models",
+    "bench/generation.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

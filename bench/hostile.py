@@ -42,6 +42,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "annotation",
+    "webapp",
+    "bench/hostile.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

@@ -52,6 +52,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import results
 from testbed.demo import TOY_DDPO
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "rlhf",
+    "testbed",
+    "contract",
+    "bench/label_efficiency.py",
+)
+
 ARMS = ("random", "active", "active+suggest", "ai", "active+suggest+ai")
 SECONDS = {"read": 8.0, "fix": 12.0, "accept": 2.0, "reject": 3.0}  # the annotator time model
 

@@ -20,6 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "rlhf",
+    "models",
+    "contract",
+    "testbed/family_checkpoints.py",
+    "bench/preflight.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

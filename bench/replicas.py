@@ -26,6 +26,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "models",
+    "bench/replicas.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

@@ -24,6 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import results
 
 # LoRA on attention and MLP: on the 4-layer test-bed model, attention alone reached 0.73-0.81.
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "rlhf",
+    "testbed",
+    "contract",
+    "bench/reward_model.py",
+)
+
 BENCH_LORA = {
     "r": 16,
     "alpha": 32,

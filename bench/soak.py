@@ -21,6 +21,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "annotation",
+    "webapp",
+    "bench/soak.py",
+    "bench/annotate.py",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

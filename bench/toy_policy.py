@@ -19,6 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "testbed",
+    "rlhf/scene_eval.py",
+    "rlhf/metrics.py",
+    "bench/toy_policy.py",
+)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -46,6 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "rlhf",
+    "bench/train_step.py",
+)
+
 METHODS = ("trl-dpo", "dpo", "ddpo")
 KEEP = ("prompt", "chosen", "rejected", "images", "chosen_spans", "rejected_spans")
 

@@ -36,6 +36,14 @@ from rlhf.training_data import token_weights, usable_spans
 from testbed.toyworld import oracle
 from testbed.toyworld.world import make_question, sample_scenes, sampled_responses
 
+# What this bench measures: its result is stale once any of these changes (bench/status.py).
+MEASURES = (
+    "contract/spans.py",
+    "rlhf/losses.py",
+    "testbed/toyworld",
+    "bench/weighting.py",
+)
+
 TINY = Path(__file__).resolve().parent.parent / "testbed" / "tiny-base"
 
 

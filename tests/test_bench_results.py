@@ -72,3 +72,49 @@ def test_a_result_records_its_start_arguments_machine_and_what_it_reused(
     assert record["machine"]["cpus"] >= 1 and isinstance(record["machine"]["gpus"], list)
     assert record["inputs"] == {"heldout": "sha256:1"} and record["reused"]["rankings"]["revision"] == "abc123"
     assert record["rows"] == [1]
+
+
+def test_status_lists_a_result_whose_measured_code_changed_since(repo: Path) -> None:
+    from bench import status
+
+    (repo / "bench" / "timing.py").write_text('MEASURES = ("code.py", "bench/timing.py")\n')
+    (repo / "other.py").write_text("z = 1\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "the bench")
+    measured = git(repo, "rev-parse", "HEAD")
+    result = repo / "bench" / "results" / "timing.json"
+    result.write_text(json.dumps({"command": "bench/timing.py --seeds 0", "revision": measured}))
+    (repo / "bench" / "results" / "dirty.json").write_text(
+        json.dumps({"command": "bench/timing.py", "revision": measured + "+changes"})
+    )
+    (repo / "bench" / "results" / "lost.json").write_text(
+        json.dumps({"command": "bench/timing.py", "revision": "f" * 40})
+    )
+
+    def problems() -> dict[str, str | None]:
+        return {v.result: v.problem for v in status.check(repo / "bench" / "results", repo=repo)}
+
+    assert status.measures(repo / "bench" / "timing.py") == ("code.py", "bench/timing.py")
+    found = problems()
+    assert found["timing.json"] is None
+    assert found["dirty.json"] == "written from a working tree with uncommitted changes"
+    assert "is not in this repository" in str(found["lost.json"])
+    # A change elsewhere leaves it current; a change to what it measures makes it stale.
+    (repo / "other.py").write_text("z = 2\n")
+    git(repo, "commit", "-qam", "elsewhere")
+    assert problems()["timing.json"] is None
+    (repo / "code.py").write_text("x = 3\n")
+    git(repo, "commit", "-qam", "the measured code")
+    assert str(problems()["timing.json"]).startswith("changed since by ")
+    assert "the measured code" in str(problems()["timing.json"])
+
+
+def test_every_bench_declares_what_it_measures_and_begins_its_run() -> None:
+    from bench import status
+
+    scripts = [p for p in sorted(status.BENCH.glob("*.py")) if "results.write(" in p.read_text()]
+    assert len(scripts) >= 17
+    for script in scripts:
+        text = script.read_text()
+        assert all((status.REPO / path).exists() for path in status.measures(script)), script.name
+        assert "results.begin(args)" in text and "results.add_arguments(parser)" in text, script.name
