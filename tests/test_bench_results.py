@@ -118,3 +118,18 @@ def test_every_bench_declares_what_it_measures_and_begins_its_run() -> None:
         text = script.read_text()
         assert all((status.REPO / path).exists() for path in status.measures(script)), script.name
         assert "results.begin(args)" in text and "results.add_arguments(parser)" in text, script.name
+
+
+def test_the_published_tables_are_what_the_results_give() -> None:
+    """Every generated table on the pages equals what bench/tables.py renders from its JSON."""
+    from bench import tables
+
+    marked = 0
+    for page in tables.pages():
+        text = page.read_text()
+        new, changed = tables.render(text, where=page.name)
+        marked += text.count("<!-- bench:")
+        assert changed == [], f"{page.name}: run `.venv/bin/python bench/tables.py` ({', '.join(changed)})"
+    assert marked >= 2
+    with pytest.raises(ValueError, match="no generated table named 'nothing'"):
+        tables.render("<!-- bench:nothing -->\nold\n<!-- /bench:nothing -->\n", where="page.md")
