@@ -16,11 +16,16 @@ from celery import Celery
 from celery.signals import worker_init
 from kombu import Exchange, Queue
 
+from webapp.broker import register as register_filesystem_transport
+
 # The one place outside settings.py that touches the environment: it tells Django which
 # settings module to load, as manage.py and wsgi.py do.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 QUEUES = ("generate", "train", "export")
+
+# The embedded broker writes each message whole before a worker can see it (webapp/broker.py).
+register_filesystem_transport()
 
 app = Celery("factloop")
 app.config_from_object("django.conf:settings", namespace="CELERY")
