@@ -127,7 +127,7 @@ def test_the_published_tables_are_what_the_results_give() -> None:
     marked = 0
     for page in tables.pages():
         text = page.read_text()
-        new, changed = tables.render(text, where=page.name)
+        _, changed = tables.render(text, where=page.name)
         marked += text.count("<!-- bench:")
         assert changed == [], f"{page.name}: run `.venv/bin/python bench/tables.py` ({', '.join(changed)})"
     assert marked >= 2

@@ -220,18 +220,20 @@ class Command(BaseCommand):
         second = wait_open(run.next_round, 900, check=self._check_children_alive)
         measured = run.steps["evaluate"]["detail"]
         self.stdout.write("")
-        self.stdout.write("round  policy                      CHAIR_i  CHAIR_s  POPE F1  coverage  words")
-        for number, policy, metrics in (
-            (first.number, first.policy_version, measured["current"]),
-            (second.number, second.policy_version, measured["new"] if run.deployed else measured["current"]),
-        ):
+        # The policy round 1 was served by, and the one trained on its labels (deployed or not).
+        self.stdout.write("policy                        CHAIR_i  CHAIR_s  POPE F1  coverage  words")
+        for policy, metrics in ((first.policy_version, measured["current"]), (str(run.version), measured["new"])):
             self.stdout.write(
-                f"{number:>5}  {policy:<26}  {metrics['chair_i']:>7.3f}  {metrics['chair_s']:>7.3f}  "
+                f"{policy:<28}  {metrics['chair_i']:>7.3f}  {metrics['chair_s']:>7.3f}  "
                 f"{metrics['pope_f1']:>7.3f}  {metrics.get('coverage', float('nan')):>8.3f}  "
                 f"{metrics['mean_words']:>5.1f}"
             )
         self.stdout.write(f"gate {run.steps['gate']['detail']['summary']}")
-        self.stdout.write(f"The loop took {time.monotonic() - began:.0f} s; round {second.number} is open for you.")
+        served = "the new policy, deployed" if run.deployed else "the same policy: the new one was not deployed"
+        self.stdout.write(
+            f"The loop took {time.monotonic() - began:.0f} s; round {second.number} is open for you, "
+            f"served by {second.policy_version} ({served})."
+        )
 
     def _ensure_logins(self, path: Path) -> dict[str, tuple[str, str]]:
         """Demo passwords are made once, kept in var/ (mode 0600) and printed at each start."""
