@@ -104,7 +104,48 @@ def label_efficiency_styles() -> str:
     return "\n".join(lines + tail) + "\n\n" + _source(name, record) + "\n"
 
 
+def label_efficiency() -> str:
+    """bench/label_efficiency.py's five arms, deleting corrections (label_efficiency.json, which
+    predates coverage's name: its `object_recall` is the same measure)."""
+    name = "label_efficiency.json"
+    record = _load(name)
+    base = record["base"]
+    cover = "coverage" if "coverage" in base else "object_recall"
+    lines = [
+        "| arm | round | human labels (total) | pairs | CHAIR_i | vs base | POPE F1 | words | coverage "
+        "| annotator minutes (total) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for arm, rows in record["arms"].items():
+        for row in rows:
+            lines.append(
+                f"| `{arm}` | {row['round']} | {row['human_labels']:.0f} | {row['pairs']:.0f} | "
+                f"{_pm(row, 'chair_i')} | {_change(row['chair_i'], base['chair_i'])} | {row['pope_f1']:.3f} | "
+                f"{row['mean_words']:.1f} | {row[cover]:.3f} | {row['annotator_minutes']:.0f} |"
+            )
+    summary = record["summary"]
+    reached = [
+        f"- `{arm}`: {found['labels_to_target']} (round {found['round']})"
+        if found["labels_to_target"] is not None
+        else f"- `{arm}`: not reached"
+        for arm, found in summary.items()
+        if arm in record["arms"]
+    ]
+    best = summary["best_arm"]
+    tail = [
+        "",
+        f"Human labels each arm had used when its CHAIR_i first reached arm `random`'s final "
+        f"{summary['target_chair_i']:.3f}:",
+        *reached,
+        "",
+        f"Best arm: `{best['name']}`, CHAIR_i {best['chair_i_drop']:.0%} below the base after "
+        f"{record['settings']['rounds']} rounds.",
+    ]
+    return "\n".join(lines + tail) + "\n\n" + _source(name, record) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "label-efficiency": label_efficiency,
     "alignment-styles": alignment_styles,
     "label-efficiency-styles": label_efficiency_styles,
 }
