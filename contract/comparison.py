@@ -223,6 +223,8 @@ def verdict(check: dict[str, Any]) -> str:
         return f"worse on {name} by {worse:.3f} (95% {low:.3f} to {high:.3f}){beyond}"
     if high < 0:
         return f"better on {name} by {-worse:.3f} (95% {-high:.3f} to {-low:.3f})"
+    if low > 0:  # measurably worse, but by no more than the margin allows
+        return f"worse on {name} by {worse:.3f} (95% {low:.3f} to {high:.3f}), within the margin {margin:.3f}"
     sign = 1.0 if check.get("direction", GATE_METRICS.get(metric)) == "lower" else -1.0
     change = sorted((sign * low, sign * high))
     return (
