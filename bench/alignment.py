@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import results
 from rlhf.config import RLTrainConfig, load_config, load_run_config
 from testbed.demo import TOY_DDPO, TOY_PPO
+from testbed.toyworld.oracle import CorrectionStyle
 
 # What this bench measures: its result is stale once any of these changes (bench/status.py).
 MEASURES = (
@@ -100,7 +101,7 @@ ROWS: dict[str, Row] = {
     "rloo": Row("rankings", ("method=rloo",)),
 }
 # The correction rows again, on corrections that replace rather than delete.
-CORRECTION_STYLE = {"corrections": "delete", "replacements": "replace"}
+CORRECTION_STYLE: dict[str, CorrectionStyle] = {"corrections": "delete", "replacements": "replace"}
 for _name in ("ddpo", "dpo", "sft", "mdpo", "hsa_dpo", "halva", "ddpo+inject"):
     ROWS[f"{_name}+replace"] = Row("replacements", ROWS[_name].settings)
 METRICS = ("chair_i", "chair_s", "pope_f1", "mean_words", "coverage", "empty_share", "seconds")
@@ -225,7 +226,7 @@ def make_labels(
             model, processor, toy_pairs.training_scenes(args.scenes), temperature=0.7, seed=1
         )
         for kind in styles:
-            pairs = toy_pairs.oracle_pairs(responses, style=CORRECTION_STYLE[kind])  # type: ignore[arg-type]
+            pairs = toy_pairs.oracle_pairs(responses, style=CORRECTION_STYLE[kind])
             shutil.rmtree(data[kind], ignore_errors=True)
             toy_pairs.write_export(pairs, data[kind], image_size=size)
             counts[kind] = len(pairs)

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
 from testbed.demo import TOY_DDPO
+from testbed.toyworld.oracle import CORRECTION_STYLES, CorrectionStyle
 
 # What this bench measures: its result is stale once any of these changes (bench/status.py).
 MEASURES = (
@@ -68,7 +69,7 @@ SECONDS = {"read": 8.0, "fix": 12.0, "accept": 2.0, "reject": 3.0}  # the annota
 class Arm:
     name: str
     seed: int = 0
-    style: str = "replace"  # how the humans (and the suggestions) correct an absent object
+    style: CorrectionStyle = "replace"  # how the humans (and the suggestions) correct an absent object
     adapter: Path | None = None
     human_labels: int = 0
     seconds: float = 0.0
@@ -127,7 +128,7 @@ def main() -> None:
     if unknown or not names:
         parser.error(f"unknown arms {', '.join(unknown)}; known: {', '.join(ARMS)}")
     styles = [s.strip() for s in args.correction_styles.split(",") if s.strip()]
-    if not styles or any(s not in ("replace", "delete") for s in styles):
+    if not styles or any(s not in CORRECTION_STYLES for s in styles):
         parser.error("--correction-styles: replace, delete or both")
     if args.rounds < 1 or args.labels < 1 or args.pool < 1 or args.samples < 2:
         parser.error("--rounds, --labels and --pool must be at least 1, --samples at least 2")
@@ -284,7 +285,14 @@ def run_round(args: argparse.Namespace, work: Path, arm: Arm, number: int, pool:
 
 
 def annotate(
-    scene: Any, prompt: str, text: str, feedback: Any, *, noise: float, rng: random.Random, style: str = "replace"
+    scene: Any,
+    prompt: str,
+    text: str,
+    feedback: Any,
+    *,
+    noise: float,
+    rng: random.Random,
+    style: CorrectionStyle = "replace",
 ) -> Any:
     """A simulated annotator's correction of `text`: (pair or None, seconds, suggestions
     accepted, rejected). With `feedback`, suggestions overlapping a hallucinated claim are
@@ -306,7 +314,7 @@ def annotate(
                 turned += 1
         start_from = apply_fixes(text, fixes)
         seconds += took * SECONDS["accept"] + turned * SECONDS["reject"]
-    fixed = correct(scene, start_from, noise=noise, rng=rng, style=style)  # type: ignore[arg-type]
+    fixed = correct(scene, start_from, noise=noise, rng=rng, style=style)
     seconds += SECONDS["fix"] * max(0, check(scene, start_from).hallucinations - check(scene, fixed).hallucinations)
     return correction_pair(scene, prompt, text, fixed), seconds, took, turned
 

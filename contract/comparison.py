@@ -122,16 +122,7 @@ def interval(values: list[float]) -> tuple[float, float]:
     return (low, high)
 
 
-def compare(
-    new: Evaluation, current: Evaluation, metric: str, *, margin: float = 0.0, samples: int = 1000, seed: int = 0
-) -> dict[str, Any]:
-    """Whether `new` is not worse than `current` on `metric` beyond the paired bootstrap
-    interval: `worse` is how much worse new is (new - current for a lower-is-better metric,
-    current - new otherwise); the gate fails only when the interval's lower end exceeds
-    `margin` (so new is worse by more than the margin with 95% confidence). A negative
-    margin demands an improvement of at least its size."""
-    if metric not in GATE_METRICS:
-        raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
+def _comparable(new: Evaluation, current: Evaluation) -> None:
     if new.heldout_digest != current.heldout_digest:
         raise HeldoutError("the two evaluations answered different held-out sets; evaluate both on the same one")
     probes = ("pope_per_image", "seed")
@@ -139,14 +130,21 @@ def compare(
         current.records
     ):
         raise HeldoutError("the two evaluations asked different POPE probes (pope_per_image, seed); use the same")
+
+
+Paired = list[tuple[dict[str, float], dict[str, float]]]
+
+
+def _paired(new: Evaluation, current: Evaluation, samples: int, seed: int) -> Paired:
+    """Both evaluations' statistics over the same `samples` draws (a paired bootstrap)."""
+    return [(statistics(new.records, d), statistics(current.records, d)) for d in draws(new.records, samples, seed)]
+
+
+def _decide(new: Evaluation, current: Evaluation, metric: str, margin: float, paired: Paired) -> dict[str, Any]:
     if metric not in new.metrics or metric not in current.metrics:
         raise HeldoutError(f"the held-out set gives no {metric} (it needs describe items)")
     sign = 1.0 if GATE_METRICS[metric] == "lower" else -1.0
-    deltas = [
-        sign * (statistics(new.records, draw)[metric] - statistics(current.records, draw)[metric])
-        for draw in draws(new.records, samples, seed)
-    ]
-    low, high = interval(deltas)
+    low, high = interval([sign * (ours[metric] - theirs[metric]) for ours, theirs in paired])
     worse = sign * (new.metrics[metric] - current.metrics[metric])
     return {
         "metric": metric,
@@ -159,8 +157,22 @@ def compare(
         "worse_by_interval": [low, high],
         "margin": margin,
         "passed": low <= margin,
-        "samples": samples,
+        "samples": len(paired),
     }
+
+
+def compare(
+    new: Evaluation, current: Evaluation, metric: str, *, margin: float = 0.0, samples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Whether `new` is not worse than `current` on `metric` beyond the paired bootstrap
+    interval: `worse` is how much worse new is (new - current for a lower-is-better metric,
+    current - new otherwise); the gate fails only when the interval's lower end exceeds
+    `margin` (so new is worse by more than the margin with 95% confidence). A negative
+    margin demands an improvement of at least its size."""
+    if metric not in GATE_METRICS:
+        raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
+    _comparable(new, current)
+    return _decide(new, current, metric, margin, _paired(new, current, samples, seed))
 
 
 Criteria = list[tuple[str, float]]
@@ -191,9 +203,11 @@ def parse_gate(spec: str, *, margin: float = 0.0) -> Criteria:
 def gate(
     new: Evaluation, current: Evaluation, criteria: Criteria, *, samples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
-    """The gate over several metrics: `compare` on each (the same paired draws), passed only
+    """The gate over several metrics: `compare`'s test on each, from one set of paired draws; passed only
     when new is not measurably worse than its margin on every one; `summary` says it in words."""
-    checks = [compare(new, current, metric, margin=margin, samples=samples, seed=seed) for metric, margin in criteria]
+    _comparable(new, current)
+    paired = _paired(new, current, samples, seed)  # one set of draws, every metric read from it
+    checks = [_decide(new, current, metric, margin, paired) for metric, margin in criteria]
     decision = {"criteria": checks, "passed": all(check["passed"] for check in checks)}
     return {**decision, "summary": summary(decision)}
 

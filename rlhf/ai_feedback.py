@@ -272,12 +272,12 @@ class Labeller:
             [verdict(claim, answers[(image_key, claim.question)]) for claim in found]
             for (_, image_key, _, _), found in zip(items, claims, strict=True)
         ]
-        present: dict[Hashable, list[str]] = {}
-        for (_, image_key, _, _), found in zip(items, judged, strict=True):
-            for cls in confirmed_present(found):
-                if cls not in present.setdefault(image_key, []):
-                    present[image_key].append(cls)
         if self.rewrite:
+            present: dict[Hashable, list[str]] = {}
+            for (_, image_key, _, _), found in zip(items, judged, strict=True):
+                for cls in confirmed_present(found):
+                    if cls not in present.setdefault(image_key, []):
+                        present[image_key].append(cls)
             judged = [
                 replace_absent(text, found, present.get(image_key, []), self.named(text))
                 for (_, image_key, _, text), found in zip(items, judged, strict=True)
@@ -315,12 +315,13 @@ def replace_absent(
     segment into what the image shows (Yu et al., 2024, arXiv:2312.00849, section 3.1); a
     deletion alone teaches a policy to say less."""
     spare = [cls for cls in present if cls not in named]
+    spans = sentences(text)
     rewrites: dict[tuple[int, int, str], tuple[int, int, str]] = {}
     for claim in sorted(claims, key=lambda c: c.start):
         absent = claim.kind == "exist" and claim.value == "yes" and claim.supported is False
         if not (absent and spare and claim.fix is not None and claim.fix[2] == "" and claim.fix not in rewrites):
             continue
-        sentence = next(((a, b) for a, b in sentences(text) if a <= claim.start < b), None)
+        sentence = next(((a, b) for a, b in spans if a <= claim.start < b), None)
         if sentence is None:
             continue
         cls = spare.pop(0)

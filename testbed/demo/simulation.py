@@ -5,8 +5,8 @@ what an annotator following the protocol would submit: a LLaVA-RLHF ranking (few
 hallucinations first, then more correct claims; docs/methods.md 1a) or an RLHF-V correction of
 the hallucinated segments (1b), rewriting a sentence about an absent object into one about an
 object the response does not name yet (`style` "replace", the default) or deleting it
-("delete"; testbed/toyworld/oracle.py's `correct`). With `noise`, a share of rankings are random and a share of
-hallucinated segments are left uncorrected. `label_round` answers a round's tasks through
+("delete"; testbed/toyworld/oracle.py's `correct`). With `noise`, a share of rankings are
+random and a share of hallucinated segments are left uncorrected. `label_round` answers a round's tasks through
 the services (tests); `manage.py simulate_annotators` drives the HTTP API with it.
 """
 

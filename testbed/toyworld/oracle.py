@@ -6,8 +6,8 @@ hallucinated ones, writes the correction an RLHF-V annotator would write (only t
 segments change: a wrong word is replaced; a sentence about an absent object is rewritten
 into one about an object of the scene the response does not name yet, or deleted when every
 object is named: `style` "replace"; "delete" always deletes it, the earlier protocol kept
-for comparison) and chooses between two responses as a LLaVA-RLHF annotator would (fewer hallucinations
-first, then the more helpful one).
+for comparison) and chooses between two responses as a LLaVA-RLHF annotator would (fewer
+hallucinations first, then the more helpful one).
 
 `noise` makes it imperfect: each hallucinated claim is missed with that probability when
 correcting, and a preference is replaced by a coin flip with that probability.
