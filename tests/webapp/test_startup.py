@@ -50,6 +50,9 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({"DEBUG": "1", "CELERY_BROKER_URL": "redis://"}, "CELERY_BROKER_URL", "names no host"),
         ({"DEBUG": "1", "DATA_UPLOAD_MAX_MEMORY_SIZE": "lots"}, "DATA_UPLOAD_MAX_MEMORY_SIZE", "expected an integer"),
         ({"DEBUG": "1", "LOG_LEVEL": "CHATTY"}, "LOG_LEVEL", "expected one of"),
+        ({"DEBUG": "1", "FACTLOOP_GATE_METRICS": "chair_i,bleu"}, "FACTLOOP_GATE_METRICS", "gate metric 'bleu'"),
+        ({"DEBUG": "1", "FACTLOOP_GATE_METRICS": "coverage:x"}, "FACTLOOP_GATE_METRICS", "gate margin 'x'"),
+        ({"DEBUG": "1", "FACTLOOP_GATE_METRIC": "pope_f1"}, "FACTLOOP_GATE_METRIC", "is now FACTLOOP_GATE_METRICS"),
     ],
 )
 def test_bad_environment_stops_startup_naming_the_variable(env: dict[str, str], variable: str, fragment: str) -> None:
