@@ -125,6 +125,9 @@ def interval(values: list[float]) -> tuple[float, float]:
 def _comparable(new: Evaluation, current: Evaluation) -> None:
     if new.heldout_digest != current.heldout_digest:
         raise HeldoutError("the two evaluations answered different held-out sets; evaluate both on the same one")
+    protocols = [evaluation.settings.get("protocol", "factloop") for evaluation in (new, current)]
+    if protocols[0] != protocols[1]:  # an evaluation from before protocols was FactLoop's
+        raise HeldoutError(f"the two evaluations followed different protocols ({' and '.join(protocols)}); use one")
     probes = ("pope_per_image", "seed")
     if any(new.settings.get(k) != current.settings.get(k) for k in probes) or indices(new.records) != indices(
         current.records
@@ -206,6 +209,10 @@ def gate(
     """The gate over several metrics: `compare`'s test on each, from one set of paired draws; passed only
     when new is not measurably worse than its margin on every one; `summary` says it in words."""
     _comparable(new, current)
+    missing = [metric for metric, _ in criteria if metric not in new.metrics or metric not in current.metrics]
+    if missing:
+        protocol = new.settings.get("protocol", "factloop")
+        raise HeldoutError(f"the evaluations ({protocol} protocol) do not measure {', '.join(missing)}")
     paired = _paired(new, current, samples, seed)  # one set of draws, every metric read from it
     checks = [_decide(new, current, metric, margin, paired) for metric, margin in criteria]
     decision = {"criteria": checks, "passed": all(check["passed"] for check in checks)}

@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from contract.protocols import FACTLOOP
+
 MANIFEST = "manifest.json"
 STATUS = "status"
 ADAPTER = "adapter"
@@ -180,11 +182,14 @@ class Registry:
 
     def record_evaluation(self, name: str, evaluation: dict[str, Any]) -> Path:
         """Keep an evaluation of version `name` (contract.heldout.Evaluation as a dict) in
-        its folder, one file per held-out set (a later one on the same set replaces it),
-        written whole; returns the file."""
+        its folder, one file per held-out set and protocol (a later one on the same set under
+        the same protocol replaces it), written whole; returns the file."""
         self.get(name)
         digest = str(evaluation.get("heldout_digest", ""))
         key = re.sub(r"[^0-9A-Za-z_.-]", "-", digest)[:80] or "unnamed"
+        protocol = _protocol(evaluation)
+        if protocol != FACTLOOP:  # FactLoop's own keeps the name it had before protocols
+            key = f"{key}-{re.sub(r'[^0-9A-Za-z_]', '-', protocol)[:40]}"
         folder = self.path_of(name) / EVALUATIONS
         folder.mkdir(exist_ok=True)
         stamped = {**evaluation, "recorded_at": datetime.now(UTC).isoformat(timespec="microseconds")}
@@ -201,8 +206,10 @@ class Registry:
         return sorted(found, key=lambda e: str(e.get("recorded_at", "")))
 
     def latest_metrics(self, name: str) -> dict[str, Any]:
-        """The version's registered metrics, updated by its newest recorded evaluation."""
-        found = self.evaluations(name)
+        """The version's registered metrics, updated by its newest recorded evaluation under
+        FactLoop's own protocol (what every round is measured by; a published protocol's
+        figures stay in its own evaluation)."""
+        found = [e for e in self.evaluations(name) if _protocol(e) == FACTLOOP]
         return {**self.get(name).metrics, **(found[-1].get("metrics", {}) if found else {})}
 
     def __iter__(self) -> Iterator[ModelVersion]:
@@ -220,3 +227,8 @@ class Registry:
                 raise RegistryError(f"the parents of {name!r} form a cycle")
             chain.append(self.get(chain[-1].parent))
         return chain
+
+
+def _protocol(evaluation: dict[str, Any]) -> str:
+    """The protocol an evaluation followed (one recorded before protocols followed FactLoop's)."""
+    return str(evaluation.get("settings", {}).get("protocol", FACTLOOP))

@@ -54,6 +54,7 @@ from contract.comparison import parse_gate
 from contract.heldout import Evaluation, HeldoutError, read_heldout
 from contract.launch import LAUNCHER_PID, die_with_parent
 from contract.methods import DEFAULT_GATE, METHODS
+from contract.protocols import FACTLOOP, PROTOCOLS
 from contract.run import ADAPTER
 from models.registry import Registry, RegistryError
 from rlhf.common import load_policy
@@ -106,6 +107,10 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
     if bool(args.server) == bool(args.model):
         print("rlhf.cli evaluate: --data needs either --server (with --served) or --model", file=sys.stderr)
         return 2
+    fixed = PROTOCOLS[args.protocol].pope_per_image
+    if args.protocol != FACTLOOP and args.pope_per_image not in (None, fixed):
+        print(f"rlhf.cli evaluate: the {args.protocol} protocol asks {fixed} POPE objects per image", file=sys.stderr)
+        return 2
     if args.server is not None and not any(url.strip() for url in args.server.split(",")):
         print("rlhf.cli evaluate: --server names no URL", file=sys.stderr)
         return 2
@@ -120,6 +125,7 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
             print(f"rlhf.cli evaluate: cannot load the reward model: {error}", file=sys.stderr)
             return 2
     settings: dict[str, Any] = {"pope_per_image": args.pope_per_image, "seed": args.seed, "bootstrap": args.bootstrap}
+    settings["protocol"] = args.protocol
     settings["reward_model"] = reward
     try:
         if args.server:
@@ -346,7 +352,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--limit", type=int, help="only the first N items of the held-out set")
     evaluate.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
     evaluate.add_argument("--workers", type=int, default=32, help="requests in flight to the server (default 32)")
-    evaluate.add_argument("--pope-per-image", type=int, default=1, help="POPE probes per image and label (default 1)")
+    evaluate.add_argument(
+        "--protocol",
+        default=FACTLOOP,
+        choices=PROTOCOLS,
+        help="with --data: what is asked and how it is read, FactLoop's own or a published one (default %(default)s)",
+    )
+    evaluate.add_argument(
+        "--pope-per-image", type=int, help="FactLoop's protocol: POPE probes per image and label (default 1)"
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of POPE's sampling, decoding and the bootstrap")
     evaluate.add_argument("--reward-model", type=Path, help="also score the answers with this reward model")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")

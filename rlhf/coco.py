@@ -24,12 +24,19 @@ The standard list's quirks are kept, since figures must compare with published o
 "motor bike" and "cheesecake" follow a double space and so never match, and "hair dryer"
 is not a two-word name ("hair drier" is). `hair_dryer=True` reads "hair dryer" (and
 "hair dryers") as the class; it is off by default and documented as a difference.
+
+`rules="rlhf-v"` reads as RLHF-V's Object HalBench evaluation does (RLHF-V,
+eval/eval_gpt_obj_halbench.py with eval/data/synonyms_refine.txt): the standard list with
+"brother", "pedestrian", "coffee table" and "remote control" added, each entry stripped of
+its spaces (so "motor bike" and "cheesecake" do match there), and every synonym of two
+words a two-word name, besides "home plate" and "train track".
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from rlhf.metrics import Mention
 
@@ -119,6 +126,13 @@ hair drier, hairdryer
 toothbrush
 """
 
+# What RLHF-V's refined list (eval/data/synonyms_refine.txt) adds to the standard one.
+RLHF_V_ADDITIONS = {
+    "person": ("brother", "pedestrian"),
+    "dining table": ("coffee table",),
+    "remote": ("remote control",),
+}
+
 # The standard's two-word names (its `coco_double_words`), and its qualifier rules.
 DOUBLE_WORDS = (
     "motor bike",
@@ -190,12 +204,28 @@ class CocoObjects:
     it. Has the interface of rlhf.metrics.SynonymTable (`classes`, `mentions`), so
     rlhf.metrics.chair and object_halbench take it."""
 
-    def __init__(self, *, hair_dryer: bool = False) -> None:
+    def __init__(self, *, hair_dryer: bool = False, rules: Literal["standard", "rlhf-v"] = "standard") -> None:
         lines = _lines(STANDARD_SYNONYMS)
+        doubles: tuple[str, ...] = DOUBLE_WORDS
+        if rules == "rlhf-v":
+            # RLHF-V's Object HalBench (eval/eval_gpt_obj_halbench.py, class CHAIR) reads its
+            # refined list, eval/data/synonyms_refine.txt: the standard one with four more
+            # synonyms, every entry stripped (so "motor bike" and "cheesecake" match), and
+            # every synonym of two or more words, with "home plate" and "train track", a
+            # two-word name.
+            lines = [[word.strip() for word in line] + list(RLHF_V_ADDITIONS.get(line[0], ())) for line in lines]
+            doubles = (
+                *(word for line in lines for word in line if len(word.split()) >= 2),
+                "home plate",
+                "train track",
+            )
+        elif rules != "standard":
+            raise ValueError(f"rules must be standard or rlhf-v, got {rules!r}")
+        self.rules = rules
         self.to_class: dict[str, str] = {word: line[0] for line in lines for word in line}
         self.classes = frozenset(line[0] for line in lines)
         self.order = tuple(line[0] for line in lines)  # COCO's category order
-        self.double_words: dict[str, str] = {pair: pair for pair in DOUBLE_WORDS}
+        self.double_words: dict[str, str] = {pair: pair for pair in doubles}
         for animal in ANIMAL_WORDS:
             self.double_words[f"baby {animal}"] = animal
             self.double_words[f"adult {animal}"] = animal

@@ -16,6 +16,8 @@ comparison, and machines without a server). The answers are scored from the item
 - POPE (Li et al., 2023) from the same images: for each split (random, popular,
   adversarial) `pope_per_image` present and as many absent objects per image, absent ones
   by the set's own object frequencies and co-occurrences; `pope_f1` is the splits' mean F1.
+- which of these are asked, and how, is the evaluation protocol's (contract/protocols.py):
+  FactLoop's own asks all of them; "pope" and "object_halbench" are the published ones.
 - "question" items: accuracy against the known answer (yes/no answers read by POPE's rule;
   any other answer correct when the response contains it as whole words, case-insensitive).
 - with a reward model (rlhf.scoring.RewardModel): its mean score of the answers to the
@@ -28,6 +30,7 @@ and the gate's paired comparison are contract/comparison.py's, which the web app
 from __future__ import annotations
 
 import io
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +40,9 @@ from typing import Any, Protocol
 
 from contract.comparison import POPE_SPLITS, draws, indices, interval, statistics
 from contract.heldout import Evaluation, Heldout, HeldoutError, Item
-from rlhf.metrics import PopeQuestion, build_pope, pope_says_yes
+from contract.protocols import FACTLOOP, PROTOCOLS
+from contract.protocols import Protocol as EvaluationProtocol
+from rlhf.metrics import PopeQuestion, build_pope, pope_published, pope_says_yes
 from rlhf.vocabularies import Vocabulary, vocabulary
 
 
@@ -140,16 +145,35 @@ def _correct(response: str, answer: str) -> bool:
     return bool(words) and re.search(rf"(?<!\w){words}(?!\w)", response, flags=re.IGNORECASE) is not None
 
 
-def pope_probes(heldout: Heldout, vocab: Vocabulary, *, per_image: int, seed: int) -> dict[str, list[PopeQuestion]]:
+def _annotated_in_order(item: Item, vocab: Vocabulary) -> list[str]:
+    """The item's annotated object classes in their given order (else its captions' in
+    the order they name them), each once: POPE asks an image's first objects as present."""
+    named = item.objects or tuple(m.cls for caption in item.captions for m in vocab.reader.mentions(caption))
+    return list(dict.fromkeys(named))
+
+
+def pope_probes(
+    heldout: Heldout, vocab: Vocabulary, *, per_image: int, seed: int, chosen: EvaluationProtocol | None = None
+) -> dict[str, list[PopeQuestion]]:
     """POPE's questions for each split, from the describe items' images (each once, in item
-    order) and their objects (or, where an item lists none, the objects its captions name)."""
-    images: dict[str, set[str]] = {}
+    order) and their objects (or, where an item lists none, the objects its captions name).
+    A protocol may ask only about images with enough objects, at most so many of them
+    (drawn at random with `seed`), and with POPE's own rule for absent objects."""
+    chosen = chosen or PROTOCOLS[FACTLOOP]
+    if not per_image:
+        return {split: [] for split in POPE_SPLITS}
+    images: dict[str, list[str]] = {}
     for item in heldout.items:
         if item.kind == "describe" and item.image not in images:
-            images[item.image] = _annotated(item, vocab)
-    pairs = [(image, sorted(truth)) for image, truth in images.items() if truth]
+            images[item.image] = _annotated_in_order(item, vocab)
+    pairs = [(image, objects) for image, objects in images.items() if len(objects) >= max(1, chosen.pope_min_objects)]
+    if chosen.pope_images is not None and len(pairs) > chosen.pope_images:
+        keep = set(random.Random(seed).sample(range(len(pairs)), chosen.pope_images))
+        pairs = [pair for number, pair in enumerate(pairs) if number in keep]
+    if chosen.pope_negatives == "published":
+        return {split: pope_published(pairs, split, per_image=per_image, seed=seed) for split in POPE_SPLITS}  # type: ignore[arg-type]
     return {
-        split: build_pope(pairs, vocab.order, split, per_image=per_image, seed=seed)  # type: ignore[arg-type]
+        split: build_pope([(i, sorted(o)) for i, o in pairs], vocab.order, split, per_image=per_image, seed=seed)  # type: ignore[arg-type]
         for split in POPE_SPLITS
     }
 
@@ -158,23 +182,36 @@ def evaluate(
     heldout: Heldout,
     responder: Responder,
     *,
-    pope_per_image: int = 1,
+    protocol: str = FACTLOOP,
+    pope_per_image: int | None = None,
     seed: int = 0,
     bootstrap: int = 1000,
     progress: Callable[[str, int, int], None] | None = None,
     reward_model: Any = None,
 ) -> Evaluation:
-    """Answers of `responder` to every item and POPE probe, scored, with intervals."""
+    """Answers of `responder` to every item and POPE probe the protocol asks, scored, with
+    intervals. `pope_per_image` (FactLoop's protocol only) overrides its 1."""
     began = time.perf_counter()
     try:
-        vocab = vocabulary(heldout.vocabulary, heldout.classes)
+        chosen = PROTOCOLS[protocol]
+    except KeyError:
+        raise HeldoutError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}") from None
+    if pope_per_image is not None and pope_per_image != chosen.pope_per_image and protocol != FACTLOOP:
+        raise HeldoutError(f"the {protocol} protocol asks {chosen.pope_per_image} POPE objects per image; leave it")
+    per_image = chosen.pope_per_image if pope_per_image is None else pope_per_image
+    try:
+        vocab = vocabulary(heldout.vocabulary, heldout.classes, rules=chosen.reader)
     except ValueError as error:  # a user vocabulary whose forms collide once plurals are read
         raise HeldoutError(str(error)) from None
-    describe = [item for item in heldout.items if item.kind == "describe"]
-    questions = [item for item in heldout.items if item.kind == "question"]
+    describe = [item for item in heldout.items if item.kind == "describe"] if chosen.describe else []
+    describe = describe[: chosen.describe_items]  # the protocol's first N prompts (None: all)
+    questions = [item for item in heldout.items if item.kind == "question"] if chosen.questions else []
     truths = [_truth(item, vocab) for item in describe]
     annotated = [_annotated(item, vocab) for item in describe]
-    probes = pope_probes(heldout, vocab, per_image=pope_per_image, seed=seed)
+    probes = pope_probes(heldout, vocab, per_image=per_image, seed=seed, chosen=chosen)
+    if not describe and not questions and not any(probes.values()):
+        least = f" with at least {chosen.pope_min_objects} annotated objects" if chosen.pope_min_objects > 1 else ""
+        raise HeldoutError(f"the {protocol} protocol finds nothing to ask in this set (no description prompt{least})")
     images: dict[str, bytes] = {}
 
     def image(name: str) -> bytes:
@@ -208,6 +245,7 @@ def evaluate(
             [int(q.label == "yes"), int(pope_says_yes(a))] for q, a in zip(probes[split], split_answers, strict=True)
         ]
     metrics = statistics(records, indices(records))
+    sizes = {"pope_images": len({q.image for q in probes["random"]}), "describe_items": len(describe)}
     samples = [statistics(records, draw) for draw in draws(records, bootstrap, seed)]
     intervals = {key: interval([s[key] for s in samples]) for key in metrics}
     examples = [
@@ -222,7 +260,15 @@ def evaluate(
         intervals=intervals,
         records=records,
         examples=examples,
-        settings={"pope_per_image": pope_per_image, "seed": seed, "bootstrap": bootstrap, "items": len(heldout.items)},
+        settings={
+            "protocol": protocol,
+            "pope_per_image": per_image,
+            "seed": seed,
+            "bootstrap": bootstrap,
+            "items": len(heldout.items),
+            "protocol_size": sizes,  # what the protocol was measured on here
+            "comparable": all(sizes[key] >= fixed for key, fixed in chosen.size.items()),
+        },
         seconds=round(time.perf_counter() - began, 2),
         dataset=heldout.dataset,
         items=len(heldout.items),

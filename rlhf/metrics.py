@@ -258,6 +258,59 @@ def build_pope(
     return questions
 
 
+def pope_published(
+    images: Sequence[tuple[str, Sequence[str]]], split: PopeSplit, *, per_image: int = 3, seed: int = 0
+) -> list[PopeQuestion]:
+    """POPE's questions as its own code builds them (Li et al., 2023; RUCAIBox/POPE,
+    utils.py `pope`, `generate_ground_truth_objects`, `compute_co_occurrence`).
+
+    Each image's objects in their given order, each once; its first `per_image` are asked as
+    present, and each is followed by one absent object, none asked twice for an image and
+    none of the image's: "random" any object of the set's images at random; "popular" the
+    most frequent first (counted over the images); "adversarial" the objects seen most often
+    together with that present one first. Where a rule finds none, one at random, as POPE
+    falls back. Objects come from the images, not from a vocabulary. The question reads
+    "Is there an ..." before a vowel, as POPE's published files do.
+    """
+    rng = random.Random(seed)
+    lists = [(image, list(dict.fromkeys(objects))) for image, objects in images]
+    frequency: dict[str, int] = {}
+    together: dict[str, dict[str, int]] = {}
+    for _, objects in lists:
+        for a in objects:
+            frequency[a] = frequency.get(a, 0) + 1
+            row = together.setdefault(a, {})
+            for b in objects:
+                if b != a:
+                    row[b] = row.get(b, 0) + 1
+    known = list(frequency)  # first seen first, as POPE's dict keeps them
+    popular = sorted(known, key=lambda cls: -frequency[cls])  # stable: ties in first-seen order
+    nearest = {a: sorted(row, key=lambda b: -row[b]) for a, row in together.items()}
+    if split not in ("random", "popular", "adversarial"):
+        raise ValueError(f"unknown POPE split {split!r}")
+    questions: list[PopeQuestion] = []
+
+    def ask(image: str, cls: str, label: Literal["yes", "no"]) -> None:
+        article = "an" if cls[:1] in "aeiou" else "a"
+        questions.append(PopeQuestion(len(questions) + 1, image, f"Is there {article} {cls} in the image?", label, cls))
+
+    for image, objects in lists:
+        asked: list[str] = []
+        for present in objects[:per_image]:
+            asked.append(present)
+            ask(image, present, "yes")
+            ranked = popular if split == "popular" else nearest.get(present, []) if split == "adversarial" else []
+            absent = next((cls for cls in ranked if cls not in asked and cls not in objects), None)
+            if absent is None:
+                pool = [cls for cls in known if cls not in asked and cls not in objects]
+                if not pool:  # POPE would loop for ever: every object of the set is in the image
+                    continue
+                absent = rng.choice(pool)
+            asked.append(absent)
+            ask(image, absent, "no")
+    return questions
+
+
 def pope_says_yes(answer: str) -> bool:
     """POPE's rule: the first sentence, commas removed, split on spaces; "no" if it holds the
     word "No", "no" or "not". ("I don't see any" therefore counts as yes, as published.)"""

@@ -43,9 +43,18 @@ def _toyworld() -> Vocabulary:
 VOCABULARIES: dict[str, Callable[[], Vocabulary]] = {"coco": _coco, "toyworld": _toyworld}
 
 
-def vocabulary(name: str, classes: Classes | None = None) -> Vocabulary:
+def vocabulary(name: str, classes: Classes | None = None, *, rules: str = "standard") -> Vocabulary:
     """A built-in vocabulary by name, or with `classes` one of the user's own. ValueError
-    for an unknown name, or for classes whose surface forms collide (with plurals)."""
+    for an unknown name, or for classes whose surface forms collide (with plurals). `rules`
+    "rlhf-v" reads COCO text as RLHF-V's Object HalBench does (rlhf/coco.py); only "coco"
+    has them."""
+    if rules != "standard":
+        if name != "coco" or classes is not None:
+            raise ValueError(f"the {rules} reading is COCO's; this set's objects are in the {name} vocabulary")
+        from rlhf.coco import CocoObjects
+
+        reader = CocoObjects(rules=rules)  # type: ignore[arg-type]
+        return Vocabulary("coco", reader, reader.order)
     if classes is not None:
         return Vocabulary(name, SynonymTable(dict(classes)), tuple(cls for cls, _ in classes))
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from contract.comparison import parse_gate
 from contract.launch import LAUNCHERS
 from contract.methods import DEFAULT_GATE
+from contract.protocols import FACTLOOP, PROTOCOLS, check_gate
 from webapp.env import ConfigError, Env, is_placeholder, parse_broker_url, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -206,6 +207,13 @@ try:
     parse_gate(FACTLOOP_GATE_METRICS, margin=FACTLOOP_GATE_MARGIN)
 except ValueError as error:
     raise ConfigError("FACTLOOP_GATE_METRICS", str(error)) from None
+# What both of the gate's evaluations ask (contract/protocols.py): FactLoop's own, or a
+# published protocol (pope, object_halbench); it must measure every gate metric.
+FACTLOOP_GATE_PROTOCOL = env.choice("FACTLOOP_GATE_PROTOCOL", FACTLOOP, tuple(PROTOCOLS))
+try:
+    check_gate(FACTLOOP_GATE_PROTOCOL, [metric for metric, _ in parse_gate(FACTLOOP_GATE_METRICS)])
+except ValueError as error:
+    raise ConfigError("FACTLOOP_GATE_PROTOCOL", str(error)) from None
 FACTLOOP_EVAL_ITEMS = env.integer("FACTLOOP_EVAL_ITEMS", 500, minimum=1, maximum=1_000_000)
 # How train_round's trainers run unless a run says otherwise (contract/launch.py): one
 # process ("none"), or `accelerate launch` ("accelerate") with FACTLOOP_TRAIN_PROCESSES

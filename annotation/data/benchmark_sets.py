@@ -3,7 +3,8 @@
 - `coco_rows` reads COCO-format annotations (an `instances_*.json`, optionally a
   `captions_*.json`, and the images folder): one description prompt per image, its facts
   the COCO classes of its object annotations and its reference captions, in the "coco"
-  vocabulary. Object HalBench and POPE are built from exactly these (RLHF-V evaluates
+  vocabulary (`questions` or `prompts` give the images Object HalBench's prompts). Object
+  HalBench and POPE are built from exactly these (RLHF-V evaluates
   Object HalBench on COCO val2014 images with their instance and caption annotations; POPE
   samples its probes from COCO's instance annotations). The rows go through
   importers.import_rows, so each is checked as `import_prompts` checks its rows, and an
@@ -60,9 +61,15 @@ def coco_rows(
     split: str = Prompt.Split.HELDOUT,
     prompt: str = DESCRIBE_PROMPT,
     limit: int | None = None,
+    questions: Path | None = None,
+    prompts: tuple[str, ...] = (),
 ) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(row number, row or the reason it is bad) per image of the instances file, in its
-    order: the image's file name, the prompt, and facts {classes, captions, vocabulary}."""
+    order: the image's file name, the prompt, and facts {classes (in the order the
+    annotations first name them), captions, vocabulary}. With `questions` (JSON Lines of
+    {"image_id", "question"}, as RLHF-V's Object HalBench file), only those images, in that
+    file's order, each with its question; with `prompts`, the i-th image gets prompt i
+    modulo their number."""
     if limit is not None and limit < 1:
         raise DatasetError(f"--limit must be at least 1 (got {limit}); leave it out for every image")
     data = _json(instances, "instances")
@@ -93,7 +100,16 @@ def coco_rows(
         for annotation in _json(captions, "captions")["annotations"]:
             if isinstance(annotation, dict) and isinstance(annotation.get("caption"), str):
                 texts.setdefault(annotation.get("image_id"), []).append(annotation["caption"].strip())
-    images = data["images"][:limit] if limit is not None else data["images"]
+    images = data["images"]
+    asked = _questions(questions) if questions is not None else None
+    if asked is not None:
+        by_id = {image.get("id"): image for image in images if isinstance(image, dict)}
+        missing = [image_id for image_id, _ in asked if image_id not in by_id]
+        if missing:
+            shown = ", ".join(str(m) for m in missing[:5])
+            raise DatasetError(f"{questions}: {len(missing)} image ids are not in {instances} (first: {shown})")
+        images = [by_id[image_id] for image_id, _ in asked]
+    images = images[:limit] if limit is not None else images
     for number, image in enumerate(images, start=1):
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str) or "id" not in image:
             yield number, "an image entry needs an id and a file_name"
@@ -103,13 +119,40 @@ def coco_rows(
             yield number, f"image {image_id}: " + "; ".join(bad[image_id][:3])
             continue
         facts = {
-            "classes": sorted(set(names.get(image_id, []))),
+            "classes": list(dict.fromkeys(names.get(image_id, []))),
             "captions": texts.get(image_id, []),
             "vocabulary": "coco",
             "coco_id": image_id,
         }
-        row = {"image": image["file_name"], "prompt": prompt, "split": split, "facts": facts}
+        text = (
+            asked[number - 1][1] if asked is not None else prompts[(number - 1) % len(prompts)] if prompts else prompt
+        )
+        row = {"image": image["file_name"], "prompt": text, "split": split, "facts": facts}
         yield number, {**row, "meta": {"kind": "describe"}, "source": f"coco:{image_id}"}
+
+
+def _questions(path: Path) -> list[tuple[Any, str]]:
+    """(image id, question) per line of a JSON Lines file, as RLHF-V's Object HalBench
+    question file (eval/data/obj_halbench_300_with_image.jsonl) gives them."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"cannot read the questions {path}: {error}") from None
+    found: list[tuple[Any, str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise DatasetError(f"{path}:{number}: not JSON ({error})") from None
+        if not isinstance(row, dict) or "image_id" not in row or not str(row.get("question") or "").strip():
+            raise DatasetError(f'{path}:{number}: a line is {{"image_id": ..., "question": "..."}}')
+        image_id = row["image_id"]
+        found.append((int(image_id) if isinstance(image_id, str) and image_id.isdigit() else image_id, row["question"]))
+    if not found:
+        raise DatasetError(f"{path} holds no questions")
+    return found
 
 
 def import_coco(
@@ -122,14 +165,19 @@ def import_coco(
     limit: int | None = None,
     skip_bad: bool = False,
     dataset: str = "coco",
+    questions: Path | None = None,
+    prompts: tuple[str, ...] = (),
 ) -> ImportReport:
     """Import COCO images as prompts with facts (held-out ones into `dataset`, in the "coco"
-    vocabulary); all or nothing unless `skip_bad` (importers.ImportFailed names the bad rows)."""
+    vocabulary); all or nothing unless `skip_bad` (importers.ImportFailed names the bad rows).
+    `questions` and `prompts` as coco_rows takes them."""
     if not Path(images).is_dir():
         raise DatasetError(f"{images} is not a folder")
     if not prompt.strip():
         raise DatasetError("the prompt is empty")
-    rows = list(coco_rows(instances, captions, split=split, prompt=prompt, limit=limit))
+    rows = list(
+        coco_rows(instances, captions, split=split, prompt=prompt, limit=limit, questions=questions, prompts=prompts)
+    )
     return import_rows(rows, Path(images), skip_bad=skip_bad, dataset=dataset, vocabulary="coco")
 
 

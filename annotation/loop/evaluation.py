@@ -35,6 +35,7 @@ from annotation.rules.errors import Invalid
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.heldout import Item, Kind, image_name, write_heldout
 from contract.launch import ONE_PROCESS, Launch
+from contract.protocols import FACTLOOP
 from models.registry import Registry, RegistryError
 from models.server import BASE_NAME, check_served_base
 from models.serving import ServingError
@@ -113,6 +114,7 @@ def evaluate_version(
     parent_pid: int | None = None,
     echo: Writer | None = None,
     reuse: bool = False,
+    protocol: str = FACTLOOP,
 ) -> dict[str, Any]:
     """Evaluate registered version `name` (or, with `adapter`, that adapter on the served
     base: a candidate not registered yet) on the held-out folder through the vLLM server;
@@ -120,7 +122,7 @@ def evaluate_version(
     `out`. Returns it as a dict. The evaluator's output (its progress) goes to `log`, and to
     `echo` too when given. With `reuse`, a registered version's evaluation recorded on the
     same held-out set (its digest) for the same request is taken instead of asking the
-    server again (`reused` says so)."""
+    server again (`reused` says so). `protocol` names what is asked (contract/protocols.py)."""
     registry = registry or Registry(settings.FACTLOOP_MODEL_DIR)
     if adapter is None:
         try:
@@ -135,7 +137,8 @@ def evaluate_version(
         registered = False  # a candidate adapter on the served base, named `name` for its label
     request = evaluation_request(registry, name, adapter)
     if not out.is_file() and registered and reuse:
-        kept = recorded(registry, name, json.loads((heldout / HELDOUT_MANIFEST).read_text())["digest"], request)
+        digest = json.loads((heldout / HELDOUT_MANIFEST).read_text())["digest"]
+        kept = recorded(registry, name, digest, request, protocol=protocol)
         if kept is not None:
             write_json(out, {k: v for k, v in kept.items() if k != "recorded_at"} | {"reused": True})
     reward = request["reward_model"]
@@ -148,7 +151,7 @@ def evaluate_version(
                 raise Invalid(str(error)) from None
         answers = out.with_name(f"{out.stem}.answers.json")
         args = ["evaluate", "--data", str(heldout), "--server", ",".join(vllm_urls()), "--served", BASE_NAME]
-        args += ["--label", name, "--out", str(answers)]
+        args += ["--label", name, "--out", str(answers), "--protocol", protocol]
         if adapter is not None:
             args += ["--adapter", str(adapter)]
         if reward:
@@ -168,13 +171,17 @@ def evaluation_request(registry: Registry, name: str, adapter: Path | None) -> d
     return {"version": name, "adapter": str(adapter) if adapter is not None else "", "reward_model": reward}
 
 
-def recorded(registry: Registry, name: str, digest: str, request: dict[str, str]) -> dict[str, Any] | None:
+def recorded(
+    registry: Registry, name: str, digest: str, request: dict[str, str], *, protocol: str = FACTLOOP
+) -> dict[str, Any] | None:
     """The newest evaluation of version `name` recorded on the held-out set `digest` for the
-    same request, or None. One recorded before descriptions carried coverage's counts is
-    measured again (the gate compares coverage on the same items)."""
+    same request and protocol (one recorded before protocols was FactLoop's), or None. One
+    recorded before descriptions carried coverage's counts is measured again (the gate
+    compares coverage on the same items)."""
     for kept in reversed(registry.evaluations(name)):
         current = all(len(row) >= 5 for row in kept.get("records", {}).get("describe", []))
-        if kept.get("heldout_digest") == digest and kept.get("request") == request and current:
+        same = kept.get("settings", {}).get("protocol", FACTLOOP) == protocol
+        if kept.get("heldout_digest") == digest and kept.get("request") == request and current and same:
             return kept
     return None
 

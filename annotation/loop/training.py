@@ -74,6 +74,7 @@ from contract.methods import (
     REWARD_MODEL_ACCURACY,
     RL_METHODS,
 )
+from contract.protocols import check_gate
 from contract.results import RewardResult, RunResult
 from contract.run import POLICIES, Policy, RunFolder
 from models.registry import Registry, RegistryError, UnknownVersion
@@ -113,6 +114,7 @@ class Options:
     # "metric[:margin],..." (FACTLOOP_GATE_METRICS); a metric without a margin gets gate_margin
     gate_metric: str = ""
     gate_margin: float | None = None  # how much worse the new policy may be (FACTLOOP_GATE_MARGIN)
+    gate_protocol: str = ""  # what both evaluations ask (contract/protocols.py; FACTLOOP_GATE_PROTOCOL)
     eval_items: int = 0
     dataset: str = ""  # the held-out dataset evaluated on (default: the round's; recorded when the run begins)
     next_prompts: int | None = None  # prompts of the next round (default: as many as this one)
@@ -139,8 +141,9 @@ class Options:
         self.gate_metric = self.gate_metric or settings.FACTLOOP_GATE_METRICS
         if self.gate_margin is None:
             self.gate_margin = settings.FACTLOOP_GATE_MARGIN
+        self.gate_protocol = self.gate_protocol or settings.FACTLOOP_GATE_PROTOCOL
         try:
-            self.gate_criteria()
+            check_gate(self.gate_protocol, [metric for metric, _ in self.gate_criteria()])
         except ValueError as error:
             raise TrainingRefused(str(error)) from None
         self.eval_items = self.eval_items or settings.FACTLOOP_EVAL_ITEMS
@@ -218,7 +221,12 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
         "base_model": current.base_model,
         "labels": label_counts(round_),
         "steps": steps,
-        "gate": {"metric": options.gate_metric, "margin": options.gate_margin, "force": options.force},
+        "gate": {
+            "metric": options.gate_metric,
+            "margin": options.gate_margin,
+            "protocol": options.gate_protocol,
+            "force": options.force,
+        },
         "launch": {
             "launcher": options.launcher,
             "accelerate_config": options.accelerate_config,
@@ -481,6 +489,7 @@ def _step_evaluate(run: TrainingRun, options: Options, work: RunFolder) -> dict[
                 adapter=adapter,
                 parent_pid=os.getpid(),
                 reuse=key == "current",
+                protocol=options.gate_protocol,
             )
         except RlhfFailed as error:
             raise StepFailed(str(error)) from None

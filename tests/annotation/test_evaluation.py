@@ -102,6 +102,32 @@ def test_an_adapter_is_evaluated_under_a_temporary_name_and_unloaded(
         assert set(client.models()) == before  # the temporary adapter is gone
     adapted, base = registry.evaluations("tiny-a")[-1], registry.evaluations("tiny-base")[-1]
     assert adapted["heldout_digest"] == base["heldout_digest"]
+    # POPE's protocol through the server: 3 present and 3 absent objects per image with at
+    # least 3, per split, and nothing else asked; the summary says it is not comparable.
+    stdout, stderr = io.StringIO(), io.StringIO()
+    call_command("evaluate", version="tiny-base", protocol="pope", stdout=stdout, stderr=stderr)
+    pope = registry.evaluations("tiny-base")[-1]
+    summary = json.loads(stdout.getvalue())["protocol"]
+    objects = [set(p.image.facts["classes"]) for p in Prompt.objects.filter(split="heldout")]
+    eligible = [present for present in objects if len(present) >= 3]
+    assert summary == {"name": "pope", "pope_images": len(eligible), "describe_items": 0, "comparable": False}
+    assert eligible and "not comparable with published pope figures" in stderr.getvalue()
+    assert pope["settings"]["protocol"] == "pope" and pope["records"]["describe"] == []
+    # The toy world has few classes: an image that holds most of them has fewer than 3 absent.
+    known = set().union(*eligible)
+    absent = sum(min(3, len(known - present)) for present in eligible)
+    for split in ("random", "popular", "adversarial"):
+        labels = [label for label, _ in pope["records"]["pope"][split]]
+        assert labels.count(1) == 3 * len(eligible) and labels.count(0) == absent
+    # A recorded evaluation is reused only for the protocol it followed.
+    from annotation.loop.evaluation import evaluation_request, recorded
+
+    request = evaluation_request(registry, "tiny-base", registry.adapter_path("tiny-base"))
+    assert recorded(registry, "tiny-base", pope["heldout_digest"], request, protocol="pope") == pope
+    assert recorded(registry, "tiny-base", pope["heldout_digest"], request) == base
+    # Kept beside FactLoop's evaluation of the same set, which still gives the round's figures.
+    assert len(registry.evaluations("tiny-base")) == 2
+    assert registry.latest_metrics("tiny-base")["chair_i"] == base["metrics"]["chair_i"]
     # The random adapter changes what the model says: the adapter was in use.
     assert [e["response"] for e in adapted["examples"]] != [e["response"] for e in base["examples"]]
 
@@ -183,7 +209,8 @@ def test_coco_annotations_become_prompts_with_facts(tmp_path: Path) -> None:
     prompts = list(Prompt.objects.order_by("pk"))
     assert [p.split for p in prompts] == ["heldout", "heldout"] and prompts[0].text == "Describe this image in detail."
     facts = prompts[0].image.facts
-    assert facts["classes"] == ["dog", "person"] and facts["vocabulary"] == "coco"
+    # The classes in the order the annotations first name them (POPE asks an image's first ones).
+    assert facts["classes"] == ["person", "dog"] and facts["vocabulary"] == "coco"
     assert facts["captions"] == ["A man walks his dog past a bench."]
 
     dataset = Dataset.objects.get(name="coco")
@@ -191,7 +218,7 @@ def test_coco_annotations_become_prompts_with_facts(tmp_path: Path) -> None:
     assert heldout is not None and heldout.vocabulary == "coco" and len(heldout.items) == 2
     assert heldout.dataset == "coco" and all(p.dataset == dataset for p in prompts)
     first = heldout.items[0]
-    assert (first.kind, first.objects, list(first.captions)) == ("describe", ("dog", "person"), facts["captions"])
+    assert (first.kind, first.objects, list(first.captions)) == ("describe", ("person", "dog"), facts["captions"])
     assert heldout.image_bytes(first) == prompts[0].image.file.open("rb").read()
 
     # Run again: nothing new, said so, exit 0; a limit below 1 is refused, never "everything".
@@ -237,6 +264,38 @@ def test_a_coco_category_outside_cocos_80_and_unreadable_files_are_refused(tmp_p
     with pytest.raises(CommandError, match="no 'annotations' list"):
         call_command("import_coco", **files)
     assert not Prompt.objects.exists() and not Image.objects.exists()
+
+
+def test_object_halbench_prompts_come_from_rlhf_vs_question_file_or_in_turn(tmp_path: Path) -> None:
+    from contract.protocols import OBJECT_HALBENCH_PROMPTS
+
+    files = coco_files(tmp_path)
+    # RLHF-V's question file: its images only, in its order, each with its question.
+    questions = tmp_path / "obj_halbench_300_with_image.jsonl"
+    questions.write_text(json.dumps({"image_id": 2, "question": OBJECT_HALBENCH_PROMPTS[5]}) + "\n")
+    call_command("import_coco", **files, questions=questions, dataset="halbench", stdout=io.StringIO())
+    [prompt] = Prompt.objects.filter(dataset__name="halbench")
+    assert prompt.text == OBJECT_HALBENCH_PROMPTS[5] and prompt.image.facts["coco_id"] == 2
+    # Without the file, the 8 prompts in turn.
+    call_command("import_coco", **files, object_halbench=True, dataset="turns", stdout=io.StringIO())
+    texts = list(Prompt.objects.filter(dataset__name="turns").order_by("pk").values_list("text", flat=True))
+    assert texts == list(OBJECT_HALBENCH_PROMPTS[:2])
+    # A question file naming an image the instances lack, or a line without its question,
+    # is refused before anything is written.
+    for line, reason in (
+        ({"image_id": 7, "question": "Describe."}, "1 image ids are not in"),
+        ({"image_id": 1}, 'a line is {"image_id": ..., "question": "..."}'),
+    ):
+        questions.write_text(json.dumps(line) + "\n")
+        with pytest.raises(CommandError, match=reason):
+            call_command("import_coco", **files, questions=questions, dataset="bad", stdout=io.StringIO())
+    assert not Dataset.objects.filter(name="bad").exists()
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        call_command("import_coco", "--object-halbench", "--questions", str(questions), *_paths(files))
+
+
+def _paths(files: dict[str, Path]) -> list[str]:
+    return [f"--{key}={path}" for key, path in files.items()]
 
 
 def test_held_out_questions_with_answers_are_exported_as_questions(tmp_path: Path) -> None:

@@ -253,6 +253,14 @@ def test_bad_requests_are_refused(loop: Registry, base_policy: Path) -> None:
         call_command("train_round", "--inline", "--gate-metric", "chair_i,bleu")
     with pytest.raises(CommandError, match="gate margin 'x' of coverage"):
         call_command("train_round", "--inline", "--gate-metric", "coverage:x")
+    # A published protocol must measure the gate's metrics: POPE's measures POPE alone.
+    with pytest.raises(CommandError, match="the pope protocol does not measure chair_i, coverage"):
+        call_command("train_round", "--inline", "--gate-protocol", "pope")
+    from annotation.loop.training import Options
+
+    chosen = Options(gate_protocol="pope", gate_metric="pope_f1")
+    assert chosen.gate_protocol == "pope" and chosen.gate_criteria() == [("pope_f1", 0.0)]
+    assert Options().gate_protocol == "factloop"
     loop.register("test-policy", base_model=str(base_policy))
     round_ = make_round()
     with pytest.raises(CommandError, match="no held-out prompts to evaluate"):

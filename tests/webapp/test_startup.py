@@ -53,6 +53,12 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({"DEBUG": "1", "FACTLOOP_GATE_METRICS": "chair_i,bleu"}, "FACTLOOP_GATE_METRICS", "gate metric 'bleu'"),
         ({"DEBUG": "1", "FACTLOOP_GATE_METRICS": "coverage:x"}, "FACTLOOP_GATE_METRICS", "gate margin 'x'"),
         ({"DEBUG": "1", "FACTLOOP_GATE_METRIC": "pope_f1"}, "FACTLOOP_GATE_METRIC", "is now FACTLOOP_GATE_METRICS"),
+        ({"DEBUG": "1", "FACTLOOP_GATE_PROTOCOL": "amber"}, "FACTLOOP_GATE_PROTOCOL", "expected one of factloop, pope"),
+        (
+            {"DEBUG": "1", "FACTLOOP_GATE_PROTOCOL": "pope"},
+            "FACTLOOP_GATE_PROTOCOL",
+            "the pope protocol does not measure chair_i, coverage",
+        ),
     ],
 )
 def test_bad_environment_stops_startup_naming_the_variable(env: dict[str, str], variable: str, fragment: str) -> None:

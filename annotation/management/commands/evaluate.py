@@ -14,6 +14,7 @@ from django.utils import timezone
 from annotation.loop.evaluation import RlhfFailed, described, evaluate_version, export_heldout
 from annotation.rules.datasets import choose_dataset
 from annotation.rules.errors import Refused
+from contract.protocols import FACTLOOP, PROTOCOLS
 from models.registry import Registry, RegistryError
 
 
@@ -21,7 +22,8 @@ class Command(BaseCommand):
     help = (
         "Evaluate a registered policy version on a held-out dataset through the vLLM server (FACTLOOP_VLLM_URL; "
         "the version's adapter is loaded under a temporary name and unloaded after): CHAIR, Object HalBench, POPE, "
-        "question accuracy, length, each with a bootstrap interval. The result, which names the dataset, its item "
+        "question accuracy, length, each with a bootstrap interval; --protocol asks a published protocol instead. "
+        "The result, which names the dataset, its item "
         "count and digest, is kept on the version (the admin's per-round plots draw it) and printed as JSON."
     )
 
@@ -34,6 +36,14 @@ class Command(BaseCommand):
         parser.add_argument("--version", required=True, help="a registered policy version")
         parser.add_argument("--dataset", help="the held-out dataset to score (needed when there are several)")
         parser.add_argument("--limit", type=int, help="only the dataset's first N prompts (oldest first)")
+        parser.add_argument(
+            "--protocol",
+            default=FACTLOOP,
+            choices=PROTOCOLS,
+            help="what is asked and how it is read: factloop (FactLoop's own, the default), pope (POPE: 500 "
+            "images, 3 present and 3 absent objects each, per split) or object_halbench (RLHF-V's: 300 prompts, "
+            "its synonym list)",
+        )
         parser.add_argument("--out", type=Path, help="also write the whole result (per-item records too) here")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -55,7 +65,12 @@ class Command(BaseCommand):
                 manifest = export_heldout(work / "heldout", dataset, limit=options["limit"])
                 self.stderr.write(f"evaluating {name} on {described(manifest)} through {settings.FACTLOOP_VLLM_URL}")
                 result = evaluate_version(
-                    name, work / "heldout", work / "evaluation.json", log=log, echo=_Echo(self.stderr)
+                    name,
+                    work / "heldout",
+                    work / "evaluation.json",
+                    log=log,
+                    echo=_Echo(self.stderr),
+                    protocol=options["protocol"],
                 )
             except Refused as error:
                 raise CommandError(error.message) from None
@@ -69,7 +84,17 @@ class Command(BaseCommand):
         for key, value in sorted(result["metrics"].items()):
             low, high = intervals.get(key, (value, value))
             self.stderr.write(f"  {key:<28} {value:8.4f}  [{low:.4f}, {high:.4f}]")
+        chosen = PROTOCOLS[options["protocol"]]
+        measured = result["settings"].get("protocol_size", {})
+        if not result["settings"].get("comparable", True):
+            fixed = ", ".join(f"{value} {key.replace('_', ' ')}" for key, value in chosen.size.items())
+            here = ", ".join(f"{value} {key.replace('_', ' ')}" for key, value in measured.items() if value)
+            self.stderr.write(
+                f"note: not comparable with published {chosen.name} figures: they were measured on {fixed}; "
+                f"this set gave {here}"
+            )
         summary = {k: result[k] for k in ("policy", "metrics", "intervals", "seconds")}
+        summary["protocol"] = {"name": chosen.name, **measured, "comparable": result["settings"].get("comparable")}
         summary["heldout"] = {"dataset": manifest["dataset"], "items": manifest["items"], "digest": manifest["digest"]}
         self.stdout.write(json.dumps(summary))
 

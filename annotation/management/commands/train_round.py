@@ -19,6 +19,7 @@ from annotation.loop.training import (
     target_round,
 )
 from contract.launch import LAUNCHERS
+from contract.protocols import PROTOCOLS
 
 
 class Command(BaseCommand):
@@ -47,6 +48,13 @@ class Command(BaseCommand):
             "--gate-margin",
             type=float,
             help="how much worse the new policy may be on a metric given without a margin (FACTLOOP_GATE_MARGIN)",
+        )
+        parser.add_argument(
+            "--gate-protocol",
+            default="",
+            choices=["", *PROTOCOLS],
+            help="what both evaluations ask: factloop, or a published protocol, pope or object_halbench "
+            "(FACTLOOP_GATE_PROTOCOL, default factloop)",
         )
         parser.add_argument(
             "--eval-items",
@@ -94,6 +102,7 @@ class Command(BaseCommand):
                 force=options["force"],
                 gate_metric=options["gate_metric"],
                 gate_margin=options["gate_margin"],
+                gate_protocol=options["gate_protocol"],
                 eval_items=options["eval_items"],
                 dataset=options["dataset"],
                 next_prompts=options["next_prompts"],
