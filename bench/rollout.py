@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per path")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the generate path")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the policy generates (auto: any GPU)"
+    )
     parser.add_argument("--server-url", default=None)
     parser.add_argument("--server-cpus", default=None, help="cores the started server is bound to, e.g. 1")
     parser.add_argument("--python", type=Path, default=REPO / ".venv-serving/bin/python")
@@ -107,6 +110,8 @@ def main() -> None:
         temperature=1.0,
     )
     model, processor = load_trainable_policy(config)
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    model.to(device)
     stops = stop_ids(model, processor)
     rows = toy_rows(args.batch)
     generator = torch.Generator().manual_seed(0)
@@ -115,7 +120,7 @@ def main() -> None:
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 if parameter.requires_grad and "lora_" in name:
-                    parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
+                    parameter.add_(torch.randn(parameter.shape, generator=generator).to(parameter.device) * 0.02)
 
     timings: dict[str, list[float]] = {"generate": [], "served": [], "load": [], "wait": []}
     inside: dict[str, float] = dict.fromkeys((*PHASES, "requests"), 0.0)
@@ -139,7 +144,7 @@ def main() -> None:
             for round_ in range(args.rounds + 1):  # round 0 warms both paths up
                 nudge()
                 began = time.perf_counter()
-                rollout = sample(model, processor, rows, config, stops, "cpu")
+                rollout = sample(model, processor, rows, config, stops, device)
                 generate_s = time.perf_counter() - began
                 generate_tokens = int(rollout.mask.sum())
                 began = time.perf_counter()
@@ -147,7 +152,7 @@ def main() -> None:
                 server.sync(save, round_)
                 loaded = time.perf_counter()
                 before = server_seconds(url)
-                rollout = sample_served(model, processor, rows, config, stops, "cpu", server, seed=round_)
+                rollout = sample_served(model, processor, rows, config, stops, device, server, seed=round_)
                 served_s = time.perf_counter() - began
                 after = server_seconds(url)
                 if round_:
@@ -186,6 +191,7 @@ def main() -> None:
         "rounds": args.rounds,
         "max_tokens": args.max_tokens,
         "threads": args.threads,
+        "device": device,
         "server_cpus": args.server_cpus,
         "tokens_per_second": rate,
         "served_over_generate": rate["served"] / rate["generate"],

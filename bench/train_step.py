@@ -180,13 +180,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=results.default_path("train_step"), help="raw timings (JSON)")
     parser.add_argument("--memory-child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--timed-model", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--timed-model", help="a model folder built for --shape already (bench/gpu.py builds it once for every part)"
+    )
     results.add_arguments(parser)
     args = parser.parse_args()
-    results.begin(args)
-    if args.memory_child:
+    if args.memory_child:  # a child of this bench: the parent took the revision
         memory_child(args)
         return
+    results.begin(args)
 
     import torch
 
@@ -203,7 +205,7 @@ def main() -> None:
     pairs = toy_pairs.oracle_pairs(responses)[: args.pairs]
     toy_pairs.write_export(pairs, work / "pairs", image_size=image_size_of(processor))
     del sampler
-    model = shaped_model(args.shape, args.model, work / "model")
+    model = args.timed_model or shaped_model(args.shape, args.model, work / "model")
     tokens = toy_tokens(model, work)
 
     trainers = {method: trainer_for(method, model, work, args) for method in METHODS}

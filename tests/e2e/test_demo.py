@@ -117,3 +117,13 @@ def test_demo_logins_are_stable_across_restarts(tmp_path: Path) -> None:
         assert process.returncode == 0
     first, second = (re.findall(r"^\s+(admin|annotator)\s+(\S+ / \S+)$", out, flags=re.M) for out in outputs)
     assert first == second and len(first) == 2
+
+
+@pytest.mark.django_db
+def test_exit_and_summary_go_with_the_loop() -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    for option in ({"exit": True}, {"summary": "/tmp/summary.json"}):
+        with pytest.raises(CommandError, match="--exit and --summary go with --loop"):
+            call_command("demo", **option)

@@ -69,6 +69,12 @@ class Command(BaseCommand):
         parser.add_argument("--annotators", type=int, default=8, help="--loop: simulated annotators")
         parser.add_argument("--noise", type=float, default=0.1, help="--loop: the simulated annotators' noise")
         parser.add_argument(
+            "--exit", action="store_true", help="--loop: stop everything after the loop instead of serving the app"
+        )
+        parser.add_argument(
+            "--summary", type=Path, help="--loop: also write the loop's figures and timings here (JSON)"
+        )
+        parser.add_argument(
             "--startup-timeout",
             type=float,
             default=90.0,
@@ -84,6 +90,8 @@ class Command(BaseCommand):
             raise CommandError("--scenes and --annotators must be at least 1")
         if not 0 <= options["noise"] <= 1:
             raise CommandError("--noise must be between 0 and 1")
+        if (options["exit"] or options["summary"]) and not options["loop"]:
+            raise CommandError("--exit and --summary go with --loop")
         var_dir = Path(settings.VAR_DIR)
         log_dir = var_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +138,9 @@ class Command(BaseCommand):
             call_command("check_worker", timeout=options["startup_timeout"], stdout=self.stdout)
             if options["loop"]:
                 self._run_loop(f"http://{bind}", options)
+                if options["exit"]:
+                    self.stdout.write("The loop is done; stopping (--exit).")
+                    return
 
             self.stdout.write("")
             self.stdout.write(self.style.SUCCESS(f"FactLoop is running at {url}"))
@@ -178,8 +189,11 @@ class Command(BaseCommand):
 
         began = time.monotonic()
         if Round.objects.exists():
+            if options["summary"]:
+                raise CommandError("--summary: the loop ran before (rounds exist); use a fresh FACTLOOP_VAR_DIR")
             self.stdout.write("The loop ran before (rounds exist); not starting it again.")
             return
+        phases: dict[str, float] = {}
         prompts = toy_prompts(options["scenes"])
         first, _ = start_round(
             policy_version=BASE_VERSION,
@@ -192,6 +206,7 @@ class Command(BaseCommand):
             f"Round {first.number}: the worker asks vLLM for 2 candidates for each of {len(prompts)} prompts..."
         )
         wait_open(first, 900, check=self._check_children_alive)
+        phases["candidates"] = time.monotonic() - began
         heldout = import_toyworld(min(settings.FACTLOOP_EVAL_ITEMS, DEMO_HELDOUT_SCENES))
         self.stdout.write(
             f"Imported {heldout.prompts} held-out toy-world prompts (import_toyworld) for the evaluation."
@@ -217,7 +232,9 @@ class Command(BaseCommand):
         )
         run = TrainingRun.objects.get(round=first)
         assert run.next_round is not None
+        phases["labels_and_training"] = time.monotonic() - began - phases["candidates"]
         second = wait_open(run.next_round, 900, check=self._check_children_alive)
+        phases["next_round"] = time.monotonic() - began - sum(phases.values())
         measured = run.steps["evaluate"]["detail"]
         self.stdout.write("")
         # The policy round 1 was served by, and the one trained on its labels (deployed or not).
@@ -230,10 +247,28 @@ class Command(BaseCommand):
             )
         self.stdout.write(f"gate {run.steps['gate']['detail']['summary']}")
         served = "the new policy, deployed" if run.deployed else "the same policy: the new one was not deployed"
+        seconds = time.monotonic() - began
         self.stdout.write(
-            f"The loop took {time.monotonic() - began:.0f} s; round {second.number} is open for you, "
+            f"The loop took {seconds:.0f} s; round {second.number} is open for you, "
             f"served by {second.policy_version} ({served})."
         )
+        if options["summary"]:
+            summary = {
+                "scenes": options["scenes"],
+                "annotators": options["annotators"],
+                "noise": options["noise"],
+                "prompts": len(prompts),
+                "heldout_items": measured.get("heldout", {}).get("items"),
+                "policies": {"current": first.policy_version, "new": str(run.version)},
+                "metrics": {"current": measured["current"], "new": measured["new"]},
+                "gate": run.steps["gate"]["detail"],
+                "deployed": bool(run.deployed),
+                "next_round": {"number": second.number, "policy": second.policy_version},
+                "steps": {name: step.get("seconds") for name, step in run.steps.items()},
+                "phase_seconds": {name: round(value, 1) for name, value in phases.items()},
+                "seconds": round(seconds, 1),
+            }
+            options["summary"].write_text(json.dumps(summary, indent=1) + "\n")
 
     def _ensure_logins(self, path: Path) -> dict[str, tuple[str, str]]:
         """Demo passwords are made once, kept in var/ (mode 0600) and printed at each start."""
