@@ -144,10 +144,144 @@ def label_efficiency() -> str:
     return "\n".join(lines + tail) + "\n\n" + _source(name, record) + "\n"
 
 
+def demo() -> str:
+    """`make demo`'s loop as bench/demo.py measured it (demo.json): the demo's own table."""
+    name = "demo.json"
+    record = _load(name)
+    lines = ["```", "policy                        CHAIR_i  CHAIR_s  POPE F1  coverage  words"]
+    for key in ("current", "new"):
+        metrics = record["metrics"][key]
+        lines.append(
+            f"{record['policies'][key]:<28}  {metrics['chair_i']:>7.3f}  {metrics['chair_s']:>7.3f}  "
+            f"{metrics['pope_f1']:>7.3f}  {metrics['coverage']:>8.3f}  {metrics['mean_words']:>5.1f}"
+        )
+    lines.append(f"gate {record['gate']['summary']}")
+    served = "the new policy, deployed" if record["deployed"] else "the same policy: the new one was not deployed"
+    following = record["next_round"]
+    lines.append(
+        f"The loop took {record['seconds']:.0f} s; round {following['number']} is open for you, "
+        f"served by {following['policy']} ({served})."
+    )
+    parts = ", ".join(f"{part.replace('_', ' ')} {seconds:.0f} s" for part, seconds in record["phase_seconds"].items())
+    tail = f"\nOf the loop's time: {parts}."
+    return "\n".join([*lines, "```"]) + "\n" + tail + "\n\n" + _source(name, record) + "\n"
+
+
+def export() -> str:
+    """bench/export.py's rows per second and memory at growing row counts (export.json)."""
+    name = "export.json"
+    record = _load(name)
+    rows = record["rows"]
+    first = rows[0]
+    lines = [
+        "| rows | seconds | rows/s | memory the export adds | JSONL | rows/s vs the first | memory vs the first |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        rate = row["rows"] / row["seconds"]
+        lines.append(
+            f"| {row['rows']:,} | {row['seconds']:.1f} | {rate:,.0f} | {row['peak_rss_bytes'] / 2**20:.1f} MiB | "
+            f"{row['output_bytes'] / 2**20:.0f} MiB | {rate / (first['rows'] / first['seconds']):.2f} | "
+            f"{row['peak_rss_bytes'] / first['peak_rss_bytes']:.2f} |"
+        )
+    return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
+
+
+def gpu(name: str) -> str:
+    """bench/gpu.py's parts (gpu.json on a GPU, gpu-dry-run.json for its dry run on the CPU)."""
+    record = _load(name)
+    found = record["figures"]
+    lines = ["| part | status | seconds | figures |", "| --- | --- | ---: | --- |"]
+    for part, measured in record["parts"].items():
+        text = "-"
+        if part == "train_step" and "pairs_per_second" in found:
+            rates, memory = found["pairs_per_second"], found["memory_gib"]
+            text = ", ".join(f"{m} {rates[m]:.1f} pairs/s at {memory[m]:.2f} GiB" for m in rates)
+        elif part == "rollout" and "rollout_tokens_per_second" in found:
+            rates = found["rollout_tokens_per_second"]
+            text = (
+                f"tokens/s: `generate` {rates['generate']:.0f}, vLLM with the hot-loaded adapter "
+                f"{rates['served']:.0f} ({found['served_over_generate']:.2f}x)"
+            )
+        elif part == "round" and "round_seconds" in found:
+            chair = found["round_chair_i"]
+            gate = "passed" if found["round_gate_passed"] else "refused"
+            text = f"loop {found['round_seconds']:.0f} s; CHAIR_i {chair['current']:.3f} to {chair['new']:.3f}"
+            text += f", gate {gate}"
+        lines.append(f"| {part} | {measured['status']} | {measured['seconds']:.0f} | {text} |")
+    machine = record["machine"]
+    where = ", ".join(machine["gpus"]) or f"{machine['processor']}, {machine['cpus']} cores, no GPU"
+    return "\n".join(lines) + f"\n\nOn {where}. " + _source(name, record) + "\n"
+
+
+def weighting() -> str:
+    """bench/weighting.py: FactLoop's DDPO token weights against RLHF-V's released rules (weighting.json)."""
+    name = "weighting.json"
+    record = _load(name)
+    lines = [
+        "| scenes per response | pairs | tokens (mean) | weighted differently | released rules weight nothing "
+        "| autojunk alone changes the released weights | weighted tokens: FactLoop | weighted tokens: released |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for band in record["bands"]:
+        lines.append(
+            f"| {band['scenes_per_response']} | {band['pairs']} | {band['mean_tokens']:.0f} | "
+            f"{band['share_differing']:.1%} | {band['share_released_weights_nothing']:.1%} | "
+            f"{band['share_autojunk_matters']:.1%} | {band['mean_changed_tokens_factloop']:.1f} | "
+            f"{band['mean_changed_tokens_released']:.1f} |"
+        )
+    return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
+
+
+def toy_policy() -> str:
+    """bench/toy_policy.py: the shipped tiny base against a blind and a random-init copy (toy_policy.json)."""
+    name = "toy_policy.json"
+    record = _load(name)
+    lines = [
+        "| policy | CHAIR_i | CHAIR_s | POPE F1 | POPE yes-ratio (random) | words |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for policy, row in record["rows"].items():
+        lines.append(
+            f"| {policy} | {row['chair_i']:.3f} | {row['chair_s']:.3f} | {row['pope_f1']:.3f} | "
+            f"{row['pope']['random']['yes_ratio']:.2f} | {row['mean_words']:.1f} |"
+        )
+    tail = f"\n\nOn {record['scenes']} held-out scenes. " + _source(name, record)
+    return "\n".join(lines) + tail + "\n"
+
+
+def evaluate_speed() -> str:
+    """bench/evaluate.py: held-out prompts through vLLM against transformers in process (evaluate.json)."""
+    name = "evaluate.json"
+    record = _load(name)
+    lines = [
+        "| path | seconds | prompts/s | CHAIR_i | CHAIR_s | POPE F1 | words |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for path, row in record["rows"].items():
+        metrics = row["metrics"]
+        lines.append(
+            f"| {path} | {row['seconds']:.1f} | {row['prompts_per_second']:.0f} | {metrics['chair_i']:.3f} | "
+            f"{metrics['chair_s']:.3f} | {metrics['pope_f1']:.3f} | {metrics['mean_words']:.1f} |"
+        )
+    gaps = ", ".join(f"{key} {value:.3f}" for key, value in record["gaps"].items())
+    tail = (
+        f"\n\n{record['prompts']} prompts ({record['scenes']} scenes), {record['workers']} requests in flight; "
+        f"vLLM over transformers: **{record['ratio']:.2f}x**; the two paths' gaps: {gaps}. "
+    )
+    return "\n".join(lines) + tail + _source(name, record) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "weighting": weighting,
+    "toy-policy": toy_policy,
+    "evaluate": evaluate_speed,
     "label-efficiency": label_efficiency,
     "alignment-styles": alignment_styles,
     "label-efficiency-styles": label_efficiency_styles,
+    "demo": demo,
+    "export": export,
+    "gpu-dry-run": lambda: gpu("gpu-dry-run.json"),
 }
 
 
