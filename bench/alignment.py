@@ -35,7 +35,8 @@ length desensitisation, `ld_alpha` 0.5), ddpo+inject (POVID/BPO
 error injection), ddpo+noised_image (POVID/BPO/STIC answers to noised images), ppo,
 halva+inject (HALVA on its own kind of data: substituted hallucinated phrases), ppo+debias
 (PPO with the length trend regressed out of the reward model's scores,
-`length_debias`), grpo, rloo.
+`length_debias`), ppo+released (PPO and its reward model with `released: true`: LLaVA-RLHF's
+released code's rules and reward input), grpo, rloo.
 
 Figures are measured side by side in one run; nothing here is asserted. The raw rows go to
 bench/results/alignment.json (--json), which docs/training.md's table and the base-figure test
@@ -78,6 +79,11 @@ class Row:
     labels: str  # corrections (deleted absent objects), replacements (rewritten), ratings or rankings
     settings: tuple[str, ...]
     ties: str = "drop"  # rankings: the reward model's `ties` (use: learn the helpfulness order after a tie)
+    reward: str = "own"  # rankings: the reward model's input, FactLoop's own or LLaVA-RLHF's released one
+
+    @property
+    def reward_model(self) -> tuple[str, str]:
+        return (self.ties, self.reward)
 
 
 SYNTHETIC = ("synthetic_vocabulary=toyworld",)
@@ -97,6 +103,8 @@ ROWS: dict[str, Row] = {
     "ppo+debias": Row("rankings", ("method=ppo", "length_debias=true")),
     "ppo+helpful": Row("rankings", ("method=ppo",), ties="use"),
     "ppo+anchor": Row("rankings", ("method=ppo", "length_anchor=2.0")),
+    # PPO and the reward model as LLaVA-RLHF released them (`released: true` on both).
+    "ppo+released": Row("rankings", ("method=ppo", "released=true"), reward="released"),
     "grpo": Row("rankings", ("method=grpo",)),
     "rloo": Row("rankings", ("method=rloo",)),
 }
@@ -165,8 +173,8 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="factloop-alignment-"))
     work.mkdir(parents=True, exist_ok=True)
     needed = {ROWS[m].labels for m in methods}
-    ties = {ROWS[m].ties for m in methods if ROWS[m].labels == "rankings"}
-    data, counts, reward_models, reused = make_labels(args, work, needed, ties)
+    kinds = {ROWS[m].reward_model for m in methods if ROWS[m].labels == "rankings"}
+    data, counts, reward_models, reused = make_labels(args, work, needed, kinds)
 
     rows, runs = [], []
     base = evaluate(args.model, None, args.heldout)
@@ -175,7 +183,7 @@ def main() -> None:
         spec = ROWS[name]
         per_seed = []
         for seed in seeds if name in seeded else seeds[:1]:
-            run = train_row(args, work, name, spec, seed, data[spec.labels], reward_models.get(spec.ties))
+            run = train_row(args, work, name, spec, seed, data[spec.labels], reward_models.get(spec.reward_model))
             run.update(method=name, labels=counts[spec.labels], seed=seed)
             run.update(evaluate(args.model, run.pop("adapter"), args.heldout))
             runs.append({k: v for k, v in run.items() if k != "examples"})
@@ -188,18 +196,26 @@ def main() -> None:
     payload = {"heldout": args.heldout, "labels": counts, "rows": slim, "runs": runs}
     if reward_models:
         payload["reward_models"] = {
-            f"ties {mode}": {"rankings": counts["rankings"], "heldout_accuracy": accuracy}
-            for mode, (_, accuracy) in reward_models.items()
+            f"ties {mode}" + (", released" if reward == "released" else ""): {
+                "rankings": counts["rankings"],
+                "heldout_accuracy": accuracy,
+            }
+            for (mode, reward), (_, accuracy) in reward_models.items()
         }
     results.write(args.json, payload, model=args.model, reused=reused)
 
 
+def reward_folder(kind: tuple[str, str]) -> str:
+    mode, reward = kind
+    return f"reward-model-ties-{mode}" + ("-released" if reward == "released" else "")
+
+
 def make_labels(
-    args: argparse.Namespace, work: Path, needed: set[str], ties: set[str]
-) -> tuple[dict[str, Path], dict[str, int], dict[str, tuple[Path, float]], dict[str, Any]]:
+    args: argparse.Namespace, work: Path, needed: set[str], kinds: set[tuple[str, str]]
+) -> tuple[dict[str, Path], dict[str, int], dict[tuple[str, str], tuple[Path, float]], dict[str, Any]]:
     """The oracle's labels of each kind the rows need, as `trl` exports under `work` (reused
     when --keep names a folder that has them), their counts, a reward model (folder,
-    held-out accuracy) per `ties` mode the rows need, and the provenance of what was reused
+    held-out accuracy) per (`ties` mode, input) the rows need, and the provenance of what was reused
     (the run that made it, as `bench.results.stamp` recorded it in the folder)."""
     import json
 
@@ -241,29 +257,26 @@ def make_labels(
         counts["ratings"] = len(responses)
         fresh.add("ratings")
         print(f"{len(responses)} rated responses, {rated['pairs']} pairs", file=sys.stderr)
-    reward_models = {}
-    if ties:
+    reward_models: dict[tuple[str, str], tuple[Path, float]] = {}
+    if kinds:
         if "rankings" not in counts:
             counts["rankings"], counts["ranking_ties"] = ranking_export(
                 model, processor, args.rm_scenes, data["rankings"]
             )
             fresh.add("rankings")
-        for mode in sorted(ties):
-            out = work / f"reward-model-ties-{mode}"
+        for ties, reward in sorted(kinds):
+            out = work / reward_folder((ties, reward))
             if not (out / "result.json").is_file():
-                accuracy = train_reward_model(
-                    reward_config(args.model, data["rankings"], out, ties=mode)
-                ).heldout_accuracy
+                config = reward_config(args.model, data["rankings"], out, ties=ties, released=reward == "released")
+                accuracy = train_reward_model(config).heldout_accuracy
                 fresh.add(out.name)
             else:
                 accuracy = json.loads((out / "result.json").read_text())["heldout_accuracy"]
-            reward_models[mode] = (out, float(accuracy))
-            print(
-                f"reward model (ties {mode}): {counts['rankings']} rankings, accuracy {accuracy:.3f}", file=sys.stderr
-            )
+            reward_models[(ties, reward)] = (out, float(accuracy))
+            print(f"reward model ({out.name}): {counts['rankings']} rankings, accuracy {accuracy:.3f}", file=sys.stderr)
     used = {kind for kind in ("corrections", "replacements", "ratings") if kind in needed}
-    if ties:
-        used |= {"rankings", *(f"reward-model-ties-{mode}" for mode in ties)}
+    if kinds:
+        used |= {"rankings", *(reward_folder(pair) for pair in kinds)}
     made.update({kind: results.stamp() for kind in fresh})
     record.write_text(json.dumps({"counts": counts, "made": made}))
     unknown = "made before --keep folders recorded their provenance"

@@ -68,6 +68,7 @@ def reward_config(
     ties: str = "drop",
     epochs: float = 6.0,
     lr: float = 1e-3,
+    released: bool = False,
 ) -> Any:
     from rlhf.reward import RewardConfig
 
@@ -78,6 +79,7 @@ def reward_config(
         fact_augmentation=augment,
         fact_format=fact_format,
         ties=ties,
+        released=released,
         lora=dict(BENCH_LORA),  # type: ignore[arg-type]
         learning_rate=lr,
         epochs=epochs,

@@ -419,6 +419,14 @@ class RLTrainConfig:
     """Subtracted when a response never emits the stop token (truncated)."""
     yes_no_bonus: float = 1.0
     """Added when a yes/no question whose answer is known gets the right answer."""
+    released: bool = False
+    """PPO as LLaVA-RLHF's released code computes it (its 13B run's settings; README, "Online
+    RL"): responses padded to max_new_tokens and every column counted (the score at the last
+    column, KL, values and whitening over padding too, plain means in the losses), the shaped
+    rewards times 10, and its symbolic terms in place of the ones above: -10 x response
+    tokens / max_new_tokens, -8 without a stop token, and twice its answer bonus (+0.5 for a
+    "No" to a question whose answer is no, -0.5 for a "Yes" to it, +1 for the right option
+    of a multiple-choice question). Off: FactLoop's PPO, where padding never counts."""
     max_prompts: int | None = None
     """Use at most this many distinct prompts."""
     dtype: str = "float32"
@@ -439,6 +447,13 @@ class RLTrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.method == "ppo" and self.minibatch_size > self.rollout_batch_size:
             raise ConfigError("minibatch_size cannot exceed rollout_batch_size")
+        if self.released and self.method != "ppo":
+            raise ConfigError(f"released is LLaVA-RLHF's PPO; method {self.method!r} has no released mode")
+        if self.released and self.rollout_batch_size < 8:
+            # LLaVA-RLHF's whiten() refuses fewer than 8 rows (ppo_trainer.py).
+            raise ConfigError(
+                f"released mode whitens over at least 8 rollouts; rollout_batch_size is {self.rollout_batch_size}"
+            )
         if self.num_generations < 2:
             raise ConfigError(f"num_generations must be at least 2 (a group baseline), got {self.num_generations}")
         if self.method != "ppo" and self.rollout_batch_size % self.num_generations:

@@ -1,7 +1,8 @@
 """The losses and estimators of PPO for language models, as pure functions of tensors.
 
 Shapes: per-token tensors are (batch, tokens) over the response tokens; `mask` is 1 on real
-response tokens and 0 on padding. Everything is masked, so padding never counts.
+response tokens and 0 on padding. Everything is masked, so padding never counts; the
+`released_*` functions are LLaVA-RLHF's released code instead, where padding does count.
 
 Sources: PPO's clipped surrogate (Schulman et al., 2017, "Proximal Policy Optimization
 Algorithms", eq. 7); generalised advantage estimation (Schulman et al., 2016, "High-
@@ -97,6 +98,60 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
 
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+# LLaVA-RLHF's released PPO (llava-rlhf/LLaVA-RLHF, RLHF/models/ppo_trainer.py), which its
+# 13B run uses with `--whiten_rewards False` (scripts/13b-v1.5-336/train_rl_model.sh). Its
+# per-token tensors span the whole response width (`response_len`, responses right-padded
+# to it), and nothing is masked: padding columns carry their KL penalty, their values and
+# their share of every mean. FactLoop's `released: true` computes with these; its default
+# masks padding instead (the functions above).
+RELEASED_REWARD_SCALE = 10.0  # `_estimate_advantage`: `rewards = rewards * 10.0` when not whitening rewards
+RELEASED_MIN_ROWS = 8  # `whiten`: "Minibatch size ... is insufficient for whitening" below 8 rows
+
+
+def released_whiten(values: Tensor, *, stats: Tensor | None = None, shift_mean: bool = True) -> Tensor:
+    """ppo_trainer.py `whiten` (async_stats "full_batch"): (x - mean) / (std + 1e-8) with the
+    mean and the population std of every entry of `stats` (all processes' rows gathered;
+    `values` itself by default), padding included; fewer than 8 rows are refused."""
+    pool = values if stats is None else stats
+    if pool.size(0) < RELEASED_MIN_ROWS:
+        raise ValueError(f"LLaVA-RLHF's whitening needs at least {RELEASED_MIN_ROWS} rows, got {pool.size(0)}")
+    mean = pool.mean()
+    whitened = (values - mean) / (pool.std(unbiased=False) + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def released_rewards(scores: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
+    """ppo_trainer.py `_shape_reward`: -kl_coef * KL on every column, the score added at the
+    last column (not the last real token: "shaped_rewards[:, -1] += rewards")."""
+    rewards = -kl_coef * kl
+    rewards[:, -1] = rewards[:, -1] + scores.to(rewards.dtype)
+    return rewards
+
+
+def released_advantages(
+    rewards: Tensor, values: Tensor, *, gamma: float = 1.0, lam: float = 1.0, gather: Any = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ppo_trainer.py `_estimate_advantage` with whiten_rewards False: the rewards times 10,
+    GAE over every column (V = 0 after the last), returns = A + V, and A whitened over all
+    entries (`released_whiten`; `gather`, when given, maps the advantages to every
+    process's rows, whose statistics then whiten them, as the release's all_gather does). Returns the scaled
+    rewards, the whitened advantages and the returns."""
+    import torch
+
+    scaled = rewards * RELEASED_REWARD_SCALE
+    width = scaled.size(1)
+    last = torch.zeros_like(scaled[:, 0])
+    reversed_advantages = []
+    for t in reversed(range(width)):
+        next_values = values[:, t + 1] if t < width - 1 else 0.0
+        delta = scaled[:, t] + gamma * next_values - values[:, t]
+        last = delta + gamma * lam * last
+        reversed_advantages.append(last)
+    advantages = torch.stack(reversed_advantages[::-1], dim=1)
+    returns = advantages + values
+    return scaled, released_whiten(advantages, stats=gather(advantages) if gather else None), returns
 
 
 def entropy(logits: Tensor, mask: Tensor) -> Tensor:

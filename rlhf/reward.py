@@ -43,6 +43,43 @@ FACT_INSTRUCTION = "The response should be fully supported by the following fact
 TIES = ("use", "drop")
 FACT_FORMATS = ("captions", "objects")
 
+# The Fact-RLHF reward input as LLaVA-RLHF released it (`released: true`): after the
+# response, a new user turn with its four criteria, the image's captions as bullets inside
+# the first (shuffled on every call), and the assistant's opening, at whose last token the
+# score is read. The text is RLHF/prompts/fact_rlhf_reward_prompt.txt split at its Vicuna
+# turn markers ("USER: " ... " ASSISTANT: "), and FACTUAL_PROMPT of RLHF/data_utils/
+# constants.py; ppo_trainer.py `rollout` fills it (a "  - {caption}\n" line per caption, after
+# random.shuffle), and data_utils_rm.py shuffles the same way when the reward model trains.
+RELEASED = "released"  # the facts mode of a reward model that reads the released input
+RELEASED_EVALUATION = (
+    "Please evaluate the quality of your last response. There are several dimensions you should consider in your "
+    "evaluation:\n\n1. Accurate: The AI should provide factual and accurate information from the image, and refrain "
+    "from making statements that are not supported by the image or inconsistent with the image. {factual_prompt}\n2. "
+    "Helpful: The AI\u2019s response should precisely serve the user's needs and interests, while grounding the "
+    "response in the image.\n3. Language Natural: The AI should employ language that flows smoothly and is free from "
+    "repetitive or awkward constructs.\n4. Concise: The AI should efficiently address the task or answer the question, "
+    "communicating the necessary information with brevity and clarity.\n\nA good response should be accurate, "
+    "helpful, language natural, and concise."
+)
+RELEASED_FACTUAL_PROMPT = (
+    "Specifically, the AI's response should be fully supported by the combination of the following captions:\n"
+)
+RELEASED_SCORE_PREFIX = "Following your definitions, the quality score of my last response is"
+_SHUFFLE = random.Random(0)  # the release shuffles with Python's random; seeded here for repeatable runs
+
+
+def released_evaluation(facts: dict[str, Any], rng: random.Random | None = None) -> str:
+    """The released evaluation turn for an image: its captions (where it has none, its
+    object list as one line) shuffled, each a "  - caption" line after FACTUAL_PROMPT."""
+    lines = [c for c in facts.get("captions", []) if isinstance(c, str) and c.strip()]
+    if not lines:
+        objects = facts_text(facts, "objects")
+        lines = [objects] if objects else []
+    lines = lines[:]
+    (rng or _SHUFFLE).shuffle(lines)
+    factual = RELEASED_FACTUAL_PROMPT + "".join(f"  - {line}\n" for line in lines)
+    return RELEASED_EVALUATION.replace("{factual_prompt}", factual)
+
 
 @dataclass
 class RewardConfig:
@@ -92,9 +129,18 @@ class RewardConfig:
     """torch CPU threads (None: torch's default)."""
     max_pairs: int | None = None
     """Train on at most this many pairs, the first of the split (None: all; a preflight takes one batch)."""
+    released: bool = False
+    """Read LLaVA-RLHF's released Fact-RLHF input (README, "The reward model"): after the
+    response, a user turn with its four criteria and the image's captions as shuffled
+    bullets, then "Following your definitions, the quality score of my last response is",
+    the score read at its last token. Off: FactLoop's input, the facts as one sentence in
+    the last user turn before the response, the score at the response's last token."""
 
     def facts_mode(self) -> str | None:
-        """The fact format the reward model reads, or None without augmentation."""
+        """The fact format the reward model reads ("released": LLaVA-RLHF's own input), or
+        None without augmentation."""
+        if self.released:
+            return RELEASED
         return self.fact_format if self.fact_augmentation else None
 
     def __post_init__(self) -> None:
@@ -103,6 +149,8 @@ class RewardConfig:
             raise ConfigError(f"fact_format must be one of {', '.join(FACT_FORMATS)}, got {self.fact_format!r}")
         if self.ties not in TIES:
             raise ConfigError(f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")
+        if self.released and not self.fact_augmentation:
+            raise ConfigError("released is the Fact-RLHF input: it needs fact_augmentation")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ConfigError(f"max_pairs must be at least 1, got {self.max_pairs}")
         if not 0 < self.heldout_share < 1:
@@ -264,12 +312,35 @@ def load_backbone(path: str, *, dtype: Any = None) -> tuple[Any, Any]:
 Scored = tuple[list[dict[str, Any]], list[dict[str, Any]], Any, dict[str, Any]]  # prompt, response turns, image, facts
 
 
-def encode_conversations(processor: Any, rows: Sequence[Scored], mode: str | None) -> dict[str, Any]:
+def released_conversation(
+    prompt: list[dict[str, Any]],
+    response: list[dict[str, Any]],
+    facts: dict[str, Any],
+    rng: random.Random | None = None,
+) -> list[dict[str, Any]]:
+    """The released reward input as turns: the prompt, the response, the evaluation turn and
+    the assistant's opening (rendered with continue_final_message, so it ends at "is")."""
+    evaluation = {"role": "user", "content": [{"type": "text", "text": released_evaluation(facts, rng)}]}
+    opening = {"role": "assistant", "content": [{"type": "text", "text": RELEASED_SCORE_PREFIX}]}
+    return reward_input(prompt, facts, None) + response + [evaluation, opening]
+
+
+def encode_conversations(
+    processor: Any, rows: Sequence[Scored], mode: str | None, rng: random.Random | None = None
+) -> dict[str, Any]:
     """Reward-model inputs for (prompt, response turns, image, facts) rows."""
-    texts = [
-        processor.apply_chat_template(reward_input(prompt, facts, mode) + response, tokenize=False)
-        for prompt, response, _, facts in rows
-    ]
+    if mode == RELEASED:
+        texts = [
+            processor.apply_chat_template(
+                released_conversation(prompt, response, facts, rng), tokenize=False, continue_final_message=True
+            )
+            for prompt, response, _, facts in rows
+        ]
+    else:
+        texts = [
+            processor.apply_chat_template(reward_input(prompt, facts, mode) + response, tokenize=False)
+            for prompt, response, _, facts in rows
+        ]
     images = [[image.convert("RGB")] for _, _, image, _ in rows]  # one list per text: every processor takes it
     return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
 

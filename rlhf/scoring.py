@@ -225,6 +225,55 @@ def remove_length_trend(scores: Sequence[float], lengths: Sequence[int]) -> list
     return [s - slope * (x - mean_l) for x, s in zip(lengths, scores, strict=True)]
 
 
+def released_answer_bonus(question: str, response: str, facts: dict[str, Any]) -> float:
+    """LLaVA-RLHF's answer bonus before its x2.0 (ppo_trainer.py, `rollout`, per AnswerType):
+    for a question whose answer is "no", +0.5 when the response starts with "No", -0.5 when
+    it starts with "Yes"; nothing for one whose answer is "yes" (the release gives none yet);
+    for a multiple-choice question whose answer is an option letter (the facts' `answers`
+    give "A" to "D"), +1 when the response starts with "A." or says "correct option is A.".
+    The release reads the stripped response's start, case as written."""
+    answers = facts.get("answers")
+    option = answers.get(question.strip()) if isinstance(answers, dict) else None
+    text = response.strip()
+    if isinstance(option, str) and option.strip().upper() in ("A", "B", "C", "D"):
+        start = option.strip().upper() + "."
+        return 1.0 if text.startswith(start) or f"correct option is {start}" in response else 0.0
+    if known_answer(question, facts) != "no":
+        return 0.0
+    if text.startswith("No"):
+        return 0.5
+    return -0.5 if text.startswith("Yes") else 0.0
+
+
+@dataclass(frozen=True)
+class ReleasedTerms:
+    """LLaVA-RLHF's symbolic reward terms with its 13B run's values (train_rl_model.sh:
+    LENGTH_BONUS -10.0, INCOMPLETE_RESPONSE -8.0 with --relative_stop_token_penalty True,
+    CORRECT_BONUS 2.0; ppo_trainer.py `rollout`, `post_reward`, `_shape_reward`):
+    length_bonus_score x response tokens / response_len (tokens that are not padding, the
+    stop token included), penalty_reward_value added when no stop token was sampled, and
+    correct_bonus_score x `released_answer_bonus`."""
+
+    response_len: int  # the release's response_len: the run's max_new_tokens
+    length_bonus_score: float = -10.0
+    penalty_reward_value: float = -8.0
+    correct_bonus_score: float = 2.0
+
+    def __call__(
+        self,
+        question: str,
+        response: str,
+        facts: dict[str, Any],
+        tokens: int,
+        stopped: bool,
+        reference_words: float | None = None,
+    ) -> float:
+        value = self.length_bonus_score * tokens / self.response_len
+        if not stopped:
+            value += self.penalty_reward_value
+        return value + self.correct_bonus_score * released_answer_bonus(question, response, facts)
+
+
 class Scorer(Protocol):
     """What scores responses in place of a reward model (the family matrix's learnable
     reward): the policy's processor, and a score per response."""
@@ -251,7 +300,7 @@ class RewardFunction:
     def __init__(
         self,
         model: RewardModel | Scorer,
-        terms: SymbolicTerms,
+        terms: SymbolicTerms | ReleasedTerms,
         *,
         reward_scale: float = 1.0,
         stop_ids: Sequence[int] = (),

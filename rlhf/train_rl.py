@@ -1,9 +1,13 @@
 """Online RL against a reward model for image-text-to-text models: FactLoop's PPO, or trl's
 GRPO and RLOO with the same reward function.
 
-PPO (Schulman et al., 2017) as LLaVA-RLHF ran it (arXiv:2309.14525, section 3;
+PPO (Schulman et al., 2017) with LLaVA-RLHF's settings (arXiv:2309.14525, section 3;
 docs/methods.md 2b), written here because trl ships no PPO for images
-(trl 0.2x's PPOTrainer takes text only). One step:
+(trl 0.2x's PPOTrainer takes text only); padding never counts. With `released: true` it is
+PPO as LLaVA-RLHF's released code ran it (RLHF/models/ppo_trainer.py): responses padded to
+max_new_tokens, every column counted, rewards x10, its symbolic terms (rlhf/losses.py's
+released_* functions, rlhf/scoring.py's ReleasedTerms; the README's departures table in
+docs/training.md, "Online RL"). One step:
 
 1. Rollouts: the policy samples a response per prompt (image included) at `temperature`.
 2. Scoring: reward = reward_scale * reward model score (with the image's facts when the
@@ -55,7 +59,14 @@ from rlhf.config import ConfigError, RLTrainConfig, dump
 from rlhf.distributed import is_main, world_size
 from rlhf.reward import load_backbone
 from rlhf.rollouts import RolloutMismatch, ServerRollouts, check_prompt, openai_messages
-from rlhf.scoring import RewardFunction, RewardModel, SymbolicTerms, locate_reward_model, parse_facts
+from rlhf.scoring import (
+    ReleasedTerms,
+    RewardFunction,
+    RewardModel,
+    SymbolicTerms,
+    locate_reward_model,
+    parse_facts,
+)
 from rlhf.train_dpo import ADAPTER_DIR, CONFIG_FILE, save_trained
 from rlhf.training_data import load_prompts
 
@@ -110,16 +121,19 @@ def token_values(critic: Any, inputs: dict[str, Any]) -> Any:
 def reward_function(config: RLTrainConfig, stops: list[int], device: Any = None) -> Any:
     """The run's reward: its reward model plus its symbolic terms (rlhf/scoring.py)."""
 
+    terms: SymbolicTerms | ReleasedTerms = SymbolicTerms(
+        config.length_penalty,
+        config.length_free,
+        config.missing_stop_penalty,
+        config.yes_no_bonus,
+        config.length_anchor,
+        config.length_anchor_share,
+    )
+    if config.released:
+        terms = ReleasedTerms(response_len=config.max_new_tokens)
     return RewardFunction(
         RewardModel(config.reward_model, dtype=config.dtype, device=device),
-        SymbolicTerms(
-            config.length_penalty,
-            config.length_free,
-            config.missing_stop_penalty,
-            config.yes_no_bonus,
-            config.length_anchor,
-            config.length_anchor_share,
-        ),
+        terms,
         reward_scale=config.reward_scale,
         stop_ids=stops,
         length_debias=config.length_debias,
@@ -158,6 +172,7 @@ class Rollout:
     scores: Any = None
     advantages: Any = None
     returns: Any = None
+    loss_mask: Any = None  # what the losses average over: the response tokens, or every column (released)
 
     def rows(self, index: Any) -> dict[str, Any]:
         return select_rows(self.inputs, index, self.image_token)
@@ -351,10 +366,13 @@ def sample(
             output = model.generate(**prompt, **settings)
             response = output.sequences[:, width:]
             step_scores = torch.stack(output.scores, dim=1) if keep_scores else None
-    rollout = assemble(model, processor, prompt, response, stops)
+    rollout = assemble(model, processor, prompt, response, stops, width=released_width(config))
     rollout.suppressed = suppressed
     if keep_scores:
-        rollout.sampled_logprobs = gather_logprobs(step_scores.float(), rollout.response_ids) * rollout.mask
+        sampled = gather_logprobs(step_scores.float(), rollout.response_ids[:, : step_scores.size(1)])
+        extra = rollout.mask.size(1) - sampled.size(1)  # released mode pads the responses wider
+        sampled = torch.nn.functional.pad(sampled, (0, extra)) if extra > 0 else sampled
+        rollout.sampled_logprobs = sampled * rollout.mask
     return rollout
 
 
@@ -388,19 +406,34 @@ def sample_served(
     pad = processor.tokenizer.pad_token_id
     length = max(1, max(len(a.token_ids) for a in served))
     response = torch.tensor([a.token_ids + [pad] * (length - len(a.token_ids)) for a in served], device=device)
-    rollout = assemble(model, processor, prompt, response, stops)
+    rollout = assemble(model, processor, prompt, response, stops, width=released_width(config))
     rollout.suppressed = suppressed
     logprobs = torch.tensor([a.logprobs + [0.0] * (length - len(a.logprobs)) for a in served], device=device)
+    extra = rollout.mask.size(1) - length
+    logprobs = torch.nn.functional.pad(logprobs, (0, extra)) if extra > 0 else logprobs
     rollout.served_logprobs = logprobs * rollout.mask
     return rollout
 
 
-def assemble(model: Any, processor: Any, prompt: dict[str, Any], response: Any, stops: list[int]) -> Rollout:
+def released_width(config: RLTrainConfig) -> int | None:
+    """The response width of a rollout: LLaVA-RLHF's response_len (max_new_tokens) in
+    released mode, where padding columns count; else as long as the longest response."""
+    return config.max_new_tokens if config.released else None
+
+
+def assemble(
+    model: Any, processor: Any, prompt: dict[str, Any], response: Any, stops: list[int], *, width: int | None = None
+) -> Rollout:
     """A rollout of sampled `response` tokens after the left-padded `prompt`: each response
-    ends at its first stop token (kept), padding after it."""
+    ends at its first stop token (kept), padding after it. With `width`, the responses are
+    right-padded to it, as LLaVA-RLHF's release pads them to its response_len
+    (rl_models.py, `respond`: right_pad(..., response_len))."""
     import torch
 
     pad = processor.tokenizer.pad_token_id
+    if width is not None and response.size(1) < width:
+        extra = torch.full((response.size(0), width - response.size(1)), pad, dtype=response.dtype)
+        response = torch.cat([response, extra.to(response.device)], dim=1)
     width = prompt["input_ids"].shape[1]
     is_stop = torch.isin(response, torch.tensor(stops, device=response.device))
     stopped = is_stop.any(dim=1)
@@ -561,12 +594,22 @@ class PPOTrainer:
         mask = rollout.mask
         rollout.logprobs = torch.cat(logprobs)
         rollout.ref_logprobs = torch.cat(ref_logprobs)
-        rollout.values = torch.cat(values) * mask
         rollout.scores = torch.tensor(self.rollout_rewards(rows, rollout), device=mask.device)
         kl = losses.kl_k1(rollout.logprobs, rollout.ref_logprobs)
-        rewards = losses.token_rewards(rollout.scores, kl, mask, self.kl_coef)
-        advantages, returns = losses.gae(rewards, rollout.values, mask, gamma=c.gamma, lam=c.lam)
-        rollout.advantages = losses.masked_whiten(advantages, mask) if c.whiten_advantages else advantages
+        if c.released:  # LLaVA-RLHF's released rules: every column counts, padding included
+            rollout.values = torch.cat(values)
+            gather = self.accelerator.gather if self.processes > 1 else None
+            rewards = losses.released_rewards(rollout.scores, kl, self.kl_coef)
+            _, rollout.advantages, returns = losses.released_advantages(
+                rewards, rollout.values, gamma=c.gamma, lam=c.lam, gather=gather
+            )
+            rollout.loss_mask = torch.ones_like(mask)
+        else:
+            rollout.values = torch.cat(values) * mask
+            rewards = losses.token_rewards(rollout.scores, kl, mask, self.kl_coef)
+            advantages, returns = losses.gae(rewards, rollout.values, mask, gamma=c.gamma, lam=c.lam)
+            rollout.advantages = losses.masked_whiten(advantages, mask) if c.whiten_advantages else advantages
+            rollout.loss_mask = mask
         rollout.returns = returns
         kl_per_response = float((kl * mask).sum(dim=1).mean())
         served = {}
@@ -607,7 +650,7 @@ class PPOTrainer:
             for part in chunks(n, c.minibatch_size // self.processes):
                 index = order[part].to(rollout.mask.device)
                 inputs = rollout.rows(index)
-                mask = rollout.mask[index]
+                mask = rollout.loss_mask[index]  # released mode: plain means over every column
                 logits = response_logits(
                     self.policy_train, inputs, rollout.prompt_width, c.temperature, rollout.suppressed
                 )

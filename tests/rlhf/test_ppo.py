@@ -266,3 +266,48 @@ def test_inputs_along_the_sequence_are_found_by_their_shape_and_carried_over_the
             model_type = "paligemma"
 
     assert response_part(PaliGemma(), "token_type_ids", inputs["token_type_ids"], 2).tolist() == [[1, 1], [1, 1]]
+
+
+def test_released_ppo_counts_every_column_of_responses_padded_to_max_new_tokens(
+    base_policy: Path, reward_model: Path, rankings: Path, tmp_path: Path
+) -> None:
+    """`released: true` on the tiny model: the responses are padded to max_new_tokens, the
+    per-token rewards, advantages and returns are the released rules' (rlhf.losses'
+    released_* functions, checked by hand in test_released.py) on the rollout's own tensors,
+    the symbolic terms are the release's, the losses average over every column, and a step
+    trains."""
+    import torch
+
+    from rlhf import losses
+    from rlhf.train_rl import PPOTrainer, sample
+
+    config = ppo_config(base_policy, reward_model, rankings, tmp_path / "ppo", released=True, max_new_tokens=40)
+    (tmp_path / "ppo").mkdir()
+    trainer = PPOTrainer(config, progress=False)
+    assert type(trainer.reward.terms).__name__ == "ReleasedTerms"
+    rows = trainer.next_rows()
+    torch.manual_seed(3)
+    rollout = sample(trainer.policy, trainer.processor, rows, config, trainer.stops, trainer.device)
+    assert rollout.response_ids.size(1) == 40 and bool((rollout.mask.sum(dim=1) < 40).any())
+    stats = trainer.score_rollout(rows, rollout)
+    assert torch.equal(rollout.loss_mask, torch.ones_like(rollout.mask))
+    padding = rollout.mask == 0
+    assert bool((rollout.values[padding] != 0).any())  # the critic's values on padding are kept
+    kl = losses.kl_k1(rollout.logprobs, rollout.ref_logprobs)
+    rewards = losses.released_rewards(rollout.scores, kl, trainer.kl_coef)
+    _, advantages, returns = losses.released_advantages(rewards, rollout.values)
+    assert torch.allclose(rollout.advantages, advantages) and torch.allclose(rollout.returns, returns)
+    # The scores hold the release's symbolic terms: -10 x tokens / 40, -8 without a stop,
+    # twice the answer bonus.
+    from rlhf.scoring import last_user_text, parse_facts, released_answer_bonus
+
+    symbolic = trainer.reward.last["symbolic"]
+    tokens = rollout.mask.sum(dim=1)
+    for row, value in enumerate(symbolic):
+        question, facts = last_user_text(rows[row]["prompt"]), parse_facts(rows[row]["image_facts"])
+        expected = -10.0 * float(tokens[row]) / 40 + (0.0 if rollout.stopped[row] else -8.0)
+        expected += 2.0 * released_answer_bonus(question, rollout.texts[row], facts)
+        assert value == pytest.approx(expected)
+    assert stats["reward"] == pytest.approx(float(rollout.scores.mean()))
+    update = trainer.update(rollout)
+    assert all(isinstance(update[key], float) for key in ("policy_loss", "value_loss", "clip_fraction"))

@@ -72,6 +72,32 @@ def test_a_tiny_reward_model_learns_the_rankings(base_policy: Path, rankings: Pa
     assert saved["heldout_accuracy"] == result.heldout_accuracy
 
 
+def test_a_released_reward_model_trains_on_the_released_input_and_scores_with_it(
+    base_policy: Path, rankings: Path, tmp_path: Path
+) -> None:
+    """`released: true`: trained and read with LLaVA-RLHF's evaluation turn after the
+    response; the saved model says so, and scoring builds the same input."""
+    import dataclasses
+
+    from PIL import Image
+
+    from rlhf.reward import RELEASED, train_reward_model
+    from rlhf.scoring import RewardModel
+
+    config = dataclasses.replace(small_reward_config(base_policy, rankings, tmp_path / "rm", epochs=2), released=True)
+    result = train_reward_model(config, progress=False)
+    assert result.first_loss == result.first_loss and result.heldout_pairs > 0  # trained, not NaN
+    info = json.loads((tmp_path / "rm/adapter/factloop_reward.json").read_text())
+    assert info["facts"] == RELEASED
+    model = RewardModel(tmp_path / "rm")
+    assert model.files.facts == RELEASED
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    image = Image.new("RGB", (32, 32))
+    facts = {"captions": ["A red ball."], "classes": ["ball"]}
+    scores = model.score([prompt, prompt], ["A red ball.", "A blue cube."], [image, image], [facts, facts])
+    assert len(scores) == 2 and all(score == score for score in scores)
+
+
 def test_the_reward_command_trains_and_registers_a_reward_version(
     base_policy: Path, rankings: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
