@@ -72,6 +72,31 @@ def alignment_styles() -> str:
     return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
 
 
+def alignment_released() -> str:
+    """bench/alignment.py's PPO beside PPO as LLaVA-RLHF released it (alignment-released.json)."""
+    name = "alignment-released.json"
+    record = _load(name)
+    rows = record["rows"]
+    base = rows[0]
+    lines = [
+        "| method | reward model's held-out accuracy | CHAIR_i (vs base) | CHAIR_s | POPE F1 | words (vs base) "
+        "| coverage | training s |",
+        "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: |",
+        f"| base | - | {base['chair_i']:.3f} | {base['chair_s']:.3f} | {base['pope_f1']:.3f} | "
+        f"{base['mean_words']:.1f} | {base['coverage']:.3f} | - |",
+    ]
+    models = record.get("reward_models", {})
+    for row in rows[1:]:
+        key = "ties drop, released" if row["method"].endswith("+released") else "ties drop"
+        accuracy = models.get(key, {}).get("heldout_accuracy")
+        lines.append(
+            f"| {row['method']} | {accuracy:.3f} | {row['chair_i']:.3f} ({_change(row['chair_i'], base['chair_i'])}) | "
+            f"{row['chair_s']:.3f} | {row['pope_f1']:.3f} | {row['mean_words']:.1f} "
+            f"({_change(row['mean_words'], base['mean_words'])}) | {row['coverage']:.3f} | {row['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
+
+
 def label_efficiency_styles() -> str:
     """bench/label_efficiency.py's human arms in both correction styles (label_efficiency-styles.json)."""
     name = "label_efficiency-styles.json"
@@ -278,6 +303,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "evaluate": evaluate_speed,
     "label-efficiency": label_efficiency,
     "alignment-styles": alignment_styles,
+    "alignment-released": alignment_released,
     "label-efficiency-styles": label_efficiency_styles,
     "demo": demo,
     "export": export,
