@@ -72,6 +72,78 @@ def alignment_styles() -> str:
     return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
 
 
+# How the main table names bench/alignment.py's rows.
+ALIGNMENT_NAMES = {
+    "ddpo": "DDPO (gamma 5, normalised)",
+    "dpo": "DPO",
+    "sft": "SFT on the corrections",
+    "mdpo": "mDPO",
+    "hsa_dpo": "HSA-DPO",
+    "halva": "HALVA [a]",
+    "halva+inject": "HALVA + injected phrases [a]",
+    "silkie": "Silkie (rating pairs, DPO)",
+    "ddpo+ld": "DDPO + LD-DPO (alpha 0.5)",
+    "ddpo+inject": "DDPO + injected negatives",
+    "ddpo+noised_image": "DDPO + noised-image negatives",
+    "ppo": "PPO",
+    "ppo+debias": "PPO, length trend regressed out",
+    "ppo+helpful": "PPO, reward model with helpfulness-ordered ties",
+    "ppo+anchor": "PPO, length anchor 2.0/word",
+    "grpo": "GRPO (trl)",
+    "rloo": "RLOO (trl)",
+}
+
+
+def alignment() -> str:
+    """bench/alignment.py's table of every method (alignment.json), HALVA's rows from
+    alignment-halva.json (the run after HALVA's fix)."""
+    name, halva_name = "alignment.json", "alignment-halva.json"
+    record, halva = _load(name), _load(halva_name)
+    later = {row["method"]: row for row in halva["rows"][1:]}
+    rows = [later.get(row["method"], row) for row in record["rows"]]
+    base = rows[0]
+    cover = "coverage" if "coverage" in base else "object_recall"  # its name before issue 37
+    lines = [
+        "| method | labels | generated | seeds | CHAIR_i (vs base) | CHAIR_s | POPE F1 | words (vs base) "
+        "| coverage | empty | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| base | 0 | 0 | - | {base['chair_i']:.3f} | {base['chair_s']:.3f} | {base['pope_f1']:.3f} | "
+        f"{base['mean_words']:.1f} | {base[cover]:.3f} | {base['empty_share']:.2f} | - |",
+    ]
+    for row in rows[1:]:
+        lines.append(
+            f"| {ALIGNMENT_NAMES.get(row['method'], row['method'])} | {row['labels']} | {row['generated']:.0f} | "
+            f"{len(row['seeds'])} | {_pm(row, 'chair_i')} ({_change(row['chair_i'], base['chair_i'])}) | "
+            f"{_pm(row, 'chair_s')} | {row['pope_f1']:.3f} | {_pm(row, 'mean_words', 1)} "
+            f"({_change(row['mean_words'], base['mean_words'])}) | {row[cover]:.3f} | {row['empty_share']:.2f} | "
+            f"{row['seconds']:.0f} |"
+        )
+    sources = _source(name, record) + " HALVA's rows: " + _source(halva_name, halva).removeprefix("Raw rows: ")
+    return "\n".join(lines) + "\n\n" + sources + "\n"
+
+
+def train_step() -> str:
+    """bench/train_step.py on each CPU shape (train_step.json, train_step_llava15.json)."""
+    shapes = {
+        "train_step.json": "shipped tiny",
+        "train_step_llava15.json": "`llava15`: LLaVA-1.5's 576 image tokens, tiny widths, frozen tower",
+    }
+    lines = [
+        "| model (`--shape`) | image tokens | trl DPO pairs/s | DPO | DDPO | memory, DPO / DDPO over trl |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    sources = []
+    for name, label in shapes.items():
+        record = _load(name)
+        rate, speed, memory = record["pairs_per_second"], record["speed_over_trl_dpo"], record["memory_over_trl_dpo"]
+        lines.append(
+            f"| {label} | {record['image_tokens']} | {rate['trl-dpo']:#.3g} | {rate['dpo']:#.3g} ({speed['dpo']:.2f}x) | "
+            f"{rate['ddpo']:#.3g} ({speed['ddpo']:.2f}x) | {memory['dpo']:.2f}x / {memory['ddpo']:.2f}x |"
+        )
+        sources.append(_source(name, record))
+    return "\n".join(lines) + "\n\n" + " ".join(sources) + "\n"
+
+
 def alignment_released() -> str:
     """bench/alignment.py's PPO beside PPO as LLaVA-RLHF released it (alignment-released.json)."""
     name = "alignment-released.json"
@@ -302,6 +374,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "toy-policy": toy_policy,
     "evaluate": evaluate_speed,
     "label-efficiency": label_efficiency,
+    "alignment": alignment,
+    "train-step": train_step,
     "alignment-styles": alignment_styles,
     "alignment-released": alignment_released,
     "label-efficiency-styles": label_efficiency_styles,
