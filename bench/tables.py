@@ -137,8 +137,9 @@ def train_step() -> str:
         record = _load(name)
         rate, speed, memory = record["pairs_per_second"], record["speed_over_trl_dpo"], record["memory_over_trl_dpo"]
         lines.append(
-            f"| {label} | {record['image_tokens']} | {rate['trl-dpo']:#.3g} | {rate['dpo']:#.3g} ({speed['dpo']:.2f}x) | "
-            f"{rate['ddpo']:#.3g} ({speed['ddpo']:.2f}x) | {memory['dpo']:.2f}x / {memory['ddpo']:.2f}x |"
+            f"| {label} | {record['image_tokens']} | {rate['trl-dpo']:#.3g} | "
+            f"{rate['dpo']:#.3g} ({speed['dpo']:.2f}x) | {rate['ddpo']:#.3g} ({speed['ddpo']:.2f}x) | "
+            f"{memory['dpo']:.2f}x / {memory['ddpo']:.2f}x |"
         )
         sources.append(_source(name, record))
     return "\n".join(lines) + "\n\n" + " ".join(sources) + "\n"
