@@ -145,6 +145,29 @@ def train_step() -> str:
     return "\n".join(lines) + "\n\n" + " ".join(sources) + "\n"
 
 
+def rollout() -> str:
+    """bench/rollout.py: PPO's rollouts through the vLLM server against generate (rollout.json)."""
+    name = "rollout.json"
+    record = _load(name)
+    rate, inside, median = record["tokens_per_second"], record["vllm_seconds_per_request"], record["median_seconds"]
+    load, wait = record["adapter_load_share"], record["server_wait_share"]
+    lines = [
+        "| path | rollout tokens/s | median seconds a batch |",
+        "| --- | ---: | ---: |",
+        f"| transformers' `generate` in the trainer | {rate['generate']:,.0f} | {median['generate']:.2f} |",
+        f"| the vLLM server, the adapter loaded in place each round | {rate['served']:,.0f} | {median['served']:.2f} |",
+    ]
+    tail = (
+        f"\n\nvLLM over `generate`: **{record['served_over_generate']:.2f}x**. Of the server path's time: "
+        f"the adapter load {load:.0%}, waiting on the server {wait:.0%}, the trainer's own work "
+        f"{1 - load - wait:.0%}. Inside vLLM's engine a request takes {inside['e2e_request_latency']:.2f} s: "
+        f"{inside['request_queue_time']:.2f} s queued, {inside['request_prefill_time']:.2f} s of prefill, "
+        f"{inside['request_decode_time']:.2f} s of decode ({record['vllm_requests']:.0f} requests; "
+        f"{record['batch']} prompts a batch, {record['rounds']} timed rounds, at most {record['max_tokens']} tokens). "
+    )
+    return "\n".join(lines) + tail + _source(name, record) + "\n"
+
+
 def alignment_released() -> str:
     """bench/alignment.py's PPO beside PPO as LLaVA-RLHF released it (alignment-released.json)."""
     name = "alignment-released.json"
@@ -377,6 +400,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "label-efficiency": label_efficiency,
     "alignment": alignment,
     "train-step": train_step,
+    "rollout": rollout,
     "alignment-styles": alignment_styles,
     "alignment-released": alignment_released,
     "label-efficiency-styles": label_efficiency_styles,
