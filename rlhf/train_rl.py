@@ -366,13 +366,12 @@ def sample(
             output = model.generate(**prompt, **settings)
             response = output.sequences[:, width:]
             step_scores = torch.stack(output.scores, dim=1) if keep_scores else None
-    rollout = assemble(model, processor, prompt, response, stops, width=released_width(config))
+    rollout = assemble(model, processor, prompt, response, stops, pad_to=released_width(config))
     rollout.suppressed = suppressed
     if keep_scores:
         sampled = gather_logprobs(step_scores.float(), rollout.response_ids[:, : step_scores.size(1)])
-        extra = rollout.mask.size(1) - sampled.size(1)  # released mode pads the responses wider
-        sampled = torch.nn.functional.pad(sampled, (0, extra)) if extra > 0 else sampled
-        rollout.sampled_logprobs = sampled * rollout.mask
+        # released mode pads the responses wider than generate() sampled them
+        rollout.sampled_logprobs = right_pad(sampled, rollout.mask.size(1)) * rollout.mask
     return rollout
 
 
@@ -406,13 +405,20 @@ def sample_served(
     pad = processor.tokenizer.pad_token_id
     length = max(1, max(len(a.token_ids) for a in served))
     response = torch.tensor([a.token_ids + [pad] * (length - len(a.token_ids)) for a in served], device=device)
-    rollout = assemble(model, processor, prompt, response, stops, width=released_width(config))
+    rollout = assemble(model, processor, prompt, response, stops, pad_to=released_width(config))
     rollout.suppressed = suppressed
     logprobs = torch.tensor([a.logprobs + [0.0] * (length - len(a.logprobs)) for a in served], device=device)
-    extra = rollout.mask.size(1) - length
-    logprobs = torch.nn.functional.pad(logprobs, (0, extra)) if extra > 0 else logprobs
-    rollout.served_logprobs = logprobs * rollout.mask
+    rollout.served_logprobs = right_pad(logprobs, rollout.mask.size(1)) * rollout.mask
     return rollout
+
+
+def right_pad(values: Any, width: int | None, value: float = 0.0) -> Any:
+    """(batch, n) values right-padded with `value` to `width` columns (as they are when
+    already that wide, or with no width)."""
+    import torch
+
+    extra = 0 if width is None else width - values.size(1)
+    return torch.nn.functional.pad(values, (0, extra), value=value) if extra > 0 else values
 
 
 def released_width(config: RLTrainConfig) -> int | None:
@@ -422,18 +428,16 @@ def released_width(config: RLTrainConfig) -> int | None:
 
 
 def assemble(
-    model: Any, processor: Any, prompt: dict[str, Any], response: Any, stops: list[int], *, width: int | None = None
+    model: Any, processor: Any, prompt: dict[str, Any], response: Any, stops: list[int], *, pad_to: int | None = None
 ) -> Rollout:
     """A rollout of sampled `response` tokens after the left-padded `prompt`: each response
-    ends at its first stop token (kept), padding after it. With `width`, the responses are
+    ends at its first stop token (kept), padding after it. With `pad_to`, the responses are
     right-padded to it, as LLaVA-RLHF's release pads them to its response_len
     (rl_models.py, `respond`: right_pad(..., response_len))."""
     import torch
 
     pad = processor.tokenizer.pad_token_id
-    if width is not None and response.size(1) < width:
-        extra = torch.full((response.size(0), width - response.size(1)), pad, dtype=response.dtype)
-        response = torch.cat([response, extra.to(response.device)], dim=1)
+    response = right_pad(response, pad_to, pad)
     width = prompt["input_ids"].shape[1]
     is_stop = torch.isin(response, torch.tensor(stops, device=response.device))
     stopped = is_stop.any(dim=1)
