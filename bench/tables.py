@@ -26,6 +26,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO))  # the families' and the preflight's own table writers
 RESULTS = BENCH / "results"
 PAGES = ("README.md", "docs/*.md", "bench/README.md")
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.DOTALL)
@@ -48,28 +49,48 @@ def _change(value: float, base: float) -> str:
     return f"{(value - base) / base:+.1%}" if base else "-"
 
 
+ALIGNMENT = "alignment.json"  # every row of bench/alignment.py, in one run
+
+
+def _alignment_row(row: dict[str, Any], base: dict[str, Any], first: str) -> str:
+    """The cells every alignment table shares, after its own first cells."""
+    return (
+        f"| {first} | {_pm(row, 'chair_i')} ({_change(row['chair_i'], base['chair_i'])}) | {_pm(row, 'chair_s')} | "
+        f"{row['pope_f1']:.3f} | {_pm(row, 'mean_words', 1)} ({_change(row['mean_words'], base['mean_words'])}) | "
+        f"{_pm(row, 'coverage')} |"
+    )
+
+
+def _alignment_base(base: dict[str, Any], first: str) -> str:
+    return (
+        f"| {first} | {base['chair_i']:.3f} | {base['chair_s']:.3f} | {base['pope_f1']:.3f} | "
+        f"{base['mean_words']:.1f} | {base['coverage']:.3f} |"
+    )
+
+
+ALIGNMENT_HEAD = "CHAIR_i (vs base) | CHAIR_s | POPE F1 | words (vs base) | coverage |"
+
+
 def alignment_styles() -> str:
-    """bench/alignment.py's correction rows, deleting against replacing (alignment-replace.json)."""
-    name = "alignment-replace.json"
-    record = _load(name)
-    rows = record["rows"]
-    base = rows[0]
+    """bench/alignment.py's correction rows, each deleting beside replacing (the `+replace` rows of
+    alignment.json)."""
+    record = _load(ALIGNMENT)
+    rows = {row["method"]: row for row in record["rows"]}
+    base = record["rows"][0]
     lines = [
-        "| method | corrections | labels | seeds | CHAIR_i (vs base) | CHAIR_s | POPE F1 | words (vs base) "
-        "| coverage |",
+        f"| method | corrections | labels | seeds | {ALIGNMENT_HEAD}",
         "| --- | --- | ---: | ---: | --- | --- | ---: | --- | --- |",
-        f"| base | - | 0 | - | {base['chair_i']:.3f} | {base['chair_s']:.3f} | {base['pope_f1']:.3f} | "
-        f"{base['mean_words']:.1f} | {base['coverage']:.3f} |",
+        _alignment_base(base, "base | - | 0 | -"),
     ]
-    for row in rows[1:]:
-        method = row["method"].removesuffix("+replace")
-        lines.append(
-            f"| {method} | {'replace' if method != row['method'] else 'delete'} | {row['labels']} | "
-            f"{len(row['seeds'])} | {_pm(row, 'chair_i')} ({_change(row['chair_i'], base['chair_i'])}) | "
-            f"{_pm(row, 'chair_s')} | {row['pope_f1']:.3f} | {_pm(row, 'mean_words', 1)} "
-            f"({_change(row['mean_words'], base['mean_words'])}) | {_pm(row, 'coverage')} |"
-        )
-    return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
+    for name, row in rows.items():
+        if not name.endswith("+replace"):
+            continue
+        method = name.removesuffix("+replace")
+        for style, found in (("delete", rows.get(method)), ("replace", row)):
+            if found:
+                first = f"{method} | {style} | {found['labels']} | {len(found['seeds'])}"
+                lines.append(_alignment_row(found, base, first))
+    return "\n".join(lines) + "\n\n" + _source(ALIGNMENT, record) + "\n"
 
 
 # How the main table names bench/alignment.py's rows.
@@ -79,8 +100,8 @@ ALIGNMENT_NAMES = {
     "sft": "SFT on the corrections",
     "mdpo": "mDPO",
     "hsa_dpo": "HSA-DPO",
-    "halva": "HALVA [a]",
-    "halva+inject": "HALVA + injected phrases [a]",
+    "halva": "HALVA",
+    "halva+inject": "HALVA + injected phrases",
     "silkie": "Silkie (rating pairs, DPO)",
     "ddpo+ld": "DDPO + LD-DPO (alpha 0.5)",
     "ddpo+inject": "DDPO + injected negatives",
@@ -89,37 +110,51 @@ ALIGNMENT_NAMES = {
     "ppo+debias": "PPO, length trend regressed out",
     "ppo+helpful": "PPO, reward model with helpfulness-ordered ties",
     "ppo+anchor": "PPO, length anchor 2.0/word",
+    "ppo+released": "PPO as LLaVA-RLHF released it",
     "grpo": "GRPO (trl)",
     "rloo": "RLOO (trl)",
 }
 
 
+def _reward_models(record: dict[str, Any]) -> str:
+    """bench/alignment.py names a reward model "ties drop" or "ties use", then ", released"."""
+
+    def label(key: str) -> str:
+        ties, *modes = key.split(", ")
+        return f"`ties: {ties.removeprefix('ties ')}`" + (" on the released input" if "released" in modes else "")
+
+    models = record.get("reward_models", {})
+    return ", ".join(f"{label(key)} {found['heldout_accuracy']:.3f}" for key, found in models.items())
+
+
 def alignment() -> str:
-    """bench/alignment.py's table of every method (alignment.json), HALVA's rows from
-    alignment-halva.json (the run after HALVA's fix)."""
-    name, halva_name = "alignment.json", "alignment-halva.json"
-    record, halva = _load(name), _load(halva_name)
-    later = {row["method"]: row for row in halva["rows"][1:]}
-    rows = [later.get(row["method"], row) for row in record["rows"]]
+    """bench/alignment.py's table of every method on deleting corrections, ratings and rankings
+    (alignment.json, less its `+replace` rows)."""
+    record = _load(ALIGNMENT)
+    rows = [row for row in record["rows"] if not row["method"].endswith("+replace")]
     base = rows[0]
-    cover = "coverage" if "coverage" in base else "object_recall"  # its name before issue 37
     lines = [
-        "| method | labels | generated | seeds | CHAIR_i (vs base) | CHAIR_s | POPE F1 | words (vs base) "
-        "| coverage | empty | train s |",
+        f"| method | labels | generated | seeds | {ALIGNMENT_HEAD} empty | train s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| base | 0 | 0 | - | {base['chair_i']:.3f} | {base['chair_s']:.3f} | {base['pope_f1']:.3f} | "
-        f"{base['mean_words']:.1f} | {base[cover]:.3f} | {base['empty_share']:.2f} | - |",
+        _alignment_base(base, "base | 0 | 0 | -") + f" {base['empty_share']:.2f} | - |",
     ]
     for row in rows[1:]:
-        lines.append(
-            f"| {ALIGNMENT_NAMES.get(row['method'], row['method'])} | {row['labels']} | {row['generated']:.0f} | "
-            f"{len(row['seeds'])} | {_pm(row, 'chair_i')} ({_change(row['chair_i'], base['chair_i'])}) | "
-            f"{_pm(row, 'chair_s')} | {row['pope_f1']:.3f} | {_pm(row, 'mean_words', 1)} "
-            f"({_change(row['mean_words'], base['mean_words'])}) | {row[cover]:.3f} | {row['empty_share']:.2f} | "
-            f"{row['seconds']:.0f} |"
+        first = (
+            f"{ALIGNMENT_NAMES.get(row['method'], row['method'])} | {row['labels']} | {row['generated']:.0f} | "
+            f"{len(row['seeds'])}"
         )
-    sources = _source(name, record) + " HALVA's rows: " + _source(halva_name, halva).removeprefix("Raw rows: ")
-    return "\n".join(lines) + "\n\n" + sources + "\n"
+        lines.append(_alignment_row(row, base, first) + f" {row['empty_share']:.2f} | {row['seconds']:.0f} |")
+    names = {
+        "replacements": "replacing corrections",
+        "ratings": "rated answers",
+        "ranking_ties": "of them ordered by helpfulness after a tie",
+    }
+    labels = ", ".join(f"{count} {names.get(kind, kind)}" for kind, count in record["labels"].items())
+    tail = (
+        f"\n\nOn {record['heldout']} held-out scenes. Labels: {labels}; the reward models' held-out accuracy: "
+        f"{_reward_models(record)}. "
+    )
+    return "\n".join(lines) + tail + _source(ALIGNMENT, record) + "\n"
 
 
 def train_step() -> str:
@@ -169,28 +204,22 @@ def rollout() -> str:
 
 
 def alignment_released() -> str:
-    """bench/alignment.py's PPO beside PPO as LLaVA-RLHF released it (alignment-released.json)."""
-    name = "alignment-released.json"
-    record = _load(name)
-    rows = record["rows"]
-    base = rows[0]
+    """bench/alignment.py's PPO beside PPO as LLaVA-RLHF released it (rows ppo and ppo+released
+    of alignment.json)."""
+    record = _load(ALIGNMENT)
+    rows = {row["method"]: row for row in record["rows"]}
+    base = record["rows"][0]
     lines = [
-        "| method | reward model's held-out accuracy | CHAIR_i (vs base) | CHAIR_s | POPE F1 | words (vs base) "
-        "| coverage | training s |",
+        f"| method | reward model's held-out accuracy | {ALIGNMENT_HEAD} training s |",
         "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: |",
-        f"| base | - | {base['chair_i']:.3f} | {base['chair_s']:.3f} | {base['pope_f1']:.3f} | "
-        f"{base['mean_words']:.1f} | {base['coverage']:.3f} | - |",
+        _alignment_base(base, "base | -") + " - |",
     ]
     models = record.get("reward_models", {})
-    for row in rows[1:]:
-        key = "ties drop, released" if row["method"].endswith("+released") else "ties drop"
-        accuracy = models.get(key, {}).get("heldout_accuracy")
-        lines.append(
-            f"| {row['method']} | {accuracy:.3f} | {row['chair_i']:.3f} ({_change(row['chair_i'], base['chair_i'])}) | "
-            f"{row['chair_s']:.3f} | {row['pope_f1']:.3f} | {row['mean_words']:.1f} "
-            f"({_change(row['mean_words'], base['mean_words'])}) | {row['coverage']:.3f} | {row['seconds']:.0f} |"
-        )
-    return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
+    for method in ("ppo", "ppo+released"):
+        row = rows[method]
+        accuracy = models["ties drop, released" if method == "ppo+released" else "ties drop"]["heldout_accuracy"]
+        lines.append(_alignment_row(row, base, f"{method} | {accuracy:.3f}") + f" {row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n\n" + _source(ALIGNMENT, record) + "\n"
 
 
 def label_efficiency_styles() -> str:
@@ -393,6 +422,228 @@ def evaluate_speed() -> str:
     return "\n".join(lines) + tail + _source(name, record) + "\n"
 
 
+def _range(values: list[float], fmt: str = ".1f") -> str:
+    low, high = min(values), max(values)
+    return f"{low:{fmt}}" if f"{low:{fmt}}" == f"{high:{fmt}}" else f"{low:{fmt}}-{high:{fmt}}"
+
+
+def families() -> str:
+    """bench/families.py: the family matrix and what its cells measured (families.json)."""
+    from rlhf.family_matrix import PAIR_CELLS, RL_CELLS, Cell, Row, markdown
+
+    name = "families.json"
+    record = _load(name)
+    rows = [
+        Row(row["family"], row["model_type"], {cell: Cell(**value) for cell, value in row["cells"].items()})
+        for row in record["rows"]
+    ]
+    done = [(cell, value) for row in rows for cell, value in row.cells.items() if value.status == "ok"]
+    other = [value.seconds for cell, value in done if cell != "vllm"]
+    rl = [value.seconds for cell, value in done if cell in RL_CELLS]
+    vllm = [value.seconds for cell, value in done if cell == "vllm"]
+    pair = [value.figures for cell, value in done if cell in PAIR_CELLS]
+    reward = [value.figures["accuracy"] for cell, value in done if cell == "reward"]
+    before = [value.figures["reward_before"] for cell, value in done if cell in RL_CELLS]
+    after = [value.figures["reward"] for cell, value in done if cell in RL_CELLS]
+    total = sum(value.seconds for row in rows for value in row.cells.values())
+    fell = sum(figures["last_loss"] < figures["first_loss"] for figures in pair)
+    tail = (
+        f"\n\nOn the tiny checkpoints the training and evaluation cells took {_range(other, '.2f')} s each "
+        f"(RL cells {_range(rl)} s), each vLLM cell {_range(vllm, '.0f')} s (mostly the server's start); "
+        f"the cells add up to {total / 60:.1f} minutes. {fell} of {len(pair)} pair cells' losses fell; the "
+        f"reward cells' accuracy on their pairs rose to {_range(reward, '.2f')}; the RL cells' reward rose from "
+        f"{_range(before, '.2f')} to {_range(after, '.2f')}. "
+    )
+    return markdown(rows, record["cells"]) + tail + _source(name, record) + "\n"
+
+
+def preflight() -> str:
+    """bench/preflight.py: the preflight's verdict and time per family and method (preflight.json)."""
+    from bench.preflight import table
+
+    name = "preflight.json"
+    record = _load(name)
+    rows = record["rows"]
+    passed = [row["command_seconds"] for row in rows if row["ok"]]
+    refused = [row["command_seconds"] for row in rows if not row["ok"]]
+    probe = [
+        step["seconds"] for row in rows for step in row["steps"] if step["name"] == "vllm" and step["status"] == "ok"
+    ]
+    tail = (
+        f"\n\n{len(passed)} passes, {len(refused)} refusals. A pass took {_range(passed)} s, a refusal "
+        f"{_range(refused)} s (the whole command: interpreter start and imports included); vLLM's probe, "
+        f"{_range(probe)} s of a pass. "
+    )
+    return table(record) + tail + _source(name, record) + "\n"
+
+
+def reward_model() -> str:
+    """bench/reward_model.py: the reward model's held-out accuracy with and without facts (reward_model.json)."""
+    name = "reward_model.json"
+    record = _load(name)
+    lines = [
+        "| facts | training pairs | held-out pairs | held-out accuracy | loss, first to last | training s |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for row in record["rows"]:
+        lines.append(
+            f"| {'yes' if row['facts'] else 'no'} | {row['train_pairs']} | {row['heldout_pairs']} | "
+            f"**{row['heldout_accuracy']:.3f}** | {row['first_loss']:.3f} to {row['last_loss']:.3f} | "
+            f"{row['seconds']:.0f} |"
+        )
+    settings = record["settings"]
+    tail = (
+        f"\n\n{record['scenes']} training scenes, {record['rankings']} oracle rankings "
+        f"({record['tie_then_helpfulness']} ordered by helpfulness after a tie, ties {settings['ties']}); "
+        f"facts as {record['fact_format']}; {settings['epochs']:g} epochs at learning rate "
+        f"{settings['learning_rate']:g}. "
+    )
+    return "\n".join(lines) + tail + _source(name, record) + "\n"
+
+
+def generation() -> str:
+    """bench/generation.py: candidate tokens/s by path, and the worker's CPU beside vLLM's (generation.json)."""
+    name = "generation.json"
+    record = _load(name)
+    rate = record["tokens_per_second"]
+    lines = ["| path | tokens/s |", "| --- | ---: |", *[f"| {path} | {value:.1f} |" for path, value in rate.items()]]
+    celery, direct, local = rate.values()
+    cpu, job = record["cpu_seconds_per_1000_candidates"], record["job_seconds"]
+    tail = (
+        f"\n\na/b = **{celery / direct:.2f}**, b/c = {direct / local:.2f}. During (a) FactLoop's worker (with its "
+        f"pool) used {cpu['worker']:.2f} CPU seconds per 1,000 candidates against vLLM's {cpu['vllm']:.2f}, "
+        f"{record['worker_share_of_vllm_cpu']:.1%} of vLLM's; the job waited {job['queued']:.1f} s in the queue "
+        f"and ran {job['running']:.1f} s. {record['prompts']} prompts x {record['k']} candidates, at most "
+        f"{record['max_tokens']} tokens, {record['concurrency']} requests in flight. "
+    )
+    return "\n".join(lines) + tail + _source(name, record) + "\n"
+
+
+def _ms(row: dict[str, Any], key: str) -> str:
+    return " / ".join(f"{row[key][p]:.0f}" if row[key][p] >= 10 else f"{row[key][p]:.1f}" for p in ("50", "95", "99"))
+
+
+def annotate() -> str:
+    """bench/annotate.py: labels/s and per-label latency by annotators and style (annotate.json)."""
+    name = "annotate.json"
+    record = _load(name)
+    lines = [
+        "| annotators | style | labels/s | one / two | per label p50 / p95 / p99 ms | lost | duplicated "
+        "| tasks over k | errors |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in record["rows"]:
+        ratio = f"{row['one_over_two']:.2f}" if row.get("one_over_two") else ""
+        lines.append(
+            f"| {row['annotators']} | {row['style']} | {row['per_second']:.1f} | {ratio} | {_ms(row, 'label_ms')} | "
+            f"{row['lost']} | {row['duplicated']} | {row['tasks_over_k']} | {row['errors']} |"
+        )
+    settings = record["settings"]
+    tail = (
+        f"\n\ngunicorn {settings['workers']} workers x {settings['threads']} threads, k = {settings['overlap']}, "
+        f"think time {settings['think_ms']:g} ms. "
+    )
+    return "\n".join(lines) + tail + _source(name, record) + "\n"
+
+
+def soak() -> str:
+    """bench/soak.py: many annotators with think times for minutes (soak.json)."""
+    name = "soak.json"
+    record = _load(name)
+    minutes = record["per_minute"]
+    counts = [minute["annotations"] for minute in minutes]
+    p99 = [minute["submit_p99_ms"] for minute in minutes]
+    audit = sum(record[key] for key in ("lost", "duplicated", "acknowledged_twice", "unacknowledged_stored"))
+    text = (
+        f"{record['annotators']} annotators for {record['seconds'] / 60:.0f} minutes, each pausing about "
+        f"{record['think_ms'] / 1000:g} s before a task: **{record['annotations']:,} annotations "
+        f"({record['per_second']:.1f}/s)**, {record['errors']} errors and {record['retries']} retries; next p50 / "
+        f"p95 / p99 {_ms(record, 'next_ms')} ms, submit {_ms(record, 'submit_ms')} ms; {min(counts):,} to "
+        f"{max(counts):,} annotations a minute (last minute / first: {record['last_over_first_annotations']:.2f}), "
+        f"a per-minute submit p99 of {min(p99):.0f} to {max(p99):.0f} ms (last / first: "
+        f"{record['last_over_first_submit_p99']:.2f}); the audit found {audit} labels lost or doubled and "
+        f"{record['tasks_over_k']} tasks over k. "
+    )
+    return text + _source(name, record) + "\n"
+
+
+def hostile() -> str:
+    """bench/hostile.py: what each hostile or unlucky request made the server spend (hostile.json)."""
+    name = "hostile.json"
+    record = _load(name)
+    parts = record["parts"]
+    cost, disk, accounts = parts["cost"], parts["disk"], parts["accounts"]
+    workers, start, claims = parts["workers"], parts["round_start"], parts["claims"]
+    loaded, empty = claims["leftovers_10000"], claims["leftovers_0"]
+
+    def seconds(run: dict[str, Any]) -> str:
+        return f"{run['seconds']:.2f} s" if run["seconds"] is not None else f"cut off after {run['timed_out_after']} s"
+
+    def export(run: dict[str, Any]) -> str:
+        return f"the export {run['export']['status']} after {run['export']['attempts']} attempt(s)"
+
+    lines = [
+        "| attack | measured |",
+        "| --- | --- |",
+        "| an anonymous `POST /api/auth/token/` whose body is an unterminated string of escaped quotes (throttles "
+        f"raised out of the way) | {cost['8KB']['cpu_ms_per_request']:.2f} ms of server CPU at 8 KB, "
+        f"{cost['32KB']['cpu_ms_per_request']:.2f} ms at 32 KB ({cost['ratio_32KB_to_8KB']:.2f}x), "
+        f"{cost['128KB']['cpu_ms_per_request']:.2f} ms at 128 KB ({cost['128KB']['statuses'][0]} from its length) |",
+        f"| an anonymous {disk['upload_mb']} MB multipart upload to the sign-in page with a made-up `csrftoken` "
+        f"cookie | {disk['status']}; {disk['bytes_written']:,} bytes written to disk against "
+        f"{disk['bytes_written_for_a_1KB_refusal']:,} for a refused 1 KB form (the request's log line); "
+        f"{disk['bytes_of_the_upload_written']:,} bytes of the upload |",
+        "| wrong passwords for the admin from one address, behind one trusted proxy | "
+        f"{accounts['attacker_429s']} answers 429; the right password from that address: "
+        f"{accounts['attacker_with_the_right_password']}; the admin from another address: "
+        f"{accounts['owner_from_another_address']} |",
+        f"| one password sprayed over {accounts['spray_tries']} user names from one address | 429 from try "
+        f"{accounts['spray_first_429_at_try']} on ({accounts['spray_429s']} of {accounts['spray_tries']}) |",
+        "| the generate worker restarts while an export runs on the export worker of the same host | names as "
+        f"shipped (`-n QUEUE@%h`): {export(workers['shipped'])}; both workers under Celery's default name: "
+        f"{export(workers['shared'])} |",
+        f"| choosing a new round's prompts among {start['prompts']:,} | NOT EXISTS: "
+        f"{seconds(start['not_exists_work_mem_4MB'])} at PostgreSQL's default `work_mem` and "
+        f"{seconds(start['not_exists_work_mem_256kB'])} at 256 kB; the NOT IN it replaced: "
+        f"{seconds(start['not_in_work_mem_4MB'])} and {seconds(start['not_in_work_mem_256kB'])}; the first 1,000 "
+        f"new prompts in {start['not_exists_first_1000_seconds']:.2f} s |",
+        "| one annotator labelling with 10,000 unfinished tasks of frozen rounds older than the open round's | "
+        f"{loaded['labels_per_second']:.1f} against {empty['labels_per_second']:.1f} labels/s without (median of "
+        f"three alternating runs each; ratio {claims['ratio']:.2f}; single runs "
+        f"{_range(loaded['labels_per_second_runs'] + empty['labels_per_second_runs'], '.0f')} labels/s) |",
+    ]
+    return "\n".join(lines) + "\n\n" + _source(name, record) + "\n"
+
+
+def replicas() -> str:
+    """bench/replicas.py: candidates an hour through one vLLM replica and through two (replicas.json)."""
+    name = "replicas.json"
+    record = _load(name)
+    median = record["median_candidates_per_hour"]
+    pinned = ", each server's threads bound to a core of its own" if record["pinned"] else ""
+    text = (
+        f"{record['prompts']} prompts x {record['k']} candidates, at most {record['max_tokens']} tokens, "
+        f"{record['concurrency']} requests in flight{pinned}; median of {len(record['runs']['one'])} alternating "
+        f"runs: one replica **{median['one']:,.0f}** candidates an hour, two replicas **{median['two']:,.0f}**, "
+        f"a ratio of **{record['two_over_one']:.2f}**. "
+    )
+    return text + _source(name, record) + "\n"
+
+
+def distributed() -> str:
+    """bench/distributed.py: one process against two, loss curve against loss curve (distributed.json)."""
+    name = "distributed.json"
+    record = _load(name)
+    trainers = record["trainers"]
+    steps = len(next(iter(trainers.values()))["curves"]["one"])
+    gaps = ", ".join(
+        f"{'DDPO' if trainer == 'ddpo' else 'the reward model'} {found['max_abs_difference']:.1e}"
+        for trainer, found in trainers.items()
+    )
+    text = f"Over {steps} steps at global batch {record['global_batch']}, the largest difference: {gaps}. "
+    return text + _source(name, record) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "weighting": weighting,
     "toy-policy": toy_policy,
@@ -407,6 +658,15 @@ TABLES: dict[str, Callable[[], str]] = {
     "demo": demo,
     "export": export,
     "gpu-dry-run": lambda: gpu("gpu-dry-run.json"),
+    "families": families,
+    "preflight": preflight,
+    "reward-model": reward_model,
+    "generation": generation,
+    "annotate": annotate,
+    "soak": soak,
+    "hostile": hostile,
+    "replicas": replicas,
+    "distributed": distributed,
 }
 
 

@@ -133,3 +133,21 @@ def test_the_published_tables_are_what_the_results_give() -> None:
     assert marked >= 2
     with pytest.raises(ValueError, match="no generated table named 'nothing'"):
         tables.render("<!-- bench:nothing -->\nold\n<!-- /bench:nothing -->\n", where="page.md")
+
+
+def test_every_result_file_is_published_by_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No raw result sits in bench/results/ unpublished, and every table a page marks reads one."""
+    from bench import tables
+
+    read: set[str] = set()
+    load = tables._load
+
+    def recorded(name: str) -> dict[str, object]:
+        read.add(name)
+        return load(name)
+
+    monkeypatch.setattr(tables, "_load", recorded)
+    for page in tables.pages():
+        tables.render(page.read_text(), where=page.name)
+    published = {path.name for path in tables.RESULTS.glob("*.json")}
+    assert read == published, f"not in any table: {sorted(published - read)}; missing: {sorted(read - published)}"
