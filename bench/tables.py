@@ -241,11 +241,7 @@ def label_efficiency_styles() -> str:
             )
     summary = record["summary"]
     best = summary.get("best_human_arm")
-    tail = [
-        "",
-        f"The base: CHAIR_i {base['chair_i']:.3f}, POPE F1 {base['pope_f1']:.3f}, {base['mean_words']:.1f} words, "
-        f"coverage {base['coverage']:.3f}. Seeds {record['settings']['seeds']} (mean ± standard deviation).",
-    ]
+    tail = ["", _label_settings(record)]
     if best:
         tail.append(
             f"Best human arm after {record['settings']['rounds']} rounds: `{best['name']}`, CHAIR_i "
@@ -254,9 +250,22 @@ def label_efficiency_styles() -> str:
     return "\n".join(lines + tail) + "\n\n" + _source(name, record) + "\n"
 
 
+def _label_settings(record: dict[str, Any]) -> str:
+    """bench/label_efficiency.py's settings and its base policy, in a sentence."""
+    settings, base = record["settings"], record["base"]
+    cover = "coverage" if "coverage" in base else "object_recall"
+    return (
+        f"{settings['labels']} human labels a round, {settings['rounds']} rounds, a pool of {settings['pool']} "
+        f"scenes (2 prompts each, K = {settings['samples']}), noise {settings['noise']:g}, seeds {settings['seeds']} "
+        f"(means; ± the standard deviation over seeds), {settings['heldout']} held-out scenes. The base: CHAIR_i "
+        f"{base['chair_i']:.3f}, POPE F1 {base['pope_f1']:.3f}, {base['mean_words']:.1f} words, coverage "
+        f"{base[cover]:.3f}."
+    )
+
+
 def label_efficiency() -> str:
-    """bench/label_efficiency.py's five arms, deleting corrections (label_efficiency.json, which
-    predates coverage's name: its `object_recall` is the same measure)."""
+    """bench/label_efficiency.py's five arms in its default correction style (label_efficiency.json;
+    a file older than coverage's name calls it `object_recall`: the same measure)."""
     name = "label_efficiency.json"
     record = _load(name)
     base = record["base"]
@@ -283,6 +292,8 @@ def label_efficiency() -> str:
     ]
     best = summary["best_arm"]
     tail = [
+        "",
+        _label_settings(record),
         "",
         f"Human labels each arm had used when its CHAIR_i first reached arm `random`'s final "
         f"{summary['target_chair_i']:.3f}:",
