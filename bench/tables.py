@@ -253,23 +253,20 @@ def label_efficiency_styles() -> str:
 def _label_settings(record: dict[str, Any]) -> str:
     """bench/label_efficiency.py's settings and its base policy, in a sentence."""
     settings, base = record["settings"], record["base"]
-    cover = "coverage" if "coverage" in base else "object_recall"
     return (
         f"{settings['labels']} human labels a round, {settings['rounds']} rounds, a pool of {settings['pool']} "
         f"scenes (2 prompts each, K = {settings['samples']}), noise {settings['noise']:g}, seeds {settings['seeds']} "
         f"(means; ± the standard deviation over seeds), {settings['heldout']} held-out scenes. The base: CHAIR_i "
         f"{base['chair_i']:.3f}, POPE F1 {base['pope_f1']:.3f}, {base['mean_words']:.1f} words, coverage "
-        f"{base[cover]:.3f}."
+        f"{base['coverage']:.3f}."
     )
 
 
 def label_efficiency() -> str:
-    """bench/label_efficiency.py's five arms in its default correction style (label_efficiency.json;
-    a file older than coverage's name calls it `object_recall`: the same measure)."""
+    """bench/label_efficiency.py's five arms in its default correction style (label_efficiency.json)."""
     name = "label_efficiency.json"
     record = _load(name)
     base = record["base"]
-    cover = "coverage" if "coverage" in base else "object_recall"
     lines = [
         "| arm | round | human labels (total) | pairs | CHAIR_i | vs base | POPE F1 | words | coverage "
         "| annotator minutes (total) |",
@@ -280,7 +277,7 @@ def label_efficiency() -> str:
             lines.append(
                 f"| `{arm}` | {row['round']} | {row['human_labels']:.0f} | {row['pairs']:.0f} | "
                 f"{_pm(row, 'chair_i')} | {_change(row['chair_i'], base['chair_i'])} | {row['pope_f1']:.3f} | "
-                f"{row['mean_words']:.1f} | {row[cover]:.3f} | {row['annotator_minutes']:.0f} |"
+                f"{row['mean_words']:.1f} | {row['coverage']:.3f} | {row['annotator_minutes']:.0f} |"
             )
     summary = record["summary"]
     reached = [
