@@ -142,7 +142,7 @@ class VocabularyAdmin(ReadOnlyAdmin):
     """Object vocabularies registered with `register_vocabulary` (coco and toyworld are built in)."""
 
     list_display = ["name", "class_count", "created_at"]
-    fields = ("name", "classes", "created_at")
+    fields = ("name", "classes", "associations", "created_at")
     readonly_fields = fields
 
     @admin.display(description="classes")

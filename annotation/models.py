@@ -202,6 +202,12 @@ class Vocabulary(models.Model):
 
     name = models.SlugField(max_length=64, unique=True)
     classes = models.JSONField(help_text='The classes in order: [["cat", ["kitten", "kitty"]], ["dog", []], ...].')
+    associations = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='AMBER\'s reading of it (import_amber): {"associations": {"grass": ["ground"], ...}, '
+        '"safe_words": ["orange", ...]}; the amber protocol scores by it.',
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

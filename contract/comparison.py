@@ -5,7 +5,8 @@ policies. Pure Python: the evaluator (rlhf/hallucination.py) and the web app's g
 
 Records: `describe` rows [objects mentioned, of them hallucinated, words, the image's
 annotated object classes, of them named] (evaluations before coverage have the first three),
-`qa` 0/1 per question, `pope` per split [label is yes, answer says yes] per probe, `reward` scores.
+`qa` 0/1 per question, `pope` per split [label is yes, answer says yes] per probe, `reward` scores,
+`amber` (the AMBER protocol) rows of rlhf.amber.Row per description.
 
 - CHAIR_i and CHAIR_s (Rohrbach et al., 2018, "Object Hallucination in Image Captioning"):
   hallucinated mentions over all mentions, and the share of descriptions with any;
@@ -14,6 +15,10 @@ annotated object classes, of them named] (evaluations before coverage have the f
 - Coverage: AMBER's "Cover" (Wang et al., 2023, arXiv:2311.07397), the mean over
   descriptions of images with annotated objects of the share of those object classes the
   description names; reported beside CHAIR because a policy can cut CHAIR by saying less.
+- AMBER's CHAIR, Cover, Hal and Cog (Wang et al., 2023, arXiv:2311.07397, its
+  inference.py): hallucinated object words over object words, truth objects covered over
+  truth objects, the share of descriptions with any hallucinated word, and likely
+  hallucinations named over those annotated; each pooled over the descriptions.
 - POPE (Li et al., 2023, "Evaluating Object Hallucination in Large Vision-Language
   Models"): F1, accuracy and yes-ratio per split; `pope_f1` is the splits' mean F1.
 - Intervals: 95% percentile bootstrap (Efron and Tibshirani, 1993, "An Introduction to the
@@ -30,6 +35,10 @@ from typing import Any
 
 from contract.heldout import Evaluation, HeldoutError
 from contract.methods import (
+    AMBER_CHAIR,
+    AMBER_COG,
+    AMBER_COVER,
+    AMBER_HAL,
     CHAIR_I,
     CHAIR_S,
     COVERAGE,
@@ -57,6 +66,7 @@ def indices(records: dict[str, Any]) -> Indices:
     }
     for split in POPE_SPLITS:
         found[f"pope:{split}"] = list(range(len(records["pope"].get(split, []))))
+    found["amber"] = list(range(len(records.get("amber", []))))  # last: other groups' draws stay as they were
     return found
 
 
@@ -109,7 +119,22 @@ def statistics(records: dict[str, Any], draw: Indices) -> dict[str, float]:
         out[QA_ACCURACY] = sum(records["qa"][i] for i in draw["qa"]) / len(draw["qa"])
     if draw.get("reward"):
         out[REWARD_MEAN] = sum(records["reward"][i] for i in draw["reward"]) / len(draw["reward"])
+    if draw.get("amber"):
+        out.update(_amber([records["amber"][i] for i in draw["amber"]]))
     return out
+
+
+def _amber(rows: list[list[int]]) -> dict[str, float]:
+    def share(part: int, whole: int) -> float:
+        return part / whole if whole else 0.0
+
+    sums = [sum(column) for column in zip(*rows, strict=True)]
+    return {
+        AMBER_CHAIR: share(sums[1], sums[0]),
+        AMBER_COVER: share(sums[3], sums[2]),
+        AMBER_HAL: sum(row[1] > 0 for row in rows) / len(rows),
+        AMBER_COG: share(sums[5], sums[4]),
+    }
 
 
 def interval(values: list[float]) -> tuple[float, float]:

@@ -9,13 +9,19 @@ Layout of a folder:
     items.jsonl     one item a line (below), in a fixed order
     images/         the images, named by the SHA-256 of their bytes
     vocabulary.json only for a vocabulary of the user's own: {"name": NAME, "classes":
-                    [[CLASS, [SYNONYM, ...]], ...]}, the classes in their order
+                    [[CLASS, [SYNONYM, ...]], ...]}, the classes in their order; for one
+                    imported from AMBER also "associations": {CLASS: [WORD, ...]} and
+                    "safe_words": [WORD, ...] (AMBER's relation.json and safe_words.txt,
+                    what its scorer reads: rlhf/amber.py)
 
 An item: `id` (the prompt's id), `image` (a path under the folder), `prompt`, `context`
 (earlier turns), `kind` ("describe": scored by CHAIR and Object HalBench, and its image
 probed by POPE; "question": scored by accuracy against `answer`), `answer` ("" when none),
 `objects` (the object classes known to be in the image, in the vocabulary's canonical
-names) and `captions` (reference captions; CHAIR reads their objects as present too).
+names), `captions` (reference captions; CHAIR reads their objects as present too) and
+`absent` (classes known not to be in the image that a model is likely to name anyway:
+AMBER's "hallu" annotation; written only when there are some, so a set without them keeps
+its digest).
 
 `vocabulary` names the object vocabulary the objects are spelled in: "coco" and
 "toyworld" are built into the evaluator (rlhf/vocabularies.py); any other is defined by the
@@ -70,13 +76,52 @@ class Item:
     objects: tuple[str, ...] = ()
     captions: tuple[str, ...] = ()
     context: tuple[dict[str, str], ...] = ()
+    absent: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
-        return {**data, "objects": list(self.objects), "captions": list(self.captions), "context": list(self.context)}
+        data.pop("absent")
+        listed = {"objects": list(self.objects), "captions": list(self.captions), "context": list(self.context)}
+        return {**data, **listed, **({"absent": list(self.absent)} if self.absent else {})}
 
 
 Classes = tuple[tuple[str, tuple[str, ...]], ...]  # a vocabulary's classes in order, each with its synonyms
+
+
+@dataclass(frozen=True)
+class Associations:
+    """How AMBER (Wang et al., 2023, arXiv:2311.07397; its data/relation.json and
+    data/safe_words.txt) reads a vocabulary: the words associated with each object (a word
+    associated with an object in the image is no hallucination, and names that object for
+    "Cover"), and the words never counted as hallucinated."""
+
+    words: dict[str, tuple[str, ...]]
+    safe_words: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "associations": {key: list(value) for key, value in self.words.items()},
+            "safe_words": list(self.safe_words),
+        }
+
+
+def parse_associations(associations: Any, safe_words: Any) -> Associations:
+    """AMBER's associations ({WORD: [WORD, ...]}) and safe words ([WORD, ...]) from JSON;
+    HeldoutError when either is not that shape or a word is empty."""
+    if not isinstance(associations, dict) or not associations:
+        raise HeldoutError('associations are {"WORD": ["WORD", ...], ...}, at least one')
+    if not isinstance(safe_words, list):
+        raise HeldoutError('safe words are ["WORD", ...]')
+    words: dict[str, tuple[str, ...]] = {}
+    for key, value in associations.items():
+        if not isinstance(value, list) or not all(isinstance(word, str) and word.strip() for word in value):
+            raise HeldoutError(f"association {str(key)[:60]!r}: a list of non-empty words")
+        if not str(key).strip():
+            raise HeldoutError("an association's word is empty")
+        words[str(key)] = tuple(value)
+    if not all(isinstance(word, str) and word.strip() for word in safe_words):
+        raise HeldoutError("a safe word is empty or not text")
+    return Associations(words, tuple(safe_words))
 
 
 def parse_vocabulary(data: Any) -> Classes:
@@ -114,6 +159,7 @@ class Heldout:
     digest: str
     dataset: str = ""
     classes: Classes | None = None  # a user vocabulary's classes (None: a built-in vocabulary)
+    associations: Associations | None = None  # AMBER's reading of the vocabulary, when it has one
 
     def image_bytes(self, item: Item) -> bytes:
         return (self.folder / item.image).read_bytes()
@@ -132,13 +178,16 @@ def write_heldout(
     *,
     dataset: str = "",
     classes: Classes | None = None,
+    associations: Associations | None = None,
 ) -> dict[str, Any]:
     """Write `items` (each with its image's bytes) into `folder`, which must be empty or new;
     returns the manifest. Images are stored once per content. A vocabulary that is not
-    built in needs its `classes`."""
+    built in needs its `classes` (and may have AMBER's `associations`)."""
     folder = Path(folder)
     if (classes is None) != (vocabulary in BUILT_IN_VOCABULARIES):
         raise HeldoutError(f"vocabulary {vocabulary!r}: classes are given for a vocabulary not built in, and only then")
+    if associations is not None and classes is None:
+        raise HeldoutError(f"vocabulary {vocabulary!r}: associations belong to a vocabulary of the user's own")
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines, images = [], set()
     for item, data in items:
@@ -153,6 +202,7 @@ def write_heldout(
     (folder / ITEMS).write_text(text, encoding="utf-8")
     if classes is not None:
         table = {"name": vocabulary, "classes": [[name, list(synonyms)] for name, synonyms in classes]}
+        table |= associations.as_json() if associations is not None else {}
         (folder / VOCABULARY_FILE).write_text(json.dumps(table, indent=1) + "\n")
     manifest = {
         "format": FORMAT,
@@ -195,6 +245,7 @@ def read_heldout(folder: Path) -> Heldout:
                 objects=tuple(str(o) for o in row.get("objects") or ()),
                 captions=tuple(str(c) for c in row.get("captions") or ()),
                 context=tuple(row.get("context") or ()),
+                absent=tuple(str(o) for o in row.get("absent") or ()),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise HeldoutError(f"{folder / ITEMS}:{number}: not an item ({error})") from None
@@ -206,15 +257,18 @@ def read_heldout(folder: Path) -> Heldout:
         items.append(item)
     if not items:
         raise HeldoutError(f"{folder}: no items")
-    vocabulary, classes = str(manifest["vocabulary"]), None
+    vocabulary, classes, associations = str(manifest["vocabulary"]), None, None
     if vocabulary not in BUILT_IN_VOCABULARIES:
         try:
             table = json.loads((folder / VOCABULARY_FILE).read_text())
         except (OSError, ValueError) as error:
             raise HeldoutError(f"{folder}: vocabulary {vocabulary!r} is not built in and {error}") from None
-        classes = parse_vocabulary(table.get("classes") if isinstance(table, dict) else None)
+        table = table if isinstance(table, dict) else {}
+        classes = parse_vocabulary(table.get("classes"))
+        if "associations" in table:
+            associations = parse_associations(table["associations"], table.get("safe_words", []))
     dataset = str(manifest.get("dataset") or "")
-    return Heldout(folder, vocabulary, tuple(items), str(manifest["digest"]), dataset, classes)
+    return Heldout(folder, vocabulary, tuple(items), str(manifest["digest"]), dataset, classes, associations)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,11 @@ OBJECT_HALBENCH: Final = "object_halbench_response"
 COVERAGE: Final = "coverage"  # AMBER's "Cover" (arXiv:2311.07397): the share of an image's objects named
 QA_ACCURACY: Final = "qa_accuracy"
 REWARD_MEAN: Final = "reward_mean"  # a registered reward model's mean score of the answers
+# AMBER's generative-task metrics (arXiv:2311.07397), its own reading (rlhf/amber.py).
+AMBER_CHAIR: Final = "amber_chair"
+AMBER_COVER: Final = "amber_cover"
+AMBER_HAL: Final = "amber_hal"
+AMBER_COG: Final = "amber_cog"
 # Training metrics a registered version carries (RunResult.registry_metrics).
 REWARD: Final = "reward"
 KL: Final = "kl"
@@ -32,8 +37,21 @@ GATE_METRICS: Final[dict[str, Direction]] = {
     CHAIR_S: "lower",
     POPE_F1: "higher",
     COVERAGE: "higher",
+    AMBER_CHAIR: "lower",
+    AMBER_COVER: "higher",
+    AMBER_HAL: "lower",
+    AMBER_COG: "lower",
 }
 # How a person reads them.
-METRIC_NAMES: Final[dict[str, str]] = {CHAIR_I: "CHAIR_i", CHAIR_S: "CHAIR_s", POPE_F1: "POPE F1", COVERAGE: "coverage"}
+METRIC_NAMES: Final[dict[str, str]] = {
+    CHAIR_I: "CHAIR_i",
+    CHAIR_S: "CHAIR_s",
+    POPE_F1: "POPE F1",
+    COVERAGE: "coverage",
+    AMBER_CHAIR: "AMBER CHAIR",
+    AMBER_COVER: "AMBER Cover",
+    AMBER_HAL: "AMBER Hal",
+    AMBER_COG: "AMBER Cog",
+}
 # The gate's default: fewer hallucinated objects must not come from naming fewer objects.
 DEFAULT_GATE: Final = f"{CHAIR_I},{COVERAGE}"

@@ -18,6 +18,11 @@ it reads the answers, so that a figure can sit beside a paper's (`manage.py eval
   paper's Table 6 (`import_coco --questions` or `--object-halbench`), read with RLHF-V's refined synonym list
   (eval/data/synonyms_refine.txt); the response-level rate (CHAIR_s) and the mention-level
   rate (CHAIR_i). Only the descriptions are asked.
+- "amber": AMBER's generative task (Wang et al., 2023, arXiv:2311.07397; its
+  junyangwang0410/AMBER repository): its 1,004 images, each with "Describe this image."
+  (`import_amber`), scored by AMBER's CHAIR, Cover, Hal and Cog with its object
+  annotations, associations and safe words, read as rlhf/amber.py says (exact word matching
+  where AMBER also matches by spaCy vector similarity). Only the descriptions are asked.
 
 A protocol fixes sizes (500 images, 300 prompts); a set too small for them is evaluated
 anyway and the result says how many it had (`protocol_size`), so the figure is not mistaken
@@ -29,10 +34,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from contract.methods import CHAIR_I, CHAIR_S, COVERAGE, GATE_METRICS, POPE_F1
+from contract.methods import (
+    AMBER_CHAIR,
+    AMBER_COG,
+    AMBER_COVER,
+    AMBER_HAL,
+    CHAIR_I,
+    CHAIR_S,
+    COVERAGE,
+    GATE_METRICS,
+    POPE_F1,
+)
 
 Negatives = Literal["factloop", "published"]
 Reader = Literal["standard", "rlhf-v"]
+Scorer = Literal["chair", "amber"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,7 @@ class Protocol:
     pope_negatives: Negatives = "factloop"  # rlhf.metrics.build_pope ("factloop") or POPE's own rule
     describe_items: int | None = None  # the protocol's number of description prompts (None: any)
     reader: Reader = "standard"  # how COCO text is read: standard CHAIR's list, or RLHF-V's refined one
+    scorer: Scorer = "chair"  # descriptions scored by CHAIR alone, or by AMBER's scorer too (rlhf/amber.py)
     metrics: tuple[str, ...] = ()  # the gate metrics it measures
 
     @property
@@ -59,6 +76,7 @@ class Protocol:
 FACTLOOP: Final = "factloop"
 POPE: Final = "pope"
 OBJECT_HALBENCH_PROTOCOL: Final = "object_halbench"
+AMBER_PROTOCOL: Final = "amber"
 
 PROTOCOLS: Final[dict[str, Protocol]] = {
     FACTLOOP: Protocol(
@@ -92,7 +110,20 @@ PROTOCOLS: Final[dict[str, Protocol]] = {
         reader="rlhf-v",
         metrics=(CHAIR_I, CHAIR_S, COVERAGE),
     ),
+    # AMBER's README and inference.py: 1,004 generative images, query "Describe this image."
+    AMBER_PROTOCOL: Protocol(
+        AMBER_PROTOCOL,
+        "AMBER (Wang et al., 2023), generative task: 1,004 images; CHAIR, Cover, Hal, Cog",
+        describe=True,
+        questions=False,
+        pope_per_image=0,
+        describe_items=1004,
+        scorer="amber",
+        metrics=(AMBER_CHAIR, AMBER_COVER, AMBER_HAL, AMBER_COG),
+    ),
 }
+
+AMBER_PROMPT: Final = "Describe this image."  # AMBER's data/query/query_generative.json
 
 # Object HalBench's prompts (RLHF-V, Yu et al., 2024, Table 6: "The list of instructions for
 # Object HalBench"). RLHF-V's question file (eval/data/obj_halbench_300_with_image.jsonl)

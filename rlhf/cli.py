@@ -61,7 +61,7 @@ from rlhf.common import load_policy
 from rlhf.config import ConfigError, RLTrainConfig, load_config, load_run_config
 from rlhf.distributed import finish, is_main, launched
 from rlhf.family_matrix import CELLS, markdown, run_row, write_pairs
-from rlhf.hallucination import LocalResponder, ServedResponder
+from rlhf.hallucination import LocalResponder, ServedResponder, amber_reader
 from rlhf.hallucination import evaluate as evaluate_heldout
 from rlhf.reward import RewardConfig, train_reward_model
 from rlhf.scene_eval import evaluate_toyworld, heldout_scenes
@@ -111,6 +111,12 @@ def _evaluate_heldout(args: argparse.Namespace) -> int:
     if args.protocol != FACTLOOP and args.pope_per_image not in (None, fixed):
         print(f"rlhf.cli evaluate: the {args.protocol} protocol asks {fixed} POPE objects per image", file=sys.stderr)
         return 2
+    if PROTOCOLS[args.protocol].scorer == "amber":  # refused before a model is loaded or a server asked
+        try:
+            amber_reader(heldout, [item for item in heldout.items if item.kind == "describe"])
+        except HeldoutError as error:
+            print(f"rlhf.cli evaluate: {error}", file=sys.stderr)
+            return 2
     if args.server is not None and not any(url.strip() for url in args.server.split(",")):
         print("rlhf.cli evaluate: --server names no URL", file=sys.stderr)
         return 2

@@ -17,7 +17,8 @@ comparison, and machines without a server). The answers are scored from the item
   adversarial) `pope_per_image` present and as many absent objects per image, absent ones
   by the set's own object frequencies and co-occurrences; `pope_f1` is the splits' mean F1.
 - which of these are asked, and how, is the evaluation protocol's (contract/protocols.py):
-  FactLoop's own asks all of them; "pope" and "object_halbench" are the published ones.
+  FactLoop's own asks all of them; "pope", "object_halbench" and "amber" are the published
+  ones, "amber" scoring the descriptions by AMBER's own reading too (rlhf/amber.py).
 - "question" items: accuracy against the known answer (yes/no answers read by POPE's rule;
   any other answer correct when the response contains it as whole words, case-insensitive).
 - with a reward model (rlhf.scoring.RewardModel): its mean score of the answers to the
@@ -42,6 +43,7 @@ from contract.comparison import POPE_SPLITS, draws, indices, interval, statistic
 from contract.heldout import Evaluation, Heldout, HeldoutError, Item
 from contract.protocols import FACTLOOP, PROTOCOLS
 from contract.protocols import Protocol as EvaluationProtocol
+from rlhf.amber import AmberReader
 from rlhf.metrics import PopeQuestion, build_pope, pope_published, pope_says_yes
 from rlhf.vocabularies import Vocabulary, vocabulary
 
@@ -206,6 +208,7 @@ def evaluate(
     describe = [item for item in heldout.items if item.kind == "describe"] if chosen.describe else []
     describe = describe[: chosen.describe_items]  # the protocol's first N prompts (None: all)
     questions = [item for item in heldout.items if item.kind == "question"] if chosen.questions else []
+    amber = amber_reader(heldout, describe) if chosen.scorer == "amber" else None
     truths = [_truth(item, vocab) for item in describe]
     annotated = [_annotated(item, vocab) for item in describe]
     probes = pope_probes(heldout, vocab, per_image=per_image, seed=seed, chosen=chosen)
@@ -236,6 +239,10 @@ def evaluate(
         hallucinated = sum(cls not in truth for cls in mentioned)
         covered = len(objects & set(mentioned))
         records["describe"].append([len(mentioned), hallucinated, len(text.split()), len(objects), covered])
+    if amber is not None:
+        records["amber"] = [
+            amber.row(text, i.objects, i.absent) for text, i in zip(descriptions, describe, strict=True)
+        ]
     records["qa"] = [int(_correct(text, item.answer)) for text, item in zip(qa_answers, questions, strict=True)]
     if reward_model is not None:
         records["reward"] = reward_scores(reward_model, heldout, [*describe, *questions], [*descriptions, *qa_answers])
@@ -273,6 +280,22 @@ def evaluate(
         dataset=heldout.dataset,
         items=len(heldout.items),
     )
+
+
+def amber_reader(heldout: Heldout, describe: Sequence[Item]) -> AmberReader:
+    """AMBER's reader of the set's vocabulary; HeldoutError when the set has no AMBER data
+    or an item names an object without associations (checked before anything is asked)."""
+    if heldout.associations is None:
+        raise HeldoutError(
+            f"the amber protocol needs AMBER's associations and safe words with the {heldout.vocabulary} "
+            "vocabulary; import the set with `manage.py import_amber`"
+        )
+    reader = AmberReader(heldout.associations)
+    for item in describe:
+        unknown = sorted((set(item.objects) | set(item.absent)) - set(heldout.associations.words))
+        if unknown:
+            raise HeldoutError(f"item {item.id}: objects without AMBER associations: {unknown[:5]}")
+    return reader
 
 
 def reward_scores(model: Any, heldout: Heldout, items: Sequence[Item], responses: Sequence[str]) -> list[float]:

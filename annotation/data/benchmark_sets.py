@@ -9,6 +9,13 @@
   samples its probes from COCO's instance annotations). The rows go through
   importers.import_rows, so each is checked as `import_prompts` checks its rows, and an
   image whose annotation names an unknown category is a bad row.
+- `import_amber` reads AMBER's generative task (Wang et al., 2023, arXiv:2311.07397; the
+  files of its repository, junyangwang0410/AMBER: data/annotations.json,
+  data/query/query_generative.json, data/relation.json, data/safe_words.txt, and its
+  images): one description prompt per image, its facts the objects AMBER annotates as
+  present (`classes`) and as likely hallucinations (`absent`), in a vocabulary of AMBER's
+  annotated objects registered with its associations and safe words (what the "amber"
+  protocol scores by).
 - `import_toyworld` stores the synthetic world's held-out scenes (the ones
   rlhf.scene_eval.evaluate_toyworld renders) as description prompts in the "toyworld"
   vocabulary: the same evaluator then scores the toy world as any other dataset.
@@ -22,12 +29,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from django.db import transaction
+
 from annotation.data.images import add_image, add_prompt, atomic_with_files
 from annotation.data.importers import ImportReport, Problem, import_rows
 from annotation.models import Dataset, Prompt
-from annotation.rules.datasets import dataset_for_import
-from annotation.rules.errors import Refused
-from contract.heldout import COCO_CLASSES
+from annotation.rules.datasets import dataset_for_import, register_vocabulary
+from annotation.rules.errors import Invalid, Refused
+from contract.heldout import COCO_CLASSES, Associations, Classes, HeldoutError, parse_associations, parse_vocabulary
 from testbed.toyworld import Question, Scene, heldout_scenes
 from testbed.toyworld.render import png_of_scene
 from testbed.toyworld.world import NUMBER_WORDS, make_question
@@ -179,6 +188,98 @@ def import_coco(
         coco_rows(instances, captions, split=split, prompt=prompt, limit=limit, questions=questions, prompts=prompts)
     )
     return import_rows(rows, Path(images), skip_bad=skip_bad, dataset=dataset, vocabulary="coco")
+
+
+def _json_any(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DatasetError(f"cannot read {what} {path}: {error}") from None
+
+
+def amber_reading(relation: Path, safe_words: Path) -> tuple[Classes, Associations]:
+    """AMBER's annotated objects as a vocabulary (the associations' keys in their order, each
+    a class without synonyms: the objects its truth and hallu lists name; the words only
+    associated are read by AMBER's scorer alone, as "people", the plural the standard
+    reading gives "person", would otherwise name two classes) and its associations and safe
+    words."""
+    try:
+        lines = Path(safe_words).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"cannot read the safe words {safe_words}: {error}") from None
+    try:
+        associations = parse_associations(_json_any(relation, "AMBER's relations"), [w for w in lines if w.strip()])
+    except HeldoutError as error:
+        raise DatasetError(f"{relation}: {error}") from None
+    try:
+        classes = parse_vocabulary([[word, []] for word in associations.words])
+    except HeldoutError as error:
+        raise DatasetError(f"{relation}: {error}") from None
+    return classes, associations
+
+
+def amber_rows(
+    annotations: Path, queries: Path, associations: Associations, *, limit: int | None = None
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(row number, row or the reason it is bad) per query of AMBER's generative query file,
+    in its order: the image, the query, and facts {classes: AMBER's `truth`, absent: its
+    `hallu`, amber_id}."""
+    if limit is not None and limit < 1:
+        raise DatasetError(f"--limit must be at least 1 (got {limit}); leave it out for every image")
+    annotated = _json_any(annotations, "AMBER's annotations")
+    asked = _json_any(queries, "AMBER's queries")
+    if not isinstance(annotated, list) or not isinstance(asked, list):
+        raise DatasetError(f"{annotations} and {queries} are AMBER's lists (data/annotations.json, data/query/...)")
+    by_id = {row.get("id"): row for row in annotated if isinstance(row, dict)}
+    for number, query in enumerate(asked[:limit] if limit else asked, start=1):
+        if not isinstance(query, dict) or not all(isinstance(query.get(key), str) for key in ("image", "query")):
+            yield number, 'a query is {"id": N, "image": "AMBER_N.jpg", "query": "..."}'
+            continue
+        truth = by_id.get(query.get("id"))
+        if truth is None or truth.get("type") != "generative":
+            yield number, f"query {query.get('id')!r}: no generative annotation with that id in {annotations}"
+            continue
+        given = [truth.get(key) for key in ("truth", "hallu")]
+        if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in given):
+            yield number, f"annotation {query['id']}: truth and hallu must be lists of object words"
+            continue
+        lists: list[list[str]] = [list(names or []) for names in given]
+        if unknown := sorted({n for names in lists for n in names} - set(associations.words)):
+            yield number, f"annotation {query['id']}: objects without associations: {', '.join(unknown[:5])}"
+            continue
+        facts = {"classes": lists[0], "absent": lists[1], "amber_id": query["id"]}
+        row = {"image": query["image"], "prompt": query["query"], "split": Prompt.Split.HELDOUT, "facts": facts}
+        yield number, {**row, "meta": {"kind": "describe"}, "source": f"amber:{query['id']}"}
+
+
+def import_amber(
+    annotations: Path,
+    queries: Path,
+    relation: Path,
+    safe_words: Path,
+    images: Path,
+    *,
+    limit: int | None = None,
+    skip_bad: bool = False,
+    dataset: str = "amber",
+    vocabulary: str = "amber",
+) -> ImportReport:
+    """Import AMBER's generative task as held-out prompts of `dataset`, its object words
+    registered as `vocabulary` with their associations (the same vocabulary again is kept;
+    another one by that name refused); all or nothing unless `skip_bad`."""
+    if not Path(images).is_dir():
+        raise DatasetError(f"{images} is not a folder")
+    classes, associations = amber_reading(relation, safe_words)
+    rows = [
+        (number, row if isinstance(row, str) else {**row, "facts": {**row["facts"], "vocabulary": vocabulary}})
+        for number, row in amber_rows(annotations, queries, associations, limit=limit)
+    ]
+    with transaction.atomic():  # the vocabulary goes with the rows, or neither stays
+        try:
+            register_vocabulary(vocabulary, [[name, list(s)] for name, s in classes], associations=associations)
+        except (Invalid, Refused) as error:
+            raise DatasetError(f"{error.message} (--vocabulary names another)") from None
+        return import_rows(rows, Path(images), skip_bad=skip_bad, dataset=dataset, vocabulary=vocabulary)
 
 
 def short_answer(scene: Scene, question: Question) -> str:

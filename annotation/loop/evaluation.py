@@ -13,8 +13,9 @@ scores the answers too), and records the result on the version
 What an item is scored as comes from the database: the prompt's `meta.kind` ("describe" or
 "question"; a prompt whose meta holds an `answer` is a question, any other a description),
 `meta.answer`, and the image's `facts`: `classes` (or `objects`, when it is a list of
-names) for the objects in it, `captions` for its reference captions; the dataset names
-the vocabulary they are spelled in.
+names) for the objects in it, `captions` for its reference captions, `absent` for objects
+known to be absent (AMBER's "hallu"); the dataset names the vocabulary they are spelled in
+(with AMBER's associations when it has them).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from django.conf import settings
 
 from annotation.loop.deployment import serving_client, vllm_urls
 from annotation.models import Dataset, Prompt
-from annotation.rules.datasets import DEFAULT_VOCABULARY, object_classes, scorable, vocabulary_table
+from annotation.rules.datasets import (
+    DEFAULT_VOCABULARY,
+    object_classes,
+    scorable,
+    vocabulary_associations,
+    vocabulary_table,
+)
 from annotation.rules.errors import Invalid
 from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.heldout import Item, Kind, image_name, write_heldout
@@ -63,6 +70,7 @@ def _item(prompt: Prompt) -> tuple[Item, bytes]:
         objects=tuple(object_classes(facts)),
         captions=tuple(str(c) for c in facts.get("captions") or [] if isinstance(c, str)),
         context=tuple(prompt.context or ()),
+        absent=tuple(str(name) for name in facts.get("absent") or [] if isinstance(name, str)),
     )
     return item, data
 
@@ -80,20 +88,25 @@ def vocabulary_of(prompts: list[Prompt]) -> str:
     return found.pop() if found else DEFAULT_VOCABULARY
 
 
-def export_heldout(out: Path, dataset: Dataset, *, limit: int | None = None) -> dict[str, Any]:
+def export_heldout(
+    out: Path, dataset: Dataset, *, limit: int | None = None, protocol: str = FACTLOOP
+) -> dict[str, Any]:
     """Write the dataset's prompts (the first `limit`, oldest first) as a held-out folder at
-    `out`, whole or not at all; returns its manifest. Refused when it cannot be scored
-    (annotation.rules.datasets.scorable)."""
-    scorable(dataset, limit)
+    `out`, whole or not at all; returns its manifest. Refused when it cannot be scored under
+    `protocol` (annotation.rules.datasets.scorable)."""
+    scorable(dataset, limit, protocol=protocol)
     prompts = heldout_prompts(dataset, limit)
     classes = vocabulary_table(dataset.vocabulary)
+    associations = vocabulary_associations(dataset.vocabulary)
 
     def items() -> Iterator[tuple[Item, bytes]]:
         for prompt in prompts:
             yield _item(prompt)
 
     with staged(Path(out), replace=True) as folder:
-        manifest = write_heldout(folder, dataset.vocabulary, items(), dataset=dataset.name, classes=classes)
+        manifest = write_heldout(
+            folder, dataset.vocabulary, items(), dataset=dataset.name, classes=classes, associations=associations
+        )
     return manifest
 
 

@@ -61,6 +61,10 @@ from contract.heldout import MANIFEST as HELDOUT_MANIFEST
 from contract.heldout import Evaluation
 from contract.launch import ONE_PROCESS, Launch, LaunchError
 from contract.methods import (
+    AMBER_CHAIR,
+    AMBER_COG,
+    AMBER_COVER,
+    AMBER_HAL,
     CHAIR_I,
     CHAIR_S,
     COVERAGE,
@@ -93,7 +97,11 @@ STEPS = (
     "deploy",
     "open_next",
 )
-KEPT_METRICS = (CHAIR_I, CHAIR_S, OBJECT_HALBENCH, POPE_F1, COVERAGE, QA_ACCURACY, MEAN_WORDS, EMPTY_SHARE)
+# What the evaluate step keeps of each evaluation (AMBER's four under the amber protocol).
+KEPT_METRICS = (
+    *(CHAIR_I, CHAIR_S, OBJECT_HALBENCH, POPE_F1, COVERAGE, QA_ACCURACY, MEAN_WORDS, EMPTY_SHARE),
+    *(AMBER_CHAIR, AMBER_COVER, AMBER_HAL, AMBER_COG),
+)
 
 
 class TrainingRefused(Exception):
@@ -209,7 +217,7 @@ def plan(round_: Round, options: Options) -> dict[str, Any]:
     if reason := checkpoint_gap(current.base_model, options.method):
         raise TrainingRefused(f"{current.base_model}: {reason}")
     try:  # refused before any training when the evaluate step could not score it after
-        heldout = scorable(choose_dataset(options.dataset, round_), options.eval_items)
+        heldout = scorable(choose_dataset(options.dataset, round_), options.eval_items, protocol=options.gate_protocol)
     except Refused as error:
         raise TrainingRefused(f"the held-out set: {error.message}") from None
     steps = [s for s in STEPS if s != "reward_model" or options.method in RL_METHODS]
@@ -462,7 +470,12 @@ def _step_evaluate(run: TrainingRun, options: Options, work: RunFolder) -> dict[
     heldout = work.heldout
     if not (heldout / HELDOUT_MANIFEST).is_file():
         try:
-            export_heldout(heldout, choose_dataset(options.dataset, run.round), limit=options.eval_items)
+            export_heldout(
+                heldout,
+                choose_dataset(options.dataset, run.round),
+                limit=options.eval_items,
+                protocol=options.gate_protocol,
+            )
         except Refused as error:
             raise StepFailed(error.message) from None
     log, current = work.evaluate_log, _current(run)

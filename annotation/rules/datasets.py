@@ -18,7 +18,16 @@ from django.db.models import Count
 
 from annotation.models import Dataset, Prompt, Round, Vocabulary
 from annotation.rules.errors import Invalid, Refused
-from contract.heldout import BUILT_IN_VOCABULARIES, COCO_CLASSES, Classes, HeldoutError, parse_vocabulary
+from contract.heldout import (
+    BUILT_IN_VOCABULARIES,
+    COCO_CLASSES,
+    Associations,
+    Classes,
+    HeldoutError,
+    parse_associations,
+    parse_vocabulary,
+)
+from contract.protocols import FACTLOOP, PROTOCOLS
 from testbed.toyworld import CLASSES as TOYWORLD_CLASSES
 
 DEFAULT_VOCABULARY = "coco"
@@ -48,10 +57,21 @@ def class_names(name: str) -> frozenset[str]:
     return frozenset(_BUILT_IN[name] if table is None else (cls for cls, _ in table))
 
 
-def register_vocabulary(name: str, data: Any, *, replace: bool = False) -> Vocabulary:
-    """Store vocabulary `name` from JSON data (contract.heldout.parse_vocabulary's forms).
-    Refused for a built-in name, for a name taken (unless `replace`), and for replacing one
-    a dataset uses: its evaluations would no longer mean the same."""
+def vocabulary_associations(name: str) -> Associations | None:
+    """A registered vocabulary's AMBER associations (None: a built-in one, or none given)."""
+    if name in BUILT_IN_VOCABULARIES:
+        return None
+    stored = Vocabulary.objects.filter(name=name).values_list("associations", flat=True).first()
+    return None if stored is None else parse_associations(stored.get("associations"), stored.get("safe_words", []))
+
+
+def register_vocabulary(
+    name: str, data: Any, *, replace: bool = False, associations: Associations | None = None
+) -> Vocabulary:
+    """Store vocabulary `name` from JSON data (contract.heldout.parse_vocabulary's forms),
+    with AMBER's `associations` when given. Refused for a built-in name, for a name taken
+    (unless `replace`), and for replacing one a dataset uses: its evaluations would no
+    longer mean the same."""
     if name in BUILT_IN_VOCABULARIES:
         raise Invalid(f"{name!r} is built in; choose another name")
     try:
@@ -63,17 +83,20 @@ def register_vocabulary(name: str, data: Any, *, replace: bool = False) -> Vocab
     except ValidationError as error:
         raise Invalid(f"vocabulary name {name!r}: {' '.join(error.messages)}") from None
     stored = [[cls, list(synonyms)] for cls, synonyms in classes]
+    read = associations.as_json() if associations is not None else None
     with transaction.atomic():
         existing = Vocabulary.objects.select_for_update().filter(name=name).first()
         if existing is None:
-            return Vocabulary.objects.create(name=name, classes=stored)
+            return Vocabulary.objects.create(name=name, classes=stored, associations=read)
+        if existing.classes == stored and existing.associations == read:
+            return existing  # the same vocabulary again
         if not replace:
             raise Refused(f"vocabulary {name!r} exists; --replace to change it")
         users = list(Dataset.objects.filter(vocabulary=name).values_list("name", flat=True))
         if users:
             raise Refused(f"vocabulary {name!r} is used by dataset(s) {', '.join(users)}; register a new name")
-        existing.classes = stored
-        existing.save(update_fields=["classes"])
+        existing.classes, existing.associations = stored, read
+        existing.save(update_fields=["classes", "associations"])
         return existing
 
 
@@ -95,7 +118,10 @@ def facts_problem(facts: dict[str, Any], vocabulary: str, names: frozenset[str])
     named = facts.get("vocabulary")
     if named is not None and named != vocabulary:
         return f"facts name vocabulary {named!r}, and the dataset's is {vocabulary!r}"
-    if unknown := unknown_classes(facts, names):
+    absent = facts.get("absent") or []
+    if not isinstance(absent, list) or not all(isinstance(name, str) for name in absent):
+        return "absent is a list of class names"
+    if unknown := sorted(set(unknown_classes(facts, names)) | (set(absent) - names)):
         shown = ", ".join(repr(c) for c in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         return f"classes outside the {vocabulary} vocabulary: {shown}"
     return None
@@ -140,11 +166,17 @@ def _listing() -> str:
     return "datasets: " + ", ".join(f"{name} ({n} prompts)" for name, n in listed)
 
 
-def scorable(dataset: Dataset, limit: int | None = None) -> dict[str, Any]:
+def scorable(dataset: Dataset, limit: int | None = None, *, protocol: str = FACTLOOP) -> dict[str, Any]:
     """What an evaluation of `dataset` (its first `limit` prompts) would score; Refused when
-    it cannot be scored: no prompts, an unknown vocabulary, or an image whose facts name a
-    class outside it (facts imported before imports checked them, or a vocabulary changed)."""
+    it cannot be scored: no prompts, an unknown vocabulary, an image whose facts name a
+    class outside it (facts imported before imports checked them, or a vocabulary changed),
+    or a protocol that scores by AMBER's associations asked of a vocabulary without them."""
     names = class_names(dataset.vocabulary)
+    if PROTOCOLS[protocol].scorer == "amber" and vocabulary_associations(dataset.vocabulary) is None:
+        raise Refused(
+            f"the {protocol} protocol scores by AMBER's associations and safe words, and held-out dataset "
+            f"{dataset.name!r} (vocabulary {dataset.vocabulary!r}) has none: import AMBER with import_amber"
+        )
     prompts = Prompt.objects.filter(dataset=dataset).order_by("pk")
     prompts = prompts[:limit] if limit else prompts
     count = 0

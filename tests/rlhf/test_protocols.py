@@ -164,7 +164,7 @@ def test_the_gate_takes_only_metrics_its_protocol_measures(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="does not measure pope_f1"):
         check_gate("object_halbench", ["pope_f1"])
     with pytest.raises(ValueError, match="unknown evaluation protocol"):
-        check_gate("amber", [])
+        check_gate("mme", [])
 
     heldout = read_heldout(coco_set(tmp_path / "set"))
     sure = evaluate(heldout, Scripted(lambda r: "Yes."), protocol="pope", bootstrap=100)

@@ -53,7 +53,12 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({"DEBUG": "1", "FACTLOOP_GATE_METRICS": "chair_i,bleu"}, "FACTLOOP_GATE_METRICS", "gate metric 'bleu'"),
         ({"DEBUG": "1", "FACTLOOP_GATE_METRICS": "coverage:x"}, "FACTLOOP_GATE_METRICS", "gate margin 'x'"),
         ({"DEBUG": "1", "FACTLOOP_GATE_METRIC": "pope_f1"}, "FACTLOOP_GATE_METRIC", "is now FACTLOOP_GATE_METRICS"),
-        ({"DEBUG": "1", "FACTLOOP_GATE_PROTOCOL": "amber"}, "FACTLOOP_GATE_PROTOCOL", "expected one of factloop, pope"),
+        ({"DEBUG": "1", "FACTLOOP_GATE_PROTOCOL": "mme"}, "FACTLOOP_GATE_PROTOCOL", "expected one of factloop, pope"),
+        (
+            {"DEBUG": "1", "FACTLOOP_GATE_PROTOCOL": "amber"},
+            "FACTLOOP_GATE_PROTOCOL",
+            "the amber protocol does not measure chair_i, coverage; its gate metrics are amber_chair",
+        ),
         (
             {"DEBUG": "1", "FACTLOOP_GATE_PROTOCOL": "pope"},
             "FACTLOOP_GATE_PROTOCOL",

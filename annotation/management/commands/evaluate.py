@@ -41,8 +41,8 @@ class Command(BaseCommand):
             default=FACTLOOP,
             choices=PROTOCOLS,
             help="what is asked and how it is read: factloop (FactLoop's own, the default), pope (POPE: 500 "
-            "images, 3 present and 3 absent objects each, per split) or object_halbench (RLHF-V's: 300 prompts, "
-            "its synonym list)",
+            "images, 3 present and 3 absent objects each, per split), object_halbench (RLHF-V's: 300 prompts, "
+            "its synonym list) or amber (AMBER's generative task: CHAIR, Cover, Hal, Cog; a set from import_amber)",
         )
         parser.add_argument("--out", type=Path, help="also write the whole result (per-item records too) here")
 
@@ -62,7 +62,9 @@ class Command(BaseCommand):
             work = Path(scratch)
             try:
                 dataset = choose_dataset(options["dataset"])
-                manifest = export_heldout(work / "heldout", dataset, limit=options["limit"])
+                manifest = export_heldout(
+                    work / "heldout", dataset, limit=options["limit"], protocol=options["protocol"]
+                )
                 self.stderr.write(f"evaluating {name} on {described(manifest)} through {settings.FACTLOOP_VLLM_URL}")
                 result = evaluate_version(
                     name,

@@ -53,7 +53,7 @@ class Command(BaseCommand):
             "--gate-protocol",
             default="",
             choices=["", *PROTOCOLS],
-            help="what both evaluations ask: factloop, or a published protocol, pope or object_halbench "
+            help="what both evaluations ask: factloop, or a published protocol, pope, object_halbench or amber "
             "(FACTLOOP_GATE_PROTOCOL, default factloop)",
         )
         parser.add_argument(
