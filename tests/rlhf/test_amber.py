@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.comparison import draws, indices, parse_gate, statistics
+from contract.comparison import draws, gate, indices, parse_gate, statistics, summary
 from contract.heldout import ITEMS, Associations, HeldoutError, Item, image_name, read_heldout, write_heldout
 from contract.methods import AMBER_CHAIR, AMBER_COG, AMBER_COVER, AMBER_HAL, CHAIR_I
 from contract.protocols import AMBER_PROMPT, check_gate
@@ -134,7 +134,13 @@ def test_a_set_without_ambers_data_is_refused_before_anything_is_asked(
     assert ["absent" in line for line in lines] == [True, True, True, False]
 
 
-def test_the_gate_under_amber_takes_ambers_metrics_only() -> None:
+def test_the_gate_under_amber_takes_ambers_metrics_only(tmp_path: Path) -> None:
+    heldout = read_heldout(amber_set(tmp_path / "set"))
+    careful = evaluate(heldout, Scripted(lambda r: "Some grass."), protocol="amber", bootstrap=50)
+    inventive = evaluate(heldout, Scripted(lambda r: "Some grass, a sky and a puppy."), protocol="amber", bootstrap=50)
+    decision = gate(inventive, careful, parse_gate("amber_chair,amber_cover"), samples=200)
+    assert not decision["passed"] and "worse on AMBER CHAIR by 0.667" in summary(decision)
+    assert gate(careful, inventive, parse_gate("amber_chair"), samples=200)["passed"]
     check_gate("amber", [AMBER_CHAIR, AMBER_COVER])
     with pytest.raises(ValueError, match="does not measure chair_i"):
         check_gate("amber", [CHAIR_I])
