@@ -243,6 +243,8 @@ def evaluate(
         records["amber"] = [
             amber.row(text, i.objects, i.absent) for text, i in zip(descriptions, describe, strict=True)
         ]
+        # Every description by item id, so AMBER's own scorer can read them too (evaluate --amber-responses).
+        records["responses"] = [[item.id, text] for item, text in zip(describe, descriptions, strict=True)]
     records["qa"] = [int(_correct(text, item.answer)) for text, item in zip(qa_answers, questions, strict=True)]
     if reward_model is not None:
         records["reward"] = reward_scores(reward_model, heldout, [*describe, *questions], [*descriptions, *qa_answers])

@@ -264,9 +264,10 @@ def import_amber(
     dataset: str = "amber",
     vocabulary: str = "amber",
 ) -> ImportReport:
-    """Import AMBER's generative task as held-out prompts of `dataset`, its object words
-    registered as `vocabulary` with their associations (the same vocabulary again is kept;
-    another one by that name refused); all or nothing unless `skip_bad`."""
+    """Import AMBER's generative task as held-out prompts of `dataset`, its annotated objects
+    registered as `vocabulary` with their associations and the safe words (the same
+    vocabulary again is kept; another one by that name refused); all or nothing, the
+    vocabulary too, unless `skip_bad`."""
     if not Path(images).is_dir():
         raise DatasetError(f"{images} is not a folder")
     classes, associations = amber_reading(relation, safe_words)

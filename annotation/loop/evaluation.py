@@ -110,6 +110,20 @@ def export_heldout(
     return manifest
 
 
+def amber_responses(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """An amber-protocol evaluation's descriptions as AMBER's inference.py reads them
+    ([{"id": AMBER's id, "response": text}, ...], by id), from the prompts' `amber_id`
+    facts; Invalid for an evaluation that kept no responses (another protocol)."""
+    kept = result.get("records", {}).get("responses")
+    if not kept:
+        raise Invalid("the evaluation kept no responses: only the amber protocol keeps them")
+    ids = dict(Prompt.objects.filter(pk__in=[int(pk) for pk, _ in kept]).values_list("pk", "image__facts__amber_id"))
+    missing = [pk for pk, _ in kept if ids.get(int(pk)) is None]
+    if missing:
+        raise Invalid(f"prompts {', '.join(missing[:5])} have no AMBER id (not imported by import_amber)")
+    return sorted(({"id": ids[int(pk)], "response": text} for pk, text in kept), key=lambda row: row["id"])
+
+
 def described(manifest: dict[str, Any]) -> str:
     """A held-out folder's manifest in words: its dataset, item count and digest."""
     name = manifest.get("dataset") or "(unnamed)"

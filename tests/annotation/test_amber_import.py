@@ -5,6 +5,7 @@ carries them to the evaluator's "amber" protocol. Bad input is refused whole."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.loop.evaluation import export_heldout
+from annotation.loop.evaluation import amber_responses, export_heldout
 from annotation.models import Dataset, Image, Prompt, Vocabulary
 from annotation.rules.datasets import scorable
 from annotation.rules.errors import Refused
@@ -88,6 +89,16 @@ def test_ambers_files_become_a_dataset_its_vocabulary_and_a_set_the_amber_protoc
     result = evaluate(heldout, Scripted(answers), protocol="amber", bootstrap=20)
     assert result.records["amber"] == [[2, 0, 2, 2, 2, 0], [2, 1, 1, 1, 1, 1]]
     assert result.metrics[AMBER_CHAIR] == pytest.approx(1 / 4) and result.metrics[AMBER_COVER] == 1.0
+
+    # The descriptions, by AMBER's ids, as AMBER's own inference.py reads them (--inference_data).
+    assert amber_responses(dataclasses.asdict(result)) == [
+        {"id": 1, "response": "grass by the street"},
+        {"id": 2, "response": "a puppy, sky"},
+    ]
+    with pytest.raises(Refused, match="only the amber protocol keeps them"):
+        amber_responses(dataclasses.asdict(evaluate(heldout, Scripted(answers), bootstrap=10)))
+    with pytest.raises(CommandError, match="--amber-responses needs --protocol amber"):
+        call_command("evaluate", version="v1", amber_responses=tmp_path / "responses.json")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.utils import timezone
 
-from annotation.loop.evaluation import RlhfFailed, described, evaluate_version, export_heldout
+from annotation.loop.evaluation import RlhfFailed, amber_responses, described, evaluate_version, export_heldout
 from annotation.rules.datasets import choose_dataset
 from annotation.rules.errors import Refused
 from contract.protocols import FACTLOOP, PROTOCOLS
@@ -45,10 +45,18 @@ class Command(BaseCommand):
             "its synonym list) or amber (AMBER's generative task: CHAIR, Cover, Hal, Cog; a set from import_amber)",
         )
         parser.add_argument("--out", type=Path, help="also write the whole result (per-item records too) here")
+        parser.add_argument(
+            "--amber-responses",
+            type=Path,
+            help="with --protocol amber: also write the descriptions as AMBER's inference.py reads them "
+            "(--inference_data), for AMBER's own scorer",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["limit"] is not None and options["limit"] < 1:
             raise CommandError("--limit must be at least 1")
+        if options["amber_responses"] and PROTOCOLS[options["protocol"]].scorer != "amber":
+            raise CommandError("--amber-responses needs --protocol amber")
         registry = Registry(settings.FACTLOOP_MODEL_DIR)
         name = options["version"]
         try:
@@ -82,6 +90,12 @@ class Command(BaseCommand):
             log.unlink(missing_ok=True)
             if options["out"]:
                 options["out"].write_text(json.dumps(result, indent=1) + "\n")
+            if options["amber_responses"]:
+                try:
+                    responses = amber_responses(result)
+                except Refused as error:
+                    raise CommandError(error.message) from None
+                options["amber_responses"].write_text(json.dumps(responses, indent=1) + "\n")
         intervals = result["intervals"]
         for key, value in sorted(result["metrics"].items()):
             low, high = intervals.get(key, (value, value))
