@@ -129,6 +129,12 @@ def test_unreadable_amber_files_and_a_taken_vocabulary_are_refused(tmp_path: Pat
     with pytest.raises(CommandError, match="association 'grass': a list of non-empty words"):
         call_command("import_amber", amber=root, images=root / "images")
     (root / "data" / "relation.json").write_text(json.dumps(RELATION))
+    with pytest.raises(CommandError, match="cannot read the safe words"):
+        call_command("import_amber", amber=root, images=root / "images", safe_words=root / "missing.txt")
+    (root / "queries.json").write_text('{"id": 1}')
+    with pytest.raises(CommandError, match="are AMBER's lists"):
+        call_command("import_amber", amber=root, images=root / "images", queries=root / "queries.json")
+    assert not Prompt.objects.exists() and not Vocabulary.objects.exists()
     call_command("register_vocabulary", "amber", str(_write(tmp_path / "v.json", ["grass"])), stdout=io.StringIO())
     with pytest.raises(CommandError, match=r"vocabulary 'amber' exists.*--vocabulary names another"):
         call_command("import_amber", amber=root, images=root / "images")
