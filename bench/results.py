@@ -7,8 +7,9 @@ changes (outside `bench/results/`, which only holds outputs) unless `--allow-dir
 given, in which case the changed paths and a hash of the diff are recorded. `write` is the
 one writer of result files; each records the command line, its arguments (seeds
 included), the revision (and the dirty state), the start and end times, the machine (CPU
-model, cores, GPUs), for a model folder its tiny-model spec hash, and what the caller
-reports it reused (`reused`) or read (`inputs`), each with its own provenance.
+model and identity, cores, vector set, torch's CPU kernels, GPUs), for a model folder its
+tiny-model spec hash, and what the caller reports it reused (`reused`) or read (`inputs`),
+each with its own provenance.
 """
 
 from __future__ import annotations
@@ -123,16 +124,39 @@ def _command() -> str:
     return " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores, and the GPUs nvidia-smi lists (none without it)."""
-    cpu = platform.processor() or platform.machine()
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo(path: Path) -> dict[str, str]:
+    """The first processor's fields in a /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+        for line in path.read_text().splitlines():
+            if not line.strip():
                 break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+# The vector instruction sets decide which CPU kernels torch runs: ATen compiles its kernels
+# for DEFAULT, AVX2 and AVX512 and picks the widest the CPU has (PyTorch,
+# aten/src/ATen/native/DispatchStub.cpp; ATEN_CPU_CAPABILITY overrides it), and the BLAS
+# library behind its matrix products chooses by CPU too. Their float sums round
+# differently, so a training run that repeats exactly on one kind of CPU can differ on
+# another that prints the same model name ("AMD EPYC" names AVX2-only and AVX-512 parts).
+VECTOR_SETS = ("avx512f", "avx2", "avx", "sse4_2", "asimd")
+
+
+def machine(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
+    """CPU model, cores, the CPU's identity (vendor, family, model, stepping) and widest
+    vector set, torch's CPU kernel set where torch is loaded, and the GPUs nvidia-smi lists
+    (none without it)."""
+    info = _cpuinfo(cpuinfo)
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
     gpus: list[str] = []
     if shutil.which("nvidia-smi"):
         try:
@@ -145,7 +169,17 @@ def machine() -> dict[str, Any]:
             gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
         except (OSError, subprocess.SubprocessError):
             pass
-    return {"cpus": os.cpu_count(), "processor": cpu, "gpus": gpus}
+    record: dict[str, Any] = {"cpus": os.cpu_count(), "processor": cpu, "gpus": gpus}
+    identity = [info.get("vendor_id", "")] + [
+        f"{name} {info[name]}" for name in ("cpu family", "model", "stepping") if info.get(name)
+    ]
+    if any(identity):
+        record["cpu_id"] = " ".join(part for part in identity if part)
+    record["vector"] = next((name for name in VECTOR_SETS if name in flags), None)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        record["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return record
 
 
 def write(

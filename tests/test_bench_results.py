@@ -70,6 +70,7 @@ def test_a_result_records_its_start_arguments_machine_and_what_it_reused(
     assert record["finished"] >= record["started"] and "dirty" not in record
     assert record["arguments"] == {"seeds": "3", "out": str(tmp_path), "allow_dirty": False}
     assert record["machine"]["cpus"] >= 1 and isinstance(record["machine"]["gpus"], list)
+    assert "vector" in record["machine"]
     assert record["inputs"] == {"heldout": "sha256:1"} and record["reused"]["rankings"]["revision"] == "abc123"
     assert record["rows"] == [1]
 
@@ -151,3 +152,23 @@ def test_every_result_file_is_published_by_a_table(monkeypatch: pytest.MonkeyPat
         tables.render(page.read_text(), where=page.name)
     published = {path.name for path in tables.RESULTS.glob("*.json")}
     assert read == published, f"not in any table: {sorted(published - read)}; missing: {sorted(read - published)}"
+
+
+def test_the_machine_names_the_cpu_and_the_kernels_torch_runs(tmp_path: Path) -> None:
+    """Two CPUs that print the same model name can run different torch kernels (AVX2 or
+    AVX-512), whose sums round differently: the record tells them apart."""
+    import torch
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+        "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu sse4_2 avx avx2 fma\n\n"
+        "processor\t: 1\nvendor_id\t: AuthenticAMD\nmodel name\t: another\nflags\t\t: avx512f\n"
+    )
+    found = results.machine(cpuinfo)
+    assert found["processor"] == "AMD EPYC"
+    assert found["cpu_id"] == "AuthenticAMD cpu family 25 model 1 stepping 1"
+    assert found["vector"] == "avx2"  # the first processor's flags, its widest set
+    assert found["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    bare = results.machine(tmp_path / "absent")
+    assert "cpu_id" not in bare and bare["vector"] is None and bare["cpus"] >= 1
