@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,22 @@ def start(repo: Path = REPO, *, allow_dirty: bool = False) -> Start:
     return Start(revision, _now(), paths, digest.hexdigest())
 
 
+# The settings that hold torch's CPU kernels to one instruction set, whatever the CPU has:
+# ATen's dispatch (ATEN_CPU_CAPABILITY, PyTorch's DispatchStub.cpp), oneMKL's BLAS
+# (MKL_ENABLE_INSTRUCTIONS, oneMKL developer guide, "Instruction Set Specific Dispatching")
+# and oneDNN's JIT kernels (ONEDNN_MAX_CPU_ISA, oneDNN's "CPU Dispatcher Control"). Each is
+# read once, when its library first runs, so they are set before torch is imported.
+KERNEL_SETTINGS: dict[str, dict[str, str]] = {
+    "avx512": {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+    },
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-dirty",
@@ -103,11 +120,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run on a working tree with uncommitted changes (the results record the changed paths and the diff's "
         "hash)",
     )
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=tuple(KERNEL_SETTINGS),
+        help="run torch's CPU kernels (ATen's, oneMKL's and oneDNN's) of this instruction set, not the widest the CPU "
+        "has: to repeat a figure measured on a CPU of another kind (the result records the kernels that ran)",
+    )
+
+
+def hold_kernels(kernels: str | None, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set the kernel settings of `--cpu-kernels` (child processes inherit them); refused
+    once torch is loaded, when they could no longer take effect."""
+    if not kernels:
+        return
+    if "torch" in sys.modules:
+        raise SystemExit(f"--cpu-kernels {kernels}: torch is already loaded, so its kernels can no longer be chosen")
+    environ.update(KERNEL_SETTINGS[kernels])
 
 
 def begin(args: argparse.Namespace) -> Start:
     """Called once the arguments are parsed: the run's code, taken now (see `start`)."""
     global _started, _arguments
+    hold_kernels(getattr(args, "cpu_kernels", None))
     _started = start(allow_dirty=bool(getattr(args, "allow_dirty", False)))
     _arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     return _started
@@ -176,6 +210,9 @@ def machine(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
     if any(identity):
         record["cpu_id"] = " ".join(part for part in identity if part)
     record["vector"] = next((name for name in VECTOR_SETS if name in flags), None)
+    held = {name: os.environ[name] for name in KERNEL_SETTINGS["avx2"] if name in os.environ}
+    if held:
+        record["kernel_settings"] = held
     torch = sys.modules.get("torch")
     if torch is not None:
         record["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()

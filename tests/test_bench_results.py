@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,7 +70,7 @@ def test_a_result_records_its_start_arguments_machine_and_what_it_reused(
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["revision"] == "abc123" and record["started"] == "2026-12-06T00:00:00+00:00"
     assert record["finished"] >= record["started"] and "dirty" not in record
-    assert record["arguments"] == {"seeds": "3", "out": str(tmp_path), "allow_dirty": False}
+    assert record["arguments"] == {"seeds": "3", "out": str(tmp_path), "allow_dirty": False, "cpu_kernels": None}
     assert record["machine"]["cpus"] >= 1 and isinstance(record["machine"]["gpus"], list)
     assert "vector" in record["machine"]
     assert record["inputs"] == {"heldout": "sha256:1"} and record["reused"]["rankings"]["revision"] == "abc123"
@@ -172,3 +174,33 @@ def test_the_machine_names_the_cpu_and_the_kernels_torch_runs(tmp_path: Path) ->
     assert found["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     bare = results.machine(tmp_path / "absent")
     assert "cpu_id" not in bare and bare["vector"] is None and bare["cpus"] >= 1
+
+
+def test_cpu_kernels_hold_torch_to_an_instruction_set_and_are_recorded() -> None:
+    """`--cpu-kernels avx2` makes torch run its AVX2 kernels on any CPU that has them (so a
+    figure from an AVX2 machine can be repeated on an AVX-512 one), and the result says so."""
+    import torch
+
+    script = (
+        "import argparse, json, sys; sys.path.insert(0, '.'); from bench import results\n"
+        "parser = argparse.ArgumentParser(); results.add_arguments(parser)\n"
+        "results.hold_kernels(parser.parse_args(['--cpu-kernels', 'avx2']).cpu_kernels)\n"
+        "import torch; print(json.dumps(results.machine()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in results.KERNEL_SETTINGS["avx2"]}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=results.REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    if found["vector"] in ("avx512f", "avx2"):
+        assert found["torch_cpu_capability"] == "AVX2"
+    assert found["kernel_settings"] == results.KERNEL_SETTINGS["avx2"]
+    # Once torch is loaded the choice can no longer take effect: refused, nothing set.
+    assert "torch" in sys.modules and torch.backends.cpu.get_cpu_capability()
+    environ: dict[str, str] = {}
+    with pytest.raises(SystemExit, match="torch is already loaded"):
+        results.hold_kernels("avx2", environ)
+    assert environ == {}
+    results.hold_kernels(None, environ)
+    assert environ == {}
