@@ -509,6 +509,28 @@ def reward_model() -> str:
     return "\n".join(lines) + tail + _source(name, record) + "\n"
 
 
+def reward_model_kernels() -> str:
+    """bench/reward_model.py with --cpu-kernels beside the plain run: the same command on the
+    same CPU, only torch's kernels differ (reward_model.json, reward_model-avx2.json)."""
+    lines = [
+        "| torch's CPU kernels | facts | held-out accuracy | loss, first to last |",
+        "| --- | --- | ---: | --- |",
+    ]
+    sources = []
+    for name in ("reward_model.json", "reward_model-avx2.json"):
+        record = _load(name)
+        kernels = record["machine"].get("torch_cpu_capability", "not recorded")
+        for row in record["rows"]:
+            lines.append(
+                f"| {kernels} | {'yes' if row['facts'] else 'no'} | {row['heldout_accuracy']:.3f} | "
+                f"{row['first_loss']:.5f} to {row['last_loss']:.5f} |"
+            )
+        sources.append(_source(name, record))
+    cpu = _load("reward_model-avx2.json")["machine"]
+    where = f"On {cpu['processor']} ({cpu.get('cpu_id', 'identity not recorded')}), {cpu['cpus']} cores."
+    return "\n".join(lines) + f"\n\n{where} " + " ".join(sources) + "\n"
+
+
 def generation() -> str:
     """bench/generation.py: candidate tokens/s by path, and the worker's CPU beside vLLM's (generation.json)."""
     name = "generation.json"
@@ -669,6 +691,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "families": families,
     "preflight": preflight,
     "reward-model": reward_model,
+    "reward-model-kernels": reward_model_kernels,
     "generation": generation,
     "annotate": annotate,
     "soak": soak,
