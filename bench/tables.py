@@ -528,7 +528,8 @@ def reward_model_kernels() -> str:
         sources.append(_source(name, record))
     cpu = _load("reward_model-avx2.json")["machine"]
     where = f"On {cpu['processor']} ({cpu.get('cpu_id', 'identity not recorded')}), {cpu['cpus']} cores."
-    return "\n".join(lines) + f"\n\n{where} " + " ".join(sources) + "\n"
+    both = " ".join(sources[:1] + [source.replace("Raw rows: ", "And: ", 1) for source in sources[1:]])
+    return "\n".join(lines) + f"\n\n{where} " + both + "\n"
 
 
 def generation() -> str:
