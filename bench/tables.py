@@ -516,9 +516,11 @@ def reward_model_kernels() -> str:
         "| torch's CPU kernels | facts | held-out accuracy | loss, first to last |",
         "| --- | --- | ---: | --- |",
     ]
-    sources = []
+    sources, machines = [], []
     for name in ("reward_model.json", "reward_model-avx2.json"):
         record = _load(name)
+        cpu = record["machine"]
+        machines.append(f"{cpu['processor']} ({cpu.get('cpu_id', 'identity not recorded')}), {cpu['cpus']} cores")
         kernels = record["machine"].get("torch_cpu_capability", "not recorded")
         for row in record["rows"]:
             lines.append(
@@ -526,8 +528,9 @@ def reward_model_kernels() -> str:
                 f"{row['first_loss']:.5f} to {row['last_loss']:.5f} |"
             )
         sources.append(_source(name, record))
-    cpu = _load("reward_model-avx2.json")["machine"]
-    where = f"On {cpu['processor']} ({cpu.get('cpu_id', 'identity not recorded')}), {cpu['cpus']} cores."
+    # The comparison holds only on one CPU: say so when the two files came from two.
+    same = machines[0] == machines[1] and "not recorded" not in machines[0]
+    where = f"Both on {machines[0]}." if same else f"On two CPUs, not comparable: {machines[0]}; {machines[1]}."
     both = " ".join(sources[:1] + [source.replace("Raw rows: ", "And: ", 1) for source in sources[1:]])
     return "\n".join(lines) + f"\n\n{where} " + both + "\n"
 
