@@ -102,14 +102,14 @@ def start(repo: Path = REPO, *, allow_dirty: bool = False) -> Start:
 # (MKL_ENABLE_INSTRUCTIONS, oneMKL developer guide, "Instruction Set Specific Dispatching")
 # and oneDNN's JIT kernels (ONEDNN_MAX_CPU_ISA, oneDNN's "CPU Dispatcher Control"). Each is
 # read once, when its library first runs, so they are set before torch is imported.
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 KERNEL_SETTINGS: dict[str, dict[str, str]] = {
-    "avx512": {
-        "ATEN_CPU_CAPABILITY": "avx512",
-        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
-        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
-    },
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    kernels: dict(zip(KERNEL_VARIABLES, values, strict=True))
+    for kernels, values in {
+        "avx512": ("avx512", "AVX512", "AVX512_CORE"),
+        "avx2": ("avx2", "AVX2", "AVX2"),
+        "default": ("default", "SSE4_2", "SSE41"),
+    }.items()
 }
 
 
@@ -175,12 +175,10 @@ def _cpuinfo(path: Path) -> dict[str, str]:
     return fields
 
 
-# The vector instruction sets decide which CPU kernels torch runs: ATen compiles its kernels
-# for DEFAULT, AVX2 and AVX512 and picks the widest the CPU has (PyTorch,
-# aten/src/ATen/native/DispatchStub.cpp; ATEN_CPU_CAPABILITY overrides it), and the BLAS
-# library behind its matrix products chooses by CPU too. Their float sums round
-# differently, so a training run that repeats exactly on one kind of CPU can differ on
-# another that prints the same model name ("AMD EPYC" names AVX2-only and AVX-512 parts).
+# The CPU's widest vector set decides which kernels torch runs (ATen's dispatch, oneMKL's
+# and oneDNN's: KERNEL_SETTINGS above), and their float sums round differently, so a training
+# run that repeats exactly on one kind of CPU can differ on another that prints the same
+# model name ("AMD EPYC" names AVX2-only and AVX-512 parts).
 VECTOR_SETS = ("avx512f", "avx2", "avx", "sse4_2", "asimd")
 
 
@@ -210,7 +208,7 @@ def machine(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
     if any(identity):
         record["cpu_id"] = " ".join(part for part in identity if part)
     record["vector"] = next((name for name in VECTOR_SETS if name in flags), None)
-    held = {name: os.environ[name] for name in KERNEL_SETTINGS["avx2"] if name in os.environ}
+    held = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
     if held:
         record["kernel_settings"] = held
     torch = sys.modules.get("torch")

@@ -531,8 +531,8 @@ def reward_model_kernels() -> str:
     # The comparison holds only on one CPU: say so when the two files came from two.
     same = machines[0] == machines[1] and "not recorded" not in machines[0]
     where = f"Both on {machines[0]}." if same else f"On two CPUs, not comparable: {machines[0]}; {machines[1]}."
-    both = " ".join(sources[:1] + [source.replace("Raw rows: ", "And: ", 1) for source in sources[1:]])
-    return "\n".join(lines) + f"\n\n{where} " + both + "\n"
+    first, second = sources
+    return "\n".join(lines) + f"\n\n{where} {first} And: {second.removeprefix('Raw rows: ')}\n"
 
 
 def generation() -> str:
